@@ -1,0 +1,395 @@
+//! The message-shaped interface between the gateway and the pool.
+//!
+//! Everything here is owned and serialisable: a later release runs isolates in a separate,
+//! confined process, and these types are what would cross that wall. No engine type, no
+//! reference into the gateway, no secret appears here.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Worker code as a client submits it; mirrors Cloudflare's Worker Loader `WorkerCode`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkerCode {
+    /// Name of the module (a key of `modules`) whose default export is the Worker.
+    pub main_module: String,
+    /// Module name → source. JS modules are plain strings; data modules are `{"json": ...}` or
+    /// `{"text": "..."}`.
+    pub modules: BTreeMap<String, ModuleSource>,
+    /// Plain JSON configuration handed to the Worker as `env`.
+    #[serde(default = "empty_object")]
+    pub env: serde_json::Value,
+    /// Per-Worker limits; they can only lower the tenant's limits.
+    #[serde(default)]
+    pub limits: Option<LimitOverrides>,
+    /// `null` disables `fetch()` for this Worker; absent means the tenant's egress policy.
+    #[serde(
+        default,
+        deserialize_with = "deserialize_outbound",
+        skip_serializing_if = "Outbound::is_default"
+    )]
+    pub global_outbound: Outbound,
+    /// Accepted for compatibility with Cloudflare's shape; isogate has one behaviour today.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility_date: Option<String>,
+    /// Accepted for compatibility with Cloudflare's shape; isogate has one behaviour today.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub compatibility_flags: Vec<String>,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// One module of a Worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ModuleSource {
+    /// An ES module's source text.
+    Js(String),
+    /// A module whose default export is this JSON value.
+    Json {
+        /// The value.
+        json: serde_json::Value,
+    },
+    /// A module whose default export is this string.
+    Text {
+        /// The string.
+        text: String,
+    },
+}
+
+/// What `globalOutbound` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub enum Outbound {
+    /// Field absent: outbound requests go through the tenant's egress policy.
+    #[default]
+    Default,
+    /// `globalOutbound: null`: `fetch()` rejects.
+    Disabled,
+}
+
+impl Outbound {
+    fn is_default(&self) -> bool {
+        *self == Outbound::Default
+    }
+}
+
+fn deserialize_outbound<'de, D: Deserializer<'de>>(d: D) -> Result<Outbound, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    if v.is_null() {
+        Ok(Outbound::Disabled)
+    } else {
+        Err(serde::de::Error::custom(
+            "only `null` is supported (it disables fetch for this Worker); omit the field to use the tenant's egress policy",
+        ))
+    }
+}
+
+impl WorkerCode {
+    /// Checks the shape a Worker needs before an isolate is spent on it. The error names the
+    /// offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.modules.is_empty() {
+            return Err("modules: at least one module is required".into());
+        }
+        match self.modules.get(&self.main_module) {
+            None => {
+                return Err(format!(
+                    "mainModule: `{}` is not a key of modules",
+                    self.main_module
+                ))
+            }
+            Some(ModuleSource::Js(_)) => {}
+            Some(_) => {
+                return Err(format!(
+                    "mainModule: `{}` must be a JS module, not a data module",
+                    self.main_module
+                ))
+            }
+        }
+        for name in self.modules.keys() {
+            if name.is_empty() || name.len() > 256 || name.contains('\0') {
+                return Err(format!("modules: invalid module name {name:?}"));
+            }
+            if name.starts_with("isogate:") {
+                return Err(format!(
+                    "modules: module names starting with `isogate:` are reserved ({name:?})"
+                ));
+            }
+        }
+        if !self.env.is_object() {
+            return Err("env: must be a JSON object".into());
+        }
+        Ok(())
+    }
+
+    /// A stable digest of the code (used to tell "identical code" from "different code").
+    pub fn digest(&self) -> CodeDigest {
+        // serde_json serialises BTreeMaps and structs in a fixed order, and JSON objects inside
+        // `env`/`json` modules keep their (sorted, without `preserve_order`) key order.
+        let bytes = serde_json::to_vec(self).unwrap_or_default();
+        CodeDigest(Sha256::digest(&bytes).into())
+    }
+}
+
+/// SHA-256 of a Worker's canonical JSON.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CodeDigest(pub [u8; 32]);
+
+impl fmt::Debug for CodeDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..6] {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Limits a request or a Worker may ask for; each one can only lower the tenant's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitOverrides {
+    /// CPU milliseconds.
+    pub cpu_ms: Option<u64>,
+    /// Isolate heap in MiB.
+    pub memory_mb: Option<u64>,
+    /// Wall-clock milliseconds.
+    pub wall_ms: Option<u64>,
+    /// Outbound `fetch()` calls.
+    pub subrequests: Option<u32>,
+}
+
+/// The limits one invocation runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// CPU time of the invocation (not wall time), in milliseconds.
+    pub cpu_ms: u64,
+    /// Heap of the isolate, in MiB.
+    pub memory_mb: u64,
+    /// Wall-clock time of the invocation, in milliseconds.
+    pub wall_ms: u64,
+    /// Number of outbound `fetch()` calls.
+    pub subrequests: u32,
+}
+
+impl Limits {
+    /// Applies overrides; a value above the current one is ignored (limits are never raised).
+    pub fn lowered_by(self, o: Option<&LimitOverrides>) -> Limits {
+        let Some(o) = o else { return self };
+        Limits {
+            cpu_ms: o.cpu_ms.map_or(self.cpu_ms, |v| v.min(self.cpu_ms)),
+            memory_mb: o.memory_mb.map_or(self.memory_mb, |v| v.min(self.memory_mb)),
+            wall_ms: o.wall_ms.map_or(self.wall_ms, |v| v.min(self.wall_ms)),
+            subrequests: o
+                .subrequests
+                .map_or(self.subrequests, |v| v.min(self.subrequests)),
+        }
+    }
+}
+
+/// An HTTP request handed to a Worker's `fetch` handler.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRequest {
+    /// Method, e.g. `GET`.
+    pub method: String,
+    /// Absolute URL the Worker sees as `request.url`.
+    pub url: String,
+    /// Header list in order (names lower-case).
+    pub headers: Vec<(String, String)>,
+    /// Body bytes (empty for none).
+    pub body: Vec<u8>,
+}
+
+/// A Worker's response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header list in order.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+/// Which tenant (and Worker) an invocation runs for. Host calls read identity from here, never
+/// from JS arguments.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Invoker {
+    /// Tenant name from the authenticated API key.
+    pub tenant: String,
+    /// The Worker id for `get()`; `None` for `load()` and `execute`.
+    pub worker_id: Option<String>,
+}
+
+/// One captured `console.*` call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// `log`, `info`, `debug`, `warn`, `error` or `trace`.
+    pub level: String,
+    /// The formatted message.
+    pub message: String,
+}
+
+/// Why an invocation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// User code threw (or returned something that is not a Response).
+    Exception,
+    /// User code did not parse.
+    Syntax,
+    /// The invocation used more CPU time than allowed.
+    CpuLimit,
+    /// The isolate ran out of its heap limit.
+    MemoryLimit,
+    /// The invocation ran longer than the wall-clock limit.
+    WallLimit,
+    /// The invocation made more outbound requests than allowed.
+    SubrequestLimit,
+    /// A fault in isogate itself (never caused by user input).
+    Internal,
+}
+
+impl ErrorKind {
+    /// The snake_case name used in JSON errors and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Exception => "exception",
+            ErrorKind::Syntax => "syntax",
+            ErrorKind::CpuLimit => "cpu_limit",
+            ErrorKind::MemoryLimit => "memory_limit",
+            ErrorKind::WallLimit => "wall_limit",
+            ErrorKind::SubrequestLimit => "subrequest_limit",
+            ErrorKind::Internal => "internal",
+        }
+    }
+
+    /// Whether this is a resource-limit breach (as opposed to a bug in user code).
+    pub fn is_limit(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::CpuLimit
+                | ErrorKind::MemoryLimit
+                | ErrorKind::WallLimit
+                | ErrorKind::SubrequestLimit
+        )
+    }
+}
+
+/// A failed invocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerError {
+    /// The class of failure.
+    pub kind: ErrorKind,
+    /// A message for the caller (user code's own message for exceptions).
+    pub message: String,
+}
+
+impl WorkerError {
+    /// Builds an error.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        WorkerError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for WorkerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// Resource use of one invocation, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct InvocationStats {
+    /// CPU time spent running the invocation's JS, in seconds.
+    pub cpu_seconds: f64,
+    /// Whether a fresh isolate had to be started for it (not taken warm / not cached).
+    pub cold_start: bool,
+}
+
+/// What an invocation produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Invocation<T> {
+    /// The result or the failure.
+    pub outcome: Result<T, WorkerError>,
+    /// Captured console output, in order.
+    pub logs: Vec<LogEntry>,
+    /// Resource use.
+    pub stats: InvocationStats,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(json: &str) -> Result<WorkerCode, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn worker_code_parses_cloudflare_shape() {
+        let c = code(
+            r#"{"mainModule":"w.js","modules":{"w.js":"export default {}","d.json":{"json":{"a":1}},"t.txt":{"text":"hi"}},"env":{"K":"v"},"globalOutbound":null,"compatibilityDate":"2025-01-01"}"#,
+        )
+        .unwrap();
+        assert_eq!(c.global_outbound, Outbound::Disabled);
+        assert!(matches!(c.modules["d.json"], ModuleSource::Json { .. }));
+        assert!(matches!(c.modules["t.txt"], ModuleSource::Text { .. }));
+        c.validate().unwrap();
+        let absent = code(r#"{"mainModule":"w.js","modules":{"w.js":""}}"#).unwrap();
+        assert_eq!(absent.global_outbound, Outbound::Default);
+        assert!(absent.env.is_object());
+    }
+
+    #[test]
+    fn worker_code_rejects_bad_shapes_naming_the_field() {
+        let e = code(r#"{"mainModule":"w.js","modules":{"w.js":""},"globalOutbound":"x"}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("only `null`"), "{e}");
+        let e = code(r#"{"mainModule":"w.js","modules":{},"bogus":1}"#).unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        let c = code(r#"{"mainModule":"x.js","modules":{"w.js":""}}"#).unwrap();
+        assert!(c.validate().unwrap_err().starts_with("mainModule"));
+        let c = code(r#"{"mainModule":"d","modules":{"d":{"text":""}}}"#).unwrap();
+        assert!(c.validate().unwrap_err().contains("JS module"));
+        let c = code(r#"{"mainModule":"w.js","modules":{"w.js":""},"env":[1]}"#).unwrap();
+        assert!(c.validate().unwrap_err().starts_with("env"));
+    }
+
+    #[test]
+    fn digest_tells_identical_from_different_code() {
+        let a = code(r#"{"mainModule":"w.js","modules":{"w.js":"a"}}"#).unwrap();
+        let b = code(r#"{"modules":{"w.js":"a"},"mainModule":"w.js"}"#).unwrap();
+        let c = code(r#"{"mainModule":"w.js","modules":{"w.js":"b"}}"#).unwrap();
+        assert_eq!(a.digest(), b.digest());
+        assert_ne!(a.digest(), c.digest());
+    }
+
+    #[test]
+    fn limits_are_lowered_never_raised() {
+        let base = Limits {
+            cpu_ms: 50,
+            memory_mb: 64,
+            wall_ms: 1000,
+            subrequests: 5,
+        };
+        let o = LimitOverrides {
+            cpu_ms: Some(10),
+            memory_mb: Some(128),
+            wall_ms: None,
+            subrequests: Some(0),
+        };
+        let l = base.lowered_by(Some(&o));
+        assert_eq!(l.cpu_ms, 10);
+        assert_eq!(l.memory_mb, 64);
+        assert_eq!(l.wall_ms, 1000);
+        assert_eq!(l.subrequests, 0);
+        assert_eq!(base.lowered_by(None), base);
+    }
+}

@@ -1,0 +1,135 @@
+//! Per-invocation accounting that the interrupt handler enforces: CPU time of the invocation
+//! (not wall time), the wall-clock deadline, and limits tripped by host calls.
+//!
+//! An isolate thread interleaves many invocations, so CPU time is the thread's CPU clock summed
+//! over the polls of *this* invocation's future ([`Metered`]); the interrupt handler adds the
+//! time of the poll in progress.
+
+use super::HostState;
+use crate::api::{ErrorKind, Limits};
+use cpu_time::ThreadTime;
+use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+pub(super) struct Budget {
+    active: Cell<bool>,
+    cpu_limit: Cell<Duration>,
+    cpu_used: Cell<Duration>,
+    poll_started: Cell<Option<Duration>>,
+    wall_deadline: Cell<Option<Instant>>,
+    tripped: Cell<Option<ErrorKind>>,
+}
+
+fn thread_cpu() -> Duration {
+    ThreadTime::now().as_duration()
+}
+
+impl Budget {
+    /// Starts accounting for an invocation.
+    pub(super) fn start(&self, limits: Limits, now: Instant) {
+        self.active.set(true);
+        self.cpu_limit.set(Duration::from_millis(limits.cpu_ms));
+        self.cpu_used.set(Duration::ZERO);
+        self.poll_started.set(None);
+        self.wall_deadline
+            .set(Some(now + Duration::from_millis(limits.wall_ms)));
+        self.tripped.set(None);
+    }
+
+    /// Stops accounting; returns the CPU seconds used.
+    pub(super) fn stop(&self) -> f64 {
+        self.active.set(false);
+        self.wall_deadline.set(None);
+        self.cpu_used.get().as_secs_f64()
+    }
+
+    pub(super) fn used_seconds(&self) -> f64 {
+        self.cpu_used.get().as_secs_f64()
+    }
+
+    pub(super) fn trip(&self, kind: ErrorKind) {
+        if self.tripped.get().is_none() {
+            self.tripped.set(Some(kind));
+        }
+    }
+
+    pub(super) fn tripped(&self) -> Option<ErrorKind> {
+        self.tripped.get()
+    }
+
+    fn begin_poll(&self) -> bool {
+        if self.poll_started.get().is_some() {
+            return false;
+        }
+        self.poll_started.set(Some(thread_cpu()));
+        true
+    }
+
+    fn end_poll(&self) {
+        if let Some(start) = self.poll_started.take() {
+            let spent = thread_cpu().saturating_sub(start);
+            self.cpu_used.set(self.cpu_used.get() + spent);
+            if self.active.get() && self.cpu_used.get() > self.cpu_limit.get() {
+                self.trip(ErrorKind::CpuLimit);
+            }
+        }
+    }
+
+    /// Called by QuickJS's interrupt handler while JS runs: `true` stops the JS.
+    pub(super) fn should_interrupt(&self) -> bool {
+        if !self.active.get() {
+            return false;
+        }
+        if self.tripped.get().is_some() {
+            return true;
+        }
+        if let Some(start) = self.poll_started.get() {
+            let used = self.cpu_used.get() + thread_cpu().saturating_sub(start);
+            if used > self.cpu_limit.get() {
+                self.trip(ErrorKind::CpuLimit);
+                return true;
+            }
+        }
+        if let Some(deadline) = self.wall_deadline.get() {
+            if Instant::now() >= deadline {
+                self.trip(ErrorKind::WallLimit);
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Wraps an invocation's future and charges the CPU time of each of its polls to the isolate's
+/// budget.
+pub(super) struct Metered<F> {
+    inner: Pin<Box<F>>,
+    state: Rc<HostState>,
+}
+
+impl<F> Metered<F> {
+    pub(super) fn new(inner: F, state: Rc<HostState>) -> Self {
+        Metered {
+            inner: Box::pin(inner),
+            state,
+        }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let owner = self.state.budget.begin_poll();
+        let out = self.inner.as_mut().poll(cx);
+        if owner {
+            self.state.budget.end_poll();
+        }
+        out
+    }
+}

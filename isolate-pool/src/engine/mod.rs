@@ -1,0 +1,773 @@
+//! The JS engine: QuickJS through rquickjs, with LLRT's Web API modules.
+//!
+//! Every engine type (rquickjs, LLRT) stays inside this module. The rest of the pool sees one
+//! type, [`Isolate`], with a narrow interface: start an isolate, load a Worker's modules, call its
+//! `fetch` handler or run a Code Mode function, under [`Limits`]. The host calls a Worker can make
+//! (fetch, console, timers, randomness) are installed here and take the caller's identity from
+//! host state ([`HostState`]), never from JS arguments. A second engine (deno_core/V8) would be a
+//! sibling of this module implementing the same `Isolate` surface.
+
+mod budget;
+mod loader;
+
+use crate::api::{
+    ErrorKind, HttpRequest, HttpResponse, Invoker, Limits, LogEntry, ModuleSource, Outbound,
+    WorkerCode, WorkerError,
+};
+use crate::egress::{Egress, EgressError, EgressRequest, NETWORK_DISABLED};
+use budget::{Budget, Metered};
+use loader::{ModuleMap, WorkerLoader, WorkerResolver};
+use rquickjs::{
+    async_with,
+    function::{Async, Func, Rest},
+    AsyncContext, AsyncRuntime, CatchResultExt, CaughtError, Ctx, Exception, Function, Module,
+    Object, Persistent, Promise, TypedArray, Value,
+};
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+/// The Worker-facing JS layer, compiled to QuickJS bytecode by `build.rs`.
+static BOOTSTRAP_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bootstrap.qjsbc"));
+
+/// Name of the engine, reported in build info.
+pub const ENGINE_NAME: &str = "quickjs";
+
+/// QuickJS's native stack budget for JS recursion inside one isolate.
+const MAX_STACK_BYTES: usize = 512 * 1024;
+/// At most this many console entries are kept per invocation; later ones are counted.
+const MAX_LOG_ENTRIES: usize = 1000;
+/// At most this many bytes of console output are kept per invocation.
+const MAX_LOG_BYTES: usize = 256 * 1024;
+/// Memory an isolate may use while no invocation runs (creation, module evaluation is counted
+/// under the invocation's own limit).
+const IDLE_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+
+/// What an invocation owns while it runs: limits, captured logs, caller identity.
+struct InvocationState {
+    invoker: Invoker,
+    limits: Limits,
+    subrequests: u32,
+    logs: Vec<LogEntry>,
+    log_bytes: usize,
+    dropped_logs: usize,
+}
+
+impl InvocationState {
+    fn push_log(&mut self, level: &str, message: String) {
+        if self.logs.len() >= MAX_LOG_ENTRIES || self.log_bytes + message.len() > MAX_LOG_BYTES {
+            self.dropped_logs += 1;
+            return;
+        }
+        self.log_bytes += message.len();
+        self.logs.push(LogEntry {
+            level: level.to_string(),
+            message,
+        });
+    }
+
+    fn take_logs(&mut self) -> Vec<LogEntry> {
+        let mut logs = std::mem::take(&mut self.logs);
+        if self.dropped_logs > 0 {
+            logs.push(LogEntry {
+                level: "warn".into(),
+                message: format!(
+                    "[isogate] {} console entries dropped (limit {} entries / {} bytes per invocation)",
+                    self.dropped_logs, MAX_LOG_ENTRIES, MAX_LOG_BYTES
+                ),
+            });
+            self.dropped_logs = 0;
+        }
+        self.log_bytes = 0;
+        logs
+    }
+}
+
+/// Host-side state of one isolate, shared by its host functions.
+struct HostState {
+    budget: Budget,
+    invocation: RefCell<Option<InvocationState>>,
+    outbound: Cell<Outbound>,
+    egress: Arc<dyn Egress>,
+}
+
+impl HostState {
+    fn with_invocation<R>(&self, f: impl FnOnce(&mut InvocationState) -> R) -> Option<R> {
+        self.invocation.borrow_mut().as_mut().map(f)
+    }
+}
+
+/// The loaded Worker: its handler object and `env`.
+struct LoadedWorker {
+    handler: Persistent<Object<'static>>,
+    env: Persistent<Value<'static>>,
+}
+
+/// One QuickJS runtime + context with the Worker API installed.
+pub struct Isolate {
+    // Field order matters for drop: JS handles before the context before the runtime.
+    worker: Option<LoadedWorker>,
+    entry: Persistent<Object<'static>>,
+    ctx: AsyncContext,
+    rt: AsyncRuntime,
+    modules: ModuleMap,
+    state: Rc<HostState>,
+    /// Set once an invocation breached a limit or the isolate is otherwise unfit for reuse.
+    poisoned: bool,
+}
+
+/// Output of [`Isolate::fetch`] once the Worker produced its response.
+pub type FetchOutput = (Result<HttpResponse, WorkerError>, Vec<LogEntry>);
+
+fn internal(msg: impl std::fmt::Display) -> WorkerError {
+    WorkerError::new(ErrorKind::Internal, msg.to_string())
+}
+
+impl Isolate {
+    /// Starts an isolate: runtime, context, LLRT Web APIs and isogate's Worker API.
+    pub async fn new(egress: Arc<dyn Egress>) -> Result<Isolate, WorkerError> {
+        static TIME_INIT: Once = Once::new();
+        TIME_INIT.call_once(llrt_utils::time::init);
+
+        let rt = AsyncRuntime::new().map_err(internal)?;
+        rt.set_max_stack_size(MAX_STACK_BYTES).await;
+        rt.set_memory_limit(IDLE_MEMORY_BYTES).await;
+        let modules = ModuleMap::default();
+        rt.set_loader(WorkerResolver::new(modules.clone()), WorkerLoader::new(modules.clone()))
+            .await;
+        let state = Rc::new(HostState {
+            budget: Budget::default(),
+            invocation: RefCell::new(None),
+            outbound: Cell::new(Outbound::Default),
+            egress,
+        });
+        let interrupt_state = state.clone();
+        rt.set_interrupt_handler(Some(Box::new(move || interrupt_state.budget.should_interrupt())))
+            .await;
+        let ctx = AsyncContext::full(&rt).await.map_err(internal)?;
+        let host_state = state.clone();
+        let entry = ctx
+            .with(|ctx| -> Result<Persistent<Object<'static>>, WorkerError> {
+                install(&ctx, host_state)
+                    .catch(&ctx)
+                    .map_err(|e| internal(format!("isolate bootstrap failed: {e}")))
+            })
+            .await?;
+        Ok(Isolate {
+            worker: None,
+            entry,
+            ctx,
+            rt,
+            modules,
+            state,
+            poisoned: false,
+        })
+    }
+
+    /// Whether the isolate may serve another invocation.
+    pub fn is_reusable(&self) -> bool {
+        !self.poisoned
+    }
+
+    fn begin(&self, invoker: Invoker, limits: Limits) {
+        self.state.budget.start(limits, Instant::now());
+        *self.state.invocation.borrow_mut() = Some(InvocationState {
+            invoker,
+            limits,
+            subrequests: 0,
+            logs: Vec::new(),
+            log_bytes: 0,
+            dropped_logs: 0,
+        });
+    }
+
+    /// Ends the invocation, returns its logs and CPU seconds; a limit breach poisons the isolate.
+    fn finish(&mut self) -> (Vec<LogEntry>, f64, u32) {
+        let cpu = self.state.budget.stop();
+        if self.state.budget.tripped().is_some() {
+            self.poisoned = true;
+        }
+        let (logs, subrequests) = self
+            .state
+            .invocation
+            .borrow_mut()
+            .take()
+            .map(|mut s| (s.take_logs(), s.subrequests))
+            .unwrap_or_default();
+        (logs, cpu, subrequests)
+    }
+
+    /// Classifies a failure, giving a breached limit precedence over what the JS saw.
+    fn classify(&mut self, err: WorkerError) -> WorkerError {
+        let limits = self.state.with_invocation(|s| s.limits);
+        if let (Some(kind), Some(limits)) = (self.state.budget.tripped(), limits) {
+            self.poisoned = true;
+            return limit_error(kind, &limits);
+        }
+        if err.kind == ErrorKind::MemoryLimit {
+            self.poisoned = true;
+            if let Some(limits) = limits {
+                return limit_error(ErrorKind::MemoryLimit, &limits);
+            }
+        }
+        if err.kind == ErrorKind::Internal {
+            self.poisoned = true;
+        }
+        err
+    }
+
+    async fn set_heap_limit(&self, limits: &Limits) {
+        let bytes = (limits.memory_mb as usize).saturating_mul(1024 * 1024);
+        self.rt.set_memory_limit(bytes).await;
+    }
+
+    /// Evaluates a Worker's modules and keeps its default export. Runs under the current
+    /// invocation's budget (module top-level code counts).
+    async fn load_worker(&mut self, code: &WorkerCode) -> Result<(), WorkerError> {
+        self.modules.set(code.modules.clone());
+        self.state.outbound.set(code.global_outbound);
+        let main_name = code.main_module.clone();
+        let main_source = match code.modules.get(&code.main_module) {
+            Some(ModuleSource::Js(src)) => src.clone(),
+            _ => {
+                return Err(WorkerError::new(
+                    ErrorKind::Exception,
+                    format!("mainModule `{}` is not a JS module", code.main_module),
+                ))
+            }
+        };
+        let env_json = serde_json::to_string(&code.env).map_err(internal)?;
+        let entry = self.entry.clone();
+        let state = self.state.clone();
+        let fut = async_with!(self.ctx => |ctx| {
+            let loaded = async {
+                let module = Module::declare(ctx.clone(), main_name.as_str(), main_source)
+                    .catch(&ctx)
+                    .map_err(|e| compile_error(&e))?;
+                let (module, promise) = module
+                    .eval()
+                    .catch(&ctx)
+                    .map_err(|e| compile_error(&e))?;
+                promise
+                    .into_future::<()>()
+                    .await
+                    .catch(&ctx)
+                    .map_err(|e| js_error(&e))?;
+                let entry = entry.restore(&ctx).map_err(internal)?;
+                let namespace = module.namespace().catch(&ctx).map_err(|e| js_error(&e))?;
+                let handler: Object = call1(&ctx, &entry, "workerHandler", namespace)?;
+                let env: Value = call1(&ctx, &entry, "parseEnv", env_json)?;
+                Ok::<_, WorkerError>(LoadedWorker {
+                    handler: Persistent::save(&ctx, handler),
+                    env: Persistent::save(&ctx, env),
+                })
+            };
+            loaded.await
+        });
+        let worker = Metered::new(fut, state).await?;
+        self.worker = Some(worker);
+        Ok(())
+    }
+
+    /// Runs one request through the Worker's `fetch` handler. Loads `code` first if no Worker is
+    /// loaded yet. The response is returned as soon as the handler produced it; promises passed
+    /// to `ctx.waitUntil` are awaited (within the wall-clock limit) before this returns, with
+    /// `respond` already called.
+    pub async fn fetch(
+        &mut self,
+        code: &WorkerCode,
+        request: HttpRequest,
+        invoker: Invoker,
+        limits: Limits,
+        respond: impl FnOnce(FetchOutput, f64),
+    ) {
+        self.begin(invoker, limits);
+        self.set_heap_limit(&limits).await;
+        let deadline = Duration::from_millis(limits.wall_ms);
+        let started = Instant::now();
+        let mut respond = Some(respond);
+
+        let result = tokio::time::timeout(deadline, async {
+            if self.worker.is_none() {
+                self.load_worker(code).await?;
+            }
+            self.dispatch(request).await
+        })
+        .await
+        .unwrap_or_else(|_| {
+            self.state.budget.trip(ErrorKind::WallLimit);
+            Err(WorkerError::new(ErrorKind::WallLimit, "wall-clock limit"))
+        });
+
+        if self.worker.is_none() {
+            // A Worker whose modules failed to evaluate leaves the isolate half-initialised.
+            self.poisoned = true;
+        }
+        let result = match (result, self.state.budget.tripped()) {
+            // A limit tripped by a host call fails the invocation even if the JS caught it.
+            (Ok(_), Some(kind)) => Err(WorkerError::new(kind, kind.as_str())),
+            (r, _) => r,
+        };
+        let (outcome, wait_until) = match result {
+            Ok((response, wait)) => (Ok(response), wait),
+            Err(e) => (Err(self.classify(e)), None),
+        };
+        if let Some(wait) = wait_until {
+            // Respond first, then let waitUntil work finish within the remaining wall time.
+            let logs = self
+                .state
+                .with_invocation(|s| s.take_logs())
+                .unwrap_or_default();
+            if let Some(r) = respond.take() {
+                r((outcome.clone(), logs), self.state.budget.used_seconds());
+            }
+            let remaining = deadline.saturating_sub(started.elapsed());
+            let waited = tokio::time::timeout(remaining, self.await_promise(wait)).await;
+            match waited {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let e = self.classify(e);
+                    tracing::debug!(error = %e, "ctx.waitUntil work failed");
+                }
+                Err(_) => {
+                    self.state.budget.trip(ErrorKind::WallLimit);
+                    self.poisoned = true;
+                    tracing::debug!("ctx.waitUntil work cut off at the wall-clock limit");
+                }
+            }
+        }
+        let (logs, cpu, _) = self.finish();
+        if let Some(r) = respond.take() {
+            r((outcome, logs), cpu);
+        }
+    }
+
+    async fn dispatch(
+        &mut self,
+        request: HttpRequest,
+    ) -> Result<(HttpResponse, Option<Persistent<Promise<'static>>>), WorkerError> {
+        let worker = self
+            .worker
+            .as_ref()
+            .ok_or_else(|| internal("no Worker loaded"))?;
+        let handler = worker.handler.clone();
+        let env = worker.env.clone();
+        let entry = self.entry.clone();
+        let state = self.state.clone();
+        let fut = async_with!(self.ctx => |ctx| {
+            let run = async {
+                let entry = entry.restore(&ctx).map_err(internal)?;
+                let dispatch: Function = entry.get("dispatch").map_err(internal)?;
+                let handler = handler.restore(&ctx).map_err(internal)?;
+                let env = env.restore(&ctx).map_err(internal)?;
+                let headers = header_array(&ctx, &request.headers)?;
+                let body: Value = if request.body.is_empty() {
+                    Value::new_null(ctx.clone())
+                } else {
+                    TypedArray::<u8>::new(ctx.clone(), request.body)
+                        .map_err(internal)?
+                        .into_value()
+                };
+                let promise: Promise = dispatch
+                    .call((handler, env, request.method, request.url, headers, body))
+                    .catch(&ctx)
+                    .map_err(|e| js_error(&e))?;
+                let out: Object = promise
+                    .into_future()
+                    .await
+                    .catch(&ctx)
+                    .map_err(|e| js_error(&e))?;
+                let response = read_response(&ctx, &out)?;
+                let wait: Option<Promise> = out.get("waitUntil").map_err(internal)?;
+                Ok::<_, WorkerError>((response, wait.map(|p| Persistent::save(&ctx, p))))
+            };
+            run.await
+        });
+        Metered::new(fut, state).await
+    }
+
+    async fn await_promise(&mut self, promise: Persistent<Promise<'static>>) -> Result<(), WorkerError> {
+        let state = self.state.clone();
+        let fut = async_with!(self.ctx => |ctx| {
+            let run = async {
+                let promise = promise.restore(&ctx).map_err(internal)?;
+                promise
+                    .into_future::<Value>()
+                    .await
+                    .catch(&ctx)
+                    .map_err(|e| js_error(&e))?;
+                Ok::<_, WorkerError>(())
+            };
+            run.await
+        });
+        Metered::new(fut, state).await
+    }
+
+    /// Runs a Code Mode snippet (an async function taking `env`) and returns its result as JSON.
+    pub async fn execute(
+        &mut self,
+        source: &str,
+        env: &serde_json::Value,
+        invoker: Invoker,
+        limits: Limits,
+    ) -> (Result<serde_json::Value, WorkerError>, Vec<LogEntry>, f64, u32) {
+        self.begin(invoker, limits);
+        self.set_heap_limit(&limits).await;
+        let deadline = Duration::from_millis(limits.wall_ms);
+        // The snippet becomes the default export of a one-module Worker; nothing else is
+        // importable.
+        let module_source = format!("export default (\n{source}\n);\n");
+        let env_json = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
+        self.modules.set(Default::default());
+        let entry = self.entry.clone();
+        let state = self.state.clone();
+        let fut = async_with!(self.ctx => |ctx| {
+            let run = async {
+                let module = Module::declare(ctx.clone(), "execute.js", module_source)
+                    .catch(&ctx)
+                    .map_err(|e| compile_error(&e))?;
+                let (module, promise) = module.eval().catch(&ctx).map_err(|e| compile_error(&e))?;
+                promise.into_future::<()>().await.catch(&ctx).map_err(|e| js_error(&e))?;
+                let entry = entry.restore(&ctx).map_err(internal)?;
+                let function: Value = module.get("default").catch(&ctx).map_err(|e| js_error(&e))?;
+                let env: Value = call1(&ctx, &entry, "parseEnv", env_json)?;
+                let execute: Function = entry.get("execute").map_err(internal)?;
+                let promise: Promise = execute
+                    .call((function, env))
+                    .catch(&ctx)
+                    .map_err(|e| js_error(&e))?;
+                let json: String = promise
+                    .into_future()
+                    .await
+                    .catch(&ctx)
+                    .map_err(|e| js_error(&e))?;
+                Ok::<_, WorkerError>(json)
+            };
+            run.await
+        });
+        let result = tokio::time::timeout(deadline, Metered::new(fut, state))
+            .await
+            .unwrap_or_else(|_| {
+                self.state.budget.trip(ErrorKind::WallLimit);
+                Err(WorkerError::new(ErrorKind::WallLimit, "wall-clock limit"))
+            })
+            .and_then(|json| match self.state.budget.tripped() {
+                Some(kind) => Err(WorkerError::new(kind, kind.as_str())),
+                None => Ok(json),
+            })
+            .and_then(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|e| internal(format!("result is not valid JSON: {e}")))
+            })
+            .map_err(|e| self.classify(e));
+        let (logs, cpu, subrequests) = self.finish();
+        (result, logs, cpu, subrequests)
+    }
+}
+
+fn limit_error(kind: ErrorKind, limits: &Limits) -> WorkerError {
+    let message = match kind {
+        ErrorKind::CpuLimit => format!(
+            "the Worker exceeded its CPU time limit of {} ms and was stopped",
+            limits.cpu_ms
+        ),
+        ErrorKind::MemoryLimit => format!(
+            "the Worker exceeded its memory limit of {} MiB and was stopped",
+            limits.memory_mb
+        ),
+        ErrorKind::WallLimit => format!(
+            "the Worker exceeded its wall-clock limit of {} ms and was stopped",
+            limits.wall_ms
+        ),
+        ErrorKind::SubrequestLimit => format!(
+            "the Worker exceeded its limit of {} subrequests (outbound fetch calls) and was stopped",
+            limits.subrequests
+        ),
+        other => other.as_str().to_string(),
+    };
+    WorkerError::new(kind, message)
+}
+
+/// Calls `entry[name](arg)` and converts the result.
+fn call1<'js, A, R>(ctx: &Ctx<'js>, entry: &Object<'js>, name: &str, arg: A) -> Result<R, WorkerError>
+where
+    A: rquickjs::IntoJs<'js>,
+    R: rquickjs::FromJs<'js>,
+{
+    let f: Function = entry.get(name).map_err(internal)?;
+    f.call((arg,)).catch(ctx).map_err(|e| js_error(&e))
+}
+
+fn header_array<'js>(ctx: &Ctx<'js>, headers: &[(String, String)]) -> Result<Value<'js>, WorkerError> {
+    let array = rquickjs::Array::new(ctx.clone()).map_err(internal)?;
+    for (i, (name, value)) in headers.iter().enumerate() {
+        let pair = rquickjs::Array::new(ctx.clone()).map_err(internal)?;
+        pair.set(0, name.as_str()).map_err(internal)?;
+        pair.set(1, value.as_str()).map_err(internal)?;
+        array.set(i, pair).map_err(internal)?;
+    }
+    Ok(array.into_value())
+}
+
+fn read_headers<'js>(value: Value<'js>) -> Result<Vec<(String, String)>, WorkerError> {
+    let array = rquickjs::Array::from_value(value).map_err(internal)?;
+    let mut out = Vec::with_capacity(array.len());
+    for pair in array.iter::<rquickjs::Array>() {
+        let pair = pair.map_err(internal)?;
+        out.push((
+            pair.get::<String>(0).map_err(internal)?,
+            pair.get::<String>(1).map_err(internal)?,
+        ));
+    }
+    Ok(out)
+}
+
+fn read_response<'js>(_ctx: &Ctx<'js>, out: &Object<'js>) -> Result<HttpResponse, WorkerError> {
+    let status: u16 = out.get("status").map_err(internal)?;
+    let headers = read_headers(out.get("headers").map_err(internal)?)?;
+    let body: TypedArray<u8> = out.get("body").map_err(internal)?;
+    let body = body.as_bytes().map(<[u8]>::to_vec).unwrap_or_default();
+    Ok(HttpResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
+/// Describes a JS failure for the caller; out-of-memory becomes a memory-limit error.
+fn js_error(err: &CaughtError<'_>) -> WorkerError {
+    let message = describe_caught(err);
+    if message.contains("out of memory") {
+        return WorkerError::new(ErrorKind::MemoryLimit, message);
+    }
+    match err {
+        CaughtError::Error(e) => internal(e),
+        _ => WorkerError::new(ErrorKind::Exception, message),
+    }
+}
+
+/// Like [`js_error`], but a `SyntaxError` while compiling/linking is a syntax error.
+fn compile_error(err: &CaughtError<'_>) -> WorkerError {
+    let e = js_error(err);
+    if e.kind == ErrorKind::Exception && e.message.starts_with("SyntaxError") {
+        return WorkerError::new(ErrorKind::Syntax, e.message);
+    }
+    e
+}
+
+fn describe_caught(err: &CaughtError<'_>) -> String {
+    match err {
+        CaughtError::Exception(ex) => {
+            let name: Option<String> = ex.get("name").ok();
+            let message = ex.message().unwrap_or_default();
+            let mut out = match name {
+                Some(n) if !n.is_empty() => format!("{n}: {message}"),
+                _ => message,
+            };
+            if let Some(stack) = ex.stack() {
+                let stack = stack.trim_end();
+                if !stack.is_empty() {
+                    out.push('\n');
+                    out.push_str(stack);
+                }
+            }
+            out
+        }
+        CaughtError::Value(v) => format!("Uncaught {}", display_value(v)),
+        CaughtError::Error(e) => e.to_string(),
+    }
+}
+
+fn display_value(v: &Value<'_>) -> String {
+    if let Some(s) = v.as_string().and_then(|s| s.to_string().ok()) {
+        return s;
+    }
+    v.ctx()
+        .json_stringify(v.clone())
+        .ok()
+        .flatten()
+        .and_then(|s| s.to_string().ok())
+        .unwrap_or_else(|| format!("{:?}", v.type_of()))
+}
+
+/// Initialises the Web APIs and the Worker API on a fresh context; returns the internal entry
+/// points (never reachable from user code).
+fn install<'js>(ctx: &Ctx<'js>, state: Rc<HostState>) -> rquickjs::Result<Persistent<Object<'static>>> {
+    llrt_url::init(ctx)?;
+    llrt_events::init(ctx)?;
+    llrt_abort::init(ctx)?;
+    llrt_exceptions::init(ctx)?;
+    llrt_buffer::init(ctx)?;
+    llrt_util::init(ctx)?;
+    llrt_perf_hooks::init(ctx)?;
+    // Request/Response/Headers from LLRT's fetch module, without its fetch (ours goes through
+    // the gateway's egress pipeline).
+    let globals = ctx.globals();
+    <llrt_utils::primordials::BasePrimordials as llrt_utils::primordials::Primordial>::init(ctx)?;
+    rquickjs::Class::<llrt_fetch::request::Request>::define(&globals)?;
+    rquickjs::Class::<llrt_fetch::response::Response>::define(&globals)?;
+    rquickjs::Class::<llrt_fetch::headers::Headers>::define(&globals)?;
+    rquickjs::Class::<llrt_fetch::form_data::FormData>::define(&globals)?;
+    globals.set(
+        "structuredClone",
+        Func::from(
+            |ctx: Ctx<'js>, value: Value<'js>, options: rquickjs::function::Opt<Object<'js>>| {
+                llrt_utils::clone::structured_clone(&ctx, value, options)
+            },
+        ),
+    )?;
+    install_console(ctx, &state)?;
+
+    let host = Object::new(ctx.clone())?;
+    let sleep_state = state.clone();
+    host.set(
+        "sleep",
+        Func::from(Async(move |ms: f64| {
+            let _keep = sleep_state.clone();
+            async move {
+                tokio::time::sleep(Duration::from_secs_f64((ms / 1000.0).max(0.0))).await;
+            }
+        })),
+    )?;
+    host.set(
+        "randomBytes",
+        Func::from(|ctx: Ctx<'js>, n: usize| -> rquickjs::Result<TypedArray<'js, u8>> {
+            let mut buf = vec![0u8; n.min(65536)];
+            getrandom::getrandom(&mut buf)
+                .map_err(|_| Exception::throw_internal(&ctx, "no randomness available"))?;
+            TypedArray::new(ctx, buf)
+        }),
+    )?;
+    let fetch_state = state;
+    host.set(
+        "fetch",
+        Func::from(Async(
+            move |ctx: Ctx<'js>,
+                  method: String,
+                  url: String,
+                  headers: Value<'js>,
+                  body: Value<'js>,
+                  redirect: String| {
+                let state = fetch_state.clone();
+                let prepared = prepare_fetch(&state, method, url, headers, body, redirect);
+                async move {
+                    let (invoker, request) = match prepared {
+                        Ok(p) => p,
+                        Err(FetchRefusal::TypeError(msg)) => {
+                            return Err(Exception::throw_type(&ctx, &msg))
+                        }
+                        Err(FetchRefusal::Internal(msg)) => {
+                            return Err(Exception::throw_internal(&ctx, &msg))
+                        }
+                    };
+                    let result = state.egress.fetch(invoker, request).await;
+                    match result {
+                        Ok(resp) => {
+                            let out = Object::new(ctx.clone())?;
+                            out.set("status", resp.status)?;
+                            let headers = header_array(&ctx, &resp.headers)
+                                .map_err(|e| Exception::throw_internal(&ctx, &e.message))?;
+                            out.set("headers", headers)?;
+                            out.set("body", TypedArray::<u8>::new(ctx.clone(), resp.body)?)?;
+                            Ok(out)
+                        }
+                        Err(EgressError::Rejected(msg)) => Err(Exception::throw_type(&ctx, &msg)),
+                    }
+                }
+            },
+        )),
+    )?;
+
+    // SAFETY: the bytes are QuickJS bytecode written by build.rs with the same rquickjs-sys
+    // (QuickJS) version this crate links, from our own bootstrap.js; they are 'static.
+    let module = unsafe { Module::load(ctx.clone(), BOOTSTRAP_BYTECODE)? };
+    let (module, promise) = module.eval()?;
+    promise.finish::<()>()?;
+    let install: Function = module.get("install")?;
+    let entry: Object = install.call((host,))?;
+    Ok(Persistent::save(ctx, entry))
+}
+
+enum FetchRefusal {
+    TypeError(String),
+    Internal(String),
+}
+
+/// Steps of an outbound request that happen in the isolate: network disabled, subrequest
+/// budget, request shape. Identity comes from host state.
+fn prepare_fetch(
+    state: &HostState,
+    method: String,
+    url: String,
+    headers: Value<'_>,
+    body: Value<'_>,
+    redirect: String,
+) -> Result<(Invoker, EgressRequest), FetchRefusal> {
+    if state.outbound.get() == Outbound::Disabled || !state.egress.enabled() {
+        return Err(FetchRefusal::TypeError(NETWORK_DISABLED.to_string()));
+    }
+    let invoker = state
+        .with_invocation(|s| {
+            s.subrequests += 1;
+            if s.subrequests > s.limits.subrequests {
+                Err(())
+            } else {
+                Ok(s.invoker.clone())
+            }
+        })
+        .ok_or_else(|| FetchRefusal::Internal("fetch() outside of a request".into()))?;
+    let invoker = match invoker {
+        Ok(i) => i,
+        Err(()) => {
+            state.budget.trip(ErrorKind::SubrequestLimit);
+            return Err(FetchRefusal::TypeError(
+                "subrequest limit exceeded: this invocation may not make more outbound requests"
+                    .into(),
+            ));
+        }
+    };
+    let headers = read_headers(headers).map_err(|e| FetchRefusal::Internal(e.message))?;
+    let body = if body.is_null() || body.is_undefined() {
+        Vec::new()
+    } else {
+        TypedArray::<u8>::from_value(body)
+            .ok()
+            .and_then(|b| b.as_bytes().map(<[u8]>::to_vec))
+            .unwrap_or_default()
+    };
+    Ok((
+        invoker,
+        EgressRequest {
+            method,
+            url,
+            headers,
+            body,
+            redirect,
+        },
+    ))
+}
+
+fn install_console<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Result<()> {
+    let console = Object::new(ctx.clone())?;
+    for level in ["log", "info", "debug", "warn", "error", "trace"] {
+        let state = state.clone();
+        console.set(
+            level,
+            Func::from(move |ctx: Ctx<'js>, args: Rest<Value<'js>>| -> rquickjs::Result<()> {
+                let mut message = String::new();
+                let mut options = llrt_logging::FormatOptions::new(&ctx, false, false)?;
+                llrt_logging::build_formatted_string(&mut message, &ctx, args, &mut options)?;
+                if state.with_invocation(|s| s.push_log(level, message.clone())).is_none() {
+                    tracing::debug!(level, message, "console output outside of an invocation");
+                }
+                Ok(())
+            }),
+        )?;
+    }
+    ctx.globals().set("console", console)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

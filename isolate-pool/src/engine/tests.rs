@@ -1,0 +1,500 @@
+//! Containment and Worker-API tests against real QuickJS isolates (one named test per runaway
+//! pattern, each asserting the limit fires and the isolate's host survives).
+
+use super::*;
+use crate::api::{ModuleSource, Outbound};
+use crate::egress::{DisabledEgress, EgressResponse};
+use futures::future::BoxFuture;
+use std::collections::BTreeMap;
+
+const LIMITS: Limits = Limits {
+    cpu_ms: 50,
+    memory_mb: 16,
+    wall_ms: 2_000,
+    subrequests: 3,
+};
+
+fn worker(src: &str) -> WorkerCode {
+    let mut modules = BTreeMap::new();
+    modules.insert("w.js".to_string(), ModuleSource::Js(src.to_string()));
+    WorkerCode {
+        main_module: "w.js".into(),
+        modules,
+        env: serde_json::json!({"NAME": "isogate"}),
+        limits: None,
+        global_outbound: Outbound::Default,
+        compatibility_date: None,
+        compatibility_flags: vec![],
+    }
+}
+
+fn get(url: &str) -> HttpRequest {
+    HttpRequest {
+        method: "GET".into(),
+        url: url.into(),
+        headers: vec![("x-test".into(), "1".into())],
+        body: vec![],
+    }
+}
+
+fn invoker() -> Invoker {
+    Invoker {
+        tenant: "t".into(),
+        worker_id: None,
+    }
+}
+
+fn run<F: std::future::Future>(f: F) -> F::Output {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    tokio::task::LocalSet::new().block_on(&rt, f)
+}
+
+async fn fetch_with(
+    iso: &mut Isolate,
+    code: &WorkerCode,
+    req: HttpRequest,
+    limits: Limits,
+) -> (Result<HttpResponse, WorkerError>, Vec<LogEntry>) {
+    let mut out = None;
+    iso.fetch(code, req, invoker(), limits, |o, _| out = Some(o))
+        .await;
+    out.expect("respond called")
+}
+
+async fn fetch_once(src: &str) -> (Result<HttpResponse, WorkerError>, Vec<LogEntry>) {
+    let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+    fetch_with(&mut iso, &worker(src), get("http://w/path?q=1"), LIMITS).await
+}
+
+fn body(r: &HttpResponse) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+#[test]
+fn hello_worker_returns_its_response() {
+    run(async {
+        let (res, _) = fetch_once(
+            r#"export default { async fetch(req, env, ctx) {
+                return new Response("hello " + env.NAME, { status: 201, headers: { "content-type": "text/plain" } });
+            } }"#,
+        )
+        .await;
+        let res = res.unwrap();
+        assert_eq!(res.status, 201);
+        assert_eq!(body(&res), "hello isogate");
+        assert!(res
+            .headers
+            .iter()
+            .any(|(k, v)| k == "content-type" && v == "text/plain"));
+    });
+}
+
+#[test]
+fn request_fields_and_json_reach_the_worker() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(
+            r#"export default { async fetch(request) {
+                const url = new URL(request.url);
+                const body = await request.json();
+                return Response.json({ m: request.method, p: url.pathname, q: url.searchParams.get("q"),
+                                       h: request.headers.get("x-test"), body });
+            } }"#,
+        );
+        let req = HttpRequest {
+            method: "POST".into(),
+            url: "http://w/a/b?q=z".into(),
+            headers: vec![
+                ("x-test".into(), "yes".into()),
+                ("content-type".into(), "application/json".into()),
+            ],
+            body: br#"{"n":1}"#.to_vec(),
+        };
+        let (res, _) = fetch_with(&mut iso, &code, req, LIMITS).await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"m":"POST","p":"/a/b","q":"z","h":"yes","body":{"n":1}})
+        );
+    });
+}
+
+#[test]
+fn web_apis_are_available() {
+    run(async {
+        let (res, logs) = fetch_once(
+            r#"export default { async fetch() {
+                const out = {};
+                out.enc = new TextDecoder().decode(new TextEncoder().encode("héllo"));
+                out.b64 = btoa("hi") + "/" + atob("aGk=");
+                const a = new Uint8Array(8); crypto.getRandomValues(a);
+                out.rand = a.length;
+                out.uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(crypto.randomUUID());
+                out.clone = structuredClone({ d: [1, { e: 2 }] }).d[1].e;
+                out.perf = typeof performance.now();
+                const ac = new AbortController(); ac.abort(); out.aborted = ac.signal.aborted;
+                out.timer = await new Promise((r) => setTimeout(() => r("fired"), 5));
+                const cleared = setTimeout(() => { out.cleared = "should not fire"; }, 1); clearTimeout(cleared);
+                out.micro = await new Promise((r) => queueMicrotask(() => r("ok")));
+                out.headers = new Headers({ A: "1" }).get("a");
+                out.url = new URLSearchParams("x=1&y=2").get("y");
+                const r = new Response("abc"); out.ab = (await r.arrayBuffer()).byteLength;
+                out.text = await new Response("t").text();
+                out.json = (await new Response('{"k":1}').json()).k;
+                console.log("a", 1, { b: 2 }); console.error("bad");
+                await new Promise((r) => setTimeout(r, 5));
+                return Response.json(out);
+            } }"#,
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        assert_eq!(v["enc"], "héllo");
+        assert_eq!(v["b64"], "aGk=/hi");
+        assert_eq!(v["rand"], 8);
+        assert_eq!(v["uuid"], true);
+        assert_eq!(v["clone"], 2);
+        assert_eq!(v["perf"], "number");
+        assert_eq!(v["aborted"], true);
+        assert_eq!(v["timer"], "fired");
+        assert!(v.get("cleared").is_none(), "a cleared timer fired: {v}");
+        assert_eq!(v["micro"], "ok");
+        assert_eq!(v["headers"], "1");
+        assert_eq!(v["url"], "2");
+        assert_eq!(v["ab"], 3);
+        assert_eq!(v["text"], "t");
+        assert_eq!(v["json"], 1);
+        assert_eq!(logs.len(), 2);
+        assert_eq!(logs[0].level, "log");
+        assert!(logs[0].message.starts_with("a 1"), "{:?}", logs[0]);
+        assert_eq!(logs[1].level, "error");
+    });
+}
+
+#[test]
+fn host_internals_are_not_reachable() {
+    run(async {
+        let (res, _) = fetch_once(
+            r#"export default { async fetch() {
+                const names = ["Deno", "process", "require", "__ops", "print", "scriptArgs", "std", "os", "module", "exports"];
+                const seen = {};
+                for (const n of names) seen[n] = typeof globalThis[n];
+                let imp;
+                try { await import("isogate:bootstrap"); imp = "imported"; } catch (e) { imp = String(e.message); }
+                let fsImp;
+                try { await import("/etc/passwd"); fsImp = "imported"; } catch (e) { fsImp = String(e.message); }
+                let fetchErr;
+                try { await fetch("http://169.254.169.254/latest/meta-data/"); fetchErr = "reachable"; }
+                catch (e) { fetchErr = e.name + ": " + e.message; }
+                return Response.json({ seen, imp, fsImp, fetchErr, hostKeys: Object.getOwnPropertyNames(globalThis).filter(k => k.startsWith("__")) });
+            } }"#,
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        for (name, t) in v["seen"].as_object().unwrap() {
+            assert_eq!(t, "undefined", "{name} is visible");
+        }
+        assert!(v["imp"].as_str().unwrap().contains("own modules"), "{v}");
+        assert!(v["fsImp"].as_str().unwrap().contains("own modules"), "{v}");
+        assert_eq!(
+            v["fetchErr"],
+            format!("TypeError: {NETWORK_DISABLED}"),
+            "{v}"
+        );
+        assert_eq!(v["hostKeys"], serde_json::json!([]));
+    });
+}
+
+#[test]
+fn own_modules_import_including_data_modules() {
+    run(async {
+        let mut code = worker(
+            r#"import { twice } from "./lib/util.js";
+               import cfg from "./data.json";
+               import txt from "./t.txt";
+               export default { async fetch() { return Response.json({ v: twice(cfg.n), txt }); } }"#,
+        );
+        code.modules.insert(
+            "lib/util.js".into(),
+            ModuleSource::Js("export const twice = (n) => n * 2;".into()),
+        );
+        code.modules.insert(
+            "data.json".into(),
+            ModuleSource::Json {
+                json: serde_json::json!({"n": 21}),
+            },
+        );
+        code.modules.insert(
+            "t.txt".into(),
+            ModuleSource::Text {
+                text: "it's \"text\"\n".into(),
+            },
+        );
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        assert_eq!(v, serde_json::json!({"v": 42, "txt": "it's \"text\"\n"}));
+    });
+}
+
+#[test]
+fn syntax_errors_and_exceptions_are_classified() {
+    run(async {
+        let (res, _) = fetch_once("export default { async fetch() { return new Response(\"x\" } }").await;
+        let e = res.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Syntax, "{e:?}");
+        let (res, _) = fetch_once(
+            "export default { async fetch() { throw new RangeError('boom'); } }",
+        )
+        .await;
+        let e = res.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Exception);
+        assert!(e.message.starts_with("RangeError: boom"), "{e:?}");
+        let (res, _) = fetch_once("export default { async fetch() { return 42; } }").await;
+        let e = res.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Exception);
+        assert!(e.message.contains("must return a Response"), "{e:?}");
+        let (res, _) = fetch_once("export const x = 1;").await;
+        assert!(res.unwrap_err().message.contains("export default"));
+    });
+}
+
+#[test]
+fn cpu_bomb_is_stopped_at_its_cpu_limit_and_isolate_is_poisoned() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker("export default { async fetch() { while (true) {} } }");
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let e = res.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::CpuLimit, "{e:?}");
+        assert!(e.message.contains("50 ms"), "{e:?}");
+        assert!(!iso.is_reusable());
+    });
+}
+
+#[test]
+fn cpu_bomb_that_catches_the_interrupt_is_still_stopped() {
+    run(async {
+        let (res, _) = fetch_once(
+            "export default { async fetch() { for (;;) { try { while (true) {} } catch (e) {} } } }",
+        )
+        .await;
+        assert_eq!(res.unwrap_err().kind, ErrorKind::CpuLimit);
+    });
+}
+
+#[test]
+fn cpu_limit_counts_cpu_not_wall_time() {
+    run(async {
+        // 200 ms asleep is far above the 50 ms CPU limit but uses almost no CPU.
+        let (res, _) = fetch_once(
+            "export default { async fetch() { await new Promise((r) => setTimeout(r, 200)); return new Response('slept'); } }",
+        )
+        .await;
+        assert_eq!(body(&res.unwrap()), "slept");
+    });
+}
+
+#[test]
+fn memory_bomb_is_stopped_and_isolate_is_poisoned() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(
+            r#"export default { async fetch() { const hog = []; while (true) hog.push("x".repeat(1 << 16) + Math.random()); } }"#,
+        );
+        let limits = Limits {
+            cpu_ms: 5_000,
+            ..LIMITS
+        };
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), limits).await;
+        let e = res.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::MemoryLimit, "{e:?}");
+        assert!(e.message.contains("16 MiB"), "{e:?}");
+        assert!(!iso.is_reusable());
+    });
+}
+
+#[test]
+fn wall_limit_stops_a_never_settling_promise() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker("export default { fetch() { return new Promise(() => {}); } }");
+        let limits = Limits {
+            wall_ms: 100,
+            ..LIMITS
+        };
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), limits).await;
+        assert_eq!(res.unwrap_err().kind, ErrorKind::WallLimit);
+        assert!(!iso.is_reusable());
+    });
+}
+
+#[test]
+fn deep_recursion_is_an_exception_not_a_crash() {
+    run(async {
+        let (res, _) = fetch_once(
+            "const f = (n) => f(n + 1) + 1; export default { async fetch() { return new Response(String(f(0))); } }",
+        )
+        .await;
+        let e = res.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Exception, "{e:?}");
+        assert!(e.message.contains("stack"), "{e:?}");
+    });
+}
+
+#[test]
+fn microtask_loop_is_stopped_by_the_cpu_limit() {
+    run(async {
+        let (res, _) = fetch_once(
+            "export default { async fetch() { const spin = () => Promise.resolve().then(spin); spin(); await new Promise(() => {}); } }",
+        )
+        .await;
+        let e = res.unwrap_err();
+        assert!(
+            matches!(e.kind, ErrorKind::CpuLimit | ErrorKind::WallLimit),
+            "{e:?}"
+        );
+    });
+}
+
+#[test]
+fn module_state_persists_across_invocations_of_a_loaded_worker() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(
+            "let count = 0; export default { async fetch() { count += 1; return Response.json({ count }); } }",
+        );
+        for expected in 1..=3 {
+            let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+            let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+            assert_eq!(v["count"], expected);
+        }
+        assert!(iso.is_reusable());
+    });
+}
+
+/// An egress of the test's own: answers every request with the URL it was asked for and counts.
+struct CountingEgress(std::sync::atomic::AtomicU32);
+
+impl Egress for CountingEgress {
+    fn fetch(
+        &self,
+        invoker: Invoker,
+        request: EgressRequest,
+    ) -> BoxFuture<'static, Result<EgressResponse, EgressError>> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            Ok(EgressResponse {
+                status: 200,
+                headers: vec![("x-tenant".into(), invoker.tenant)],
+                body: request.url.into_bytes(),
+            })
+        })
+    }
+}
+
+#[test]
+fn fetch_goes_through_egress_with_host_identity_and_budget() {
+    run(async {
+        let egress = Arc::new(CountingEgress(Default::default()));
+        let mut iso = Isolate::new(egress.clone()).await.unwrap();
+        let code = worker(
+            r#"export default { async fetch() {
+                const r = await fetch("https://api.example.com/x?y=1", { headers: { "x-tenant": "other" } });
+                const out = [r.status, r.headers.get("x-tenant"), await r.text()];
+                const errs = [];
+                for (let i = 0; i < 5; i++) { try { await fetch("https://api.example.com/"); } catch (e) { errs.push(e.message); } }
+                return Response.json({ out, errs });
+            } }"#,
+        );
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let e = res.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::SubrequestLimit, "{e:?}");
+        assert!(e.message.contains("3 subrequests"), "{e:?}");
+        assert_eq!(egress.0.load(std::sync::atomic::Ordering::SeqCst), 3);
+
+        let mut iso = Isolate::new(egress.clone()).await.unwrap();
+        let code = worker(
+            r#"export default { async fetch() {
+                const r = await fetch("https://api.example.com/x?y=1");
+                return Response.json([r.status, r.headers.get("x-tenant"), await r.text()]);
+            } }"#,
+        );
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([200, "t", "https://api.example.com/x?y=1"])
+        );
+    });
+}
+
+#[test]
+fn global_outbound_null_disables_fetch_even_with_egress() {
+    run(async {
+        let egress = Arc::new(CountingEgress(Default::default()));
+        let mut iso = Isolate::new(egress.clone()).await.unwrap();
+        let mut code = worker(
+            r#"export default { async fetch() {
+                try { await fetch("https://api.example.com/"); return new Response("sent"); }
+                catch (e) { return new Response(e.name + ": " + e.message); }
+            } }"#,
+        );
+        code.global_outbound = Outbound::Disabled;
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        assert_eq!(body(&res.unwrap()), format!("TypeError: {NETWORK_DISABLED}"));
+        assert_eq!(egress.0.load(std::sync::atomic::Ordering::SeqCst), 0);
+    });
+}
+
+#[test]
+fn execute_returns_json_and_logs() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, logs, _, _) = iso
+            .execute(
+                "async (env) => { console.log('looking up', env.n); return { total: env.n * 2, list: [1, 2] }; }",
+                &serde_json::json!({"n": 21}),
+                invoker(),
+                LIMITS,
+            )
+            .await;
+        assert_eq!(
+            res.unwrap(),
+            serde_json::json!({"total": 42, "list": [1, 2]})
+        );
+        assert_eq!(logs.len(), 1);
+        assert_eq!(logs[0].message, "looking up 21");
+
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, ..) = iso
+            .execute("async () => {", &serde_json::json!({}), invoker(), LIMITS)
+            .await;
+        assert_eq!(res.unwrap_err().kind, ErrorKind::Syntax);
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, ..) = iso
+            .execute("42", &serde_json::json!({}), invoker(), LIMITS)
+            .await;
+        assert!(res.unwrap_err().message.contains("must evaluate to a function"));
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, ..) = iso
+            .execute("async () => { while(true) {} }", &serde_json::json!({}), invoker(), LIMITS)
+            .await;
+        assert_eq!(res.unwrap_err().kind, ErrorKind::CpuLimit);
+    });
+}
+
+#[test]
+fn console_output_is_bounded_per_invocation() {
+    run(async {
+        let (res, logs) = fetch_once(
+            "export default { async fetch() { for (let i = 0; i < 5000; i++) console.log('line', i); return new Response('ok'); } }",
+        )
+        .await;
+        assert!(res.is_ok());
+        assert_eq!(logs.len(), MAX_LOG_ENTRIES + 1);
+        assert!(logs.last().unwrap().message.contains("dropped"));
+    });
+}

@@ -1,0 +1,25 @@
+//! isogate's isolate pool: a warm pool of QuickJS isolates running tenant Workers under limits.
+//!
+//! The gateway talks to this crate only through owned, serialisable messages ([`api`]) and two
+//! traits it implements: [`Egress`] (every outbound `fetch()`) and [`PoolObserver`] (metrics).
+//! Every JS-engine type stays inside the private `engine` module.
+
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cache;
+pub mod egress;
+mod engine;
+pub mod observe;
+pub mod pool;
+
+pub use api::{
+    CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker,
+    LimitOverrides, Limits, LogEntry, ModuleSource, Outbound, WorkerCode, WorkerError,
+};
+pub use egress::{DisabledEgress, Egress, EgressError, EgressRequest, EgressResponse};
+pub use observe::{CacheEvent, NoopObserver, PoolObserver, StartKind};
+pub use pool::{Pool, PoolError, PoolSettings};
+
+/// Name of the JS engine this build uses.
+pub const ENGINE: &str = engine::ENGINE_NAME;

@@ -1,0 +1,638 @@
+//! The warm pool: isolate threads, their bounded job queues, warm isolates and cached Workers.
+//!
+//! Each of `threads` OS threads runs a single-threaded tokio runtime and owns its isolates; no
+//! isolate ever moves between threads. Jobs reach a thread through a bounded queue. `load()` and
+//! `execute` go to the next thread round-robin and take one of its warm isolates; `get()` goes to
+//! the thread that holds the Worker (decided by the shared [`CacheIndex`]).
+
+use crate::api::{
+    CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker,
+    Limits, WorkerCode, WorkerError,
+};
+use crate::cache::{CacheIndex, EvictReason, Eviction, WorkerKey};
+use crate::egress::Egress;
+use crate::engine::Isolate;
+use crate::observe::{CacheEvent, PoolObserver, StartKind};
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc as std_mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+/// Pool settings (from the `pool:` section of the config).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Isolate threads.
+    pub threads: usize,
+    /// Code-free isolates kept ready across all threads.
+    pub warm_isolates: usize,
+    /// Cached Workers across all tenants.
+    pub max_cached_workers: usize,
+    /// A cached Worker idle this long is dropped.
+    pub idle_ttl: Duration,
+    /// Jobs that may wait in each thread's queue.
+    pub queue_capacity: usize,
+}
+
+/// Why the pool could not take a job.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The chosen thread's queue is full.
+    #[error("the isolate pool is overloaded; retry shortly")]
+    Overloaded,
+    /// The pool is shutting down or a thread is gone.
+    #[error("the isolate pool is not running")]
+    Unavailable,
+}
+
+type Reply<T> = oneshot::Sender<Invocation<T>>;
+
+enum Job {
+    Load {
+        code: Arc<WorkerCode>,
+        request: HttpRequest,
+        invoker: Invoker,
+        limits: Limits,
+        reply: Reply<HttpResponse>,
+    },
+    Get {
+        key: WorkerKey,
+        digest: CodeDigest,
+        code: Arc<WorkerCode>,
+        request: HttpRequest,
+        invoker: Invoker,
+        limits: Limits,
+        reply: Reply<HttpResponse>,
+    },
+    Execute {
+        source: String,
+        env: serde_json::Value,
+        invoker: Invoker,
+        limits: Limits,
+        reply: Reply<serde_json::Value>,
+    },
+    Evict {
+        key: WorkerKey,
+    },
+}
+
+struct Shared {
+    index: Mutex<CacheIndex>,
+    observer: Arc<dyn PoolObserver>,
+    warm_total: AtomicUsize,
+    warm_target: usize,
+    ready: AtomicBool,
+    idle_ttl: Duration,
+}
+
+impl Shared {
+    fn index(&self) -> MutexGuard<'_, CacheIndex> {
+        // A panic while holding the lock cannot leave the index half-updated in a way that
+        // matters more than losing the pool, so recover the guard.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn warm_changed(&self, delta: isize) {
+        let n = if delta >= 0 {
+            self.warm_total.fetch_add(delta as usize, Ordering::Relaxed) + delta as usize
+        } else {
+            self.warm_total
+                .fetch_sub(delta.unsigned_abs(), Ordering::Relaxed)
+                .saturating_sub(delta.unsigned_abs())
+        };
+        if n >= self.warm_target {
+            self.ready.store(true, Ordering::Relaxed);
+        }
+        self.observer.warm_isolates(n);
+    }
+}
+
+/// Handle to the isolate pool. Cheap to share behind an `Arc`.
+pub struct Pool {
+    senders: Vec<mpsc::Sender<Job>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    shared: Arc<Shared>,
+    next: AtomicUsize,
+    janitor: Option<(std_mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+}
+
+impl Pool {
+    /// Starts the isolate threads and begins warming isolates.
+    pub fn start(
+        settings: PoolSettings,
+        egress: Arc<dyn Egress>,
+        observer: Arc<dyn PoolObserver>,
+    ) -> std::io::Result<Pool> {
+        let threads = settings.threads.max(1);
+        let shared = Arc::new(Shared {
+            index: Mutex::new(CacheIndex::new(settings.max_cached_workers)),
+            observer,
+            warm_total: AtomicUsize::new(0),
+            warm_target: settings.warm_isolates,
+            ready: AtomicBool::new(settings.warm_isolates == 0),
+            idle_ttl: settings.idle_ttl,
+        });
+        let per_thread = settings.warm_isolates.div_ceil(threads);
+        let mut senders = Vec::with_capacity(threads);
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (tx, rx) = mpsc::channel(settings.queue_capacity.max(1));
+            let shared = shared.clone();
+            let egress = egress.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("isogate-isolate-{i}"))
+                .stack_size(8 * 1024 * 1024)
+                .spawn(move || thread_main(i, rx, shared, egress, per_thread))?;
+            senders.push(tx);
+            handles.push(handle);
+        }
+        let (stop_tx, stop_rx) = std_mpsc::channel::<()>();
+        let janitor_shared = shared.clone();
+        let janitor_senders = senders.clone();
+        let janitor = std::thread::Builder::new()
+            .name("isogate-pool-janitor".into())
+            .spawn(move || janitor_main(stop_rx, janitor_shared, janitor_senders))?;
+        Ok(Pool {
+            senders,
+            threads: handles,
+            shared,
+            next: AtomicUsize::new(0),
+            janitor: Some((stop_tx, janitor)),
+        })
+    }
+
+    /// Whether the warm pool has reached its target once (readiness).
+    pub fn is_ready(&self) -> bool {
+        self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// Code-free isolates ready now.
+    pub fn warm_isolates(&self) -> usize {
+        self.shared.warm_total.load(Ordering::Relaxed)
+    }
+
+    fn round_robin(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len()
+    }
+
+    fn submit(&self, thread: usize, job: Job) -> Result<(), PoolError> {
+        self.senders[thread].try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PoolError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => PoolError::Unavailable,
+        })
+    }
+
+    async fn wait<T>(rx: oneshot::Receiver<Invocation<T>>) -> Result<Invocation<T>, PoolError> {
+        match rx.await {
+            Ok(inv) => Ok(inv),
+            // The thread dropped the job: it panicked or is shutting down.
+            Err(_) => Ok(Invocation {
+                outcome: Err(WorkerError::new(
+                    ErrorKind::Internal,
+                    "the isolate running this request failed",
+                )),
+                logs: Vec::new(),
+                stats: InvocationStats::default(),
+            }),
+        }
+    }
+
+    /// `load()`: runs `code` once in a fresh isolate, then discards the isolate.
+    pub async fn load(
+        &self,
+        invoker: Invoker,
+        code: Arc<WorkerCode>,
+        request: HttpRequest,
+        limits: Limits,
+    ) -> Result<Invocation<HttpResponse>, PoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(
+            self.round_robin(),
+            Job::Load {
+                code,
+                request,
+                invoker,
+                limits,
+                reply,
+            },
+        )?;
+        Self::wait(rx).await
+    }
+
+    /// Code Mode: runs an async function once in a fresh isolate and returns its JSON result.
+    pub async fn execute(
+        &self,
+        invoker: Invoker,
+        source: String,
+        env: serde_json::Value,
+        limits: Limits,
+    ) -> Result<Invocation<serde_json::Value>, PoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(
+            self.round_robin(),
+            Job::Execute {
+                source,
+                env,
+                invoker,
+                limits,
+                reply,
+            },
+        )?;
+        Self::wait(rx).await
+    }
+
+    /// `get(id)`: dispatches to the cached Worker `invoker.worker_id` of `invoker.tenant`,
+    /// creating it from `code` on a miss. `tenant_cap` bounds the tenant's cached Workers.
+    pub async fn get(
+        &self,
+        invoker: Invoker,
+        code: Arc<WorkerCode>,
+        request: HttpRequest,
+        limits: Limits,
+        tenant_cap: usize,
+    ) -> Result<Invocation<HttpResponse>, PoolError> {
+        let id = invoker.worker_id.clone().unwrap_or_default();
+        let key = WorkerKey::new(&invoker.tenant, &id);
+        let digest = code.digest();
+        let home = self.home_thread(&key);
+        let acquired =
+            self.shared
+                .index()
+                .acquire(&key, digest, tenant_cap, home, Instant::now());
+        let event = if acquired.hit {
+            CacheEvent::Hit
+        } else {
+            CacheEvent::Miss
+        };
+        self.shared.observer.cache_event(&invoker.tenant, event);
+        self.carry_out(acquired.evicted);
+        self.report_tenant(&invoker.tenant);
+        let (reply, rx) = oneshot::channel();
+        self.submit(
+            acquired.thread,
+            Job::Get {
+                key,
+                digest,
+                code,
+                request,
+                invoker,
+                limits,
+                reply,
+            },
+        )?;
+        Self::wait(rx).await
+    }
+
+    fn home_thread(&self, key: &WorkerKey) -> usize {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut h);
+        (h.finish() % self.senders.len() as u64) as usize
+    }
+
+    fn carry_out(&self, evictions: Vec<Eviction>) {
+        carry_out(&self.shared, &self.senders, evictions);
+    }
+
+    fn report_tenant(&self, tenant: &str) {
+        let n = self.shared.index().tenant_len(tenant);
+        self.shared.observer.cached_workers(tenant, n);
+    }
+
+    /// Evicts the cached Worker `id` of `tenant` (if any).
+    pub fn evict(&self, tenant: &str, id: &str) -> bool {
+        let key = WorkerKey::new(tenant, id);
+        let thread = self.shared.index().remove(&key);
+        if let Some(thread) = thread {
+            self.carry_out(vec![Eviction {
+                key,
+                thread,
+                reason: EvictReason::Removed,
+            }]);
+            self.report_tenant(tenant);
+        }
+        thread.is_some()
+    }
+
+    /// Evicts every cached Worker of `tenant`.
+    pub fn evict_tenant(&self, tenant: &str) -> usize {
+        let gone = self.shared.index().remove_tenant(tenant);
+        let n = gone.len();
+        self.carry_out(gone);
+        self.report_tenant(tenant);
+        n
+    }
+
+    /// Ids of `tenant`'s Workers that are cached (warm) now.
+    pub fn cached_ids(&self, tenant: &str) -> Vec<String> {
+        self.shared.index().ids(tenant)
+    }
+
+    /// Total cached Workers.
+    pub fn cached_total(&self) -> usize {
+        self.shared.index().len()
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Some((stop, handle)) = self.janitor.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+        self.senders.clear();
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn carry_out(shared: &Shared, senders: &[mpsc::Sender<Job>], evictions: Vec<Eviction>) {
+    for ev in evictions {
+        match ev.reason {
+            EvictReason::Lru => shared.observer.cache_event(&ev.key.tenant, CacheEvent::EvictLru),
+            EvictReason::Ttl => shared.observer.cache_event(&ev.key.tenant, CacheEvent::EvictTtl),
+            EvictReason::Removed => {}
+        }
+        if let Some(tx) = senders.get(ev.thread) {
+            // An eviction that cannot be queued (queue full) leaves an unindexed isolate on the
+            // thread; the next eviction sweep of that thread's map catches it.
+            let _ = tx.try_send(Job::Evict { key: ev.key });
+        }
+    }
+}
+
+fn janitor_main(stop: std_mpsc::Receiver<()>, shared: Arc<Shared>, senders: Vec<mpsc::Sender<Job>>) {
+    let period = (shared.idle_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
+    loop {
+        match stop.recv_timeout(period) {
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            _ => return,
+        }
+        let expired = shared.index().expire(shared.idle_ttl, Instant::now());
+        if expired.is_empty() {
+            continue;
+        }
+        let mut tenants: Vec<Arc<str>> = expired.iter().map(|e| e.key.tenant.clone()).collect();
+        tenants.sort();
+        tenants.dedup();
+        carry_out(&shared, &senders, expired);
+        for t in tenants {
+            let n = shared.index().tenant_len(&t);
+            shared.observer.cached_workers(&t, n);
+        }
+    }
+}
+
+/// A cached Worker on its thread: one invocation at a time (its budget and logs are exact).
+struct Slot {
+    digest: CodeDigest,
+    isolate: tokio::sync::Mutex<Option<Isolate>>,
+}
+
+struct ThreadState {
+    index: usize,
+    shared: Arc<Shared>,
+    egress: Arc<dyn Egress>,
+    warm: RefCell<VecDeque<Isolate>>,
+    warm_target: usize,
+    refill: Notify,
+    cached: RefCell<HashMap<WorkerKey, Rc<Slot>>>,
+}
+
+impl ThreadState {
+    async fn new_isolate(&self, kind: StartKind) -> Result<Isolate, WorkerError> {
+        let started = Instant::now();
+        let iso = Isolate::new(self.egress.clone()).await?;
+        self.shared
+            .observer
+            .isolate_started(kind, started.elapsed());
+        Ok(iso)
+    }
+
+    /// A warm isolate if one is ready, else a new one (a cold start on the request path).
+    async fn take_isolate(&self, kind: StartKind) -> Result<(Isolate, bool), WorkerError> {
+        let warm = self.warm.borrow_mut().pop_front();
+        self.refill.notify_one();
+        match warm {
+            Some(iso) => {
+                self.shared.warm_changed(-1);
+                Ok((iso, false))
+            }
+            None => Ok((self.new_isolate(kind).await?, true)),
+        }
+    }
+
+    async fn refill_loop(self: Rc<Self>) {
+        loop {
+            while self.warm.borrow().len() < self.warm_target {
+                match self.new_isolate(StartKind::WarmRefill).await {
+                    Ok(iso) => {
+                        self.warm.borrow_mut().push_back(iso);
+                        self.shared.warm_changed(1);
+                    }
+                    Err(e) => {
+                        tracing::error!(thread = self.index, error = %e, "cannot start a warm isolate");
+                        break;
+                    }
+                }
+                // Let queued requests run between two isolate starts.
+                tokio::task::yield_now().await;
+            }
+            self.refill.notified().await;
+        }
+    }
+}
+
+fn failed<T>(err: WorkerError) -> Invocation<T> {
+    Invocation {
+        outcome: Err(err),
+        logs: Vec::new(),
+        stats: InvocationStats::default(),
+    }
+}
+
+fn thread_main(
+    index: usize,
+    mut rx: mpsc::Receiver<Job>,
+    shared: Arc<Shared>,
+    egress: Arc<dyn Egress>,
+    warm_target: usize,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(thread = index, error = %e, "cannot start isolate thread runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    let state = Rc::new(ThreadState {
+        index,
+        shared,
+        egress,
+        warm: RefCell::new(VecDeque::new()),
+        warm_target,
+        refill: Notify::new(),
+        cached: RefCell::new(HashMap::new()),
+    });
+    local.block_on(&rt, async move {
+        let refill = tokio::task::spawn_local(state.clone().refill_loop());
+        while let Some(job) = rx.recv().await {
+            let state = state.clone();
+            match job {
+                Job::Evict { key } => {
+                    state.cached.borrow_mut().remove(&key);
+                }
+                job => {
+                    tokio::task::spawn_local(run_job(state, job));
+                }
+            }
+        }
+        refill.abort();
+        let n = state.warm.borrow().len();
+        state.warm.borrow_mut().clear();
+        state.shared.warm_changed(-(n as isize));
+        state.cached.borrow_mut().clear();
+    });
+}
+
+async fn run_job(state: Rc<ThreadState>, job: Job) {
+    match job {
+        Job::Load {
+            code,
+            request,
+            invoker,
+            limits,
+            reply,
+        } => {
+            let (mut iso, cold) = match state.take_isolate(StartKind::Load).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = reply.send(failed(e));
+                    return;
+                }
+            };
+            iso.fetch(&code, request, invoker, limits, |(outcome, logs), cpu| {
+                let _ = reply.send(Invocation {
+                    outcome,
+                    logs,
+                    stats: InvocationStats {
+                        cpu_seconds: cpu,
+                        cold_start: cold,
+                    },
+                });
+            })
+            .await;
+            // load(): never reused.
+            drop(iso);
+        }
+        Job::Execute {
+            source,
+            env,
+            invoker,
+            limits,
+            reply,
+        } => {
+            let (mut iso, cold) = match state.take_isolate(StartKind::Load).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let _ = reply.send(failed(e));
+                    return;
+                }
+            };
+            let (outcome, logs, cpu, _) = iso.execute(&source, &env, invoker, limits).await;
+            let _ = reply.send(Invocation {
+                outcome,
+                logs,
+                stats: InvocationStats {
+                    cpu_seconds: cpu,
+                    cold_start: cold,
+                },
+            });
+        }
+        Job::Get {
+            key,
+            digest,
+            code,
+            request,
+            invoker,
+            limits,
+            reply,
+        } => run_get(state, key, digest, code, request, invoker, limits, reply).await,
+        Job::Evict { .. } => {}
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_get(
+    state: Rc<ThreadState>,
+    key: WorkerKey,
+    digest: CodeDigest,
+    code: Arc<WorkerCode>,
+    request: HttpRequest,
+    invoker: Invoker,
+    limits: Limits,
+    reply: Reply<HttpResponse>,
+) {
+    let slot = {
+        let mut cached = state.cached.borrow_mut();
+        match cached.get(&key) {
+            Some(slot) if slot.digest == digest => slot.clone(),
+            _ => {
+                let slot = Rc::new(Slot {
+                    digest,
+                    isolate: tokio::sync::Mutex::new(None),
+                });
+                cached.insert(key.clone(), slot.clone());
+                slot
+            }
+        }
+    };
+    let mut guard = slot.isolate.lock().await;
+    let mut cold = false;
+    if guard.is_none() {
+        match state.take_isolate(StartKind::GetMiss).await {
+            Ok((iso, _)) => {
+                *guard = Some(iso);
+                cold = true;
+            }
+            Err(e) => {
+                let _ = reply.send(failed(e));
+                return;
+            }
+        }
+    }
+    let Some(iso) = guard.as_mut() else { return };
+    iso.fetch(&code, request, invoker, limits, |(outcome, logs), cpu| {
+        let _ = reply.send(Invocation {
+            outcome,
+            logs,
+            stats: InvocationStats {
+                cpu_seconds: cpu,
+                cold_start: cold,
+            },
+        });
+    })
+    .await;
+    if !iso.is_reusable() {
+        // A breached limit discards the isolate; the next request recreates the Worker.
+        *guard = None;
+        drop(guard);
+        let mut cached = state.cached.borrow_mut();
+        if cached.get(&key).is_some_and(|s| Rc::ptr_eq(s, &slot)) {
+            cached.remove(&key);
+        }
+        drop(cached);
+        let removed = state.shared.index().remove_if(&key, digest);
+        if removed {
+            let n = state.shared.index().tenant_len(&key.tenant);
+            state.shared.observer.cached_workers(&key.tenant, n);
+        }
+    }
+}
