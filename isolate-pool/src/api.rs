@@ -148,7 +148,8 @@ impl fmt::Debug for CodeDigest {
     }
 }
 
-/// Limits a request or a Worker may ask for; each one can only lower the tenant's.
+/// Limits a request or a Worker may ask for (the wire shape); the gateway applies them so that
+/// each can only lower the tenant's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitOverrides {
@@ -173,21 +174,6 @@ pub struct Limits {
     pub wall_ms: u64,
     /// Number of outbound `fetch()` calls.
     pub subrequests: u32,
-}
-
-impl Limits {
-    /// Applies overrides; a value above the current one is ignored (limits are never raised).
-    pub fn lowered_by(self, o: Option<&LimitOverrides>) -> Limits {
-        let Some(o) = o else { return self };
-        Limits {
-            cpu_ms: o.cpu_ms.map_or(self.cpu_ms, |v| v.min(self.cpu_ms)),
-            memory_mb: o.memory_mb.map_or(self.memory_mb, |v| v.min(self.memory_mb)),
-            wall_ms: o.wall_ms.map_or(self.wall_ms, |v| v.min(self.wall_ms)),
-            subrequests: o
-                .subrequests
-                .map_or(self.subrequests, |v| v.min(self.subrequests)),
-        }
-    }
 }
 
 /// An HTTP request handed to a Worker's `fetch` handler.
@@ -369,27 +355,5 @@ mod tests {
         let c = code(r#"{"mainModule":"w.js","modules":{"w.js":"b"}}"#).unwrap();
         assert_eq!(a.digest(), b.digest());
         assert_ne!(a.digest(), c.digest());
-    }
-
-    #[test]
-    fn limits_are_lowered_never_raised() {
-        let base = Limits {
-            cpu_ms: 50,
-            memory_mb: 64,
-            wall_ms: 1000,
-            subrequests: 5,
-        };
-        let o = LimitOverrides {
-            cpu_ms: Some(10),
-            memory_mb: Some(128),
-            wall_ms: None,
-            subrequests: Some(0),
-        };
-        let l = base.lowered_by(Some(&o));
-        assert_eq!(l.cpu_ms, 10);
-        assert_eq!(l.memory_mb, 64);
-        assert_eq!(l.wall_ms, 1000);
-        assert_eq!(l.subrequests, 0);
-        assert_eq!(base.lowered_by(None), base);
     }
 }

@@ -1,0 +1,388 @@
+//! YAML configuration for isogate.
+//!
+//! This crate parses the gateway's YAML configuration, validates it strictly
+//! and lowers it into the decision types of [`isogate_policy`].
+//!
+//! * **Strict parsing.** Every struct rejects unknown fields, and parse errors
+//!   name the origin, the YAML path and the line/column of the problem, e.g.
+//!   `isogate.yaml:12:17: tenants[0].limits.cpu_mss: unknown field ...`.
+//! * **Complete validation.** [`Config::validate`] checks every rule and
+//!   reports *all* violations at once, each with its YAML path.
+//! * **Defaults.** Everything except `tenants` is optional; see the `Default`
+//!   implementations of [`Listen`], [`PoolConfig`] and [`LimitsConfig`].
+//! * **Schema.** All configuration types implement
+//!   [`JsonSchema`]; see [`Config::json_schema`].
+//!
+//! ```
+//! let config = isogate_config::Config::from_yaml_str(
+//!     r#"
+//! tenants:
+//!   - name: demo
+//!     api_keys:
+//!       - sha256: "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c"
+//! "#,
+//!     "inline.yaml",
+//! )?;
+//! let policy = config.policy();
+//! assert_eq!(policy.authenticate("demo-key").map(|t| t.name.as_str()), Some("demo"));
+//! # Ok::<(), isogate_config::ConfigError>(())
+//! ```
+
+mod error;
+mod validate;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use isogate_policy::{ApiKeyHash, Policy, TenantLimits, TenantName, TenantPolicy};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, ValidationError};
+
+/// The built-in development configuration (see [`Config::embedded_default`]).
+pub const EMBEDDED_DEFAULT_YAML: &str = include_str!("default.yaml");
+
+/// Origin reported in errors about [`EMBEDDED_DEFAULT_YAML`].
+const EMBEDDED_DEFAULT_ORIGIN: &str = "<embedded default.yaml>";
+
+/// The root of the configuration document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listening sockets.
+    #[serde(default)]
+    pub listen: Listen,
+    /// Directory for persistent gateway state (deployed workers, metadata).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// Isolate pool settings.
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Tenants allowed to deploy and invoke workers. At least one is required.
+    #[serde(default)]
+    pub tenants: Vec<TenantConfig>,
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("./isogate-state")
+}
+
+/// Listening sockets. Both default to loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct Listen {
+    /// Address of the public (tenant traffic) listener. Default `127.0.0.1:8080`.
+    pub ingress: SocketAddr,
+    /// Address of the admin listener (deployments, metrics). Default
+    /// `127.0.0.1:9090`. Must differ from `ingress`.
+    pub admin: SocketAddr,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Self {
+            ingress: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
+            admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
+        }
+    }
+}
+
+/// Isolate pool settings, shared by all tenants.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Number of isolate threads (1..=256). Defaults to the number of CPU
+    /// cores; use [`Config::pool_threads`] to get the resolved value.
+    #[schemars(range(min = 1, max = 256))]
+    pub threads: Option<usize>,
+    /// Pre-initialised isolates kept ready for new workers. Default 8.
+    pub warm_isolates: usize,
+    /// Compiled workers kept in the cache across all tenants. Default 1000.
+    #[schemars(range(min = 1))]
+    pub max_cached_workers: usize,
+    /// Seconds after which an unused cached worker is evicted. Default 300.
+    #[schemars(range(min = 1))]
+    pub idle_ttl_s: u64,
+    /// Capacity of the bounded request queue of each isolate thread.
+    /// Default 1024.
+    #[schemars(range(min = 1))]
+    pub queue_capacity: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            threads: None,
+            warm_isolates: 8,
+            max_cached_workers: 1000,
+            idle_ttl_s: 300,
+            queue_capacity: 1024,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// [`idle_ttl_s`](Self::idle_ttl_s) as a [`Duration`].
+    pub fn idle_ttl(&self) -> Duration {
+        Duration::from_secs(self.idle_ttl_s)
+    }
+}
+
+/// One tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TenantConfig {
+    /// Unique tenant name: 1 to 63 characters of `a-z`, `0-9`, `_` and `-`,
+    /// starting with a letter or digit.
+    #[schemars(pattern(r"^[a-z0-9][a-z0-9_-]{0,62}$"))]
+    pub name: String,
+    /// API keys that authenticate as this tenant. At least one is required.
+    #[serde(default)]
+    #[schemars(length(min = 1))]
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// Resource limits; every field is optional.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// One API key, configured by its digest only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// SHA-256 of the key as 64 hex characters, e.g. the output of
+    /// `printf %s "$KEY" | sha256sum`.
+    #[schemars(pattern(r"^[0-9a-fA-F]{64}$"))]
+    pub sha256: String,
+}
+
+/// Per-tenant resource limits. Every value must be greater than 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// CPU time per invocation, in milliseconds; at most `wall_ms`. Default 50.
+    #[schemars(range(min = 1))]
+    pub cpu_ms: u64,
+    /// Isolate heap size, in MiB (at most 4096). Default 64.
+    #[schemars(range(min = 1, max = 4096))]
+    pub memory_mb: u64,
+    /// Wall-clock time per invocation, in milliseconds. Default 30000.
+    #[schemars(range(min = 1))]
+    pub wall_ms: u64,
+    /// Outbound `fetch` sub-requests per invocation. Default 50.
+    #[schemars(range(min = 1))]
+    pub subrequests: u32,
+    /// Invocations that may run concurrently. Default 16.
+    #[schemars(range(min = 1))]
+    pub max_concurrency: u32,
+    /// Compiled workers of this tenant kept in the cache. Default 100.
+    #[schemars(range(min = 1))]
+    pub max_cached_workers: u32,
+    /// Maximum request body size, in bytes. Default 1048576 (1 MiB).
+    #[schemars(range(min = 1))]
+    pub max_body_bytes: u64,
+    /// Requests that may wait for a concurrency slot. Default 64.
+    #[schemars(range(min = 1))]
+    pub max_queue: u32,
+    /// How long a request may wait for a concurrency slot, in milliseconds.
+    /// Default 5000.
+    #[schemars(range(min = 1))]
+    pub queue_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            cpu_ms: 50,
+            memory_mb: 64,
+            wall_ms: 30_000,
+            subrequests: 50,
+            max_concurrency: 16,
+            max_cached_workers: 100,
+            max_body_bytes: 1_048_576,
+            max_queue: 64,
+            queue_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl From<LimitsConfig> for TenantLimits {
+    fn from(l: LimitsConfig) -> Self {
+        TenantLimits {
+            cpu_ms: l.cpu_ms,
+            memory_mb: l.memory_mb,
+            wall_ms: l.wall_ms,
+            subrequests: l.subrequests,
+            max_concurrency: l.max_concurrency,
+            max_cached_workers: l.max_cached_workers,
+            max_body_bytes: l.max_body_bytes,
+            max_queue: l.max_queue,
+            queue_timeout_ms: l.queue_timeout_ms,
+        }
+    }
+}
+
+impl TenantConfig {
+    /// Lowers this tenant into its policy form.
+    ///
+    /// Meant for validated configurations; API key entries that are not valid
+    /// hex digests are skipped.
+    pub fn to_policy(&self) -> TenantPolicy {
+        TenantPolicy {
+            name: TenantName::new(self.name.as_str()),
+            api_keys: self
+                .api_keys
+                .iter()
+                .filter_map(|key| ApiKeyHash::from_hex(&key.sha256).ok())
+                .collect(),
+            limits: self.limits.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a YAML document.
+    ///
+    /// `origin` names the document in error messages (usually the file
+    /// name). Structural problems (malformed YAML, unknown fields, wrong
+    /// types) yield [`ConfigError::Parse`] with the YAML path and position;
+    /// rule violations yield [`ConfigError::Invalid`] listing all of them.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Parse`] or [`ConfigError::Invalid`], as described above.
+    pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let config: Config = serde_path_to_error::deserialize(deserializer)
+            .map_err(|error| parse_error(origin, error))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads, parses and validates a YAML configuration file. Errors name the
+    /// file by its path as given.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Io`] if the file cannot be read, otherwise as
+    /// [`Config::from_yaml_str`].
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_yaml_str(&text, &path.display().to_string())
+    }
+
+    /// The built-in development configuration ([`EMBEDDED_DEFAULT_YAML`]):
+    /// loopback listeners on ports 8080 (ingress) and 9090 (admin), 4 warm
+    /// isolates and a single tenant `dev` whose API key is `dev-key`.
+    ///
+    /// Not suitable for production, since the key is public.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: the embedded document is a compile-time constant
+    /// whose validity is covered by a unit test.
+    pub fn embedded_default() -> Config {
+        match Self::from_yaml_str(EMBEDDED_DEFAULT_YAML, EMBEDDED_DEFAULT_ORIGIN) {
+            Ok(config) => config,
+            // Unreachable: the embedded document is a compile-time constant
+            // covered by a unit test.
+            Err(error) => panic!("embedded default configuration is invalid: {error}"),
+        }
+    }
+
+    /// Checks every validation rule, returning [`ConfigError::Invalid`] with
+    /// *all* violations if any rule fails.
+    ///
+    /// [`Config::from_yaml_str`] and [`Config::load`] already call this; call
+    /// it again after modifying a configuration programmatically.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] listing every violated rule, in document order.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let errors = validate::collect_errors(self);
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(errors))
+        }
+    }
+
+    /// The number of isolate threads: `pool.threads` if set, otherwise the
+    /// available parallelism of the machine (at least 1).
+    pub fn pool_threads(&self) -> usize {
+        self.pool.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
+    /// Lowers the tenants into an [`isogate_policy::Policy`].
+    ///
+    /// Meant for validated configurations (as returned by
+    /// [`Config::from_yaml_str`] / [`Config::load`]); on an unvalidated one,
+    /// malformed API key entries are skipped and duplicates resolve to their
+    /// first occurrence.
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.tenants.iter().map(TenantConfig::to_policy).collect())
+    }
+
+    /// The JSON Schema of the configuration document.
+    pub fn json_schema() -> schemars::Schema {
+        schemars::schema_for!(Config)
+    }
+}
+
+/// Converts a path-tracking deserialization error into [`ConfigError::Parse`].
+fn parse_error(
+    origin: &str,
+    error: serde_path_to_error::Error<serde_yaml_ng::Error>,
+) -> ConfigError {
+    let path = match error.path().to_string() {
+        root if root == "." => String::new(),
+        path => path,
+    };
+    let inner = error.into_inner();
+    let location = inner.location();
+    let mut message = inner.to_string();
+
+    // serde_yaml_ng renders errors as "[<its own path>: ]<message>[ at line L
+    // column C]". Path and position are reported separately, so strip them.
+    if let Some(location) = &location {
+        let position = format!(" at line {} column {}", location.line(), location.column());
+        if let Some(start) = message.find(&position) {
+            message.replace_range(start..start + position.len(), "");
+        }
+    }
+    // serde_yaml_ng's path is that of the node being deserialized, which for
+    // e.g. unknown fields is the parent of our (more precise) path.
+    if let Some((prefix, _)) = message.split_once(": ") {
+        if is_path_prefix(prefix, &path) {
+            let prefix_len = prefix.len() + ": ".len();
+            message.replace_range(..prefix_len, "");
+        }
+    }
+
+    ConfigError::Parse {
+        origin: origin.to_owned(),
+        path,
+        message,
+        line: location.as_ref().map(serde_yaml_ng::Location::line),
+        column: location.as_ref().map(serde_yaml_ng::Location::column),
+    }
+}
+
+/// Whether `prefix` is `path` itself or one of its ancestors
+/// (`tenants[0]` is a path prefix of `tenants[0].name`, `tenant` is not).
+fn is_path_prefix(prefix: &str, path: &str) -> bool {
+    !prefix.is_empty()
+        && path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('.') || rest.starts_with('['))
+}
+
+#[cfg(test)]
+mod tests;

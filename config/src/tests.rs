@@ -1,0 +1,733 @@
+//! Unit tests for parsing, validation and lowering.
+
+use super::*;
+
+const DEMO_KEY_SHA256: &str = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c";
+
+/// The reference document from the specification.
+const EXAMPLE: &str = r#"
+listen: { ingress: "127.0.0.1:8080", admin: "127.0.0.1:9090" }
+state_dir: "./isogate-state"
+pool: { threads: 2, warm_isolates: 8, max_cached_workers: 1000, idle_ttl_s: 300 }
+tenants:
+  - name: demo
+    api_keys:
+      - sha256: "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c"   # sha256 of "demo-key"
+    limits: { cpu_ms: 50, memory_mb: 64, wall_ms: 10000, subrequests: 20, max_concurrency: 16, max_cached_workers: 100, max_body_bytes: 1048576 }
+"#;
+
+fn key_hex(key: &str) -> String {
+    ApiKeyHash::of_key(key).to_hex()
+}
+
+/// A minimal valid tenant entry (list item) with the given name and key.
+fn tenant(name: &str, key: &str) -> String {
+    format!(
+        "  - name: {name}\n    api_keys:\n      - sha256: \"{}\"\n",
+        key_hex(key)
+    )
+}
+
+/// A minimal valid document with one tenant and `extra` appended at top level.
+fn doc(extra: &str) -> String {
+    format!("tenants:\n{}{extra}", tenant("demo", "demo-key"))
+}
+
+/// A document with a single tenant whose `limits` block is `limits`.
+fn doc_with_limits(limits: &str) -> String {
+    format!("{}    limits: {limits}\n", doc(""))
+}
+
+/// Parses `yaml`, expecting a parse error; returns its fields.
+fn parse_error(yaml: &str) -> (String, String, Option<usize>, Option<usize>) {
+    match Config::from_yaml_str(yaml, "test.yaml") {
+        Err(ConfigError::Parse {
+            origin,
+            path,
+            message,
+            line,
+            column,
+        }) => {
+            assert_eq!(origin, "test.yaml");
+            (path, message, line, column)
+        }
+        other => panic!("expected a parse error for\n{yaml}\ngot {other:?}"),
+    }
+}
+
+/// Parses `yaml`, expecting validation errors; returns them.
+fn validation_errors(yaml: &str) -> Vec<ValidationError> {
+    match Config::from_yaml_str(yaml, "test.yaml") {
+        Err(ConfigError::Invalid(errors)) => {
+            assert!(!errors.is_empty());
+            errors
+        }
+        other => panic!("expected validation errors for\n{yaml}\ngot {other:?}"),
+    }
+}
+
+/// Asserts that `yaml` fails validation with exactly one error, at `path`,
+/// and returns its message.
+fn single_error_at(yaml: &str, path: &str) -> String {
+    let errors = validation_errors(yaml);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].path, path, "{errors:#?}");
+    errors[0].message.clone()
+}
+
+fn load_ok(yaml: &str) -> Config {
+    match Config::from_yaml_str(yaml, "test.yaml") {
+        Ok(config) => config,
+        Err(error) => panic!("expected\n{yaml}\nto load, got: {error}"),
+    }
+}
+
+// ---------------------------------------------------------------- parsing
+
+#[test]
+fn example_document_parses_with_the_right_values() {
+    let config = load_ok(EXAMPLE);
+
+    assert_eq!(config.listen.ingress, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.listen.admin, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(config.state_dir, PathBuf::from("./isogate-state"));
+    assert_eq!(
+        config.pool,
+        PoolConfig {
+            threads: Some(2),
+            warm_isolates: 8,
+            max_cached_workers: 1000,
+            idle_ttl_s: 300,
+            queue_capacity: 1024,
+        }
+    );
+    assert_eq!(config.pool_threads(), 2);
+    assert_eq!(config.pool.idle_ttl(), Duration::from_secs(300));
+
+    assert_eq!(config.tenants.len(), 1);
+    let demo = &config.tenants[0];
+    assert_eq!(demo.name, "demo");
+    assert_eq!(
+        demo.api_keys,
+        vec![ApiKeyConfig {
+            sha256: DEMO_KEY_SHA256.to_owned()
+        }]
+    );
+    assert_eq!(
+        demo.limits,
+        LimitsConfig {
+            cpu_ms: 50,
+            memory_mb: 64,
+            wall_ms: 10_000,
+            subrequests: 20,
+            max_concurrency: 16,
+            max_cached_workers: 100,
+            max_body_bytes: 1_048_576,
+            // Not in the document: defaults.
+            max_queue: 64,
+            queue_timeout_ms: 5_000,
+        }
+    );
+}
+
+#[test]
+fn omitted_fields_take_defaults() {
+    let config = load_ok(&doc(""));
+    assert_eq!(config.listen.ingress, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.listen.admin, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(config.state_dir, PathBuf::from("./isogate-state"));
+    assert_eq!(config.pool, PoolConfig::default());
+    assert_eq!(config.pool.threads, None);
+    assert_eq!(config.pool.warm_isolates, 8);
+    assert_eq!(config.pool.max_cached_workers, 1000);
+    assert_eq!(config.pool.idle_ttl_s, 300);
+    assert_eq!(config.pool.queue_capacity, 1024);
+    assert!(config.pool_threads() >= 1);
+
+    let limits = config.tenants[0].limits;
+    assert_eq!(limits, LimitsConfig::default());
+    assert_eq!(
+        (
+            limits.cpu_ms,
+            limits.memory_mb,
+            limits.wall_ms,
+            limits.subrequests
+        ),
+        (50, 64, 30_000, 50)
+    );
+    assert_eq!(
+        (
+            limits.max_concurrency,
+            limits.max_cached_workers,
+            limits.max_body_bytes,
+            limits.max_queue,
+            limits.queue_timeout_ms
+        ),
+        (16, 100, 1_048_576, 64, 5_000)
+    );
+}
+
+#[test]
+fn partially_specified_sections_keep_other_defaults() {
+    let config = load_ok(&format!(
+        "{}    limits: {{ wall_ms: 1000 }}\nlisten: {{ admin: \"127.0.0.1:9999\" }}\npool: {{ queue_capacity: 7 }}\n",
+        doc("")
+    ));
+    assert_eq!(config.listen.ingress, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.listen.admin, "127.0.0.1:9999".parse().unwrap());
+    assert_eq!(config.pool.queue_capacity, 7);
+    assert_eq!(config.pool.warm_isolates, 8);
+    assert_eq!(config.tenants[0].limits.wall_ms, 1000);
+    assert_eq!(config.tenants[0].limits.cpu_ms, 50);
+}
+
+#[test]
+fn unknown_top_level_field_is_rejected() {
+    let (path, message, line, _) = parse_error(&doc("bogus: 1\n"));
+    assert_eq!(path, "bogus");
+    assert!(
+        message.starts_with("unknown field `bogus`, expected one of `listen`"),
+        "{message}"
+    );
+    assert_eq!(line, Some(5));
+}
+
+#[test]
+fn unknown_pool_field_is_rejected() {
+    let (path, message, line, _) = parse_error(&doc("pool:\n  threads: 2\n  thread: 2\n"));
+    assert_eq!(path, "pool.thread");
+    assert!(message.starts_with("unknown field `thread`"), "{message}");
+    assert_eq!(line, Some(7));
+}
+
+#[test]
+fn unknown_listen_field_is_rejected() {
+    let (path, message, _, _) = parse_error(&doc("listen: { public: \"0.0.0.0:80\" }\n"));
+    assert_eq!(path, "listen.public");
+    assert!(message.starts_with("unknown field `public`"), "{message}");
+}
+
+#[test]
+fn unknown_tenant_field_is_rejected() {
+    let yaml = format!("{}    quota: 5\n", doc(""));
+    let (path, message, line, _) = parse_error(&yaml);
+    assert_eq!(path, "tenants[0].quota");
+    assert!(message.starts_with("unknown field `quota`"), "{message}");
+    assert_eq!(line, Some(5));
+}
+
+#[test]
+fn unknown_api_key_field_is_rejected() {
+    let yaml = "tenants:\n  - name: demo\n    api_keys:\n      - sha512: abc\n";
+    let (path, message, _, _) = parse_error(yaml);
+    assert_eq!(path, "tenants[0].api_keys[0].sha512");
+    assert!(message.starts_with("unknown field `sha512`"), "{message}");
+}
+
+#[test]
+fn unknown_limits_field_is_rejected_with_full_message() {
+    let yaml = doc_with_limits("{ cpu_mss: 5 }");
+    let error = Config::from_yaml_str(&yaml, "isogate.yaml").expect_err("unknown field");
+    let ConfigError::Parse {
+        path,
+        message,
+        line,
+        column,
+        ..
+    } = &error
+    else {
+        panic!("expected a parse error, got {error:?}");
+    };
+    assert_eq!(path, "tenants[0].limits.cpu_mss");
+    assert_eq!(
+        message,
+        "unknown field `cpu_mss`, expected one of `cpu_ms`, `memory_mb`, `wall_ms`, \
+         `subrequests`, `max_concurrency`, `max_cached_workers`, `max_body_bytes`, \
+         `max_queue`, `queue_timeout_ms`"
+    );
+    assert_eq!((*line, *column), (Some(5), Some(15)));
+    assert_eq!(
+        error.to_string(),
+        format!("isogate.yaml:5:15: tenants[0].limits.cpu_mss: {message}")
+    );
+}
+
+#[test]
+fn wrong_type_names_path_and_line() {
+    let yaml = format!(
+        "{}    limits:\n      wall_ms: 100\n      cpu_ms: \"fast\"\n",
+        doc("")
+    );
+    let error = Config::from_yaml_str(&yaml, "isogate.yaml").expect_err("wrong type");
+    let ConfigError::Parse {
+        path,
+        message,
+        line,
+        column,
+        ..
+    } = &error
+    else {
+        panic!("expected a parse error, got {error:?}");
+    };
+    assert_eq!(path, "tenants[0].limits.cpu_ms");
+    assert_eq!(message, "invalid type: string \"fast\", expected u64");
+    assert_eq!((*line, *column), (Some(7), Some(15)));
+    let display = error.to_string();
+    assert_eq!(
+        display,
+        "isogate.yaml:7:15: tenants[0].limits.cpu_ms: invalid type: string \"fast\", expected u64"
+    );
+}
+
+#[test]
+fn negative_and_overflowing_numbers_are_type_errors() {
+    let (path, _, _, _) = parse_error(&doc_with_limits("{ subrequests: -1 }"));
+    assert_eq!(path, "tenants[0].limits.subrequests");
+    let (path, _, _, _) = parse_error(&doc_with_limits("{ max_queue: 4294967296 }"));
+    assert_eq!(path, "tenants[0].limits.max_queue");
+}
+
+#[test]
+fn bad_socket_address_is_a_parse_error() {
+    let (path, message, line, _) = parse_error(&doc("listen: { ingress: \"localhost\" }\n"));
+    assert_eq!(path, "listen.ingress");
+    assert!(message.contains("socket address"), "{message}");
+    assert_eq!(line, Some(5));
+}
+
+#[test]
+fn missing_tenant_name_is_a_parse_error() {
+    let (path, message, line, _) = parse_error("tenants:\n  - api_keys: []\n");
+    assert_eq!(path, "tenants[0]");
+    assert_eq!(message, "missing field `name`");
+    assert_eq!(line, Some(2));
+}
+
+#[test]
+fn malformed_yaml_reports_the_line() {
+    // `api_keys` is indented one space less than `name`.
+    let yaml = "tenants:\n  - name: demo\n   api_keys: []\n";
+    let error = Config::from_yaml_str(yaml, "broken.yaml").expect_err("malformed");
+    let ConfigError::Parse { message, line, .. } = &error else {
+        panic!("expected a parse error, got {error:?}");
+    };
+    assert_eq!(*line, Some(3));
+    assert!(!message.is_empty());
+    let display = error.to_string();
+    assert!(display.starts_with("broken.yaml:3:"), "{display}");
+    assert!(display.contains("expected"), "{display}");
+}
+
+#[test]
+fn tabs_and_unclosed_flow_mappings_are_reported() {
+    let (_, _, line, _) = parse_error("tenants:\n\t- name: demo\n");
+    assert_eq!(line, Some(2));
+    let (_, _, line, _) = parse_error("pool: { threads: 2\ntenants: []\n");
+    assert!(line.is_some());
+}
+
+#[test]
+fn multiple_documents_are_rejected() {
+    let yaml = format!("{}---\n{}", doc(""), doc(""));
+    let error = Config::from_yaml_str(&yaml, "multi.yaml").expect_err("two documents");
+    assert!(
+        error.to_string().contains("more than one document"),
+        "{error}"
+    );
+}
+
+#[test]
+fn empty_document_means_no_tenants() {
+    for yaml in ["", "---\n", "# only a comment\n"] {
+        assert_eq!(
+            single_error_at(yaml, "tenants"),
+            "at least one tenant is required"
+        );
+    }
+}
+
+// ------------------------------------------------------------- validation
+
+#[test]
+fn rule_at_least_one_tenant() {
+    let message = single_error_at("tenants: []\n", "tenants");
+    assert_eq!(message, "at least one tenant is required");
+}
+
+#[test]
+fn rule_tenant_name_syntax() {
+    let too_long = "a".repeat(64);
+    for bad in ["Demo", "\"-demo\"", "\"\"", "de.mo", too_long.as_str()] {
+        let yaml = format!(
+            "tenants:\n  - name: {bad}\n    api_keys: [{{ sha256: \"{DEMO_KEY_SHA256}\" }}]\n"
+        );
+        let message = single_error_at(&yaml, "tenants[0].name");
+        assert!(message.starts_with("invalid tenant name"), "{message}");
+    }
+    let longest = "a".repeat(63);
+    load_ok(&format!(
+        "tenants:\n  - name: {longest}\n    api_keys: [{{ sha256: \"{DEMO_KEY_SHA256}\" }}]\n"
+    ));
+}
+
+#[test]
+fn rule_tenant_names_unique() {
+    let yaml = format!(
+        "tenants:\n{}{}{}",
+        tenant("a", "k1"),
+        tenant("b", "k2"),
+        tenant("a", "k3")
+    );
+    let message = single_error_at(&yaml, "tenants[2].name");
+    assert_eq!(
+        message,
+        "duplicate tenant name \"a\" (already defined at tenants[0])"
+    );
+}
+
+#[test]
+fn rule_at_least_one_api_key() {
+    let message = single_error_at("tenants:\n  - name: demo\n", "tenants[0].api_keys");
+    assert_eq!(message, "at least one API key is required");
+    single_error_at(
+        "tenants:\n  - name: demo\n    api_keys: []\n",
+        "tenants[0].api_keys",
+    );
+}
+
+#[test]
+fn rule_sha256_is_64_hex_characters() {
+    let short = &DEMO_KEY_SHA256[..63];
+    let yaml = format!(
+        "tenants:\n  - name: demo\n    api_keys:\n      - sha256: \"{}\"\n      - sha256: \"{short}\"\n",
+        key_hex("other")
+    );
+    let errors = validation_errors(&yaml);
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert!(
+        errors[0]
+            .to_string()
+            .starts_with("tenants[0].api_keys[1].sha256: must be 64 hex characters"),
+        "{}",
+        errors[0]
+    );
+
+    let non_hex = format!("z{}", &DEMO_KEY_SHA256[1..]);
+    let yaml = format!("tenants:\n  - name: demo\n    api_keys: [{{ sha256: \"{non_hex}\" }}]\n");
+    let message = single_error_at(&yaml, "tenants[0].api_keys[0].sha256");
+    assert!(
+        message.starts_with("must be 64 hex characters"),
+        "{message}"
+    );
+
+    // Uppercase hex is accepted.
+    load_ok(&format!(
+        "tenants:\n  - name: demo\n    api_keys: [{{ sha256: \"{}\" }}]\n",
+        DEMO_KEY_SHA256.to_uppercase()
+    ));
+}
+
+#[test]
+fn rule_sha256_of_the_empty_key_is_rejected() {
+    let yaml = format!(
+        "tenants:\n  - name: demo\n    api_keys: [{{ sha256: \"{}\" }}]\n",
+        key_hex("")
+    );
+    let message = single_error_at(&yaml, "tenants[0].api_keys[0].sha256");
+    assert!(message.contains("empty string"), "{message}");
+}
+
+#[test]
+fn rule_api_key_hashes_unique_within_a_tenant() {
+    let yaml = format!(
+        "tenants:\n  - name: demo\n    api_keys:\n      - sha256: \"{DEMO_KEY_SHA256}\"\n      - sha256: \"{}\"\n",
+        DEMO_KEY_SHA256.to_uppercase()
+    );
+    let message = single_error_at(&yaml, "tenants[0].api_keys[1].sha256");
+    assert_eq!(
+        message,
+        "duplicate API key hash (already used at tenants[0].api_keys[0].sha256)"
+    );
+}
+
+#[test]
+fn rule_api_key_hashes_unique_across_tenants() {
+    let yaml = format!(
+        "tenants:\n{}{}",
+        tenant("a", "shared"),
+        tenant("b", "shared")
+    );
+    let message = single_error_at(&yaml, "tenants[1].api_keys[0].sha256");
+    assert!(
+        message.contains("tenants[0].api_keys[0].sha256"),
+        "{message}"
+    );
+}
+
+#[test]
+fn rule_every_limit_is_positive() {
+    for field in [
+        "cpu_ms",
+        "memory_mb",
+        "wall_ms",
+        "subrequests",
+        "max_concurrency",
+        "max_cached_workers",
+        "max_body_bytes",
+        "max_queue",
+        "queue_timeout_ms",
+    ] {
+        let errors = validation_errors(&doc_with_limits(&format!("{{ {field}: 0 }}")));
+        let path = format!("tenants[0].limits.{field}");
+        // Exactly this field is reported; wall_ms = 0 additionally trips
+        // cpu_ms <= wall_ms.
+        let positive: Vec<_> = errors
+            .iter()
+            .filter(|e| e.message == "must be greater than 0")
+            .collect();
+        assert_eq!(positive.len(), 1, "{field}: {errors:#?}");
+        assert_eq!(positive[0].path, path);
+    }
+}
+
+#[test]
+fn rule_memory_at_most_4096_mb() {
+    load_ok(&doc_with_limits("{ memory_mb: 4096 }"));
+    let message = single_error_at(
+        &doc_with_limits("{ memory_mb: 4097 }"),
+        "tenants[0].limits.memory_mb",
+    );
+    assert_eq!(message, "must be at most 4096, got 4097");
+}
+
+#[test]
+fn rule_cpu_at_most_wall() {
+    load_ok(&doc_with_limits("{ cpu_ms: 100, wall_ms: 100 }"));
+    let message = single_error_at(
+        &doc_with_limits("{ cpu_ms: 101, wall_ms: 100 }"),
+        "tenants[0].limits.cpu_ms",
+    );
+    assert_eq!(message, "must not exceed wall_ms (101 > 100)");
+}
+
+#[test]
+fn tenant_cache_may_exceed_pool_cache() {
+    load_ok(&format!(
+        "{}    limits: {{ max_cached_workers: 5000 }}\npool: {{ max_cached_workers: 10 }}\n",
+        doc("")
+    ));
+}
+
+#[test]
+fn rule_pool_threads_range() {
+    load_ok(&doc("pool: { threads: 1 }\n"));
+    let config = load_ok(&doc("pool: { threads: 256 }\n"));
+    assert_eq!(config.pool_threads(), 256);
+    for bad in [0, 257, 100_000] {
+        let message = single_error_at(
+            &doc(&format!("pool: {{ threads: {bad} }}\n")),
+            "pool.threads",
+        );
+        assert_eq!(message, format!("must be between 1 and 256, got {bad}"));
+    }
+}
+
+#[test]
+fn rule_pool_values_positive() {
+    for field in ["max_cached_workers", "idle_ttl_s", "queue_capacity"] {
+        let message = single_error_at(
+            &doc(&format!("pool: {{ {field}: 0 }}\n")),
+            &format!("pool.{field}"),
+        );
+        assert_eq!(message, "must be greater than 0");
+    }
+    // warm_isolates: 0 simply disables pre-warming.
+    load_ok(&doc("pool: { warm_isolates: 0 }\n"));
+}
+
+#[test]
+fn rule_listeners_differ() {
+    let message = single_error_at(
+        &doc("listen: { ingress: \"127.0.0.1:8080\", admin: \"127.0.0.1:8080\" }\n"),
+        "listen.admin",
+    );
+    assert!(message.contains("listen.ingress"), "{message}");
+    single_error_at(
+        &doc("listen: { ingress: \"0.0.0.0:9090\" }\n"),
+        "listen.admin",
+    );
+    // Ephemeral ports never collide.
+    load_ok(&doc(
+        "listen: { ingress: \"127.0.0.1:0\", admin: \"127.0.0.1:0\" }\n",
+    ));
+}
+
+#[test]
+fn rule_state_dir_not_empty() {
+    single_error_at(&doc("state_dir: \"\"\n"), "state_dir");
+}
+
+#[test]
+fn all_errors_are_reported() {
+    let yaml = format!(
+        r#"listen: {{ ingress: "127.0.0.1:1", admin: "127.0.0.1:1" }}
+pool: {{ threads: 0, idle_ttl_s: 0 }}
+tenants:
+  - name: Bad
+    api_keys: [{{ sha256: "abc" }}]
+    limits: {{ cpu_ms: 0, memory_mb: 9999 }}
+  - name: ok
+    api_keys: []
+  - name: ok
+    api_keys: [{{ sha256: "{DEMO_KEY_SHA256}" }}, {{ sha256: "{DEMO_KEY_SHA256}" }}]
+    limits: {{ cpu_ms: 20, wall_ms: 10 }}
+"#
+    );
+    let errors = validation_errors(&yaml);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "listen.admin",
+            "pool.threads",
+            "pool.idle_ttl_s",
+            "tenants[0].name",
+            "tenants[0].api_keys[0].sha256",
+            "tenants[0].limits.cpu_ms",
+            "tenants[0].limits.memory_mb",
+            "tenants[1].api_keys",
+            "tenants[2].name",
+            "tenants[2].api_keys[1].sha256",
+            "tenants[2].limits.cpu_ms",
+        ],
+        "{errors:#?}"
+    );
+
+    let display = ConfigError::Invalid(errors).to_string();
+    assert!(
+        display.starts_with("invalid configuration (11 errors):\n"),
+        "{display}"
+    );
+    assert!(
+        display.contains("\n  tenants[0].api_keys[0].sha256: must be 64 hex characters"),
+        "{display}"
+    );
+}
+
+#[test]
+fn validate_catches_programmatic_changes() {
+    let mut config = load_ok(EXAMPLE);
+    assert!(config.validate().is_ok());
+    config.pool.queue_capacity = 0;
+    config.tenants[0].limits.memory_mb = 0;
+    let Err(ConfigError::Invalid(errors)) = config.validate() else {
+        panic!("expected validation errors");
+    };
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+}
+
+// --------------------------------------------------------------- lowering
+
+#[test]
+fn policy_lowering() {
+    let config = load_ok(EXAMPLE);
+    let policy = config.policy();
+    assert_eq!(policy.tenants().len(), 1);
+
+    let demo = policy
+        .authenticate("demo-key")
+        .expect("demo-key authenticates");
+    assert_eq!(demo.name.as_str(), "demo");
+    assert_eq!(demo.api_keys, vec![ApiKeyHash::of_key("demo-key")]);
+    assert_eq!(
+        demo.limits,
+        TenantLimits {
+            cpu_ms: 50,
+            memory_mb: 64,
+            wall_ms: 10_000,
+            subrequests: 20,
+            max_concurrency: 16,
+            max_cached_workers: 100,
+            max_body_bytes: 1_048_576,
+            max_queue: 64,
+            queue_timeout_ms: 5_000,
+        }
+    );
+    assert!(policy.authenticate("dev-key").is_none());
+    assert!(policy.tenant("demo").is_some());
+}
+
+#[test]
+fn embedded_default_is_valid_and_authenticates_dev_key() {
+    let config = Config::from_yaml_str(EMBEDDED_DEFAULT_YAML, "default.yaml")
+        .unwrap_or_else(|error| panic!("embedded default must load: {error}"));
+    assert!(config.validate().is_ok());
+    assert_eq!(config, Config::embedded_default());
+
+    assert_eq!(config.listen.ingress, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(config.listen.admin, "127.0.0.1:9090".parse().unwrap());
+    assert_eq!(config.pool.warm_isolates, 4);
+    assert_eq!(config.tenants.len(), 1);
+    assert_eq!(config.tenants[0].name, "dev");
+
+    let policy = config.policy();
+    let dev = policy
+        .authenticate("dev-key")
+        .expect("dev-key authenticates");
+    assert_eq!(dev.name.as_str(), "dev");
+    assert!(policy.authenticate("demo-key").is_none());
+    assert!(policy.authenticate("").is_none());
+}
+
+#[test]
+fn embedded_default_comment_matches_its_key() {
+    assert!(EMBEDDED_DEFAULT_YAML.contains(&format!(
+        "\"{}\" # sha256 of \"dev-key\"",
+        key_hex("dev-key")
+    )));
+}
+
+// ------------------------------------------------------------------ files
+
+#[test]
+fn load_reads_files_and_names_them_in_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let good = dir.path().join("good.yaml");
+    std::fs::write(&good, EXAMPLE).expect("write");
+    assert_eq!(Config::load(&good).expect("loads"), load_ok(EXAMPLE));
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, doc_with_limits("{ cpu_ms: fast }")).expect("write");
+    let error = Config::load(&bad).expect_err("bad type");
+    let display = error.to_string();
+    assert!(
+        display.starts_with(&format!("{}:5:", bad.display())),
+        "{display}"
+    );
+    assert!(display.contains("tenants[0].limits.cpu_ms"), "{display}");
+
+    let missing = dir.path().join("missing.yaml");
+    match Config::load(&missing) {
+        Err(ConfigError::Io { path, source }) => {
+            assert_eq!(path, missing);
+            assert_eq!(source.kind(), std::io::ErrorKind::NotFound);
+        }
+        other => panic!("expected an I/O error, got {other:?}"),
+    }
+}
+
+#[test]
+fn json_schema_describes_the_document() {
+    let schema = serde_json::to_value(Config::json_schema()).expect("schema serializes");
+    assert_eq!(schema["additionalProperties"], serde_json::json!(false));
+    for property in ["listen", "state_dir", "pool", "tenants"] {
+        assert!(
+            schema["properties"].get(property).is_some(),
+            "missing {property} in {schema:#}"
+        );
+    }
+    let text = schema.to_string();
+    assert!(text.contains("^[0-9a-fA-F]{64}$"), "{text}");
+    assert!(text.contains("queue_timeout_ms"), "{text}");
+}

@@ -1,0 +1,155 @@
+//! Every error the HTTP API can answer with, mapped to a status and a JSON body in one place.
+//!
+//! The body is always `{"error":{"kind":"...","message":"..."}}`; `kind` is a small fixed set
+//! usable in logs and metric labels.
+
+use isogate_pool::{ErrorKind, WorkerError};
+
+/// An error answered to the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiError {
+    /// Malformed body or bad WorkerCode; the message names the field.
+    BadRequest(String),
+    /// Missing or unknown API key.
+    Unauthorized,
+    /// Body larger than the tenant's `max_body_bytes`.
+    PayloadTooLarge {
+        /// The limit that was exceeded.
+        limit: u64,
+    },
+    /// No such route or Worker.
+    NotFound(String),
+    /// Route exists, method does not.
+    MethodNotAllowed {
+        /// Methods the route accepts.
+        allow: &'static str,
+    },
+    /// Different code already stored under an id.
+    Conflict(String),
+    /// Tenant over its concurrency and its queue full or the wait timed out.
+    TooManyRequests {
+        /// Seconds the client should wait.
+        retry_after_s: u64,
+        /// Why.
+        message: String,
+    },
+    /// The isolate pool cannot take more work right now.
+    Overloaded,
+    /// The Worker failed (limit breach → 503, exception/syntax → 500).
+    Worker(WorkerError),
+    /// A fault in isogate.
+    Internal(String),
+}
+
+impl ApiError {
+    /// HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::NotFound(_) => 404,
+            ApiError::MethodNotAllowed { .. } => 405,
+            ApiError::Conflict(_) => 409,
+            ApiError::TooManyRequests { .. } => 429,
+            ApiError::Overloaded => 503,
+            ApiError::Worker(e) if e.kind.is_limit() => 503,
+            ApiError::Worker(_) => 500,
+            ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// The fixed `kind` string.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized => "unauthorized",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
+            ApiError::Conflict(_) => "conflict",
+            ApiError::TooManyRequests { .. } => "too_many_requests",
+            ApiError::Overloaded => "overloaded",
+            ApiError::Worker(e) => e.kind.as_str(),
+            ApiError::Internal(_) => "internal",
+        }
+    }
+
+    /// The human message.
+    pub fn message(&self) -> String {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m) => m.clone(),
+            ApiError::Unauthorized => {
+                "missing or unknown API key; send `Authorization: Bearer <tenant api key>`".into()
+            }
+            ApiError::PayloadTooLarge { limit } => {
+                format!("request body exceeds this tenant's limit of {limit} bytes")
+            }
+            ApiError::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
+            ApiError::TooManyRequests { message, .. } => message.clone(),
+            ApiError::Overloaded => "the isolate pool is overloaded; retry shortly".into(),
+            ApiError::Worker(e) => e.message.clone(),
+            ApiError::Internal(m) => m.clone(),
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({ "error": { "kind": self.kind(), "message": self.message() } })
+    }
+
+    /// Extra headers the status calls for.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        match self {
+            ApiError::Unauthorized => vec![("www-authenticate", "Bearer".into())],
+            ApiError::MethodNotAllowed { allow } => vec![("allow", (*allow).to_string())],
+            ApiError::TooManyRequests { retry_after_s, .. } => {
+                vec![("retry-after", retry_after_s.to_string())]
+            }
+            ApiError::Overloaded => vec![("retry-after", "1".into())],
+            ApiError::PayloadTooLarge { .. } => vec![("connection", "close".into())],
+            _ => vec![],
+        }
+    }
+}
+
+impl From<isogate_pool::PoolError> for ApiError {
+    fn from(e: isogate_pool::PoolError) -> Self {
+        match e {
+            isogate_pool::PoolError::Overloaded => ApiError::Overloaded,
+            isogate_pool::PoolError::Unavailable => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<WorkerError> for ApiError {
+    fn from(e: WorkerError) -> Self {
+        match e.kind {
+            ErrorKind::Internal => ApiError::Internal(e.message),
+            _ => ApiError::Worker(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_api_contract() {
+        let limit = ApiError::Worker(WorkerError::new(ErrorKind::CpuLimit, "x"));
+        assert_eq!(limit.status(), 503);
+        assert_eq!(limit.kind(), "cpu_limit");
+        let exc = ApiError::Worker(WorkerError::new(ErrorKind::Exception, "x"));
+        assert_eq!(exc.status(), 500);
+        let busy = ApiError::TooManyRequests {
+            retry_after_s: 2,
+            message: "m".into(),
+        };
+        assert_eq!(busy.status(), 429);
+        assert_eq!(busy.headers(), vec![("retry-after", "2".to_string())]);
+        assert_eq!(ApiError::Unauthorized.body()["error"]["kind"], "unauthorized");
+    }
+}

@@ -1,0 +1,631 @@
+//! The ingress HTTP API (a pingora [`ServeHttp`] app): authentication, body limits, tenant
+//! admission, and the routes that reach the isolate pool.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /v1/execute` | Code Mode: run an async function once, answer `{result, logs, error}` |
+//! | `POST /v1/load` | `load()`: run WorkerCode once in a fresh isolate, answer its Response |
+//! | `PUT /v1/workers/{id}` | store WorkerCode under an immutable id |
+//! | `GET /v1/workers` | the tenant's ids with warm/cold state |
+//! | `DELETE /v1/workers/{id}` | evict and forget |
+//! | `ANY /w/{id}/{rest}` | `get(id)`: dispatch to the cached Worker |
+
+use crate::admission::TenantGate;
+use crate::error::ApiError;
+use crate::state::{AppState, Snapshot};
+use crate::store::PutOutcome;
+use async_trait::async_trait;
+use isogate_policy::{LimitOverrides as PolicyOverrides, TenantPolicy};
+use isogate_pool::{
+    HttpRequest, HttpResponse, Invocation, Invoker, LimitOverrides, Limits, WorkerCode,
+};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The ingress app.
+pub struct Ingress {
+    state: Arc<AppState>,
+}
+
+impl Ingress {
+    /// Builds the app over shared state.
+    pub fn new(state: Arc<AppState>) -> Self {
+        Ingress { state }
+    }
+}
+
+/// A finished HTTP answer.
+pub(crate) struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    pub(crate) fn json(status: u16, value: &serde_json::Value) -> Reply {
+        Reply {
+            status,
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: serde_json::to_vec(value).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn error(e: &ApiError) -> Reply {
+        let mut r = Reply::json(e.status(), &e.body());
+        r.headers
+            .extend(e.headers().into_iter().map(|(k, v)| (k.to_string(), v)));
+        r
+    }
+
+    fn from_worker(resp: HttpResponse) -> Reply {
+        Reply {
+            status: resp.status,
+            headers: resp.headers,
+            body: resp.body,
+        }
+    }
+
+    /// Builds the response; headers that are hop-by-hop or not valid HTTP are dropped, the
+    /// length is ours.
+    pub(crate) fn into_http(self) -> http::Response<Vec<u8>> {
+        let status = http::StatusCode::from_u16(self.status)
+            .ok()
+            .filter(|s| !s.is_informational())
+            .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let mut builder = http::Response::builder().status(status);
+        if let Some(headers) = builder.headers_mut() {
+            for (name, value) in &self.headers {
+                let (Ok(name), Ok(value)) = (
+                    http::HeaderName::from_bytes(name.as_bytes()),
+                    http::HeaderValue::from_str(value),
+                ) else {
+                    continue;
+                };
+                if is_hop_by_hop(name.as_str()) || name == http::header::CONTENT_LENGTH {
+                    // `connection: close` is ours to set on errors that close the connection.
+                    if !(name == http::header::CONNECTION && value == "close") {
+                        continue;
+                    }
+                }
+                headers.append(name, value);
+            }
+            headers.insert(http::header::CONTENT_LENGTH, self.body.len().into());
+        }
+        builder
+            .body(self.body)
+            .unwrap_or_else(|_| http::Response::new(Vec::new()))
+    }
+}
+
+fn is_hop_by_hop(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+#[async_trait]
+impl ServeHttp for Ingress {
+    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+        let started = Instant::now();
+        let method = session.req_header().method.to_string();
+        let reply = match self.handle(session).await {
+            Ok(r) => r,
+            Err(e) => {
+                if matches!(e, ApiError::PayloadTooLarge { .. }) {
+                    session.set_keepalive(None);
+                }
+                Reply::error(&e)
+            }
+        };
+        tracing::debug!(
+            method,
+            status = reply.status,
+            duration_us = started.elapsed().as_micros() as u64,
+            "ingress request"
+        );
+        reply.into_http()
+    }
+}
+
+/// The routes, parsed from the path.
+enum Route {
+    Execute,
+    Load,
+    Workers,
+    Worker(String),
+    Dispatch { id: String, rest: String },
+}
+
+fn parse_route(path: &str) -> Result<Route, ApiError> {
+    let not_found = || ApiError::NotFound(format!("no route for {path}"));
+    match path {
+        "/v1/execute" => return Ok(Route::Execute),
+        "/v1/load" => return Ok(Route::Load),
+        "/v1/workers" | "/v1/workers/" => return Ok(Route::Workers),
+        _ => {}
+    }
+    if let Some(id) = path.strip_prefix("/v1/workers/") {
+        return Ok(Route::Worker(valid_id(id)?.to_string()));
+    }
+    if let Some(tail) = path.strip_prefix("/w/") {
+        let (id, rest) = tail.split_once('/').unwrap_or((tail, ""));
+        return Ok(Route::Dispatch {
+            id: valid_id(id)?.to_string(),
+            rest: rest.to_string(),
+        });
+    }
+    Err(not_found())
+}
+
+/// Worker ids: 1–128 characters of `A-Z a-z 0-9 . _ - @ : + ~`.
+fn valid_id(id: &str) -> Result<&str, ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-@:+~".contains(&b));
+    if ok {
+        Ok(id)
+    } else {
+        Err(ApiError::BadRequest(format!(
+            "invalid worker id {id:?}: use 1-128 characters of A-Z a-z 0-9 . _ - @ : + ~"
+        )))
+    }
+}
+
+fn bearer_key(session: &ServerSession) -> Option<&str> {
+    let value = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, key) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| key.trim())
+}
+
+/// Reads the whole body, refusing more than `limit` bytes (by `Content-Length` before reading
+/// anything, and by counting while reading).
+async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Vec<u8>, ApiError> {
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::PayloadTooLarge { limit });
+    }
+    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() as u64 + chunk.len() as u64 > limit {
+                    return Err(ApiError::PayloadTooLarge { limit });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(ApiError::BadRequest(format!("cannot read request body: {e}"))),
+        }
+    }
+}
+
+/// Parses a JSON body; the error names the field that is wrong.
+fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            ApiError::BadRequest(format!("malformed {what}: {inner}"))
+        } else {
+            ApiError::BadRequest(format!("malformed {what}: {path}: {inner}"))
+        }
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecuteBody {
+    code: String,
+    #[serde(default = "empty_object")]
+    env: serde_json::Value,
+    #[serde(default)]
+    limits: Option<LimitOverrides>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadBody {
+    code: WorkerCode,
+    #[serde(default)]
+    request: Option<LoadRequest>,
+    #[serde(default)]
+    limits: Option<LimitOverrides>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadRequest {
+    #[serde(default = "default_method")]
+    method: String,
+    #[serde(default = "default_url")]
+    url: String,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    body: String,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+fn default_method() -> String {
+    "GET".into()
+}
+fn default_url() -> String {
+    "/".into()
+}
+
+fn overrides(o: Option<&LimitOverrides>) -> PolicyOverrides {
+    o.map(|o| PolicyOverrides {
+        cpu_ms: o.cpu_ms,
+        memory_mb: o.memory_mb,
+        wall_ms: o.wall_ms,
+        subrequests: o.subrequests,
+    })
+    .unwrap_or_default()
+}
+
+/// The tenant's limits, lowered (never raised) by the Worker's and the request's overrides.
+fn limits_for(
+    tenant: &TenantPolicy,
+    code: Option<&LimitOverrides>,
+    request: Option<&LimitOverrides>,
+) -> Limits {
+    let l = tenant
+        .limits
+        .invocation()
+        .lowered_by(&overrides(code))
+        .lowered_by(&overrides(request));
+    Limits {
+        cpu_ms: l.cpu_ms,
+        memory_mb: l.memory_mb,
+        wall_ms: l.wall_ms,
+        subrequests: l.subrequests,
+    }
+}
+
+fn check_code(code: &WorkerCode) -> Result<(), ApiError> {
+    code.validate()
+        .map_err(|e| ApiError::BadRequest(format!("invalid WorkerCode: {e}")))
+}
+
+fn worker_reply(inv: Invocation<HttpResponse>, tenant: &str) -> Result<Reply, ApiError> {
+    log_console(tenant, &inv);
+    match inv.outcome {
+        Ok(resp) => Ok(Reply::from_worker(resp)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn log_console<T>(tenant: &str, inv: &Invocation<T>) {
+    for entry in &inv.logs {
+        tracing::debug!(target: "isogate::worker_console", tenant, level = %entry.level, message = %entry.message);
+    }
+}
+
+impl Ingress {
+    async fn handle(&self, session: &mut ServerSession) -> Result<Reply, ApiError> {
+        let path = session.req_header().uri.path().to_string();
+        let route = parse_route(&path)?;
+        let snapshot = self.state.snapshot();
+        let tenant = bearer_key(session)
+            .and_then(|key| snapshot.policy.authenticate(key))
+            .cloned()
+            .ok_or(ApiError::Unauthorized)?;
+        let method = session.req_header().method.clone();
+        let allow = |ok: bool, allow: &'static str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(ApiError::MethodNotAllowed { allow })
+            }
+        };
+        match &route {
+            Route::Execute | Route::Load => allow(method == http::Method::POST, "POST")?,
+            Route::Workers => allow(method == http::Method::GET, "GET")?,
+            Route::Worker(_) => allow(
+                method == http::Method::PUT || method == http::Method::DELETE,
+                "PUT, DELETE",
+            )?,
+            Route::Dispatch { .. } => {}
+        }
+        let body = read_body(session, tenant.limits.max_body_bytes).await?;
+        match route {
+            Route::Execute => self.execute(&snapshot, &tenant, &body).await,
+            Route::Load => self.load(&snapshot, &tenant, &body).await,
+            Route::Workers => Ok(self.list(&tenant)),
+            Route::Worker(id) if method == http::Method::PUT => self.put(&tenant, &id, &body).await,
+            Route::Worker(id) => self.delete(&tenant, &id).await,
+            Route::Dispatch { id, rest } => {
+                let request = self.forwarded_request(session, &rest, body);
+                self.dispatch(&snapshot, &tenant, &id, request).await
+            }
+        }
+    }
+
+    fn gate<'a>(&self, snapshot: &'a Snapshot, tenant: &TenantPolicy) -> Result<&'a TenantGate, ApiError> {
+        snapshot
+            .gates
+            .get(tenant.name.as_str())
+            .map(|g| g.as_ref())
+            .ok_or_else(|| ApiError::Internal("tenant has no admission gate".into()))
+    }
+
+    fn invoker(tenant: &TenantPolicy, worker_id: Option<&str>) -> Invoker {
+        Invoker {
+            tenant: tenant.name.as_str().to_string(),
+            worker_id: worker_id.map(str::to_string),
+        }
+    }
+
+    async fn execute(&self, snapshot: &Snapshot, tenant: &TenantPolicy, body: &[u8]) -> Result<Reply, ApiError> {
+        let req: ExecuteBody = parse_json(body, "execute request")?;
+        if !req.env.is_object() {
+            return Err(ApiError::BadRequest("malformed execute request: env: must be a JSON object".into()));
+        }
+        let limits = limits_for(tenant, None, req.limits.as_ref());
+        let _permit = self.gate(snapshot, tenant)?.admit().await?;
+        let inv = self
+            .state
+            .pool
+            .execute(Self::invoker(tenant, None), req.code, req.env, limits)
+            .await?;
+        let logs = serde_json::to_value(&inv.logs).unwrap_or_default();
+        let (result, error) = match inv.outcome {
+            Ok(v) => (v, serde_json::Value::Null),
+            Err(e) if e.kind == isogate_pool::ErrorKind::Internal => {
+                return Err(ApiError::Internal(e.message))
+            }
+            Err(e) => (
+                serde_json::Value::Null,
+                serde_json::json!({"kind": e.kind.as_str(), "message": e.message}),
+            ),
+        };
+        Ok(Reply::json(
+            200,
+            &serde_json::json!({"result": result, "logs": logs, "error": error}),
+        ))
+    }
+
+    async fn load(&self, snapshot: &Snapshot, tenant: &TenantPolicy, body: &[u8]) -> Result<Reply, ApiError> {
+        let req: LoadBody = parse_json(body, "load request")?;
+        check_code(&req.code)?;
+        let request = match req.request {
+            None => HttpRequest {
+                method: "GET".into(),
+                url: "http://localhost/".into(),
+                headers: vec![],
+                body: vec![],
+            },
+            Some(r) => HttpRequest {
+                method: valid_method(&r.method)?,
+                url: absolute_url(&r.url)?,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(k, v)| (k.to_ascii_lowercase(), v))
+                    .collect(),
+                body: r.body.into_bytes(),
+            },
+        };
+        let limits = limits_for(tenant, req.code.limits.as_ref(), req.limits.as_ref());
+        let _permit = self.gate(snapshot, tenant)?.admit().await?;
+        let inv = self
+            .state
+            .pool
+            .load(Self::invoker(tenant, None), Arc::new(req.code), request, limits)
+            .await?;
+        worker_reply(inv, tenant.name.as_str())
+    }
+
+    async fn put(&self, tenant: &TenantPolicy, id: &str, body: &[u8]) -> Result<Reply, ApiError> {
+        let code: WorkerCode = parse_json(body, "WorkerCode")?;
+        check_code(&code)?;
+        let store = self.state.store.clone();
+        let (t, i) = (tenant.name.as_str().to_string(), id.to_string());
+        let outcome = tokio::task::spawn_blocking(move || store.put(&t, &i, code))
+            .await
+            .map_err(|e| ApiError::Internal(format!("worker store task failed: {e}")))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match outcome {
+            PutOutcome::Created => Ok(Reply::json(201, &serde_json::json!({"id": id, "created": true}))),
+            PutOutcome::Unchanged => Ok(Reply::json(200, &serde_json::json!({"id": id, "created": false}))),
+            PutOutcome::Conflict => Err(ApiError::Conflict(format!(
+                "worker {id:?} already exists with different code; ids are immutable, use a new (versioned) id"
+            ))),
+        }
+    }
+
+    async fn delete(&self, tenant: &TenantPolicy, id: &str) -> Result<Reply, ApiError> {
+        let store = self.state.store.clone();
+        let (t, i) = (tenant.name.as_str().to_string(), id.to_string());
+        let existed = tokio::task::spawn_blocking(move || store.delete(&t, &i))
+            .await
+            .map_err(|e| ApiError::Internal(format!("worker store task failed: {e}")))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let evicted = self.state.pool.evict(tenant.name.as_str(), id);
+        if !existed {
+            return Err(ApiError::NotFound(format!("no worker {id:?} for this tenant")));
+        }
+        Ok(Reply::json(200, &serde_json::json!({"id": id, "deleted": true, "evicted": evicted})))
+    }
+
+    fn list(&self, tenant: &TenantPolicy) -> Reply {
+        let name = tenant.name.as_str();
+        let warm: std::collections::HashSet<String> =
+            self.state.pool.cached_ids(name).into_iter().collect();
+        let workers: Vec<serde_json::Value> = self
+            .state
+            .store
+            .ids(name)
+            .into_iter()
+            .map(|id| {
+                let state = if warm.contains(&id) { "warm" } else { "cold" };
+                serde_json::json!({"id": id, "state": state})
+            })
+            .collect();
+        Reply::json(200, &serde_json::json!({ "workers": workers }))
+    }
+
+    /// The request as the Worker sees it: path `/{rest}`, the query, the headers (without the
+    /// tenant's API key and hop-by-hop headers), the body.
+    fn forwarded_request(&self, session: &ServerSession, rest: &str, body: Vec<u8>) -> HttpRequest {
+        let header = session.req_header();
+        let host = header
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .filter(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic()))
+            .unwrap_or("localhost");
+        let mut url = format!("http://{host}/{rest}");
+        if let Some(q) = header.uri.query() {
+            url.push('?');
+            url.push_str(q);
+        }
+        let headers = header
+            .headers
+            .iter()
+            .filter(|(name, _)| {
+                *name != http::header::AUTHORIZATION && !is_hop_by_hop(name.as_str())
+            })
+            .filter_map(|(name, value)| {
+                Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+            })
+            .collect();
+        HttpRequest {
+            method: header.method.to_string(),
+            url,
+            headers,
+            body,
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &TenantPolicy,
+        id: &str,
+        request: HttpRequest,
+    ) -> Result<Reply, ApiError> {
+        let code = self
+            .state
+            .store
+            .get(tenant.name.as_str(), id)
+            .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?} for this tenant")))?;
+        let limits = limits_for(tenant, code.limits.as_ref(), None);
+        let _permit = self.gate(snapshot, tenant)?.admit().await?;
+        let inv = self
+            .state
+            .pool
+            .get(
+                Self::invoker(tenant, Some(id)),
+                code,
+                request,
+                limits,
+                tenant.limits.max_cached_workers as usize,
+            )
+            .await?;
+        worker_reply(inv, tenant.name.as_str())
+    }
+}
+
+fn valid_method(m: &str) -> Result<String, ApiError> {
+    let m = m.to_ascii_uppercase();
+    http::Method::from_bytes(m.as_bytes())
+        .map(|_| m.clone())
+        .map_err(|_| ApiError::BadRequest(format!("malformed load request: request.method: invalid method {m:?}")))
+}
+
+fn absolute_url(u: &str) -> Result<String, ApiError> {
+    if u.starts_with('/') {
+        return Ok(format!("http://localhost{u}"));
+    }
+    if (u.starts_with("http://") || u.starts_with("https://")) && u.parse::<http::Uri>().is_ok() {
+        return Ok(u.to_string());
+    }
+    Err(ApiError::BadRequest(format!(
+        "malformed load request: request.url: {u:?} must be a path (\"/p?q\") or an http(s) URL"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_parse_and_ids_are_validated() {
+        assert!(matches!(parse_route("/v1/execute"), Ok(Route::Execute)));
+        assert!(matches!(parse_route("/v1/workers/a.b-1@v2"), Ok(Route::Worker(id)) if id == "a.b-1@v2"));
+        assert!(matches!(parse_route("/w/x/a/b"), Ok(Route::Dispatch{id, rest}) if id == "x" && rest == "a/b"));
+        assert!(matches!(parse_route("/w/x"), Ok(Route::Dispatch{id, rest}) if id == "x" && rest.is_empty()));
+        assert_eq!(parse_route("/w/a%2Fb/x").err().map(|e| e.status()), Some(400));
+        assert_eq!(parse_route("/v1/workers/").ok().map(|_| ()), Some(()));
+        assert_eq!(parse_route("/nope").err().map(|e| e.status()), Some(404));
+        assert_eq!(parse_route(&format!("/w/{}", "a".repeat(129))).err().map(|e| e.status()), Some(400));
+    }
+
+    #[test]
+    fn load_urls_are_made_absolute_or_refused() {
+        assert_eq!(absolute_url("/p?q=1").unwrap(), "http://localhost/p?q=1");
+        assert_eq!(absolute_url("https://x.test/a").unwrap(), "https://x.test/a");
+        assert!(absolute_url("ftp://x").is_err());
+        assert!(absolute_url("p").is_err());
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<ExecuteBody>(br#"{"code": 1}"#, "execute request").unwrap_err();
+        assert!(e.message().contains("code"), "{}", e.message());
+        let e = parse_json::<ExecuteBody>(br#"{"code": "x", "limit": {}}"#, "execute request").unwrap_err();
+        assert!(e.message().contains("limit"), "{}", e.message());
+        let e = parse_json::<LoadBody>(br#"{"code": {"mainModule": "w.js", "modules": {"w.js": 5}}}"#, "load request").unwrap_err();
+        assert!(e.message().contains("code.modules"), "{}", e.message());
+        let e = parse_json::<ExecuteBody>(b"{", "execute request").unwrap_err();
+        assert_eq!(e.status(), 400);
+    }
+
+    #[test]
+    fn worker_headers_are_filtered_and_length_is_ours() {
+        let r = Reply {
+            status: 200,
+            headers: vec![
+                ("content-length".into(), "999".into()),
+                ("transfer-encoding".into(), "chunked".into()),
+                ("x-ok".into(), "1".into()),
+                ("bad header".into(), "x".into()),
+            ],
+            body: b"abc".to_vec(),
+        }
+        .into_http();
+        assert_eq!(r.headers()["content-length"], "3");
+        assert!(r.headers().get("transfer-encoding").is_none());
+        assert_eq!(r.headers()["x-ok"], "1");
+        assert_eq!(r.headers().len(), 2);
+    }
+}

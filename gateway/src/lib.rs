@@ -1,0 +1,12 @@
+//! The isogate gateway: pingora listeners, the HTTP API, the worker store, tenant admission and
+//! the CLI. This is the only crate that knows pingora; the isolate pool and the policy are
+//! reached through their own crates' interfaces.
+
+pub mod admin;
+pub mod admission;
+pub mod cli;
+pub mod error;
+pub mod ingress;
+pub mod server;
+pub mod state;
+pub mod store;

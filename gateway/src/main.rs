@@ -1,0 +1,5 @@
+//! The `isogate` binary.
+
+fn main() -> std::process::ExitCode {
+    isogate_gateway::cli::main()
+}

@@ -1,0 +1,219 @@
+//! Stored WorkerCode, durable across restarts: an embedded SQLite database under `state_dir`,
+//! fronted by an in-memory map so `get()` never touches the disk on the request path.
+//!
+//! Ids are immutable: storing different code under an existing id is a conflict (clients use
+//! versioned ids).
+
+use isogate_pool::{CodeDigest, WorkerCode};
+use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Cannot create the state directory.
+    #[error("cannot create state_dir {path}: {source}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("worker store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// A stored row does not parse (the database was edited by hand or is corrupt).
+    #[error("worker store: stored code of {tenant}/{id} is invalid: {message}")]
+    Corrupt {
+        /// Tenant.
+        tenant: String,
+        /// Worker id.
+        id: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// What [`WorkerStore::put`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    /// Stored now.
+    Created,
+    /// The identical code was already stored.
+    Unchanged,
+    /// Different code is stored under this id.
+    Conflict,
+}
+
+type Key = (String, String);
+
+/// The worker store.
+pub struct WorkerStore {
+    conn: Mutex<Connection>,
+    cache: RwLock<HashMap<Key, Arc<WorkerCode>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WorkerStore {
+    /// Opens (creating if needed) `state_dir/workers.sqlite3` and loads every stored Worker.
+    pub fn open(state_dir: &Path) -> Result<WorkerStore, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StoreError::Dir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let conn = Connection::open(state_dir.join("workers.sqlite3"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a 201 means the code is on disk.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS workers (
+                tenant TEXT NOT NULL,
+                id TEXT NOT NULL,
+                digest BLOB NOT NULL,
+                code TEXT NOT NULL,
+                created_at INTEGER NOT NULL,
+                PRIMARY KEY (tenant, id)
+            );",
+        )?;
+        let mut cache = HashMap::new();
+        {
+            let mut stmt = conn.prepare("SELECT tenant, id, code FROM workers")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+            })?;
+            for row in rows {
+                let (tenant, id, code) = row?;
+                let code: WorkerCode =
+                    serde_json::from_str(&code).map_err(|e| StoreError::Corrupt {
+                        tenant: tenant.clone(),
+                        id: id.clone(),
+                        message: e.to_string(),
+                    })?;
+                cache.insert((tenant, id), Arc::new(code));
+            }
+        }
+        Ok(WorkerStore {
+            conn: Mutex::new(conn),
+            cache: RwLock::new(cache),
+        })
+    }
+
+    /// The stored code of `tenant`/`id`.
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<WorkerCode>> {
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&(tenant.to_string(), id.to_string()))
+            .cloned()
+    }
+
+    /// Ids stored for `tenant`, sorted.
+    pub fn ids(&self, tenant: &str) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|(t, _)| t == tenant)
+            .map(|(_, id)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// Stores `code` under `tenant`/`id` (blocking: call from a blocking context). The row is
+    /// committed before this returns `Created`.
+    pub fn put(&self, tenant: &str, id: &str, code: WorkerCode) -> Result<PutOutcome, StoreError> {
+        let digest: CodeDigest = code.digest();
+        let conn = lock(&self.conn);
+        let existing: Option<Vec<u8>> = conn
+            .query_row(
+                "SELECT digest FROM workers WHERE tenant = ?1 AND id = ?2",
+                params![tenant, id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(existing) = existing {
+            return Ok(if existing == digest.0 {
+                PutOutcome::Unchanged
+            } else {
+                PutOutcome::Conflict
+            });
+        }
+        let json = serde_json::to_string(&code).map_err(|e| StoreError::Corrupt {
+            tenant: tenant.into(),
+            id: id.into(),
+            message: e.to_string(),
+        })?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        conn.execute(
+            "INSERT INTO workers (tenant, id, digest, code, created_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![tenant, id, &digest.0[..], json, now],
+        )?;
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((tenant.into(), id.into()), Arc::new(code));
+        Ok(PutOutcome::Created)
+    }
+
+    /// Forgets `tenant`/`id` (blocking). Returns whether it existed.
+    pub fn delete(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+        let conn = lock(&self.conn);
+        let n = conn.execute(
+            "DELETE FROM workers WHERE tenant = ?1 AND id = ?2",
+            params![tenant, id],
+        )?;
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(tenant.to_string(), id.to_string()));
+        Ok(n > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(src: &str) -> WorkerCode {
+        serde_json::from_value(serde_json::json!({"mainModule": "w.js", "modules": {"w.js": src}}))
+            .unwrap()
+    }
+
+    #[test]
+    fn put_is_idempotent_for_identical_code_and_conflicts_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = WorkerStore::open(dir.path()).unwrap();
+        assert_eq!(store.put("a", "w1", code("x")).unwrap(), PutOutcome::Created);
+        assert_eq!(store.put("a", "w1", code("x")).unwrap(), PutOutcome::Unchanged);
+        assert_eq!(store.put("a", "w1", code("y")).unwrap(), PutOutcome::Conflict);
+        assert_eq!(store.put("b", "w1", code("y")).unwrap(), PutOutcome::Created);
+        assert_eq!(store.ids("a"), vec!["w1"]);
+        assert!(store.get("a", "w1").is_some());
+        assert!(store.get("c", "w1").is_none());
+    }
+
+    #[test]
+    fn stored_code_survives_reopen_and_delete_forgets() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = WorkerStore::open(dir.path()).unwrap();
+            store.put("a", "w1", code("x")).unwrap();
+            store.put("a", "w2", code("y")).unwrap();
+            assert!(store.delete("a", "w2").unwrap());
+            assert!(!store.delete("a", "w2").unwrap());
+        }
+        let store = WorkerStore::open(dir.path()).unwrap();
+        assert_eq!(store.get("a", "w1").unwrap().as_ref(), &code("x"));
+        assert!(store.get("a", "w2").is_none());
+    }
+}
