@@ -470,11 +470,9 @@ fn rule_every_limit_is_positive() {
         "cpu_ms",
         "memory_mb",
         "wall_ms",
-        "subrequests",
         "max_concurrency",
         "max_cached_workers",
         "max_body_bytes",
-        "max_queue",
         "queue_timeout_ms",
     ] {
         let errors = validation_errors(&doc_with_limits(&format!("{{ {field}: 0 }}")));
@@ -488,6 +486,13 @@ fn rule_every_limit_is_positive() {
         assert_eq!(positive.len(), 1, "{field}: {errors:#?}");
         assert_eq!(positive[0].path, path);
     }
+}
+
+#[test]
+fn zero_subrequests_and_zero_queue_are_allowed() {
+    let config = load_ok(&doc_with_limits("{ subrequests: 0, max_queue: 0 }"));
+    assert_eq!(config.tenants[0].limits.subrequests, 0);
+    assert_eq!(config.tenants[0].limits.max_queue, 0);
 }
 
 #[test]

@@ -152,15 +152,15 @@ fn check_tenants(tenants: &[TenantConfig], errors: &mut Errors) {
 
 fn check_limits(at: &str, tenant: &TenantConfig, errors: &mut Errors) {
     let l = &tenant.limits;
-    let numeric: [(&str, u64); 9] = [
+    // `subrequests: 0` (no outbound requests) and `max_queue: 0` (refuse instead of waiting)
+    // are meaningful; every other limit must be positive.
+    let numeric: [(&str, u64); 7] = [
         ("cpu_ms", l.cpu_ms),
         ("memory_mb", l.memory_mb),
         ("wall_ms", l.wall_ms),
-        ("subrequests", u64::from(l.subrequests)),
         ("max_concurrency", u64::from(l.max_concurrency)),
         ("max_cached_workers", u64::from(l.max_cached_workers)),
         ("max_body_bytes", l.max_body_bytes),
-        ("max_queue", u64::from(l.max_queue)),
         ("queue_timeout_ms", l.queue_timeout_ms),
     ];
     for (field, value) in numeric {

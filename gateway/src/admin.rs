@@ -29,12 +29,20 @@ impl ServeHttp for Admin {
             "/readyz" => {
                 let warm = self.state.pool.warm_isolates();
                 if self.state.pool.is_ready() {
-                    Reply::json(200, &serde_json::json!({"status": "ready", "warm_isolates": warm}))
+                    Reply::json(
+                        200,
+                        &serde_json::json!({"status": "ready", "warm_isolates": warm}),
+                    )
                 } else {
-                    Reply::json(503, &serde_json::json!({"status": "warming", "warm_isolates": warm}))
+                    Reply::json(
+                        503,
+                        &serde_json::json!({"status": "warming", "warm_isolates": warm}),
+                    )
                 }
             }
-            _ => Reply::error(&crate::error::ApiError::NotFound(format!("no admin route for {path}"))),
+            _ => Reply::error(&crate::error::ApiError::NotFound(format!(
+                "no admin route for {path}"
+            ))),
         };
         reply.into_http()
     }

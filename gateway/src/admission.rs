@@ -53,7 +53,8 @@ impl TenantGate {
                 ),
             });
         }
-        let waited = tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
+        let waited =
+            tokio::time::timeout(self.queue_timeout, self.slots.clone().acquire_owned()).await;
         self.waiting.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => Ok(permit),

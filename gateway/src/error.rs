@@ -78,9 +78,7 @@ impl ApiError {
     /// The human message.
     pub fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(m)
-            | ApiError::NotFound(m)
-            | ApiError::Conflict(m) => m.clone(),
+            ApiError::BadRequest(m) | ApiError::NotFound(m) | ApiError::Conflict(m) => m.clone(),
             ApiError::Unauthorized => {
                 "missing or unknown API key; send `Authorization: Bearer <tenant api key>`".into()
             }
@@ -150,6 +148,9 @@ mod tests {
         };
         assert_eq!(busy.status(), 429);
         assert_eq!(busy.headers(), vec![("retry-after", "2".to_string())]);
-        assert_eq!(ApiError::Unauthorized.body()["error"]["kind"], "unauthorized");
+        assert_eq!(
+            ApiError::Unauthorized.body()["error"]["kind"],
+            "unauthorized"
+        );
     }
 }

@@ -219,7 +219,11 @@ async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Vec<u8>, A
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) => return Err(ApiError::BadRequest(format!("cannot read request body: {e}"))),
+            Err(e) => {
+                return Err(ApiError::BadRequest(format!(
+                    "cannot read request body: {e}"
+                )))
+            }
         }
     }
 }
@@ -238,7 +242,7 @@ fn parse_json<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, ApiErro
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExecuteBody {
     code: String,
@@ -248,7 +252,7 @@ struct ExecuteBody {
     limits: Option<LimitOverrides>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoadBody {
     code: WorkerCode,
@@ -258,7 +262,7 @@ struct LoadBody {
     limits: Option<LimitOverrides>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoadRequest {
     #[serde(default = "default_method")]
@@ -369,7 +373,11 @@ impl Ingress {
         }
     }
 
-    fn gate<'a>(&self, snapshot: &'a Snapshot, tenant: &TenantPolicy) -> Result<&'a TenantGate, ApiError> {
+    fn gate<'a>(
+        &self,
+        snapshot: &'a Snapshot,
+        tenant: &TenantPolicy,
+    ) -> Result<&'a TenantGate, ApiError> {
         snapshot
             .gates
             .get(tenant.name.as_str())
@@ -384,10 +392,17 @@ impl Ingress {
         }
     }
 
-    async fn execute(&self, snapshot: &Snapshot, tenant: &TenantPolicy, body: &[u8]) -> Result<Reply, ApiError> {
+    async fn execute(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &TenantPolicy,
+        body: &[u8],
+    ) -> Result<Reply, ApiError> {
         let req: ExecuteBody = parse_json(body, "execute request")?;
         if !req.env.is_object() {
-            return Err(ApiError::BadRequest("malformed execute request: env: must be a JSON object".into()));
+            return Err(ApiError::BadRequest(
+                "malformed execute request: env: must be a JSON object".into(),
+            ));
         }
         let limits = limits_for(tenant, None, req.limits.as_ref());
         let _permit = self.gate(snapshot, tenant)?.admit().await?;
@@ -413,7 +428,12 @@ impl Ingress {
         ))
     }
 
-    async fn load(&self, snapshot: &Snapshot, tenant: &TenantPolicy, body: &[u8]) -> Result<Reply, ApiError> {
+    async fn load(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &TenantPolicy,
+        body: &[u8],
+    ) -> Result<Reply, ApiError> {
         let req: LoadBody = parse_json(body, "load request")?;
         check_code(&req.code)?;
         let request = match req.request {
@@ -439,7 +459,12 @@ impl Ingress {
         let inv = self
             .state
             .pool
-            .load(Self::invoker(tenant, None), Arc::new(req.code), request, limits)
+            .load(
+                Self::invoker(tenant, None),
+                Arc::new(req.code),
+                request,
+                limits,
+            )
             .await?;
         worker_reply(inv, tenant.name.as_str())
     }
@@ -471,9 +496,14 @@ impl Ingress {
             .map_err(|e| ApiError::Internal(e.to_string()))?;
         let evicted = self.state.pool.evict(tenant.name.as_str(), id);
         if !existed {
-            return Err(ApiError::NotFound(format!("no worker {id:?} for this tenant")));
+            return Err(ApiError::NotFound(format!(
+                "no worker {id:?} for this tenant"
+            )));
         }
-        Ok(Reply::json(200, &serde_json::json!({"id": id, "deleted": true, "evicted": evicted})))
+        Ok(Reply::json(
+            200,
+            &serde_json::json!({"id": id, "deleted": true, "evicted": evicted}),
+        ))
     }
 
     fn list(&self, tenant: &TenantPolicy) -> Reply {
@@ -559,7 +589,11 @@ fn valid_method(m: &str) -> Result<String, ApiError> {
     let m = m.to_ascii_uppercase();
     http::Method::from_bytes(m.as_bytes())
         .map(|_| m.clone())
-        .map_err(|_| ApiError::BadRequest(format!("malformed load request: request.method: invalid method {m:?}")))
+        .map_err(|_| {
+            ApiError::BadRequest(format!(
+                "malformed load request: request.method: invalid method {m:?}"
+            ))
+        })
 }
 
 fn absolute_url(u: &str) -> Result<String, ApiError> {
@@ -581,19 +615,36 @@ mod tests {
     #[test]
     fn routes_parse_and_ids_are_validated() {
         assert!(matches!(parse_route("/v1/execute"), Ok(Route::Execute)));
-        assert!(matches!(parse_route("/v1/workers/a.b-1@v2"), Ok(Route::Worker(id)) if id == "a.b-1@v2"));
-        assert!(matches!(parse_route("/w/x/a/b"), Ok(Route::Dispatch{id, rest}) if id == "x" && rest == "a/b"));
-        assert!(matches!(parse_route("/w/x"), Ok(Route::Dispatch{id, rest}) if id == "x" && rest.is_empty()));
-        assert_eq!(parse_route("/w/a%2Fb/x").err().map(|e| e.status()), Some(400));
+        assert!(
+            matches!(parse_route("/v1/workers/a.b-1@v2"), Ok(Route::Worker(id)) if id == "a.b-1@v2")
+        );
+        assert!(
+            matches!(parse_route("/w/x/a/b"), Ok(Route::Dispatch{id, rest}) if id == "x" && rest == "a/b")
+        );
+        assert!(
+            matches!(parse_route("/w/x"), Ok(Route::Dispatch{id, rest}) if id == "x" && rest.is_empty())
+        );
+        assert_eq!(
+            parse_route("/w/a%2Fb/x").err().map(|e| e.status()),
+            Some(400)
+        );
         assert_eq!(parse_route("/v1/workers/").ok().map(|_| ()), Some(()));
         assert_eq!(parse_route("/nope").err().map(|e| e.status()), Some(404));
-        assert_eq!(parse_route(&format!("/w/{}", "a".repeat(129))).err().map(|e| e.status()), Some(400));
+        assert_eq!(
+            parse_route(&format!("/w/{}", "a".repeat(129)))
+                .err()
+                .map(|e| e.status()),
+            Some(400)
+        );
     }
 
     #[test]
     fn load_urls_are_made_absolute_or_refused() {
         assert_eq!(absolute_url("/p?q=1").unwrap(), "http://localhost/p?q=1");
-        assert_eq!(absolute_url("https://x.test/a").unwrap(), "https://x.test/a");
+        assert_eq!(
+            absolute_url("https://x.test/a").unwrap(),
+            "https://x.test/a"
+        );
         assert!(absolute_url("ftp://x").is_err());
         assert!(absolute_url("p").is_err());
     }
@@ -602,9 +653,14 @@ mod tests {
     fn json_errors_name_the_field() {
         let e = parse_json::<ExecuteBody>(br#"{"code": 1}"#, "execute request").unwrap_err();
         assert!(e.message().contains("code"), "{}", e.message());
-        let e = parse_json::<ExecuteBody>(br#"{"code": "x", "limit": {}}"#, "execute request").unwrap_err();
+        let e = parse_json::<ExecuteBody>(br#"{"code": "x", "limit": {}}"#, "execute request")
+            .unwrap_err();
         assert!(e.message().contains("limit"), "{}", e.message());
-        let e = parse_json::<LoadBody>(br#"{"code": {"mainModule": "w.js", "modules": {"w.js": 5}}}"#, "load request").unwrap_err();
+        let e = parse_json::<LoadBody>(
+            br#"{"code": {"mainModule": "w.js", "modules": {"w.js": 5}}}"#,
+            "load request",
+        )
+        .unwrap_err();
         assert!(e.message().contains("code.modules"), "{}", e.message());
         let e = parse_json::<ExecuteBody>(b"{", "execute request").unwrap_err();
         assert_eq!(e.status(), 400);

@@ -15,9 +15,7 @@ use std::sync::Arc;
 /// Starts the gateway on `config` and blocks until it is shut down (SIGTERM drains gracefully,
 /// SIGINT stops fast).
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let store = Arc::new(
-        WorkerStore::open(&config.state_dir).context("opening the worker store")?,
-    );
+    let store = Arc::new(WorkerStore::open(&config.state_dir).context("opening the worker store")?);
     let threads = config.pool_threads();
     let pool = Arc::new(
         Pool::start(

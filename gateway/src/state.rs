@@ -23,7 +23,12 @@ impl Snapshot {
         let gates = policy
             .tenants()
             .iter()
-            .map(|t| (t.name.as_str().to_string(), Arc::new(TenantGate::new(&t.limits))))
+            .map(|t| {
+                (
+                    t.name.as_str().to_string(),
+                    Arc::new(TenantGate::new(&t.limits)),
+                )
+            })
             .collect();
         Snapshot { policy, gates }
     }

@@ -84,7 +84,11 @@ impl WorkerStore {
         {
             let mut stmt = conn.prepare("SELECT tenant, id, code FROM workers")?;
             let rows = stmt.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                ))
             })?;
             for row in rows {
                 let (tenant, id, code) = row?;
@@ -193,10 +197,22 @@ mod tests {
     fn put_is_idempotent_for_identical_code_and_conflicts_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let store = WorkerStore::open(dir.path()).unwrap();
-        assert_eq!(store.put("a", "w1", code("x")).unwrap(), PutOutcome::Created);
-        assert_eq!(store.put("a", "w1", code("x")).unwrap(), PutOutcome::Unchanged);
-        assert_eq!(store.put("a", "w1", code("y")).unwrap(), PutOutcome::Conflict);
-        assert_eq!(store.put("b", "w1", code("y")).unwrap(), PutOutcome::Created);
+        assert_eq!(
+            store.put("a", "w1", code("x")).unwrap(),
+            PutOutcome::Created
+        );
+        assert_eq!(
+            store.put("a", "w1", code("x")).unwrap(),
+            PutOutcome::Unchanged
+        );
+        assert_eq!(
+            store.put("a", "w1", code("y")).unwrap(),
+            PutOutcome::Conflict
+        );
+        assert_eq!(
+            store.put("b", "w1", code("y")).unwrap(),
+            PutOutcome::Created
+        );
         assert_eq!(store.ids("a"), vec!["w1"]);
         assert!(store.get("a", "w1").is_some());
         assert!(store.get("c", "w1").is_none());

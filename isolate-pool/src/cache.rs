@@ -79,7 +79,8 @@ pub struct CacheIndex {
 impl CacheIndex {
     /// An index holding at most `capacity` Workers.
     pub fn new(capacity: usize) -> Self {
-        let cap = std::num::NonZeroUsize::new(capacity.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
+        let cap =
+            std::num::NonZeroUsize::new(capacity.max(1)).unwrap_or(std::num::NonZeroUsize::MIN);
         CacheIndex {
             lru: LruCache::new(cap),
             per_tenant: HashMap::new(),
@@ -271,7 +272,10 @@ mod tests {
         assert!(idx.acquire(&key("a", "1"), D1, 10, 1, now).hit);
         let changed = idx.acquire(&key("a", "1"), D2, 10, 1, now);
         assert!(!changed.hit);
-        assert_eq!(changed.thread, 0, "an entry stays on the thread that holds it");
+        assert_eq!(
+            changed.thread, 0,
+            "an entry stays on the thread that holds it"
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@
 //! the thread that holds the Worker (decided by the shared [`CacheIndex`]).
 
 use crate::api::{
-    CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker,
-    Limits, WorkerCode, WorkerError,
+    CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker, Limits,
+    WorkerCode, WorkerError,
 };
 use crate::cache::{CacheIndex, EvictReason, Eviction, WorkerKey};
 use crate::egress::Egress;
@@ -258,10 +258,10 @@ impl Pool {
         let key = WorkerKey::new(&invoker.tenant, &id);
         let digest = code.digest();
         let home = self.home_thread(&key);
-        let acquired =
-            self.shared
-                .index()
-                .acquire(&key, digest, tenant_cap, home, Instant::now());
+        let acquired = self
+            .shared
+            .index()
+            .acquire(&key, digest, tenant_cap, home, Instant::now());
         let event = if acquired.hit {
             CacheEvent::Hit
         } else {
@@ -352,8 +352,12 @@ impl Drop for Pool {
 fn carry_out(shared: &Shared, senders: &[mpsc::Sender<Job>], evictions: Vec<Eviction>) {
     for ev in evictions {
         match ev.reason {
-            EvictReason::Lru => shared.observer.cache_event(&ev.key.tenant, CacheEvent::EvictLru),
-            EvictReason::Ttl => shared.observer.cache_event(&ev.key.tenant, CacheEvent::EvictTtl),
+            EvictReason::Lru => shared
+                .observer
+                .cache_event(&ev.key.tenant, CacheEvent::EvictLru),
+            EvictReason::Ttl => shared
+                .observer
+                .cache_event(&ev.key.tenant, CacheEvent::EvictTtl),
             EvictReason::Removed => {}
         }
         if let Some(tx) = senders.get(ev.thread) {
@@ -364,7 +368,11 @@ fn carry_out(shared: &Shared, senders: &[mpsc::Sender<Job>], evictions: Vec<Evic
     }
 }
 
-fn janitor_main(stop: std_mpsc::Receiver<()>, shared: Arc<Shared>, senders: Vec<mpsc::Sender<Job>>) {
+fn janitor_main(
+    stop: std_mpsc::Receiver<()>,
+    shared: Arc<Shared>,
+    senders: Vec<mpsc::Sender<Job>>,
+) {
     let period = (shared.idle_ttl / 4).clamp(Duration::from_millis(50), Duration::from_secs(5));
     loop {
         match stop.recv_timeout(period) {

@@ -134,8 +134,11 @@ impl Isolate {
         rt.set_max_stack_size(MAX_STACK_BYTES).await;
         rt.set_memory_limit(IDLE_MEMORY_BYTES).await;
         let modules = ModuleMap::default();
-        rt.set_loader(WorkerResolver::new(modules.clone()), WorkerLoader::new(modules.clone()))
-            .await;
+        rt.set_loader(
+            WorkerResolver::new(modules.clone()),
+            WorkerLoader::new(modules.clone()),
+        )
+        .await;
         let state = Rc::new(HostState {
             budget: Budget::default(),
             invocation: RefCell::new(None),
@@ -143,8 +146,10 @@ impl Isolate {
             egress,
         });
         let interrupt_state = state.clone();
-        rt.set_interrupt_handler(Some(Box::new(move || interrupt_state.budget.should_interrupt())))
-            .await;
+        rt.set_interrupt_handler(Some(Box::new(move || {
+            interrupt_state.budget.should_interrupt()
+        })))
+        .await;
         let ctx = AsyncContext::full(&rt).await.map_err(internal)?;
         let host_state = state.clone();
         let entry = ctx
@@ -387,7 +392,10 @@ impl Isolate {
         Metered::new(fut, state).await
     }
 
-    async fn await_promise(&mut self, promise: Persistent<Promise<'static>>) -> Result<(), WorkerError> {
+    async fn await_promise(
+        &mut self,
+        promise: Persistent<Promise<'static>>,
+    ) -> Result<(), WorkerError> {
         let state = self.state.clone();
         let fut = async_with!(self.ctx => |ctx| {
             let run = async {
@@ -411,7 +419,12 @@ impl Isolate {
         env: &serde_json::Value,
         invoker: Invoker,
         limits: Limits,
-    ) -> (Result<serde_json::Value, WorkerError>, Vec<LogEntry>, f64, u32) {
+    ) -> (
+        Result<serde_json::Value, WorkerError>,
+        Vec<LogEntry>,
+        f64,
+        u32,
+    ) {
         self.begin(invoker, limits);
         self.set_heap_limit(&limits).await;
         let deadline = Duration::from_millis(limits.wall_ms);
@@ -490,7 +503,12 @@ fn limit_error(kind: ErrorKind, limits: &Limits) -> WorkerError {
 }
 
 /// Calls `entry[name](arg)` and converts the result.
-fn call1<'js, A, R>(ctx: &Ctx<'js>, entry: &Object<'js>, name: &str, arg: A) -> Result<R, WorkerError>
+fn call1<'js, A, R>(
+    ctx: &Ctx<'js>,
+    entry: &Object<'js>,
+    name: &str,
+    arg: A,
+) -> Result<R, WorkerError>
 where
     A: rquickjs::IntoJs<'js>,
     R: rquickjs::FromJs<'js>,
@@ -499,7 +517,10 @@ where
     f.call((arg,)).catch(ctx).map_err(|e| js_error(&e))
 }
 
-fn header_array<'js>(ctx: &Ctx<'js>, headers: &[(String, String)]) -> Result<Value<'js>, WorkerError> {
+fn header_array<'js>(
+    ctx: &Ctx<'js>,
+    headers: &[(String, String)],
+) -> Result<Value<'js>, WorkerError> {
     let array = rquickjs::Array::new(ctx.clone()).map_err(internal)?;
     for (i, (name, value)) in headers.iter().enumerate() {
         let pair = rquickjs::Array::new(ctx.clone()).map_err(internal)?;
@@ -593,7 +614,10 @@ fn display_value(v: &Value<'_>) -> String {
 
 /// Initialises the Web APIs and the Worker API on a fresh context; returns the internal entry
 /// points (never reachable from user code).
-fn install<'js>(ctx: &Ctx<'js>, state: Rc<HostState>) -> rquickjs::Result<Persistent<Object<'static>>> {
+fn install<'js>(
+    ctx: &Ctx<'js>,
+    state: Rc<HostState>,
+) -> rquickjs::Result<Persistent<Object<'static>>> {
     llrt_url::init(ctx)?;
     llrt_events::init(ctx)?;
     llrt_abort::init(ctx)?;
@@ -632,12 +656,14 @@ fn install<'js>(ctx: &Ctx<'js>, state: Rc<HostState>) -> rquickjs::Result<Persis
     )?;
     host.set(
         "randomBytes",
-        Func::from(|ctx: Ctx<'js>, n: usize| -> rquickjs::Result<TypedArray<'js, u8>> {
-            let mut buf = vec![0u8; n.min(65536)];
-            getrandom::getrandom(&mut buf)
-                .map_err(|_| Exception::throw_internal(&ctx, "no randomness available"))?;
-            TypedArray::new(ctx, buf)
-        }),
+        Func::from(
+            |ctx: Ctx<'js>, n: usize| -> rquickjs::Result<TypedArray<'js, u8>> {
+                let mut buf = vec![0u8; n.min(65536)];
+                getrandom::getrandom(&mut buf)
+                    .map_err(|_| Exception::throw_internal(&ctx, "no randomness available"))?;
+                TypedArray::new(ctx, buf)
+            },
+        ),
     )?;
     let fetch_state = state;
     host.set(
@@ -754,15 +780,20 @@ fn install_console<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Resu
         let state = state.clone();
         console.set(
             level,
-            Func::from(move |ctx: Ctx<'js>, args: Rest<Value<'js>>| -> rquickjs::Result<()> {
-                let mut message = String::new();
-                let mut options = llrt_logging::FormatOptions::new(&ctx, false, false)?;
-                llrt_logging::build_formatted_string(&mut message, &ctx, args, &mut options)?;
-                if state.with_invocation(|s| s.push_log(level, message.clone())).is_none() {
-                    tracing::debug!(level, message, "console output outside of an invocation");
-                }
-                Ok(())
-            }),
+            Func::from(
+                move |ctx: Ctx<'js>, args: Rest<Value<'js>>| -> rquickjs::Result<()> {
+                    let mut message = String::new();
+                    let mut options = llrt_logging::FormatOptions::new(&ctx, false, false)?;
+                    llrt_logging::build_formatted_string(&mut message, &ctx, args, &mut options)?;
+                    if state
+                        .with_invocation(|s| s.push_log(level, message.clone()))
+                        .is_none()
+                    {
+                        tracing::debug!(level, message, "console output outside of an invocation");
+                    }
+                    Ok(())
+                },
+            ),
         )?;
     }
     ctx.globals().set("console", console)?;

@@ -242,13 +242,12 @@ fn own_modules_import_including_data_modules() {
 #[test]
 fn syntax_errors_and_exceptions_are_classified() {
     run(async {
-        let (res, _) = fetch_once("export default { async fetch() { return new Response(\"x\" } }").await;
+        let (res, _) =
+            fetch_once("export default { async fetch() { return new Response(\"x\" } }").await;
         let e = res.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Syntax, "{e:?}");
-        let (res, _) = fetch_once(
-            "export default { async fetch() { throw new RangeError('boom'); } }",
-        )
-        .await;
+        let (res, _) =
+            fetch_once("export default { async fetch() { throw new RangeError('boom'); } }").await;
         let e = res.unwrap_err();
         assert_eq!(e.kind, ErrorKind::Exception);
         assert!(e.message.starts_with("RangeError: boom"), "{e:?}");
@@ -444,7 +443,10 @@ fn global_outbound_null_disables_fetch_even_with_egress() {
         );
         code.global_outbound = Outbound::Disabled;
         let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
-        assert_eq!(body(&res.unwrap()), format!("TypeError: {NETWORK_DISABLED}"));
+        assert_eq!(
+            body(&res.unwrap()),
+            format!("TypeError: {NETWORK_DISABLED}")
+        );
         assert_eq!(egress.0.load(std::sync::atomic::Ordering::SeqCst), 0);
     });
 }
@@ -477,10 +479,18 @@ fn execute_returns_json_and_logs() {
         let (res, ..) = iso
             .execute("42", &serde_json::json!({}), invoker(), LIMITS)
             .await;
-        assert!(res.unwrap_err().message.contains("must evaluate to a function"));
+        assert!(res
+            .unwrap_err()
+            .message
+            .contains("must evaluate to a function"));
         let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let (res, ..) = iso
-            .execute("async () => { while(true) {} }", &serde_json::json!({}), invoker(), LIMITS)
+            .execute(
+                "async () => { while(true) {} }",
+                &serde_json::json!({}),
+                invoker(),
+                LIMITS,
+            )
             .await;
         assert_eq!(res.unwrap_err().kind, ErrorKind::CpuLimit);
     });

@@ -1,0 +1,284 @@
+//! Test harness: starts the real `isogate` binary on free loopback ports with a config written
+//! to a temporary directory, waits for `/readyz`, and gives an HTTP client for it.
+#![allow(dead_code)]
+
+use reqwest::blocking::{Client, Response};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// API key of tenant `alpha` in [`tenants_yaml`].
+pub const ALPHA_KEY: &str = "alpha-key";
+/// API key of tenant `beta` in [`tenants_yaml`].
+pub const BETA_KEY: &str = "beta-key";
+
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// A tenant entry for the config.
+pub fn tenant_yaml(name: &str, key: &str, limits: &str) -> String {
+    format!(
+        "  - name: {name}\n    api_keys:\n      - sha256: \"{}\"\n    limits: {{ {limits} }}\n",
+        sha256_hex(key)
+    )
+}
+
+/// Two tenants with ordinary limits.
+pub fn tenants_yaml() -> String {
+    let limits = "cpu_ms: 50, memory_mb: 32, wall_ms: 5000, subrequests: 5, max_concurrency: 16, max_cached_workers: 100, max_body_bytes: 65536";
+    tenant_yaml("alpha", ALPHA_KEY, limits) + &tenant_yaml("beta", BETA_KEY, limits)
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A running gateway. Stopped (SIGTERM, then killed) when dropped.
+pub struct Gateway {
+    child: Option<Child>,
+    pub ingress: String,
+    pub admin: String,
+    pub client: Client,
+    dir: PathBuf,
+    config_path: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Gateway {
+    /// Starts a gateway with `pool` (YAML flow mapping body) and `tenants` (YAML list items).
+    pub fn start(pool: &str, tenants: &str) -> Gateway {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut g = Gateway::start_in(&dir, pool, tenants);
+        g._tmp = Some(tmp);
+        g
+    }
+
+    /// Starts a gateway whose state lives in `dir` (reused across restarts).
+    pub fn start_in(dir: &Path, pool: &str, tenants: &str) -> Gateway {
+        let ingress = format!("127.0.0.1:{}", free_port());
+        let admin = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\nstate_dir: \"{}\"\npool: {{ {pool} }}\ntenants:\n{tenants}",
+            dir.join("state").display()
+        );
+        let config_path = dir.join("isogate.yaml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = std::fs::File::create(dir.join("isogate.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_isogate"))
+            .args(["serve", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start isogate");
+        let client = Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("client");
+        let mut g = Gateway {
+            child: Some(child),
+            ingress,
+            admin,
+            client,
+            dir: dir.to_path_buf(),
+            config_path,
+            _tmp: None,
+        };
+        g.wait_ready();
+        g
+    }
+
+    /// Polls `/readyz` (the gateway's readiness signal) until it answers 200.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("http://{}/readyz", self.admin);
+        loop {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+                panic!("isogate exited early ({status}); log:\n{}", self.log());
+            }
+            if let Ok(r) = self.client.get(&url).timeout(Duration::from_secs(2)).send() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "isogate did not become ready; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("isogate.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Resident set size of the gateway process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.ingress, path)
+    }
+
+    pub fn post_json(&self, key: &str, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .expect("request")
+    }
+
+    pub fn execute(&self, key: &str, code: &str, env: Value) -> Value {
+        let r = self.post_json(key, "/v1/execute", &json!({"code": code, "env": env}));
+        assert_eq!(r.status(), 200);
+        r.json().expect("json")
+    }
+
+    pub fn load(&self, key: &str, code: &Value, request: Option<Value>) -> Response {
+        let mut body = json!({ "code": code });
+        if let Some(r) = request {
+            body["request"] = r;
+        }
+        self.post_json(key, "/v1/load", &body)
+    }
+
+    pub fn put_worker(&self, key: &str, id: &str, code: &Value) -> Response {
+        self.client
+            .put(self.url(&format!("/v1/workers/{id}")))
+            .bearer_auth(key)
+            .json(code)
+            .send()
+            .expect("request")
+    }
+
+    pub fn get_worker(&self, key: &str, id: &str, rest: &str) -> Response {
+        self.client
+            .get(self.url(&format!("/w/{id}/{rest}")))
+            .bearer_auth(key)
+            .send()
+            .expect("request")
+    }
+
+    /// Sends SIGTERM and waits for exit; returns whether it exited successfully.
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return true;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// WorkerCode with one module `w.js`.
+pub fn worker(src: &str) -> Value {
+    json!({ "mainModule": "w.js", "modules": { "w.js": src } })
+}
+
+/// The project's own Worker fixtures (the cases agents write).
+pub mod fixtures {
+    pub const HELLO: &str = r#"export default {
+  async fetch(request, env, ctx) {
+    return new Response("hello from isogate", { headers: { "content-type": "text/plain" } });
+  },
+};"#;
+
+    pub const ECHO_JSON: &str = r#"export default {
+  async fetch(request) {
+    const url = new URL(request.url);
+    const body = request.method === "GET" ? null : await request.json();
+    return Response.json({ method: request.method, path: url.pathname,
+                           query: Object.fromEntries(url.searchParams), body });
+  },
+};"#;
+
+    pub const COUNTER: &str = r#"let count = 0;
+export default {
+  async fetch() {
+    count += 1;
+    return Response.json({ count });
+  },
+};"#;
+
+    pub const CODEMODE: &str = r#"async (env) => {
+  const ids = [1, 2, 3];
+  const results = [];
+  for (const id of ids) {
+    console.log("looking up", id);
+    results.push({ id, square: id * id });
+  }
+  return { total: results.reduce((a, r) => a + r.square, 0), results };
+}"#;
+
+    pub const HOSTILE_CPU: &str = r#"export default {
+  async fetch() {
+    while (true) {}
+  },
+};"#;
+
+    pub const HOSTILE_MEMORY: &str = r#"export default {
+  async fetch() {
+    const hog = [];
+    while (true) hog.push("x".repeat(1 << 16) + Math.random());
+  },
+};"#;
+
+    pub const HOSTILE_ESCAPE: &str = r#"export default {
+  async fetch() {
+    const seen = {
+      Deno: typeof Deno,
+      process: typeof process,
+      require: typeof require,
+      ops: typeof globalThis.__ops,
+    };
+    try {
+      await fetch("http://169.254.169.254/latest/meta-data/");
+      seen.metadata = "reachable";
+    } catch (e) {
+      seen.metadata = "blocked: " + String(e.message).slice(0, 80);
+    }
+    return Response.json(seen);
+  },
+};"#;
+}
