@@ -484,3 +484,54 @@ fn stored_workers_survive_a_restart() {
         200
     );
 }
+
+#[test]
+fn idle_workers_expire_after_the_ttl_and_restart_from_scratch() {
+    let g = Gateway::start(
+        "threads: 2, warm_isolates: 2, max_cached_workers: 100, idle_ttl_s: 1",
+        &common::tenants_yaml(),
+    );
+    assert_eq!(
+        g.put_worker(ALPHA_KEY, "counter", &worker(fixtures::COUNTER))
+            .status(),
+        201
+    );
+    assert_eq!(
+        g.get_worker(ALPHA_KEY, "counter", "")
+            .json::<Value>()
+            .unwrap()["count"],
+        1
+    );
+    assert_eq!(
+        g.get_worker(ALPHA_KEY, "counter", "")
+            .json::<Value>()
+            .unwrap()["count"],
+        2
+    );
+    // Watch the listing until the idle Worker turns cold (bounded).
+    let started = std::time::Instant::now();
+    loop {
+        let v: Value = g
+            .client
+            .get(g.url("/v1/workers"))
+            .bearer_auth(ALPHA_KEY)
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if v["workers"][0]["state"] == "cold" {
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "never expired: {v}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        g.get_worker(ALPHA_KEY, "counter", "")
+            .json::<Value>()
+            .unwrap()["count"],
+        1
+    );
+}

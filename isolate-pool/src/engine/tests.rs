@@ -139,6 +139,9 @@ fn web_apis_are_available() {
                 out.timer = await new Promise((r) => setTimeout(() => r("fired"), 5));
                 const cleared = setTimeout(() => { out.cleared = "should not fire"; }, 1); clearTimeout(cleared);
                 out.micro = await new Promise((r) => queueMicrotask(() => r("ok")));
+                const sig = AbortSignal.timeout(5);
+                await new Promise((r) => setTimeout(r, 30));
+                out.timeoutAborted = sig.aborted;
                 out.headers = new Headers({ A: "1" }).get("a");
                 out.url = new URLSearchParams("x=1&y=2").get("y");
                 const r = new Response("abc"); out.ab = (await r.arrayBuffer()).byteLength;
@@ -161,6 +164,7 @@ fn web_apis_are_available() {
         assert_eq!(v["timer"], "fired");
         assert!(v.get("cleared").is_none(), "a cleared timer fired: {v}");
         assert_eq!(v["micro"], "ok");
+        assert_eq!(v["timeoutAborted"], true);
         assert_eq!(v["headers"], "1");
         assert_eq!(v["url"], "2");
         assert_eq!(v["ab"], 3);
@@ -506,5 +510,25 @@ fn console_output_is_bounded_per_invocation() {
         assert!(res.is_ok());
         assert_eq!(logs.len(), MAX_LOG_ENTRIES + 1);
         assert!(logs.last().unwrap().message.contains("dropped"));
+    });
+}
+
+#[test]
+fn wait_until_work_finishes_after_the_response() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(
+            r#"let done = [];
+            export default { async fetch(request, env, ctx) {
+                const seen = done.slice();
+                ctx.waitUntil(new Promise((r) => setTimeout(() => { done.push("background"); r(); }, 20)));
+                return Response.json(seen);
+            } }"#,
+        );
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        assert_eq!(body(&res.unwrap()), "[]");
+        // fetch() returned only after the waitUntil promise settled.
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        assert_eq!(body(&res.unwrap()), r#"["background"]"#);
     });
 }
