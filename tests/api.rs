@@ -133,11 +133,7 @@ fn counter_counts_with_get_and_restarts_with_load() {
             "load() never reuses an isolate"
         );
     }
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "counter", &worker(fixtures::COUNTER))
-            .status(),
-        201
-    );
+    assert_eq!(g.put(ALPHA_KEY, "counter", fixtures::COUNTER), 201);
     for expected in 1..=5 {
         let r = g.get_worker(ALPHA_KEY, "counter", "");
         assert_eq!(r.status(), 200);
@@ -154,32 +150,15 @@ fn counter_counts_with_get_and_restarts_with_load() {
         200
     );
     assert_eq!(g.get_worker(ALPHA_KEY, "counter", "").status(), 404);
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "counter", &worker(fixtures::COUNTER))
-            .status(),
-        201
-    );
-    assert_eq!(
-        g.get_worker(ALPHA_KEY, "counter", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        1
-    );
+    assert_eq!(g.put(ALPHA_KEY, "counter", fixtures::COUNTER), 201);
+    assert_eq!(g.count(ALPHA_KEY, "counter"), 1);
 }
 
 #[test]
 fn put_is_201_then_200_for_same_code_then_409_for_different_code() {
     let g = gateway();
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "hello@v1", &worker(fixtures::HELLO))
-            .status(),
-        201
-    );
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "hello@v1", &worker(fixtures::HELLO))
-            .status(),
-        200
-    );
+    assert_eq!(g.put(ALPHA_KEY, "hello@v1", fixtures::HELLO), 201);
+    assert_eq!(g.put(ALPHA_KEY, "hello@v1", fixtures::HELLO), 200);
     let (s, kind, msg) =
         error_kind(g.put_worker(ALPHA_KEY, "hello@v1", &worker(fixtures::COUNTER)));
     assert_eq!((s, kind.as_str()), (409, "conflict"));
@@ -223,25 +202,10 @@ fn dispatch_passes_method_path_query_headers_body_but_not_the_api_key() {
 #[test]
 fn list_shows_warm_and_cold_workers() {
     let g = gateway();
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "a", &worker(fixtures::HELLO))
-            .status(),
-        201
-    );
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "b", &worker(fixtures::HELLO))
-            .status(),
-        201
-    );
+    assert_eq!(g.put(ALPHA_KEY, "a", fixtures::HELLO), 201);
+    assert_eq!(g.put(ALPHA_KEY, "b", fixtures::HELLO), 201);
     assert_eq!(g.get_worker(ALPHA_KEY, "a", "").status(), 200);
-    let v: Value = g
-        .client
-        .get(g.url("/v1/workers"))
-        .bearer_auth(ALPHA_KEY)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v = g.list(ALPHA_KEY);
     assert_eq!(
         v,
         json!({"workers": [{"id": "a", "state": "warm"}, {"id": "b", "state": "cold"}]})
@@ -361,15 +325,19 @@ fn tenant_over_its_concurrency_gets_429_with_retry_after() {
     let slow = worker("export default { async fetch() { await new Promise(r => setTimeout(r, 1500)); return new Response('slow'); } }");
     assert_eq!(g.put_worker("tiny-key", "slow", &slow).status(), 201);
     let (client, url) = (g.client.clone(), g.url("/w/slow/"));
-    let holder = std::thread::spawn(move || {
-        client
-            .get(url)
+    // The holder retries until it is admitted (our probes below may hold the slot for a moment
+    // and get it refused); then it holds the only slot for 1.5 s.
+    let holder = std::thread::spawn(move || loop {
+        let status = client
+            .get(&url)
             .bearer_auth("tiny-key")
             .send()
-            .map(|r| r.status().as_u16())
+            .map(|r| r.status().as_u16());
+        if !matches!(status, Ok(429)) {
+            return status;
+        }
     });
-    // While the slow request holds the only slot, further requests are refused at once. The
-    // holder may not have been admitted yet on the first tries: retry until it has, bounded.
+    // While the slow request holds the only slot, further requests are refused at once.
     let started = std::time::Instant::now();
     let mut refused = None;
     while started.elapsed() < std::time::Duration::from_secs(10) {
@@ -399,11 +367,7 @@ fn tenant_over_its_concurrency_gets_429_with_retry_after() {
 #[test]
 fn tenant_b_cannot_reach_tenant_a_workers() {
     let g = gateway();
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "secret-worker", &worker(fixtures::COUNTER))
-            .status(),
-        201
-    );
+    assert_eq!(g.put(ALPHA_KEY, "secret-worker", fixtures::COUNTER), 201);
     assert_eq!(g.get_worker(ALPHA_KEY, "secret-worker", "").status(), 200);
     assert_eq!(
         error_kind(g.get_worker(BETA_KEY, "secret-worker", "")).0,
@@ -416,33 +380,12 @@ fn tenant_b_cannot_reach_tenant_a_workers() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 404);
-    let v: Value = g
-        .client
-        .get(g.url("/v1/workers"))
-        .bearer_auth(BETA_KEY)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v = g.list(BETA_KEY);
     assert_eq!(v, json!({"workers": []}));
     // Beta's own worker of the same id is a different Worker with its own state.
-    assert_eq!(
-        g.put_worker(BETA_KEY, "secret-worker", &worker(fixtures::COUNTER))
-            .status(),
-        201
-    );
-    assert_eq!(
-        g.get_worker(BETA_KEY, "secret-worker", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        1
-    );
-    assert_eq!(
-        g.get_worker(ALPHA_KEY, "secret-worker", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        2
-    );
+    assert_eq!(g.put(BETA_KEY, "secret-worker", fixtures::COUNTER), 201);
+    assert_eq!(g.count(BETA_KEY, "secret-worker"), 1);
+    assert_eq!(g.count(ALPHA_KEY, "secret-worker"), 2);
 }
 
 #[test]
@@ -451,38 +394,15 @@ fn stored_workers_survive_a_restart() {
     let tenants = common::tenants_yaml();
     {
         let mut g = Gateway::start_in(tmp.path(), POOL, &tenants);
-        assert_eq!(
-            g.put_worker(ALPHA_KEY, "persisted", &worker(fixtures::COUNTER))
-                .status(),
-            201
-        );
-        assert_eq!(
-            g.get_worker(ALPHA_KEY, "persisted", "")
-                .json::<Value>()
-                .unwrap()["count"],
-            1
-        );
-        assert_eq!(
-            g.get_worker(ALPHA_KEY, "persisted", "")
-                .json::<Value>()
-                .unwrap()["count"],
-            2
-        );
+        assert_eq!(g.put(ALPHA_KEY, "persisted", fixtures::COUNTER), 201);
+        assert_eq!(g.count(ALPHA_KEY, "persisted"), 1);
+        assert_eq!(g.count(ALPHA_KEY, "persisted"), 2);
         assert!(g.stop(), "graceful stop exits 0");
     }
     let g = Gateway::start_in(tmp.path(), POOL, &tenants);
     // The code survived; the isolate (and its module state) did not.
-    assert_eq!(
-        g.get_worker(ALPHA_KEY, "persisted", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        1
-    );
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "persisted", &worker(fixtures::COUNTER))
-            .status(),
-        200
-    );
+    assert_eq!(g.count(ALPHA_KEY, "persisted"), 1);
+    assert_eq!(g.put(ALPHA_KEY, "persisted", fixtures::COUNTER), 200);
 }
 
 #[test]
@@ -491,34 +411,13 @@ fn idle_workers_expire_after_the_ttl_and_restart_from_scratch() {
         "threads: 2, warm_isolates: 2, max_cached_workers: 100, idle_ttl_s: 1",
         &common::tenants_yaml(),
     );
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "counter", &worker(fixtures::COUNTER))
-            .status(),
-        201
-    );
-    assert_eq!(
-        g.get_worker(ALPHA_KEY, "counter", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        1
-    );
-    assert_eq!(
-        g.get_worker(ALPHA_KEY, "counter", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        2
-    );
+    assert_eq!(g.put(ALPHA_KEY, "counter", fixtures::COUNTER), 201);
+    assert_eq!(g.count(ALPHA_KEY, "counter"), 1);
+    assert_eq!(g.count(ALPHA_KEY, "counter"), 2);
     // Watch the listing until the idle Worker turns cold (bounded).
     let started = std::time::Instant::now();
     loop {
-        let v: Value = g
-            .client
-            .get(g.url("/v1/workers"))
-            .bearer_auth(ALPHA_KEY)
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
+        let v = g.list(ALPHA_KEY);
         if v["workers"][0]["state"] == "cold" {
             break;
         }
@@ -528,10 +427,31 @@ fn idle_workers_expire_after_the_ttl_and_restart_from_scratch() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    assert_eq!(
-        g.get_worker(ALPHA_KEY, "counter", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        1
-    );
+    assert_eq!(g.count(ALPHA_KEY, "counter"), 1);
+}
+
+#[test]
+fn admin_listener_answers_health_and_readiness() {
+    let g = gateway();
+    let r = g
+        .client
+        .get(format!("http://{}/healthz", g.admin))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = g
+        .client
+        .get(format!("http://{}/readyz", g.admin))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(v["status"], "ready");
+    assert!(v["warm_isolates"].as_u64().unwrap() > 0);
+    let r = g
+        .client
+        .get(format!("http://{}/nope", g.admin))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }

@@ -77,27 +77,12 @@ fn cached_worker_that_breaches_a_limit_is_discarded_and_recreated() {
         } }"#,
     );
     assert_eq!(g.put_worker(ALPHA_KEY, "fragile", &code).status(), 201);
-    assert_eq!(
-        g.get_worker(ALPHA_KEY, "fragile", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        1
-    );
-    assert_eq!(
-        g.get_worker(ALPHA_KEY, "fragile", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        2
-    );
+    assert_eq!(g.count(ALPHA_KEY, "fragile"), 1);
+    assert_eq!(g.count(ALPHA_KEY, "fragile"), 2);
     let (s, v) = body(g.get_worker(ALPHA_KEY, "fragile", "spin"));
     assert_eq!((s, v["error"]["kind"].as_str()), (503, Some("cpu_limit")));
     // The isolate was discarded: a fresh one starts counting again.
-    assert_eq!(
-        g.get_worker(ALPHA_KEY, "fragile", "")
-            .json::<Value>()
-            .unwrap()["count"],
-        1
-    );
+    assert_eq!(g.count(ALPHA_KEY, "fragile"), 1);
 }
 
 #[test]
@@ -126,11 +111,7 @@ fn one_tenants_flood_does_not_starve_another() {
         &(common::tenant_yaml("alpha", ALPHA_KEY, flood_limits)
             + &common::tenant_yaml("beta", BETA_KEY, "cpu_ms: 50")),
     );
-    assert_eq!(
-        g.put_worker(ALPHA_KEY, "spin", &worker(fixtures::HOSTILE_CPU))
-            .status(),
-        201
-    );
+    assert_eq!(g.put(ALPHA_KEY, "spin", fixtures::HOSTILE_CPU), 201);
     let stop_at = Instant::now() + Duration::from_secs(3);
     let flooders: Vec<_> = (0..12)
         .map(|_| {

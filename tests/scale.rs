@@ -67,14 +67,7 @@ fn two_thousand_gets_over_five_hundred_ids_with_a_small_cache() {
         assert_eq!(v["id"], id, "request for w{id} answered by another Worker");
         assert!(v["hits"].as_u64().unwrap() >= 1);
     }
-    let v: Value = g
-        .client
-        .get(g.url("/v1/workers"))
-        .bearer_auth(ALPHA_KEY)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let v = g.list(ALPHA_KEY);
     let warm = v["workers"]
         .as_array()
         .unwrap()

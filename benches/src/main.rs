@@ -5,7 +5,7 @@
 //! warm-up excluded, HDR histogram) and prints one markdown table.
 //!
 //! ```text
-//! cargo run --release -p isogate-benches -- [--quick] [--seconds N]
+//! cargo run --release -p isogate-benches -- [--quick] [--seconds N] [--only load|get|execute|memory]
 //! ```
 
 mod client;
@@ -27,6 +27,7 @@ struct Opts {
     seconds: f64,
     warmup: f64,
     quick: bool,
+    only: Option<String>,
 }
 
 fn parse_opts() -> Opts {
@@ -38,10 +39,16 @@ fn parse_opts() -> Opts {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(if quick { 1.0 } else { 10.0 });
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1))
+        .cloned();
     Opts {
         seconds,
         warmup: if quick { 0.3 } else { 2.0 },
         quick,
+        only,
     }
 }
 
@@ -317,11 +324,14 @@ fn main() {
 
     println!("| scenario | c | req/s | p50 ms | p99 ms | errors | RSS start → end (MiB) |");
     println!("|---|---|---|---|---|---|---|");
-    for (name, req) in [
-        ("load() hello", &load),
-        ("warm get() hello", &get),
-        ("execute snippet", &exec),
+    for (tag, name, req) in [
+        ("load", "load() hello", &load),
+        ("get", "warm get() hello", &get),
+        ("execute", "execute snippet", &exec),
     ] {
+        if opts.only.as_deref().is_some_and(|o| o != tag) {
+            continue;
+        }
         for c in [1usize, 16] {
             let before = g.rss_kib();
             let o = drive(&g.ingress, req, c, opts.warmup, opts.seconds);
@@ -341,7 +351,11 @@ fn main() {
 
     println!("\n| cached Workers N | RSS growth per Worker (KiB) |");
     println!("|---|---|");
-    let sizes: &[usize] = if opts.quick { &[200] } else { &[200, 1000] };
+    let sizes: &[usize] = match (opts.quick, opts.only.as_deref()) {
+        (_, Some(o)) if o != "memory" => &[],
+        (true, _) => &[200],
+        (false, _) => &[200, 1000],
+    };
     for &n in sizes {
         let g = Gateway::start(&bin, &format!("mem{n}"), n + 10);
         let mut conn = Conn::connect(&g.ingress).expect("connect");

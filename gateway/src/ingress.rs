@@ -568,7 +568,7 @@ impl Ingress {
             .store
             .get(tenant.name.as_str(), id)
             .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?} for this tenant")))?;
-        let limits = limits_for(tenant, code.limits.as_ref(), None);
+        let limits = limits_for(tenant, code.code().limits.as_ref(), None);
         let _permit = self.gate(snapshot, tenant)?.admit().await?;
         let inv = self
             .state

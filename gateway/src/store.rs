@@ -4,11 +4,11 @@
 //! Ids are immutable: storing different code under an existing id is a conflict (clients use
 //! versioned ids).
 
-use isogate_pool::{CodeDigest, WorkerCode};
+use isogate_pool::{CodeDigest, SealedCode, WorkerCode};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ type Key = (String, String);
 /// The worker store.
 pub struct WorkerStore {
     conn: Mutex<Connection>,
-    cache: RwLock<HashMap<Key, Arc<WorkerCode>>>,
+    cache: RwLock<HashMap<Key, SealedCode>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -98,7 +98,7 @@ impl WorkerStore {
                         id: id.clone(),
                         message: e.to_string(),
                     })?;
-                cache.insert((tenant, id), Arc::new(code));
+                cache.insert((tenant, id), SealedCode::new(code));
             }
         }
         Ok(WorkerStore {
@@ -108,7 +108,7 @@ impl WorkerStore {
     }
 
     /// The stored code of `tenant`/`id`.
-    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<WorkerCode>> {
+    pub fn get(&self, tenant: &str, id: &str) -> Option<SealedCode> {
         self.cache
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -133,7 +133,8 @@ impl WorkerStore {
     /// Stores `code` under `tenant`/`id` (blocking: call from a blocking context). The row is
     /// committed before this returns `Created`.
     pub fn put(&self, tenant: &str, id: &str, code: WorkerCode) -> Result<PutOutcome, StoreError> {
-        let digest: CodeDigest = code.digest();
+        let sealed = SealedCode::new(code);
+        let digest: CodeDigest = sealed.digest();
         let conn = lock(&self.conn);
         let existing: Option<Vec<u8>> = conn
             .query_row(
@@ -149,11 +150,12 @@ impl WorkerStore {
                 PutOutcome::Conflict
             });
         }
-        let json = serde_json::to_string(&code).map_err(|e| StoreError::Corrupt {
-            tenant: tenant.into(),
-            id: id.into(),
-            message: e.to_string(),
-        })?;
+        let json =
+            serde_json::to_string(sealed.code().as_ref()).map_err(|e| StoreError::Corrupt {
+                tenant: tenant.into(),
+                id: id.into(),
+                message: e.to_string(),
+            })?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
@@ -165,7 +167,7 @@ impl WorkerStore {
         self.cache
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert((tenant.into(), id.into()), Arc::new(code));
+            .insert((tenant.into(), id.into()), sealed);
         Ok(PutOutcome::Created)
     }
 
@@ -229,7 +231,7 @@ mod tests {
             assert!(!store.delete("a", "w2").unwrap());
         }
         let store = WorkerStore::open(dir.path()).unwrap();
-        assert_eq!(store.get("a", "w1").unwrap().as_ref(), &code("x"));
+        assert_eq!(store.get("a", "w1").unwrap().code().as_ref(), &code("x"));
         assert!(store.get("a", "w2").is_none());
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 /// Worker code as a client submits it; mirrors Cloudflare's Worker Loader `WorkerCode`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -135,8 +136,36 @@ impl WorkerCode {
     }
 }
 
+/// WorkerCode with its digest computed once (stored Workers are dispatched many times).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SealedCode {
+    code: Arc<WorkerCode>,
+    digest: CodeDigest,
+}
+
+impl SealedCode {
+    /// Seals `code`, computing its digest.
+    pub fn new(code: WorkerCode) -> SealedCode {
+        let digest = code.digest();
+        SealedCode {
+            code: Arc::new(code),
+            digest,
+        }
+    }
+
+    /// The code.
+    pub fn code(&self) -> &Arc<WorkerCode> {
+        &self.code
+    }
+
+    /// Its digest.
+    pub fn digest(&self) -> CodeDigest {
+        self.digest
+    }
+}
+
 /// SHA-256 of a Worker's canonical JSON.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct CodeDigest(pub [u8; 32]);
 
 impl fmt::Debug for CodeDigest {

@@ -15,7 +15,7 @@ pub mod pool;
 
 pub use api::{
     CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker,
-    LimitOverrides, Limits, LogEntry, ModuleSource, Outbound, WorkerCode, WorkerError,
+    LimitOverrides, Limits, LogEntry, ModuleSource, Outbound, SealedCode, WorkerCode, WorkerError,
 };
 pub use egress::{DisabledEgress, Egress, EgressError, EgressRequest, EgressResponse};
 pub use observe::{CacheEvent, NoopObserver, PoolObserver, StartKind};

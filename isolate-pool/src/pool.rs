@@ -7,7 +7,7 @@
 
 use crate::api::{
     CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker, Limits,
-    WorkerCode, WorkerError,
+    LogEntry, SealedCode, WorkerCode, WorkerError,
 };
 use crate::cache::{CacheIndex, EvictReason, Eviction, WorkerKey};
 use crate::egress::Egress;
@@ -60,8 +60,7 @@ enum Job {
     },
     Get {
         key: WorkerKey,
-        digest: CodeDigest,
-        code: Arc<WorkerCode>,
+        code: SealedCode,
         request: HttpRequest,
         invoker: Invoker,
         limits: Limits,
@@ -185,7 +184,14 @@ impl Pool {
         })
     }
 
-    async fn wait<T>(rx: oneshot::Receiver<Invocation<T>>) -> Result<Invocation<T>, PoolError> {
+    /// Queues the job `make` builds on `thread` and waits for its answer.
+    async fn call<T>(
+        &self,
+        thread: usize,
+        make: impl FnOnce(Reply<T>) -> Job,
+    ) -> Result<Invocation<T>, PoolError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(thread, make(reply))?;
         match rx.await {
             Ok(inv) => Ok(inv),
             // The thread dropped the job: it panicked or is shutting down.
@@ -208,18 +214,14 @@ impl Pool {
         request: HttpRequest,
         limits: Limits,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(
-            self.round_robin(),
-            Job::Load {
-                code,
-                request,
-                invoker,
-                limits,
-                reply,
-            },
-        )?;
-        Self::wait(rx).await
+        self.call(self.round_robin(), |reply| Job::Load {
+            code,
+            request,
+            invoker,
+            limits,
+            reply,
+        })
+        .await
     }
 
     /// Code Mode: runs an async function once in a fresh isolate and returns its JSON result.
@@ -230,18 +232,14 @@ impl Pool {
         env: serde_json::Value,
         limits: Limits,
     ) -> Result<Invocation<serde_json::Value>, PoolError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(
-            self.round_robin(),
-            Job::Execute {
-                source,
-                env,
-                invoker,
-                limits,
-                reply,
-            },
-        )?;
-        Self::wait(rx).await
+        self.call(self.round_robin(), |reply| Job::Execute {
+            source,
+            env,
+            invoker,
+            limits,
+            reply,
+        })
+        .await
     }
 
     /// `get(id)`: dispatches to the cached Worker `invoker.worker_id` of `invoker.tenant`,
@@ -249,7 +247,7 @@ impl Pool {
     pub async fn get(
         &self,
         invoker: Invoker,
-        code: Arc<WorkerCode>,
+        code: SealedCode,
         request: HttpRequest,
         limits: Limits,
         tenant_cap: usize,
@@ -270,20 +268,15 @@ impl Pool {
         self.shared.observer.cache_event(&invoker.tenant, event);
         self.carry_out(acquired.evicted);
         self.report_tenant(&invoker.tenant);
-        let (reply, rx) = oneshot::channel();
-        self.submit(
-            acquired.thread,
-            Job::Get {
-                key,
-                digest,
-                code,
-                request,
-                invoker,
-                limits,
-                reply,
-            },
-        )?;
-        Self::wait(rx).await
+        self.call(acquired.thread, |reply| Job::Get {
+            key,
+            code,
+            request,
+            invoker,
+            limits,
+            reply,
+        })
+        .await
     }
 
     fn home_thread(&self, key: &WorkerKey) -> usize {
@@ -433,6 +426,21 @@ impl ThreadState {
         }
     }
 
+    /// [`take_isolate`](Self::take_isolate), answering `reply` with the error if it fails.
+    async fn take_or_fail<T>(
+        &self,
+        kind: StartKind,
+        reply: Reply<T>,
+    ) -> Option<(Isolate, bool, Reply<T>)> {
+        match self.take_isolate(kind).await {
+            Ok((iso, cold)) => Some((iso, cold, reply)),
+            Err(e) => {
+                let _ = reply.send(failed(e));
+                None
+            }
+        }
+    }
+
     async fn refill_loop(self: Rc<Self>) {
         loop {
             while self.warm.borrow().len() < self.warm_target {
@@ -455,10 +463,22 @@ impl ThreadState {
 }
 
 fn failed<T>(err: WorkerError) -> Invocation<T> {
+    done(Err(err), Vec::new(), 0.0, false)
+}
+
+fn done<T>(
+    outcome: Result<T, WorkerError>,
+    logs: Vec<LogEntry>,
+    cpu_seconds: f64,
+    cold_start: bool,
+) -> Invocation<T> {
     Invocation {
-        outcome: Err(err),
-        logs: Vec::new(),
-        stats: InvocationStats::default(),
+        outcome,
+        logs,
+        stats: InvocationStats {
+            cpu_seconds,
+            cold_start,
+        },
     }
 }
 
@@ -519,22 +539,12 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             limits,
             reply,
         } => {
-            let (mut iso, cold) = match state.take_isolate(StartKind::Load).await {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = reply.send(failed(e));
-                    return;
-                }
+            let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
+            else {
+                return;
             };
             iso.fetch(&code, request, invoker, limits, |(outcome, logs), cpu| {
-                let _ = reply.send(Invocation {
-                    outcome,
-                    logs,
-                    stats: InvocationStats {
-                        cpu_seconds: cpu,
-                        cold_start: cold,
-                    },
-                });
+                let _ = reply.send(done(outcome, logs, cpu, cold));
             })
             .await;
             // load(): never reused.
@@ -547,32 +557,21 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             limits,
             reply,
         } => {
-            let (mut iso, cold) = match state.take_isolate(StartKind::Load).await {
-                Ok(x) => x,
-                Err(e) => {
-                    let _ = reply.send(failed(e));
-                    return;
-                }
+            let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
+            else {
+                return;
             };
             let (outcome, logs, cpu, _) = iso.execute(&source, &env, invoker, limits).await;
-            let _ = reply.send(Invocation {
-                outcome,
-                logs,
-                stats: InvocationStats {
-                    cpu_seconds: cpu,
-                    cold_start: cold,
-                },
-            });
+            let _ = reply.send(done(outcome, logs, cpu, cold));
         }
         Job::Get {
             key,
-            digest,
             code,
             request,
             invoker,
             limits,
             reply,
-        } => run_get(state, key, digest, code, request, invoker, limits, reply).await,
+        } => run_get(state, key, code, request, invoker, limits, reply).await,
         Job::Evict { .. } => {}
     }
 }
@@ -581,13 +580,13 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
 async fn run_get(
     state: Rc<ThreadState>,
     key: WorkerKey,
-    digest: CodeDigest,
-    code: Arc<WorkerCode>,
+    code: SealedCode,
     request: HttpRequest,
     invoker: Invoker,
     limits: Limits,
     reply: Reply<HttpResponse>,
 ) {
+    let digest = code.digest();
     let slot = {
         let mut cached = state.cached.borrow_mut();
         match cached.get(&key) {
@@ -617,16 +616,15 @@ async fn run_get(
         }
     }
     let Some(iso) = guard.as_mut() else { return };
-    iso.fetch(&code, request, invoker, limits, |(outcome, logs), cpu| {
-        let _ = reply.send(Invocation {
-            outcome,
-            logs,
-            stats: InvocationStats {
-                cpu_seconds: cpu,
-                cold_start: cold,
-            },
-        });
-    })
+    iso.fetch(
+        code.code(),
+        request,
+        invoker,
+        limits,
+        |(outcome, logs), cpu| {
+            let _ = reply.send(done(outcome, logs, cpu, cold));
+        },
+    )
     .await;
     if !iso.is_reusable() {
         // A breached limit discards the isolate; the next request recreates the Worker.

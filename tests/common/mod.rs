@@ -174,12 +174,36 @@ impl Gateway {
             .expect("request")
     }
 
+    /// Stores a one-module Worker with source `src`; returns the status.
+    pub fn put(&self, key: &str, id: &str, src: &str) -> u16 {
+        self.put_worker(key, id, &worker(src)).status().as_u16()
+    }
+
     pub fn get_worker(&self, key: &str, id: &str, rest: &str) -> Response {
         self.client
             .get(self.url(&format!("/w/{id}/{rest}")))
             .bearer_auth(key)
             .send()
             .expect("request")
+    }
+
+    /// `GET /v1/workers` as `key`.
+    pub fn list(&self, key: &str) -> Value {
+        self.client
+            .get(self.url("/v1/workers"))
+            .bearer_auth(key)
+            .send()
+            .expect("request")
+            .json()
+            .expect("json")
+    }
+
+    /// Calls the stored Worker `id` and returns the `count` field of its JSON answer.
+    pub fn count(&self, key: &str, id: &str) -> u64 {
+        let v: Value = self.get_worker(key, id, "").json().expect("json");
+        v["count"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no count in {v}"))
     }
 
     /// Sends SIGTERM and waits for exit; returns whether it exited successfully.
