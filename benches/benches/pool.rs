@@ -1,0 +1,98 @@
+//! Criterion micro-benchmarks of the isolate pool, in process (no HTTP): what one isolate
+//! thread does per `load()` (start an isolate, evaluate a Worker, dispatch, discard) and per warm
+//! `get()`.
+//!
+//! `cargo bench -p isogate-benches --bench pool`
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use isogate_pool::{
+    DisabledEgress, HttpRequest, Invoker, Limits, NoopObserver, Pool, PoolSettings, SealedCode,
+    WorkerCode,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+const HELLO: &str =
+    r#"export default { async fetch() { return new Response("hello from isogate"); } }"#;
+
+fn pool(warm: usize) -> Pool {
+    Pool::start(
+        PoolSettings {
+            threads: 1,
+            warm_isolates: warm,
+            max_cached_workers: 100,
+            idle_ttl: Duration::from_secs(3600),
+            queue_capacity: 1024,
+        },
+        Arc::new(DisabledEgress),
+        Arc::new(NoopObserver),
+    )
+    .expect("pool")
+}
+
+fn code() -> WorkerCode {
+    serde_json::from_value(serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}}))
+        .expect("code")
+}
+
+fn request() -> HttpRequest {
+    HttpRequest {
+        method: "GET".into(),
+        url: "http://bench/".into(),
+        headers: vec![],
+        body: vec![],
+    }
+}
+
+const LIMITS: Limits = Limits {
+    cpu_ms: 1000,
+    memory_mb: 64,
+    wall_ms: 10_000,
+    subrequests: 10,
+};
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("pool");
+    group.throughput(Throughput::Elements(1));
+
+    // No warm isolates: every load() starts its isolate on the request path, so this is the
+    // sustained isolate creation rate of one isolate thread (one core).
+    let cold = pool(0);
+    let code_arc = Arc::new(code());
+    let invoker = Invoker {
+        tenant: "bench".into(),
+        worker_id: None,
+    };
+    group.bench_function("load_hello_cold_isolate", |b| {
+        b.iter(|| {
+            let inv = rt
+                .block_on(cold.load(invoker.clone(), code_arc.clone(), request(), LIMITS))
+                .expect("load");
+            assert!(inv.outcome.is_ok());
+        })
+    });
+    drop(cold);
+
+    let warm = pool(0);
+    let sealed = SealedCode::new(code());
+    let get_invoker = Invoker {
+        tenant: "bench".into(),
+        worker_id: Some("hello".into()),
+    };
+    group.bench_function("get_hello_warm", |b| {
+        b.iter(|| {
+            let inv = rt
+                .block_on(warm.get(get_invoker.clone(), sealed.clone(), request(), LIMITS, 100))
+                .expect("get");
+            assert!(inv.outcome.is_ok());
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
