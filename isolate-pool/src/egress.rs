@@ -4,6 +4,11 @@
 //! implementation the gateway installs. The pool never opens a socket itself. The request is
 //! owned and serialisable, and the identity of the caller ([`Invoker`]) comes from host state,
 //! never from the Worker's arguments.
+//!
+//! The pipeline is split in two so the pool can charge the invocation's subrequest budget at
+//! the right step: [`Egress::authorize`] (URL, policy, rate limits; synchronous, no I/O) decides
+//! first; only a request it lets through costs a subrequest; then [`Egress::send`] does the I/O
+//! (SSRF-checked resolution, credential injection, redirects, response scrubbing).
 
 use crate::api::Invoker;
 use futures::future::BoxFuture;
@@ -22,6 +27,27 @@ pub struct EgressRequest {
     pub body: Vec<u8>,
     /// The `redirect` mode of the request: `follow`, `manual` or `error`.
     pub redirect: String,
+    /// Subrequests the invocation may still make after this one (redirect hops count).
+    pub budget: u32,
+}
+
+/// [`Egress::authorize`]'s answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Verdict {
+    /// Go on to [`Egress::send`] with this authorization.
+    Proceed(Authorization),
+    /// Answer the Worker with this synthetic response (e.g. 429 from a rate limit); nothing is
+    /// sent upstream and no subrequest is charged.
+    Respond(EgressResponse),
+    /// `fetch()` rejects with a `TypeError` carrying this message.
+    Reject(String),
+}
+
+/// What [`Egress::authorize`] decided, handed back to [`Egress::send`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authorization {
+    /// Name of the matched rule, if any (a report-mode pass has none).
+    pub rule: Option<String>,
 }
 
 /// What the Worker gets back.
@@ -33,6 +59,8 @@ pub struct EgressResponse {
     pub headers: Vec<(String, String)>,
     /// Body bytes.
     pub body: Vec<u8>,
+    /// Redirect hops followed (each is one more subrequest).
+    pub hops: u32,
 }
 
 /// Why an outbound request did not happen.
@@ -42,6 +70,9 @@ pub enum EgressError {
     /// a `TypeError` carrying this message. The message must never contain a secret.
     #[error("{0}")]
     Rejected(String),
+    /// Following redirects would exceed the invocation's subrequest budget.
+    #[error("subrequest limit exceeded while following redirects")]
+    SubrequestLimit,
 }
 
 /// The gateway's egress pipeline, as the pool sees it.
@@ -52,11 +83,15 @@ pub trait Egress: Send + Sync + 'static {
         true
     }
 
-    /// Performs (or refuses) one outbound request for `invoker`.
-    fn fetch(
+    /// Steps that need no I/O: URL parsing, policy decision, rate limits.
+    fn authorize(&self, invoker: &Invoker, request: &EgressRequest) -> Verdict;
+
+    /// Performs an authorized request.
+    fn send(
         &self,
         invoker: Invoker,
         request: EgressRequest,
+        authorization: Authorization,
     ) -> BoxFuture<'static, Result<EgressResponse, EgressError>>;
 }
 
@@ -72,10 +107,15 @@ impl Egress for DisabledEgress {
         false
     }
 
-    fn fetch(
+    fn authorize(&self, _invoker: &Invoker, _request: &EgressRequest) -> Verdict {
+        Verdict::Reject(NETWORK_DISABLED.to_string())
+    }
+
+    fn send(
         &self,
         _invoker: Invoker,
         _request: EgressRequest,
+        _authorization: Authorization,
     ) -> BoxFuture<'static, Result<EgressResponse, EgressError>> {
         Box::pin(async { Err(EgressError::Rejected(NETWORK_DISABLED.to_string())) })
     }

@@ -17,7 +17,9 @@ pub use api::{
     CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker,
     LimitOverrides, Limits, LogEntry, ModuleSource, Outbound, SealedCode, WorkerCode, WorkerError,
 };
-pub use egress::{DisabledEgress, Egress, EgressError, EgressRequest, EgressResponse};
+pub use egress::{
+    Authorization, DisabledEgress, Egress, EgressError, EgressRequest, EgressResponse, Verdict,
+};
 pub use observe::{CacheEvent, NoopObserver, PoolObserver, StartKind};
 pub use pool::{Pool, PoolError, PoolSettings};
 

@@ -14,7 +14,9 @@ use crate::api::{
     ErrorKind, HttpRequest, HttpResponse, Invoker, Limits, LogEntry, ModuleSource, Outbound,
     WorkerCode, WorkerError,
 };
-use crate::egress::{Egress, EgressError, EgressRequest, NETWORK_DISABLED};
+use crate::egress::{
+    Authorization, Egress, EgressError, EgressRequest, EgressResponse, Verdict, NETWORK_DISABLED,
+};
 use budget::{Budget, Metered};
 use loader::{ModuleMap, WorkerLoader, WorkerResolver};
 use rquickjs::{
@@ -678,27 +680,31 @@ fn install<'js>(
                 let state = fetch_state.clone();
                 let prepared = prepare_fetch(&state, method, url, headers, body, redirect);
                 async move {
-                    let (invoker, request) = match prepared {
-                        Ok(p) => p,
-                        Err(FetchRefusal::TypeError(msg)) => {
-                            return Err(Exception::throw_type(&ctx, &msg))
-                        }
-                        Err(FetchRefusal::Internal(msg)) => {
-                            return Err(Exception::throw_internal(&ctx, &msg))
-                        }
+                    let refuse = |ctx: &Ctx<'js>, r: FetchRefusal| match r {
+                        FetchRefusal::TypeError(msg) => Exception::throw_type(ctx, &msg),
+                        FetchRefusal::Internal(msg) => Exception::throw_internal(ctx, &msg),
                     };
-                    let result = state.egress.fetch(invoker, request).await;
-                    match result {
+                    let (invoker, request, authorization) = match prepared {
+                        Ok(Prepared::Send(i, r, a)) => (i, r, a),
+                        Ok(Prepared::Respond(resp)) => return response_object(&ctx, resp),
+                        Err(r) => return Err(refuse(&ctx, r)),
+                    };
+                    match state.egress.send(invoker, request, authorization).await {
                         Ok(resp) => {
-                            let out = Object::new(ctx.clone())?;
-                            out.set("status", resp.status)?;
-                            let headers = header_array(&ctx, &resp.headers)
-                                .map_err(|e| Exception::throw_internal(&ctx, &e.message))?;
-                            out.set("headers", headers)?;
-                            out.set("body", TypedArray::<u8>::new(ctx.clone(), resp.body)?)?;
-                            Ok(out)
+                            if resp.hops > 0 {
+                                charge_subrequests(&state, resp.hops)
+                                    .map_err(|r| refuse(&ctx, r))?;
+                            }
+                            response_object(&ctx, resp)
                         }
                         Err(EgressError::Rejected(msg)) => Err(Exception::throw_type(&ctx, &msg)),
+                        Err(EgressError::SubrequestLimit) => {
+                            state.budget.trip(ErrorKind::SubrequestLimit);
+                            Err(Exception::throw_type(
+                                &ctx,
+                                "subrequest limit exceeded while following redirects",
+                            ))
+                        }
                     }
                 }
             },
@@ -720,8 +726,15 @@ enum FetchRefusal {
     Internal(String),
 }
 
-/// Steps of an outbound request that happen in the isolate: network disabled, subrequest
-/// budget, request shape. Identity comes from host state.
+/// What the isolate-side steps of an outbound request decided.
+enum Prepared {
+    Send(Invoker, EgressRequest, Authorization),
+    Respond(EgressResponse),
+}
+
+/// The isolate-side steps of an outbound request, in pipeline order: network disabled, the
+/// egress's own authorization (URL, policy, rate limits), then the subrequest budget. Identity
+/// comes from host state.
 fn prepare_fetch(
     state: &HostState,
     method: String,
@@ -729,30 +742,13 @@ fn prepare_fetch(
     headers: Value<'_>,
     body: Value<'_>,
     redirect: String,
-) -> Result<(Invoker, EgressRequest), FetchRefusal> {
+) -> Result<Prepared, FetchRefusal> {
     if state.outbound.get() == Outbound::Disabled || !state.egress.enabled() {
         return Err(FetchRefusal::TypeError(NETWORK_DISABLED.to_string()));
     }
     let invoker = state
-        .with_invocation(|s| {
-            s.subrequests += 1;
-            if s.subrequests > s.limits.subrequests {
-                Err(())
-            } else {
-                Ok(s.invoker.clone())
-            }
-        })
+        .with_invocation(|s| s.invoker.clone())
         .ok_or_else(|| FetchRefusal::Internal("fetch() outside of a request".into()))?;
-    let invoker = match invoker {
-        Ok(i) => i,
-        Err(()) => {
-            state.budget.trip(ErrorKind::SubrequestLimit);
-            return Err(FetchRefusal::TypeError(
-                "subrequest limit exceeded: this invocation may not make more outbound requests"
-                    .into(),
-            ));
-        }
-    };
     let headers = read_headers(headers).map_err(|e| FetchRefusal::Internal(e.message))?;
     let body = if body.is_null() || body.is_undefined() {
         Vec::new()
@@ -762,16 +758,47 @@ fn prepare_fetch(
             .and_then(|b| b.as_bytes().map(<[u8]>::to_vec))
             .unwrap_or_default()
     };
-    Ok((
-        invoker,
-        EgressRequest {
-            method,
-            url,
-            headers,
-            body,
-            redirect,
-        },
-    ))
+    let mut request = EgressRequest {
+        method,
+        url,
+        headers,
+        body,
+        redirect,
+        budget: 0,
+    };
+    let authorization = match state.egress.authorize(&invoker, &request) {
+        Verdict::Proceed(a) => a,
+        Verdict::Respond(response) => return Ok(Prepared::Respond(response)),
+        Verdict::Reject(message) => return Err(FetchRefusal::TypeError(message)),
+    };
+    request.budget = charge_subrequests(state, 1)?;
+    Ok(Prepared::Send(invoker, request, authorization))
+}
+
+/// Charges `n` subrequests to the invocation; returns how many remain, or trips the limit.
+fn charge_subrequests(state: &HostState, n: u32) -> Result<u32, FetchRefusal> {
+    let remaining = state
+        .with_invocation(|s| {
+            s.subrequests = s.subrequests.saturating_add(n);
+            s.limits.subrequests.checked_sub(s.subrequests)
+        })
+        .flatten();
+    remaining.ok_or_else(|| {
+        state.budget.trip(ErrorKind::SubrequestLimit);
+        FetchRefusal::TypeError(
+            "subrequest limit exceeded: this invocation may not make more outbound requests".into(),
+        )
+    })
+}
+
+fn response_object<'js>(ctx: &Ctx<'js>, resp: EgressResponse) -> rquickjs::Result<Object<'js>> {
+    let out = Object::new(ctx.clone())?;
+    out.set("status", resp.status)?;
+    let headers =
+        header_array(ctx, &resp.headers).map_err(|e| Exception::throw_internal(ctx, &e.message))?;
+    out.set("headers", headers)?;
+    out.set("body", TypedArray::<u8>::new(ctx.clone(), resp.body)?)?;
+    Ok(out)
 }
 
 fn install_console<'js>(ctx: &Ctx<'js>, state: &Rc<HostState>) -> rquickjs::Result<()> {

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::api::{ModuleSource, Outbound};
-use crate::egress::{DisabledEgress, EgressResponse};
+use crate::egress::{Authorization, DisabledEgress, EgressResponse, Verdict};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 
@@ -382,20 +382,68 @@ fn module_state_persists_across_invocations_of_a_loaded_worker() {
 struct CountingEgress(std::sync::atomic::AtomicU32);
 
 impl Egress for CountingEgress {
-    fn fetch(
+    fn authorize(&self, _invoker: &Invoker, request: &EgressRequest) -> Verdict {
+        if request.url.contains("denied") {
+            return Verdict::Reject("denied by test policy".into());
+        }
+        if request.url.contains("limited") {
+            return Verdict::Respond(EgressResponse {
+                status: 429,
+                headers: vec![("retry-after".into(), "1".into())],
+                body: vec![],
+                hops: 0,
+            });
+        }
+        Verdict::Proceed(Authorization { rule: None })
+    }
+
+    fn send(
         &self,
         invoker: Invoker,
         request: EgressRequest,
+        _authorization: Authorization,
     ) -> BoxFuture<'static, Result<EgressResponse, EgressError>> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             Ok(EgressResponse {
                 status: 200,
-                headers: vec![("x-tenant".into(), invoker.tenant)],
+                headers: vec![
+                    ("x-tenant".into(), invoker.tenant),
+                    ("x-budget".into(), request.budget.to_string()),
+                ],
                 body: request.url.into_bytes(),
+                hops: 0,
             })
         })
     }
+}
+
+#[test]
+fn denied_and_rate_limited_fetches_cost_no_subrequest() {
+    run(async {
+        let egress = Arc::new(CountingEgress(Default::default()));
+        let mut iso = Isolate::new(egress.clone()).await.unwrap();
+        let code = worker(
+            r#"export default { async fetch() {
+                const out = [];
+                for (let i = 0; i < 5; i++) {
+                    try { await fetch("https://denied.example/"); } catch (e) { out.push(e.name + ": " + e.message); }
+                    const r = await fetch("https://limited.example/");
+                    out.push(r.status + " " + r.headers.get("retry-after"));
+                }
+                const ok = await fetch("https://ok.example/");
+                out.push(ok.headers.get("x-budget"));
+                return Response.json(out);
+            } }"#,
+        );
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        assert_eq!(v[0], "TypeError: denied by test policy");
+        assert_eq!(v[1], "429 1");
+        // Three allowed in the budget; this was the first, so two remain.
+        assert_eq!(v[10], "2");
+        assert_eq!(egress.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+    });
 }
 
 #[test]
