@@ -61,7 +61,7 @@ fn escape_attempt_sees_no_host_internals_and_no_network() {
     assert_eq!(v["ops"], "undefined");
     assert_eq!(
         v["metadata"],
-        "blocked: network access is disabled for this Worker"
+        "blocked: network access is disabled for this Worker (the tenant has no egress rules)"
     );
 }
 

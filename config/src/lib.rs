@@ -10,6 +10,11 @@
 //!   reports *all* violations at once, each with its YAML path.
 //! * **Defaults.** Everything except `tenants` is optional; see the `Default`
 //!   implementations of [`Listen`], [`PoolConfig`] and [`LimitsConfig`].
+//! * **Egress.** Each tenant's `egress` section ([`EgressConfig`]) lowers
+//!   into an [`isogate_policy::EgressPolicy`]; the top-level `credentials`
+//!   ([`CredentialConfig`]) and `vaults` ([`VaultConfig`]) sections say
+//!   where the secrets injected into outbound requests come from. Only
+//!   references to secrets live in the configuration, never their values.
 //! * **Schema.** All configuration types implement
 //!   [`JsonSchema`]; see [`Config::json_schema`].
 //!
@@ -28,7 +33,9 @@
 //! # Ok::<(), isogate_config::ConfigError>(())
 //! ```
 
+mod egress;
 mod error;
+mod secrets;
 mod validate;
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -39,7 +46,12 @@ use isogate_policy::{ApiKeyHash, Policy, TenantLimits, TenantName, TenantPolicy}
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use egress::{EgressConfig, EgressModeConfig, EgressRuleConfig, RateLimitConfig};
 pub use error::{ConfigError, ValidationError};
+pub use secrets::{
+    CredentialConfig, Injection, SecretSource, TokenSource, VaultConfig, VaultKind, VaultRef,
+    SECRET_PLACEHOLDER,
+};
 
 /// The built-in development configuration (see [`Config::embedded_default`]).
 pub const EMBEDDED_DEFAULT_YAML: &str = include_str!("default.yaml");
@@ -63,6 +75,12 @@ pub struct Config {
     /// Tenants allowed to deploy and invoke workers. At least one is required.
     #[serde(default)]
     pub tenants: Vec<TenantConfig>,
+    /// Credentials that egress rules inject into outbound requests.
+    #[serde(default)]
+    pub credentials: Vec<CredentialConfig>,
+    /// Secret stores that credentials read from.
+    #[serde(default)]
+    pub vaults: Vec<VaultConfig>,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -145,6 +163,10 @@ pub struct TenantConfig {
     /// Resource limits; every field is optional.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Which outbound requests the tenant's Workers may make. Without it,
+    /// every outbound request is denied.
+    #[serde(default)]
+    pub egress: EgressConfig,
 }
 
 /// One API key, configured by its digest only.
@@ -227,7 +249,8 @@ impl TenantConfig {
     /// Lowers this tenant into its policy form.
     ///
     /// Meant for validated configurations; API key entries that are not valid
-    /// hex digests are skipped.
+    /// hex digests are skipped, and so are egress rules that cannot be
+    /// lowered (see [`EgressConfig::to_policy`]).
     pub fn to_policy(&self) -> TenantPolicy {
         TenantPolicy {
             name: TenantName::new(self.name.as_str()),
@@ -237,6 +260,7 @@ impl TenantConfig {
                 .filter_map(|key| ApiKeyHash::from_hex(&key.sha256).ok())
                 .collect(),
             limits: self.limits.into(),
+            egress: self.egress.to_policy(),
         }
     }
 }
@@ -328,6 +352,16 @@ impl Config {
     /// first occurrence.
     pub fn policy(&self) -> Policy {
         Policy::new(self.tenants.iter().map(TenantConfig::to_policy).collect())
+    }
+
+    /// Looks up a credential by name.
+    pub fn credential(&self, name: &str) -> Option<&CredentialConfig> {
+        self.credentials.iter().find(|c| c.name == name)
+    }
+
+    /// Looks up a vault by name.
+    pub fn vault(&self, name: &str) -> Option<&VaultConfig> {
+        self.vaults.iter().find(|v| v.name == name)
     }
 
     /// The JSON Schema of the configuration document.

@@ -736,3 +736,768 @@ fn json_schema_describes_the_document() {
     assert!(text.contains("^[0-9a-fA-F]{64}$"), "{text}");
     assert!(text.contains("queue_timeout_ms"), "{text}");
 }
+
+// ----------------------------------------------------------------- egress
+
+/// The full egress example shipped in `deploy/examples`.
+const EGRESS_EXAMPLE: &str = include_str!("../../deploy/examples/egress.yaml");
+
+/// A document whose single tenant has the `egress` section `egress` (flow
+/// style), with `top` appended at top level.
+fn egress_doc(egress: &str, top: &str) -> String {
+    format!("{}    egress: {egress}\n{top}", doc(""))
+}
+
+/// A document whose single tenant allows the single rule `rule` (flow
+/// style), with `top` appended at top level.
+fn rule_doc(rule: &str, top: &str) -> String {
+    egress_doc(&format!("{{ allow: [ {rule} ] }}"), top)
+}
+
+/// A document with the credentials (flow-style list items) and a vault
+/// named `main`.
+fn credentials_doc(credentials: &str) -> String {
+    format!(
+        "{}credentials: [ {credentials} ]\nvaults:\n  - {{ name: main, kind: hashicorp, \
+         address: \"http://127.0.0.1:8200\", token: {{ env: VAULT_TOKEN }} }}\n",
+        doc("")
+    )
+}
+
+/// A document with the single vault `vault` (flow style).
+fn vault_doc(vault: &str) -> String {
+    format!("{}vaults: [ {vault} ]\n", doc(""))
+}
+
+fn rule_config(host: &str) -> EgressRuleConfig {
+    EgressRuleConfig {
+        host: host.to_owned(),
+        name: None,
+        ports: None,
+        methods: None,
+        paths: None,
+        credential: None,
+        rate_limit: None,
+        allow_private: false,
+    }
+}
+
+#[test]
+fn egress_example_parses_with_the_right_values() {
+    let config = load_ok(EGRESS_EXAMPLE);
+    assert_eq!(config.tenants.len(), 1);
+    let demo = &config.tenants[0];
+    assert_eq!(demo.name, "demo");
+    assert_eq!(
+        demo.egress,
+        EgressConfig {
+            mode: EgressModeConfig::Enforce,
+            rate_limit: Some(RateLimitConfig {
+                per_second: 50,
+                burst: 100
+            }),
+            allow: vec![
+                EgressRuleConfig {
+                    methods: Some(vec!["GET".into(), "POST".into()]),
+                    paths: Some(vec!["/repos/**".into()]),
+                    credential: Some("github".into()),
+                    rate_limit: Some(RateLimitConfig {
+                        per_second: 5,
+                        burst: 10
+                    }),
+                    ..rule_config("api.github.com")
+                },
+                rule_config("*.example.com"),
+                EgressRuleConfig {
+                    name: Some("local".into()),
+                    ports: Some(vec![18999]),
+                    credential: Some("local-test".into()),
+                    allow_private: true,
+                    ..rule_config("127.0.0.1")
+                },
+            ],
+        }
+    );
+    assert_eq!(
+        config.credentials,
+        vec![
+            CredentialConfig {
+                name: "github".into(),
+                source: SecretSource::Vault {
+                    vault: VaultRef {
+                        backend: "main".into(),
+                        path: "kv/data/agents/github".into(),
+                        field: "token".into(),
+                    }
+                },
+                inject: Injection::Header {
+                    header: "Authorization".into(),
+                    value: "Bearer ${secret}".into()
+                },
+            },
+            CredentialConfig {
+                name: "local-test".into(),
+                source: SecretSource::Env {
+                    env: "ISOGATE_TEST_TOKEN".into()
+                },
+                inject: Injection::Header {
+                    header: "Authorization".into(),
+                    value: "Bearer ${secret}".into()
+                },
+            },
+            CredentialConfig {
+                name: "q".into(),
+                source: SecretSource::File {
+                    file: PathBuf::from("/run/secrets/q")
+                },
+                inject: Injection::Query {
+                    query: "api_key".into(),
+                    value: "${secret}".into()
+                },
+            },
+        ]
+    );
+    assert_eq!(
+        config.vaults,
+        vec![VaultConfig {
+            name: "main".into(),
+            kind: VaultKind::Hashicorp,
+            address: "http://127.0.0.1:8200".into(),
+            token: TokenSource::Env {
+                env: "VAULT_TOKEN".into()
+            },
+            cache_ttl_s: 60,
+            max_stale_s: 600,
+        }]
+    );
+    assert_eq!(config.credential("q"), Some(&config.credentials[2]));
+    assert_eq!(config.credential("nope"), None);
+    assert_eq!(config.vault("main"), Some(&config.vaults[0]));
+    assert_eq!(config.vault("nope"), None);
+}
+
+#[test]
+fn egress_example_lowers_into_the_policy() {
+    use isogate_policy::{
+        parse_target, Decision, EgressMode, EgressPolicy, EgressRule, HostPattern, PathMatcher,
+        RateLimit,
+    };
+
+    let policy = load_ok(EGRESS_EXAMPLE).policy();
+    let demo = policy.tenant("demo").expect("demo tenant");
+    assert_eq!(
+        demo.egress,
+        EgressPolicy {
+            mode: EgressMode::Enforce,
+            rate_limit: Some(RateLimit {
+                per_second: 50,
+                burst: 100
+            }),
+            rules: vec![
+                EgressRule {
+                    name: "api.github.com".into(),
+                    host: HostPattern::Exact("api.github.com".into()),
+                    ports: vec![80, 443],
+                    methods: Some(vec!["GET".into(), "POST".into()]),
+                    paths: Some(PathMatcher::new(["/repos/**"]).expect("valid glob")),
+                    credential: Some("github".into()),
+                    rate_limit: Some(RateLimit {
+                        per_second: 5,
+                        burst: 10
+                    }),
+                    allow_private: false,
+                },
+                EgressRule {
+                    name: "*.example.com".into(),
+                    host: HostPattern::Subdomains("example.com".into()),
+                    ports: vec![80, 443],
+                    methods: None,
+                    paths: None,
+                    credential: None,
+                    rate_limit: None,
+                    allow_private: false,
+                },
+                EgressRule {
+                    name: "local".into(),
+                    host: HostPattern::Ip("127.0.0.1".parse().unwrap()),
+                    ports: vec![18999],
+                    methods: None,
+                    paths: None,
+                    credential: Some("local-test".into()),
+                    rate_limit: None,
+                    allow_private: true,
+                },
+            ],
+        }
+    );
+
+    let decide = |method, url| demo.egress.decide(method, &parse_target(url).expect(url));
+    assert_eq!(
+        decide("GET", "https://api.github.com/repos/a/b"),
+        Decision::Allow { rule: 0 }
+    );
+    assert_eq!(
+        decide("GET", "https://www.example.com/"),
+        Decision::Allow { rule: 1 }
+    );
+    assert_eq!(
+        decide("GET", "http://127.0.0.1:18999/"),
+        Decision::Allow { rule: 2 }
+    );
+    assert!(!decide("GET", "https://example.com/").is_allowed());
+    assert!(!decide("DELETE", "https://api.github.com/repos/a").is_allowed());
+}
+
+#[test]
+fn egress_defaults() {
+    let config = load_ok(&doc(""));
+    assert_eq!(config.tenants[0].egress, EgressConfig::default());
+    assert!(config.credentials.is_empty());
+    assert!(config.vaults.is_empty());
+    let policy = config.policy();
+    let egress = &policy.tenants()[0].egress;
+    assert_eq!(*egress, isogate_policy::EgressPolicy::default());
+    assert_eq!(egress.mode, isogate_policy::EgressMode::Enforce);
+    assert!(egress.rules.is_empty());
+
+    // Report mode; rule defaults; methods are upper-cased; IPv6 hosts.
+    let config = load_ok(&egress_doc(
+        "{ mode: report, allow: [ { host: \"API.Example.COM.\", methods: [get, Patch] }, \
+         { host: \"[::1]\", allow_private: true }, { host: \"::2\", ports: [8080, 65535] } ] }",
+        "",
+    ));
+    let egress = &config.tenants[0].egress;
+    assert_eq!(egress.mode, EgressModeConfig::Report);
+    assert_eq!(egress.allow[0].effective_name(), "api.example.com");
+    assert_eq!(egress.allow[1].effective_name(), "[::1]");
+    let lowered = egress.to_policy();
+    assert_eq!(lowered.mode, isogate_policy::EgressMode::Report);
+    assert_eq!(lowered.rate_limit, None);
+    assert_eq!(lowered.rules.len(), 3);
+    assert_eq!(lowered.rules[0].name, "api.example.com");
+    assert_eq!(lowered.rules[0].ports, [80, 443]);
+    assert_eq!(
+        lowered.rules[0].methods,
+        Some(vec!["GET".to_owned(), "PATCH".to_owned()])
+    );
+    assert!(!lowered.rules[0].allow_private);
+    assert_eq!(
+        lowered.rules[1].host,
+        isogate_policy::HostPattern::Ip("::1".parse().unwrap())
+    );
+    assert!(lowered.rules[1].allow_private);
+    assert_eq!(lowered.rules[2].ports, [8080, 65535]);
+    assert_eq!(lowered.rules[2].name, "[::2]");
+
+    // Vault defaults.
+    let config = load_ok(&vault_doc(
+        "{ name: v, kind: hashicorp, address: \"https://vault.internal:8200\", token: { file: /run/vault-token } }",
+    ));
+    assert_eq!(config.vaults[0].cache_ttl_s, 60);
+    assert_eq!(config.vaults[0].max_stale_s, 600);
+    assert_eq!(
+        config.vaults[0].token,
+        TokenSource::File {
+            file: PathBuf::from("/run/vault-token")
+        }
+    );
+}
+
+#[test]
+fn lowering_skips_rules_that_do_not_validate() {
+    let egress = EgressConfig {
+        allow: vec![
+            rule_config("*"),
+            EgressRuleConfig {
+                paths: Some(vec!["/a[".into()]),
+                ..rule_config("x.com")
+            },
+            EgressRuleConfig {
+                ports: Some(vec![0, 443, 70_000]),
+                ..rule_config("y.com")
+            },
+        ],
+        ..EgressConfig::default()
+    };
+    let lowered = egress.to_policy();
+    assert_eq!(lowered.rules.len(), 1);
+    assert_eq!(lowered.rules[0].name, "y.com");
+    assert_eq!(lowered.rules[0].ports, [443]);
+}
+
+#[test]
+fn injection_render_replaces_every_placeholder() {
+    let header = Injection::Header {
+        header: "Authorization".into(),
+        value: "Bearer ${secret}".into(),
+    };
+    assert_eq!(header.template(), "Bearer ${secret}");
+    assert_eq!(header.render("t0k3n"), "Bearer t0k3n");
+    let twice = Injection::Query {
+        query: "k".into(),
+        value: "${secret}:${secret}".into(),
+    };
+    assert_eq!(twice.render("s"), "s:s");
+    // The secret itself is not re-expanded.
+    assert_eq!(twice.render("${secret}"), "${secret}:${secret}");
+}
+
+#[test]
+fn egress_rule_validation_names_the_path() {
+    let host_at = "tenants[0].egress.allow[0].host";
+    for host in [
+        "\"*\"",
+        "\"a.*.com\"",
+        "\"*.\"",
+        "\"**.x.com\"",
+        "\"\"",
+        "\"a b.com\"",
+        "\"https://x.com\"",
+        "\"x.com:443\"",
+        "\"[::1]:443\"",
+        "\"x..com\"",
+    ] {
+        let message = single_error_at(&rule_doc(&format!("{{ host: {host} }}"), ""), host_at);
+        assert!(message.contains("host pattern"), "{host}: {message}");
+    }
+
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "{ host: x.com, credential: nope }",
+            "tenants[0].egress.allow[0].credential",
+            "unknown credential \"nope\"",
+        ),
+        (
+            "{ host: x.com, ports: [] }",
+            "tenants[0].egress.allow[0].ports",
+            "must not be empty",
+        ),
+        (
+            "{ host: x.com, ports: [443, 0] }",
+            "tenants[0].egress.allow[0].ports[1]",
+            "between 1 and 65535, got 0",
+        ),
+        (
+            "{ host: x.com, ports: [70000] }",
+            "tenants[0].egress.allow[0].ports[0]",
+            "between 1 and 65535, got 70000",
+        ),
+        (
+            "{ host: x.com, methods: [] }",
+            "tenants[0].egress.allow[0].methods",
+            "must not be empty",
+        ),
+        (
+            "{ host: x.com, methods: [GET, \"GE T\"] }",
+            "tenants[0].egress.allow[0].methods[1]",
+            "invalid HTTP method \"GE T\"",
+        ),
+        (
+            "{ host: x.com, methods: [\"\"] }",
+            "tenants[0].egress.allow[0].methods[0]",
+            "invalid HTTP method",
+        ),
+        (
+            "{ host: x.com, paths: [] }",
+            "tenants[0].egress.allow[0].paths",
+            "must not be empty",
+        ),
+        (
+            "{ host: x.com, paths: [\"/ok/**\", \"repos/**\"] }",
+            "tenants[0].egress.allow[0].paths[1]",
+            "must start with `/`",
+        ),
+        (
+            "{ host: x.com, paths: [\"/a[\"] }",
+            "tenants[0].egress.allow[0].paths[0]",
+            "invalid path glob",
+        ),
+        (
+            "{ host: x.com, rate_limit: { per_second: 1, burst: 0 } }",
+            "tenants[0].egress.allow[0].rate_limit.burst",
+            "greater than 0",
+        ),
+        (
+            "{ host: x.com, rate_limit: { per_second: 0, burst: 1 } }",
+            "tenants[0].egress.allow[0].rate_limit.per_second",
+            "greater than 0",
+        ),
+        (
+            "{ host: x.com, name: \"a b\" }",
+            "tenants[0].egress.allow[0].name",
+            "invalid rule name",
+        ),
+        (
+            "{ host: x.com, name: \"\" }",
+            "tenants[0].egress.allow[0].name",
+            "invalid rule name",
+        ),
+    ];
+    for (rule, path, expected) in cases {
+        let message = single_error_at(&rule_doc(rule, ""), path);
+        assert!(message.contains(expected), "{rule}: {message}");
+    }
+
+    let message = single_error_at(
+        &egress_doc("{ rate_limit: { per_second: 0, burst: 5 } }", ""),
+        "tenants[0].egress.rate_limit.per_second",
+    );
+    assert_eq!(message, "must be greater than 0");
+}
+
+#[test]
+fn duplicate_rule_names_are_rejected() {
+    // Explicit names.
+    let message = single_error_at(
+        &egress_doc(
+            "{ allow: [ { host: a.com, name: r }, { host: b.com, name: r } ] }",
+            "",
+        ),
+        "tenants[0].egress.allow[1].name",
+    );
+    assert!(
+        message.contains("duplicate rule name \"r\" (already used by tenants[0].egress.allow[0])"),
+        "{message}"
+    );
+    // Default names are the normalised host pattern.
+    let message = single_error_at(
+        &egress_doc(
+            "{ allow: [ { host: api.x.com, methods: [GET] }, { host: API.X.COM., methods: [POST] } ] }",
+            "",
+        ),
+        "tenants[0].egress.allow[1]",
+    );
+    assert!(
+        message.contains("give this rule a unique `name`"),
+        "{message}"
+    );
+    // An explicit name may not take a default name either.
+    single_error_at(
+        &egress_doc(
+            "{ allow: [ { host: api.x.com }, { host: b.com, name: api.x.com } ] }",
+            "",
+        ),
+        "tenants[0].egress.allow[1].name",
+    );
+    // Distinct names make the same host fine, and names are per tenant.
+    load_ok(&egress_doc(
+        "{ allow: [ { host: api.x.com, methods: [GET] }, { host: api.x.com, name: posts, methods: [POST] } ] }",
+        "",
+    ));
+    load_ok(&format!(
+        "tenants:\n{}    egress: {{ allow: [ {{ host: x.com }} ] }}\n{}    egress: {{ allow: [ {{ host: x.com }} ] }}\n",
+        tenant("a", "a-key"),
+        tenant("b", "b-key")
+    ));
+}
+
+#[test]
+fn credential_validation_names_the_path() {
+    const INJECT: &str = "inject: { header: Authorization, value: \"Bearer ${secret}\" }";
+    let cases: &[(String, &str, &str)] = &[
+        (
+            format!("{{ name: c, source: {{ vault: {{ backend: nope, path: kv/x, field: f }} }}, {INJECT} }}"),
+            "credentials[0].source.vault.backend",
+            "unknown vault \"nope\"",
+        ),
+        (
+            format!("{{ name: c, source: {{ vault: {{ backend: main, path: \"\", field: f }} }}, {INJECT} }}"),
+            "credentials[0].source.vault.path",
+            "non-empty path",
+        ),
+        (
+            format!("{{ name: c, source: {{ vault: {{ backend: main, path: kv/x, field: \"\" }} }}, {INJECT} }}"),
+            "credentials[0].source.vault.field",
+            "must not be empty",
+        ),
+        (
+            format!("{{ name: c, source: {{ env: 1TOKEN }}, {INJECT} }}"),
+            "credentials[0].source.env",
+            "invalid environment variable name",
+        ),
+        (
+            format!("{{ name: c, source: {{ file: \"\" }}, {INJECT} }}"),
+            "credentials[0].source.file",
+            "must not be empty",
+        ),
+        (
+            format!("{{ name: GitHub, source: {{ env: T }}, {INJECT} }}"),
+            "credentials[0].name",
+            "invalid credential name \"GitHub\"",
+        ),
+        (
+            "{ name: c, source: { env: T }, inject: { header: Authorization, value: \"Bearer token\" } }".to_owned(),
+            "credentials[0].inject.value",
+            "must contain the placeholder ${secret}",
+        ),
+        (
+            "{ name: c, source: { env: T }, inject: { header: Authorization, value: \"Bearer ${secret}\\r\\nX: y\" } }".to_owned(),
+            "credentials[0].inject.value",
+            "control characters",
+        ),
+        (
+            "{ name: c, source: { env: T }, inject: { query: api_key, value: \"secret\" } }".to_owned(),
+            "credentials[0].inject.value",
+            "${secret}",
+        ),
+        (
+            "{ name: c, source: { env: T }, inject: { header: \"X Token\", value: \"${secret}\" } }".to_owned(),
+            "credentials[0].inject.header",
+            "invalid HTTP header name \"X Token\"",
+        ),
+        (
+            "{ name: c, source: { env: T }, inject: { header: \"X-Token:\", value: \"${secret}\" } }".to_owned(),
+            "credentials[0].inject.header",
+            "invalid HTTP header name",
+        ),
+        (
+            "{ name: c, source: { env: T }, inject: { header: \"\", value: \"${secret}\" } }".to_owned(),
+            "credentials[0].inject.header",
+            "invalid HTTP header name",
+        ),
+        (
+            "{ name: c, source: { env: T }, inject: { header: Host, value: \"${secret}\" } }".to_owned(),
+            "credentials[0].inject.header",
+            "managed by the HTTP client",
+        ),
+        (
+            "{ name: c, source: { env: T }, inject: { query: \"a=b\", value: \"${secret}\" } }".to_owned(),
+            "credentials[0].inject.query",
+            "invalid query parameter name",
+        ),
+    ];
+    for (credential, path, expected) in cases {
+        let message = single_error_at(&credentials_doc(credential), path);
+        assert!(message.contains(expected), "{credential}: {message}");
+    }
+
+    let message = single_error_at(
+        &credentials_doc(&format!(
+            "{{ name: c, source: {{ env: A }}, {INJECT} }}, {{ name: c, source: {{ env: B }}, {INJECT} }}"
+        )),
+        "credentials[1].name",
+    );
+    assert!(
+        message.contains("duplicate credential name \"c\" (already defined at credentials[0])"),
+        "{message}"
+    );
+
+    // Valid variants.
+    load_ok(&credentials_doc(
+        "{ name: a, source: { env: _A1 }, inject: { header: X-Api-Key, value: \"${secret}\" } }, \
+         { name: b, source: { file: /run/b }, inject: { query: key, value: \"pre-${secret}\" } }",
+    ));
+}
+
+#[test]
+fn vault_validation_names_the_path() {
+    const TOKEN: &str = "token: { env: VAULT_TOKEN }";
+    let cases: &[(String, &str, &str)] = &[
+        (
+            format!("{{ name: v, kind: hashicorp, address: \"ftp://vault:8200\", {TOKEN} }}"),
+            "vaults[0].address",
+            "must be an http or https URL: URL scheme `ftp` is not allowed",
+        ),
+        (
+            format!("{{ name: v, kind: hashicorp, address: \"vault.internal:8200\", {TOKEN} }}"),
+            "vaults[0].address",
+            "must be an http or https URL",
+        ),
+        (
+            format!("{{ name: v, kind: hashicorp, address: \"\", {TOKEN} }}"),
+            "vaults[0].address",
+            "must be an http or https URL: invalid URL",
+        ),
+        (
+            format!("{{ name: v, kind: hashicorp, address: \"http://vault\", {TOKEN}, cache_ttl_s: 0, max_stale_s: 0 }}"),
+            "vaults[0].cache_ttl_s",
+            "must be greater than 0",
+        ),
+        (
+            format!("{{ name: v, kind: hashicorp, address: \"http://vault\", {TOKEN}, cache_ttl_s: 900 }}"),
+            "vaults[0].max_stale_s",
+            "must be at least cache_ttl_s (600 < 900)",
+        ),
+        (
+            "{ name: v, kind: hashicorp, address: \"http://vault\", token: { env: \"\" } }".to_owned(),
+            "vaults[0].token.env",
+            "invalid environment variable name",
+        ),
+        (
+            "{ name: v, kind: hashicorp, address: \"http://vault\", token: { file: \"\" } }".to_owned(),
+            "vaults[0].token.file",
+            "must not be empty",
+        ),
+        (
+            format!("{{ name: \"v v\", kind: hashicorp, address: \"http://vault\", {TOKEN} }}"),
+            "vaults[0].name",
+            "invalid vault name",
+        ),
+    ];
+    for (vault, path, expected) in cases {
+        let errors = validation_errors(&vault_doc(vault));
+        assert_eq!(errors.len(), 1, "{vault}: {errors:#?}");
+        assert_eq!(errors[0].path, *path, "{vault}: {errors:#?}");
+        assert!(errors[0].message.contains(expected), "{vault}: {errors:#?}");
+    }
+    let message = single_error_at(
+        &vault_doc(&format!(
+            "{{ name: v, kind: hashicorp, address: \"http://a\", {TOKEN} }}, \
+             {{ name: v, kind: hashicorp, address: \"http://b\", {TOKEN} }}"
+        )),
+        "vaults[1].name",
+    );
+    assert!(
+        message.contains("already defined at vaults[0]"),
+        "{message}"
+    );
+}
+
+#[test]
+fn egress_errors_are_all_reported_in_document_order() {
+    let yaml = format!(
+        "{}    egress:\n      rate_limit: {{ per_second: 0, burst: 0 }}\n      allow:\n        \
+         - {{ host: \"*\", credential: ghost }}\n        \
+         - {{ host: ok.com, ports: [0], methods: [\"G T\"], paths: [x] }}\n\
+         credentials:\n  - {{ name: c, source: {{ vault: {{ backend: none, path: p, field: f }} }}, \
+         inject: {{ header: \"A B\", value: nope }} }}\n\
+         vaults:\n  - {{ name: v, kind: hashicorp, address: \"mailto:x\", token: {{ env: T }}, \
+         cache_ttl_s: 10, max_stale_s: 5 }}\n",
+        doc("")
+    );
+    let errors = validation_errors(&yaml);
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "tenants[0].egress.rate_limit.per_second",
+            "tenants[0].egress.rate_limit.burst",
+            "tenants[0].egress.allow[0].host",
+            "tenants[0].egress.allow[0].credential",
+            "tenants[0].egress.allow[1].ports[0]",
+            "tenants[0].egress.allow[1].methods[0]",
+            "tenants[0].egress.allow[1].paths[0]",
+            "credentials[0].source.vault.backend",
+            "credentials[0].inject.header",
+            "credentials[0].inject.value",
+            "vaults[0].address",
+            "vaults[0].max_stale_s",
+        ],
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn egress_shape_errors_name_the_path() {
+    let cases: &[(String, &str, &str)] = &[
+        (
+            rule_doc("{ hots: x.com }", ""),
+            "tenants[0].egress.allow[0].hots",
+            "unknown field `hots`",
+        ),
+        (
+            egress_doc("{ allow: [], deny: [] }", ""),
+            "tenants[0].egress.deny",
+            "unknown field `deny`",
+        ),
+        (
+            egress_doc("{ mode: block }", ""),
+            "tenants[0].egress.mode",
+            "unknown variant `block`",
+        ),
+        (
+            rule_doc("{ host: x.com, rate_limit: { per_second: 1 } }", ""),
+            "tenants[0].egress.allow[0].rate_limit",
+            "missing field `burst`",
+        ),
+        (
+            credentials_doc("{ name: c, source: { envv: T }, inject: { header: A, value: \"${secret}\" } }"),
+            "credentials[0].source.envv",
+            "unknown field `envv`, expected one of `env`, `file`, `vault`",
+        ),
+        (
+            credentials_doc("{ name: c, source: { env: T, file: /x }, inject: { header: A, value: \"${secret}\" } }"),
+            "credentials[0].source",
+            "give exactly one of `env`, `file` or `vault`",
+        ),
+        (
+            credentials_doc("{ name: c, source: {}, inject: { header: A, value: \"${secret}\" } }"),
+            "credentials[0].source",
+            "give exactly one of",
+        ),
+        (
+            credentials_doc("{ name: c, source: { vault: { backend: main, path: p, field: f, version: 2 } }, inject: { header: A, value: \"${secret}\" } }"),
+            "credentials[0].source.vault.version",
+            "unknown field `version`",
+        ),
+        (
+            credentials_doc("{ name: c, source: { env: T }, inject: { header: A, query: b, value: \"${secret}\" } }"),
+            "credentials[0].inject",
+            "give exactly one of `header` or `query`",
+        ),
+        (
+            credentials_doc("{ name: c, source: { env: T }, inject: { header: A } }"),
+            "credentials[0].inject",
+            "missing field `value`",
+        ),
+        (
+            credentials_doc("{ name: c, source: { env: T }, inject: { cookie: A, value: \"${secret}\" } }"),
+            "credentials[0].inject.cookie",
+            "unknown field `cookie`",
+        ),
+        (
+            vault_doc("{ name: v, kind: aws, address: \"http://a\", token: { env: T } }"),
+            "vaults[0].kind",
+            "unknown variant `aws`",
+        ),
+        (
+            vault_doc("{ name: v, kind: hashicorp, address: \"http://a\", token: { env: T, file: /t } }"),
+            "vaults[0].token",
+            "give exactly one of `env` or `file`",
+        ),
+        (
+            vault_doc("{ name: v, kind: hashicorp, address: \"http://a\", token: { env: T }, namespace: x }"),
+            "vaults[0].namespace",
+            "unknown field `namespace`",
+        ),
+    ];
+    for (yaml, path, expected) in cases {
+        let (actual_path, message, line, _) = parse_error(yaml);
+        assert_eq!(actual_path, *path, "{yaml}: {message}");
+        assert!(message.contains(expected), "{yaml}: {message}");
+        assert!(line.is_some(), "{yaml}");
+    }
+}
+
+#[test]
+fn egress_config_round_trips_through_yaml() {
+    let config = load_ok(EGRESS_EXAMPLE);
+    let yaml = serde_yaml_ng::to_string(&config).expect("serializes");
+    assert_eq!(load_ok(&yaml), config, "{yaml}");
+}
+
+#[test]
+fn json_schema_describes_egress() {
+    let schema = serde_json::to_value(Config::json_schema()).expect("schema serializes");
+    for property in ["credentials", "vaults"] {
+        assert!(
+            schema["properties"].get(property).is_some(),
+            "missing {property} in {schema:#}"
+        );
+    }
+    let text = schema.to_string();
+    for needle in [
+        "allow_private",
+        "rate_limit",
+        "per_second",
+        "cache_ttl_s",
+        "max_stale_s",
+        "hashicorp",
+        "enforce",
+        "\"header\"",
+        "\"query\"",
+        "\"vault\"",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in {text}");
+    }
+}

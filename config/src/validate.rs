@@ -6,19 +6,37 @@
 //! reported at once.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use isogate_policy::ApiKeyHash;
+use isogate_policy::{parse_target, ApiKeyHash, HostPattern, PathMatcher};
 
-use crate::{Config, Listen, PoolConfig, TenantConfig, ValidationError};
+use crate::{
+    Config, CredentialConfig, EgressConfig, Injection, Listen, PoolConfig, RateLimitConfig,
+    SecretSource, TenantConfig, TokenSource, ValidationError, VaultConfig, SECRET_PLACEHOLDER,
+};
 
 /// Upper bound of `pool.threads`.
 pub(crate) const MAX_POOL_THREADS: usize = 256;
 /// Upper bound of `tenants[].limits.memory_mb`.
 pub(crate) const MAX_MEMORY_MB: u64 = 4096;
-/// Maximum length of a tenant name.
+/// Maximum length of a tenant name (also of credential and vault names).
 pub(crate) const MAX_TENANT_NAME_LEN: usize = 63;
+/// Maximum length of an egress rule name.
+pub(crate) const MAX_RULE_NAME_LEN: usize = 128;
+/// Headers the HTTP client manages itself (framing, connection handling);
+/// a credential must not be injected into them.
+const CLIENT_MANAGED_HEADERS: [&str; 9] = [
+    "connection",
+    "content-length",
+    "host",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Returns every rule violation found in `config`, in document order.
 pub(crate) fn collect_errors(config: &Config) -> Vec<ValidationError> {
@@ -28,7 +46,19 @@ pub(crate) fn collect_errors(config: &Config) -> Vec<ValidationError> {
         errors.push("state_dir", "must not be empty");
     }
     check_pool(&config.pool, &mut errors);
-    check_tenants(&config.tenants, &mut errors);
+    let credentials: HashSet<&str> = config
+        .credentials
+        .iter()
+        .map(|credential| credential.name.as_str())
+        .collect();
+    check_tenants(&config.tenants, &credentials, &mut errors);
+    let vaults: HashSet<&str> = config
+        .vaults
+        .iter()
+        .map(|vault| vault.name.as_str())
+        .collect();
+    check_credentials(&config.credentials, &vaults, &mut errors);
+    check_vaults(&config.vaults, &mut errors);
     errors.0
 }
 
@@ -84,7 +114,7 @@ fn check_pool(pool: &PoolConfig, errors: &mut Errors) {
     }
 }
 
-fn check_tenants(tenants: &[TenantConfig], errors: &mut Errors) {
+fn check_tenants(tenants: &[TenantConfig], credentials: &HashSet<&str>, errors: &mut Errors) {
     if tenants.is_empty() {
         errors.push("tenants", "at least one tenant is required");
         return;
@@ -147,6 +177,7 @@ fn check_tenants(tenants: &[TenantConfig], errors: &mut Errors) {
         }
 
         check_limits(&at, tenant, errors);
+        check_egress(&format!("{at}.egress"), &tenant.egress, credentials, errors);
     }
 }
 
@@ -180,6 +211,358 @@ fn check_limits(at: &str, tenant: &TenantConfig, errors: &mut Errors) {
             format!("must not exceed wall_ms ({} > {})", l.cpu_ms, l.wall_ms),
         );
     }
+}
+
+fn check_rate_limit(at: &str, limit: &RateLimitConfig, errors: &mut Errors) {
+    if limit.per_second == 0 {
+        errors.push(format!("{at}.per_second"), "must be greater than 0");
+    }
+    if limit.burst == 0 {
+        errors.push(format!("{at}.burst"), "must be greater than 0");
+    }
+}
+
+/// Checks a tenant's `egress` section; `at` is its path.
+fn check_egress(at: &str, egress: &EgressConfig, credentials: &HashSet<&str>, errors: &mut Errors) {
+    if let Some(limit) = &egress.rate_limit {
+        check_rate_limit(&format!("{at}.rate_limit"), limit, errors);
+    }
+
+    // Effective rule name -> path of the rule that first used it.
+    let mut names: HashMap<String, String> = HashMap::new();
+    for (r, rule) in egress.allow.iter().enumerate() {
+        let at = format!("{at}.allow[{r}]");
+
+        let host = HostPattern::parse(&rule.host);
+        if let Err(message) = &host {
+            errors.push(format!("{at}.host"), message.as_str());
+        }
+
+        if let Some(name) = &rule.name {
+            if !is_valid_rule_name(name) {
+                errors.push(
+                    format!("{at}.name"),
+                    format!(
+                        "invalid rule name {name:?}: must be 1 to {MAX_RULE_NAME_LEN} \
+                         characters without whitespace or control characters"
+                    ),
+                );
+            }
+        }
+        let effective = match (&rule.name, &host) {
+            (Some(name), _) => Some(name.clone()),
+            (None, Ok(pattern)) => Some(pattern.to_string()),
+            (None, Err(_)) => None,
+        };
+        if let Some(name) = effective {
+            match names.entry(name) {
+                Entry::Vacant(entry) => {
+                    entry.insert(at.clone());
+                }
+                Entry::Occupied(entry) if rule.name.is_some() => errors.push(
+                    format!("{at}.name"),
+                    format!(
+                        "duplicate rule name {:?} (already used by {})",
+                        entry.key(),
+                        entry.get()
+                    ),
+                ),
+                Entry::Occupied(entry) => errors.push(
+                    at.as_str(),
+                    format!(
+                        "duplicate rule name {:?} (already used by {}): rules without a \
+                         `name` are named after their host, so give this rule a unique `name`",
+                        entry.key(),
+                        entry.get()
+                    ),
+                ),
+            }
+        }
+
+        if let Some(ports) = &rule.ports {
+            if ports.is_empty() {
+                errors.push(
+                    format!("{at}.ports"),
+                    "must not be empty; omit `ports` to allow ports 80 and 443",
+                );
+            }
+            for (p, &port) in ports.iter().enumerate() {
+                if !(1..=65535).contains(&port) {
+                    errors.push(
+                        format!("{at}.ports[{p}]"),
+                        format!("must be between 1 and 65535, got {port}"),
+                    );
+                }
+            }
+        }
+
+        if let Some(methods) = &rule.methods {
+            if methods.is_empty() {
+                errors.push(
+                    format!("{at}.methods"),
+                    "must not be empty; omit `methods` to allow every method",
+                );
+            }
+            for (m, method) in methods.iter().enumerate() {
+                if !is_http_token(method) {
+                    errors.push(
+                        format!("{at}.methods[{m}]"),
+                        format!("invalid HTTP method {method:?}: {TOKEN_RULE}"),
+                    );
+                }
+            }
+        }
+
+        if let Some(paths) = &rule.paths {
+            if paths.is_empty() {
+                errors.push(
+                    format!("{at}.paths"),
+                    "must not be empty; omit `paths` to allow every path",
+                );
+            }
+            for (g, glob) in paths.iter().enumerate() {
+                if let Err(message) = PathMatcher::check_pattern(glob) {
+                    errors.push(format!("{at}.paths[{g}]"), message);
+                }
+            }
+        }
+
+        if let Some(credential) = &rule.credential {
+            if !credentials.contains(credential.as_str()) {
+                errors.push(
+                    format!("{at}.credential"),
+                    format!("unknown credential {credential:?} (not defined in `credentials`)"),
+                );
+            }
+        }
+
+        if let Some(limit) = &rule.rate_limit {
+            check_rate_limit(&format!("{at}.rate_limit"), limit, errors);
+        }
+    }
+}
+
+fn check_credentials(
+    credentials: &[CredentialConfig],
+    vaults: &HashSet<&str>,
+    errors: &mut Errors,
+) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (c, credential) in credentials.iter().enumerate() {
+        let at = format!("credentials[{c}]");
+        check_name("credential", &at, &credential.name, &mut names, c, errors);
+
+        let source = format!("{at}.source");
+        match &credential.source {
+            SecretSource::Env { env } => check_env_name(&format!("{source}.env"), env, errors),
+            SecretSource::File { file } => {
+                if file.as_os_str().is_empty() {
+                    errors.push(format!("{source}.file"), "must not be empty");
+                }
+            }
+            SecretSource::Vault { vault } => {
+                if !vaults.contains(vault.backend.as_str()) {
+                    errors.push(
+                        format!("{source}.vault.backend"),
+                        format!(
+                            "unknown vault {:?} (not defined in `vaults`)",
+                            vault.backend
+                        ),
+                    );
+                }
+                if vault.path.trim().is_empty() || vault.path.chars().any(char::is_whitespace) {
+                    errors.push(
+                        format!("{source}.vault.path"),
+                        "must be a non-empty path without whitespace",
+                    );
+                }
+                if vault.field.is_empty() {
+                    errors.push(format!("{source}.vault.field"), "must not be empty");
+                }
+            }
+        }
+
+        check_injection(&format!("{at}.inject"), &credential.inject, errors);
+    }
+}
+
+fn check_injection(at: &str, injection: &Injection, errors: &mut Errors) {
+    match injection {
+        Injection::Header { header, .. } => {
+            if !is_http_token(header) {
+                errors.push(
+                    format!("{at}.header"),
+                    format!("invalid HTTP header name {header:?}: {TOKEN_RULE}"),
+                );
+            } else if CLIENT_MANAGED_HEADERS
+                .iter()
+                .any(|managed| managed.eq_ignore_ascii_case(header))
+            {
+                errors.push(
+                    format!("{at}.header"),
+                    format!(
+                        "header {header:?} is managed by the HTTP client and cannot be injected"
+                    ),
+                );
+            }
+        }
+        Injection::Query { query, .. } => {
+            if query.is_empty()
+                || query
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '&' | '=' | '#'))
+            {
+                errors.push(
+                    format!("{at}.query"),
+                    format!(
+                        "invalid query parameter name {query:?}: must be non-empty, without \
+                         whitespace, control characters, '&', '=' or '#'"
+                    ),
+                );
+            }
+        }
+    }
+    let template = injection.template();
+    if !template.contains(SECRET_PLACEHOLDER) {
+        errors.push(
+            format!("{at}.value"),
+            format!("must contain the placeholder {SECRET_PLACEHOLDER}"),
+        );
+    }
+    if template.chars().any(|c| c.is_control() && c != '\t') {
+        errors.push(
+            format!("{at}.value"),
+            "must not contain control characters (such as line breaks)",
+        );
+    }
+}
+
+fn check_vaults(vaults: &[VaultConfig], errors: &mut Errors) {
+    let mut names: HashMap<&str, usize> = HashMap::new();
+    for (v, vault) in vaults.iter().enumerate() {
+        let at = format!("vaults[{v}]");
+        check_name("vault", &at, &vault.name, &mut names, v, errors);
+
+        if let Err(error) = parse_target(&vault.address) {
+            errors.push(
+                format!("{at}.address"),
+                format!("must be an http or https URL: {error}"),
+            );
+        }
+        match &vault.token {
+            TokenSource::Env { env } => check_env_name(&format!("{at}.token.env"), env, errors),
+            TokenSource::File { file } => {
+                if file.as_os_str().is_empty() {
+                    errors.push(format!("{at}.token.file"), "must not be empty");
+                }
+            }
+        }
+        if vault.cache_ttl_s == 0 {
+            errors.push(format!("{at}.cache_ttl_s"), "must be greater than 0");
+        }
+        if vault.max_stale_s < vault.cache_ttl_s {
+            errors.push(
+                format!("{at}.max_stale_s"),
+                format!(
+                    "must be at least cache_ttl_s ({} < {})",
+                    vault.max_stale_s, vault.cache_ttl_s
+                ),
+            );
+        }
+    }
+}
+
+/// Checks the name of the `index`-th credential or vault (`what`) at `at`
+/// for syntax and uniqueness; `names` maps names to their first index.
+fn check_name<'a>(
+    what: &str,
+    at: &str,
+    name: &'a str,
+    names: &mut HashMap<&'a str, usize>,
+    index: usize,
+    errors: &mut Errors,
+) {
+    if !is_valid_tenant_name(name) {
+        errors.push(
+            format!("{at}.name"),
+            format!(
+                "invalid {what} name {name:?}: must be 1 to {MAX_TENANT_NAME_LEN} characters \
+                 of a-z, 0-9, '_' and '-', starting with a letter or digit"
+            ),
+        );
+    }
+    match names.entry(name) {
+        Entry::Vacant(entry) => {
+            entry.insert(index);
+        }
+        Entry::Occupied(entry) => errors.push(
+            format!("{at}.name"),
+            format!(
+                "duplicate {what} name {name:?} (already defined at {}s[{}])",
+                what,
+                entry.get()
+            ),
+        ),
+    }
+}
+
+fn check_env_name(at: &str, name: &str, errors: &mut Errors) {
+    if !is_valid_env_name(name) {
+        errors.push(
+            at,
+            format!(
+                "invalid environment variable name {name:?}: must be letters, digits and '_', \
+                 not starting with a digit"
+            ),
+        );
+    }
+}
+
+/// Describes [`is_http_token`] in error messages.
+const TOKEN_RULE: &str = "must be a non-empty token of letters, digits and !#$%&'*+-.^_`|~";
+
+/// Whether `s` is an HTTP token (RFC 9110 section 5.6.2), as required of
+/// method and header names.
+pub(crate) fn is_http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// Hand-written equivalent of `^[A-Za-z_][A-Za-z0-9_]*$`.
+pub(crate) fn is_valid_env_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    let Some((first, rest)) = bytes.split_first() else {
+        return false;
+    };
+    (first.is_ascii_alphabetic() || *first == b'_')
+        && rest.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'_')
+}
+
+/// 1 to [`MAX_RULE_NAME_LEN`] characters, none of them whitespace or
+/// control characters.
+pub(crate) fn is_valid_rule_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.chars().count() <= MAX_RULE_NAME_LEN
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Hand-written equivalent of `^[a-z0-9][a-z0-9_-]{0,62}$`.
@@ -227,6 +610,51 @@ mod tests {
             too_long.as_str(),
         ] {
             assert!(!is_valid_tenant_name(bad), "{bad:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn http_token_rule() {
+        for ok in [
+            "GET",
+            "get",
+            "M-SEARCH",
+            "Authorization",
+            "X-Api-Key",
+            "a!#$%&'*+-.^_`|~9",
+        ] {
+            assert!(is_http_token(ok), "{ok:?} should be a token");
+        }
+        for bad in ["", "GE T", "X:Y", "a\"b", "(x)", "a/b", "é", "a\tb", "a\n"] {
+            assert!(!is_http_token(bad), "{bad:?} should not be a token");
+        }
+    }
+
+    #[test]
+    fn env_name_rule() {
+        for ok in ["A", "_", "VAULT_TOKEN", "a1", "_9"] {
+            assert!(is_valid_env_name(ok), "{ok:?} should be valid");
+        }
+        for bad in ["", "1A", "A-B", "A=B", "A B", "É"] {
+            assert!(!is_valid_env_name(bad), "{bad:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn rule_name_rule() {
+        let max = "r".repeat(MAX_RULE_NAME_LEN);
+        for ok in [
+            "local",
+            "*.example.com",
+            "[::1]",
+            "api.github.com#2",
+            max.as_str(),
+        ] {
+            assert!(is_valid_rule_name(ok), "{ok:?} should be valid");
+        }
+        let too_long = "r".repeat(MAX_RULE_NAME_LEN + 1);
+        for bad in ["", "a b", "a\u{7f}", "tab\t", too_long.as_str()] {
+            assert!(!is_valid_rule_name(bad), "{bad:?} should be invalid");
         }
     }
 

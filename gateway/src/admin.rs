@@ -40,6 +40,13 @@ impl ServeHttp for Admin {
                     )
                 }
             }
+            "/metrics" => {
+                return http::Response::builder()
+                    .status(200)
+                    .header("content-type", "text/plain; version=0.0.4")
+                    .body(self.state.metrics.render())
+                    .unwrap_or_else(|_| http::Response::new(Vec::new()));
+            }
             _ => Reply::error(&crate::error::ApiError::NotFound(format!(
                 "no admin route for {path}"
             ))),

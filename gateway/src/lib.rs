@@ -5,8 +5,11 @@
 pub mod admin;
 pub mod admission;
 pub mod cli;
+pub mod egress;
 pub mod error;
 pub mod ingress;
+pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod vault;

@@ -1,12 +1,16 @@
 //! Wiring: config → policy, store, pool → pingora services → run until a shutdown signal.
 
 use crate::admin::Admin;
+use crate::egress::{client, GatewayEgress};
 use crate::ingress::Ingress;
-use crate::state::AppState;
+use crate::metrics::Metrics;
+use crate::state::{AppState, Snapshot};
 use crate::store::WorkerStore;
+use crate::vault::Secrets;
 use anyhow::Context;
+use arc_swap::ArcSwap;
 use isogate_config::Config;
-use isogate_pool::{DisabledEgress, NoopObserver, Pool, PoolSettings};
+use isogate_pool::{NoopObserver, Pool, PoolSettings};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
@@ -16,6 +20,37 @@ use std::sync::Arc;
 /// SIGINT stops fast).
 pub fn run(config: Config) -> anyhow::Result<()> {
     let store = Arc::new(WorkerStore::open(&config.state_dir).context("opening the worker store")?);
+    let metrics = Arc::new(Metrics::new());
+    // Outbound I/O (Worker fetches, vault reads) runs on its own runtime so that a Worker busy
+    // with CPU never stalls another Worker's upstream connection.
+    let egress_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("isogate-egress")
+        .enable_all()
+        .build()
+        .context("starting the egress runtime")?;
+    let secrets = {
+        let _guard = egress_runtime.enter();
+        Arc::new(Secrets::new(
+            &config.credentials,
+            &config.vaults,
+            client::open_client(),
+            metrics.clone(),
+            egress_runtime.handle(),
+        ))
+    };
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::new(
+        config.policy(),
+        secrets,
+    )));
+    let egress = {
+        let _guard = egress_runtime.enter();
+        GatewayEgress::new(
+            snapshot.clone(),
+            metrics.clone(),
+            egress_runtime.handle().clone(),
+        )
+    };
     let threads = config.pool_threads();
     let pool = Arc::new(
         Pool::start(
@@ -26,12 +61,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 idle_ttl: config.pool.idle_ttl(),
                 queue_capacity: config.pool.queue_capacity,
             },
-            Arc::new(DisabledEgress),
+            Arc::new(egress),
             Arc::new(NoopObserver),
         )
         .context("starting the isolate pool")?,
     );
-    let state = Arc::new(AppState::new(config.policy(), pool.clone(), store));
+    let state = Arc::new(AppState::new(snapshot, pool.clone(), store, metrics));
 
     let conf = ServerConf {
         threads: 2,
@@ -59,6 +94,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     );
     server.run(RunArgs::default());
     drop(state);
+    drop(pool);
+    egress_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("isogate stopped");
     Ok(())
 }

@@ -46,8 +46,11 @@ pub enum Verdict {
 /// What [`Egress::authorize`] decided, handed back to [`Egress::send`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Authorization {
-    /// Name of the matched rule, if any (a report-mode pass has none).
+    /// Name of the matched rule, if any.
     pub rule: Option<String>,
+    /// A would-be denial let through because the tenant's egress is in report mode (`rule` is
+    /// then the rule that matched the host, if one did; no credential is attached).
+    pub report_only: bool,
 }
 
 /// What the Worker gets back.

@@ -19,6 +19,7 @@ pub use api::{
 };
 pub use egress::{
     Authorization, DisabledEgress, Egress, EgressError, EgressRequest, EgressResponse, Verdict,
+    NETWORK_DISABLED,
 };
 pub use observe::{CacheEvent, NoopObserver, PoolObserver, StartKind};
 pub use pool::{Pool, PoolError, PoolSettings};

@@ -9,10 +9,16 @@
 //! * [`TenantLimits`] / [`InvocationLimits`] / [`LimitOverrides`] — resource
 //!   limits, where a request may *lower* but never *raise* its tenant's limits;
 //! * [`Policy`] — the set of tenants, with name lookup and bearer-key
-//!   authentication.
+//!   authentication;
+//! * [`egress`] — which outbound `fetch()` requests a tenant's Workers may
+//!   make: URL parsing ([`parse_target`]), the allow-list decision
+//!   ([`EgressPolicy::decide`]) and SSRF address classification
+//!   ([`classify_ip`]).
 //!
 //! Policies are normally built by the `isogate-config` crate from a validated
 //! configuration file, but can be constructed directly (e.g. in tests).
+
+pub mod egress;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -22,6 +28,11 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+
+pub use egress::{
+    classify_ip, parse_target, BlockedRange, Decision, DenyReason, EgressMode, EgressPolicy,
+    EgressRule, HostPattern, PathMatcher, RateLimit, Target, TargetError, TargetHost,
+};
 
 /// The name of a tenant.
 ///
@@ -263,6 +274,9 @@ pub struct TenantPolicy {
     pub api_keys: Vec<ApiKeyHash>,
     /// The tenant's resource limits.
     pub limits: TenantLimits,
+    /// Which outbound requests the tenant's Workers may make. The default
+    /// denies all of them.
+    pub egress: EgressPolicy,
 }
 
 /// The set of tenants, indexed by name and by API key digest.
@@ -360,6 +374,7 @@ mod tests {
             name: TenantName::new(name),
             api_keys: keys.iter().map(|k| ApiKeyHash::of_key(k)).collect(),
             limits: limits(),
+            egress: EgressPolicy::default(),
         }
     }
 

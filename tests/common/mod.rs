@@ -63,10 +63,30 @@ impl Gateway {
 
     /// Starts a gateway whose state lives in `dir` (reused across restarts).
     pub fn start_in(dir: &Path, pool: &str, tenants: &str) -> Gateway {
+        Gateway::start_full(dir, pool, tenants, "", &[])
+    }
+
+    /// Starts a gateway with extra top-level YAML (credentials, vaults) and environment.
+    pub fn start_with(pool: &str, tenants: &str, extra: &str, env: &[(&str, &str)]) -> Gateway {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().to_path_buf();
+        let mut g = Gateway::start_full(&dir, pool, tenants, extra, env);
+        g._tmp = Some(tmp);
+        g
+    }
+
+    /// The most general start.
+    pub fn start_full(
+        dir: &Path,
+        pool: &str,
+        tenants: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let ingress = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let config = format!(
-            "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\nstate_dir: \"{}\"\npool: {{ {pool} }}\ntenants:\n{tenants}",
+            "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\nstate_dir: \"{}\"\npool: {{ {pool} }}\ntenants:\n{tenants}{extra}",
             dir.join("state").display()
         );
         let config_path = dir.join("isogate.yaml");
@@ -75,7 +95,8 @@ impl Gateway {
         let child = Command::new(env!("CARGO_BIN_EXE_isogate"))
             .args(["serve", "--config"])
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,isogate::egress=info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -117,6 +138,29 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The directory holding config, log and state.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// `GET /metrics` from the admin listener.
+    pub fn metrics(&self) -> String {
+        self.client
+            .get(format!("http://{}/metrics", self.admin))
+            .send()
+            .expect("metrics")
+            .text()
+            .expect("text")
+    }
+
+    /// The value of one sample line of `/metrics` (0 when absent).
+    pub fn metric(&self, sample: &str) -> f64 {
+        self.metrics()
+            .lines()
+            .find_map(|l| l.strip_prefix(sample).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
     }
 
     pub fn log(&self) -> String {
@@ -239,6 +283,8 @@ impl Drop for Gateway {
 pub fn worker(src: &str) -> Value {
     json!({ "mainModule": "w.js", "modules": { "w.js": src } })
 }
+
+pub mod upstream;
 
 /// The project's own Worker fixtures (the cases agents write).
 pub mod fixtures {

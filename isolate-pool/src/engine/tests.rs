@@ -394,7 +394,10 @@ impl Egress for CountingEgress {
                 hops: 0,
             });
         }
-        Verdict::Proceed(Authorization { rule: None })
+        Verdict::Proceed(Authorization {
+            rule: None,
+            report_only: false,
+        })
     }
 
     fn send(

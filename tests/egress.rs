@@ -1,0 +1,507 @@
+//! Egress end to end: Workers in the real gateway call real HTTP servers on loopback through
+//! the policy, the SSRF guard, rate limits and credential injection.
+//!
+//! HashiCorp Vault cannot be installed here (no package in the reachable registries), so the
+//! vault tests run against a small HTTP server in this file that speaks Vault's KV v2 read
+//! endpoint (`GET /v1/<mount>/data/<path>` with `X-Vault-Token`, answering
+//! `{"data":{"data":{...},"metadata":{...}}}`).
+
+mod common;
+
+use common::upstream::{echo, Answer, Upstream};
+use common::{sha256_hex, worker, Gateway};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "egress-key";
+const TOKEN: &str = "tok-Zq8-very-secret-4711";
+const POOL: &str = "threads: 2, warm_isolates: 2, max_cached_workers: 100, idle_ttl_s: 300";
+
+fn tenant(name: &str, key: &str, limits: &str, egress: &str) -> String {
+    format!(
+        "  - name: {name}\n    api_keys:\n      - sha256: \"{}\"\n    limits: {{ {limits} }}\n    egress:\n{egress}",
+        sha256_hex(key)
+    )
+}
+
+/// Runs `body` (the inside of an async fetch handler) as a load() Worker; returns status + JSON.
+fn run(g: &Gateway, key: &str, body: &str) -> (u16, Value) {
+    let code = worker(&format!(
+        "export default {{ async fetch(request, env) {{ {body} }} }}"
+    ));
+    let r = g.load(key, &code, None);
+    let status = r.status().as_u16();
+    let text = r.text().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// A Worker body that fetches `url` and returns what it got (or the error).
+fn fetch_body(url: &str, init: &str) -> String {
+    format!(
+        r#"try {{
+            const r = await fetch("{url}", {init});
+            return Response.json({{ status: r.status, headers: Object.fromEntries(r.headers), text: await r.text() }});
+        }} catch (e) {{
+            return Response.json({{ error: e.name + ": " + e.message }});
+        }}"#
+    )
+}
+
+struct Setup {
+    g: Gateway,
+    echo: Upstream,
+    other: Upstream,
+    _redirect: Upstream,
+    redirect_port: u16,
+}
+
+fn setup(mode: &str) -> Setup {
+    let echo = echo();
+    let other = common::upstream::echo();
+    let other_port = other.port;
+    let echo_port = echo.port;
+    // Redirects to the echo server (same origin as the rule? no: another port) or to `other`.
+    let redirect = Upstream::start(move |seen| {
+        let to = if seen.target.starts_with("/cross") {
+            format!("http://127.0.0.1:{other_port}/landed")
+        } else if seen.target.starts_with("/loop") {
+            "/loop".to_string()
+        } else {
+            format!("http://127.0.0.1:{echo_port}/api/landed")
+        };
+        Answer::redirect(302, &to)
+    });
+    let egress = format!(
+        "      mode: {mode}\n      allow:\n\
+         \x20       - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          credential: local-test\n          methods: [GET, POST]\n          paths: [\"/api/**\"]\n          name: echo\n\
+         \x20       - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          credential: local-test\n          name: redirector\n\
+         \x20       - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          name: other\n          rate_limit: {{ per_second: 1, burst: 3 }}\n",
+        echo.port, redirect.port, other.port
+    );
+    let credentials = "credentials:\n  - name: local-test\n    source: { env: ISOGATE_TEST_TOKEN }\n    inject: { header: Authorization, value: \"Bearer ${secret}\" }\n";
+    let g = Gateway::start_with(
+        POOL,
+        &tenant("alpha", KEY, "subrequests: 5", &egress),
+        credentials,
+        &[("ISOGATE_TEST_TOKEN", TOKEN)],
+    );
+    let redirect_port = redirect.port;
+    Setup {
+        g,
+        echo,
+        other,
+        _redirect: redirect,
+        redirect_port,
+    }
+}
+
+#[test]
+fn upstream_gets_the_credential_and_the_worker_never_sees_it() {
+    let s = setup("enforce");
+    let url = s.echo.url("/api/whoami?x=1");
+    let (status, v) = run(
+        &s.g,
+        KEY,
+        &fetch_body(
+            &url,
+            r#"{ headers: { authorization: "Bearer forged", "x-mine": "1" } }"#,
+        ),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["status"], 200, "{v}");
+    let seen: Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    // The upstream saw the real credential (overwriting the Worker's), plus the Worker's own header...
+    assert_eq!(seen["headers"]["x-mine"], "1");
+    assert_eq!(seen["target"], "/api/whoami?x=1");
+    // ...but what the Worker got back is scrubbed, in the body and in the headers.
+    assert_eq!(seen["headers"]["authorization"], "Bearer [REDACTED]");
+    assert_eq!(v["headers"]["x-echo-authorization"], "Bearer [REDACTED]");
+    assert!(!v.to_string().contains(TOKEN));
+    assert!(s.g.metric(r#"isogate_credentials_injected_total{credential="local-test"}"#) >= 1.0);
+    assert!(s.g.metric(r#"isogate_secrets_redacted_total{credential="local-test"}"#) >= 1.0);
+    assert!(!s.g.log().contains(TOKEN), "the secret reached the log");
+    // The audit line names the credential, not its value, and the path without the query.
+    let log = s.g.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("/api/whoami"))
+        .expect("audit line");
+    assert!(
+        line.contains("local-test") && !line.contains("x=1"),
+        "{line}"
+    );
+}
+
+#[test]
+fn credential_is_dropped_on_a_cross_origin_redirect() {
+    let s = setup("enforce");
+    // Same-origin redirect target? The redirector sends /cross to `other` (another origin).
+    let url = format!("http://127.0.0.1:{}/cross", s.redirect_port);
+    let (_, v) = run(&s.g, KEY, &fetch_body(&url, "{}"));
+    assert_eq!(v["status"], 200, "{v}");
+    let seen: Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["target"], "/landed");
+    assert!(seen["headers"].get("authorization").is_none(), "{seen}");
+    // Redirected to an allowed path of the echo rule: each hop is checked again and the
+    // credential is not re-attached after the origin changed.
+    let url = format!("http://127.0.0.1:{}/to-echo", s.redirect_port);
+    let (_, v) = run(&s.g, KEY, &fetch_body(&url, "{}"));
+    let seen: Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    assert_eq!(seen["target"], "/api/landed");
+    assert!(seen["headers"].get("authorization").is_none(), "{seen}");
+    // `redirect: "manual"` hands the 3xx to the Worker.
+    let (_, v) = run(&s.g, KEY, &fetch_body(&url, r#"{ redirect: "manual" }"#));
+    assert_eq!(v["status"], 302, "{v}");
+    // Endless redirects stop at 10 hops (the budget of 5 subrequests stops them first here).
+    let url = format!("http://127.0.0.1:{}/loop", s.redirect_port);
+    let (status, v) = run(&s.g, KEY, &fetch_body(&url, "{}"));
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["kind"], "subrequest_limit");
+}
+
+#[test]
+fn hosts_methods_and_paths_outside_the_rules_are_refused_clearly() {
+    let s = setup("enforce");
+    let (_, v) = run(
+        &s.g,
+        KEY,
+        &fetch_body("https://not-allowed.example.com/", "{}"),
+    );
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.starts_with("TypeError: fetch denied") && e.contains("not-allowed.example.com"),
+        "{e}"
+    );
+    let (_, v) = run(
+        &s.g,
+        KEY,
+        &fetch_body(&s.echo.url("/api/x"), r#"{ method: "DELETE" }"#),
+    );
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("denied") && e.contains("DELETE"), "{e}");
+    let (_, v) = run(&s.g, KEY, &fetch_body(&s.echo.url("/private"), "{}"));
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("denied") && e.contains("/private"), "{e}");
+    let (_, v) = run(&s.g, KEY, &fetch_body("ftp://127.0.0.1/", "{}"));
+    assert!(v["error"].as_str().unwrap().contains("ftp"), "{v}");
+    let (_, v) = run(
+        &s.g,
+        KEY,
+        &fetch_body(
+            &s.echo.url("/api/x").replace("http://", "http://u:p@"),
+            "{}",
+        ),
+    );
+    assert!(v["error"].as_str().unwrap().contains("credentials"), "{v}");
+    assert!(
+        s.g.metric(r#"isogate_egress_requests_total{decision="deny",rule="none",tenant="alpha"}"#)
+            >= 3.0
+    );
+}
+
+#[test]
+fn report_mode_lets_denied_requests_through_and_counts_them() {
+    let s = setup("report");
+    let (_, v) = run(&s.g, KEY, &fetch_body(&s.echo.url("/private"), "{}"));
+    assert_eq!(v["status"], 200, "{v}");
+    let seen: Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    // No rule matched, so no credential was attached.
+    assert!(seen["headers"].get("authorization").is_none());
+    assert_eq!(
+        s.g.metric(
+            r#"isogate_egress_requests_total{decision="report_deny",rule="none",tenant="alpha"}"#
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn rate_limit_answers_429_after_the_burst_without_contacting_upstream() {
+    let s = setup("enforce");
+    let url = s.other.url("/count");
+    let body = format!(
+        r#"const out = [];
+        for (let i = 0; i < 5; i++) {{ const r = await fetch("{url}"); out.push([r.status, r.headers.get("retry-after")]); }}
+        return Response.json(out);"#
+    );
+    let (status, v) = run(&s.g, KEY, &body);
+    assert_eq!(status, 200, "{v}");
+    let statuses: Vec<u64> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, vec![200, 200, 200, 429, 429], "{v}");
+    assert_eq!(v[3][1], "1");
+    assert_eq!(
+        s.g.metric(
+            r#"isogate_egress_requests_total{decision="rate_limited",rule="other",tenant="alpha"}"#
+        ),
+        2.0
+    );
+}
+
+#[test]
+fn subrequest_budget_and_global_outbound_null_hold() {
+    let s = setup("enforce");
+    let url = s.echo.url("/api/n");
+    let body = format!(
+        r#"for (let i = 0; i < 6; i++) {{ try {{ await fetch("{url}"); }} catch (e) {{}} }}
+        return new Response("made them all");"#
+    );
+    let (status, v) = run(&s.g, KEY, &body);
+    assert_eq!(status, 503, "{v}");
+    assert_eq!(v["error"]["kind"], "subrequest_limit");
+
+    let mut code = worker(&format!(
+        "export default {{ async fetch() {{ {} }} }}",
+        fetch_body(&url, "{}")
+    ));
+    code["globalOutbound"] = Value::Null;
+    let v: Value = s.g.load(KEY, &code, None).json().unwrap();
+    assert_eq!(
+        v["error"],
+        "TypeError: network access is disabled for this Worker"
+    );
+}
+
+#[test]
+fn ssrf_forms_are_refused_without_allow_private() {
+    let hosts = [
+        "127.0.0.1",
+        "0.0.0.0",
+        "169.254.169.254",
+        "\"[::1]\"",
+        "\"[::ffff:127.0.0.1]\"",
+        "localhost",
+        "10.1.2.3",
+    ];
+    let mut egress = String::from("      allow:\n");
+    for h in hosts {
+        egress.push_str(&format!(
+            "        - host: {h}\n          ports: [80, 8080]\n"
+        ));
+    }
+    let g = Gateway::start_with(
+        POOL,
+        &tenant("alpha", KEY, "subrequests: 50", &egress),
+        "",
+        &[],
+    );
+    for url in [
+        "http://2130706433/",
+        "http://0x7f000001/",
+        "http://0177.0.0.1/",
+        "http://127.1/",
+        "http://0.0.0.0/",
+        "http://[::1]/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://localhost:8080/",
+        "http://10.1.2.3/",
+    ] {
+        let (_, v) = run(&g, KEY, &fetch_body(url, "{}"));
+        let e = v["error"].as_str().unwrap_or_default();
+        assert!(e.contains("SSRF guard"), "{url}: {v}");
+    }
+    let (_, v) = run(&g, KEY, &fetch_body("http://169.254.169.254/", "{}"));
+    assert!(v["error"].as_str().unwrap().contains("metadata"), "{v}");
+}
+
+#[test]
+fn file_secret_rotated_on_disk_is_used_by_the_next_request() {
+    let echo = echo();
+    let dir = tempfile::tempdir().unwrap();
+    let secret_path = dir.path().join("api-key");
+    std::fs::write(&secret_path, "first-secret-value\n").unwrap();
+    let egress = format!(
+        "      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          credential: file-key\n",
+        echo.port
+    );
+    let credentials = format!(
+        "credentials:\n  - name: file-key\n    source: {{ file: \"{}\" }}\n    inject: {{ header: x-api-key, value: \"${{secret}}\" }}\n",
+        secret_path.display()
+    );
+    let g = Gateway::start_with(
+        POOL,
+        &tenant("alpha", KEY, "subrequests: 5", &egress),
+        &credentials,
+        &[],
+    );
+    // An echoing upstream would hand the key back; the Worker sees it scrubbed.
+    let seen_key = |g: &Gateway| -> String {
+        let (_, v) = run(g, KEY, &fetch_body(&echo.url("/k"), "{}"));
+        let seen: Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+        seen["headers"]["x-api-key"].as_str().unwrap().to_string()
+    };
+    // What the Worker sees is redacted...
+    assert_eq!(seen_key(&g), "[REDACTED]");
+    // Rotation is observed at the upstream: a server that records the keys it receives.
+    let recorded = Arc::new(Mutex::new(Vec::<String>::new()));
+    let rec = recorded.clone();
+    let recorder = Upstream::start(move |seen| {
+        rec.lock()
+            .unwrap()
+            .push(seen.headers.get("x-api-key").cloned().unwrap_or_default());
+        Answer::json(200, &json!({"ok": true}))
+    });
+    drop(g);
+    let egress = format!(
+        "      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          credential: file-key\n",
+        recorder.port
+    );
+    let g = Gateway::start_with(
+        POOL,
+        &tenant("alpha", KEY, "subrequests: 5", &egress),
+        &credentials,
+        &[],
+    );
+    let (_, v) = run(&g, KEY, &fetch_body(&recorder.url("/k"), "{}"));
+    assert_eq!(v["status"], 200, "{v}");
+    std::fs::write(&secret_path, "second-secret-value-longer\n").unwrap();
+    let (_, v) = run(&g, KEY, &fetch_body(&recorder.url("/k"), "{}"));
+    assert_eq!(v["status"], 200, "{v}");
+    assert_eq!(
+        *recorded.lock().unwrap(),
+        vec![
+            "first-secret-value".to_string(),
+            "second-secret-value-longer".to_string()
+        ]
+    );
+    // A missing file fails closed with a message that names the credential, not a value.
+    std::fs::remove_file(&secret_path).unwrap();
+    let (_, v) = run(&g, KEY, &fetch_body(&recorder.url("/k"), "{}"));
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("credential `file-key` is unavailable"), "{e}");
+    assert_eq!(
+        recorded.lock().unwrap().len(),
+        2,
+        "upstream contacted without a credential"
+    );
+}
+
+/// A stand-in for HashiCorp Vault's KV v2 read endpoint (see the module docs).
+struct FakeVault {
+    server: Upstream,
+    value: Arc<Mutex<String>>,
+    up: Arc<Mutex<bool>>,
+}
+
+fn fake_vault(token: &'static str) -> FakeVault {
+    let value = Arc::new(Mutex::new("vault-secret-v1".to_string()));
+    let up = Arc::new(Mutex::new(true));
+    let (v, u) = (value.clone(), up.clone());
+    let server = Upstream::start(move |seen| {
+        if !*u.lock().unwrap() {
+            return Answer::json(503, &json!({"errors": ["Vault is sealed"]}));
+        }
+        if seen.headers.get("x-vault-token").map(String::as_str) != Some(token) {
+            return Answer::json(403, &json!({"errors": ["permission denied"]}));
+        }
+        if seen.method != "GET" || seen.target != "/v1/kv/data/agents/github" {
+            return Answer::json(404, &json!({"errors": []}));
+        }
+        Answer::json(
+            200,
+            &json!({"data": {"data": {"token": *v.lock().unwrap()}, "metadata": {"version": 1}}}),
+        )
+    });
+    FakeVault { server, value, up }
+}
+
+#[test]
+fn vault_secret_is_cached_rotated_served_stale_then_fails_closed() {
+    let vault = fake_vault("root-token");
+    let recorded = Arc::new(Mutex::new(Vec::<String>::new()));
+    let rec = recorded.clone();
+    let upstream = Upstream::start(move |seen| {
+        rec.lock().unwrap().push(
+            seen.headers
+                .get("authorization")
+                .cloned()
+                .unwrap_or_default(),
+        );
+        Answer::json(200, &json!({"ok": true}))
+    });
+    let egress = format!(
+        "      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          credential: github\n",
+        upstream.port
+    );
+    let extra = format!(
+        "credentials:\n  - name: github\n    source: {{ vault: {{ backend: main, path: \"kv/data/agents/github\", field: token }} }}\n    inject: {{ header: Authorization, value: \"Bearer ${{secret}}\" }}\n\
+         vaults:\n  - name: main\n    kind: hashicorp\n    address: \"http://127.0.0.1:{}\"\n    token: {{ env: VAULT_TOKEN }}\n    cache_ttl_s: 1\n    max_stale_s: 3\n",
+        vault.server.port
+    );
+    let g = Gateway::start_with(
+        POOL,
+        &tenant("alpha", KEY, "subrequests: 5", &egress),
+        &extra,
+        &[("VAULT_TOKEN", "root-token")],
+    );
+    let call = |g: &Gateway| run(g, KEY, &fetch_body(&upstream.url("/x"), "{}")).1;
+    assert_eq!(call(&g)["status"], 200);
+    // Rotation: a new value is used once the cache TTL has passed, without a restart.
+    *vault.value.lock().unwrap() = "vault-secret-v2".into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while recorded.lock().unwrap().last().map(String::as_str) != Some("Bearer vault-secret-v2") {
+        assert!(
+            Instant::now() < deadline,
+            "rotated value never used: {:?}",
+            recorded.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(call(&g)["status"], 200);
+    }
+    // Outage: the last good value keeps serving...
+    *vault.up.lock().unwrap() = false;
+    let outage = Instant::now();
+    std::thread::sleep(Duration::from_millis(1200)); // past the 1 s TTL, within max_stale 3 s
+    assert_eq!(call(&g)["status"], 200);
+    assert_eq!(
+        recorded.lock().unwrap().last().unwrap(),
+        "Bearer vault-secret-v2"
+    );
+    // ...until max_stale_s, then it fails closed with a clear error and no upstream call.
+    let before = recorded.lock().unwrap().len();
+    std::thread::sleep(Duration::from_secs(4).saturating_sub(outage.elapsed()));
+    let v = call(&g);
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(
+        e.contains("credential `github` is unavailable") && e.contains("max_stale_s"),
+        "{v}"
+    );
+    assert_eq!(recorded.lock().unwrap().len(), before);
+    assert!(g.metric(r#"isogate_secret_fetch_errors_total{source="vault"}"#) >= 1.0);
+    assert!(
+        !g.log().contains("vault-secret-v"),
+        "a secret reached the log"
+    );
+}
+
+#[test]
+fn allow_private_never_opens_cloud_metadata() {
+    let egress = "      allow:\n        - host: 169.254.169.254\n          allow_private: true\n        - host: 127.0.0.1\n          allow_private: true\n          ports: [9]\n";
+    let g = Gateway::start_with(
+        POOL,
+        &tenant("alpha", KEY, "subrequests: 5", egress),
+        "",
+        &[],
+    );
+    let (_, v) = run(
+        &g,
+        KEY,
+        &fetch_body("http://169.254.169.254/latest/meta-data/", "{}"),
+    );
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(e.contains("metadata") && e.contains("SSRF guard"), "{v}");
+    // allow_private does open loopback: nothing listens on port 9, so the failure is a
+    // connection error, not a refusal.
+    let (_, v) = run(&g, KEY, &fetch_body("http://127.0.0.1:9/", "{}"));
+    let e = v["error"].as_str().unwrap_or_default();
+    assert!(e.contains("could not connect"), "{v}");
+}
