@@ -9,6 +9,8 @@
 //! ```
 
 mod client;
+#[path = "../../tests/common/upstream.rs"]
+mod upstream;
 
 use client::Conn;
 use hdrhistogram::Histogram;
@@ -113,6 +115,18 @@ mod tempfile_dir {
 
 impl Gateway {
     fn start(bin: &Path, tag: &str, max_cached: usize) -> Gateway {
+        Gateway::start_with(bin, tag, max_cached, "", &[])
+    }
+
+    /// `tenant_extra` is appended inside the tenant (e.g. an `egress:` section) and may be
+    /// followed by top-level sections.
+    fn start_with(
+        bin: &Path,
+        tag: &str,
+        max_cached: usize,
+        tenant_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let dir = tempfile_dir::Dir::new(tag);
         let ingress = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
@@ -122,7 +136,7 @@ impl Gateway {
              state_dir: \"{}\"\n\
              pool: {{ warm_isolates: 32, max_cached_workers: {max_cached}, idle_ttl_s: 3600 }}\n\
              tenants:\n  - name: bench\n    api_keys: [{{ sha256: \"{sha}\" }}]\n    \
-             limits: {{ cpu_ms: 1000, memory_mb: 64, wall_ms: 10000, max_concurrency: 64, max_cached_workers: {max_cached}, max_queue: 1024 }}\n",
+             limits: {{ cpu_ms: 1000, memory_mb: 64, wall_ms: 10000, max_concurrency: 64, max_cached_workers: {max_cached}, max_queue: 1024 }}\n{tenant_extra}",
             dir.path().join("state").display()
         );
         let cfg = dir.path().join("bench.yaml");
@@ -131,6 +145,7 @@ impl Gateway {
             .args(["serve", "--config"])
             .arg(&cfg)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -349,6 +364,10 @@ fn main() {
     }
     drop(g);
 
+    if opts.only.as_deref().is_none_or(|o| o == "egress") {
+        egress_scenario(&bin, &opts);
+    }
+
     println!("\n| cached Workers N | RSS growth per Worker (KiB) |");
     println!("|---|---|");
     let sizes: &[usize] = match (opts.quick, opts.only.as_deref()) {
@@ -397,4 +416,79 @@ fn main() {
             after.saturating_sub(before) as f64 / n as f64
         );
     }
+}
+
+/// Scenario: a Worker that fetches a loopback upstream through the full egress pipeline (rule
+/// match, rate-limit check, SSRF-checked resolution, header credential injection, scrubbing)
+/// versus a client calling that upstream directly. All at c=1.
+fn egress_scenario(bin: &Path, opts: &Opts) {
+    let upstream = upstream::Upstream::start(|_| {
+        upstream::Answer::json(200, &serde_json::json!({"ok": true, "items": [1, 2, 3]}))
+    });
+    let port = upstream.port;
+    let egress = format!(
+        "    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{port}]\n          allow_private: true\n          credential: upstream\n\
+         credentials:\n  - name: upstream\n    source: {{ env: BENCH_UPSTREAM_TOKEN }}\n    inject: {{ header: Authorization, value: \"Bearer ${{secret}}\" }}\n"
+    );
+    let g = Gateway::start_with(
+        bin,
+        "egress",
+        100,
+        &egress,
+        &[("BENCH_UPSTREAM_TOKEN", "bench-secret-token-0123456789")],
+    );
+    let auth = format!("Bearer {KEY}");
+    let mut conn = Conn::connect(&g.ingress).expect("connect");
+    let fetcher = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": format!(
+        "export default {{ async fetch() {{ const r = await fetch(\"http://127.0.0.1:{port}/items\"); return new Response(await r.text()); }} }}"
+    )}});
+    let hello = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
+    for (id, code) in [("fetcher", &fetcher), ("hello", &hello)] {
+        let (s, _) = conn
+            .request(
+                "PUT",
+                &format!("/v1/workers/{id}"),
+                &[("authorization", &auth)],
+                &serde_json::to_vec(code).unwrap_or_default(),
+            )
+            .expect("put");
+        assert!(s == 201 || s == 200, "PUT {id}: {s}");
+    }
+    let get = |id: &str| Req {
+        method: "GET",
+        path: format!("/w/{id}/"),
+        body: Vec::new(),
+    };
+    let through = drive(&g.ingress, &get("fetcher"), 1, opts.warmup, opts.seconds);
+    let plain = drive(&g.ingress, &get("hello"), 1, opts.warmup, opts.seconds);
+    let direct = drive(
+        &format!("127.0.0.1:{port}"),
+        &get("direct"),
+        1,
+        opts.warmup,
+        opts.seconds,
+    );
+    println!("\n| egress (c=1) | p50 ms | p99 ms | errors |");
+    println!("|---|---|---|---|");
+    for (name, o) in [
+        ("get() of a Worker that fetches the upstream", &through),
+        ("get() of hello (no fetch)", &plain),
+        ("client → upstream directly", &direct),
+    ] {
+        println!(
+            "| {name} | {:.3} | {:.3} | {} |",
+            o.p(0.5),
+            o.p(0.99),
+            o.errors
+        );
+    }
+    println!(
+        "| **added by the egress hop** (fetching − hello − direct) | {:.3} | {:.3} | |",
+        o_sub(&through, &plain, &direct, 0.5),
+        o_sub(&through, &plain, &direct, 0.99)
+    );
+}
+
+fn o_sub(a: &Outcome, b: &Outcome, c: &Outcome, q: f64) -> f64 {
+    a.p(q) - b.p(q) - c.p(q)
 }

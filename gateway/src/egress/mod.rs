@@ -13,8 +13,8 @@
 //! request.
 
 pub mod client;
-mod limits;
-mod redact;
+pub mod limits;
+pub mod redact;
 
 pub use limits::TenantLimiters;
 
@@ -378,25 +378,14 @@ impl Inner {
             // SSRF guard for IP literals (names are checked by the guarded resolver).
             if let TargetHost::Ip(ip) = &target.host {
                 if let Err(range) = address_allowed(*ip, allow_private) {
-                    self.metrics.egress(
-                        &invoker.tenant,
-                        rule_name.as_deref(),
-                        EgressDecision::Deny,
-                    );
-                    audit(
+                    return Err(self.ssrf_refusal(
                         &invoker,
                         &method,
                         &target,
                         rule_name.as_deref(),
-                        "deny",
-                        None,
-                        None,
-                        0,
                         started,
-                    );
-                    return Err(EgressError::Rejected(format!(
-                        "fetch to {host} refused: {ip} is a {range} (SSRF guard)"
-                    )));
+                        format!("{ip} is a {range}"),
+                    ));
                 }
             }
 
@@ -509,25 +498,14 @@ impl Inner {
                 }
                 Ok(Err(e)) => {
                     if let Some(refused) = guard_refusal(&e) {
-                        self.metrics.egress(
-                            &invoker.tenant,
-                            rule_name.as_deref(),
-                            EgressDecision::Deny,
-                        );
-                        audit(
+                        return Err(self.ssrf_refusal(
                             &invoker,
                             &method,
                             &target,
                             rule_name.as_deref(),
-                            "deny",
-                            None,
-                            None,
-                            0,
                             started,
-                        );
-                        return Err(EgressError::Rejected(format!(
-                            "fetch to {host} refused: {refused} (SSRF guard)"
-                        )));
+                            refused.to_string(),
+                        ));
                     }
                     audit(
                         &invoker,
@@ -640,6 +618,27 @@ impl Inner {
             }
             url = next;
         }
+    }
+
+    /// Counts, audits and words a refusal by the SSRF guard.
+    fn ssrf_refusal(
+        &self,
+        invoker: &Invoker,
+        method: &str,
+        target: &Target,
+        rule: Option<&str>,
+        started: Instant,
+        why: String,
+    ) -> EgressError {
+        self.metrics
+            .egress(&invoker.tenant, rule, EgressDecision::Deny);
+        audit(
+            invoker, method, target, rule, "deny", None, None, 0, started,
+        );
+        EgressError::Rejected(format!(
+            "fetch to {} refused: {why} (SSRF guard)",
+            target.host
+        ))
     }
 
     fn scrub(

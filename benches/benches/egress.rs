@@ -1,0 +1,84 @@
+//! Criterion micro-benchmarks of the egress hot paths: the policy decision (URL parse + rule
+//! match + SSRF address check), a rate-limit check, credential injection + response scrubbing,
+//! and parsing the example config.
+//!
+//! `cargo bench -p isogate-benches --bench egress`
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use isogate_config::{Config, Injection};
+use isogate_gateway::egress::{limits::TenantLimiters, redact};
+use isogate_policy::{classify_ip, parse_target, EgressPolicy, RateLimit, TargetHost};
+use isogate_pool::EgressResponse;
+use secrecy::SecretString;
+
+fn example(name: &str) -> String {
+    let path = format!("{}/../deploy/examples/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn bench(c: &mut Criterion) {
+    let config = Config::from_yaml_str(&example("egress.yaml"), "egress.yaml").expect("example");
+    let policy = config.policy();
+    let tenant = policy.tenants()[0].clone();
+    let egress: &EgressPolicy = &tenant.egress;
+
+    c.bench_function("policy_decision", |b| {
+        b.iter(|| {
+            let target = parse_target(black_box(
+                "https://api.github.com/repos/acme/app/issues?per_page=5",
+            ))
+            .expect("target");
+            let decision = egress.decide("GET", &target);
+            let checked = match &target.host {
+                TargetHost::Ip(ip) => classify_ip(*ip).is_none(),
+                TargetHost::Domain(_) => {
+                    classify_ip(black_box("140.82.112.6".parse().unwrap())).is_none()
+                }
+            };
+            black_box((decision, checked))
+        })
+    });
+
+    let limited = EgressPolicy {
+        rate_limit: Some(RateLimit {
+            per_second: 1_000_000_000,
+            burst: 1_000_000_000,
+        }),
+        ..EgressPolicy::default()
+    };
+    let limiters = TenantLimiters::new(&limited);
+    c.bench_function("rate_limit_check", |b| {
+        b.iter(|| black_box(limiters.check(None)))
+    });
+
+    let inject = Injection::Header {
+        header: "Authorization".into(),
+        value: "Bearer ${secret}".into(),
+    };
+    let secret = "ghp_0123456789abcdefghijklmnopqrstuvwxyz";
+    let injected = vec![("github".to_string(), SecretString::from(secret.to_string()))];
+    let body = serde_json::to_vec(&serde_json::json!({
+        "items": (0..50).map(|i| serde_json::json!({"number": i, "title": format!("issue {i}")})).collect::<Vec<_>>(),
+    }))
+    .unwrap_or_default();
+    c.bench_function("inject_and_scrub_4kib", |b| {
+        b.iter(|| {
+            let header = inject.render(black_box(secret));
+            let response = EgressResponse {
+                status: 200,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: body.clone(),
+                hops: 0,
+            };
+            black_box((header, redact::scrub(response, &injected, |_| {})))
+        })
+    });
+
+    let text = example("isogate.yaml");
+    c.bench_function("config_parse_example", |b| {
+        b.iter(|| black_box(Config::from_yaml_str(black_box(&text), "isogate.yaml").is_ok()))
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
