@@ -121,22 +121,47 @@ impl ServeHttp for Ingress {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let started = Instant::now();
         let method = session.req_header().method.to_string();
-        let reply = match self.handle(session).await {
+        let mut seen = Seen::default();
+        let reply = match self.handle(session, &mut seen).await {
             Ok(r) => r,
             Err(e) => {
-                if matches!(e, ApiError::PayloadTooLarge { .. }) {
-                    session.set_keepalive(None);
+                match &e {
+                    ApiError::PayloadTooLarge { .. } => session.set_keepalive(None),
+                    ApiError::TooManyRequests { .. } => self.reject(&seen, "concurrency"),
+                    ApiError::Overloaded => self.reject(&seen, "overloaded"),
+                    _ => {}
                 }
                 Reply::error(&e)
             }
         };
+        let tenant = seen.tenant.as_deref().unwrap_or(crate::metrics::NO_TENANT);
+        self.state
+            .metrics
+            .request(tenant, seen.route, reply.status, started.elapsed());
         tracing::debug!(
             method,
+            tenant,
+            route = seen.route,
             status = reply.status,
             duration_us = started.elapsed().as_micros() as u64,
             "ingress request"
         );
         reply.into_http()
+    }
+}
+
+/// What the request turned out to be, for metrics and logs (bounded values only).
+struct Seen {
+    tenant: Option<String>,
+    route: &'static str,
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Seen {
+            tenant: None,
+            route: "unknown",
+        }
     }
 }
 
@@ -334,15 +359,38 @@ fn log_console<T>(tenant: &str, inv: &Invocation<T>) {
 }
 
 impl Ingress {
-    async fn handle(&self, session: &mut ServerSession) -> Result<Reply, ApiError> {
+    fn reject(&self, seen: &Seen, reason: &str) {
+        if let Some(t) = &seen.tenant {
+            self.state
+                .metrics
+                .rejections
+                .with_label_values(&[t.as_str(), reason])
+                .inc();
+        }
+    }
+
+    async fn handle(
+        &self,
+        session: &mut ServerSession,
+        seen: &mut Seen,
+    ) -> Result<Reply, ApiError> {
         let path = session.req_header().uri.path().to_string();
         let route = parse_route(&path)?;
+        let method = session.req_header().method.clone();
+        seen.route = match &route {
+            Route::Execute => "execute",
+            Route::Load => "load",
+            Route::Workers => "list_workers",
+            Route::Worker(_) if method == http::Method::DELETE => "delete_worker",
+            Route::Worker(_) => "put_worker",
+            Route::Dispatch { .. } => "dispatch",
+        };
         let snapshot = self.state.snapshot();
         let tenant = bearer_key(session)
             .and_then(|key| snapshot.policy.authenticate(key))
             .cloned()
             .ok_or(ApiError::Unauthorized)?;
-        let method = session.req_header().method.clone();
+        seen.tenant = Some(tenant.name.as_str().to_string());
         let allow = |ok: bool, allow: &'static str| {
             if ok {
                 Ok(())
@@ -385,6 +433,41 @@ impl Ingress {
             .ok_or_else(|| ApiError::Internal("tenant has no admission gate".into()))
     }
 
+    /// Takes a concurrency slot of the tenant, keeping the queue-depth gauge current.
+    async fn admit(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &TenantPolicy,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+        let gate = self.gate(snapshot, tenant)?;
+        let depth = self
+            .state
+            .metrics
+            .queue_depth
+            .with_label_values(&[tenant.name.as_str()]);
+        let waiting = gate.admit();
+        tokio::pin!(waiting);
+        // Poll once; only a request that has to wait moves the gauge.
+        if let Some(result) = futures::FutureExt::now_or_never(&mut waiting) {
+            return result;
+        }
+        depth.set(gate.queue_depth() as i64);
+        let result = waiting.await;
+        depth.set(gate.queue_depth() as i64);
+        result
+    }
+
+    /// Counts an invocation's outcome and CPU time.
+    fn observe<T>(&self, tenant: &TenantPolicy, inv: &Invocation<T>) {
+        let outcome = match &inv.outcome {
+            Ok(_) => "ok",
+            Err(e) => e.kind.as_str(),
+        };
+        self.state
+            .metrics
+            .invocation(tenant.name.as_str(), outcome, inv.stats.cpu_seconds);
+    }
+
     fn invoker(tenant: &TenantPolicy, worker_id: Option<&str>) -> Invoker {
         Invoker {
             tenant: tenant.name.as_str().to_string(),
@@ -405,12 +488,13 @@ impl Ingress {
             ));
         }
         let limits = limits_for(tenant, None, req.limits.as_ref());
-        let _permit = self.gate(snapshot, tenant)?.admit().await?;
+        let _permit = self.admit(snapshot, tenant).await?;
         let inv = self
             .state
             .pool
             .execute(Self::invoker(tenant, None), req.code, req.env, limits)
             .await?;
+        self.observe(tenant, &inv);
         let logs = serde_json::to_value(&inv.logs).unwrap_or_default();
         let (result, error) = match inv.outcome {
             Ok(v) => (v, serde_json::Value::Null),
@@ -455,7 +539,7 @@ impl Ingress {
             },
         };
         let limits = limits_for(tenant, req.code.limits.as_ref(), req.limits.as_ref());
-        let _permit = self.gate(snapshot, tenant)?.admit().await?;
+        let _permit = self.admit(snapshot, tenant).await?;
         let inv = self
             .state
             .pool
@@ -569,7 +653,7 @@ impl Ingress {
             .get(tenant.name.as_str(), id)
             .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?} for this tenant")))?;
         let limits = limits_for(tenant, code.code().limits.as_ref(), None);
-        let _permit = self.gate(snapshot, tenant)?.admit().await?;
+        let _permit = self.admit(snapshot, tenant).await?;
         let inv = self
             .state
             .pool
@@ -581,6 +665,7 @@ impl Ingress {
                 tenant.limits.max_cached_workers as usize,
             )
             .await?;
+        self.observe(tenant, &inv);
         worker_reply(inv, tenant.name.as_str())
     }
 }

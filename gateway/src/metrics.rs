@@ -3,21 +3,40 @@
 //! (tenant, rule and credential names) or fixed enums — never from URLs, hosts outside the
 //! config, or worker ids.
 
+use isogate_pool::{CacheEvent, PoolObserver, StartKind};
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
 };
+use std::time::Duration;
 
-/// Every metric name, in one place (used by tests and by dashboards' checks).
+/// Every metric name, in one place (dashboards and alerts are checked against it by a test).
 pub const CATALOGUE: &[&str] = &[
+    "isogate_requests_total",
+    "isogate_request_duration_seconds",
+    "isogate_isolate_starts_total",
+    "isogate_isolate_start_duration_seconds",
+    "isogate_pool_warm_isolates",
+    "isogate_cached_workers",
+    "isogate_worker_cache_events_total",
+    "isogate_invocations_total",
+    "isogate_invocation_cpu_seconds",
+    "isogate_tenant_queue_depth",
+    "isogate_tenant_rejections_total",
     "isogate_egress_requests_total",
     "isogate_egress_duration_seconds",
     "isogate_credentials_injected_total",
     "isogate_secret_fetch_errors_total",
     "isogate_secrets_redacted_total",
+    "isogate_config_reloads_total",
+    "isogate_config_last_reload_success_timestamp_seconds",
+    "isogate_build_info",
 ];
 
 /// Label value for "no rule matched" (report-mode passes, refusals before a rule).
 pub const NO_RULE: &str = "none";
+/// Tenant label of requests that did not authenticate.
+pub const NO_TENANT: &str = "unauthenticated";
 
 /// Egress decisions, the `decision` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +66,28 @@ impl EgressDecision {
 /// The registry and every metric.
 pub struct Metrics {
     registry: Registry,
+    /// `isogate_requests_total{tenant,route,status_class}`.
+    pub requests: IntCounterVec,
+    /// `isogate_request_duration_seconds{tenant,route}`.
+    pub request_duration: HistogramVec,
+    /// `isogate_isolate_starts_total{kind}` (`load`, `get_miss`, `warm_refill`).
+    pub isolate_starts: IntCounterVec,
+    /// `isogate_isolate_start_duration_seconds`.
+    pub isolate_start_duration: Histogram,
+    /// `isogate_pool_warm_isolates`.
+    pub warm_isolates: IntGauge,
+    /// `isogate_cached_workers{tenant}`.
+    pub cached_workers: IntGaugeVec,
+    /// `isogate_worker_cache_events_total{tenant,event}`.
+    pub cache_events: IntCounterVec,
+    /// `isogate_invocations_total{tenant,outcome}`.
+    pub invocations: IntCounterVec,
+    /// `isogate_invocation_cpu_seconds{tenant}`.
+    pub invocation_cpu: HistogramVec,
+    /// `isogate_tenant_queue_depth{tenant}`.
+    pub queue_depth: IntGaugeVec,
+    /// `isogate_tenant_rejections_total{tenant,reason}` (`concurrency`, `overloaded`).
+    pub rejections: IntCounterVec,
     /// `isogate_egress_requests_total{tenant,rule,decision}`.
     pub egress_requests: IntCounterVec,
     /// `isogate_egress_duration_seconds{tenant,rule}`.
@@ -57,74 +98,191 @@ pub struct Metrics {
     pub secret_fetch_errors: IntCounterVec,
     /// `isogate_secrets_redacted_total{credential}`.
     pub secrets_redacted: IntCounterVec,
+    /// `isogate_config_reloads_total{result}` (`ok`, `rejected`).
+    pub config_reloads: IntCounterVec,
+    /// `isogate_config_last_reload_success_timestamp_seconds`.
+    pub config_last_success: Gauge,
+    /// `isogate_build_info{version,engine}`, always 1.
+    pub build_info: IntGaugeVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition");
+fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
     registry
         .register(Box::new(c.clone()))
-        .expect("metric registered once");
+        .expect("each catalogue metric is registered once");
     c
 }
 
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
+fn gauge_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
+}
+
 fn histogram(
-    registry: &Registry,
+    r: &Registry,
     name: &str,
     help: &str,
     labels: &[&str],
     buckets: Vec<f64>,
 ) -> HistogramVec {
-    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        .expect("valid metric definition");
-    registry
-        .register(Box::new(h.clone()))
-        .expect("metric registered once");
-    h
+    register(
+        r,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+            .expect("valid metric"),
+    )
+}
+
+/// 50 µs … ~1.6 s.
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.00005, 2.0, 16).unwrap_or_default()
 }
 
 impl Metrics {
     /// Creates the registry with every metric of the catalogue.
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let egress_requests = counter(
-            &registry,
-            "isogate_egress_requests_total",
-            "Outbound requests from Workers by decision.",
-            &["tenant", "rule", "decision"],
-        );
-        let egress_duration = histogram(
-            &registry,
-            "isogate_egress_duration_seconds",
-            "Time from sending an allowed outbound request to having its full response.",
-            &["tenant", "rule"],
-            prometheus::exponential_buckets(0.0005, 2.0, 16).unwrap_or_default(),
-        );
-        let credentials_injected = counter(
-            &registry,
-            "isogate_credentials_injected_total",
-            "Credentials attached to outbound requests.",
-            &["credential"],
-        );
-        let secret_fetch_errors = counter(
-            &registry,
-            "isogate_secret_fetch_errors_total",
-            "Failed reads of a secret source.",
-            &["source"],
-        );
-        let secrets_redacted = counter(
-            &registry,
-            "isogate_secrets_redacted_total",
-            "Responses in which an injected secret was replaced with [REDACTED].",
-            &["credential"],
-        );
-        Metrics {
-            registry,
-            egress_requests,
-            egress_duration,
-            credentials_injected,
-            secret_fetch_errors,
-            secrets_redacted,
-        }
+        let r = Registry::new();
+        let m = Metrics {
+            requests: counter(
+                &r,
+                "isogate_requests_total",
+                "Ingress requests by tenant, route and status class.",
+                &["tenant", "route", "status_class"],
+            ),
+            request_duration: histogram(
+                &r,
+                "isogate_request_duration_seconds",
+                "Ingress request latency.",
+                &["tenant", "route"],
+                latency_buckets(),
+            ),
+            isolate_starts: counter(
+                &r,
+                "isogate_isolate_starts_total",
+                "Isolates started, by why.",
+                &["kind"],
+            ),
+            isolate_start_duration: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "isogate_isolate_start_duration_seconds",
+                        "Time to start an isolate with the Web APIs installed.",
+                    )
+                    .buckets(latency_buckets()),
+                )
+                .expect("valid metric"),
+            ),
+            warm_isolates: register(
+                &r,
+                IntGauge::new(
+                    "isogate_pool_warm_isolates",
+                    "Code-free isolates ready for load().",
+                )
+                .expect("valid metric"),
+            ),
+            cached_workers: gauge_vec(
+                &r,
+                "isogate_cached_workers",
+                "Cached (warm) Workers per tenant.",
+                &["tenant"],
+            ),
+            cache_events: counter(
+                &r,
+                "isogate_worker_cache_events_total",
+                "Worker cache hits, misses and evictions.",
+                &["tenant", "event"],
+            ),
+            invocations: counter(
+                &r,
+                "isogate_invocations_total",
+                "Worker invocations by outcome.",
+                &["tenant", "outcome"],
+            ),
+            invocation_cpu: histogram(
+                &r,
+                "isogate_invocation_cpu_seconds",
+                "CPU time of an invocation.",
+                &["tenant"],
+                latency_buckets(),
+            ),
+            queue_depth: gauge_vec(
+                &r,
+                "isogate_tenant_queue_depth",
+                "Requests waiting for a tenant concurrency slot.",
+                &["tenant"],
+            ),
+            rejections: counter(
+                &r,
+                "isogate_tenant_rejections_total",
+                "Requests refused before running (429/503).",
+                &["tenant", "reason"],
+            ),
+            egress_requests: counter(
+                &r,
+                "isogate_egress_requests_total",
+                "Outbound requests from Workers by decision.",
+                &["tenant", "rule", "decision"],
+            ),
+            egress_duration: histogram(
+                &r,
+                "isogate_egress_duration_seconds",
+                "Time from sending an allowed outbound request to having its full response.",
+                &["tenant", "rule"],
+                latency_buckets(),
+            ),
+            credentials_injected: counter(
+                &r,
+                "isogate_credentials_injected_total",
+                "Credentials attached to outbound requests.",
+                &["credential"],
+            ),
+            secret_fetch_errors: counter(
+                &r,
+                "isogate_secret_fetch_errors_total",
+                "Failed reads of a secret source.",
+                &["source"],
+            ),
+            secrets_redacted: counter(
+                &r,
+                "isogate_secrets_redacted_total",
+                "Responses in which an injected secret was replaced with [REDACTED].",
+                &["credential"],
+            ),
+            config_reloads: counter(
+                &r,
+                "isogate_config_reloads_total",
+                "Configuration reloads by result.",
+                &["result"],
+            ),
+            config_last_success: register(
+                &r,
+                Gauge::new(
+                    "isogate_config_last_reload_success_timestamp_seconds",
+                    "Unix time of the last successful configuration load.",
+                )
+                .expect("valid metric"),
+            ),
+            build_info: gauge_vec(
+                &r,
+                "isogate_build_info",
+                "Build information; always 1.",
+                &["version", "engine"],
+            ),
+            registry: r,
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), isogate_pool::ENGINE])
+            .set(1);
+        m
     }
 
     /// Counts one egress decision.
@@ -134,11 +292,52 @@ impl Metrics {
             .inc();
     }
 
+    /// Records one ingress request.
+    pub fn request(&self, tenant: &str, route: &str, status: u16, took: Duration) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.requests
+            .with_label_values(&[tenant, route, class])
+            .inc();
+        self.request_duration
+            .with_label_values(&[tenant, route])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Records a finished invocation.
+    pub fn invocation(&self, tenant: &str, outcome: &str, cpu_seconds: f64) {
+        self.invocations.with_label_values(&[tenant, outcome]).inc();
+        self.invocation_cpu
+            .with_label_values(&[tenant])
+            .observe(cpu_seconds);
+    }
+
+    /// Forgets every series of a tenant that left the configuration.
+    pub fn forget_tenant(&self, tenant: &str) {
+        for vec in [&self.cached_workers, &self.queue_depth] {
+            let _ = vec.remove_label_values(&[tenant]);
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+
+    /// Names of the registered metric families (for the catalogue test).
+    pub fn registered_names(&self) -> Vec<String> {
+        self.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect()
     }
 }
 
@@ -148,13 +347,44 @@ impl Default for Metrics {
     }
 }
 
+impl PoolObserver for Metrics {
+    fn isolate_started(&self, kind: StartKind, took: Duration) {
+        self.isolate_starts
+            .with_label_values(&[kind.as_str()])
+            .inc();
+        self.isolate_start_duration.observe(took.as_secs_f64());
+    }
+
+    fn warm_isolates(&self, count: usize) {
+        self.warm_isolates.set(count as i64);
+    }
+
+    fn cache_event(&self, tenant: &str, event: CacheEvent) {
+        self.cache_events
+            .with_label_values(&[tenant, event.as_str()])
+            .inc();
+    }
+
+    fn cached_workers(&self, tenant: &str, count: usize) {
+        self.cached_workers
+            .with_label_values(&[tenant])
+            .set(count as i64);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn catalogue_lists_exactly_the_registered_families() {
-        let m = Metrics::new();
+    fn touch_all(m: &Metrics) {
+        m.request("t", "execute", 200, Duration::from_millis(1));
+        m.isolate_started(StartKind::Load, Duration::from_micros(400));
+        m.warm_isolates(3);
+        m.cache_event("t", CacheEvent::Hit);
+        m.cached_workers("t", 1);
+        m.invocation("t", "ok", 0.001);
+        m.queue_depth.with_label_values(&["t"]).set(0);
+        m.rejections.with_label_values(&["t", "concurrency"]).inc();
         m.egress("t", None, EgressDecision::Deny);
         m.egress_duration
             .with_label_values(&["t", "r"])
@@ -162,12 +392,15 @@ mod tests {
         m.credentials_injected.with_label_values(&["c"]).inc();
         m.secret_fetch_errors.with_label_values(&["vault"]).inc();
         m.secrets_redacted.with_label_values(&["c"]).inc();
-        let mut names: Vec<String> = m
-            .registry
-            .gather()
-            .iter()
-            .map(|f| f.name().to_string())
-            .collect();
+        m.config_reloads.with_label_values(&["ok"]).inc();
+        m.config_last_success.set(1.0);
+    }
+
+    #[test]
+    fn catalogue_lists_exactly_the_registered_families() {
+        let m = Metrics::new();
+        touch_all(&m);
+        let mut names = m.registered_names();
         names.sort();
         let mut expected: Vec<String> = CATALOGUE.iter().map(|s| s.to_string()).collect();
         expected.sort();
@@ -180,6 +413,10 @@ mod tests {
             text.contains(
                 r#"isogate_egress_requests_total{decision="deny",rule="none",tenant="t"} 1"#
             ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"isogate_build_info{engine="quickjs",version=""#),
             "{text}"
         );
     }

@@ -10,7 +10,7 @@ use crate::vault::Secrets;
 use anyhow::Context;
 use arc_swap::ArcSwap;
 use isogate_config::Config;
-use isogate_pool::{NoopObserver, Pool, PoolSettings};
+use isogate_pool::{Pool, PoolSettings};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
@@ -62,10 +62,12 @@ pub fn run(config: Config) -> anyhow::Result<()> {
                 queue_capacity: config.pool.queue_capacity,
             },
             Arc::new(egress),
-            Arc::new(NoopObserver),
+            metrics.clone(),
         )
         .context("starting the isolate pool")?,
     );
+    metrics.config_reloads.with_label_values(&["ok"]).inc();
+    metrics.config_last_success.set(unix_now());
     let state = Arc::new(AppState::new(snapshot, pool.clone(), store, metrics));
 
     let conf = ServerConf {
@@ -98,4 +100,11 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     egress_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("isogate stopped");
     Ok(())
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
