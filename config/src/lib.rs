@@ -81,6 +81,30 @@ pub struct Config {
     /// Secret stores that credentials read from.
     #[serde(default)]
     pub vaults: Vec<VaultConfig>,
+    /// Graceful shutdown.
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+/// Graceful shutdown on SIGTERM: `/readyz` turns 503 at once and the gateway keeps serving for
+/// `grace_period_s` (so load balancers stop routing to it), then refuses new requests and waits
+/// up to `drain_timeout_s` for requests in flight to finish, then exits 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// Seconds of not-ready-but-serving before draining. Default 5.
+    pub grace_period_s: u64,
+    /// Seconds to wait for in-flight requests. Default 30.
+    pub drain_timeout_s: u64,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig {
+            grace_period_s: 5,
+            drain_timeout_s: 30,
+        }
+    }
 }
 
 fn default_state_dir() -> PathBuf {

@@ -59,6 +59,12 @@ pub(crate) fn collect_errors(config: &Config) -> Vec<ValidationError> {
         .collect();
     check_credentials(&config.credentials, &vaults, &mut errors);
     check_vaults(&config.vaults, &mut errors);
+    if config.shutdown.grace_period_s > 3600 {
+        errors.push("shutdown.grace_period_s", "must be at most 3600");
+    }
+    if config.shutdown.drain_timeout_s > 3600 {
+        errors.push("shutdown.drain_timeout_s", "must be at most 3600");
+    }
     errors.0
 }
 
