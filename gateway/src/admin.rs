@@ -28,7 +28,16 @@ impl ServeHttp for Admin {
             "/healthz" => Reply::json(200, &serde_json::json!({"status": "ok"})),
             "/readyz" => {
                 let warm = self.state.pool.warm_isolates();
-                if self.state.pool.is_ready() {
+                if self
+                    .state
+                    .draining
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    Reply::json(
+                        503,
+                        &serde_json::json!({"status": "draining", "warm_isolates": warm}),
+                    )
+                } else if self.state.pool.is_ready() {
                     Reply::json(
                         200,
                         &serde_json::json!({"status": "ready", "warm_isolates": warm}),

@@ -1,9 +1,10 @@
-//! The command line: `isogate serve`, `isogate check`, `isogate hash-key`.
+//! The command line: `isogate serve`, `isogate check`, `isogate hash-key`, `isogate schema`,
+//! `isogate explain`.
 
 use clap::{Parser, Subcommand, ValueEnum};
 use isogate_config::Config;
 use sha2::{Digest, Sha256};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 /// isogate: run AI-agent code in per-tenant QuickJS isolates behind one gateway.
@@ -45,6 +46,42 @@ pub enum Command {
     },
     /// Generate a random API key and print it with the sha256 to put in the config.
     HashKey,
+    /// Print the JSON Schema of the configuration file (checked in as
+    /// deploy/isogate.schema.json).
+    Schema,
+    /// Explain what the gateway would do with one outbound fetch() of a tenant's Worker,
+    /// without sending it.
+    ///
+    /// Reports the normalised target, the egress decision (rule or reason),
+    /// the credential that would be injected (its name and where it goes, never its value),
+    /// the rate limits that apply, and the SSRF guard's verdict on the addresses the host
+    /// resolves to (the only network access is that DNS lookup).
+    #[command(after_help = "\
+Exit status:
+  0  the request is allowed by a rule and passes the SSRF guard
+  1  the configuration is invalid, the tenant is unknown, or the arguments are wrong
+  2  the request would be denied (also in report mode, where it would still be sent and
+     counted as report_deny), refused by the SSRF guard, the host does not resolve, or
+     the URL would be refused
+
+Examples:
+  isogate explain -c isogate.yaml -t demo GET https://api.github.com/repos/o/r
+  isogate explain -c isogate.yaml -t demo --json POST http://10.0.0.5:8080/hook")]
+    Explain {
+        /// YAML configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The tenant whose egress policy applies.
+        #[arg(long, short)]
+        tenant: String,
+        /// Print the report as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// The request method, e.g. GET.
+        method: String,
+        /// The URL the Worker would pass to fetch().
+        url: String,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -60,8 +97,21 @@ fn init_logging(format: LogFormat) {
 }
 
 /// Runs the CLI.
+///
+/// Argument errors exit 1 (not clap's default 2), so that `isogate explain`'s exit status 2
+/// always means "denied or refused".
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(c) => {
@@ -78,6 +128,23 @@ pub fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Schema => match serde_json::to_string_pretty(&Config::json_schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("isogate: cannot serialise the schema: {e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::Explain {
+            config,
+            tenant,
+            json,
+            method,
+            url,
+        } => explain(&config, &tenant, json, &method, &url),
         Command::HashKey => {
             let mut bytes = [0u8; 32];
             if getrandom::getrandom(&mut bytes).is_err() {
@@ -93,8 +160,9 @@ pub fn main() -> ExitCode {
         }
         Command::Serve { config } => {
             init_logging(cli.log_format);
-            let config = match config {
-                Some(path) => match Config::load(&path) {
+            let path = config;
+            let config = match &path {
+                Some(path) => match Config::load(path) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("{}: {e}", path.display());
@@ -112,13 +180,44 @@ pub fn main() -> ExitCode {
                     c
                 }
             };
-            match crate::server::run(config) {
+            match crate::server::run(config, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("isogate: {e:#}");
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// `isogate explain`.
+fn explain(path: &Path, tenant: &str, json: bool, method: &str, url: &str) -> ExitCode {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: {e}", path.display());
+            return ExitCode::from(1);
+        }
+    };
+    match crate::explain::explain(&config, tenant, method, url) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("isogate: cannot serialise the report: {e}");
+                        return ExitCode::from(1);
+                    }
+                }
+            } else {
+                print!("{report}");
+            }
+            ExitCode::from(report.exit_code())
+        }
+        Err(e) => {
+            eprintln!("isogate explain: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -35,6 +35,8 @@ pub enum ApiError {
     },
     /// The isolate pool cannot take more work right now.
     Overloaded,
+    /// The gateway is shutting down.
+    Draining,
     /// The Worker failed (limit breach → 503, exception/syntax → 500).
     Worker(WorkerError),
     /// A fault in isogate.
@@ -52,7 +54,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::TooManyRequests { .. } => 429,
-            ApiError::Overloaded => 503,
+            ApiError::Overloaded | ApiError::Draining => 503,
             ApiError::Worker(e) if e.kind.is_limit() => 503,
             ApiError::Worker(_) => 500,
             ApiError::Internal(_) => 500,
@@ -70,6 +72,7 @@ impl ApiError {
             ApiError::Conflict(_) => "conflict",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Overloaded => "overloaded",
+            ApiError::Draining => "draining",
             ApiError::Worker(e) => e.kind.as_str(),
             ApiError::Internal(_) => "internal",
         }
@@ -88,6 +91,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
             ApiError::TooManyRequests { message, .. } => message.clone(),
             ApiError::Overloaded => "the isolate pool is overloaded; retry shortly".into(),
+            ApiError::Draining => "the gateway is shutting down; retry on another replica".into(),
             ApiError::Worker(e) => e.message.clone(),
             ApiError::Internal(m) => m.clone(),
         }
@@ -107,6 +111,7 @@ impl ApiError {
                 vec![("retry-after", retry_after_s.to_string())]
             }
             ApiError::Overloaded => vec![("retry-after", "1".into())],
+            ApiError::Draining => vec![("retry-after", "1".into()), ("connection", "close".into())],
             ApiError::PayloadTooLarge { .. } => vec![("connection", "close".into())],
             _ => vec![],
         }

@@ -24,6 +24,7 @@ use pingora::protocols::http::ServerSession;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -122,6 +123,11 @@ impl ServeHttp for Ingress {
         let started = Instant::now();
         let method = session.req_header().method.to_string();
         let mut seen = Seen::default();
+        if self.state.refusing.load(Ordering::SeqCst) {
+            session.set_keepalive(None);
+            return Reply::error(&ApiError::Draining).into_http();
+        }
+        let _in_flight = InFlight::enter(&self.state);
         let reply = match self.handle(session, &mut seen).await {
             Ok(r) => r,
             Err(e) => {
@@ -147,6 +153,24 @@ impl ServeHttp for Ingress {
             "ingress request"
         );
         reply.into_http()
+    }
+}
+
+/// Counts a request as in flight while it lives.
+struct InFlight<'a>(&'a AppState);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a AppState) -> Self {
+        state.in_flight.fetch_add(1, Ordering::SeqCst);
+        state.metrics.in_flight.inc();
+        InFlight(state)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.metrics.in_flight.dec();
     }
 }
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 pub const CATALOGUE: &[&str] = &[
     "isogate_requests_total",
     "isogate_request_duration_seconds",
+    "isogate_requests_in_flight",
     "isogate_isolate_starts_total",
     "isogate_isolate_start_duration_seconds",
     "isogate_pool_warm_isolates",
@@ -70,6 +71,8 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// `isogate_request_duration_seconds{tenant,route}`.
     pub request_duration: HistogramVec,
+    /// `isogate_requests_in_flight`.
+    pub in_flight: IntGauge,
     /// `isogate_isolate_starts_total{kind}` (`load`, `get_miss`, `warm_refill`).
     pub isolate_starts: IntCounterVec,
     /// `isogate_isolate_start_duration_seconds`.
@@ -163,6 +166,14 @@ impl Metrics {
                 "Ingress request latency.",
                 &["tenant", "route"],
                 latency_buckets(),
+            ),
+            in_flight: register(
+                &r,
+                IntGauge::new(
+                    "isogate_requests_in_flight",
+                    "Ingress requests being handled now.",
+                )
+                .expect("valid metric"),
             ),
             isolate_starts: counter(
                 &r,
@@ -378,6 +389,7 @@ mod tests {
 
     fn touch_all(m: &Metrics) {
         m.request("t", "execute", 200, Duration::from_millis(1));
+        m.in_flight.set(0);
         m.isolate_started(StartKind::Load, Duration::from_micros(400));
         m.warm_isolates(3);
         m.cache_event("t", CacheEvent::Hit);

@@ -3,6 +3,7 @@
 use crate::admin::Admin;
 use crate::egress::{client, GatewayEgress};
 use crate::ingress::Ingress;
+use crate::lifecycle::{DrainingShutdown, Reloader};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Snapshot};
 use crate::store::WorkerStore;
@@ -14,11 +15,12 @@ use isogate_pool::{Pool, PoolSettings};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Starts the gateway on `config` and blocks until it is shut down (SIGTERM drains gracefully,
 /// SIGINT stops fast).
-pub fn run(config: Config) -> anyhow::Result<()> {
+pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
     let store = Arc::new(WorkerStore::open(&config.state_dir).context("opening the worker store")?);
     let metrics = Arc::new(Metrics::new());
     // Outbound I/O (Worker fetches, vault reads) runs on its own runtime so that a Worker busy
@@ -72,8 +74,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
     let conf = ServerConf {
         threads: 2,
+        // isogate drains before it hands the signal to pingora (lifecycle::DrainingShutdown).
         grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(10),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -94,7 +97,19 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         engine = isogate_pool::ENGINE,
         "isogate starting"
     );
-    server.run(RunArgs::default());
+    if let Some(path) = config_path {
+        let reloader = Arc::new(Reloader::new(
+            path,
+            config.clone(),
+            state.clone(),
+            client::open_client(),
+            egress_runtime.handle().clone(),
+        ));
+        egress_runtime.spawn(reloader.watch());
+    }
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainingShutdown::new(state.clone(), config.shutdown)),
+    });
     drop(state);
     drop(pool);
     egress_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
@@ -102,7 +117,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn unix_now() -> f64 {
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

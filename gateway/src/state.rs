@@ -10,6 +10,7 @@ use arc_swap::ArcSwap;
 use isogate_policy::Policy;
 use isogate_pool::Pool;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 
 /// The reloadable part of the state.
@@ -19,7 +20,7 @@ pub struct Snapshot {
     /// Admission gate per tenant name.
     pub gates: HashMap<String, Arc<TenantGate>>,
     /// Egress rate limiters per tenant name.
-    pub limiters: HashMap<String, TenantLimiters>,
+    pub limiters: HashMap<String, Arc<TenantLimiters>>,
     /// Credentials and their secret sources.
     pub secrets: Arc<Secrets>,
 }
@@ -27,12 +28,32 @@ pub struct Snapshot {
 impl Snapshot {
     /// Builds a snapshot with a fresh gate and fresh egress rate limiters per tenant.
     pub fn new(policy: Policy, secrets: Arc<Secrets>) -> Snapshot {
+        Snapshot::build(policy, secrets, None)
+    }
+
+    /// Builds the snapshot for a reloaded policy. A tenant whose limits did not change keeps its
+    /// admission gate (so requests in flight still count against it), and one whose egress
+    /// policy did not change keeps its rate limiters.
+    pub fn rebuild(policy: Policy, secrets: Arc<Secrets>, previous: &Snapshot) -> Snapshot {
+        Snapshot::build(policy, secrets, Some(previous))
+    }
+
+    fn build(policy: Policy, secrets: Arc<Secrets>, previous: Option<&Snapshot>) -> Snapshot {
         let mut gates = HashMap::new();
         let mut limiters = HashMap::new();
         for t in policy.tenants() {
-            let name = t.name.as_str().to_string();
-            gates.insert(name.clone(), Arc::new(TenantGate::new(&t.limits)));
-            limiters.insert(name, TenantLimiters::new(&t.egress));
+            let name = t.name.as_str();
+            let before = previous.and_then(|p| p.policy.tenant(name).map(|old| (p, old)));
+            let gate = before
+                .filter(|(_, old)| old.limits == t.limits)
+                .and_then(|(p, _)| p.gates.get(name).cloned())
+                .unwrap_or_else(|| Arc::new(TenantGate::new(&t.limits)));
+            let limiter = before
+                .filter(|(_, old)| old.egress == t.egress)
+                .and_then(|(p, _)| p.limiters.get(name).cloned())
+                .unwrap_or_else(|| Arc::new(TenantLimiters::new(&t.egress)));
+            gates.insert(name.to_string(), gate);
+            limiters.insert(name.to_string(), limiter);
         }
         Snapshot {
             policy,
@@ -52,6 +73,12 @@ pub struct AppState {
     pub store: Arc<WorkerStore>,
     /// The metrics catalogue.
     pub metrics: Arc<Metrics>,
+    /// Shutdown has begun: `/readyz` answers 503.
+    pub draining: AtomicBool,
+    /// The grace period is over: new ingress requests are refused.
+    pub refusing: AtomicBool,
+    /// Ingress requests being handled now.
+    pub in_flight: AtomicUsize,
 }
 
 impl AppState {
@@ -67,7 +94,15 @@ impl AppState {
             pool,
             store,
             metrics,
+            draining: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// Makes `snapshot` current; requests in flight keep the one they loaded.
+    pub fn swap(&self, snapshot: Snapshot) {
+        self.snapshot.store(Arc::new(snapshot));
     }
 
     /// The current snapshot.

@@ -253,6 +253,16 @@ impl Vault {
 pub struct Secrets {
     credentials: HashMap<String, Arc<Credential>>,
     metrics: Arc<Metrics>,
+    /// Background vault refreshers; stopped when this set of credentials is replaced.
+    refreshers: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        for r in &self.refreshers {
+            r.abort();
+        }
+    }
 }
 
 impl Secrets {
@@ -264,11 +274,16 @@ impl Secrets {
         metrics: Arc<Metrics>,
         runtime: &tokio::runtime::Handle,
     ) -> Secrets {
+        let mut refreshers = Vec::new();
         let vaults: HashMap<String, Arc<Vault>> = vaults
             .iter()
             .map(|v| {
                 let vault = Arc::new(Vault::new(v, client.clone()));
-                runtime.spawn(vault.clone().refresh_loop(metrics.clone()));
+                refreshers.push(
+                    runtime
+                        .spawn(vault.clone().refresh_loop(metrics.clone()))
+                        .abort_handle(),
+                );
                 (v.name.clone(), vault)
             })
             .collect();
@@ -301,6 +316,7 @@ impl Secrets {
         Secrets {
             credentials,
             metrics,
+            refreshers,
         }
     }
 

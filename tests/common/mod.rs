@@ -85,6 +85,12 @@ impl Gateway {
     ) -> Gateway {
         let ingress = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
+        // Tests stop gateways often: no not-ready grace period unless a test asks for one.
+        let extra = if extra.contains("shutdown:") {
+            extra.to_string()
+        } else {
+            format!("{extra}shutdown: {{ grace_period_s: 0, drain_timeout_s: 10 }}\n")
+        };
         let config = format!(
             "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\nstate_dir: \"{}\"\npool: {{ {pool} }}\ntenants:\n{tenants}{extra}",
             dir.join("state").display()
@@ -136,6 +142,44 @@ impl Gateway {
                 "isogate did not become ready; log:\n{}",
                 self.log()
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Path of the config file the gateway runs on.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Rewrites the config file in place (same listeners and state dir) with new pool/tenants.
+    pub fn rewrite_config(&self, pool: &str, tenants: &str) {
+        let config = format!(
+            "listen: {{ ingress: \"{}\", admin: \"{}\" }}\nstate_dir: \"{}\"\npool: {{ {pool} }}\ntenants:\n{tenants}shutdown: {{ grace_period_s: 0, drain_timeout_s: 10 }}\n",
+            self.ingress,
+            self.admin,
+            self.dir.join("state").display()
+        );
+        // Write-then-rename, as editors and Kubernetes do: the file is never half-written.
+        let tmp = self.dir.join("isogate.yaml.new");
+        std::fs::write(&tmp, config).expect("write config");
+        std::fs::rename(&tmp, &self.config_path).expect("replace config");
+    }
+
+    /// Waits for the process to exit by itself; returns whether it exited with status 0.
+    pub fn wait_exit(&mut self, limit: Duration) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
