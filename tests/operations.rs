@@ -163,7 +163,7 @@ fn reload_applies_valid_configs_keeps_the_last_good_one_and_never_fails_a_reques
         } else {
             &[ALPHA_KEY]
         };
-        let mut t = format!("  - name: alpha\n    api_keys:\n");
+        let mut t = "  - name: alpha\n    api_keys:\n".to_string();
         for k in keys {
             t.push_str(&format!("      - sha256: \"{}\"\n", sha256_hex(k)));
         }
