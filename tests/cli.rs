@@ -72,3 +72,310 @@ fn hash_key_prints_a_key_and_its_sha256() {
     assert_eq!(sha, hex::encode(sha2::Sha256::digest(key.as_bytes())));
     assert!(key.len() > 40);
 }
+
+fn deploy(file: &str) -> String {
+    format!("{}/../deploy/{file}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn egress_example() -> String {
+    deploy("examples/egress.yaml")
+}
+
+#[test]
+fn check_accepts_the_egress_example() {
+    let (code, out, err) = isogate(&["check", "--config", &egress_example()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok (1 tenant)"), "{out}");
+}
+
+#[test]
+fn checked_in_schema_matches_the_binary() {
+    let (code, out, err) = isogate(&["schema"]);
+    assert_eq!(code, 0, "{err}");
+    let generated: serde_json::Value = serde_json::from_str(&out).expect("schema is JSON");
+    assert_eq!(generated["title"], "Config");
+    let path = deploy("isogate.schema.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let checked_in: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"));
+    assert!(
+        generated == checked_in,
+        "deploy/isogate.schema.json is out of date with the config types; regenerate it with\n  \
+         cargo run -q -p isogate -- schema > deploy/isogate.schema.json"
+    );
+}
+
+/// A configuration whose rules need no DNS beyond `localhost`.
+const LOCAL: &str = r#"
+tenants:
+  - name: ops
+    api_keys: [{ sha256: "1111111111111111111111111111111111111111111111111111111111111111" }]
+    egress:
+      rate_limit: { per_second: 20, burst: 40 }
+      allow:
+        - host: localhost
+          name: local-dev
+          ports: [8080]
+          allow_private: true
+          credential: local
+          rate_limit: { per_second: 2, burst: 4 }
+        - host: 169.254.169.254
+          name: metadata
+          allow_private: true
+  - name: strict
+    api_keys: [{ sha256: "2222222222222222222222222222222222222222222222222222222222222222" }]
+    egress:
+      allow:
+        - host: localhost
+          ports: [8080]
+credentials:
+  - name: local
+    source: { env: LOCAL_TOKEN }
+    inject: { query: token, value: "${secret}" }
+"#;
+
+fn local_config() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("local.yaml");
+    std::fs::write(&path, LOCAL).unwrap();
+    let path = path.to_str().unwrap().to_owned();
+    (dir, path)
+}
+
+#[test]
+fn explain_an_allowed_request_with_credential_and_rate_limits() {
+    let (code, out, err) = isogate(&[
+        "explain",
+        "--config",
+        &egress_example(),
+        "--tenant",
+        "demo",
+        "GET",
+        "https://api.github.com/repos/x/y",
+    ]);
+    assert!(out.contains("host:      api.github.com"), "{out}{err}");
+    assert!(out.contains("port:      443"), "{out}");
+    assert!(out.contains("path:      /repos/x/y"), "{out}");
+    assert!(out.contains("allow, rule `api.github.com`"), "{out}");
+    assert!(out.contains("github -> header `Authorization`"), "{out}");
+    assert!(out.contains("rule:      5/s, burst 10"), "{out}");
+    assert!(out.contains("tenant:    50/s, burst 100"), "{out}");
+    // api.github.com may not resolve here (offline): then the gateway would refuse it too.
+    if out.contains("verdict:   pass") {
+        assert_eq!(code, 0, "{out}");
+    } else {
+        assert!(
+            out.contains("verdict:   unresolved") || out.contains("verdict:   refused"),
+            "{out}"
+        );
+        assert_eq!(code, 2, "{out}");
+    }
+}
+
+#[test]
+fn explain_localhost_with_allow_private_passes() {
+    let (_dir, config) = local_config();
+    let (code, out, err) = isogate(&[
+        "explain",
+        "-c",
+        &config,
+        "-t",
+        "ops",
+        "POST",
+        "http://LOCALHOST:8080/a/./b?x=1",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("host:      localhost"), "{out}");
+    assert!(out.contains("path:      /a/b"), "{out}");
+    assert!(out.contains("query:     x=1"), "{out}");
+    assert!(out.contains("allow, rule `local-dev`"), "{out}");
+    assert!(out.contains("local -> query parameter `token`"), "{out}");
+    assert!(out.contains("rule:      2/s, burst 4"), "{out}");
+    assert!(out.contains("tenant:    20/s, burst 40"), "{out}");
+    assert!(
+        out.contains("loopback address (allowed by allow_private)"),
+        "{out}"
+    );
+    assert!(out.contains("verdict:   pass"), "{out}");
+}
+
+#[test]
+fn explain_localhost_without_allow_private_is_refused() {
+    let (_dir, config) = local_config();
+    let (code, out, err) = isogate(&[
+        "explain",
+        "-c",
+        &config,
+        "-t",
+        "strict",
+        "GET",
+        "http://localhost:8080/",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("allow, rule `localhost`"), "{out}");
+    assert!(out.contains("credential:  none"), "{out}");
+    assert!(out.contains("rule:      none"), "{out}");
+    assert!(out.contains("loopback address (blocked)"), "{out}");
+    assert!(out.contains("verdict:   refused"), "{out}");
+}
+
+#[test]
+fn explain_cloud_metadata_is_refused_even_with_allow_private() {
+    let (_dir, config) = local_config();
+    let (code, out, err) = isogate(&[
+        "explain",
+        "-c",
+        &config,
+        "-t",
+        "ops",
+        "GET",
+        "http://169.254.169.254/latest/meta-data/",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("allow, rule `metadata`"), "{out}");
+    assert!(out.contains("allow_private: true"), "{out}");
+    assert!(out.contains("cloud metadata address"), "{out}");
+    assert!(out.contains("verdict:   refused"), "{out}");
+}
+
+#[test]
+fn explain_an_unknown_host_is_denied() {
+    let (code, out, err) = isogate(&[
+        "explain",
+        "--config",
+        &egress_example(),
+        "--tenant",
+        "demo",
+        "GET",
+        "https://evil.example.org/x",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains("deny: no egress rule allows host evil.example.org"),
+        "{out}"
+    );
+    assert!(out.contains("credential:  none"), "{out}");
+}
+
+#[test]
+fn explain_json_has_the_documented_shape() {
+    let (_dir, config) = local_config();
+    let (code, out, err) = isogate(&[
+        "explain",
+        "--json",
+        "-c",
+        &config,
+        "-t",
+        "ops",
+        "GET",
+        "http://localhost:8080/x",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+    assert_eq!(v["target"]["scheme"], "http");
+    assert_eq!(v["target"]["host"], "localhost");
+    assert_eq!(v["target"]["port"], 8080);
+    assert_eq!(v["target"]["path"], "/x");
+    assert_eq!(v["decision"]["allowed"], true);
+    assert_eq!(v["decision"]["rule"], "local-dev");
+    assert!(v["decision"]["reason"].is_null());
+    assert_eq!(v["decision"]["mode"], "enforce");
+    assert_eq!(v["credential"]["name"], "local");
+    assert_eq!(v["credential"]["inject"]["query"], "token");
+    assert_eq!(v["rate_limits"]["rule"]["per_second"], 2);
+    assert_eq!(v["rate_limits"]["rule"]["burst"], 4);
+    assert_eq!(v["rate_limits"]["tenant"]["per_second"], 20);
+    assert_eq!(v["ssrf"]["verdict"], "pass");
+    assert_eq!(v["ssrf"]["allow_private"], true);
+    let addresses = v["ssrf"]["addresses"].as_array().unwrap();
+    assert!(!addresses.is_empty());
+    for a in addresses {
+        assert_eq!(a["range"], "loopback", "{a}");
+        assert!(a["ip"].is_string(), "{a}");
+    }
+
+    let (code, out, _) = isogate(&[
+        "explain",
+        "--json",
+        "-c",
+        &config,
+        "-t",
+        "strict",
+        "DELETE",
+        "https://nowhere.invalid/",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+    assert_eq!(v["decision"]["allowed"], false);
+    assert!(v["decision"]["rule"].is_null());
+    assert_eq!(
+        v["decision"]["reason"],
+        "no egress rule allows host nowhere.invalid"
+    );
+    assert!(v["credential"].is_null());
+    assert!(v["rate_limits"]["rule"].is_null());
+    assert!(v["rate_limits"]["tenant"].is_null());
+}
+
+#[test]
+fn explain_an_unknown_tenant_lists_the_tenants() {
+    let (_dir, config) = local_config();
+    let (code, out, err) = isogate(&[
+        "explain",
+        "-c",
+        &config,
+        "-t",
+        "nobody",
+        "GET",
+        "http://localhost/",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("unknown tenant `nobody`"), "{err}");
+    assert!(err.contains("ops, strict"), "{err}");
+}
+
+#[test]
+fn explain_rejects_a_bad_config_naming_the_yaml_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(egress_example())
+        .unwrap()
+        .replace("per_second: 5,", "per_secnd: 5,");
+    std::fs::write(&path, text).unwrap();
+    let (code, out, err) = isogate(&[
+        "explain",
+        "-c",
+        path.to_str().unwrap(),
+        "-t",
+        "demo",
+        "GET",
+        "https://api.github.com/",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("bad.yaml"), "{err}");
+    assert!(
+        err.contains("tenants[0].egress.allow[0].rate_limit.per_secnd"),
+        "{err}"
+    );
+}
+
+#[test]
+fn explain_argument_errors_exit_1_and_refused_urls_exit_2() {
+    // Exit 2 means "denied or refused", so a usage error must not produce it.
+    let (code, _, err) = isogate(&["explain", "-c", &egress_example(), "-t", "demo", "GET"]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = isogate(&[
+        "explain",
+        "-c",
+        &egress_example(),
+        "-t",
+        "demo",
+        "GET",
+        "ftp://api.github.com/",
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("URL scheme `ftp` is not allowed"), "{err}");
+    let (code, out, _) = isogate(&["explain", "--help"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Exit status:"), "{out}");
+}
