@@ -1,1 +1,502 @@
-//! placeholder, replaced by the deploy checks
+//! Checks of the deployment artefacts under `deploy/`: the dashboard and the alerts use only
+//! metric names from the catalogue, the Kubernetes ConfigMap embeds a configuration that the
+//! real binary accepts, and the Deployment agrees with it (ports, probes, shutdown timing).
+//!
+//! No YAML parser is a dependency of this package, so YAML files are read with small
+//! line-based scanners that fail loudly when the layout they expect is not there.
+
+use isogate_gateway::metrics::CATALOGUE;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const HISTOGRAM_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("gateway/ has a parent")
+        .to_path_buf()
+}
+
+fn read(rel: &str) -> String {
+    let path = repo_root().join(rel);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// Histograms are the catalogue's `_seconds` metrics other than timestamps (a histogram's
+/// series only exist with a `_bucket`/`_sum`/`_count` suffix).
+fn is_histogram(name: &str) -> bool {
+    name.ends_with("_seconds") && !name.contains("_timestamp_")
+}
+
+/// Every `isogate_…` token in `text` (a name starts where no identifier character precedes).
+fn metric_tokens(text: &str) -> BTreeSet<String> {
+    let bytes = text.as_bytes();
+    let is_ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b':';
+    let mut found = BTreeSet::new();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("isogate_") {
+        let start = i + pos;
+        let mut end = start + "isogate_".len();
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end].is_ascii_digit()
+                || bytes[end] == b'_')
+        {
+            end += 1;
+        }
+        if start == 0 || !is_ident(bytes[start - 1]) {
+            found.insert(text[start..end].to_string());
+        }
+        i = end;
+    }
+    found
+}
+
+/// The catalogue name a token refers to: itself, or a histogram's base name without its
+/// series suffix.
+fn catalogue_name(token: &str) -> Option<&'static str> {
+    if let Some(name) = CATALOGUE.iter().find(|n| **n == token) {
+        return Some(name);
+    }
+    HISTOGRAM_SUFFIXES.iter().find_map(|suffix| {
+        let base = token.strip_suffix(suffix)?;
+        CATALOGUE
+            .iter()
+            .find(|n| **n == base && is_histogram(n))
+            .copied()
+    })
+}
+
+/// Asserts every `isogate_` token in `text` is a catalogue metric; returns the distinct
+/// catalogue names used.
+fn check_names(file: &str, text: &str) -> BTreeSet<&'static str> {
+    let tokens = metric_tokens(text);
+    let unknown: Vec<&String> = tokens
+        .iter()
+        .filter(|t| catalogue_name(t).is_none())
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "{file} uses metric names that are not in isogate_gateway::metrics::CATALOGUE \
+         (a `_bucket`/`_sum`/`_count` suffix is only valid on a histogram): {unknown:?}"
+    );
+    tokens.iter().filter_map(|t| catalogue_name(t)).collect()
+}
+
+/// In a PromQL query a histogram is only queryable with a series suffix.
+fn check_query(file: &str, expr: &str) {
+    assert!(!expr.trim().is_empty(), "{file}: empty query");
+    for token in metric_tokens(expr) {
+        assert!(
+            !is_histogram(&token) || catalogue_name(&token).is_none(),
+            "{file}: query uses histogram {token} without _bucket/_sum/_count: {expr}"
+        );
+    }
+}
+
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// The lines after the first line whose trimmed text is `header` (or starts with it, when
+/// `prefix` is set) that are indented deeper than it, blank lines included.
+fn block_after<'a>(text: &'a str, header: &str, prefix: bool) -> Vec<&'a str> {
+    let lines: Vec<&str> = text.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| {
+            let t = l.trim();
+            if prefix {
+                t.starts_with(header)
+            } else {
+                t == header
+            }
+        })
+        .unwrap_or_else(|| panic!("no `{header}` line"));
+    let base = indent(lines[at]);
+    let mut block: Vec<&str> = lines[at + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || indent(l) > base)
+        .copied()
+        .collect();
+    while block.last().is_some_and(|l| l.trim().is_empty()) {
+        block.pop();
+    }
+    block
+}
+
+/// The `isogate.yaml: |` literal block of the ConfigMap, dedented.
+fn configmap_config() -> String {
+    let text = read("deploy/kubernetes/configmap.yaml");
+    let block = block_after(&text, "isogate.yaml: |", false);
+    let strip = block
+        .iter()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| indent(l))
+        .min()
+        .expect("the isogate.yaml block is not empty");
+    let mut out = String::new();
+    for line in block {
+        out.push_str(line.get(strip..).unwrap_or(""));
+        out.push('\n');
+    }
+    out
+}
+
+/// The first value after `key:` in `text` outside comments (inline or flow style), up to `,`,
+/// `}`, `]`, a comment or the end of the line, with quotes removed.
+fn value_of<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    let needle = format!("{key}:");
+    let mut from = 0;
+    while let Some(pos) = text[from..].find(&needle) {
+        let start = from + pos;
+        let before = text[..start].chars().next_back();
+        from = start + needle.len();
+        let line_start = text[..start].rfind('\n').map_or(0, |n| n + 1);
+        if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+            || text[line_start..start].contains('#')
+        {
+            continue;
+        }
+        let rest = text[from..].trim_start_matches([' ', '\t']);
+        let end = rest.find([',', '}', ']', '#', '\n']).unwrap_or(rest.len());
+        let value = rest[..end].trim().trim_matches('"').trim_matches('\'');
+        return Some(value);
+    }
+    None
+}
+
+fn number_of(text: &str, key: &str) -> u64 {
+    let value = value_of(text, key).unwrap_or_else(|| panic!("no `{key}:` found"));
+    value
+        .parse()
+        .unwrap_or_else(|_| panic!("`{key}: {value}` is not a number"))
+}
+
+fn port_of(addr: &str) -> u16 {
+    addr.rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {addr:?}"))
+}
+
+/// `containerPort` of the container port named `name` in the Deployment.
+fn container_port(deployment: &str, name: &str) -> u16 {
+    let lines: Vec<&str> = deployment.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() != format!("- name: {name}") {
+            continue;
+        }
+        let item = lines[i + 1..]
+            .iter()
+            .take(3)
+            .find(|l| l.trim_start().starts_with("containerPort:"));
+        if let Some(item) = item {
+            return number_of(item, "containerPort") as u16;
+        }
+    }
+    panic!("no container port named {name}")
+}
+
+/// Resolves a probe's `port` (number or container port name).
+fn resolve_port(deployment: &str, port: &str) -> u16 {
+    port.parse()
+        .unwrap_or_else(|_| container_port(deployment, port))
+}
+
+fn run_check(config_text: &str, what: &str) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("isogate.yaml");
+    std::fs::write(&path, config_text).expect("writing the config");
+    let out = Command::new(env!("CARGO_BIN_EXE_isogate"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .expect("running isogate check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "isogate check rejected {what}:\n{stderr}{stdout}\n--- config ---\n{config_text}"
+    );
+    assert!(
+        stdout.contains(": ok ("),
+        "unexpected output of isogate check for {what}: {stdout}"
+    );
+}
+
+#[test]
+fn scanner_finds_names_and_histogram_suffixes() {
+    let tokens = metric_tokens(
+        "rate(isogate_requests_total[5m]) x_isogate_no isogate_egress_duration_seconds_bucket{}",
+    );
+    assert_eq!(
+        tokens.into_iter().collect::<Vec<_>>(),
+        [
+            "isogate_egress_duration_seconds_bucket",
+            "isogate_requests_total"
+        ]
+    );
+    assert_eq!(
+        catalogue_name("isogate_request_duration_seconds_count"),
+        Some("isogate_request_duration_seconds")
+    );
+    assert_eq!(catalogue_name("isogate_requests_total_count"), None);
+    assert_eq!(
+        catalogue_name("isogate_config_last_reload_success_timestamp_seconds_bucket"),
+        None
+    );
+    assert_eq!(catalogue_name("isogate_nope"), None);
+    let histograms: Vec<&&str> = CATALOGUE.iter().filter(|n| is_histogram(n)).collect();
+    assert!(
+        histograms.len() >= 4,
+        "histograms in catalogue: {histograms:?}"
+    );
+}
+
+#[test]
+fn alerts_use_only_catalogue_metrics() {
+    let file = "deploy/prometheus/alerts.yaml";
+    let text = read(file);
+    let used = check_names(file, &text);
+    assert!(
+        used.len() >= 5,
+        "{file} uses only {} catalogue metrics: {used:?}",
+        used.len()
+    );
+}
+
+#[test]
+fn dashboard_uses_only_catalogue_metrics() {
+    let file = "deploy/grafana/isogate-dashboard.json";
+    let text = read(file);
+    let used = check_names(file, &text);
+    assert!(
+        used.len() >= 5,
+        "{file} uses only {} catalogue metrics: {used:?}",
+        used.len()
+    );
+}
+
+#[test]
+fn dashboard_is_a_grafana_dashboard() {
+    let file = "deploy/grafana/isogate-dashboard.json";
+    let dash: serde_json::Value =
+        serde_json::from_str(&read(file)).unwrap_or_else(|e| panic!("{file} is not JSON: {e}"));
+    assert_eq!(dash["uid"], "isogate");
+    assert_eq!(dash["schemaVersion"], 39);
+    let inputs = dash["__inputs"].as_array().expect("__inputs array");
+    assert!(
+        inputs
+            .iter()
+            .any(|i| i["name"] == "DS_PROMETHEUS" && i["pluginId"] == "prometheus"),
+        "__inputs must declare DS_PROMETHEUS"
+    );
+
+    let variables = dash["templating"]["list"]
+        .as_array()
+        .expect("templating.list");
+    let tenant = variables
+        .iter()
+        .find(|v| v["name"] == "tenant")
+        .expect("a `tenant` template variable");
+    let definition = tenant["definition"].as_str().unwrap_or_default();
+    assert_eq!(definition, "label_values(isogate_requests_total, tenant)");
+
+    let panels = dash["panels"].as_array().expect("panels array");
+    assert!(panels.len() >= 10, "only {} panels", panels.len());
+    let mut ids = BTreeSet::new();
+    for panel in panels {
+        let title = panel["title"].as_str().unwrap_or("<untitled>");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("numeric panel id")),
+            "duplicate panel id in {title}"
+        );
+        assert!(panel["gridPos"].is_object(), "panel {title} has no gridPos");
+        assert_eq!(
+            panel["datasource"]["uid"], "${DS_PROMETHEUS}",
+            "panel {title} datasource"
+        );
+        let targets = panel["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("panel {title} has no targets array"));
+        assert!(!targets.is_empty(), "panel {title} has no targets");
+        for target in targets {
+            let expr = target["expr"]
+                .as_str()
+                .unwrap_or_else(|| panic!("panel {title}: target without expr"));
+            assert!(!expr.trim().is_empty(), "panel {title}: empty expr");
+            check_query(file, expr);
+        }
+    }
+    let types: BTreeSet<&str> = panels.iter().filter_map(|p| p["type"].as_str()).collect();
+    for ty in ["timeseries", "stat", "table"] {
+        assert!(types.contains(ty), "no {ty} panel");
+    }
+}
+
+#[test]
+fn alerts_are_complete() {
+    let file = "deploy/prometheus/alerts.yaml";
+    let text = read(file);
+    assert!(
+        text.lines().any(|l| l.trim() == "groups:"),
+        "{file} has no groups:"
+    );
+    let lines: Vec<&str> = text.lines().collect();
+    let starts: Vec<usize> = (0..lines.len())
+        .filter(|i| lines[*i].trim_start().starts_with("- alert:"))
+        .collect();
+    assert!(starts.len() >= 6, "only {} alerts", starts.len());
+
+    let mut names = BTreeSet::new();
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(lines.len());
+        let block = lines[start..end].join("\n");
+        let name = value_of(&block, "alert").expect("alert name").to_string();
+        assert!(names.insert(name.clone()), "duplicate alert {name}");
+
+        // expr: inline, or a `|`/`>` block on the following lines.
+        let expr_at = lines[start..end]
+            .iter()
+            .position(|l| l.trim_start().starts_with("expr:"))
+            .unwrap_or_else(|| panic!("alert {name} has no expr"));
+        let inline = lines[start + expr_at].trim_start()["expr:".len()..].trim();
+        let expr = if inline.is_empty() || inline.starts_with(['|', '>']) {
+            block_after(&lines[start + expr_at..end].join("\n"), "expr:", true).join("\n")
+        } else {
+            inline.to_string()
+        };
+        check_query(file, &expr);
+
+        for key in [
+            "for:",
+            "labels:",
+            "severity:",
+            "annotations:",
+            "summary:",
+            "description:",
+        ] {
+            assert!(
+                lines[start..end]
+                    .iter()
+                    .any(|l| l.trim_start().starts_with(key)),
+                "alert {name} has no {key}"
+            );
+        }
+    }
+    for expected in [
+        "IsogateDown",
+        "IsogateHighErrorRate",
+        "IsogateConfigReloadRejected",
+        "IsogateSecretFetchErrors",
+        "IsogateLimitKillsSpiking",
+        "IsogatePoolExhausted",
+        "IsogatePoolOverloaded",
+        "IsogateTenantThrottled",
+        "IsogateEgressDenialsSpiking",
+    ] {
+        assert!(names.contains(expected), "alert {expected} is missing");
+    }
+}
+
+#[test]
+fn configmap_config_passes_isogate_check() {
+    let config = configmap_config();
+    assert!(
+        config.contains("state_dir: /var/lib/isogate"),
+        "state_dir must be the Deployment's volume:\n{config}"
+    );
+    run_check(
+        &config,
+        "the isogate.yaml of deploy/kubernetes/configmap.yaml",
+    );
+}
+
+#[test]
+fn container_default_config_passes_isogate_check() {
+    let dockerfile = read("deploy/Dockerfile");
+    assert!(
+        dockerfile.contains("COPY deploy/docker/isogate.yaml /etc/isogate/isogate.yaml"),
+        "the Dockerfile must install deploy/docker/isogate.yaml"
+    );
+    let config = read("deploy/docker/isogate.yaml");
+    run_check(&config, "deploy/docker/isogate.yaml");
+    let listen = value_of(&config, "admin").expect("listen.admin");
+    let ingress = value_of(&config, "ingress").expect("listen.ingress");
+    assert_eq!((port_of(ingress), port_of(listen)), (8080, 9090));
+    assert!(
+        dockerfile.lines().any(|l| l.trim() == "EXPOSE 8080 9090"),
+        "Dockerfile must EXPOSE 8080 9090"
+    );
+}
+
+#[test]
+fn deployment_matches_configmap() {
+    let config = configmap_config();
+    let deployment = read("deploy/kubernetes/deployment.yaml");
+
+    let ingress = port_of(value_of(&config, "ingress").expect("listen.ingress"));
+    let admin = port_of(value_of(&config, "admin").expect("listen.admin"));
+    assert_eq!(admin, 9090, "admin listener port");
+    assert_eq!(container_port(&deployment, "http"), ingress);
+    assert_eq!(container_port(&deployment, "admin"), admin);
+
+    for (probe, path) in [
+        ("readinessProbe:", "/readyz"),
+        ("livenessProbe:", "/healthz"),
+    ] {
+        let block = block_after(&deployment, probe, false).join("\n");
+        assert_eq!(value_of(&block, "path"), Some(path), "{probe} path");
+        let port = value_of(&block, "port").unwrap_or_else(|| panic!("{probe} has no port"));
+        assert_eq!(
+            resolve_port(&deployment, port),
+            admin,
+            "{probe} must probe the admin port"
+        );
+    }
+
+    assert_eq!(
+        value_of(&deployment, "prometheus.io/port"),
+        Some(admin.to_string().as_str()),
+        "scrape annotation port"
+    );
+    assert_eq!(
+        value_of(&deployment, "prometheus.io/path"),
+        Some("/metrics")
+    );
+
+    let grace = number_of(&config, "grace_period_s");
+    let drain = number_of(&config, "drain_timeout_s");
+    let termination = number_of(&deployment, "terminationGracePeriodSeconds");
+    assert!(
+        termination > grace + drain,
+        "terminationGracePeriodSeconds {termination} must exceed grace_period_s {grace} + \
+         drain_timeout_s {drain}, or the kubelet kills isogate while it drains"
+    );
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let dir = repo_root().join("deploy/kubernetes");
+    let text = read("deploy/kubernetes/kustomization.yaml");
+    let listed: BTreeSet<String> = block_after(&text, "resources:", false)
+        .iter()
+        .filter_map(|l| l.trim().strip_prefix("- "))
+        .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
+        .collect();
+    let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
+        .expect("deploy/kubernetes")
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, on_disk, "kustomization.yaml resources vs files");
+}
