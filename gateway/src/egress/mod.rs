@@ -479,25 +479,10 @@ impl Inner {
                 &self.strict
             };
             let sent = tokio::time::timeout(RESPONSE_TIMEOUT, client.request(hyper_request)).await;
-            let response = match sent {
-                Err(_) => {
-                    audit(
-                        &invoker,
-                        &method,
-                        &target,
-                        rule_name.as_deref(),
-                        "allow",
-                        credential_name.as_deref(),
-                        None,
-                        0,
-                        started,
-                    );
-                    return Err(EgressError::Rejected(format!(
-                        "fetch to {host} failed: timed out"
-                    )));
-                }
-                Ok(Err(e)) => {
-                    if let Some(refused) = guard_refusal(&e) {
+            let what = match sent {
+                Ok(Ok(response)) => Ok(response),
+                Ok(Err(e)) => match guard_refusal(&e) {
+                    Some(refused) => {
                         return Err(self.ssrf_refusal(
                             &invoker,
                             &method,
@@ -505,29 +490,32 @@ impl Inner {
                             rule_name.as_deref(),
                             started,
                             refused.to_string(),
-                        ));
+                        ))
                     }
+                    None if e.is_connect() => Err("could not connect"),
+                    None => Err("connection error"),
+                },
+                Err(_) => Err("timed out"),
+            };
+            let response = match what {
+                Ok(response) => response,
+                Err(what) => {
+                    let cred = credential_name.as_deref();
                     audit(
                         &invoker,
                         &method,
                         &target,
                         rule_name.as_deref(),
                         "allow",
-                        credential_name.as_deref(),
+                        cred,
                         None,
                         0,
                         started,
                     );
-                    let what = if e.is_connect() {
-                        "could not connect"
-                    } else {
-                        "connection error"
-                    };
                     return Err(EgressError::Rejected(format!(
                         "fetch to {host} failed: {what}"
                     )));
                 }
-                Ok(Ok(r)) => r,
             };
             let status = response.status().as_u16();
             let response_headers: Vec<(String, String)> = response
