@@ -1,5 +1,6 @@
 //! A minimal keep-alive HTTP/1.1 client for the load generator: one request at a time on one
-//! connection, bodies framed by `Content-Length` (isogate always sends it).
+//! connection, response bodies framed by `Content-Length` (isogate always sends it) or
+//! `Transfer-Encoding: chunked` (which workerd may use).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -61,6 +62,7 @@ impl Conn {
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| invalid("bad status line"))?;
         let mut length = 0usize;
+        let mut chunked = false;
         loop {
             line.clear();
             if self.reader.read_line(&mut line)? == 0 {
@@ -76,11 +78,46 @@ impl Conn {
                         .trim()
                         .parse()
                         .map_err(|_| invalid("bad content-length"))?;
+                } else if k.eq_ignore_ascii_case("transfer-encoding")
+                    && v.trim().eq_ignore_ascii_case("chunked")
+                {
+                    chunked = true;
                 }
             }
+        }
+        if chunked {
+            return Ok((status, self.read_chunked()?));
         }
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body)?;
         Ok((status, body))
+    }
+
+    /// Reads a chunked body, discarding chunk extensions and trailers.
+    fn read_chunked(&mut self) -> io::Result<Vec<u8>> {
+        let mut body = Vec::new();
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.reader.read_line(&mut line)? == 0 {
+                return Err(invalid("eof in chunk size"));
+            }
+            let size = line.trim_end().split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size, 16).map_err(|_| invalid("bad chunk size"))?;
+            if size == 0 {
+                // Trailers, then the empty line that ends the message.
+                loop {
+                    line.clear();
+                    if self.reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+                        return Ok(body);
+                    }
+                }
+            }
+            let start = body.len();
+            body.resize(start + size, 0);
+            self.reader.read_exact(&mut body[start..])?;
+            line.clear();
+            self.reader.read_line(&mut line)?;
+        }
     }
 }

@@ -2,13 +2,20 @@
 //!
 //! Builds the release `isogate` binary with cargo, starts it on loopback with a bench config,
 //! drives it with a keep-alive HTTP/1.1 load generator (fixed concurrency, fixed duration,
-//! warm-up excluded, HDR histogram) and prints one markdown table.
+//! warm-up excluded, HDR histogram) and prints markdown tables.
+//!
+//! The load(), warm get() and memory scenarios also run against Cloudflare's workerd (installed
+//! from npm into a temporary directory, see `peer.rs`) serving the same hello Worker through its
+//! Worker Loader, interleaved pair by pair with isogate's runs so that drift on a shared machine
+//! affects both alike. Without npm or workerd the runner says so and reports isogate alone.
 //!
 //! ```text
-//! cargo run --release -p isogate-benches -- [--quick] [--seconds N] [--only load|get|execute|memory]
+//! cargo run --release -p isogate-benches -- [--quick] [--seconds N] [--no-workerd]
+//!     [--only load|get|execute|egress|memory]
 //! ```
 
 mod client;
+mod peer;
 #[path = "../../tests/common/upstream.rs"]
 mod upstream;
 
@@ -30,6 +37,14 @@ struct Opts {
     warmup: f64,
     quick: bool,
     only: Option<String>,
+    no_workerd: bool,
+}
+
+impl Opts {
+    /// Whether scenario `tag` runs (all do unless `--only` names another).
+    fn wants(&self, tag: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| o == tag)
+    }
 }
 
 fn parse_opts() -> Opts {
@@ -51,6 +66,7 @@ fn parse_opts() -> Opts {
         warmup: if quick { 0.3 } else { 2.0 },
         quick,
         only,
+        no_workerd: args.iter().any(|a| a == "--no-workerd"),
     }
 }
 
@@ -95,11 +111,14 @@ mod tempfile_dir {
 
     impl Dir {
         pub fn new(tag: &str) -> Dir {
+            Dir::try_new(tag).expect("temp dir")
+        }
+        pub fn try_new(tag: &str) -> std::io::Result<Dir> {
             let p =
                 std::env::temp_dir().join(format!("isogate-bench-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&p);
-            std::fs::create_dir_all(&p).expect("temp dir");
-            Dir(p)
+            std::fs::create_dir_all(&p)?;
+            Ok(Dir(p))
         }
         pub fn path(&self) -> &Path {
             &self.0
@@ -174,9 +193,13 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
+        // SIGTERM for a clean shutdown; SIGKILL if the `kill` command is not at hand.
+        let term = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
+        if !term.is_ok_and(|s| s.success()) {
+            let _ = self.child.kill();
+        }
         let _ = self.child.wait();
     }
 }
@@ -211,6 +234,8 @@ struct Outcome {
     errors: u64,
     seconds: f64,
     hist: Histogram<u64>,
+    /// The first failure seen (a non-200 status or an I/O error), for the notes.
+    first_error: Option<String>,
 }
 
 impl Outcome {
@@ -223,22 +248,37 @@ impl Outcome {
 }
 
 /// Runs `concurrency` keep-alive connections for warm-up + `seconds`; only requests that start
-/// after the warm-up are recorded.
-fn drive(addr: &str, req: &Req, concurrency: usize, warmup: f64, seconds: f64) -> Outcome {
+/// after the warm-up are recorded. A connection that cannot be (re)opened ends the run with
+/// `Err`; non-200 answers and I/O errors on a request are counted in `errors`.
+fn drive(
+    addr: &str,
+    req: &Req,
+    concurrency: usize,
+    warmup: f64,
+    seconds: f64,
+) -> Result<Outcome, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(seconds);
     let auth = format!("Bearer {KEY}");
+    let new_hist = || {
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| format!("histogram: {e}"))
+    };
     let handles: Vec<_> = (0..concurrency)
         .map(|_| {
             let (addr, req, stop, auth) =
                 (addr.to_string(), req.clone(), stop.clone(), auth.clone());
             std::thread::spawn(move || {
-                let mut hist =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-                let (mut n, mut errors) = (0u64, 0u64);
-                let mut conn = Conn::connect(&addr).expect("connect");
+                let mut hist = new_hist()?;
+                let (mut n, mut errors, mut first_error) = (0u64, 0u64, None);
+                let connect = |stop: &AtomicBool| {
+                    Conn::connect(&addr).map_err(|e| {
+                        stop.store(true, Ordering::Relaxed);
+                        format!("connect {addr}: {e}")
+                    })
+                };
+                let mut conn = connect(&stop)?;
                 let headers = [
                     ("authorization", auth.as_str()),
                     ("content-type", "application/json"),
@@ -248,40 +288,136 @@ fn drive(addr: &str, req: &Req, concurrency: usize, warmup: f64, seconds: f64) -
                     if t0 >= end {
                         break;
                     }
-                    let ok = match conn.request(req.method, &req.path, &headers, &req.body) {
-                        Ok((200, _)) => true,
-                        Ok(_) => false,
-                        Err(_) => {
-                            conn = Conn::connect(&addr).expect("reconnect");
-                            false
+                    let failure = match conn.request(req.method, &req.path, &headers, &req.body) {
+                        Ok((200, _)) => None,
+                        Ok((status, body)) => Some(format!(
+                            "status {status}: {}",
+                            String::from_utf8_lossy(&body[..body.len().min(160)])
+                        )),
+                        Err(e) => {
+                            conn = connect(&stop)?;
+                            Some(format!("i/o: {e}"))
                         }
                     };
                     if t0 >= measure_from {
                         n += 1;
-                        if !ok {
+                        if let Some(f) = failure {
                             errors += 1;
+                            first_error.get_or_insert(f);
                         }
                         let _ = hist.record((t0.elapsed().as_micros() as u64).max(1));
                     }
                 }
-                (n, errors, hist)
+                Ok::<_, String>((n, errors, first_error, hist))
             })
         })
         .collect();
-    let mut total = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram");
-    let (mut requests, mut errors) = (0, 0);
+    let mut total = new_hist()?;
+    let (mut requests, mut errors, mut first_error, mut failed) = (0, 0, None, None);
     for h in handles {
-        let (n, e, hist) = h.join().expect("load thread");
-        requests += n;
-        errors += e;
-        let _ = total.add(hist);
+        match h.join() {
+            Ok(Ok((n, e, f, hist))) => {
+                requests += n;
+                errors += e;
+                first_error = first_error.or(f);
+                let _ = total.add(hist);
+            }
+            Ok(Err(e)) => failed = failed.or(Some(e)),
+            Err(_) => failed = failed.or(Some("load thread panicked".to_string())),
+        }
     }
     stop.store(true, Ordering::Relaxed);
-    Outcome {
-        requests,
-        errors,
-        seconds,
-        hist: total,
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(Outcome {
+            requests,
+            errors,
+            seconds,
+            hist: total,
+            first_error,
+        }),
+    }
+}
+
+/// One measured run and the server's RSS (KiB) just before and just after it.
+struct Run {
+    o: Outcome,
+    rss_start: u64,
+    rss_end: u64,
+}
+
+fn measure(
+    addr: &str,
+    rss: impl Fn() -> u64,
+    req: &Req,
+    c: usize,
+    opts: &Opts,
+) -> Result<Run, String> {
+    let rss_start = rss();
+    let o = drive(addr, req, c, opts.warmup, opts.seconds)?;
+    Ok(Run {
+        o,
+        rss_start,
+        rss_end: rss(),
+    })
+}
+
+/// One run against workerd. A workerd that has exited is dropped, so later runs report n/a;
+/// a run in which every request failed is an error.
+fn measure_peer(
+    wd: &mut Option<peer::Workerd>,
+    req: &Req,
+    c: usize,
+    opts: &Opts,
+) -> Option<Result<Run, String>> {
+    let w = wd.as_mut()?;
+    let run = measure(&w.addr, || w.rss_kib(), req, c, opts);
+    if let Err(e) = w.alive() {
+        *wd = None;
+        return Some(Err(e));
+    }
+    Some(run.and_then(|r| {
+        if r.o.requests > 0 && r.o.errors == r.o.requests {
+            Err(format!(
+                "all {} requests failed (first: {})",
+                r.o.requests,
+                r.o.first_error.as_deref().unwrap_or("?")
+            ))
+        } else {
+            Ok(r)
+        }
+    }))
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+/// The cells of one side of a comparison row: req/s, p50/p99, RSS start → end.
+fn cells(run: Option<&Result<Run, String>>, none: &str) -> [String; 3] {
+    match run {
+        Some(Ok(r)) => {
+            let errors = if r.o.errors > 0 {
+                format!(" ({} errors)", r.o.errors)
+            } else {
+                String::new()
+            };
+            [
+                format!("{:.0}{errors}", r.o.rps()),
+                format!("{:.3} / {:.3}", r.o.p(0.5), r.o.p(0.99)),
+                format!("{:.1} → {:.1}", mib(r.rss_start), mib(r.rss_end)),
+            ]
+        }
+        Some(Err(_)) => ["error".into(), "error".into(), "error".into()],
+        None => [none.into(), none.into(), none.into()],
+    }
+}
+
+/// `a / b` as a ratio cell, or `—`.
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "—".into(),
     }
 }
 
@@ -308,7 +444,87 @@ fn main() {
         opts.warmup
     );
 
-    let g = Gateway::start(&bin, "main", 1000);
+    let peer_wanted = opts.wants("load") || opts.wants("get") || opts.wants("memory");
+    let install = if opts.no_workerd {
+        println!("workerd: skipped (--no-workerd)\n");
+        None
+    } else if !peer_wanted {
+        None
+    } else {
+        let t0 = Instant::now();
+        match peer::install() {
+            Ok(i) => {
+                println!(
+                    "peer: {} (npm workerd@{}, installed in {:.1}s; native binary {})\n",
+                    i.version,
+                    peer::WORKERD_NPM_VERSION,
+                    t0.elapsed().as_secs_f64(),
+                    i.bin.display()
+                );
+                Some(i)
+            }
+            Err(e) => {
+                println!("workerd: {e} (reporting isogate only)\n");
+                None
+            }
+        }
+    };
+
+    if opts.wants("load") || opts.wants("get") || opts.wants("execute") {
+        main_table(&bin, install.as_ref(), &opts);
+    }
+
+    if opts.wants("egress") {
+        egress_scenario(&bin, &opts);
+    }
+
+    if opts.wants("memory") {
+        memory_table(&bin, install.as_ref(), &opts);
+    }
+}
+
+/// Scenario 5: RSS growth per distinct cached Worker, isogate then workerd for each N.
+fn memory_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
+    let sizes: &[usize] = if opts.quick { &[200] } else { &[200, 1000] };
+    println!(
+        "\n| cached Workers N | isogate RSS growth per Worker (KiB) | workerd RSS growth per Worker (KiB) | ratio (workerd ÷ isogate) |"
+    );
+    println!("|---|---|---|---|");
+    let mut notes = Vec::new();
+    for &n in sizes {
+        let iso = isogate_memory(bin, n);
+        let peer = install.map(|i| workerd_memory(i, n));
+        let cell = |r: Option<&Result<f64, String>>, who: &str, notes: &mut Vec<String>| match r {
+            Some(Ok(k)) => format!("{k:.0}"),
+            Some(Err(e)) => {
+                notes.push(format!("{who}: N={n}: {e}"));
+                "error".into()
+            }
+            None => "n/a".into(),
+        };
+        println!(
+            "| {n} | {} | {} | {} |",
+            cell(Some(&iso), "isogate", &mut notes),
+            cell(peer.as_ref(), "workerd", &mut notes),
+            ratio(
+                peer.as_ref().and_then(|r| r.as_ref().ok().copied()),
+                iso.as_ref().ok().copied()
+            )
+        );
+    }
+    println!(
+        "\nRSS growth of the process from just before to just after creating and calling N distinct Workers, \
+         divided by N; ratio above 1× means isogate uses less memory per Worker."
+    );
+    for n in &notes {
+        println!("- {n}");
+    }
+}
+
+/// Scenarios 1–3: load(), warm get() and execute at c=1 and c=16; load() and get() paired with
+/// workerd run by run.
+fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
+    let g = Gateway::start(bin, "main", 1000);
     let worker = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
     let load = Req {
         method: "POST",
@@ -336,86 +552,138 @@ fn main() {
         path: "/v1/execute".into(),
         body: serde_json::to_vec(&serde_json::json!({ "code": SNIPPET })).unwrap_or_default(),
     };
+    let peer_get = |path: &str| Req {
+        method: "GET",
+        path: path.into(),
+        body: Vec::new(),
+    };
+    let (wd_load, wd_get) = (peer_get("/load"), peer_get("/get"));
+    let wd_load_once = peer_get("/load-once");
 
-    println!("| scenario | c | req/s | p50 ms | p99 ms | errors | RSS start → end (MiB) |");
-    println!("|---|---|---|---|---|---|---|");
-    for (tag, name, req) in [
-        ("load", "load() hello", &load),
-        ("get", "warm get() hello", &get),
-        ("execute", "execute snippet", &exec),
+    println!(
+        "| scenario | c | isogate req/s | workerd req/s | ratio | isogate p50/p99 ms | workerd p50/p99 ms | p50 ratio | isogate RSS start→end MiB | workerd RSS start→end MiB |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let mut notes = Vec::new();
+    for (tag, name, req, peer_req) in [
+        ("load", "load() hello", &load, Some(&wd_load)),
+        (
+            "load",
+            "load() hello vs workerd LOADER.load()",
+            &load,
+            Some(&wd_load_once),
+        ),
+        ("get", "warm get() hello", &get, Some(&wd_get)),
+        ("execute", "execute snippet (isogate only)", &exec, None),
     ] {
-        if opts.only.as_deref().is_some_and(|o| o != tag) {
+        if !opts.wants(tag) {
             continue;
         }
+        // A fresh workerd per scenario, so that isolates its loader retained during one
+        // scenario (load() keeps every id it saw) do not weigh on the next.
+        let mut wd = match (peer_req, install) {
+            (Some(_), Some(i)) => match peer::Workerd::start(i, tag, HELLO) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    notes.push(format!("workerd: {name}: {e}"));
+                    None
+                }
+            },
+            _ => None,
+        };
         for c in [1usize, 16] {
-            let before = g.rss_kib();
-            let o = drive(&g.ingress, req, c, opts.warmup, opts.seconds);
-            let after = g.rss_kib();
+            // Pair by pair: isogate, then workerd on the same scenario and concurrency.
+            let iso = measure(&g.ingress, || g.rss_kib(), req, c, opts);
+            let peer = peer_req.and_then(|r| measure_peer(&mut wd, r, c, opts));
+            for (who, run) in [("isogate", Some(&iso)), ("workerd", peer.as_ref())] {
+                match run {
+                    Some(Err(e)) => notes.push(format!("{who}: {name} c={c}: {e}")),
+                    Some(Ok(r)) if r.o.errors > 0 => notes.push(format!(
+                        "{who}: {name} c={c}: {} of {} requests failed (first: {})",
+                        r.o.errors,
+                        r.o.requests,
+                        r.o.first_error.as_deref().unwrap_or("?")
+                    )),
+                    _ => {}
+                }
+            }
+            let none = if peer_req.is_some() { "n/a" } else { "—" };
+            let (i, w) = (
+                iso.as_ref().ok(),
+                peer.as_ref().and_then(|r| r.as_ref().ok()),
+            );
+            let [i_rps, i_lat, i_rss] = cells(Some(&iso), none);
+            let [w_rps, w_lat, w_rss] = cells(peer.as_ref(), none);
             println!(
-                "| {name} | {c} | {:.0} | {:.3} | {:.3} | {} | {:.1} → {:.1} |",
-                o.rps(),
-                o.p(0.5),
-                o.p(0.99),
-                o.errors,
-                before as f64 / 1024.0,
-                after as f64 / 1024.0
+                "| {name} | {c} | {i_rps} | {w_rps} | {} | {i_lat} | {w_lat} | {} | {i_rss} | {w_rss} |",
+                ratio(i.map(|r| r.o.rps()), w.map(|r| r.o.rps())),
+                ratio(w.map(|r| r.o.p(0.5)), i.map(|r| r.o.p(0.5))),
             );
         }
     }
+    println!(
+        "\nratio = isogate req/s ÷ workerd req/s; p50 ratio = workerd p50 ÷ isogate p50: above 1× isogate is better. \
+         RSS is the VmRSS of the isogate process and of the workerd process just before and after each run; \
+         one isogate serves all rows, a fresh workerd each scenario. workerd's load() is \
+         `LOADER.get(crypto.randomUUID(), ...)` (a fresh isolate per request, which workerd keeps cached: its RSS grows), \
+         the `LOADER.load()` rows use workerd's one-shot `LOADER.load(...)` (not retained), its get() `LOADER.get(\"hello\", ...)`."
+    );
+    for n in &notes {
+        println!("- {n}");
+    }
     drop(g);
+}
 
-    if opts.only.as_deref().is_none_or(|o| o == "egress") {
-        egress_scenario(&bin, &opts);
-    }
-
-    println!("\n| cached Workers N | RSS growth per Worker (KiB) |");
-    println!("|---|---|");
-    let sizes: &[usize] = match (opts.quick, opts.only.as_deref()) {
-        (_, Some(o)) if o != "memory" => &[],
-        (true, _) => &[200],
-        (false, _) => &[200, 1000],
-    };
-    for &n in sizes {
-        let g = Gateway::start(&bin, &format!("mem{n}"), n + 10);
-        let mut conn = Conn::connect(&g.ingress).expect("connect");
-        // Warm the path once so one-time allocations are not charged to the Workers.
-        let warm = serde_json::to_vec(&worker).unwrap_or_default();
-        let _ = conn.request(
-            "PUT",
-            "/v1/workers/warmup",
-            &[("authorization", &auth)],
-            &warm,
-        );
-        let _ = conn.request("GET", "/w/warmup/", &[("authorization", &auth)], b"");
-        let before = g.rss_kib();
-        for i in 0..n {
-            let code = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": format!("const id = {i}; {HELLO}")}});
-            let body = serde_json::to_vec(&code).unwrap_or_default();
-            let (s, _) = conn
-                .request(
-                    "PUT",
-                    &format!("/v1/workers/w{i}"),
-                    &[("authorization", &auth)],
-                    &body,
-                )
-                .expect("put");
-            assert!(s == 201 || s == 200);
-            let (s, _) = conn
-                .request(
-                    "GET",
-                    &format!("/w/w{i}/"),
-                    &[("authorization", &auth)],
-                    b"",
-                )
-                .expect("get");
-            assert_eq!(s, 200);
+/// isogate: RSS growth per cached Worker after storing and calling `n` distinct Workers.
+fn isogate_memory(bin: &Path, n: usize) -> Result<f64, String> {
+    let g = Gateway::start(bin, &format!("mem{n}"), n + 10);
+    let mut conn = Conn::connect(&g.ingress).map_err(|e| format!("connect: {e}"))?;
+    let auth = format!("Bearer {KEY}");
+    let worker = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
+    // Warm the path once so one-time allocations are not charged to the Workers.
+    let warm = serde_json::to_vec(&worker).unwrap_or_default();
+    let _ = conn.request(
+        "PUT",
+        "/v1/workers/warmup",
+        &[("authorization", &auth)],
+        &warm,
+    );
+    let _ = conn.request("GET", "/w/warmup/", &[("authorization", &auth)], b"");
+    let before = g.rss_kib();
+    for i in 0..n {
+        let code = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": format!("const id = {i}; {HELLO}")}});
+        let body = serde_json::to_vec(&code).unwrap_or_default();
+        let headers = [("authorization", auth.as_str())];
+        match conn.request("PUT", &format!("/v1/workers/w{i}"), &headers, &body) {
+            Ok((200 | 201, _)) => {}
+            other => return Err(format!("PUT w{i}: {other:?}")),
         }
-        let after = g.rss_kib();
-        println!(
-            "| {n} | {:.0} |",
-            after.saturating_sub(before) as f64 / n as f64
-        );
+        match conn.request("GET", &format!("/w/w{i}/"), &headers, b"") {
+            Ok((200, _)) => {}
+            other => return Err(format!("GET w{i}: {other:?}")),
+        }
     }
+    let after = g.rss_kib();
+    Ok(after.saturating_sub(before) as f64 / n as f64)
+}
+
+/// workerd: RSS growth per cached Worker after calling `n` distinct Worker ids through the loader.
+fn workerd_memory(install: &peer::Install, n: usize) -> Result<f64, String> {
+    let mut w = peer::Workerd::start(install, &format!("mem{n}"), HELLO)?;
+    let mut conn = Conn::connect(&w.addr).map_err(|e| format!("connect: {e}"))?;
+    // Start-up already called /load and /get once: the path is warm.
+    let before = w.rss_kib();
+    for i in 0..n {
+        match conn.request("GET", &format!("/mem/{i}"), &[], b"") {
+            Ok((200, _)) => {}
+            other => {
+                w.alive()?;
+                return Err(format!("GET /mem/{i}: {other:?}"));
+            }
+        }
+    }
+    let after = w.rss_kib();
+    Ok(after.saturating_sub(before) as f64 / n as f64)
 }
 
 /// Scenario: a Worker that fetches a loopback upstream through the full egress pipeline (rule
@@ -468,25 +736,30 @@ fn egress_scenario(bin: &Path, opts: &Opts) {
         opts.warmup,
         opts.seconds,
     );
-    println!("\n| egress (c=1) | p50 ms | p99 ms | errors |");
+    println!("\n| egress (c=1), isogate only | p50 ms | p99 ms | errors |");
     println!("|---|---|---|---|");
     for (name, o) in [
         ("get() of a Worker that fetches the upstream", &through),
         ("get() of hello (no fetch)", &plain),
         ("client → upstream directly", &direct),
     ] {
+        match o {
+            Ok(o) => println!(
+                "| {name} | {:.3} | {:.3} | {} |",
+                o.p(0.5),
+                o.p(0.99),
+                o.errors
+            ),
+            Err(e) => println!("| {name} | error: {e} | | |"),
+        }
+    }
+    if let (Ok(through), Ok(plain), Ok(direct)) = (&through, &plain, &direct) {
         println!(
-            "| {name} | {:.3} | {:.3} | {} |",
-            o.p(0.5),
-            o.p(0.99),
-            o.errors
+            "| **added by the egress hop** (fetching − hello − direct) | {:.3} | {:.3} | |",
+            o_sub(through, plain, direct, 0.5),
+            o_sub(through, plain, direct, 0.99)
         );
     }
-    println!(
-        "| **added by the egress hop** (fetching − hello − direct) | {:.3} | {:.3} | |",
-        o_sub(&through, &plain, &direct, 0.5),
-        o_sub(&through, &plain, &direct, 0.99)
-    );
 }
 
 fn o_sub(a: &Outcome, b: &Outcome, c: &Outcome, q: f64) -> f64 {
