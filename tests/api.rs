@@ -12,6 +12,14 @@ fn gateway() -> Gateway {
     Gateway::start(POOL, &common::tenants_yaml())
 }
 
+/// alpha, beta and a tenant `tiny` (key `tiny-key`) with the given limits.
+fn gateway_with_tiny(limits: &str) -> Gateway {
+    Gateway::start(
+        POOL,
+        &(common::tenants_yaml() + &common::tenant_yaml("tiny", "tiny-key", limits)),
+    )
+}
+
 fn error_kind(r: reqwest::blocking::Response) -> (u16, String, String) {
     let status = r.status().as_u16();
     let v: Value = r.json().expect("error body is JSON");
@@ -214,15 +222,8 @@ fn list_shows_warm_and_cold_workers() {
 
 #[test]
 fn error_statuses_are_json_with_kind_and_message() {
-    let g = Gateway::start(
-        POOL,
-        &(common::tenants_yaml()
-            + &common::tenant_yaml(
-                "tiny",
-                "tiny-key",
-                "max_body_bytes: 1024, max_concurrency: 1, max_queue: 0, wall_ms: 10000",
-            )),
-    );
+    let g =
+        gateway_with_tiny("max_body_bytes: 1024, max_concurrency: 1, max_queue: 0, wall_ms: 10000");
     // 401: missing and unknown keys.
     let r = g
         .client
@@ -313,15 +314,7 @@ fn error_statuses_are_json_with_kind_and_message() {
 
 #[test]
 fn tenant_over_its_concurrency_gets_429_with_retry_after() {
-    let g = Gateway::start(
-        POOL,
-        &(common::tenants_yaml()
-            + &common::tenant_yaml(
-                "tiny",
-                "tiny-key",
-                "max_concurrency: 1, max_queue: 0, wall_ms: 10000",
-            )),
-    );
+    let g = gateway_with_tiny("max_concurrency: 1, max_queue: 0, wall_ms: 10000");
     let slow = worker("export default { async fetch() { await new Promise(r => setTimeout(r, 1500)); return new Response('slow'); } }");
     assert_eq!(g.put_worker("tiny-key", "slow", &slow).status(), 201);
     let (client, url) = (g.client.clone(), g.url("/w/slow/"));

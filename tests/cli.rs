@@ -14,6 +14,13 @@ fn isogate(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `isogate explain --config CONFIG --tenant TENANT METHOD URL`.
+fn explain(config: &str, tenant: &str, method: &str, url: &str) -> (i32, String, String) {
+    isogate(&[
+        "explain", "--config", config, "--tenant", tenant, method, url,
+    ])
+}
+
 fn example() -> String {
     format!(
         "{}/../deploy/examples/isogate.yaml",
@@ -144,15 +151,12 @@ fn local_config() -> (tempfile::TempDir, String) {
 
 #[test]
 fn explain_an_allowed_request_with_credential_and_rate_limits() {
-    let (code, out, err) = isogate(&[
-        "explain",
-        "--config",
+    let (code, out, err) = explain(
         &egress_example(),
-        "--tenant",
         "demo",
         "GET",
         "https://api.github.com/repos/x/y",
-    ]);
+    );
     assert!(out.contains("host:      api.github.com"), "{out}{err}");
     assert!(out.contains("port:      443"), "{out}");
     assert!(out.contains("path:      /repos/x/y"), "{out}");
@@ -175,15 +179,7 @@ fn explain_an_allowed_request_with_credential_and_rate_limits() {
 #[test]
 fn explain_localhost_with_allow_private_passes() {
     let (_dir, config) = local_config();
-    let (code, out, err) = isogate(&[
-        "explain",
-        "-c",
-        &config,
-        "-t",
-        "ops",
-        "POST",
-        "http://LOCALHOST:8080/a/./b?x=1",
-    ]);
+    let (code, out, err) = explain(&config, "ops", "POST", "http://LOCALHOST:8080/a/./b?x=1");
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("host:      localhost"), "{out}");
     assert!(out.contains("path:      /a/b"), "{out}");
@@ -202,15 +198,7 @@ fn explain_localhost_with_allow_private_passes() {
 #[test]
 fn explain_localhost_without_allow_private_is_refused() {
     let (_dir, config) = local_config();
-    let (code, out, err) = isogate(&[
-        "explain",
-        "-c",
-        &config,
-        "-t",
-        "strict",
-        "GET",
-        "http://localhost:8080/",
-    ]);
+    let (code, out, err) = explain(&config, "strict", "GET", "http://localhost:8080/");
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains("allow, rule `localhost`"), "{out}");
     assert!(out.contains("credential:  none"), "{out}");
@@ -222,15 +210,12 @@ fn explain_localhost_without_allow_private_is_refused() {
 #[test]
 fn explain_cloud_metadata_is_refused_even_with_allow_private() {
     let (_dir, config) = local_config();
-    let (code, out, err) = isogate(&[
-        "explain",
-        "-c",
+    let (code, out, err) = explain(
         &config,
-        "-t",
         "ops",
         "GET",
         "http://169.254.169.254/latest/meta-data/",
-    ]);
+    );
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains("allow, rule `metadata`"), "{out}");
     assert!(out.contains("allow_private: true"), "{out}");
@@ -240,15 +225,12 @@ fn explain_cloud_metadata_is_refused_even_with_allow_private() {
 
 #[test]
 fn explain_an_unknown_host_is_denied() {
-    let (code, out, err) = isogate(&[
-        "explain",
-        "--config",
+    let (code, out, err) = explain(
         &egress_example(),
-        "--tenant",
         "demo",
         "GET",
         "https://evil.example.org/x",
-    ]);
+    );
     assert_eq!(code, 2, "{out}{err}");
     assert!(
         out.contains("deny: no egress rule allows host evil.example.org"),
@@ -320,15 +302,7 @@ fn explain_json_has_the_documented_shape() {
 #[test]
 fn explain_an_unknown_tenant_lists_the_tenants() {
     let (_dir, config) = local_config();
-    let (code, out, err) = isogate(&[
-        "explain",
-        "-c",
-        &config,
-        "-t",
-        "nobody",
-        "GET",
-        "http://localhost/",
-    ]);
+    let (code, out, err) = explain(&config, "nobody", "GET", "http://localhost/");
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("unknown tenant `nobody`"), "{err}");
     assert!(err.contains("ops, strict"), "{err}");
@@ -364,15 +338,7 @@ fn explain_argument_errors_exit_1_and_refused_urls_exit_2() {
     // Exit 2 means "denied or refused", so a usage error must not produce it.
     let (code, _, err) = isogate(&["explain", "-c", &egress_example(), "-t", "demo", "GET"]);
     assert_eq!(code, 1, "{err}");
-    let (code, _, err) = isogate(&[
-        "explain",
-        "-c",
-        &egress_example(),
-        "-t",
-        "demo",
-        "GET",
-        "ftp://api.github.com/",
-    ]);
+    let (code, _, err) = explain(&egress_example(), "demo", "GET", "ftp://api.github.com/");
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("URL scheme `ftp` is not allowed"), "{err}");
     let (code, out, _) = isogate(&["explain", "--help"]);
