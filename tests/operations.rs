@@ -120,11 +120,7 @@ fn metrics_move_with_real_traffic() {
             return s;
         }
     });
-    wait_for("a 429", || {
-        g.post_json(ALPHA_KEY, "/v1/execute", &json!({"code": "async () => 1"}))
-            .status()
-            == 429
-    });
+    wait_for("a 429", || g.execute_status(ALPHA_KEY) == 429);
     assert_eq!(holder.join().unwrap().unwrap(), 200);
     assert!(m(r#"isogate_tenant_rejections_total{reason="concurrency",tenant="alpha"}"#) >= 1.0);
 }
@@ -181,30 +177,14 @@ fn reload_applies_valid_configs_keeps_the_last_good_one_and_never_fails_a_reques
     };
 
     // v2: a new tenant, a removed key. Applied when the file changes.
-    assert_eq!(
-        g.post_json(
-            "alpha-old-key",
-            "/v1/execute",
-            &json!({"code": "async () => 1"})
-        )
-        .status(),
-        200
-    );
+    assert_eq!(g.execute_status("alpha-old-key"), 200);
     g.rewrite_config(POOL, &(alpha(false) + &gamma));
     wait_for("reload of v2", || reloads(&g, "ok") >= 2.0);
     assert_eq!(
         g.execute("gamma-key", "async () => 'gamma'", json!({}))["result"],
         "gamma"
     );
-    assert_eq!(
-        g.post_json(
-            "alpha-old-key",
-            "/v1/execute",
-            &json!({"code": "async () => 1"})
-        )
-        .status(),
-        401
-    );
+    assert_eq!(g.execute_status("alpha-old-key"), 401);
 
     // An invalid file is rejected; the last good configuration keeps serving.
     let before = std::fs::read_to_string(g.config_path()).unwrap();
@@ -232,15 +212,7 @@ fn reload_applies_valid_configs_keeps_the_last_good_one_and_never_fails_a_reques
         .status()
         .unwrap();
     wait_for("reload of v3", || reloads(&g, "ok") >= 4.0);
-    assert_eq!(
-        g.post_json(
-            "gamma-key",
-            "/v1/execute",
-            &json!({"code": "async () => 1"})
-        )
-        .status(),
-        401
-    );
+    assert_eq!(g.execute_status("gamma-key"), 401);
     g.rewrite_config(POOL, &(alpha(false) + &gamma));
     wait_for("reload of v4", || reloads(&g, "ok") >= 5.0);
     assert_eq!(

@@ -239,6 +239,13 @@ impl Gateway {
             .expect("request")
     }
 
+    /// The status of a trivial `POST /v1/execute` as `key` (auth, admission, pool).
+    pub fn execute_status(&self, key: &str) -> u16 {
+        self.post_json(key, "/v1/execute", &json!({"code": "async () => 1"}))
+            .status()
+            .as_u16()
+    }
+
     pub fn execute(&self, key: &str, code: &str, env: Value) -> Value {
         let r = self.post_json(key, "/v1/execute", &json!({"code": code, "env": env}));
         assert_eq!(r.status(), 200);

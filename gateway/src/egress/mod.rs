@@ -77,10 +77,6 @@ impl GatewayEgress {
     }
 }
 
-fn host_text(target: &Target) -> String {
-    target.host.to_string()
-}
-
 /// One audit line per outbound request (never the query, never a secret).
 #[allow(clippy::too_many_arguments)]
 fn audit(
@@ -100,7 +96,7 @@ fn audit(
         worker_id = invoker.worker_id.as_deref().unwrap_or(""),
         method,
         scheme = %target.scheme,
-        host = %host_text(target),
+        host = %target.host.to_string(),
         port = target.port,
         path = %target.path,
         rule = rule.unwrap_or(""),
@@ -153,7 +149,7 @@ impl Inner {
             );
         }
         let limiters = snapshot.limiters.get(&invoker.tenant);
-        let host = host_text(&target);
+        let host = target.host.to_string();
         let mut report_only = false;
         let (rule_index, rule) = match tenant.egress.decide(method, &target) {
             Decision::Allow { rule } => (Some(rule), tenant.egress.rules.get(rule).cloned()),
@@ -373,7 +369,7 @@ impl Inner {
                 .filter(|_| !report_only);
             let origin = first.get_or_insert_with(|| target.clone()).clone();
             let allow_private = rule.as_ref().is_some_and(|r| r.allow_private);
-            let host = host_text(&target);
+            let host = target.host.to_string();
 
             // SSRF guard for IP literals (names are checked by the guarded resolver).
             if let TargetHost::Ip(ip) = &target.host {
