@@ -29,6 +29,8 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_credentials_injected_total",
     "isogate_secret_fetch_errors_total",
     "isogate_secrets_redacted_total",
+    "isogate_vault_read_duration_seconds",
+    "isogate_vault_up",
     "isogate_config_reloads_total",
     "isogate_config_last_reload_success_timestamp_seconds",
     "isogate_build_info",
@@ -101,6 +103,10 @@ pub struct Metrics {
     pub secret_fetch_errors: IntCounterVec,
     /// `isogate_secrets_redacted_total{credential}`.
     pub secrets_redacted: IntCounterVec,
+    /// `isogate_vault_read_duration_seconds{vault,outcome}` (`ok` or a `VaultError` label).
+    pub vault_read_duration: HistogramVec,
+    /// `isogate_vault_up{vault}`: 1 while every cached path's last read succeeded, else 0.
+    pub vault_up: IntGaugeVec,
     /// `isogate_config_reloads_total{result}` (`ok`, `rejected`).
     pub config_reloads: IntCounterVec,
     /// `isogate_config_last_reload_success_timestamp_seconds`.
@@ -147,6 +153,11 @@ fn histogram(
 /// 50 µs … ~1.6 s.
 fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.00005, 2.0, 16).unwrap_or_default()
+}
+
+/// 1 ms … ~8 s (a vault read times out at 5 s).
+fn vault_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.001, 2.0, 14).unwrap_or_default()
 }
 
 impl Metrics {
@@ -267,6 +278,19 @@ impl Metrics {
                 "isogate_secrets_redacted_total",
                 "Responses in which an injected secret was replaced with [REDACTED].",
                 &["credential"],
+            ),
+            vault_read_duration: histogram(
+                &r,
+                "isogate_vault_read_duration_seconds",
+                "Time of one vault read (timed out reads end at the 5 s vault timeout).",
+                &["vault", "outcome"],
+                vault_buckets(),
+            ),
+            vault_up: gauge_vec(
+                &r,
+                "isogate_vault_up",
+                "1 while the last read of every cached path of the vault succeeded, 0 while one is failing.",
+                &["vault"],
             ),
             config_reloads: counter(
                 &r,
@@ -404,6 +428,10 @@ mod tests {
         m.credentials_injected.with_label_values(&["c"]).inc();
         m.secret_fetch_errors.with_label_values(&["vault"]).inc();
         m.secrets_redacted.with_label_values(&["c"]).inc();
+        m.vault_read_duration
+            .with_label_values(&["v", "ok"])
+            .observe(0.01);
+        m.vault_up.with_label_values(&["v"]).set(1);
         m.config_reloads.with_label_values(&["ok"]).inc();
         m.config_last_success.set(1.0);
     }

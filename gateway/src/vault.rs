@@ -1,6 +1,13 @@
 //! Secrets for credential injection. A credential's value comes from an environment variable,
-//! a file (re-read when it changes) or HashiCorp Vault KV v2 (cached with a TTL, refreshed in
-//! the background, served stale during an outage up to `max_stale_s`, then failing closed).
+//! a file (re-read when it changes) or a HashiCorp Vault / OpenBao KV v2 secret.
+//!
+//! Vault secrets are cached per path and served *stale-while-revalidate*: a value younger than
+//! `cache_ttl_s` is used as is; an older one (up to `max_stale_s`) is still used while one
+//! background refresh runs; a read with no usable value waits for that same refresh (at most
+//! the vault timeout). Whatever the number of concurrent readers, a path never has more than one
+//! vault request open. Failed refreshes back off exponentially with jitter (capped at the
+//! smaller of `cache_ttl_s` and 30 s), and an outage is logged once when a path starts failing
+//! and once when it recovers, not once per request.
 //!
 //! Values live in `secrecy::SecretString` from the moment they are read; they are exposed only
 //! where the outbound header or query is written, and where responses are scrubbed. Errors name
@@ -9,6 +16,7 @@
 use crate::egress::client::{read_body_limited, HttpClient};
 use crate::metrics::Metrics;
 use bytes::Bytes;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use http_body_util::Full;
 use isogate_config::{CredentialConfig, Injection, SecretSource, TokenSource, VaultConfig};
 use secrecy::{ExposeSecret, SecretString};
@@ -16,6 +24,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
+
+/// How long one vault read may take (connect, headers and body).
+pub const VAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first retry delay after a failed read; doubles per failure up to the cap.
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// The longest retry delay, whatever `cache_ttl_s` is.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Largest vault answer read.
+const MAX_VAULT_BODY: usize = 1 << 20;
 
 /// Why a secret could not be had. Never contains a secret value.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -25,6 +42,76 @@ pub struct SecretError {
     pub credential: String,
     /// What went wrong with its source.
     pub reason: String,
+}
+
+/// Why one vault read failed. The variant is the `outcome` label of
+/// `isogate_vault_read_duration_seconds`. Never contains a secret value or the token.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VaultError {
+    /// The gateway's vault token could not be read.
+    #[error("vault `{vault}`: {detail}")]
+    Token {
+        /// The vault's name.
+        vault: String,
+        /// Which variable or file is missing.
+        detail: String,
+    },
+    /// No complete answer within [`VAULT_TIMEOUT`].
+    #[error("vault `{vault}` did not answer within {} s", VAULT_TIMEOUT.as_secs())]
+    Timeout {
+        /// The vault's name.
+        vault: String,
+    },
+    /// Connection refused, reset, DNS failure…
+    #[error("vault `{vault}` is unreachable: {detail}")]
+    Unreachable {
+        /// The vault's name.
+        vault: String,
+        /// The transport error.
+        detail: String,
+    },
+    /// 401/403: the token is invalid, expired, revoked, or not allowed to read the path.
+    #[error("vault `{vault}` denied reading {path} (HTTP {status}): the token is invalid, revoked or lacks a policy for it")]
+    Denied {
+        /// The vault's name.
+        vault: String,
+        /// The secret's path.
+        path: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// Any other unsuccessful status (404, 5xx, sealed…).
+    #[error("vault `{vault}` answered HTTP {status} for {path}")]
+    Status {
+        /// The vault's name.
+        vault: String,
+        /// The secret's path.
+        path: String,
+        /// The HTTP status.
+        status: u16,
+    },
+    /// A success status without a KV v2 document (`data.data` of strings).
+    #[error("vault `{vault}` answered no KV v2 `data.data` object for {path}")]
+    Invalid {
+        /// The vault's name.
+        vault: String,
+        /// The secret's path.
+        path: String,
+    },
+}
+
+impl VaultError {
+    /// The metric label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            VaultError::Token { .. } => "token",
+            VaultError::Timeout { .. } => "timeout",
+            VaultError::Unreachable { .. } => "unreachable",
+            VaultError::Denied { .. } => "denied",
+            VaultError::Status { .. } => "status",
+            VaultError::Invalid { .. } => "invalid",
+        }
+    }
 }
 
 /// A configured credential: where its value comes from and how it is attached.
@@ -84,12 +171,37 @@ impl FileSecret {
     }
 }
 
+/// The fields of one KV v2 secret as last read successfully.
 struct CachedDoc {
     fields: HashMap<String, SecretString>,
     fetched: Instant,
 }
 
-/// A HashiCorp Vault (KV v2, token auth).
+/// Completes when a refresh has stored its result in the slot.
+type Refresh = Shared<BoxFuture<'static, ()>>;
+
+/// The cache entry and refresh state of one vault path.
+#[derive(Default)]
+struct Slot {
+    /// The last successful read.
+    good: Option<CachedDoc>,
+    /// The one refresh in flight for this path, and when it started.
+    inflight: Option<(Refresh, Instant)>,
+    /// Consecutive failed reads (0 = healthy).
+    failures: u32,
+    /// No new read before this instant (backoff after a failure).
+    retry_at: Option<Instant>,
+    /// Why the last read failed.
+    last_error: Option<VaultError>,
+}
+
+/// What a reader does after looking at the slot.
+enum Step {
+    Done(Result<SecretString, String>),
+    Wait(Refresh),
+}
+
+/// A HashiCorp Vault or OpenBao server (KV v2, token auth).
 pub struct Vault {
     name: String,
     address: String,
@@ -97,7 +209,9 @@ pub struct Vault {
     ttl: Duration,
     max_stale: Duration,
     client: HttpClient,
-    cache: Mutex<HashMap<String, CachedDoc>>,
+    metrics: Arc<Metrics>,
+    runtime: tokio::runtime::Handle,
+    slots: Mutex<HashMap<String, Slot>>,
 }
 
 fn read_token(source: &TokenSource) -> Result<SecretString, String> {
@@ -111,8 +225,31 @@ fn read_token(source: &TokenSource) -> Result<SecretString, String> {
     }
 }
 
+/// A uniformly random fraction in [0, 1).
+fn random_fraction() -> f64 {
+    let mut bytes = [0u8; 8];
+    if getrandom::getrandom(&mut bytes).is_err() {
+        return 0.5;
+    }
+    (u64::from_le_bytes(bytes) >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// The delay before retrying after `failures` consecutive failed reads: exponential from
+/// [`BACKOFF_BASE`], capped at `cap`, with "equal jitter" (between half and all of the step) so
+/// that gateways restarted together do not retry in lockstep.
+fn backoff(failures: u32, cap: Duration) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let step = exp.min(cap);
+    step / 2 + step.mul_f64(random_fraction() / 2.0)
+}
+
 impl Vault {
-    fn new(config: &VaultConfig, client: HttpClient) -> Vault {
+    fn new(
+        config: &VaultConfig,
+        client: HttpClient,
+        metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
+    ) -> Vault {
         Vault {
             name: config.name.clone(),
             address: config.address.trim_end_matches('/').to_string(),
@@ -120,129 +257,206 @@ impl Vault {
             ttl: Duration::from_secs(config.cache_ttl_s),
             max_stale: Duration::from_secs(config.max_stale_s),
             client,
-            cache: Mutex::new(HashMap::new()),
+            metrics,
+            runtime,
+            slots: Mutex::new(HashMap::new()),
         }
     }
 
-    fn cached(&self) -> std::sync::MutexGuard<'_, HashMap<String, CachedDoc>> {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads `path` (e.g. `kv/data/agents/github`) from the KV v2 engine.
-    async fn fetch(&self, path: &str) -> Result<HashMap<String, SecretString>, String> {
-        let token = read_token(&self.token)?;
+    /// The longest delay between retries of a failing path.
+    fn backoff_cap(&self) -> Duration {
+        self.ttl.clamp(BACKOFF_BASE, BACKOFF_MAX)
+    }
+
+    /// Reads `path` (e.g. `secret/data/agents/github`) from the KV v2 engine, once.
+    async fn fetch(&self, path: &str) -> Result<HashMap<String, SecretString>, VaultError> {
+        let token = read_token(&self.token).map_err(|detail| VaultError::Token {
+            vault: self.name.clone(),
+            detail,
+        })?;
         let uri = format!("{}/v1/{}", self.address, path.trim_start_matches('/'));
         let request = http::Request::get(&uri)
             .header("x-vault-token", token.expose_secret())
             .body(Full::new(Bytes::new()))
-            .map_err(|e| format!("bad vault request: {e}"))?;
-        let response = tokio::time::timeout(Duration::from_secs(5), self.client.request(request))
+            .map_err(|e| VaultError::Unreachable {
+                vault: self.name.clone(),
+                detail: format!("bad request: {e}"),
+            })?;
+        let unreachable = |detail: String| VaultError::Unreachable {
+            vault: self.name.clone(),
+            detail,
+        };
+        let read = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            let status = response.status();
+            let body = read_body_limited(response.into_body(), MAX_VAULT_BODY)
+                .await
+                .map_err(unreachable)?;
+            Ok::<_, VaultError>((status, body))
+        };
+        let (status, body) = tokio::time::timeout(VAULT_TIMEOUT, read)
             .await
-            .map_err(|_| format!("vault `{}` did not answer within 5 s", self.name))?
-            .map_err(|e| format!("vault `{}` unreachable: {e}", self.name))?;
-        let status = response.status();
-        let body = read_body_limited(response.into_body(), 1 << 20)
-            .await
-            .map_err(|e| format!("vault `{}`: {e}", self.name))?;
-        if !status.is_success() {
-            return Err(format!(
-                "vault `{}` answered {status} for {path}",
-                self.name
-            ));
+            .map_err(|_| VaultError::Timeout {
+                vault: self.name.clone(),
+            })??;
+        if status == http::StatusCode::UNAUTHORIZED || status == http::StatusCode::FORBIDDEN {
+            return Err(VaultError::Denied {
+                vault: self.name.clone(),
+                path: path.to_string(),
+                status: status.as_u16(),
+            });
         }
-        let doc: serde_json::Value = serde_json::from_slice(&body)
-            .map_err(|_| format!("vault `{}` answered invalid JSON for {path}", self.name))?;
+        if !status.is_success() {
+            return Err(VaultError::Status {
+                vault: self.name.clone(),
+                path: path.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        let invalid = || VaultError::Invalid {
+            vault: self.name.clone(),
+            path: path.to_string(),
+        };
+        let doc: serde_json::Value = serde_json::from_slice(&body).map_err(|_| invalid())?;
         let data = doc
             .get("data")
             .and_then(|d| d.get("data"))
             .and_then(|d| d.as_object())
-            .ok_or_else(|| format!("vault `{}`: {path} has no KV v2 `data.data`", self.name))?;
+            .ok_or_else(invalid)?;
         Ok(data
             .iter()
             .filter_map(|(k, v)| Some((k.clone(), SecretString::from(v.as_str()?.to_string()))))
             .collect())
     }
 
-    async fn get(
-        &self,
-        path: &str,
-        field: &str,
-        metrics: &Metrics,
-    ) -> Result<SecretString, String> {
-        let fresh = {
-            let cache = self.cached();
-            cache.get(path).and_then(|doc| {
-                (doc.fetched.elapsed() < self.ttl).then(|| doc.fields.get(field).cloned())
-            })
-        };
-        if let Some(value) = fresh {
-            return value.ok_or_else(|| format!("field `{field}` not found at {path}"));
-        }
-        match self.fetch(path).await {
-            Ok(fields) => {
-                let value = fields.get(field).cloned();
-                self.cached().insert(
-                    path.to_string(),
-                    CachedDoc {
-                        fields,
-                        fetched: Instant::now(),
-                    },
-                );
-                value.ok_or_else(|| format!("field `{field}` not found at {path}"))
+    /// Starts the refresh of `path` unless one is in flight or the backoff forbids it.
+    fn start_refresh(self: &Arc<Self>, slot: &mut Slot, path: &str, now: Instant) {
+        if let Some((_, started)) = &slot.inflight {
+            // A refresh task ends within VAULT_TIMEOUT; one this old was lost (its runtime
+            // shut down) and is replaced.
+            if now.duration_since(*started) < VAULT_TIMEOUT * 2 {
+                return;
             }
-            Err(e) => {
-                metrics
+        }
+        if slot.retry_at.is_some_and(|at| now < at) {
+            return;
+        }
+        let vault = self.clone();
+        let owned = path.to_string();
+        // The task runs to completion even when every reader has gone away.
+        let task = self.runtime.spawn(async move { vault.refresh(owned).await });
+        let done: Refresh = task.map(|_| ()).boxed().shared();
+        slot.inflight = Some((done, now));
+    }
+
+    /// One read of `path`; stores the result, updates the backoff, logs state changes.
+    async fn refresh(self: Arc<Self>, path: String) {
+        let started = Instant::now();
+        let result = self.fetch(&path).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.label(),
+        };
+        self.metrics
+            .vault_read_duration
+            .with_label_values(&[&self.name, outcome])
+            .observe(started.elapsed().as_secs_f64());
+        let mut slots = self.slots();
+        let slot = slots.entry(path.clone()).or_default();
+        slot.inflight = None;
+        match result {
+            Ok(fields) => {
+                slot.good = Some(CachedDoc {
+                    fields,
+                    fetched: Instant::now(),
+                });
+                if slot.failures > 0 {
+                    tracing::info!(target: "isogate::vault", vault = %self.name, path = %path,
+                        failed_reads = slot.failures, "vault read recovered");
+                }
+                slot.failures = 0;
+                slot.retry_at = None;
+                slot.last_error = None;
+            }
+            Err(error) => {
+                self.metrics
                     .secret_fetch_errors
                     .with_label_values(&["vault"])
                     .inc();
-                let cache = self.cached();
-                match cache.get(path) {
-                    Some(doc) if doc.fetched.elapsed() < self.max_stale => {
-                        tracing::warn!(vault = %self.name, path, error = %e, "vault read failed; serving the cached value");
-                        doc.fields
-                            .get(field)
-                            .cloned()
-                            .ok_or_else(|| format!("field `{field}` not found at {path}"))
-                    }
-                    Some(_) => Err(format!(
-                        "{e}; the cached value is older than max_stale_s ({} s)",
-                        self.max_stale.as_secs()
-                    )),
-                    None => Err(e),
+                if slot.failures == 0 {
+                    tracing::warn!(target: "isogate::vault", vault = %self.name, path = %path,
+                        error = %error, max_stale_s = self.max_stale.as_secs(),
+                        "vault read failing; serving cached values up to max_stale_s, retrying with backoff");
                 }
+                slot.failures = slot.failures.saturating_add(1);
+                slot.retry_at = Some(Instant::now() + backoff(slot.failures, self.backoff_cap()));
+                slot.last_error = Some(error);
             }
         }
+        let up = slots.values().all(|s| s.failures == 0);
+        self.metrics
+            .vault_up
+            .with_label_values(&[&self.name])
+            .set(i64::from(up));
     }
 
-    /// Refreshes cached paths older than half their TTL, forever (runs on the egress runtime).
-    async fn refresh_loop(self: Arc<Self>, metrics: Arc<Metrics>) {
-        let period = (self.ttl / 2).max(Duration::from_millis(500));
-        loop {
-            tokio::time::sleep(period).await;
-            let due: Vec<String> = self
-                .cached()
-                .iter()
-                .filter(|(_, d)| d.fetched.elapsed() >= self.ttl / 2)
-                .map(|(p, _)| p.clone())
-                .collect();
-            for path in due {
-                match self.fetch(&path).await {
-                    Ok(fields) => {
-                        self.cached().insert(
-                            path,
-                            CachedDoc {
-                                fields,
-                                fetched: Instant::now(),
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        metrics
-                            .secret_fetch_errors
-                            .with_label_values(&["vault"])
-                            .inc();
-                        tracing::warn!(vault = %self.name, path, error = %e, "background vault refresh failed");
-                    }
+    /// Looks at the cache: a usable value is returned (starting a refresh when it is past
+    /// the TTL); otherwise the reader waits for the refresh, or fails during a backoff.
+    fn step(self: &Arc<Self>, path: &str, field: &str, may_start: bool) -> Step {
+        let now = Instant::now();
+        let mut slots = self.slots();
+        let slot = slots.entry(path.to_string()).or_default();
+        let age = slot.good.as_ref().map(|d| now.duration_since(d.fetched));
+        if let (Some(doc), Some(age)) = (&slot.good, age) {
+            if age < self.max_stale {
+                let value = doc
+                    .fields
+                    .get(field)
+                    .cloned()
+                    .ok_or_else(|| format!("field `{field}` not found at {path}"));
+                if age >= self.ttl {
+                    self.start_refresh(slot, path, now);
+                }
+                return Step::Done(value);
+            }
+        }
+        if may_start {
+            self.start_refresh(slot, path, now);
+            if let Some((done, _)) = &slot.inflight {
+                return Step::Wait(done.clone());
+            }
+        }
+        let why = slot.last_error.as_ref().map_or_else(
+            || format!("vault `{}` read of {path} did not complete", self.name),
+            |e| e.to_string(),
+        );
+        Step::Done(Err(match age {
+            Some(_) => format!(
+                "{why}; the cached value is older than max_stale_s ({} s)",
+                self.max_stale.as_secs()
+            ),
+            None => why,
+        }))
+    }
+
+    async fn get(self: &Arc<Self>, path: &str, field: &str) -> Result<SecretString, String> {
+        match self.step(path, field, true) {
+            Step::Done(result) => result,
+            Step::Wait(done) => {
+                // The refresh ends within VAULT_TIMEOUT by itself; the bound here only guards
+                // against a refresh task that never runs.
+                let _ = tokio::time::timeout(VAULT_TIMEOUT + Duration::from_secs(1), done).await;
+                match self.step(path, field, false) {
+                    Step::Done(result) => result,
+                    Step::Wait(_) => Err(format!("vault `{}` read of {path} is stuck", self.name)),
                 }
             }
         }
@@ -253,20 +467,10 @@ impl Vault {
 pub struct Secrets {
     credentials: HashMap<String, Arc<Credential>>,
     metrics: Arc<Metrics>,
-    /// Background vault refreshers; stopped when this set of credentials is replaced.
-    refreshers: Vec<tokio::task::AbortHandle>,
-}
-
-impl Drop for Secrets {
-    fn drop(&mut self) {
-        for r in &self.refreshers {
-            r.abort();
-        }
-    }
 }
 
 impl Secrets {
-    /// Builds the credentials from config; vault refreshers are spawned on `runtime`.
+    /// Builds the credentials from config; vault refreshes are spawned on `runtime`.
     pub fn new(
         credentials: &[CredentialConfig],
         vaults: &[VaultConfig],
@@ -274,17 +478,18 @@ impl Secrets {
         metrics: Arc<Metrics>,
         runtime: &tokio::runtime::Handle,
     ) -> Secrets {
-        let mut refreshers = Vec::new();
+        for source in ["env", "file", "vault"] {
+            metrics.secret_fetch_errors.with_label_values(&[source]);
+        }
         let vaults: HashMap<String, Arc<Vault>> = vaults
             .iter()
             .map(|v| {
-                let vault = Arc::new(Vault::new(v, client.clone()));
-                refreshers.push(
-                    runtime
-                        .spawn(vault.clone().refresh_loop(metrics.clone()))
-                        .abort_handle(),
-                );
-                (v.name.clone(), vault)
+                metrics.vault_up.with_label_values(&[&v.name]).set(1);
+                metrics
+                    .vault_read_duration
+                    .with_label_values(&[&v.name, "ok"]);
+                let vault = Vault::new(v, client.clone(), metrics.clone(), runtime.clone());
+                (v.name.clone(), Arc::new(vault))
             })
             .collect();
         let credentials = credentials
@@ -316,7 +521,6 @@ impl Secrets {
         Secrets {
             credentials,
             metrics,
-            refreshers,
         }
     }
 
@@ -332,9 +536,11 @@ impl Secrets {
                 .map(SecretString::from)
                 .map_err(|_| format!("environment variable {var} is not set")),
             Source::File(f) => f.get(),
-            Source::Vault { vault, path, field } => vault.get(path, field, &self.metrics).await,
+            Source::Vault { vault, path, field } => vault.get(path, field).await,
         };
         result.map_err(|reason| {
+            // Vault errors are counted per failed read, not per request that could not be
+            // served.
             if !matches!(credential.source, Source::Vault { .. }) {
                 self.metrics
                     .secret_fetch_errors
@@ -346,5 +552,39 @@ impl Secrets {
                 reason,
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_capped() {
+        let cap = Duration::from_secs(8);
+        for _ in 0..50 {
+            let first = backoff(1, cap);
+            assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1));
+            let third = backoff(3, cap);
+            assert!(third >= Duration::from_secs(2) && third <= Duration::from_secs(4));
+            let many = backoff(40, cap);
+            assert!(many >= Duration::from_secs(4) && many <= cap, "{many:?}");
+        }
+    }
+
+    #[test]
+    fn vault_errors_name_no_secret_and_have_labels() {
+        let e = VaultError::Denied {
+            vault: "main".into(),
+            path: "secret/data/x".into(),
+            status: 403,
+        };
+        assert_eq!(e.label(), "denied");
+        let text = e.to_string();
+        assert!(text.contains("403") && text.contains("revoked"), "{text}");
+        let e = VaultError::Timeout {
+            vault: "main".into(),
+        };
+        assert_eq!(e.to_string(), "vault `main` did not answer within 5 s");
     }
 }

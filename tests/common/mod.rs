@@ -324,6 +324,7 @@ pub fn worker(src: &str) -> Value {
     json!({ "mainModule": "w.js", "modules": { "w.js": src } })
 }
 
+pub mod bao;
 pub mod upstream;
 
 /// The project's own Worker fixtures (the cases agents write).
