@@ -98,7 +98,12 @@ impl Rig {
     }
 
     fn last(&self) -> String {
-        self.recorded.lock().unwrap().last().cloned().unwrap_or_default()
+        self.recorded
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn upstream_calls(&self) -> usize {
@@ -254,7 +259,11 @@ fn revoked_token_serves_stale_until_max_stale_then_fails_closed_clearly() {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
-        assert_eq!(rig.upstream_calls(), served, "upstream contacted without a credential");
+        assert_eq!(
+            rig.upstream_calls(),
+            served,
+            "upstream contacted without a credential"
+        );
         break v["error"].as_str().unwrap_or_default().to_string();
     };
     // The last good read happened after the gateway started: stale service lasted its time.
@@ -274,7 +283,11 @@ fn revoked_token_serves_stale_until_max_stale_then_fails_closed_clearly() {
         assert!(rig.call()["error"].is_string());
         std::thread::sleep(Duration::from_millis(300));
     }
-    assert!(rig.g.metric(r#"isogate_secret_fetch_errors_total{source="vault"}"#) >= 2.0);
+    assert!(
+        rig.g
+            .metric(r#"isogate_secret_fetch_errors_total{source="vault"}"#)
+            >= 2.0
+    );
     assert_eq!(rig.log_lines(FAILING), 1, "{}", rig.g.log());
     assert_eq!(rig.vault_up(), 0.0);
     assert!(
@@ -361,7 +374,11 @@ fn killed_vault_serves_stale_then_fails_closed_then_recovers_when_restarted() {
             std::thread::sleep(Duration::from_millis(200));
             continue;
         }
-        assert_eq!(rig.upstream_calls(), served, "upstream contacted without a credential");
+        assert_eq!(
+            rig.upstream_calls(),
+            served,
+            "upstream contacted without a credential"
+        );
         break v["error"].as_str().unwrap_or_default().to_string();
     };
     // The last good read was no earlier than `before_first`: it was served max_stale_s long.
@@ -385,7 +402,11 @@ fn killed_vault_serves_stale_then_fails_closed_then_recovers_when_restarted() {
     bao.put_secret(SECRET_PATH, json!({ "token": V2 }));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        assert!(Instant::now() < deadline, "never recovered; log:\n{}", rig.g.log());
+        assert!(
+            Instant::now() < deadline,
+            "never recovered; log:\n{}",
+            rig.g.log()
+        );
         let v = rig.call();
         if v["status"] == 200 {
             assert_eq!(rig.last(), format!("Bearer {V2}"));

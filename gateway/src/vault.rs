@@ -352,7 +352,9 @@ impl Vault {
         let vault = self.clone();
         let owned = path.to_string();
         // The task runs to completion even when every reader has gone away.
-        let task = self.runtime.spawn(async move { vault.refresh(owned).await });
+        let task = self
+            .runtime
+            .spawn(async move { vault.refresh(owned).await });
         let done: Refresh = task.map(|_| ()).boxed().shared();
         slot.inflight = Some((done, now));
     }
