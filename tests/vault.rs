@@ -310,7 +310,7 @@ fn hung_vault_is_not_waited_for_and_concurrent_requests_open_one_read() {
     // SIGSTOP: the server accepts connections (kernel backlog) but never answers.
     bao.pause();
     wait_past_ttl(Duration::from_secs(1));
-    let before = proxy.requests();
+    let (before, connections) = (proxy.requests(), proxy.connections());
     // Eight concurrent requests after the TTL: each is served from the cache at once, and
     // together they opened exactly one vault read (still outstanding: nothing answers).
     for (auth, took) in burst(&rig, 8) {
@@ -321,6 +321,11 @@ fn hung_vault_is_not_waited_for_and_concurrent_requests_open_one_read() {
         );
     }
     assert_eq!(proxy.requests() - before, 1, "vault reads during the burst");
+    assert!(
+        proxy.connections() - connections <= 1,
+        "vault connections opened during the burst: {}",
+        proxy.connections() - connections
+    );
 
     // The refresh times out; requests go on being served and the outage is logged once.
     let mut calls = 8 + rig.call_until_logged(FAILING, V1, Duration::from_secs(20));
