@@ -133,9 +133,13 @@ fn send_whole_then_read(
         method,
         path,
         key,
-        &format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()),
+        &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n",
+            body.len()
+        ),
     );
-    s.write_all(head.as_bytes()).expect("write the request head");
+    s.write_all(head.as_bytes())
+        .expect("write the request head");
     s.write_all(body)
         .expect("the gateway keeps reading the body it refused (no reset mid-upload)");
     let mut r = BufReader::new(s);
@@ -159,7 +163,10 @@ fn early_refusals_reach_clients_that_send_the_whole_body_first() {
         let (r, _) = send_whole_then_read(&g, "POST", "/w/nope/x", ALPHA_KEY, &body);
         assert_eq!(r.status, 404, "round {round}: {r:?}");
         assert_eq!(r.error_kind(), "not_found");
-        assert!(r.json()["error"]["message"].as_str().unwrap().contains("nope"));
+        assert!(r.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nope"));
     }
 }
 
@@ -190,8 +197,16 @@ fn a_refused_chunked_body_sent_after_the_answer_is_discarded_before_the_connecti
     );
     let mut s = connect(&g);
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(head("POST", "/w/nope/x", "big-key", "Transfer-Encoding: chunked\r\n").as_bytes())
-        .unwrap();
+    s.write_all(
+        head(
+            "POST",
+            "/w/nope/x",
+            "big-key",
+            "Transfer-Encoding: chunked\r\n",
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     let chunk = vec![b'a'; 64 << 10];
     let send_chunk = |s: &mut TcpStream| -> std::io::Result<()> {
         write!(s, "{:x}\r\n", chunk.len())?;
@@ -430,7 +445,11 @@ fn dot_worker_ids_are_refused_with_400() {
         "/w/../x",
         "/w/..",
     ] {
-        let method = if path.starts_with("/v1/") { "PUT" } else { "POST" };
+        let method = if path.starts_with("/v1/") {
+            "PUT"
+        } else {
+            "POST"
+        };
         let (r, _) = send_whole_then_read(&g, method, path, ALPHA_KEY, &code);
         assert_eq!(r.status, 400, "{method} {path}: {r:?}");
         assert_eq!(r.error_kind(), "bad_request");

@@ -205,8 +205,7 @@ fn unread_plan(session: &mut ServerSession, seen: &Seen) -> Unread {
     // A client still waiting for `100 Continue` sends no body after a final answer (or sends it
     // anyway, RFC 9110 §10.1.1): only closing makes the connection's framing unambiguous.
     let waiting_for_continue = expects_continue(session) && !seen.continued;
-    let left = declared_length(session)
-        .map(|n| n.saturating_sub(session.body_bytes_read() as u64));
+    let left = declared_length(session).map(|n| n.saturating_sub(session.body_bytes_read() as u64));
     if !waiting_for_continue
         && !seen.close
         && session.get_keepalive().is_some()
@@ -269,7 +268,7 @@ impl HttpServerApp for Ingress {
         let head = session.req_header().method == http::Method::HEAD;
         let (reply, seen) = self.response(&mut session).await;
         let unread = unread_plan(&mut session, &seen);
-        if matches!(unread, Unread::Linger { .. }) {
+        if seen.close || matches!(unread, Unread::Linger { .. }) {
             session.set_keepalive(None);
         }
         let (parts, body) = reply.into_http_for(head).into_parts();
@@ -291,9 +290,7 @@ impl HttpServerApp for Ingress {
         session.set_total_drain_timeout(Some(DISCARD_TIME));
         let settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
-            Ok(reusable) => {
-                reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings))
-            }
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
             Err(e) => {
                 tracing::debug!(error = %e, "connection not reusable after the answer");
                 None
@@ -386,8 +383,9 @@ impl Default for Seen {
 impl Seen {
     /// Unread body bytes the gateway discards at most after an early answer.
     fn discard_limit(&self) -> u64 {
-        self.max_body_bytes
-            .map_or(DISCARD_MIN_BYTES, |m| m.saturating_mul(2).max(DISCARD_MIN_BYTES))
+        self.max_body_bytes.map_or(DISCARD_MIN_BYTES, |m| {
+            m.saturating_mul(2).max(DISCARD_MIN_BYTES)
+        })
     }
 }
 
@@ -969,6 +967,19 @@ mod tests {
         );
         assert_eq!(parse_route("/v1/workers/").ok().map(|_| ()), Some(()));
         assert_eq!(parse_route("/nope").err().map(|e| e.status()), Some(404));
+        for dots in [
+            "/w/./x",
+            "/w/../x",
+            "/w/..",
+            "/v1/workers/.",
+            "/v1/workers/..",
+            "/v1/workers/...",
+        ] {
+            let e = parse_route(dots).err().expect(dots);
+            assert_eq!(e.status(), 400, "{dots}");
+            assert!(e.message().contains("worker id"), "{}", e.message());
+        }
+        assert!(matches!(parse_route("/w/a..b/x"), Ok(Route::Dispatch{id, ..}) if id == "a..b"));
         assert_eq!(
             parse_route(&format!("/w/{}", "a".repeat(129)))
                 .err()
@@ -1022,5 +1033,51 @@ mod tests {
         assert!(r.headers().get("transfer-encoding").is_none());
         assert_eq!(r.headers()["x-ok"], "1");
         assert_eq!(r.headers().len(), 2);
+    }
+
+    fn worker_reply(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: vec![("x-ok".into(), "1".into())],
+            body: b"dropped".to_vec(),
+        }
+    }
+
+    #[test]
+    fn bodiless_statuses_carry_neither_body_nor_its_length() {
+        for status in [204, 304] {
+            let r = worker_reply(status).into_http_for(false);
+            assert_eq!(r.status().as_u16(), status);
+            assert!(r.headers().get("content-length").is_none(), "{status}");
+            assert!(r.body().is_empty());
+        }
+        let r = worker_reply(205).into_http_for(false);
+        assert_eq!(r.headers()["content-length"], "0");
+        assert!(r.body().is_empty());
+        let r = worker_reply(200).into_http_for(true);
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.headers().get("content-length").is_none());
+        assert!(r.body().is_empty());
+        let r = worker_reply(200).into_http_for(false);
+        assert_eq!(r.headers()["content-length"], "7");
+        for status in [100, 101, 199, 600, 999] {
+            assert_eq!(
+                worker_reply(status).into_http().status().as_u16(),
+                500,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn discard_bound_is_twice_the_body_limit_but_at_least_the_floor() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.discard_limit(), DISCARD_MIN_BYTES);
+        seen.max_body_bytes = Some(1024);
+        assert_eq!(seen.discard_limit(), DISCARD_MIN_BYTES);
+        seen.max_body_bytes = Some(32 << 20);
+        assert_eq!(seen.discard_limit(), 64 << 20);
+        seen.max_body_bytes = Some(u64::MAX);
+        assert_eq!(seen.discard_limit(), u64::MAX);
     }
 }
