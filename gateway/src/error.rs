@@ -102,6 +102,12 @@ impl ApiError {
         serde_json::json!({ "error": { "kind": self.kind(), "message": self.message() } })
     }
 
+    /// Whether the answer ends the connection (the client sent more than it may, or the gateway
+    /// is going away); a body left unread is then discarded up to a bound before closing.
+    pub fn closes_connection(&self) -> bool {
+        matches!(self, ApiError::PayloadTooLarge { .. } | ApiError::Draining)
+    }
+
     /// Extra headers the status calls for.
     pub fn headers(&self) -> Vec<(&'static str, String)> {
         match self {

@@ -1,5 +1,11 @@
-//! The ingress HTTP API (a pingora [`ServeHttp`] app): authentication, body limits, tenant
+//! The ingress HTTP API (a pingora [`HttpServerApp`]): authentication, body limits, tenant
 //! admission, and the routes that reach the isolate pool.
+//!
+//! An answer given before the request body was read (401, 404, 413, 503 ...) is followed by a
+//! bounded discard of the rest of that body, as nginx does ([`Unread`]): closing a socket with
+//! unread bytes makes the kernel send a reset that destroys the answer at clients which send the
+//! whole body before they read (Python urllib/requests, Node fetch). `Expect: 100-continue` is
+//! honoured: `100 Continue` only once the request passed every check that needs no body.
 //!
 //! | route | what |
 //! |---|---|
@@ -19,14 +25,28 @@ use isogate_policy::{LimitOverrides as PolicyOverrides, TenantPolicy};
 use isogate_pool::{
     HttpRequest, HttpResponse, Invocation, Invoker, LimitOverrides, Limits, WorkerCode,
 };
-use pingora::apps::http_app::ServeHttp;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::http::ResponseHeader;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The least number of unread request-body bytes the gateway reads and discards after an early
+/// answer; a tenant's bound is twice its `max_body_bytes` when that is larger.
+pub const DISCARD_MIN_BYTES: u64 = 8 << 20;
+
+/// How long the gateway keeps reading and discarding an unread request body after an early
+/// answer; a client still sending after that is cut off.
+pub const DISCARD_TIME: Duration = Duration::from_secs(5);
+
+/// Seconds an idle keep-alive connection stays open (pingora's default for `ServeHttp` apps).
+const KEEPALIVE_S: u64 = 60;
 
 /// The ingress app.
 pub struct Ingress {
@@ -74,10 +94,26 @@ impl Reply {
     /// Builds the response; headers that are hop-by-hop or not valid HTTP are dropped, the
     /// length is ours.
     pub(crate) fn into_http(self) -> http::Response<Vec<u8>> {
+        self.into_http_for(false)
+    }
+
+    /// [`Reply::into_http`] for a request whose method was HEAD (`head`) or not. Responses
+    /// that carry no content (1xx, 204, 205, 304, any answer to HEAD) go out without a body;
+    /// 204 and 304 without `Content-Length`, 205 with `Content-Length: 0`, HEAD without one (the
+    /// gateway cannot know that a Worker's HEAD body is the length of its GET body). A status
+    /// outside 200-599 is a gateway fault: 500.
+    pub(crate) fn into_http_for(self, head: bool) -> http::Response<Vec<u8>> {
         let status = http::StatusCode::from_u16(self.status)
             .ok()
-            .filter(|s| !s.is_informational())
+            .filter(|s| (200..=599).contains(&s.as_u16()))
             .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+        let no_content = head
+            || matches!(
+                status,
+                http::StatusCode::NO_CONTENT
+                    | http::StatusCode::RESET_CONTENT
+                    | http::StatusCode::NOT_MODIFIED
+            );
         let mut builder = http::Response::builder().status(status);
         if let Some(headers) = builder.headers_mut() {
             for (name, value) in &self.headers {
@@ -95,10 +131,15 @@ impl Reply {
                 }
                 headers.append(name, value);
             }
-            headers.insert(http::header::CONTENT_LENGTH, self.body.len().into());
+            if status == http::StatusCode::RESET_CONTENT {
+                headers.insert(http::header::CONTENT_LENGTH, 0.into());
+            } else if !no_content {
+                headers.insert(http::header::CONTENT_LENGTH, self.body.len().into());
+            }
         }
+        let body = if no_content { Vec::new() } else { self.body };
         builder
-            .body(self.body)
+            .body(body)
             .unwrap_or_else(|_| http::Response::new(Vec::new()))
     }
 }
@@ -117,26 +158,167 @@ fn is_hop_by_hop(name: &str) -> bool {
     )
 }
 
+/// What happens to a request body that was not (fully) read when the answer is ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unread {
+    /// The body was read (or there is none): the connection is reusable as usual.
+    Nothing,
+    /// `Content-Length` says how much is left, within the bound: answer with keep-alive, then
+    /// read and discard the rest (at most [`DISCARD_TIME`]) and reuse the connection.
+    Skip,
+    /// Answer with `Connection: close`, half-close, then read and discard up to `limit` bytes
+    /// for at most [`DISCARD_TIME`] before closing.
+    Linger {
+        /// Bytes to discard at most.
+        limit: u64,
+    },
+}
+
+/// The request's declared body length, when it is framed by `Content-Length` alone.
+fn declared_length(session: &ServerSession) -> Option<u64> {
+    let headers = &session.req_header().headers;
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return None;
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+}
+
+/// Whether an HTTP/1.1 client waits for `100 Continue` before it sends the body.
+fn expects_continue(session: &ServerSession) -> bool {
+    let header = session.req_header();
+    header.version == http::Version::HTTP_11
+        && header
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// Decides what to do with the body left unread after the answer (see [`Unread`]).
+fn unread_plan(session: &mut ServerSession, seen: &Seen) -> Unread {
+    if session.is_body_done() {
+        return Unread::Nothing;
+    }
+    let limit = seen.discard_limit();
+    // A client still waiting for `100 Continue` sends no body after a final answer (or sends it
+    // anyway, RFC 9110 §10.1.1): only closing makes the connection's framing unambiguous.
+    let waiting_for_continue = expects_continue(session) && !seen.continued;
+    let left = declared_length(session).map(|n| n.saturating_sub(session.body_bytes_read() as u64));
+    if !waiting_for_continue
+        && !seen.close
+        && session.get_keepalive().is_some()
+        && left.is_some_and(|n| n <= limit)
+    {
+        Unread::Skip
+    } else {
+        Unread::Linger {
+            limit: limit.saturating_sub(session.body_bytes_read() as u64),
+        }
+    }
+}
+
+/// After the answer: half-closes the connection (the client reads the answer to its end), then
+/// reads and discards what the client still sends, up to `limit` bytes and [`DISCARD_TIME`],
+/// never holding more than one read buffer, then closes.
+async fn linger(session: ServerSession, limit: u64) {
+    let ServerSession::H1(h1) = session else {
+        return;
+    };
+    let mut stream = h1.into_inner();
+    let discard = async {
+        let _ = stream.shutdown().await;
+        let mut buf = vec![0u8; 16 << 10];
+        let mut discarded = 0u64;
+        while discarded < limit {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return discarded,
+                Ok(n) => discarded += n as u64,
+            }
+        }
+        discarded
+    };
+    match tokio::time::timeout(DISCARD_TIME, discard).await {
+        Ok(discarded) => tracing::debug!(discarded, "unread request body discarded"),
+        Err(_) => tracing::debug!("client still sending after the discard time; closing"),
+    }
+}
+
 #[async_trait]
-impl ServeHttp for Ingress {
-    async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
+impl HttpServerApp for Ingress {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        match session.read_request().await {
+            Ok(true) => {}
+            Ok(false) => return None,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read a request head");
+                return None;
+            }
+        }
+        let keepalive = (!*shutdown.borrow()).then_some(KEEPALIVE_S);
+        session.set_keepalive(keepalive);
+        // What an early answer does to the connection is decided here (`unread_plan`), not by
+        // pingora's close-on-early-response default.
+        session.set_close_on_response_before_downstream_finish(false);
+        let head = session.req_header().method == http::Method::HEAD;
+        let (reply, seen) = self.response(&mut session).await;
+        let unread = unread_plan(&mut session, &seen);
+        if seen.close || matches!(unread, Unread::Linger { .. }) {
+            session.set_keepalive(None);
+        }
+        let (parts, body) = reply.into_http_for(head).into_parts();
+        let header: ResponseHeader = parts.into();
+        if let Err(e) = session.write_response_header(Box::new(header)).await {
+            tracing::debug!(error = %e, "cannot write the response head");
+            return None;
+        }
+        if let Err(e) = session.write_response_body(body.into(), true).await {
+            tracing::debug!(error = %e, "cannot write the response body");
+            return None;
+        }
+        if let Unread::Linger { limit } = unread {
+            linger(session, limit).await;
+            return None;
+        }
+        // `finish` reads and discards what is left of the body (bounded by `unread_plan` and
+        // by this timeout) before the connection is reused.
+        session.set_total_drain_timeout(Some(DISCARD_TIME));
+        let settings = HttpPersistentSettings::for_session(&session);
+        match session.finish().await {
+            Ok(reusable) => reusable.map(|s| ReusedHttpStream::from_reusable_stream(s, settings)),
+            Err(e) => {
+                tracing::debug!(error = %e, "connection not reusable after the answer");
+                None
+            }
+        }
+    }
+}
+
+impl Ingress {
+    /// The answer to one request, and what was learnt about it.
+    async fn response(&self, session: &mut ServerSession) -> (Reply, Seen) {
         let started = Instant::now();
         let method = session.req_header().method.to_string();
         let mut seen = Seen::default();
         if self.state.refusing.load(Ordering::SeqCst) {
-            session.set_keepalive(None);
-            return Reply::error(&ApiError::Draining).into_http();
+            seen.close = true;
+            return (Reply::error(&ApiError::Draining), seen);
         }
         let _in_flight = InFlight::enter(&self.state);
         let reply = match self.handle(session, &mut seen).await {
             Ok(r) => r,
             Err(e) => {
                 match &e {
-                    ApiError::PayloadTooLarge { .. } => session.set_keepalive(None),
                     ApiError::TooManyRequests { .. } => self.reject(&seen, "concurrency"),
                     ApiError::Overloaded => self.reject(&seen, "overloaded"),
                     _ => {}
                 }
+                seen.close = e.closes_connection();
                 Reply::error(&e)
             }
         };
@@ -152,7 +334,7 @@ impl ServeHttp for Ingress {
             duration_us = started.elapsed().as_micros() as u64,
             "ingress request"
         );
-        reply.into_http()
+        (reply, seen)
     }
 }
 
@@ -178,6 +360,12 @@ impl Drop for InFlight<'_> {
 struct Seen {
     tenant: Option<String>,
     route: &'static str,
+    /// The tenant's `max_body_bytes`, once the tenant is known.
+    max_body_bytes: Option<u64>,
+    /// `100 Continue` was sent.
+    continued: bool,
+    /// The answer closes the connection.
+    close: bool,
 }
 
 impl Default for Seen {
@@ -185,7 +373,19 @@ impl Default for Seen {
         Seen {
             tenant: None,
             route: "unknown",
+            max_body_bytes: None,
+            continued: false,
+            close: false,
         }
+    }
+}
+
+impl Seen {
+    /// Unread body bytes the gateway discards at most after an early answer.
+    fn discard_limit(&self) -> u64 {
+        self.max_body_bytes.map_or(DISCARD_MIN_BYTES, |m| {
+            m.saturating_mul(2).max(DISCARD_MIN_BYTES)
+        })
     }
 }
 
@@ -219,20 +419,25 @@ fn parse_route(path: &str) -> Result<Route, ApiError> {
     Err(not_found())
 }
 
-/// Worker ids: 1–128 characters of `A-Z a-z 0-9 . _ - @ : + ~`.
+/// Worker ids: 1–128 characters of `A-Z a-z 0-9 . _ - @ : + ~`, not made of dots only (`.` and
+/// `..` are path segments that clients and proxies rewrite, so such an id names no one thing).
 fn valid_id(id: &str) -> Result<&str, ApiError> {
     let ok = !id.is_empty()
         && id.len() <= 128
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._-@:+~".contains(&b));
-    if ok {
-        Ok(id)
-    } else {
-        Err(ApiError::BadRequest(format!(
+    if !ok {
+        return Err(ApiError::BadRequest(format!(
             "invalid worker id {id:?}: use 1-128 characters of A-Z a-z 0-9 . _ - @ : + ~"
-        )))
+        )));
     }
+    if id.bytes().all(|b| b == b'.') {
+        return Err(ApiError::BadRequest(format!(
+            "invalid worker id {id:?}: an id made only of dots is a path segment (`.`, `..`), not a name"
+        )));
+    }
+    Ok(id)
 }
 
 fn bearer_key(session: &ServerSession) -> Option<&str> {
@@ -247,8 +452,13 @@ fn bearer_key(session: &ServerSession) -> Option<&str> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes (by `Content-Length` before reading
-/// anything, and by counting while reading).
-async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Vec<u8>, ApiError> {
+/// anything, and by counting while reading). A client that waits for `100 Continue` gets it
+/// here, once the declared length is known to fit.
+async fn read_body(
+    session: &mut ServerSession,
+    limit: u64,
+    seen: &mut Seen,
+) -> Result<Vec<u8>, ApiError> {
     let declared = session
         .req_header()
         .headers
@@ -257,6 +467,13 @@ async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Vec<u8>, A
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
+    }
+    if expects_continue(session) && !session.is_body_done() {
+        session
+            .write_continue_response()
+            .await
+            .map_err(|e| ApiError::BadRequest(format!("cannot answer 100-continue: {e}")))?;
+        seen.continued = true;
     }
     let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
     loop {
@@ -415,6 +632,7 @@ impl Ingress {
             .cloned()
             .ok_or(ApiError::Unauthorized)?;
         seen.tenant = Some(tenant.name.as_str().to_string());
+        seen.max_body_bytes = Some(tenant.limits.max_body_bytes);
         let allow = |ok: bool, allow: &'static str| {
             if ok {
                 Ok(())
@@ -431,7 +649,13 @@ impl Ingress {
             )?,
             Route::Dispatch { .. } => {}
         }
-        let body = read_body(session, tenant.limits.max_body_bytes).await?;
+        if let Route::Dispatch { id, .. } = &route {
+            // Before the body is read: an unknown Worker is refused without taking the upload.
+            if self.state.store.get(tenant.name.as_str(), id).is_none() {
+                return Err(unknown_worker(id));
+            }
+        }
+        let body = read_body(session, tenant.limits.max_body_bytes, seen).await?;
         match route {
             Route::Execute => self.execute(&snapshot, &tenant, &body).await,
             Route::Load => self.load(&snapshot, &tenant, &body).await,
@@ -675,7 +899,7 @@ impl Ingress {
             .state
             .store
             .get(tenant.name.as_str(), id)
-            .ok_or_else(|| ApiError::NotFound(format!("no worker {id:?} for this tenant")))?;
+            .ok_or_else(|| unknown_worker(id))?;
         let limits = limits_for(tenant, code.code().limits.as_ref(), None);
         let _permit = self.admit(snapshot, tenant).await?;
         let inv = self
@@ -692,6 +916,10 @@ impl Ingress {
         self.observe(tenant, &inv);
         worker_reply(inv, tenant.name.as_str())
     }
+}
+
+fn unknown_worker(id: &str) -> ApiError {
+    ApiError::NotFound(format!("no worker {id:?} for this tenant"))
 }
 
 fn valid_method(m: &str) -> Result<String, ApiError> {
@@ -739,6 +967,19 @@ mod tests {
         );
         assert_eq!(parse_route("/v1/workers/").ok().map(|_| ()), Some(()));
         assert_eq!(parse_route("/nope").err().map(|e| e.status()), Some(404));
+        for dots in [
+            "/w/./x",
+            "/w/../x",
+            "/w/..",
+            "/v1/workers/.",
+            "/v1/workers/..",
+            "/v1/workers/...",
+        ] {
+            let e = parse_route(dots).err().expect(dots);
+            assert_eq!(e.status(), 400, "{dots}");
+            assert!(e.message().contains("worker id"), "{}", e.message());
+        }
+        assert!(matches!(parse_route("/w/a..b/x"), Ok(Route::Dispatch{id, ..}) if id == "a..b"));
         assert_eq!(
             parse_route(&format!("/w/{}", "a".repeat(129)))
                 .err()
@@ -792,5 +1033,51 @@ mod tests {
         assert!(r.headers().get("transfer-encoding").is_none());
         assert_eq!(r.headers()["x-ok"], "1");
         assert_eq!(r.headers().len(), 2);
+    }
+
+    fn worker_reply(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: vec![("x-ok".into(), "1".into())],
+            body: b"dropped".to_vec(),
+        }
+    }
+
+    #[test]
+    fn bodiless_statuses_carry_neither_body_nor_its_length() {
+        for status in [204, 304] {
+            let r = worker_reply(status).into_http_for(false);
+            assert_eq!(r.status().as_u16(), status);
+            assert!(r.headers().get("content-length").is_none(), "{status}");
+            assert!(r.body().is_empty());
+        }
+        let r = worker_reply(205).into_http_for(false);
+        assert_eq!(r.headers()["content-length"], "0");
+        assert!(r.body().is_empty());
+        let r = worker_reply(200).into_http_for(true);
+        assert_eq!(r.status().as_u16(), 200);
+        assert!(r.headers().get("content-length").is_none());
+        assert!(r.body().is_empty());
+        let r = worker_reply(200).into_http_for(false);
+        assert_eq!(r.headers()["content-length"], "7");
+        for status in [100, 101, 199, 600, 999] {
+            assert_eq!(
+                worker_reply(status).into_http().status().as_u16(),
+                500,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn discard_bound_is_twice_the_body_limit_but_at_least_the_floor() {
+        let mut seen = Seen::default();
+        assert_eq!(seen.discard_limit(), DISCARD_MIN_BYTES);
+        seen.max_body_bytes = Some(1024);
+        assert_eq!(seen.discard_limit(), DISCARD_MIN_BYTES);
+        seen.max_body_bytes = Some(32 << 20);
+        assert_eq!(seen.discard_limit(), 64 << 20);
+        seen.max_body_bytes = Some(u64::MAX);
+        assert_eq!(seen.discard_limit(), u64::MAX);
     }
 }
