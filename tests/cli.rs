@@ -376,9 +376,18 @@ fn explain_argument_errors_exit_1_and_refused_urls_exit_2() {
 fn explain_credential_endpoints_are_refused_under_allow_private() {
     let (_dir, config) = local_config();
     for (url, service) in [
-        ("http://169.254.170.2/v2/credentials/x", "AWS ECS task credentials"),
-        ("http://[fd00:ec2::23]/v1/credentials", "AWS EKS Pod Identity agent (IPv6)"),
-        ("http://metadata.google.internal/computeMetadata/v1/", "GCP metadata server"),
+        (
+            "http://169.254.170.2/v2/credentials/x",
+            "AWS ECS task credentials",
+        ),
+        (
+            "http://[fd00:ec2::23]/v1/credentials",
+            "AWS EKS Pod Identity agent (IPv6)",
+        ),
+        (
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "GCP metadata server",
+        ),
     ] {
         let (code, out, err) = explain(&config, "ops", "GET", url);
         assert_eq!(code, 2, "{url}: {out}{err}");
@@ -407,7 +416,10 @@ fn explain_report_mode_other_port_is_not_private() {
     );
     assert!(out.contains("allow_private: false"), "{out}");
     assert!(out.contains("loopback address (blocked)"), "{out}");
-    assert!(out.contains("result:      refused by the SSRF guard"), "{out}");
+    assert!(
+        out.contains("result:      refused by the SSRF guard"),
+        "{out}"
+    );
     // The matching port is private-open.
     let (code, out, err) = explain(&config, "rollout", "GET", "http://localhost:8080/");
     assert_eq!(code, 0, "{out}{err}");
@@ -421,6 +433,9 @@ fn explain_the_gateways_own_listener_is_refused() {
     let (code, out, err) = explain(&config, "ops", "GET", "http://localhost:19090/metrics");
     assert_eq!(code, 2, "{out}{err}");
     assert!(out.contains("allow, rule `self`"), "{out}");
-    assert!(out.contains("the gateway's own listener 127.0.0.1:19090"), "{out}");
+    assert!(
+        out.contains("the gateway's own listener 127.0.0.1:19090"),
+        "{out}"
+    );
     assert!(out.contains("verdict:   refused"), "{out}");
 }

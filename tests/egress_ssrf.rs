@@ -127,7 +127,11 @@ fn report_mode_allow_private_opens_only_the_matching_port() {
     let v = fetch(&s.g, REPORT_KEY, &format!("http://{}/metrics", s.admin));
     assert_refused(&v, "admin");
     assert!(!v.to_string().contains("isogate_"), "{v}");
-    let v = fetch(&s.g, REPORT_KEY, &format!("http://{}/v1/workers", s.ingress));
+    let v = fetch(
+        &s.g,
+        REPORT_KEY,
+        &format!("http://{}/v1/workers", s.ingress),
+    );
     assert_refused(&v, "ingress");
 }
 

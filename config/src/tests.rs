@@ -1073,7 +1073,11 @@ fn bound_doc(def: &str, field: &str, value: u64) -> (String, String) {
             )
         }
         "RateLimitConfig" => {
-            let other = if field == "burst" { "per_second" } else { "burst" };
+            let other = if field == "burst" {
+                "per_second"
+            } else {
+                "burst"
+            };
             (
                 egress_doc(
                     &format!("{{ rate_limit: {{ {field}: {value}, {other}: 1 }} }}"),
@@ -1126,7 +1130,10 @@ fn schema_bounds_match_the_validator() {
         }
     }
     // Fields that are deliberately unbounded beyond their type.
-    let unbounded = [("PoolConfig", "warm_isolates"), ("VaultConfig", "max_stale_s")];
+    let unbounded = [
+        ("PoolConfig", "warm_isolates"),
+        ("VaultConfig", "max_stale_s"),
+    ];
     for (def, field, leaf) in &integer_fields {
         if unbounded.contains(&(def.as_str(), field.as_str())) {
             continue;

@@ -162,7 +162,9 @@ pub fn main() -> ExitCode {
             init_logging(cli.log_format);
             let path = config;
             let loaded = match &path {
-                Some(path) => Config::load_lowered(path).map_err(|e| format!("{}: {e}", path.display())),
+                Some(path) => {
+                    Config::load_lowered(path).map_err(|e| format!("{}: {e}", path.display()))
+                }
                 None => {
                     let c = Config::embedded_default();
                     eprintln!(
@@ -171,9 +173,12 @@ pub fn main() -> ExitCode {
                          Health: http://{}/healthz",
                         c.listen.ingress, c.listen.admin
                     );
-                    c.lower()
-                        .map(|lowered| (c, lowered))
-                        .map_err(|e| format!("embedded configuration: {}", isogate_config::ConfigError::Invalid(e)))
+                    c.lower().map(|lowered| (c, lowered)).map_err(|e| {
+                        format!(
+                            "embedded configuration: {}",
+                            isogate_config::ConfigError::Invalid(e)
+                        )
+                    })
                 }
             };
             let (config, lowered) = match loaded {

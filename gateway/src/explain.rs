@@ -273,7 +273,15 @@ pub fn explain(
 ) -> Result<Explanation, ExplainError> {
     let lowered = config.lower().map_err(ExplainError::Invalid)?;
     let listeners = crate::server::self_listeners(&lowered.listeners);
-    explain_lowered(config, &lowered, tenant, method, url, &listeners, system_resolve)
+    explain_lowered(
+        config,
+        &lowered,
+        tenant,
+        method,
+        url,
+        &listeners,
+        system_resolve,
+    )
 }
 
 /// [`explain`] with a custom resolver (`host`, `port`) → addresses; the gateway's listeners are
@@ -398,9 +406,7 @@ fn guard(
                 (Vec::new(), None)
             }
             Ok(()) => match resolve(name, port) {
-                Ok(ips) if ips.is_empty() => {
-                    (ips, Some(format!("{name} resolves to no address")))
-                }
+                Ok(ips) if ips.is_empty() => (ips, Some(format!("{name} resolves to no address"))),
                 Ok(ips) => (ips, None),
                 Err(e) => (Vec::new(), Some(format!("{name} does not resolve: {e}"))),
             },
@@ -789,7 +795,9 @@ credentials:
             "demo",
             "GET",
             "http://169.254.170.2/v2/credentials/x",
-            |_: &str, _: u16| -> io::Result<Vec<IpAddr>> { panic!("an IP literal is not resolved") },
+            |_: &str, _: u16| -> io::Result<Vec<IpAddr>> {
+                panic!("an IP literal is not resolved")
+            },
         )
         .unwrap();
         assert!(e.decision.allowed);
@@ -809,7 +817,9 @@ credentials:
             "demo",
             "GET",
             "http://metadata.google.internal/computeMetadata/v1/",
-            |_: &str, _: u16| -> io::Result<Vec<IpAddr>> { panic!("a metadata name is not resolved") },
+            |_: &str, _: u16| -> io::Result<Vec<IpAddr>> {
+                panic!("a metadata name is not resolved")
+            },
         )
         .unwrap();
         assert_eq!(e.ssrf.verdict, SsrfVerdict::Refused);
@@ -836,18 +846,13 @@ credentials:
             e.ssrf.addresses[0].refusal.map(|r| r.as_str()),
             Some("self_listener")
         );
-        assert!(e.to_string().contains("the gateway's own listener 127.0.0.1:9090"));
+        assert!(e
+            .to_string()
+            .contains("the gateway's own listener 127.0.0.1:9090"));
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["ssrf"]["addresses"][0]["refusal"], "self_listener");
         // Another port under the same rule passes.
-        let e = explain_with(
-            &config(),
-            "demo",
-            "GET",
-            "http://127.0.0.1:20402/",
-            public,
-        )
-        .unwrap();
+        let e = explain_with(&config(), "demo", "GET", "http://127.0.0.1:20402/", public).unwrap();
         assert_eq!(e.ssrf.verdict, SsrfVerdict::Pass);
     }
 

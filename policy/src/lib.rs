@@ -33,8 +33,8 @@ pub use egress::{
     check_address, check_name, classify_ip, metadata_endpoint, parse_target, AddressRefusal,
     AddressScope, BlockedRange, Decision, DenyReason, Destination, EgressMode, EgressPlan,
     EgressPolicy, EgressRule, HostPattern, MetadataEndpoint, PathMatcher, PlanVerdict,
-    PlannedLimiters, RateLimit, SelfListeners, Target, TargetError, TargetHost,
-    METADATA_ENDPOINTS, METADATA_NAMES,
+    PlannedLimiters, RateLimit, SelfListeners, Target, TargetError, TargetHost, METADATA_ENDPOINTS,
+    METADATA_NAMES,
 };
 
 /// The name of a tenant.

@@ -12,7 +12,9 @@ use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use isogate_policy::{check_address, check_name, AddressRefusal, AddressScope, BlockedRange, SelfListeners};
+use isogate_policy::{
+    check_address, check_name, AddressRefusal, AddressScope, BlockedRange, SelfListeners,
+};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -74,7 +76,9 @@ pub struct GuardRefused {
 fn describe(host: &str, addr: &Option<SocketAddr>, refusal: &AddressRefusal) -> String {
     match addr {
         None => format!("{host} is {refusal}"),
-        Some(addr) if host.trim_start_matches('[').trim_end_matches(']') == addr.ip().to_string() => {
+        Some(addr)
+            if host.trim_start_matches('[').trim_end_matches(']') == addr.ip().to_string() =>
+        {
             format!("{addr} is {refusal}")
         }
         Some(addr) => format!("{host} resolves to {}, {refusal}", addr.ip()),

@@ -50,23 +50,38 @@ pub const METADATA_ENDPOINTS: &[MetadataEndpoint] = &[
     // DigitalOcean: https://docs.digitalocean.com/reference/api/metadata/
     // OpenStack Nova: https://docs.openstack.org/nova/latest/user/metadata.html
     // (also IBM Cloud, Hetzner, Vultr, Exoscale, Huawei, Linode/Akamai use this address)
-    v4(169, 254, 169, 254, "instance metadata service (AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack, ...)"),
+    v4(
+        169,
+        254,
+        169,
+        254,
+        "instance metadata service (AWS, GCP, Azure, Oracle, DigitalOcean, OpenStack, ...)",
+    ),
     // AWS EC2 IMDS over IPv6 (Nitro):
     // https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html
-    v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], "AWS instance metadata service (IPv6)"),
+    v6(
+        [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254],
+        "AWS instance metadata service (IPv6)",
+    ),
     // AWS ECS task metadata and task IAM role credentials:
     // https://docs.aws.amazon.com/AmazonECS/latest/developerguide/task-iam-roles.html
     v4(169, 254, 170, 2, "AWS ECS task credentials"),
     // Amazon EKS Pod Identity Agent:
     // https://docs.aws.amazon.com/eks/latest/userguide/pod-id-how-it-works.html
     v4(169, 254, 170, 23, "AWS EKS Pod Identity agent"),
-    v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23], "AWS EKS Pod Identity agent (IPv6)"),
+    v6(
+        [0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23],
+        "AWS EKS Pod Identity agent (IPv6)",
+    ),
     // Azure WireServer / host agent (a public address!):
     // https://learn.microsoft.com/en-us/azure/virtual-network/what-is-ip-address-168-63-129-16
     v4(168, 63, 129, 16, "Azure WireServer"),
     // GCP metadata server over IPv6:
     // https://cloud.google.com/compute/docs/metadata/querying-metadata
-    v6([0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254], "GCP metadata server (IPv6)"),
+    v6(
+        [0xfd20, 0xce, 0, 0, 0, 0, 0, 0x254],
+        "GCP metadata server (IPv6)",
+    ),
     // Alibaba Cloud ECS:
     // https://www.alibabacloud.com/help/en/ecs/user-guide/view-instance-metadata
     v4(100, 100, 100, 200, "Alibaba Cloud instance metadata"),
@@ -75,17 +90,26 @@ pub const METADATA_ENDPOINTS: &[MetadataEndpoint] = &[
     v4(192, 0, 0, 192, "Oracle Cloud instance metadata"),
     // OpenStack Nova metadata over IPv6 link-local:
     // https://docs.openstack.org/nova/latest/user/metadata.html
-    v6([0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe], "OpenStack metadata service (IPv6)"),
+    v6(
+        [0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe],
+        "OpenStack metadata service (IPv6)",
+    ),
     // Tencent Cloud CVM (metadata.tencentyun.com):
     // https://www.tencentcloud.com/document/product/213/4934
     v4(169, 254, 0, 23, "Tencent Cloud instance metadata"),
     // Scaleway instance metadata:
     // https://www.scaleway.com/en/docs/instances/how-to/use-cloud-init/ (169.254.42.42, fd00:42::42)
     v4(169, 254, 42, 42, "Scaleway instance metadata"),
-    v6([0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42], "Scaleway instance metadata (IPv6)"),
+    v6(
+        [0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42],
+        "Scaleway instance metadata (IPv6)",
+    ),
     // Akamai / Linode Metadata service over IPv6:
     // https://techdocs.akamai.com/cloud-computing/docs/overview-of-the-metadata-service
-    v6([0xfd00, 0xa9fe, 0xa9fe, 0, 0, 0, 0, 1], "Akamai/Linode metadata service (IPv6)"),
+    v6(
+        [0xfd00, 0xa9fe, 0xa9fe, 0, 0, 0, 0, 1],
+        "Akamai/Linode metadata service (IPv6)",
+    ),
 ];
 
 /// How a host name of [`METADATA_NAMES`] is matched.
@@ -104,23 +128,47 @@ pub enum NameMatch {
 /// Host names of metadata / credential services, refused by name before any DNS lookup.
 pub const METADATA_NAMES: &[(NameMatch, &str)] = &[
     // GCP: https://cloud.google.com/compute/docs/metadata/querying-metadata
-    (NameMatch::Exact("metadata.google.internal"), "GCP metadata server"),
+    (
+        NameMatch::Exact("metadata.google.internal"),
+        "GCP metadata server",
+    ),
     (NameMatch::Exact("metadata.goog"), "GCP metadata server"),
     (NameMatch::Exact("metadata"), "GCP metadata server"),
     // AWS: https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/instancedata-data-retrieval.html
-    (NameMatch::Exact("instance-data"), "AWS instance metadata service"),
-    (NameMatch::FirstLabelInternal("instance-data"), "AWS instance metadata service"),
+    (
+        NameMatch::Exact("instance-data"),
+        "AWS instance metadata service",
+    ),
+    (
+        NameMatch::FirstLabelInternal("instance-data"),
+        "AWS instance metadata service",
+    ),
     // Tencent Cloud: https://www.tencentcloud.com/document/product/213/4934
-    (NameMatch::Exact("metadata.tencentyun.com"), "Tencent Cloud instance metadata"),
+    (
+        NameMatch::Exact("metadata.tencentyun.com"),
+        "Tencent Cloud instance metadata",
+    ),
     // Equinix Metal (authenticates by source address, on a public IP):
     // https://deploy.equinix.com/developers/docs/metal/server-metadata/metadata/
-    (NameMatch::Exact("metadata.platformequinix.com"), "Equinix Metal metadata"),
-    (NameMatch::Exact("metadata.packet.net"), "Equinix Metal metadata"),
+    (
+        NameMatch::Exact("metadata.platformequinix.com"),
+        "Equinix Metal metadata",
+    ),
+    (
+        NameMatch::Exact("metadata.packet.net"),
+        "Equinix Metal metadata",
+    ),
     // Kubernetes API server's in-cluster names:
     // https://kubernetes.io/docs/tasks/run-application/access-api-from-pod/
     (NameMatch::Exact("kubernetes"), "Kubernetes API server"),
-    (NameMatch::Exact("kubernetes.default"), "Kubernetes API server"),
-    (NameMatch::Prefix("kubernetes.default.svc"), "Kubernetes API server"),
+    (
+        NameMatch::Exact("kubernetes.default"),
+        "Kubernetes API server",
+    ),
+    (
+        NameMatch::Prefix("kubernetes.default.svc"),
+        "Kubernetes API server",
+    ),
 ];
 
 /// The metadata endpoint at exactly `ip` (no embedded forms; see

@@ -3,10 +3,8 @@
 
 use std::fmt;
 
-use super::{
-    Decision, DenyReason, EgressMode, EgressPolicy, EgressRule, SelfListeners, Target,
-};
 use super::scope::AddressScope;
+use super::{Decision, DenyReason, EgressMode, EgressPolicy, EgressRule, SelfListeners, Target};
 
 /// What happens to the request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -803,7 +803,11 @@ fn metadata_endpoints_are_never_reachable_in_any_form() {
         ("fd00:42::42", "Scaleway instance metadata (IPv6)"),
         ("fd00:a9fe:a9fe::1", "Akamai/Linode metadata service (IPv6)"),
     ];
-    assert_eq!(named.len(), METADATA_ENDPOINTS.len(), "every entry is tested");
+    assert_eq!(
+        named.len(),
+        METADATA_ENDPOINTS.len(),
+        "every entry is tested"
+    );
     let listeners = SelfListeners::new(["0.0.0.0:80".parse().unwrap()], []);
     for &(text, service) in named {
         let mut forms = vec![text.to_owned()];
@@ -827,7 +831,10 @@ fn metadata_endpoints_are_never_reachable_in_any_form() {
                 "{form}"
             );
             let endpoint = metadata_endpoint(address).unwrap_or_else(|| panic!("{form}"));
-            assert!(endpoint.service.starts_with(service), "{form}: {endpoint:?}");
+            assert!(
+                endpoint.service.starts_with(service),
+                "{form}: {endpoint:?}"
+            );
             for allow_private in [false, true] {
                 let scope = AddressScope::new(allow_private, listeners.clone());
                 for port in [None, Some(80), Some(443)] {
@@ -926,7 +933,12 @@ fn self_listeners_are_never_reachable() {
     }
     let private = AddressScope::new(true, listeners.clone());
     // Same address, other port; other loopback address on the specifically bound port.
-    for addr in ["127.0.0.1:8081", "127.0.0.2:8080", "10.1.2.3:8080", "10.9.9.9:9090"] {
+    for addr in [
+        "127.0.0.1:8081",
+        "127.0.0.2:8080",
+        "10.1.2.3:8080",
+        "10.9.9.9:9090",
+    ] {
         let addr: SocketAddr = addr.parse().unwrap();
         assert_eq!(check_address(addr, &private), Ok(()), "{addr}");
     }
@@ -940,10 +952,7 @@ fn self_listeners_are_never_reachable() {
     assert_eq!(check_address(ip("10.1.2.3"), &private), Ok(()));
     // Port 0 (ephemeral) listeners match nothing.
     let ephemeral = SelfListeners::new(["127.0.0.1:0".parse().unwrap()], []);
-    assert_eq!(
-        ephemeral.find("127.0.0.1:0".parse().unwrap()),
-        None
-    );
+    assert_eq!(ephemeral.find("127.0.0.1:0".parse().unwrap()), None);
 }
 
 // ------------------------------------------------------------------ plan
