@@ -88,8 +88,8 @@ pub const METADATA_ENDPOINTS: &[MetadataEndpoint] = &[
     // Oracle Cloud Infrastructure Classic:
     // https://docs.oracle.com/en/cloud/iaas-classic/compute-iaas-cloud/stcsg/retrieving-instance-metadata.html
     v4(192, 0, 0, 192, "Oracle Cloud instance metadata"),
-    // OpenStack Nova metadata over IPv6 link-local:
-    // https://docs.openstack.org/nova/latest/user/metadata.html
+    // OpenStack metadata over IPv6 link-local:
+    // https://specs.openstack.org/openstack/neutron-specs/specs/ussuri/metadata-add-ipv6-support.html
     v6(
         [0xfe80, 0, 0, 0, 0, 0, 0xa9fe, 0xa9fe],
         "OpenStack metadata service (IPv6)",
@@ -98,14 +98,14 @@ pub const METADATA_ENDPOINTS: &[MetadataEndpoint] = &[
     // https://www.tencentcloud.com/document/product/213/4934
     v4(169, 254, 0, 23, "Tencent Cloud instance metadata"),
     // Scaleway instance metadata:
-    // https://www.scaleway.com/en/docs/instances/how-to/use-cloud-init/ (169.254.42.42, fd00:42::42)
+    // https://docs.cloud-init.io/en/latest/reference/datasources/scaleway.html
     v4(169, 254, 42, 42, "Scaleway instance metadata"),
     v6(
         [0xfd00, 0x42, 0, 0, 0, 0, 0, 0x42],
         "Scaleway instance metadata (IPv6)",
     ),
     // Akamai / Linode Metadata service over IPv6:
-    // https://techdocs.akamai.com/cloud-computing/docs/overview-of-the-metadata-service
+    // https://docs.cloud-init.io/en/latest/reference/datasources/akamai.html
     v6(
         [0xfd00, 0xa9fe, 0xa9fe, 0, 0, 0, 0, 1],
         "Akamai/Linode metadata service (IPv6)",
