@@ -112,8 +112,10 @@ fn checked_in_schema_matches_the_binary() {
     );
 }
 
-/// A configuration whose rules need no DNS beyond `localhost`.
+/// A configuration whose rules need no DNS beyond `localhost`. (Its listeners are not bound:
+/// `explain` only reads them, to refuse them as destinations.)
 const LOCAL: &str = r#"
+listen: { ingress: "127.0.0.1:18080", admin: "127.0.0.1:19090" }
 tenants:
   - name: ops
     api_keys: [{ sha256: "1111111111111111111111111111111111111111111111111111111111111111" }]
@@ -129,12 +131,35 @@ tenants:
         - host: 169.254.169.254
           name: metadata
           allow_private: true
+        - host: 169.254.170.2
+          name: ecs
+          allow_private: true
+        - host: fd00:ec2::23
+          name: eks
+          allow_private: true
+        - host: metadata.google.internal
+          name: gcp
+          allow_private: true
+        - host: localhost
+          name: self
+          ports: [19090]
+          allow_private: true
+  - name: rollout
+    api_keys: [{ sha256: "3333333333333333333333333333333333333333333333333333333333333333" }]
+    egress:
+      mode: report
+      allow:
+        - host: localhost
+          ports: [8080]
+          allow_private: true
   - name: strict
     api_keys: [{ sha256: "2222222222222222222222222222222222222222222222222222222222222222" }]
     egress:
       allow:
         - host: localhost
           ports: [8080]
+        - host: 168.63.129.16
+          name: azure
 credentials:
   - name: local
     source: { env: LOCAL_TOKEN }
@@ -305,7 +330,7 @@ fn explain_an_unknown_tenant_lists_the_tenants() {
     let (code, out, err) = explain(&config, "nobody", "GET", "http://localhost/");
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("unknown tenant `nobody`"), "{err}");
-    assert!(err.contains("ops, strict"), "{err}");
+    assert!(err.contains("ops, rollout, strict"), "{err}");
 }
 
 #[test]
@@ -344,4 +369,73 @@ fn explain_argument_errors_exit_1_and_refused_urls_exit_2() {
     let (code, out, _) = isogate(&["explain", "--help"]);
     assert_eq!(code, 0);
     assert!(out.contains("Exit status:"), "{out}");
+}
+
+/// Defect 9: credential endpoints stay closed under `allow_private`, in every form.
+#[test]
+fn explain_credential_endpoints_are_refused_under_allow_private() {
+    let (_dir, config) = local_config();
+    for (url, service) in [
+        (
+            "http://169.254.170.2/v2/credentials/x",
+            "AWS ECS task credentials",
+        ),
+        (
+            "http://[fd00:ec2::23]/v1/credentials",
+            "AWS EKS Pod Identity agent (IPv6)",
+        ),
+        (
+            "http://metadata.google.internal/computeMetadata/v1/",
+            "GCP metadata server",
+        ),
+    ] {
+        let (code, out, err) = explain(&config, "ops", "GET", url);
+        assert_eq!(code, 2, "{url}: {out}{err}");
+        assert!(out.contains("decision:    allow"), "{url}: {out}");
+        assert!(out.contains("allow_private: true"), "{url}: {out}");
+        assert!(out.contains(service), "{url}: {out}");
+        assert!(out.contains("verdict:   refused"), "{url}: {out}");
+    }
+    // Azure's WireServer is a public address, and still refused without allow_private.
+    let (code, out, err) = explain(&config, "strict", "GET", "http://168.63.129.16/machine");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("Azure WireServer"), "{out}");
+    assert!(out.contains("verdict:   refused"), "{out}");
+}
+
+/// Defect 8: a report-mode request on a port its host's rule does not allow gets no
+/// `allow_private`.
+#[test]
+fn explain_report_mode_other_port_is_not_private() {
+    let (_dir, config) = local_config();
+    let (code, out, err) = explain(&config, "rollout", "GET", "http://localhost:8081/");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        out.contains("deny: port 8081 is not allowed for host localhost (mode report)"),
+        "{out}"
+    );
+    assert!(out.contains("allow_private: false"), "{out}");
+    assert!(out.contains("loopback address (blocked)"), "{out}");
+    assert!(
+        out.contains("result:      refused by the SSRF guard"),
+        "{out}"
+    );
+    // The matching port is private-open.
+    let (code, out, err) = explain(&config, "rollout", "GET", "http://localhost:8080/");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("allow_private: true"), "{out}");
+}
+
+/// The gateway's own listeners are refused even under an allow_private rule naming them.
+#[test]
+fn explain_the_gateways_own_listener_is_refused() {
+    let (_dir, config) = local_config();
+    let (code, out, err) = explain(&config, "ops", "GET", "http://localhost:19090/metrics");
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("allow, rule `self`"), "{out}");
+    assert!(
+        out.contains("the gateway's own listener 127.0.0.1:19090"),
+        "{out}"
+    );
+    assert!(out.contains("verdict:   refused"), "{out}");
 }

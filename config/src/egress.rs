@@ -1,8 +1,7 @@
 //! The `egress` section of a tenant: which outbound `fetch()` requests its
 //! Workers may make.
 
-use isogate_policy::egress::DEFAULT_PORTS;
-use isogate_policy::{EgressMode, EgressPolicy, EgressRule, HostPattern, PathMatcher, RateLimit};
+use isogate_policy::{EgressMode, HostPattern, RateLimit};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -45,10 +44,8 @@ impl From<EgressModeConfig> for EgressMode {
 #[serde(deny_unknown_fields)]
 pub struct RateLimitConfig {
     /// Sustained requests per second.
-    #[schemars(range(min = 1))]
     pub per_second: u32,
     /// Requests that may be made at once after an idle period.
-    #[schemars(range(min = 1))]
     pub burst: u32,
 }
 
@@ -95,9 +92,11 @@ pub struct EgressRuleConfig {
     /// Rate limit of the requests matching this rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
-    /// Lets this rule reach private-use addresses (loopback, RFC 1918,
-    /// link-local, CGNAT, IPv6 unique local). Cloud metadata and other
-    /// special addresses stay blocked. Default `false`.
+    /// Lets requests that fully match this rule (host, port, method, path)
+    /// reach private-use addresses (loopback, RFC 1918, link-local, CGNAT,
+    /// IPv6 unique local); a report-mode pass never does. Cloud metadata and
+    /// credential endpoints, the gateway's own listeners and other special
+    /// addresses stay blocked. Default `false`.
     #[serde(default)]
     pub allow_private: bool,
 }
@@ -111,56 +110,6 @@ impl EgressRuleConfig {
             (Some(name), _) => name.clone(),
             (None, Ok(pattern)) => pattern.to_string(),
             (None, Err(_)) => self.host.clone(),
-        }
-    }
-
-    /// Lowers this rule into its policy form; `None` if the host pattern or
-    /// a path glob is invalid (never the case in a validated
-    /// configuration). Invalid ports are dropped and methods upper-cased.
-    pub fn to_policy(&self) -> Option<EgressRule> {
-        let host = HostPattern::parse(&self.host).ok()?;
-        let paths = match &self.paths {
-            None => None,
-            Some(globs) => Some(PathMatcher::new(globs.iter().map(String::as_str)).ok()?),
-        };
-        let ports = match &self.ports {
-            None => DEFAULT_PORTS.to_vec(),
-            Some(ports) => ports
-                .iter()
-                .filter_map(|&port| u16::try_from(port).ok().filter(|&p| p != 0))
-                .collect(),
-        };
-        Some(EgressRule {
-            name: self.name.clone().unwrap_or_else(|| host.to_string()),
-            host,
-            ports,
-            methods: self
-                .methods
-                .as_ref()
-                .map(|methods| methods.iter().map(|m| m.to_ascii_uppercase()).collect()),
-            paths,
-            credential: self.credential.clone(),
-            rate_limit: self.rate_limit.map(Into::into),
-            allow_private: self.allow_private,
-        })
-    }
-}
-
-impl EgressConfig {
-    /// Lowers this section into an [`EgressPolicy`].
-    ///
-    /// Meant for validated configurations; on an unvalidated one, rules that
-    /// cannot be lowered (see [`EgressRuleConfig::to_policy`]) are skipped,
-    /// which denies more, never less.
-    pub fn to_policy(&self) -> EgressPolicy {
-        EgressPolicy {
-            mode: self.mode.into(),
-            rate_limit: self.rate_limit.map(Into::into),
-            rules: self
-                .allow
-                .iter()
-                .filter_map(EgressRuleConfig::to_policy)
-                .collect(),
         }
     }
 }

@@ -28,7 +28,7 @@
 //! "#,
 //!     "inline.yaml",
 //! )?;
-//! let policy = config.policy();
+//! let policy = config.lower().expect("validated").policy;
 //! assert_eq!(policy.authenticate("demo-key").map(|t| t.name.as_str()), Some("demo"));
 //! # Ok::<(), isogate_config::ConfigError>(())
 //! ```
@@ -42,7 +42,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use isogate_policy::{ApiKeyHash, Policy, TenantLimits, TenantName, TenantPolicy};
+use isogate_policy::{Policy, TenantLimits};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -137,19 +137,15 @@ impl Default for Listen {
 pub struct PoolConfig {
     /// Number of isolate threads (1..=256). Defaults to the number of CPU
     /// cores; use [`Config::pool_threads`] to get the resolved value.
-    #[schemars(range(min = 1, max = 256))]
     pub threads: Option<usize>,
     /// Pre-initialised isolates kept ready for new workers. Default 8.
     pub warm_isolates: usize,
     /// Compiled workers kept in the cache across all tenants. Default 1000.
-    #[schemars(range(min = 1))]
     pub max_cached_workers: usize,
     /// Seconds after which an unused cached worker is evicted. Default 300.
-    #[schemars(range(min = 1))]
     pub idle_ttl_s: u64,
     /// Capacity of the bounded request queue of each isolate thread.
     /// Default 1024.
-    #[schemars(range(min = 1))]
     pub queue_capacity: usize,
 }
 
@@ -208,32 +204,23 @@ pub struct ApiKeyConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// CPU time per invocation, in milliseconds; at most `wall_ms`. Default 50.
-    #[schemars(range(min = 1))]
     pub cpu_ms: u64,
     /// Isolate heap size, in MiB (at most 4096). Default 64.
-    #[schemars(range(min = 1, max = 4096))]
     pub memory_mb: u64,
     /// Wall-clock time per invocation, in milliseconds. Default 30000.
-    #[schemars(range(min = 1))]
     pub wall_ms: u64,
     /// Outbound `fetch` sub-requests per invocation. Default 50.
-    #[schemars(range(min = 1))]
     pub subrequests: u32,
     /// Invocations that may run concurrently. Default 16.
-    #[schemars(range(min = 1))]
     pub max_concurrency: u32,
     /// Compiled workers of this tenant kept in the cache. Default 100.
-    #[schemars(range(min = 1))]
     pub max_cached_workers: u32,
     /// Maximum request body size, in bytes. Default 1048576 (1 MiB).
-    #[schemars(range(min = 1))]
     pub max_body_bytes: u64,
     /// Requests that may wait for a concurrency slot. Default 64.
-    #[schemars(range(min = 1))]
     pub max_queue: u32,
     /// How long a request may wait for a concurrency slot, in milliseconds.
     /// Default 5000.
-    #[schemars(range(min = 1))]
     pub queue_timeout_ms: u64,
 }
 
@@ -269,24 +256,14 @@ impl From<LimitsConfig> for TenantLimits {
     }
 }
 
-impl TenantConfig {
-    /// Lowers this tenant into its policy form.
-    ///
-    /// Meant for validated configurations; API key entries that are not valid
-    /// hex digests are skipped, and so are egress rules that cannot be
-    /// lowered (see [`EgressConfig::to_policy`]).
-    pub fn to_policy(&self) -> TenantPolicy {
-        TenantPolicy {
-            name: TenantName::new(self.name.as_str()),
-            api_keys: self
-                .api_keys
-                .iter()
-                .filter_map(|key| ApiKeyHash::from_hex(&key.sha256).ok())
-                .collect(),
-            limits: self.limits.into(),
-            egress: self.egress.to_policy(),
-        }
-    }
+/// A configuration lowered into what the gateway runs on, by [`Config::lower`].
+#[derive(Debug, Clone)]
+pub struct Lowered {
+    /// The tenants: keys, limits, egress policies.
+    pub policy: Policy,
+    /// The gateway's own listening sockets (`listen.ingress`, `listen.admin`), which no Worker
+    /// may ever reach (see [`isogate_policy::SelfListeners`]).
+    pub listeners: Vec<SocketAddr>,
 }
 
 impl Config {
@@ -301,11 +278,24 @@ impl Config {
     ///
     /// [`ConfigError::Parse`] or [`ConfigError::Invalid`], as described above.
     pub fn from_yaml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_str_lowered(text, origin).map(|(config, _)| config)
+    }
+
+    /// [`Config::from_yaml_str`], also returning the lowered form (validation and lowering are
+    /// one pass, [`Config::lower`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::from_yaml_str`].
+    pub fn from_yaml_str_lowered(
+        text: &str,
+        origin: &str,
+    ) -> Result<(Config, Lowered), ConfigError> {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
         let config: Config = serde_path_to_error::deserialize(deserializer)
             .map_err(|error| parse_error(origin, error))?;
-        config.validate()?;
-        Ok(config)
+        let lowered = config.lower().map_err(ConfigError::Invalid)?;
+        Ok((config, lowered))
     }
 
     /// Reads, parses and validates a YAML configuration file. Errors name the
@@ -316,11 +306,21 @@ impl Config {
     /// [`ConfigError::Io`] if the file cannot be read, otherwise as
     /// [`Config::from_yaml_str`].
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::load_lowered(path).map(|(config, _)| config)
+    }
+
+    /// [`Config::load`], also returning the lowered form: what `serve`, reload, `check` and
+    /// `explain` use.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::load`].
+    pub fn load_lowered(path: &Path) -> Result<(Config, Lowered), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::from_yaml_str(&text, &path.display().to_string())
+        Self::from_yaml_str_lowered(&text, &path.display().to_string())
     }
 
     /// The built-in development configuration ([`EMBEDDED_DEFAULT_YAML`]):
@@ -352,12 +352,18 @@ impl Config {
     ///
     /// [`ConfigError::Invalid`] listing every violated rule, in document order.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let errors = validate::collect_errors(self);
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError::Invalid(errors))
-        }
+        self.lower().map(drop).map_err(ConfigError::Invalid)
+    }
+
+    /// Validates and lowers the configuration in one pass: the one fallible lowering used by
+    /// `serve`, reload, `check` and `explain` (the JSON schema takes its numeric bounds from the
+    /// same table, see [`Config::json_schema`]).
+    ///
+    /// # Errors
+    ///
+    /// Every violated rule, in document order, each naming its YAML path.
+    pub fn lower(&self) -> Result<Lowered, Vec<ValidationError>> {
+        validate::lower(self)
     }
 
     /// The number of isolate threads: `pool.threads` if set, otherwise the
@@ -368,14 +374,16 @@ impl Config {
         })
     }
 
-    /// Lowers the tenants into an [`isogate_policy::Policy`].
+    /// The [`isogate_policy::Policy`] of [`Config::lower`].
     ///
     /// Meant for validated configurations (as returned by
-    /// [`Config::from_yaml_str`] / [`Config::load`]); on an unvalidated one,
-    /// malformed API key entries are skipped and duplicates resolve to their
-    /// first occurrence.
+    /// [`Config::from_yaml_str`] / [`Config::load`]); an invalid one lowers to
+    /// the empty policy, in which no key authenticates (fail closed). Use
+    /// [`Config::lower`] to see the errors.
     pub fn policy(&self) -> Policy {
-        Policy::new(self.tenants.iter().map(TenantConfig::to_policy).collect())
+        self.lower()
+            .map(|lowered| lowered.policy)
+            .unwrap_or_else(|_| Policy::new(Vec::new()))
     }
 
     /// Looks up a credential by name.
@@ -388,9 +396,24 @@ impl Config {
         self.vaults.iter().find(|v| v.name == name)
     }
 
-    /// The JSON Schema of the configuration document.
+    /// The JSON Schema of the configuration document. Numeric `minimum`/`maximum` come from
+    /// the validator's bounds table, so the schema and [`Config::lower`] agree.
     pub fn json_schema() -> schemars::Schema {
-        schemars::schema_for!(Config)
+        let mut schema = schemars::schema_for!(Config);
+        for bound in validate::BOUNDS {
+            let mut pointer = format!("/$defs/{}/properties/{}", bound.def, bound.field);
+            if bound.items {
+                pointer.push_str("/items");
+            }
+            if let Some(serde_json::Value::Object(property)) = schema.pointer_mut(&pointer) {
+                property.insert("minimum".into(), bound.min.into());
+                match bound.max {
+                    Some(max) => property.insert("maximum".into(), max.into()),
+                    None => property.remove("maximum"),
+                };
+            }
+        }
+        schema
     }
 }
 

@@ -125,7 +125,6 @@ pub struct VaultConfig {
     /// Seconds a fetched secret is used before it is fetched again. Default
     /// 60.
     #[serde(default = "default_cache_ttl_s")]
-    #[schemars(range(min = 1))]
     pub cache_ttl_s: u64,
     /// Seconds a fetched secret may still be used while the vault cannot be
     /// reached; at least `cache_ttl_s`. Default 600.

@@ -1,6 +1,7 @@
 //! Unit tests for parsing, validation and lowering.
 
 use super::*;
+use isogate_policy::ApiKeyHash;
 
 const DEMO_KEY_SHA256: &str = "c48a01f49fd0f2cc404bc3cbbc80e91457a3d41bb429a695243de4c61794155c";
 
@@ -970,7 +971,9 @@ fn egress_defaults() {
     assert_eq!(egress.mode, EgressModeConfig::Report);
     assert_eq!(egress.allow[0].effective_name(), "api.example.com");
     assert_eq!(egress.allow[1].effective_name(), "[::1]");
-    let lowered = egress.to_policy();
+    let lowered = config.lower().expect("valid").policy.tenants()[0]
+        .egress
+        .clone();
     assert_eq!(lowered.mode, isogate_policy::EgressMode::Report);
     assert_eq!(lowered.rate_limit, None);
     assert_eq!(lowered.rules.len(), 3);
@@ -1004,8 +1007,9 @@ fn egress_defaults() {
 }
 
 #[test]
-fn lowering_skips_rules_that_do_not_validate() {
-    let egress = EgressConfig {
+fn lowering_is_all_or_nothing() {
+    let mut config = load_ok(&doc(""));
+    config.tenants[0].egress = EgressConfig {
         allow: vec![
             rule_config("*"),
             EgressRuleConfig {
@@ -1019,10 +1023,161 @@ fn lowering_skips_rules_that_do_not_validate() {
         ],
         ..EgressConfig::default()
     };
-    let lowered = egress.to_policy();
-    assert_eq!(lowered.rules.len(), 1);
-    assert_eq!(lowered.rules[0].name, "y.com");
-    assert_eq!(lowered.rules[0].ports, [443]);
+    let errors = config.lower().expect_err("invalid rules");
+    let paths: Vec<&str> = errors.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "tenants[0].egress.allow[0].host",
+            "tenants[0].egress.allow[1].paths[0]",
+            "tenants[0].egress.allow[2].ports[0]",
+            "tenants[0].egress.allow[2].ports[2]",
+        ],
+        "{errors:#?}"
+    );
+    assert!(matches!(config.validate(), Err(ConfigError::Invalid(e)) if e == errors));
+    // An invalid configuration never yields a partial policy.
+    assert!(config.policy().tenants().is_empty());
+    assert!(config.policy().authenticate("demo-key").is_none());
+}
+
+#[test]
+fn lowering_yields_the_listeners() {
+    let lowered = load_ok(EXAMPLE).lower().expect("valid");
+    assert_eq!(
+        lowered.listeners,
+        [
+            "127.0.0.1:8080".parse::<std::net::SocketAddr>().unwrap(),
+            "127.0.0.1:9090".parse().unwrap()
+        ]
+    );
+}
+
+/// A document setting `def.field` to `value`, and the YAML path of that value.
+fn bound_doc(def: &str, field: &str, value: u64) -> (String, String) {
+    match def {
+        "PoolConfig" => (
+            doc(&format!("pool: {{ {field}: {value} }}\n")),
+            format!("pool.{field}"),
+        ),
+        "LimitsConfig" => {
+            // Keep cpu_ms <= wall_ms out of the way.
+            let extra = match field {
+                "cpu_ms" => ", wall_ms: 18446744073709551615",
+                "wall_ms" => ", cpu_ms: 1",
+                _ => "",
+            };
+            (
+                doc_with_limits(&format!("{{ {field}: {value}{extra} }}")),
+                format!("tenants[0].limits.{field}"),
+            )
+        }
+        "RateLimitConfig" => {
+            let other = if field == "burst" {
+                "per_second"
+            } else {
+                "burst"
+            };
+            (
+                egress_doc(
+                    &format!("{{ rate_limit: {{ {field}: {value}, {other}: 1 }} }}"),
+                    "",
+                ),
+                format!("tenants[0].egress.rate_limit.{field}"),
+            )
+        }
+        "EgressRuleConfig" => (
+            rule_doc(&format!("{{ host: x.com, {field}: [{value}] }}"), ""),
+            format!("tenants[0].egress.allow[0].{field}[0]"),
+        ),
+        "VaultConfig" => (
+            vault_doc(&format!(
+                "{{ name: v, kind: hashicorp, address: \"https://vault.internal:8200\", \
+                 token: {{ env: T }}, {field}: {value}, max_stale_s: 18446744073709551615 }}"
+            )),
+            format!("vaults[0].{field}"),
+        ),
+        "ShutdownConfig" => (
+            doc(&format!("shutdown: {{ {field}: {value} }}\n")),
+            format!("shutdown.{field}"),
+        ),
+        other => panic!("no test document for {other}"),
+    }
+}
+
+/// The validator and the JSON schema agree on every numeric bound, and every integer field of
+/// the schema is bounded by the validator's table (so a new field cannot be forgotten).
+#[test]
+fn schema_bounds_match_the_validator() {
+    let schema = serde_json::to_value(Config::json_schema()).expect("schema serializes");
+    let defs = schema["$defs"].as_object().expect("$defs");
+    let mut integer_fields = Vec::new();
+    for (def, body) in defs {
+        let Some(properties) = body["properties"].as_object() else {
+            continue;
+        };
+        for (field, property) in properties {
+            let items = property.get("items").is_some();
+            let leaf = if items { &property["items"] } else { property };
+            let is_integer = match &leaf["type"] {
+                serde_json::Value::String(t) => t == "integer",
+                serde_json::Value::Array(ts) => ts.iter().any(|t| t == "integer"),
+                _ => false,
+            };
+            if is_integer {
+                integer_fields.push((def.clone(), field.clone(), leaf.clone()));
+            }
+        }
+    }
+    // Fields that are deliberately unbounded beyond their type.
+    let unbounded = [
+        ("PoolConfig", "warm_isolates"),
+        ("VaultConfig", "max_stale_s"),
+    ];
+    for (def, field, leaf) in &integer_fields {
+        if unbounded.contains(&(def.as_str(), field.as_str())) {
+            continue;
+        }
+        let bound = validate::BOUNDS
+            .iter()
+            .find(|b| b.def == def && b.field == field)
+            .unwrap_or_else(|| panic!("{def}.{field} has no entry in validate::BOUNDS"));
+        assert_eq!(leaf["minimum"], bound.min, "{def}.{field}: {leaf}");
+        match bound.max {
+            Some(max) => assert_eq!(leaf["maximum"], max, "{def}.{field}: {leaf}"),
+            None => assert!(leaf.get("maximum").is_none(), "{def}.{field}: {leaf}"),
+        }
+    }
+    assert_eq!(
+        integer_fields.len(),
+        validate::BOUNDS.len() + unbounded.len(),
+        "every bound names a schema field: {integer_fields:?}"
+    );
+
+    for bound in validate::BOUNDS {
+        let (def, field) = (bound.def, bound.field);
+        let (yaml, _) = bound_doc(def, field, bound.min);
+        load_ok(&yaml);
+        if bound.min > 0 {
+            let (yaml, path) = bound_doc(def, field, bound.min - 1);
+            let errors = validation_errors(&yaml);
+            assert!(
+                errors.iter().any(|e| e.path == path),
+                "{def}.{field} = {}: {errors:#?}",
+                bound.min - 1
+            );
+        }
+        if let Some(max) = bound.max {
+            load_ok(&bound_doc(def, field, max).0);
+            let (yaml, path) = bound_doc(def, field, max + 1);
+            let errors = validation_errors(&yaml);
+            assert!(
+                errors.iter().any(|e| e.path == path),
+                "{def}.{field} = {}: {errors:#?}",
+                max + 1
+            );
+        }
+    }
 }
 
 #[test]

@@ -1,25 +1,121 @@
-//! Semantic validation of a parsed [`Config`].
+//! Validation and lowering of a parsed [`Config`], in one pass.
 //!
-//! Parsing (serde) guarantees the *shape* of the document; the rules here
-//! check the *values*. Every rule reports the YAML path of the offending value
-//! and validation keeps going after a failure, so that all problems are
-//! reported at once.
+//! Parsing (serde) guarantees the *shape* of the document; [`lower`] checks
+//! the *values* and builds the [`Policy`] from the very values it checked
+//! (each host pattern, path glob, port and key digest is parsed once), so a
+//! configuration that validates is exactly the one that runs. Every rule
+//! reports the YAML path of the offending value and validation keeps going
+//! after a failure, so that all problems are reported at once. Numeric bounds
+//! live in [`BOUNDS`], which [`Config::json_schema`] also writes into the
+//! schema, so validator and schema cannot disagree.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use isogate_policy::{parse_target, ApiKeyHash, HostPattern, PathMatcher};
-
-use crate::{
-    Config, CredentialConfig, EgressConfig, Injection, Listen, PoolConfig, RateLimitConfig,
-    SecretSource, TenantConfig, TokenSource, ValidationError, VaultConfig, SECRET_PLACEHOLDER,
+use isogate_policy::egress::DEFAULT_PORTS;
+use isogate_policy::{
+    parse_target, ApiKeyHash, EgressPolicy, EgressRule, HostPattern, PathMatcher, Policy,
+    TenantName, TenantPolicy,
 };
 
-/// Upper bound of `pool.threads`.
-pub(crate) const MAX_POOL_THREADS: usize = 256;
-/// Upper bound of `tenants[].limits.memory_mb`.
-pub(crate) const MAX_MEMORY_MB: u64 = 4096;
+use crate::{
+    Config, CredentialConfig, EgressConfig, Injection, Listen, Lowered, PoolConfig,
+    RateLimitConfig, SecretSource, TenantConfig, TokenSource, ValidationError, VaultConfig,
+    SECRET_PLACEHOLDER,
+};
+
+/// Inclusive bounds of one numeric field: checked by the validator, written into the JSON
+/// schema by [`Config::json_schema`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bound {
+    /// The schema definition (the Rust type name), e.g. `LimitsConfig`.
+    pub def: &'static str,
+    /// The field; for a list, the bound applies to its items.
+    pub field: &'static str,
+    /// Whether the field is a list whose items are bounded.
+    pub items: bool,
+    /// Smallest allowed value.
+    pub min: u64,
+    /// Largest allowed value, if any.
+    pub max: Option<u64>,
+    /// Word a violation as `must be between MIN and MAX, got V` (else `must be greater than
+    /// 0` / `must be at least MIN, got V` / `must be at most MAX, got V`).
+    pub between: bool,
+}
+
+const fn bound(def: &'static str, field: &'static str, min: u64, max: Option<u64>) -> Bound {
+    Bound {
+        def,
+        field,
+        items: false,
+        min,
+        max,
+        between: false,
+    }
+}
+
+/// Every numeric bound of the document. `subrequests: 0` (no outbound requests), `max_queue:
+/// 0` (refuse instead of waiting) and `warm_isolates: 0` (no pre-warming) are meaningful.
+pub(crate) const BOUNDS: &[Bound] = &[
+    Bound {
+        between: true,
+        ..bound("PoolConfig", "threads", 1, Some(256))
+    },
+    bound("PoolConfig", "max_cached_workers", 1, None),
+    bound("PoolConfig", "idle_ttl_s", 1, None),
+    bound("PoolConfig", "queue_capacity", 1, None),
+    bound("LimitsConfig", "cpu_ms", 1, None),
+    bound("LimitsConfig", "memory_mb", 1, Some(4096)),
+    bound("LimitsConfig", "wall_ms", 1, None),
+    bound("LimitsConfig", "subrequests", 0, None),
+    bound("LimitsConfig", "max_concurrency", 1, None),
+    bound("LimitsConfig", "max_cached_workers", 1, None),
+    bound("LimitsConfig", "max_body_bytes", 1, None),
+    bound("LimitsConfig", "max_queue", 0, None),
+    bound("LimitsConfig", "queue_timeout_ms", 1, None),
+    bound("RateLimitConfig", "per_second", 1, None),
+    bound("RateLimitConfig", "burst", 1, None),
+    Bound {
+        items: true,
+        between: true,
+        ..bound("EgressRuleConfig", "ports", 1, Some(65535))
+    },
+    bound("VaultConfig", "cache_ttl_s", 1, None),
+    bound("ShutdownConfig", "grace_period_s", 0, Some(3600)),
+    bound("ShutdownConfig", "drain_timeout_s", 0, Some(3600)),
+];
+
+/// The bound of `def.field`.
+fn bound_of(def: &str, field: &str) -> Bound {
+    match BOUNDS.iter().find(|b| b.def == def && b.field == field) {
+        Some(b) => *b,
+        // Unreachable: every caller names an entry of BOUNDS (a unit test checks them all).
+        None => bound("", "", 0, None),
+    }
+}
+
+impl Errors {
+    /// Checks `value` against the bound of `def.field`, reporting at `path`.
+    fn bounded(&mut self, path: impl Into<String>, def: &str, field: &str, value: u64) {
+        let b = bound_of(def, field);
+        let message = match b.max {
+            Some(max) if b.between && (value < b.min || value > max) => {
+                format!("must be between {} and {max}, got {value}", b.min)
+            }
+            _ if value < b.min && b.min == 1 => "must be greater than 0".to_owned(),
+            _ if value < b.min => format!("must be at least {}, got {value}", b.min),
+            Some(max) if value > max => format!("must be at most {max}, got {value}"),
+            _ => return,
+        };
+        self.push(path, message);
+    }
+}
+
+/// `usize` as `u64` (saturating; never truncates on supported targets).
+fn wide(value: usize) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
 /// Maximum length of a tenant name (also of credential and vault names).
 pub(crate) const MAX_TENANT_NAME_LEN: usize = 63;
 /// Maximum length of an egress rule name.
@@ -38,8 +134,8 @@ const CLIENT_MANAGED_HEADERS: [&str; 9] = [
     "upgrade",
 ];
 
-/// Returns every rule violation found in `config`, in document order.
-pub(crate) fn collect_errors(config: &Config) -> Vec<ValidationError> {
+/// Validates `config` and lowers it; on failure, every rule violation in document order.
+pub(crate) fn lower(config: &Config) -> Result<Lowered, Vec<ValidationError>> {
     let mut errors = Errors::default();
     check_listen(&config.listen, &mut errors);
     if config.state_dir.as_os_str().is_empty() {
@@ -51,7 +147,7 @@ pub(crate) fn collect_errors(config: &Config) -> Vec<ValidationError> {
         .iter()
         .map(|credential| credential.name.as_str())
         .collect();
-    check_tenants(&config.tenants, &credentials, &mut errors);
+    let tenants = check_tenants(&config.tenants, &credentials, &mut errors);
     let vaults: HashSet<&str> = config
         .vaults
         .iter()
@@ -59,13 +155,27 @@ pub(crate) fn collect_errors(config: &Config) -> Vec<ValidationError> {
         .collect();
     check_credentials(&config.credentials, &vaults, &mut errors);
     check_vaults(&config.vaults, &mut errors);
-    if config.shutdown.grace_period_s > 3600 {
-        errors.push("shutdown.grace_period_s", "must be at most 3600");
+    let shutdown = &config.shutdown;
+    errors.bounded(
+        "shutdown.grace_period_s",
+        "ShutdownConfig",
+        "grace_period_s",
+        shutdown.grace_period_s,
+    );
+    errors.bounded(
+        "shutdown.drain_timeout_s",
+        "ShutdownConfig",
+        "drain_timeout_s",
+        shutdown.drain_timeout_s,
+    );
+    if errors.0.is_empty() {
+        Ok(Lowered {
+            policy: Policy::new(tenants),
+            listeners: vec![config.listen.ingress, config.listen.admin],
+        })
+    } else {
+        Err(errors.0)
     }
-    if config.shutdown.drain_timeout_s > 3600 {
-        errors.push("shutdown.drain_timeout_s", "must be at most 3600");
-    }
-    errors.0
 }
 
 #[derive(Default)]
@@ -102,28 +212,27 @@ fn listeners_conflict(a: SocketAddr, b: SocketAddr) -> bool {
 
 fn check_pool(pool: &PoolConfig, errors: &mut Errors) {
     if let Some(threads) = pool.threads {
-        if !(1..=MAX_POOL_THREADS).contains(&threads) {
-            errors.push(
-                "pool.threads",
-                format!("must be between 1 and {MAX_POOL_THREADS}, got {threads}"),
-            );
-        }
+        errors.bounded("pool.threads", "PoolConfig", "threads", wide(threads));
     }
-    if pool.max_cached_workers == 0 {
-        errors.push("pool.max_cached_workers", "must be greater than 0");
-    }
-    if pool.idle_ttl_s == 0 {
-        errors.push("pool.idle_ttl_s", "must be greater than 0");
-    }
-    if pool.queue_capacity == 0 {
-        errors.push("pool.queue_capacity", "must be greater than 0");
+    for (field, value) in [
+        ("max_cached_workers", wide(pool.max_cached_workers)),
+        ("idle_ttl_s", pool.idle_ttl_s),
+        ("queue_capacity", wide(pool.queue_capacity)),
+    ] {
+        errors.bounded(format!("pool.{field}"), "PoolConfig", field, value);
     }
 }
 
-fn check_tenants(tenants: &[TenantConfig], credentials: &HashSet<&str>, errors: &mut Errors) {
+/// Checks and lowers the tenants (the result is only used when there are no errors).
+fn check_tenants(
+    tenants: &[TenantConfig],
+    credentials: &HashSet<&str>,
+    errors: &mut Errors,
+) -> Vec<TenantPolicy> {
+    let mut lowered = Vec::with_capacity(tenants.len());
     if tenants.is_empty() {
         errors.push("tenants", "at least one tenant is required");
-        return;
+        return lowered;
     }
 
     // First occurrence of each name / key digest, for duplicate detection.
@@ -161,6 +270,7 @@ fn check_tenants(tenants: &[TenantConfig], credentials: &HashSet<&str>, errors: 
         if tenant.api_keys.is_empty() {
             errors.push(format!("{at}.api_keys"), "at least one API key is required");
         }
+        let mut api_keys = Vec::with_capacity(tenant.api_keys.len());
         for (k, key) in tenant.api_keys.iter().enumerate() {
             let key_path = format!("{at}.api_keys[{k}].sha256");
             match ApiKeyHash::from_hex(&key.sha256) {
@@ -178,38 +288,38 @@ fn check_tenants(tenants: &[TenantConfig], credentials: &HashSet<&str>, errors: 
                     } else {
                         keys.insert(*hash.as_bytes(), key_path);
                     }
+                    api_keys.push(hash);
                 }
             }
         }
 
         check_limits(&at, tenant, errors);
-        check_egress(&format!("{at}.egress"), &tenant.egress, credentials, errors);
+        let egress = check_egress(&format!("{at}.egress"), &tenant.egress, credentials, errors);
+        lowered.push(TenantPolicy {
+            name: TenantName::new(tenant.name.as_str()),
+            api_keys,
+            limits: tenant.limits.into(),
+            egress,
+        });
     }
+    lowered
 }
 
 fn check_limits(at: &str, tenant: &TenantConfig, errors: &mut Errors) {
     let l = &tenant.limits;
-    // `subrequests: 0` (no outbound requests) and `max_queue: 0` (refuse instead of waiting)
-    // are meaningful; every other limit must be positive.
-    let numeric: [(&str, u64); 7] = [
+    let numeric: [(&str, u64); 9] = [
         ("cpu_ms", l.cpu_ms),
         ("memory_mb", l.memory_mb),
         ("wall_ms", l.wall_ms),
+        ("subrequests", u64::from(l.subrequests)),
         ("max_concurrency", u64::from(l.max_concurrency)),
         ("max_cached_workers", u64::from(l.max_cached_workers)),
         ("max_body_bytes", l.max_body_bytes),
+        ("max_queue", u64::from(l.max_queue)),
         ("queue_timeout_ms", l.queue_timeout_ms),
     ];
     for (field, value) in numeric {
-        if value == 0 {
-            errors.push(format!("{at}.limits.{field}"), "must be greater than 0");
-        }
-    }
-    if l.memory_mb > MAX_MEMORY_MB {
-        errors.push(
-            format!("{at}.limits.memory_mb"),
-            format!("must be at most {MAX_MEMORY_MB}, got {}", l.memory_mb),
-        );
+        errors.bounded(format!("{at}.limits.{field}"), "LimitsConfig", field, value);
     }
     if l.cpu_ms > l.wall_ms {
         errors.push(
@@ -220,19 +330,27 @@ fn check_limits(at: &str, tenant: &TenantConfig, errors: &mut Errors) {
 }
 
 fn check_rate_limit(at: &str, limit: &RateLimitConfig, errors: &mut Errors) {
-    if limit.per_second == 0 {
-        errors.push(format!("{at}.per_second"), "must be greater than 0");
-    }
-    if limit.burst == 0 {
-        errors.push(format!("{at}.burst"), "must be greater than 0");
+    for (field, value) in [("per_second", limit.per_second), ("burst", limit.burst)] {
+        errors.bounded(
+            format!("{at}.{field}"),
+            "RateLimitConfig",
+            field,
+            u64::from(value),
+        );
     }
 }
 
-/// Checks a tenant's `egress` section; `at` is its path.
-fn check_egress(at: &str, egress: &EgressConfig, credentials: &HashSet<&str>, errors: &mut Errors) {
+/// Checks and lowers a tenant's `egress` section; `at` is its path.
+fn check_egress(
+    at: &str,
+    egress: &EgressConfig,
+    credentials: &HashSet<&str>,
+    errors: &mut Errors,
+) -> EgressPolicy {
     if let Some(limit) = &egress.rate_limit {
         check_rate_limit(&format!("{at}.rate_limit"), limit, errors);
     }
+    let mut rules = Vec::with_capacity(egress.allow.len());
 
     // Effective rule name -> path of the rule that first used it.
     let mut names: HashMap<String, String> = HashMap::new();
@@ -285,22 +403,30 @@ fn check_egress(at: &str, egress: &EgressConfig, credentials: &HashSet<&str>, er
             }
         }
 
-        if let Some(ports) = &rule.ports {
-            if ports.is_empty() {
-                errors.push(
-                    format!("{at}.ports"),
-                    "must not be empty; omit `ports` to allow ports 80 and 443",
-                );
-            }
-            for (p, &port) in ports.iter().enumerate() {
-                if !(1..=65535).contains(&port) {
+        let ports = match &rule.ports {
+            None => DEFAULT_PORTS.to_vec(),
+            Some(ports) => {
+                if ports.is_empty() {
                     errors.push(
-                        format!("{at}.ports[{p}]"),
-                        format!("must be between 1 and 65535, got {port}"),
+                        format!("{at}.ports"),
+                        "must not be empty; omit `ports` to allow ports 80 and 443",
                     );
                 }
+                let before = errors.0.len();
+                for (p, &port) in ports.iter().enumerate() {
+                    let path = format!("{at}.ports[{p}]");
+                    errors.bounded(path, "EgressRuleConfig", "ports", u64::from(port));
+                }
+                if errors.0.len() == before {
+                    ports
+                        .iter()
+                        .filter_map(|&port| u16::try_from(port).ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                }
             }
-        }
+        };
 
         if let Some(methods) = &rule.methods {
             if methods.is_empty() {
@@ -319,19 +445,31 @@ fn check_egress(at: &str, egress: &EgressConfig, credentials: &HashSet<&str>, er
             }
         }
 
-        if let Some(paths) = &rule.paths {
-            if paths.is_empty() {
-                errors.push(
-                    format!("{at}.paths"),
-                    "must not be empty; omit `paths` to allow every path",
-                );
-            }
-            for (g, glob) in paths.iter().enumerate() {
-                if let Err(message) = PathMatcher::check_pattern(glob) {
-                    errors.push(format!("{at}.paths[{g}]"), message);
+        let paths = match &rule.paths {
+            None => Ok(None),
+            Some(paths) => {
+                if paths.is_empty() {
+                    errors.push(
+                        format!("{at}.paths"),
+                        "must not be empty; omit `paths` to allow every path",
+                    );
+                }
+                let mut valid = true;
+                for (g, glob) in paths.iter().enumerate() {
+                    if let Err(message) = PathMatcher::check_pattern(glob) {
+                        errors.push(format!("{at}.paths[{g}]"), message);
+                        valid = false;
+                    }
+                }
+                if valid {
+                    PathMatcher::new(paths.iter().map(String::as_str))
+                        .map(Some)
+                        .map_err(|message| errors.push(format!("{at}.paths"), message))
+                } else {
+                    Err(())
                 }
             }
-        }
+        };
 
         if let Some(credential) = &rule.credential {
             if !credentials.contains(credential.as_str()) {
@@ -345,6 +483,27 @@ fn check_egress(at: &str, egress: &EgressConfig, credentials: &HashSet<&str>, er
         if let Some(limit) = &rule.rate_limit {
             check_rate_limit(&format!("{at}.rate_limit"), limit, errors);
         }
+
+        if let (Ok(host), Ok(paths)) = (host, paths) {
+            rules.push(EgressRule {
+                name: rule.name.clone().unwrap_or_else(|| host.to_string()),
+                host,
+                ports,
+                methods: rule
+                    .methods
+                    .as_ref()
+                    .map(|methods| methods.iter().map(|m| m.to_ascii_uppercase()).collect()),
+                paths,
+                credential: rule.credential.clone(),
+                rate_limit: rule.rate_limit.map(Into::into),
+                allow_private: rule.allow_private,
+            });
+        }
+    }
+    EgressPolicy {
+        mode: egress.mode.into(),
+        rate_limit: egress.rate_limit.map(Into::into),
+        rules,
     }
 }
 
@@ -463,9 +622,12 @@ fn check_vaults(vaults: &[VaultConfig], errors: &mut Errors) {
                 }
             }
         }
-        if vault.cache_ttl_s == 0 {
-            errors.push(format!("{at}.cache_ttl_s"), "must be greater than 0");
-        }
+        errors.bounded(
+            format!("{at}.cache_ttl_s"),
+            "VaultConfig",
+            "cache_ttl_s",
+            vault.cache_ttl_s,
+        );
         if vault.max_stale_s < vault.cache_ttl_s {
             errors.push(
                 format!("{at}.max_stale_s"),

@@ -113,8 +113,8 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(c) => {
+        Command::Check { config } => match Config::load_lowered(&config) {
+            Ok((c, _)) => {
                 println!(
                     "{}: ok ({} tenant{})",
                     config.display(),
@@ -161,14 +161,10 @@ pub fn main() -> ExitCode {
         Command::Serve { config } => {
             init_logging(cli.log_format);
             let path = config;
-            let config = match &path {
-                Some(path) => match Config::load(path) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("{}: {e}", path.display());
-                        return ExitCode::from(1);
-                    }
-                },
+            let loaded = match &path {
+                Some(path) => {
+                    Config::load_lowered(path).map_err(|e| format!("{}: {e}", path.display()))
+                }
                 None => {
                     let c = Config::embedded_default();
                     eprintln!(
@@ -177,10 +173,22 @@ pub fn main() -> ExitCode {
                          Health: http://{}/healthz",
                         c.listen.ingress, c.listen.admin
                     );
-                    c
+                    c.lower().map(|lowered| (c, lowered)).map_err(|e| {
+                        format!(
+                            "embedded configuration: {}",
+                            isogate_config::ConfigError::Invalid(e)
+                        )
+                    })
                 }
             };
-            match crate::server::run(config, path) {
+            let (config, lowered) = match loaded {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(1);
+                }
+            };
+            match crate::server::run(config, lowered, path) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("isogate: {e:#}");

@@ -2,19 +2,20 @@
 //! Worker, worked out from the configuration alone. Nothing is sent; the only I/O is the DNS
 //! lookup of a domain host (the SSRF guard's input), and that is injectable for tests.
 //!
-//! The steps mirror `egress::Inner::decide` and `send`: URL parsing, the tenant's allow-list
-//! (`EgressPolicy::decide`), report mode, the credential and rate limiters of the matching rule,
-//! and the SSRF guard (public addresses pass; `allow_private` opens only the private-use ranges,
-//! never cloud metadata; a name is refused if any of its addresses is).
+//! explain = plan + resolve + render: the configuration is lowered exactly as `serve` lowers
+//! it (`Config::lower`), the request is planned by the same pure `EgressPolicy::plan` the live
+//! path uses (verdict, rule, credential, rate limiters, `allow_private` scope), and the host is
+//! checked by the same `check_name` / `check_address` (under the plan's scope, with the
+//! gateway's own listeners) that the guarded connector runs. No rule is restated here.
 
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
-use isogate_config::{Config, Injection};
+use isogate_config::{Config, Injection, ValidationError};
 use isogate_policy::{
-    classify_ip, parse_target, BlockedRange, Decision, EgressMode, RateLimit, TargetError,
-    TargetHost,
+    check_address, check_name, classify_ip, parse_target, AddressRefusal, AddressScope,
+    BlockedRange, DenyReason, PlanVerdict, RateLimit, SelfListeners, TargetError, TargetHost,
 };
 use serde::{Serialize, Serializer};
 
@@ -40,6 +41,10 @@ pub enum ExplainError {
         /// Why it is refused.
         error: TargetError,
     },
+    /// The configuration does not validate (the CLI loads a validated one, so only a
+    /// programmatic caller can see this).
+    #[error("invalid configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Invalid(Vec<ValidationError>),
 }
 
 impl ExplainError {
@@ -48,7 +53,9 @@ impl ExplainError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ExplainError::Url { .. } => 2,
-            ExplainError::UnknownTenant { .. } | ExplainError::Method(_) => 1,
+            ExplainError::UnknownTenant { .. }
+            | ExplainError::Method(_)
+            | ExplainError::Invalid(_) => 1,
         }
     }
 }
@@ -175,10 +182,13 @@ pub struct SsrfReport {
     /// `pass`, `refused` (some address is blocked) or `unresolved` (the name does not resolve;
     /// the gateway fails closed).
     pub verdict: SsrfVerdict,
-    /// Whether the relevant rule opens the private-use ranges.
+    /// Whether the plan opens the private-use ranges (only a request that fully matches a rule
+    /// with `allow_private`).
     pub allow_private: bool,
     /// The resolver's error, when unresolved.
     pub error: Option<String>,
+    /// Why the host name itself is refused (a metadata service name), before any lookup.
+    pub name_refused: Option<String>,
 }
 
 /// One address and its classification.
@@ -190,8 +200,20 @@ pub struct AddressReport {
     /// public address.
     #[serde(serialize_with = "range_id")]
     pub range: Option<BlockedRange>,
-    /// Whether the guard lets it through (public, or private-use with `allow_private`).
+    /// Whether the guard lets it through (public, or private-use with `allow_private`; never a
+    /// metadata endpoint or one of the gateway's own listeners).
     pub allowed: bool,
+    /// Why it is refused, as the stable label (`loopback`, `cloud_metadata`, `self_listener`,
+    /// ...); `None` when allowed.
+    #[serde(serialize_with = "refusal_id")]
+    pub refusal: Option<AddressRefusal>,
+}
+
+fn refusal_id<S: Serializer>(refusal: &Option<AddressRefusal>, s: S) -> Result<S::Ok, S::Error> {
+    match refusal {
+        Some(r) => s.serialize_str(r.as_str()),
+        None => s.serialize_none(),
+    }
 }
 
 fn range_id<S: Serializer>(range: &Option<BlockedRange>, s: S) -> Result<S::Ok, S::Error> {
@@ -230,23 +252,15 @@ impl Explanation {
     }
 }
 
-/// Whether the guard lets `ip` through: public addresses always; private-use ranges only with
-/// `allow_private`; cloud metadata and the other special ranges never.
-fn address_allowed(range: Option<BlockedRange>, allow_private: bool) -> bool {
-    match range {
-        None => true,
-        Some(BlockedRange::CloudMetadata) => false,
-        Some(r) => allow_private && r.is_private_use(),
-    }
-}
-
 /// Resolves a host name with the system resolver (`getaddrinfo`), as the gateway's guarded
 /// resolver does.
 pub fn system_resolve(host: &str, port: u16) -> io::Result<Vec<IpAddr>> {
     Ok((host, port).to_socket_addrs()?.map(|a| a.ip()).collect())
 }
 
-/// Explains `method url` for `tenant` under `config`, resolving names with the system resolver.
+/// Explains `method url` for `tenant` under `config`, resolving names with the system resolver
+/// and refusing the gateway's own listeners as `serve` would (configured addresses, and for a
+/// wildcard bind the host's interface addresses).
 ///
 /// # Errors
 ///
@@ -257,10 +271,21 @@ pub fn explain(
     method: &str,
     url: &str,
 ) -> Result<Explanation, ExplainError> {
-    explain_with(config, tenant, method, url, system_resolve)
+    let lowered = config.lower().map_err(ExplainError::Invalid)?;
+    let listeners = crate::server::self_listeners(&lowered.listeners);
+    explain_lowered(
+        config,
+        &lowered,
+        tenant,
+        method,
+        url,
+        &listeners,
+        system_resolve,
+    )
 }
 
-/// [`explain`] with a custom resolver (`host`, `port`) → addresses.
+/// [`explain`] with a custom resolver (`host`, `port`) → addresses; the gateway's listeners are
+/// the configured socket addresses only.
 ///
 /// # Errors
 ///
@@ -272,8 +297,21 @@ pub fn explain_with(
     url: &str,
     resolve: impl FnOnce(&str, u16) -> io::Result<Vec<IpAddr>>,
 ) -> Result<Explanation, ExplainError> {
-    let policy = config.policy();
-    let Some(tenant_policy) = policy.tenant(tenant) else {
+    let lowered = config.lower().map_err(ExplainError::Invalid)?;
+    let listeners = SelfListeners::new(lowered.listeners.iter().copied(), []);
+    explain_lowered(config, &lowered, tenant, method, url, &listeners, resolve)
+}
+
+fn explain_lowered(
+    config: &Config,
+    lowered: &isogate_config::Lowered,
+    tenant: &str,
+    method: &str,
+    url: &str,
+    listeners: &SelfListeners,
+    resolve: impl FnOnce(&str, u16) -> io::Result<Vec<IpAddr>>,
+) -> Result<Explanation, ExplainError> {
+    let Some(tenant_policy) = lowered.policy.tenant(tenant) else {
         return Err(ExplainError::UnknownTenant {
             name: tenant.to_owned(),
             known: config.tenants.iter().map(|t| t.name.clone()).collect(),
@@ -287,74 +325,52 @@ pub fn explain_with(
         error,
     })?;
     let egress = &tenant_policy.egress;
-    let mode = egress.mode;
 
-    // The rule whose flags apply: the allowing rule, or (when denied) the first rule that
-    // matched the host, which still decides `allow_private` in report mode.
-    let (decision, rule) = match egress.decide(method, &target) {
-        Decision::Allow { rule } => {
-            let r = egress.rules.get(rule);
-            (
-                DecisionReport {
-                    allowed: true,
-                    rule: r.map(|r| r.name.clone()),
-                    reason: None,
-                    mode: mode.as_str(),
-                    outcome: Outcome::Allow,
-                    host_rule: None,
-                },
-                r,
-            )
-        }
-        Decision::Deny(reason) => {
-            let host_rule = reason.rule().and_then(|i| egress.rules.get(i));
-            let text = if egress.rules.is_empty() && mode == EgressMode::Enforce {
-                format!(
-                    "{} (the tenant has no egress rules)",
-                    isogate_pool::NETWORK_DISABLED
-                )
-            } else {
-                reason.to_string()
-            };
-            (
-                DecisionReport {
-                    allowed: false,
-                    rule: None,
-                    reason: Some(text),
-                    mode: mode.as_str(),
-                    outcome: match mode {
-                        EgressMode::Enforce => Outcome::Deny,
-                        EgressMode::Report => Outcome::ReportDeny,
-                    },
-                    host_rule: host_rule.map(|r| r.name.clone()),
-                },
-                host_rule,
-            )
-        }
+    // Plan: the same pure function the live path runs.
+    let plan = egress.plan(method, &target);
+    let reason = plan.verdict.reason();
+    let decision = DecisionReport {
+        allowed: plan.verdict == PlanVerdict::Allow,
+        rule: plan.rule(egress).map(|r| r.name.clone()),
+        reason: reason.map(|r| match r {
+            DenyReason::NoRules { .. } => {
+                format!("{} ({r})", isogate_pool::NETWORK_DISABLED)
+            }
+            r => r.to_string(),
+        }),
+        mode: egress.mode.as_str(),
+        outcome: match plan.verdict {
+            PlanVerdict::Allow => Outcome::Allow,
+            PlanVerdict::Deny(_) => Outcome::Deny,
+            PlanVerdict::ReportDeny(_) => Outcome::ReportDeny,
+        },
+        host_rule: reason
+            .and_then(DenyReason::host_rule)
+            .and_then(|i| egress.rules.get(i))
+            .map(|r| r.name.clone()),
     };
-
-    // Credential and rule rate limit only under an allowing rule; the tenant limiter for
-    // everything that is sent (report mode included).
-    let allowing_rule = rule.filter(|_| decision.allowed);
-    let credential = allowing_rule
-        .and_then(|r| r.credential.as_deref())
-        .map(|name| CredentialReport {
-            name: name.to_owned(),
-            inject: config.credential(name).map(|c| match &c.inject {
-                Injection::Header { header, .. } => InjectReport::Header(header.clone()),
-                Injection::Query { query, .. } => InjectReport::Query(query.clone()),
-            }),
-        });
-    let sent = decision.outcome != Outcome::Deny;
+    let credential = plan.credential.as_deref().map(|name| CredentialReport {
+        name: name.to_owned(),
+        inject: config.credential(name).map(|c| match &c.inject {
+            Injection::Header { header, .. } => InjectReport::Header(header.clone()),
+            Injection::Query { query, .. } => InjectReport::Query(query.clone()),
+        }),
+    });
     let rate_limits = RateLimitsReport {
-        rule: allowing_rule
+        rule: plan
+            .limiters
+            .rule
+            .and_then(|i| egress.rules.get(i))
             .and_then(|r| r.rate_limit)
             .map(LimitReport::from),
-        tenant: egress.rate_limit.filter(|_| sent).map(LimitReport::from),
+        tenant: egress
+            .rate_limit
+            .filter(|_| plan.limiters.tenant)
+            .map(LimitReport::from),
     };
 
-    let allow_private = rule.is_some_and(|r| r.allow_private);
-    let ssrf = guard(&target.host, target.port, allow_private, resolve);
+    // Resolve + the one address rule, under the plan's scope.
+    let ssrf = guard(&target.host, target.port, &plan.scope(listeners), resolve);
 
     Ok(Explanation {
         tenant: tenant.to_owned(),
@@ -373,19 +389,27 @@ pub fn explain_with(
     })
 }
 
-/// The SSRF guard: classify the IP literal, or every address the name resolves to.
+/// The SSRF guard: the name rule, then the address rule on the IP literal or on every address
+/// the name resolves to (each with the request's port).
 fn guard(
     host: &TargetHost,
     port: u16,
-    allow_private: bool,
+    scope: &AddressScope,
     resolve: impl FnOnce(&str, u16) -> io::Result<Vec<IpAddr>>,
 ) -> SsrfReport {
+    let mut name_refused = None;
     let (ips, error) = match host {
         TargetHost::Ip(ip) => (vec![*ip], None),
-        TargetHost::Domain(name) => match resolve(name, port) {
-            Ok(ips) if ips.is_empty() => (ips, Some(format!("{name} resolves to no address"))),
-            Ok(ips) => (ips, None),
-            Err(e) => (Vec::new(), Some(format!("{name} does not resolve: {e}"))),
+        TargetHost::Domain(name) => match check_name(name) {
+            Err(refusal) => {
+                name_refused = Some(refusal.to_string());
+                (Vec::new(), None)
+            }
+            Ok(()) => match resolve(name, port) {
+                Ok(ips) if ips.is_empty() => (ips, Some(format!("{name} resolves to no address"))),
+                Ok(ips) => (ips, None),
+                Err(e) => (Vec::new(), Some(format!("{name} does not resolve: {e}"))),
+            },
         },
     };
     let mut addresses: Vec<AddressReport> = Vec::with_capacity(ips.len());
@@ -393,14 +417,17 @@ fn guard(
         if addresses.iter().any(|a| a.ip == ip) {
             continue;
         }
-        let range = classify_ip(ip);
+        let refusal = check_address(SocketAddr::new(ip, port), scope).err();
         addresses.push(AddressReport {
             ip,
-            range,
-            allowed: address_allowed(range, allow_private),
+            range: classify_ip(ip),
+            allowed: refusal.is_none(),
+            refusal,
         });
     }
-    let verdict = if error.is_some() {
+    let verdict = if name_refused.is_some() {
+        SsrfVerdict::Refused
+    } else if error.is_some() {
         SsrfVerdict::Unresolved
     } else if addresses.iter().all(|a| a.allowed) {
         SsrfVerdict::Pass
@@ -410,8 +437,9 @@ fn guard(
     SsrfReport {
         addresses,
         verdict,
-        allow_private,
+        allow_private: scope.allow_private,
         error,
+        name_refused,
     }
 }
 
@@ -497,17 +525,25 @@ impl fmt::Display for Explanation {
             write!(f, " (not reached: the request is denied)")?;
         }
         writeln!(f)?;
+        if let Some(why) = &s.name_refused {
+            writeln!(f, "  {:<39} {why} (blocked, never reachable)", t.host)?;
+        }
         for a in &s.addresses {
-            let class = match a.range {
-                None => "public".to_owned(),
-                Some(r) if a.allowed => format!("{r} (allowed by allow_private)"),
-                Some(BlockedRange::CloudMetadata) if s.allow_private => {
-                    format!(
-                        "{} (blocked, allow_private never opens it)",
-                        BlockedRange::CloudMetadata
-                    )
-                }
-                Some(r) => format!("{r} (blocked)"),
+            let class = match (a.range, &a.refusal) {
+                (None, None) => "public".to_owned(),
+                (Some(r), None) => format!("{r} (allowed by allow_private)"),
+                (_, Some(AddressRefusal::Range(r))) => format!("{r} (blocked)"),
+                (_, Some(AddressRefusal::Metadata(endpoint))) => format!(
+                    "{} ({}) (blocked, {})",
+                    BlockedRange::CloudMetadata,
+                    endpoint.service,
+                    if s.allow_private {
+                        "allow_private never opens it"
+                    } else {
+                        "never reachable"
+                    }
+                ),
+                (_, Some(refusal)) => format!("{refusal} (blocked, never reachable)"),
             };
             writeln!(f, "  {:<39} {class}", a.ip)?;
         }
@@ -560,6 +596,13 @@ tenants:
           allow_private: true
           credential: q
         - host: 169.254.169.254
+          allow_private: true
+        - host: 169.254.170.2
+          allow_private: true
+        - host: metadata.google.internal
+          allow_private: true
+        - host: 127.0.0.1
+          ports: [9090, 20402]
           allow_private: true
   - name: rollout
     api_keys:
@@ -682,19 +725,17 @@ credentials:
             "rollout",
             "DELETE",
             "https://api.example.com/x",
-            loopback,
+            public,
         )
         .unwrap();
         assert!(!e.decision.allowed);
         assert_eq!(e.decision.outcome, Outcome::ReportDeny);
         assert_eq!(e.decision.mode, "report");
         assert_eq!(e.decision.host_rule.as_deref(), Some("api.example.com"));
-        // No credential and no rule limiter for a report-mode pass; the tenant limiter applies;
-        // the host-matching rule still decides allow_private.
+        // No credential and no rule limiter for a report-mode pass; the tenant limiter applies.
         assert_eq!(e.credential, None);
         assert_eq!(e.rate_limits.rule, None);
         assert_eq!(e.rate_limits.tenant.unwrap().per_second, 7);
-        assert!(e.ssrf.allow_private);
         assert_eq!(e.ssrf.verdict, SsrfVerdict::Pass);
         assert_eq!(e.exit_code(), 2);
         let text = e.to_string();
@@ -713,6 +754,106 @@ credentials:
         assert!(text.contains("credential:  none"), "{text}");
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["decision"]["outcome"], "report_deny");
+    }
+
+    /// Defect 8: the host-matching rule's `allow_private` does not carry over to a report-mode
+    /// request that the rule does not allow.
+    #[test]
+    fn report_mode_never_opens_private_addresses() {
+        let e = explain_with(
+            &config(),
+            "rollout",
+            "DELETE",
+            "https://api.example.com/x",
+            loopback,
+        )
+        .unwrap();
+        assert_eq!(e.decision.outcome, Outcome::ReportDeny);
+        assert!(!e.ssrf.allow_private);
+        assert_eq!(e.ssrf.verdict, SsrfVerdict::Refused);
+        let text = e.to_string();
+        assert!(text.contains("allow_private: false"), "{text}");
+        assert!(text.contains("loopback address (blocked)"), "{text}");
+        assert!(text.contains("refused by the SSRF guard"), "{text}");
+        // The same rule does open loopback to a request it allows.
+        let e = explain_with(
+            &config(),
+            "rollout",
+            "GET",
+            "https://api.example.com/x",
+            loopback,
+        )
+        .unwrap();
+        assert!(e.ssrf.allow_private);
+        assert_eq!(e.ssrf.verdict, SsrfVerdict::Pass);
+    }
+
+    #[test]
+    fn credential_endpoints_are_refused_under_allow_private() {
+        let e = explain_with(
+            &config(),
+            "demo",
+            "GET",
+            "http://169.254.170.2/v2/credentials/x",
+            |_: &str, _: u16| -> io::Result<Vec<IpAddr>> {
+                panic!("an IP literal is not resolved")
+            },
+        )
+        .unwrap();
+        assert!(e.decision.allowed);
+        assert!(e.ssrf.allow_private);
+        assert_eq!(e.ssrf.verdict, SsrfVerdict::Refused);
+        assert_eq!(
+            e.ssrf.addresses[0].refusal.map(|r| r.as_str()),
+            Some("cloud_metadata")
+        );
+        let text = e.to_string();
+        assert!(text.contains("AWS ECS task credentials"), "{text}");
+        assert!(text.contains("allow_private never opens it"), "{text}");
+
+        // By name, before any lookup.
+        let e = explain_with(
+            &config(),
+            "demo",
+            "GET",
+            "http://metadata.google.internal/computeMetadata/v1/",
+            |_: &str, _: u16| -> io::Result<Vec<IpAddr>> {
+                panic!("a metadata name is not resolved")
+            },
+        )
+        .unwrap();
+        assert_eq!(e.ssrf.verdict, SsrfVerdict::Refused);
+        assert!(e.ssrf.addresses.is_empty());
+        let text = e.to_string();
+        assert!(text.contains("GCP metadata server"), "{text}");
+        assert_eq!(e.exit_code(), 2);
+    }
+
+    #[test]
+    fn the_gateways_own_listeners_are_refused() {
+        // The default admin listener is 127.0.0.1:9090; a rule allowing it changes nothing.
+        let e = explain_with(
+            &config(),
+            "demo",
+            "GET",
+            "http://127.0.0.1:9090/metrics",
+            public,
+        )
+        .unwrap();
+        assert!(e.decision.allowed);
+        assert_eq!(e.ssrf.verdict, SsrfVerdict::Refused);
+        assert_eq!(
+            e.ssrf.addresses[0].refusal.map(|r| r.as_str()),
+            Some("self_listener")
+        );
+        assert!(e
+            .to_string()
+            .contains("the gateway's own listener 127.0.0.1:9090"));
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["ssrf"]["addresses"][0]["refusal"], "self_listener");
+        // Another port under the same rule passes.
+        let e = explain_with(&config(), "demo", "GET", "http://127.0.0.1:20402/", public).unwrap();
+        assert_eq!(e.ssrf.verdict, SsrfVerdict::Pass);
     }
 
     #[test]
@@ -813,6 +954,15 @@ credentials:
             Err(e @ ExplainError::UnknownTenant { .. }) => {
                 assert_eq!(e.exit_code(), 1);
                 assert!(e.to_string().contains("demo, rollout, offline"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let mut invalid = config();
+        invalid.tenants[0].limits.cpu_ms = 0;
+        match explain_with(&invalid, "demo", "GET", "https://a.test/", public) {
+            Err(e @ ExplainError::Invalid(_)) => {
+                assert_eq!(e.exit_code(), 1);
+                assert!(e.to_string().contains("tenants[0].limits.cpu_ms"), "{e}");
             }
             other => panic!("{other:?}"),
         }

@@ -66,8 +66,8 @@ impl Reloader {
     /// Loads, validates and applies the file.
     pub fn reload(&self, why: &str) -> ReloadOutcome {
         let metrics = &self.state.metrics;
-        let config = match Config::load(&self.path) {
-            Ok(c) => c,
+        let (config, lowered) = match Config::load_lowered(&self.path) {
+            Ok(loaded) => loaded,
             Err(e) => {
                 metrics
                     .config_reloads
@@ -103,7 +103,7 @@ impl Reloader {
             ))
         };
         let old = self.state.snapshot();
-        let snapshot = Snapshot::rebuild(config.policy(), secrets, &old);
+        let snapshot = Snapshot::rebuild(lowered.policy, secrets, &old);
         let kept: HashSet<&str> = config.tenants.iter().map(|t| t.name.as_str()).collect();
         let removed: Vec<String> = old
             .policy

@@ -10,17 +10,50 @@ use crate::store::WorkerStore;
 use crate::vault::Secrets;
 use anyhow::Context;
 use arc_swap::ArcSwap;
-use isogate_config::Config;
+use isogate_config::{Config, Lowered};
+use isogate_policy::SelfListeners;
 use isogate_pool::{Pool, PoolSettings};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// Starts the gateway on `config` and blocks until it is shut down (SIGTERM drains gracefully,
-/// SIGINT stops fast).
-pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+/// The gateway's own listeners as the SSRF rule sees them: the configured sockets, and for a
+/// wildcard bind (`0.0.0.0`, `[::]`) every address of the host's interfaces.
+pub fn self_listeners(listeners: &[SocketAddr]) -> SelfListeners {
+    let wildcard = listeners.iter().any(|l| l.ip().is_unspecified());
+    let local = if wildcard {
+        local_interface_ips()
+    } else {
+        Vec::new()
+    };
+    SelfListeners::new(listeners.iter().copied(), local)
+}
+
+/// The addresses of the host's network interfaces (empty if they cannot be read; loopback and
+/// the unspecified address are matched by a wildcard listener anyway).
+fn local_interface_ips() -> Vec<IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        tracing::warn!("cannot list the interface addresses; only loopback is treated as local");
+        return Vec::new();
+    };
+    interfaces
+        .filter_map(|i| i.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
+        })
+        .collect()
+}
+
+/// Starts the gateway on `config` (lowered once into `lowered` by `Config::lower`) and blocks
+/// until it is shut down (SIGTERM drains gracefully, SIGINT stops fast).
+pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before any egress client exists: Workers can never reach the gateway's own listeners.
+    client::set_self_listeners(self_listeners(&lowered.listeners));
     let store = Arc::new(WorkerStore::open(&config.state_dir).context("opening the worker store")?);
     let metrics = Arc::new(Metrics::new());
     // Outbound I/O (Worker fetches, vault reads) runs on its own runtime so that a Worker busy
@@ -42,7 +75,7 @@ pub fn run(config: Config, config_path: Option<PathBuf>) -> anyhow::Result<()> {
         ))
     };
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::new(
-        config.policy(),
+        lowered.policy,
         secrets,
     )));
     let egress = {

@@ -11,9 +11,9 @@
 //! * [`Policy`] — the set of tenants, with name lookup and bearer-key
 //!   authentication;
 //! * [`egress`] — which outbound `fetch()` requests a tenant's Workers may
-//!   make: URL parsing ([`parse_target`]), the allow-list decision
-//!   ([`EgressPolicy::decide`]) and SSRF address classification
-//!   ([`classify_ip`]).
+//!   make: URL parsing ([`parse_target`]), the allow-list decision and the
+//!   whole per-request plan ([`EgressPolicy::plan`]), and the one SSRF
+//!   address rule ([`check_address`], [`check_name`]).
 //!
 //! Policies are normally built by the `isogate-config` crate from a validated
 //! configuration file, but can be constructed directly (e.g. in tests).
@@ -30,8 +30,11 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 pub use egress::{
-    classify_ip, parse_target, BlockedRange, Decision, DenyReason, EgressMode, EgressPolicy,
-    EgressRule, HostPattern, PathMatcher, RateLimit, Target, TargetError, TargetHost,
+    check_address, check_name, classify_ip, metadata_endpoint, parse_target, AddressRefusal,
+    AddressScope, BlockedRange, Decision, DenyReason, Destination, EgressMode, EgressPlan,
+    EgressPolicy, EgressRule, HostPattern, MetadataEndpoint, PathMatcher, PlanVerdict,
+    PlannedLimiters, RateLimit, SelfListeners, Target, TargetError, TargetHost, METADATA_ENDPOINTS,
+    METADATA_NAMES,
 };
 
 /// The name of a tenant.

@@ -33,6 +33,11 @@ pub fn tenants_yaml() -> String {
     tenant_yaml("alpha", ALPHA_KEY, limits) + &tenant_yaml("beta", BETA_KEY, limits)
 }
 
+/// A free loopback socket address (`127.0.0.1:PORT`), e.g. for [`Gateway::start_at`].
+pub fn free_loopback_addr() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -83,8 +88,22 @@ impl Gateway {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
-        let ingress = format!("127.0.0.1:{}", free_port());
-        let admin = format!("127.0.0.1:{}", free_port());
+        let ingress = free_loopback_addr();
+        let admin = free_loopback_addr();
+        Gateway::start_at(dir, &ingress, &admin, pool, tenants, extra, env)
+    }
+
+    /// [`Gateway::start_full`] on given listener addresses (so the config can name them).
+    pub fn start_at(
+        dir: &Path,
+        ingress: &str,
+        admin: &str,
+        pool: &str,
+        tenants: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
+        let (ingress, admin) = (ingress.to_string(), admin.to_string());
         // Tests stop gateways often: no not-ready grace period unless a test asks for one.
         let extra = if extra.contains("shutdown:") {
             extra.to_string()

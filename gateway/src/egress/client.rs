@@ -1,6 +1,9 @@
 //! Outbound HTTP clients: rustls (webpki + system roots, verification always on), connection
-//! reuse, connect timeout, and — for Worker traffic — a resolver that refuses private, loopback
-//! and other non-public addresses so the connection goes to exactly the address that was checked.
+//! reuse, connect timeout, and — for Worker traffic — a connector that enforces the SSRF rule
+//! (`isogate_policy::check_name` / `check_address`) on the exact socket addresses it connects
+//! to: the name is checked, resolved, every resolved `(ip, port)` checked (metadata endpoints
+//! and the gateway's own listeners never pass), and only those addresses are handed to the TCP
+//! connector.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -8,58 +11,127 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
-use isogate_policy::{classify_ip, BlockedRange};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use isogate_policy::{
+    check_address, check_name, AddressRefusal, AddressScope, BlockedRange, SelfListeners,
+};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 /// Client for operator-configured destinations (vaults).
 pub type HttpClient = Client<HttpsConnector<HttpConnector<GaiResolver>>, Full<Bytes>>;
-/// Client for Worker traffic: every resolved address passes the SSRF guard.
-pub type GuardedClient = Client<HttpsConnector<HttpConnector<GuardedResolver>>, Full<Bytes>>;
+/// Client for Worker traffic: every socket address passes the SSRF rule at connect time.
+pub type GuardedClient = Client<HttpsConnector<GuardedConnector>, Full<Bytes>>;
 
-/// Whether an address may be connected to: public addresses always; with `allow_private`, also
-/// private-use ranges (loopback, RFC 1918, link-local, CGNAT, unique-local) — never cloud
-/// metadata, multicast or the other special ranges.
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The gateway's own listeners, registered once at start (`server::run`) from the
+/// configuration and the host's interface addresses. Process-wide so that every guarded client
+/// sees them, whoever built it.
+static SELF_LISTENERS: OnceLock<SelfListeners> = OnceLock::new();
+
+/// Registers the gateway's own listeners; returns `false` if a set was registered before (the
+/// first one stays).
+pub fn set_self_listeners(listeners: SelfListeners) -> bool {
+    SELF_LISTENERS.set(listeners).is_ok()
+}
+
+/// The registered listeners (empty before [`set_self_listeners`]).
+pub fn self_listeners() -> SelfListeners {
+    SELF_LISTENERS.get().cloned().unwrap_or_default()
+}
+
+/// The address scope of a request: its `allow_private` and the registered listeners.
+pub fn scope(allow_private: bool) -> AddressScope {
+    AddressScope::new(allow_private, self_listeners())
+}
+
+/// Whether an IP may be connected to (the port is not known here, so the gateway's listeners
+/// are recognised only by the connect-time check): a thin delegate of
+/// `isogate_policy::check_address`, the one SSRF address rule.
 pub fn address_allowed(ip: IpAddr, allow_private: bool) -> Result<(), BlockedRange> {
-    match classify_ip(ip) {
-        None => Ok(()),
-        Some(range)
-            if allow_private && range.is_private_use() && range != BlockedRange::CloudMetadata =>
-        {
-            Ok(())
-        }
-        Some(range) => Err(range),
-    }
+    // Without a port, every refusal is a range (a listener needs the port).
+    check_address(ip, &scope(allow_private))
+        .map_err(|refusal| refusal.range().unwrap_or(BlockedRange::Reserved))
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A name resolved to an address the SSRF guard refuses.
+/// A destination the SSRF rule refuses.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{host} resolves to {ip}, a {range}")]
+#[error("{}", describe(host, addr, refusal))]
 pub struct GuardRefused {
-    /// The host name.
+    /// The host as in the URL (a name or an IP literal).
     pub host: String,
-    /// The refused address.
-    pub ip: IpAddr,
+    /// The refused socket address; `None` when the name itself is refused.
+    pub addr: Option<SocketAddr>,
     /// Why it is refused.
-    pub range: BlockedRange,
+    pub refusal: AddressRefusal,
 }
 
-/// Resolves with the system resolver, then refuses the whole name if any address is not allowed
-/// (so a name cannot mix a public and a private answer).
+fn describe(host: &str, addr: &Option<SocketAddr>, refusal: &AddressRefusal) -> String {
+    match addr {
+        None => format!("{host} is {refusal}"),
+        Some(addr)
+            if host.trim_start_matches('[').trim_end_matches(']') == addr.ip().to_string() =>
+        {
+            format!("{addr} is {refusal}")
+        }
+        Some(addr) => format!("{host} resolves to {}, {refusal}", addr.ip()),
+    }
+}
+
+/// The TCP connector of Worker traffic: checks the host name, resolves it with the system
+/// resolver, refuses the whole name if any `(address, port)` is refused (so a name cannot mix a
+/// public and a private answer), and connects only to the addresses it checked. IP literals are
+/// checked the same way.
 #[derive(Clone, Default)]
-pub struct GuardedResolver {
+pub struct GuardedConnector {
     allow_private: bool,
 }
 
-impl tower_service::Service<Name> for GuardedResolver {
-    type Response = std::vec::IntoIter<SocketAddr>;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
+impl GuardedConnector {
+    async fn connect(self, uri: http::Uri) -> Result<TokioIo<tokio::net::TcpStream>, BoxError> {
+        let scope = scope(self.allow_private);
+        let host = uri.host().ok_or("URL has no host")?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("https") => 443,
+            _ => 80,
+        });
+        let refused = |addr, refusal| {
+            Box::new(GuardRefused {
+                host: host.to_string(),
+                addr,
+                refusal,
+            }) as BoxError
+        };
+        let addrs: Vec<SocketAddr> = match bare.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => {
+                check_name(bare).map_err(|r| refused(None, r))?;
+                tokio::net::lookup_host((bare, port)).await?.collect()
+            }
+        };
+        if addrs.is_empty() {
+            return Err(format!("{host} resolves to no address").into());
+        }
+        for &addr in &addrs {
+            check_address(addr, &scope).map_err(|r| refused(Some(addr), r))?;
+        }
+        let mut http = http_connector(Checked(addrs));
+        let stream = tower_service::Service::call(&mut http, uri).await?;
+        Ok(stream)
+    }
+}
+
+impl tower_service::Service<http::Uri> for GuardedConnector {
+    type Response = TokioIo<tokio::net::TcpStream>;
+    type Error = BoxError;
     type Future =
         Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
 
@@ -67,23 +139,26 @@ impl tower_service::Service<Name> for GuardedResolver {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, name: Name) -> Self::Future {
-        let allow_private = self.allow_private;
-        Box::pin(async move {
-            let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            for addr in &addrs {
-                if let Err(range) = address_allowed(addr.ip(), allow_private) {
-                    return Err(Box::new(GuardRefused {
-                        host: host.clone(),
-                        ip: addr.ip(),
-                        range,
-                    }) as Self::Error);
-                }
-            }
-            Ok(addrs.into_iter())
-        })
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        Box::pin(self.clone().connect(uri))
+    }
+}
+
+/// A "resolver" answering with the addresses the guard already checked.
+#[derive(Clone)]
+struct Checked(Vec<SocketAddr>);
+
+impl tower_service::Service<Name> for Checked {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _name: Name) -> Self::Future {
+        std::future::ready(Ok(self.0.clone().into_iter()))
     }
 }
 
@@ -109,21 +184,24 @@ fn tls_config() -> rustls::ClientConfig {
     .with_no_client_auth()
 }
 
-fn build<R>(resolver: R) -> Client<HttpsConnector<HttpConnector<R>>, Full<Bytes>>
-where
-    R: tower_service::Service<Name> + Clone + Send + Sync + 'static,
-    HttpConnector<R>: tower_service::Service<http::Uri>,
-    HttpsConnector<HttpConnector<R>>: hyper_util::client::legacy::connect::Connect,
-{
+fn http_connector<R: Clone>(resolver: R) -> HttpConnector<R> {
     let mut http = HttpConnector::new_with_resolver(resolver);
     http.enforce_http(false);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     http.set_nodelay(true);
+    http
+}
+
+fn build<C>(connector: C) -> Client<HttpsConnector<C>, Full<Bytes>>
+where
+    C: tower_service::Service<http::Uri> + Clone + Send + Sync + 'static,
+    HttpsConnector<C>: hyper_util::client::legacy::connect::Connect,
+{
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls_config())
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(32)
@@ -132,13 +210,13 @@ where
 
 /// A client for trusted destinations.
 pub fn open_client() -> HttpClient {
-    build(GaiResolver::new())
+    build(http_connector(GaiResolver::new()))
 }
 
-/// A client whose resolver enforces the SSRF guard (`allow_private` relaxes it for private-use
-/// ranges only).
+/// A client whose connector enforces the SSRF rule (`allow_private` opens the private-use
+/// ranges only; metadata endpoints and the gateway's own listeners stay closed).
 pub fn guarded_client(allow_private: bool) -> GuardedClient {
-    build(GuardedResolver { allow_private })
+    build(GuardedConnector { allow_private })
 }
 
 /// Reads a whole body, failing past `limit` bytes.

@@ -14,6 +14,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
+use super::metadata::{self, MetadataEndpoint};
+
 /// A special-purpose address range that outbound requests must not reach.
 ///
 /// Displayed as a noun phrase, e.g. `loopback address`.
@@ -37,9 +39,10 @@ pub enum BlockedRange {
     /// `192.0.2.0/24`, `198.51.100.0/24`, `203.0.113.0/24`, `2001:db8::/32`,
     /// `3fff::/20`.
     Documentation,
-    /// Instance metadata services of cloud providers: `169.254.169.254`
-    /// (AWS, GCP, Azure, ...), `fd00:ec2::254` (AWS), `100.100.100.200`
-    /// (Alibaba), `192.0.0.192` (Oracle).
+    /// Cloud metadata and credential endpoints: every address of
+    /// [`METADATA_ENDPOINTS`](super::METADATA_ENDPOINTS) (`169.254.169.254`,
+    /// `169.254.170.2`, `168.63.129.16`, `fd00:ec2::254`, ...). Never
+    /// reachable, not even under `allow_private`.
     CloudMetadata,
     /// Benchmarking: `198.18.0.0/15`, `2001:2::/48`.
     Benchmarking,
@@ -151,11 +154,8 @@ const fn v6(segments: [u16; 8], prefix: u8) -> Ipv6Net {
 }
 
 /// IPv4 special-purpose ranges; the first match wins, so more specific
-/// entries come first.
+/// entries come first. Metadata endpoints are looked up before this table.
 const V4_TABLE: &[(Ipv4Net, BlockedRange)] = &[
-    (v4(169, 254, 169, 254, 32), BlockedRange::CloudMetadata),
-    (v4(100, 100, 100, 200, 32), BlockedRange::CloudMetadata),
-    (v4(192, 0, 0, 192, 32), BlockedRange::CloudMetadata),
     (v4(0, 0, 0, 0, 8), BlockedRange::Unspecified),
     (v4(10, 0, 0, 0, 8), BlockedRange::Private),
     (v4(100, 64, 0, 0, 10), BlockedRange::SharedCgnat),
@@ -179,10 +179,6 @@ const V4_TABLE: &[(Ipv4Net, BlockedRange)] = &[
 const V6_TABLE: &[(Ipv6Net, BlockedRange)] = &[
     (v6([0, 0, 0, 0, 0, 0, 0, 0], 128), BlockedRange::Unspecified),
     (v6([0, 0, 0, 0, 0, 0, 0, 1], 128), BlockedRange::Loopback),
-    (
-        v6([0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254], 128),
-        BlockedRange::CloudMetadata,
-    ),
     (v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64), BlockedRange::Discard),
     (
         v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 32),
@@ -237,6 +233,9 @@ const V6_NAT64_LOCAL: Ipv6Net = v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48);
 const V6_6TO4: Ipv6Net = v6([0x2002, 0, 0, 0, 0, 0, 0, 0], 16);
 
 fn classify_v4(ip: Ipv4Addr) -> Option<BlockedRange> {
+    if metadata::exact(IpAddr::V4(ip)).is_some() {
+        return Some(BlockedRange::CloudMetadata);
+    }
     V4_TABLE
         .iter()
         .find(|(net, _)| net.contains(&ip))
@@ -244,8 +243,13 @@ fn classify_v4(ip: Ipv4Addr) -> Option<BlockedRange> {
 }
 
 fn classify_v6(ip: Ipv6Addr) -> Option<BlockedRange> {
-    if let Some(embedded) = embedded_ipv4(ip) {
-        return embedded;
+    match embedded(ip) {
+        Some(Embedded::One(v4)) => return classify_v4(v4),
+        Some(Embedded::LocalNat64(readings)) => return classify_local_nat64(readings),
+        None => {}
+    }
+    if metadata::exact(IpAddr::V6(ip)).is_some() {
+        return Some(BlockedRange::CloudMetadata);
     }
     V6_TABLE
         .iter()
@@ -254,29 +258,56 @@ fn classify_v6(ip: Ipv6Addr) -> Option<BlockedRange> {
         .or_else(|| (!V6_GLOBAL_UNICAST.contains(&ip)).then_some(BlockedRange::Reserved))
 }
 
-/// Classifies an IPv6 address of a form that embeds an IPv4 address by that
-/// IPv4 address; `None` if the address is not of such a form. `::` and `::1`
-/// are not treated as IPv4-compatible.
-fn embedded_ipv4(ip: Ipv6Addr) -> Option<Option<BlockedRange>> {
+/// An IPv4 address embedded in an IPv6 address.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Embedded {
+    /// IPv4-mapped, IPv4-compatible, NAT64 `64:ff9b::/96` or 6to4: one IPv4 address.
+    One(Ipv4Addr),
+    /// Local-use NAT64 `64:ff9b:1::/48`: the readings for the prefix lengths /48, /56, /64 and
+    /// /96 (see [`classify_local_nat64`]).
+    LocalNat64([Ipv4Addr; 4]),
+}
+
+/// The IPv4 address(es) an IPv6 address of an embedding form carries; `None` if the address is
+/// not of such a form. `::` and `::1` are not treated as IPv4-compatible.
+pub(super) fn embedded(ip: Ipv6Addr) -> Option<Embedded> {
     let o = ip.octets();
     let at = |a: usize, b: usize, c: usize, d: usize| Ipv4Addr::new(o[a], o[b], o[c], o[d]);
     let last = at(12, 13, 14, 15);
     if V6_MAPPED.contains(&ip) || V6_NAT64.contains(&ip) {
-        Some(classify_v4(last))
+        Some(Embedded::One(last))
     } else if V6_COMPATIBLE.contains(&ip) {
-        (ip > Ipv6Addr::LOCALHOST).then(|| classify_v4(last))
+        (ip > Ipv6Addr::LOCALHOST).then_some(Embedded::One(last))
     } else if V6_NAT64_LOCAL.contains(&ip) {
-        Some(classify_local_nat64([
+        Some(Embedded::LocalNat64([
             at(6, 7, 9, 10),
             at(7, 9, 10, 11),
             at(9, 10, 11, 12),
             last,
         ]))
     } else if V6_6TO4.contains(&ip) {
-        Some(classify_v4(at(2, 3, 4, 5)))
+        Some(Embedded::One(at(2, 3, 4, 5)))
     } else {
         None
     }
+}
+
+/// The known metadata / credential endpoint `ip` reaches, also through the IPv4-mapped,
+/// IPv4-compatible, NAT64 and 6to4 forms of an IPv4 endpoint; `None` if it is none of them.
+pub fn metadata_endpoint(ip: IpAddr) -> Option<&'static MetadataEndpoint> {
+    if let Some(endpoint) = metadata::exact(ip) {
+        return Some(endpoint);
+    }
+    let IpAddr::V6(v6) = ip else {
+        return None;
+    };
+    let readings: Vec<Ipv4Addr> = match embedded(v6)? {
+        Embedded::One(v4) => vec![v4],
+        Embedded::LocalNat64(readings) => readings.to_vec(),
+    };
+    readings
+        .into_iter()
+        .find_map(|v4| metadata::exact(IpAddr::V4(v4)))
 }
 
 /// Classifies an address of the local-use NAT64 prefix `64:ff9b:1::/48`,

@@ -11,12 +11,18 @@
 //!    against the tenant's allow-list of [`EgressRule`]s. The first rule that
 //!    matches host, port, method and path wins; without one the request is
 //!    denied with a [`DenyReason`] that names the host.
-//! 3. After DNS resolution, the caller checks every address it is about to
-//!    connect to with [`EgressRule::check_address`] (or [`classify_ip`]
-//!    directly), which refuses loopback, private, link-local, cloud-metadata
-//!    and other special-purpose addresses unless the rule opts in with
-//!    `allow_private`. This step is what stops SSRF through DNS names that
-//!    resolve to internal addresses.
+//! 3. [`EgressPolicy::plan`] wraps step 2 into one [`EgressPlan`]: verdict
+//!    (allow, deny, report-mode would-deny), the fully matched rule, the
+//!    credential name, the rate limiters and the `allow_private` scope.
+//! 4. Before connecting, the caller checks the host name with [`check_name`]
+//!    and every socket address it is about to connect to (after DNS
+//!    resolution, and for IP-literal hosts) with [`check_address`] under the
+//!    plan's [`AddressScope`]: cloud metadata / credential endpoints
+//!    ([`METADATA_ENDPOINTS`], [`METADATA_NAMES`]) and the gateway's own
+//!    listeners ([`SelfListeners`]) are never reachable; loopback, private,
+//!    link-local and unique-local addresses only under `allow_private`; other
+//!    special-purpose addresses never. This step is what stops SSRF through
+//!    DNS names that resolve to internal addresses.
 //!
 //! Rate limits ([`RateLimit`]) and the [`EgressMode`] are carried here as
 //! data; enforcing them (token buckets, logging in report mode) is up to the
@@ -25,15 +31,22 @@
 
 mod address;
 mod host;
+mod metadata;
 mod path;
+mod plan;
+mod scope;
 mod target;
 
 use std::fmt;
-use std::net::IpAddr;
 
-pub use address::{classify_ip, BlockedRange};
+pub use address::{classify_ip, metadata_endpoint, BlockedRange};
 pub use host::{HostPattern, TargetHost};
+pub use metadata::{MetadataEndpoint, NameMatch, METADATA_ENDPOINTS, METADATA_NAMES};
 pub use path::PathMatcher;
+pub use plan::{EgressPlan, PlanVerdict, PlannedLimiters};
+pub use scope::{
+    check_address, check_name, AddressRefusal, AddressScope, Destination, SelfListeners,
+};
 pub use target::{parse_target, Target, TargetError};
 
 /// Ports a rule allows when it does not list any: plain HTTP and HTTPS.
@@ -103,33 +116,12 @@ pub struct EgressRule {
     /// Rate limit of the requests matching this rule, on top of the
     /// tenant-wide [`EgressPolicy::rate_limit`].
     pub rate_limit: Option<RateLimit>,
-    /// Whether requests matching this rule may connect to private-use
-    /// addresses (see [`EgressRule::check_address`]).
+    /// Whether requests fully matching this rule may connect to private-use
+    /// addresses (see [`check_address`] and [`EgressPlan::allow_private`]).
     pub allow_private: bool,
 }
 
 impl EgressRule {
-    /// Checks an address the request is about to connect to (after DNS
-    /// resolution, and for IP-literal hosts).
-    ///
-    /// Public addresses are always allowed. Addresses of the private-use
-    /// ranges ([`BlockedRange::is_private_use`]: loopback, RFC 1918 private,
-    /// link-local, CGNAT shared space, IPv6 unique local) are allowed only if
-    /// [`allow_private`](Self::allow_private) is set. All other special
-    /// ranges, in particular [`BlockedRange::CloudMetadata`], are always
-    /// refused.
-    ///
-    /// # Errors
-    ///
-    /// The [`BlockedRange`] the address belongs to, when it is refused.
-    pub fn check_address(&self, ip: IpAddr) -> Result<(), BlockedRange> {
-        match classify_ip(ip) {
-            None => Ok(()),
-            Some(range) if self.allow_private && range.is_private_use() => Ok(()),
-            Some(range) => Err(range),
-        }
-    }
-
     /// Why a request to a host this rule matches is not allowed by it, or
     /// `None` if the rule allows the request. `method` must be normalised.
     fn mismatch(&self, method: &str, target: &Target) -> Option<Mismatch> {
@@ -267,6 +259,13 @@ impl Decision {
 /// check failed: the first rule whose host pattern matched.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DenyReason {
+    /// The tenant has no egress rules at all and enforces its (empty)
+    /// allow-list: its Workers have no network access. Only
+    /// [`EgressPolicy::plan`] gives this reason.
+    NoRules {
+        /// The request's host.
+        host: TargetHost,
+    },
     /// No rule matches the host.
     NoRule {
         /// The request's host.
@@ -303,9 +302,10 @@ pub enum DenyReason {
 
 impl DenyReason {
     /// A short, stable identifier of the reason, suitable as a metrics label:
-    /// `no_rule`, `port`, `method` or `path`.
+    /// `no_rules`, `no_rule`, `port`, `method` or `path`.
     pub const fn kind(&self) -> &'static str {
         match self {
+            DenyReason::NoRules { .. } => "no_rules",
             DenyReason::NoRule { .. } => "no_rule",
             DenyReason::Port { .. } => "port",
             DenyReason::Method { .. } => "method",
@@ -316,18 +316,30 @@ impl DenyReason {
     /// The host of the denied request.
     pub const fn host(&self) -> &TargetHost {
         match self {
-            DenyReason::NoRule { host }
+            DenyReason::NoRules { host }
+            | DenyReason::NoRule { host }
             | DenyReason::Port { host, .. }
             | DenyReason::Method { host, .. }
             | DenyReason::Path { host, .. } => host,
         }
     }
 
-    /// Index of the host-matching rule whose check failed; `None` for
-    /// [`DenyReason::NoRule`].
+    /// The rule whose flags (`allow_private`, credential, rate limit) apply
+    /// to the denied request: always `None`. A denied request matched no rule
+    /// in full, and a rule that matched only its host must not lend it its
+    /// `allow_private` (also not in report mode). For diagnostics, the rule
+    /// whose host matched is [`DenyReason::host_rule`]; for everything a
+    /// request may do, use [`EgressPolicy::plan`].
     pub const fn rule(&self) -> Option<usize> {
+        None
+    }
+
+    /// Index of the first rule that matched the host but not the port,
+    /// method or path (for diagnostics only); `None` for
+    /// [`DenyReason::NoRule`] and [`DenyReason::NoRules`].
+    pub const fn host_rule(&self) -> Option<usize> {
         match self {
-            DenyReason::NoRule { .. } => None,
+            DenyReason::NoRules { .. } | DenyReason::NoRule { .. } => None,
             DenyReason::Port { rule, .. }
             | DenyReason::Method { rule, .. }
             | DenyReason::Path { rule, .. } => Some(*rule),
@@ -338,6 +350,7 @@ impl DenyReason {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            DenyReason::NoRules { .. } => f.write_str("the tenant has no egress rules"),
             DenyReason::NoRule { host } => write!(f, "no egress rule allows host {host}"),
             DenyReason::Port { host, port, .. } => {
                 write!(f, "port {port} is not allowed for host {host}")

@@ -1,6 +1,6 @@
 //! Unit tests of the egress policy.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::*;
 
@@ -483,7 +483,9 @@ fn decide_reports_port_then_method_then_path() {
                 rule: 0
             }
         );
-        assert_eq!(reason.rule(), Some(0));
+        assert_eq!(reason.host_rule(), Some(0));
+        // A denied request borrows no rule's flags.
+        assert_eq!(reason.rule(), None);
         assert_eq!(reason.host(), &host);
     }
     assert_eq!(
@@ -609,7 +611,8 @@ fn classify_ip_table() {
         ("169.254.0.1", Some(LinkLocal)),
         ("169.254.169.253", Some(LinkLocal)),
         ("169.254.169.254", Some(CloudMetadata)),
-        ("169.254.170.2", Some(LinkLocal)),
+        ("169.254.170.2", Some(CloudMetadata)),
+        ("169.254.170.3", Some(LinkLocal)),
         ("169.253.255.255", None),
         ("169.255.0.0", None),
         ("100.100.100.200", Some(CloudMetadata)),
@@ -739,23 +742,24 @@ fn blocked_range_names() {
     assert_eq!(BlockedRange::Discard.to_string(), "discard-only address");
 }
 
+fn scope(allow_private: bool) -> AddressScope {
+    AddressScope::new(allow_private, SelfListeners::default())
+}
+
 #[test]
 fn check_address_honours_allow_private() {
-    let public = rule("api.github.com");
-    let private = EgressRule {
-        allow_private: true,
-        ..rule("127.0.0.1")
-    };
     let v4 = |a, b, c, d| IpAddr::V4(Ipv4Addr::new(a, b, c, d));
+    let public = scope(false);
+    let private = scope(true);
 
-    assert_eq!(public.check_address(v4(8, 8, 8, 8)), Ok(()));
+    assert_eq!(check_address(v4(8, 8, 8, 8), &public), Ok(()));
     assert_eq!(
-        public.check_address(v4(127, 0, 0, 1)),
-        Err(BlockedRange::Loopback)
+        check_address(v4(127, 0, 0, 1), &public),
+        Err(AddressRefusal::Range(BlockedRange::Loopback))
     );
     assert_eq!(
-        public.check_address(IpAddr::V6(Ipv6Addr::LOCALHOST)),
-        Err(BlockedRange::Loopback)
+        check_address(IpAddr::V6(Ipv6Addr::LOCALHOST), &public),
+        Err(AddressRefusal::Range(BlockedRange::Loopback))
     );
 
     for allowed in [
@@ -766,15 +770,341 @@ fn check_address_honours_allow_private() {
         "fd12::1",
         "::ffff:192.168.0.1",
     ] {
-        assert_eq!(private.check_address(ip(allowed)), Ok(()), "{allowed}");
+        assert_eq!(check_address(ip(allowed), &private), Ok(()), "{allowed}");
+        assert!(check_address(ip(allowed), &public).is_err(), "{allowed}");
     }
     for (blocked, range) in [
-        ("169.254.169.254", BlockedRange::CloudMetadata),
-        ("fd00:ec2::254", BlockedRange::CloudMetadata),
         ("0.0.0.0", BlockedRange::Unspecified),
         ("224.0.0.1", BlockedRange::Multicast),
         ("255.255.255.255", BlockedRange::Broadcast),
     ] {
-        assert_eq!(private.check_address(ip(blocked)), Err(range), "{blocked}");
+        let refusal = check_address(ip(blocked), &private).unwrap_err();
+        assert_eq!(refusal, AddressRefusal::Range(range), "{blocked}");
+        assert!(refusal.is_absolute(), "{blocked}");
     }
+}
+
+/// Every metadata / credential endpoint, in every encoding, under every scope.
+#[test]
+fn metadata_endpoints_are_never_reachable_in_any_form() {
+    let named: &[(&str, &str)] = &[
+        ("169.254.169.254", "instance metadata service"),
+        ("fd00:ec2::254", "AWS instance metadata service (IPv6)"),
+        ("169.254.170.2", "AWS ECS task credentials"),
+        ("169.254.170.23", "AWS EKS Pod Identity agent"),
+        ("fd00:ec2::23", "AWS EKS Pod Identity agent (IPv6)"),
+        ("168.63.129.16", "Azure WireServer"),
+        ("fd20:ce::254", "GCP metadata server (IPv6)"),
+        ("100.100.100.200", "Alibaba Cloud instance metadata"),
+        ("192.0.0.192", "Oracle Cloud instance metadata"),
+        ("fe80::a9fe:a9fe", "OpenStack metadata service (IPv6)"),
+        ("169.254.0.23", "Tencent Cloud instance metadata"),
+        ("169.254.42.42", "Scaleway instance metadata"),
+        ("fd00:42::42", "Scaleway instance metadata (IPv6)"),
+        ("fd00:a9fe:a9fe::1", "Akamai/Linode metadata service (IPv6)"),
+    ];
+    assert_eq!(
+        named.len(),
+        METADATA_ENDPOINTS.len(),
+        "every entry is tested"
+    );
+    let listeners = SelfListeners::new(["0.0.0.0:80".parse().unwrap()], []);
+    for &(text, service) in named {
+        let mut forms = vec![text.to_owned()];
+        if let IpAddr::V4(v4) = ip(text) {
+            let [a, b, c, d] = v4.octets();
+            let hi = u16::from_be_bytes([a, b]);
+            let lo = u16::from_be_bytes([c, d]);
+            forms.extend([
+                format!("::ffff:{v4}"),
+                format!("::{v4}"),
+                format!("64:ff9b::{v4}"),
+                format!("64:ff9b:1::{v4}"),
+                format!("2002:{hi:x}:{lo:x}::1"),
+            ]);
+        }
+        for form in forms {
+            let address = ip(&form);
+            assert_eq!(
+                classify_ip(address),
+                Some(BlockedRange::CloudMetadata),
+                "{form}"
+            );
+            let endpoint = metadata_endpoint(address).unwrap_or_else(|| panic!("{form}"));
+            assert!(
+                endpoint.service.starts_with(service),
+                "{form}: {endpoint:?}"
+            );
+            for allow_private in [false, true] {
+                let scope = AddressScope::new(allow_private, listeners.clone());
+                for port in [None, Some(80), Some(443)] {
+                    let dest = Destination { ip: address, port };
+                    let refusal = check_address(dest, &scope).unwrap_err();
+                    assert_eq!(refusal, AddressRefusal::Metadata(endpoint), "{form}");
+                    assert_eq!(refusal.as_str(), "cloud_metadata");
+                    assert!(refusal.is_absolute());
+                    assert!(refusal.to_string().contains(endpoint.service), "{refusal}");
+                }
+            }
+        }
+    }
+    // Neighbours stay ordinary.
+    assert_eq!(classify_ip(ip("168.63.129.17")), None);
+    assert_eq!(
+        classify_ip(ip("169.254.170.3")),
+        Some(BlockedRange::LinkLocal)
+    );
+    assert_eq!(check_address(ip("168.63.129.17"), &scope(false)), Ok(()));
+}
+
+#[test]
+fn metadata_host_names_are_refused_by_name() {
+    for name in [
+        "metadata.google.internal",
+        "METADATA.google.internal.",
+        "metadata.goog",
+        "metadata",
+        "instance-data",
+        "instance-data.ec2.internal",
+        "instance-data.us-west-2.compute.internal",
+        "metadata.tencentyun.com",
+        "metadata.platformequinix.com",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "kubernetes.default.svc.corp.example.",
+    ] {
+        let refusal = check_name(name).unwrap_err();
+        assert!(
+            matches!(refusal, AddressRefusal::MetadataName(_)),
+            "{name}: {refusal:?}"
+        );
+        assert_eq!(refusal.as_str(), "cloud_metadata");
+    }
+    for name in [
+        "metadata.google.internal.example.com",
+        "google.internal",
+        "instance-data.example.com",
+        "kubernetes.io",
+        "kubernetes.default.svcx",
+        "my-metadata.goog",
+        "api.github.com",
+    ] {
+        assert_eq!(check_name(name), Ok(()), "{name}");
+    }
+}
+
+#[test]
+fn self_listeners_are_never_reachable() {
+    let listeners = SelfListeners::new(
+        [
+            "127.0.0.1:8080".parse().unwrap(),
+            "[::]:9090".parse().unwrap(),
+        ],
+        [ip("10.1.2.3"), ip("203.0.113.7"), ip("2001:4860::1")],
+    );
+    for allow_private in [false, true] {
+        let scope = AddressScope::new(allow_private, listeners.clone());
+        for (addr, listener) in [
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("[::ffff:127.0.0.1]:8080", "127.0.0.1:8080"),
+            ("[::127.0.0.1]:8080", "127.0.0.1:8080"),
+            ("127.0.0.1:9090", "[::]:9090"),
+            ("127.9.9.9:9090", "[::]:9090"),
+            ("[::1]:9090", "[::]:9090"),
+            ("0.0.0.0:9090", "[::]:9090"),
+            ("10.1.2.3:9090", "[::]:9090"),
+            ("[::ffff:10.1.2.3]:9090", "[::]:9090"),
+            // A public interface address: refused although public.
+            ("203.0.113.7:9090", "[::]:9090"),
+            ("[2001:4860::1]:9090", "[::]:9090"),
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let refusal = check_address(addr, &scope).unwrap_err();
+            assert_eq!(
+                refusal,
+                AddressRefusal::SelfListener(listener.parse().unwrap()),
+                "{addr}"
+            );
+            assert_eq!(refusal.as_str(), "self_listener");
+            assert!(refusal.is_absolute());
+        }
+    }
+    let private = AddressScope::new(true, listeners.clone());
+    // Same address, other port; other loopback address on the specifically bound port.
+    for addr in [
+        "127.0.0.1:8081",
+        "127.0.0.2:8080",
+        "10.1.2.3:8080",
+        "10.9.9.9:9090",
+    ] {
+        let addr: SocketAddr = addr.parse().unwrap();
+        assert_eq!(check_address(addr, &private), Ok(()), "{addr}");
+    }
+    // Public addresses that are not the host's.
+    let public = AddressScope::new(false, listeners);
+    assert_eq!(
+        check_address("8.8.8.8:9090".parse::<SocketAddr>().unwrap(), &public),
+        Ok(())
+    );
+    // Without a port, listeners cannot be recognised: the connect-time check must run.
+    assert_eq!(check_address(ip("10.1.2.3"), &private), Ok(()));
+    // Port 0 (ephemeral) listeners match nothing.
+    let ephemeral = SelfListeners::new(["127.0.0.1:0".parse().unwrap()], []);
+    assert_eq!(ephemeral.find("127.0.0.1:0".parse().unwrap()), None);
+}
+
+// ------------------------------------------------------------------ plan
+
+fn limit(per_second: u32) -> Option<RateLimit> {
+    Some(RateLimit {
+        per_second,
+        burst: per_second,
+    })
+}
+
+fn loopback_rule(name: &str, port: u16) -> EgressRule {
+    EgressRule {
+        name: name.to_owned(),
+        ports: vec![port],
+        methods: Some(vec!["GET".into()]),
+        paths: Some(PathMatcher::new(["/api/**"]).unwrap()),
+        allow_private: true,
+        credential: Some(format!("{name}-cred")),
+        rate_limit: limit(3),
+        ..rule("127.0.0.1")
+    }
+}
+
+fn plan_policy(mode: EgressMode) -> EgressPolicy {
+    EgressPolicy {
+        mode,
+        rate_limit: limit(50),
+        rules: vec![
+            loopback_rule("a", 20402),
+            EgressRule {
+                rate_limit: None,
+                ..loopback_rule("b", 20405)
+            },
+        ],
+    }
+}
+
+#[test]
+fn plan_allow_carries_rule_credential_limiters_and_scope() {
+    for mode in [EgressMode::Enforce, EgressMode::Report] {
+        let policy = plan_policy(mode);
+        let plan = policy.plan("get", &target("http://127.0.0.1:20402/api/x"));
+        assert_eq!(plan.verdict, PlanVerdict::Allow);
+        assert_eq!(plan.verdict.as_str(), "allow");
+        assert!(plan.proceeds());
+        assert_eq!(plan.rule, Some(0));
+        assert_eq!(plan.rule(&policy).map(|r| r.name.as_str()), Some("a"));
+        assert_eq!(plan.credential.as_deref(), Some("a-cred"));
+        assert_eq!(
+            plan.limiters,
+            PlannedLimiters {
+                rule: Some(0),
+                tenant: true
+            }
+        );
+        assert!(plan.allow_private);
+        assert!(plan.scope(&SelfListeners::default()).allow_private);
+
+        let plan = policy.plan("GET", &target("http://127.0.0.1:20405/api/x"));
+        assert_eq!(plan.rule, Some(1));
+        // The rule has no limit of its own.
+        assert_eq!(plan.limiters.rule, None);
+        assert!(plan.limiters.tenant);
+    }
+}
+
+#[test]
+fn plan_scope_only_on_full_match() {
+    let policy = plan_policy(EgressMode::Enforce);
+    for (method, url, kind) in [
+        ("GET", "http://127.0.0.1:20403/api/x", "port"),
+        ("POST", "http://127.0.0.1:20402/api/x", "method"),
+        ("GET", "http://127.0.0.1:20402/admin", "path"),
+        ("GET", "http://127.0.0.2:20402/api/x", "no_rule"),
+    ] {
+        let plan = policy.plan(method, &target(url));
+        let PlanVerdict::Deny(reason) = &plan.verdict else {
+            panic!("{url}: {plan:?}");
+        };
+        assert_eq!(reason.kind(), kind, "{url}");
+        assert!(!plan.proceeds());
+        assert!(!plan.allow_private, "{url}");
+        assert!(!plan.scope(&SelfListeners::default()).allow_private);
+        assert_eq!(plan.rule, None);
+        assert_eq!(plan.credential, None);
+        assert_eq!(plan.limiters, PlannedLimiters::default());
+    }
+}
+
+#[test]
+fn plan_report_mode_lets_through_without_scope_credential_or_rule_limit() {
+    // Defect 8: a report-mode tenant with one allow_private rule for 127.0.0.1:20402 reached
+    // 127.0.0.1:20403 (and every other loopback port) through that rule's allow_private.
+    let policy = plan_policy(EgressMode::Report);
+    for (method, url) in [
+        ("GET", "http://127.0.0.1:20403/api/x"),
+        ("DELETE", "http://127.0.0.1:20402/api/x"),
+        ("GET", "http://127.0.0.1:20402/other"),
+        ("GET", "http://localhost:20402/api/x"),
+    ] {
+        let plan = policy.plan(method, &target(url));
+        assert!(
+            matches!(plan.verdict, PlanVerdict::ReportDeny(_)),
+            "{url}: {plan:?}"
+        );
+        assert_eq!(plan.verdict.as_str(), "report_deny");
+        assert!(plan.proceeds());
+        assert!(!plan.allow_private, "{url}");
+        assert_eq!(plan.rule, None);
+        assert_eq!(plan.credential, None);
+        assert_eq!(
+            plan.limiters,
+            PlannedLimiters {
+                rule: None,
+                tenant: true
+            }
+        );
+        // And so loopback stays closed to it.
+        let scope = plan.scope(&SelfListeners::default());
+        assert_eq!(
+            check_address(ip("127.0.0.1"), &scope),
+            Err(AddressRefusal::Range(BlockedRange::Loopback))
+        );
+    }
+}
+
+#[test]
+fn plan_without_rules() {
+    let enforce = EgressPolicy::default();
+    let plan = enforce.plan("GET", &target("https://example.com/"));
+    assert_eq!(
+        plan.verdict,
+        PlanVerdict::Deny(DenyReason::NoRules {
+            host: domain("example.com")
+        })
+    );
+    assert_eq!(
+        plan.verdict.reason().unwrap().to_string(),
+        "the tenant has no egress rules"
+    );
+    assert_eq!(plan.verdict.reason().unwrap().kind(), "no_rules");
+
+    let report = EgressPolicy {
+        mode: EgressMode::Report,
+        ..EgressPolicy::default()
+    };
+    let plan = report.plan("GET", &target("https://example.com/"));
+    assert!(matches!(
+        plan.verdict,
+        PlanVerdict::ReportDeny(DenyReason::NoRule { .. })
+    ));
+    // No tenant limit configured: none applies.
+    assert!(!plan.limiters.tenant);
 }
