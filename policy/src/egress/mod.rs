@@ -347,6 +347,17 @@ impl DenyReason {
     }
 }
 
+impl DenyReason {
+    /// Index of the rule that matched host **and** port but not the method or path; the only
+    /// rule whose `allow_private` a report-mode pass may use ([`EgressPolicy::plan`]).
+    pub const fn host_port_rule(&self) -> Option<usize> {
+        match self {
+            DenyReason::Method { rule, .. } | DenyReason::Path { rule, .. } => Some(*rule),
+            _ => None,
+        }
+    }
+}
+
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -68,8 +68,8 @@ pub struct EgressPlan {
     /// The rate limiters that apply.
     pub limiters: PlannedLimiters,
     /// Whether the private-use address ranges are open to this request: only when the request
-    /// fully matches a rule with `allow_private`. A denied or report-mode request never opens
-    /// them, whatever rule matched its host.
+    /// matches a rule with `allow_private` (fully, or in report mode on host and port). A denied
+    /// request never opens them, nor does a report-mode request whose port no such rule has.
     pub allow_private: bool,
 }
 
@@ -101,7 +101,8 @@ impl EgressPolicy {
     /// * Denied, enforce mode: nothing applies; a tenant without any rule gets
     ///   [`DenyReason::NoRules`].
     /// * Denied, report mode: sent without credential, only the tenant's limiter, and
-    ///   **never** `allow_private` (the rule that matched only the host does not count).
+    ///   `allow_private` only if a rule with it matched host **and** port (a rule that matched
+    ///   only the host does not count).
     pub fn plan(&self, method: &str, target: &Target) -> EgressPlan {
         match self.decide(method, target) {
             Decision::Allow { rule: index } => {
@@ -137,12 +138,21 @@ impl EgressPolicy {
                         },
                     ),
                 };
+                // A report-mode pass keeps `allow_private` only when a rule matched its host AND
+                // port (it failed on method or path): the port is what opens a private service,
+                // so a rule for `127.0.0.1:20402` never opens `:20403`.
+                let allow_private = matches!(verdict, PlanVerdict::ReportDeny(_))
+                    && verdict
+                        .reason()
+                        .and_then(DenyReason::host_port_rule)
+                        .and_then(|i| self.rules.get(i))
+                        .is_some_and(|r| r.allow_private);
                 EgressPlan {
                     verdict,
                     rule: None,
                     credential: None,
                     limiters,
-                    allow_private: false,
+                    allow_private,
                 }
             }
         }

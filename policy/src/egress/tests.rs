@@ -1050,8 +1050,6 @@ fn plan_report_mode_lets_through_without_scope_credential_or_rule_limit() {
     let policy = plan_policy(EgressMode::Report);
     for (method, url) in [
         ("GET", "http://127.0.0.1:20403/api/x"),
-        ("DELETE", "http://127.0.0.1:20402/api/x"),
-        ("GET", "http://127.0.0.1:20402/other"),
         ("GET", "http://localhost:20402/api/x"),
     ] {
         let plan = policy.plan(method, &target(url));
@@ -1078,6 +1076,32 @@ fn plan_report_mode_lets_through_without_scope_credential_or_rule_limit() {
             Err(AddressRefusal::Range(BlockedRange::Loopback))
         );
     }
+}
+
+#[test]
+fn plan_report_mode_keeps_allow_private_on_host_and_port_match() {
+    // The rule: allow_private applies to requests that match the rule's host and port.
+    // In report mode a request to that host:port with another method or path is let through
+    // under the rule's scope, without its credential or rule limiter.
+    let policy = plan_policy(EgressMode::Report);
+    for (method, url) in [
+        ("DELETE", "http://127.0.0.1:20402/api/x"),
+        ("GET", "http://127.0.0.1:20402/other"),
+    ] {
+        let plan = policy.plan(method, &target(url));
+        assert!(matches!(plan.verdict, PlanVerdict::ReportDeny(_)), "{url}: {plan:?}");
+        assert!(plan.allow_private, "{url}");
+        assert_eq!(plan.rule, None);
+        assert_eq!(plan.credential, None);
+        assert_eq!(plan.limiters.rule, None);
+        let scope = plan.scope(&SelfListeners::default());
+        assert_eq!(check_address(ip("127.0.0.1"), &scope), Ok(()));
+    }
+    // Enforce mode denies them outright: no scope.
+    let enforce = plan_policy(EgressMode::Enforce);
+    let plan = enforce.plan("GET", &target("http://127.0.0.1:20402/other"));
+    assert!(!plan.proceeds());
+    assert!(!plan.allow_private);
 }
 
 #[test]
