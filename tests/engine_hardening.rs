@@ -186,7 +186,10 @@ fn stack_trace_apis_hand_out_no_internal_function() {
     let (s, v) = json_of(g.load(ALPHA_KEY, &code, None));
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["leaked"], json!([]), "{v}");
-    assert_eq!(v["gotCount"], 0, "the bootstrap called a replaced prototype method: {v}");
+    assert_eq!(
+        v["gotCount"], 0,
+        "the bootstrap called a replaced prototype method: {v}"
+    );
     assert_eq!(v["caller"], "none", "{v}");
 }
 

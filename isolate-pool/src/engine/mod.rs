@@ -469,21 +469,24 @@ impl Isolate {
             };
             run.await
         });
-        let result = tokio::time::timeout(deadline, Metered::new(Guarded::new(fut, self.panic.clone()), state))
-            .await
-            .unwrap_or_else(|_| {
-                self.state.budget.trip(ErrorKind::WallLimit);
-                Err(WorkerError::new(ErrorKind::WallLimit, "wall-clock limit"))
-            })
-            .and_then(|json| match self.state.budget.tripped() {
-                Some(kind) => Err(WorkerError::new(kind, kind.as_str())),
-                None => Ok(json),
-            })
-            .and_then(|json| {
-                serde_json::from_str(&json)
-                    .map_err(|e| internal(format!("result is not valid JSON: {e}")))
-            })
-            .map_err(|e| self.classify(e));
+        let result = tokio::time::timeout(
+            deadline,
+            Metered::new(Guarded::new(fut, self.panic.clone()), state),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            self.state.budget.trip(ErrorKind::WallLimit);
+            Err(WorkerError::new(ErrorKind::WallLimit, "wall-clock limit"))
+        })
+        .and_then(|json| match self.state.budget.tripped() {
+            Some(kind) => Err(WorkerError::new(kind, kind.as_str())),
+            None => Ok(json),
+        })
+        .and_then(|json| {
+            serde_json::from_str(&json)
+                .map_err(|e| internal(format!("result is not valid JSON: {e}")))
+        })
+        .map_err(|e| self.classify(e));
         let (logs, cpu, subrequests) = self.finish();
         (result, logs, cpu, subrequests)
     }
@@ -590,7 +593,8 @@ fn valid_header_value(value: &str) -> bool {
 /// Response, so a value of the wrong shape is the Worker's fault (`exception`), and the checks
 /// the Response constructor makes are repeated here so nothing invalid reaches the ingress.
 fn read_response<'js>(_ctx: &Ctx<'js>, out: &Object<'js>) -> Result<HttpResponse, WorkerError> {
-    let unreadable = |e: rquickjs::Error| worker_fault(format!("the Worker's Response could not be read: {e}"));
+    let unreadable =
+        |e: rquickjs::Error| worker_fault(format!("the Worker's Response could not be read: {e}"));
     let status: u16 = out.get("status").map_err(unreadable)?;
     if !(200..=599).contains(&status) {
         return Err(worker_fault(format!(
@@ -851,8 +855,8 @@ fn charge_subrequests(state: &HostState, n: u32) -> Result<u32, FetchRefusal> {
 fn response_object<'js>(ctx: &Ctx<'js>, resp: EgressResponse) -> rquickjs::Result<Object<'js>> {
     let out = Object::new(ctx.clone())?;
     out.set("status", resp.status)?;
-    let headers = header_array(ctx, &resp.headers)
-        .map_err(|e| Exception::throw_internal(ctx, &e.message))?;
+    let headers =
+        header_array(ctx, &resp.headers).map_err(|e| Exception::throw_internal(ctx, &e.message))?;
     out.set("headers", headers)?;
     out.set("body", TypedArray::<u8>::new(ctx.clone(), resp.body)?)?;
     Ok(out)

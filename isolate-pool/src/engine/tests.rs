@@ -624,7 +624,10 @@ fn a_panicking_host_function_fails_the_invocation_and_the_isolate_is_never_reuse
         let err = res.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Internal, "{err}");
         assert_eq!(err.message, panics::PANIC_MESSAGE);
-        assert!(!iso.is_reusable(), "an isolate that panicked must be discarded");
+        assert!(
+            !iso.is_reusable(),
+            "an isolate that panicked must be discarded"
+        );
         // Even if a caller ignored is_reusable, nothing runs in it any more.
         let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
         assert_eq!(res.unwrap_err().message, panics::PANIC_MESSAGE);
@@ -638,7 +641,9 @@ fn a_panic_that_unwinds_out_of_the_engine_is_caught_too() {
         add_panicking_host_fn(&iso).await;
         let (res, _) = fetch_with(
             &mut iso,
-            &worker(r#"export default { async fetch() { __hostPanic(); return new Response("x"); } }"#),
+            &worker(
+                r#"export default { async fetch() { __hostPanic(); return new Response("x"); } }"#,
+            ),
             get("http://w/"),
             LIMITS,
         )
@@ -650,7 +655,11 @@ fn a_panic_that_unwinds_out_of_the_engine_is_caught_too() {
             .unwrap()
             .execute("async () => 1", &serde_json::json!({}), invoker(), LIMITS)
             .await;
-        assert_eq!(res.unwrap(), serde_json::json!(1), "other isolates are unaffected");
+        assert_eq!(
+            res.unwrap(),
+            serde_json::json!(1),
+            "other isolates are unaffected"
+        );
     });
 }
 
@@ -776,13 +785,28 @@ fn header_injection_and_bad_statuses_are_errors_the_worker_can_catch() {
         ] {
             assert_eq!(v[k], "TypeError", "{k}: {v}");
         }
-        for k in ["status999", "status100", "status600", "status199", "jsonStatus", "redirect200"] {
+        for k in [
+            "status999",
+            "status100",
+            "status600",
+            "status199",
+            "jsonStatus",
+            "redirect200",
+        ] {
             assert_eq!(v[k], "RangeError", "{k}: {v}");
         }
         assert_eq!(v["status204Null"], "accepted", "{v}");
         assert_eq!(v["trimmed"], "accepted", "{v}");
-        assert_eq!(v["redirect"], serde_json::json!([301, "http://x/a%20b"]), "{v}");
-        assert_eq!(v["instance"], serde_json::json!([true, true, true, true]), "{v}");
+        assert_eq!(
+            v["redirect"],
+            serde_json::json!([301, "http://x/a%20b"]),
+            "{v}"
+        );
+        assert_eq!(
+            v["instance"],
+            serde_json::json!([true, true, true, true]),
+            "{v}"
+        );
     });
 }
 
@@ -865,7 +889,45 @@ fn wait_until_work_added_late_is_awaited_and_a_rejection_is_logged() {
         assert_eq!(body(&out.unwrap().unwrap()), "[]");
         let (res, logs2) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
         assert_eq!(body(&res.unwrap()), r#"["late"]"#);
-        let all: Vec<_> = logs.iter().chain(logs2.iter()).map(|l| l.message.clone()).collect();
-        assert!(all.iter().any(|m| m.contains("ctx.waitUntil promise rejected")), "{all:?}");
+        let all: Vec<_> = logs
+            .iter()
+            .chain(logs2.iter())
+            .map(|l| l.message.clone())
+            .collect();
+        assert!(
+            all.iter()
+                .any(|m| m.contains("ctx.waitUntil promise rejected")),
+            "{all:?}"
+        );
+    });
+}
+
+#[test]
+fn code_mode_with_poisoned_intrinsics_is_never_internal() {
+    run(async {
+        for code in [
+            "async () => { Promise.prototype.then = function () { return 1; }; return { ok: true }; }",
+            "async () => { JSON.stringify = () => 42; Object.freeze = null; return [1, 2]; }",
+            "async () => { Object.defineProperty(Promise.prototype, 'constructor', { get() { throw new Error('ctor'); } }); return 1; }",
+        ] {
+            let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+            let (res, _, _, _) = iso
+                .execute(code, &serde_json::json!({}), invoker(), LIMITS)
+                .await;
+            if let Err(e) = res {
+                assert_eq!(e.kind, ErrorKind::Exception, "{code}: {e}");
+            }
+        }
+        // The replaced `then` must not stall the invocation until its wall limit.
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, _, _, _) = iso
+            .execute(
+                "async () => { Promise.prototype.then = function () {}; await null; return 'done'; }",
+                &serde_json::json!({}),
+                invoker(),
+                LIMITS,
+            )
+            .await;
+        assert_eq!(res.unwrap(), serde_json::json!("done"));
     });
 }
