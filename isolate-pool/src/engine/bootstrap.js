@@ -378,10 +378,16 @@ function installBlobSlice(g) {
   for (const name of ["Blob", "File"]) {
     const ctor = g[name];
     if (typeof ctor !== "function") continue;
-    const proto = ctor.prototype;
+    // The class's own prototype (the one holding the `size` getter), even if the global was
+    // replaced by a wrapper or subclass earlier in install().
+    let proto = ctor.prototype;
+    let sizeDesc = undefined;
+    while (proto !== null && (sizeDesc = ObjectGetOwnPropertyDescriptor(proto, "size")) === undefined) {
+      proto = Object.getPrototypeOf(proto);
+    }
+    if (proto === null || typeof sizeDesc.get !== "function") continue;
     const nativeSlice = proto.slice;
-    const sizeDesc = ObjectGetOwnPropertyDescriptor(proto, "size");
-    if (typeof nativeSlice !== "function" || !sizeDesc || typeof sizeDesc.get !== "function") continue;
+    if (typeof nativeSlice !== "function") continue;
     const sizeGetter = sizeDesc.get;
     defineMethod(proto, "slice", function slice(start, end, contentType) {
       const size = ReflectApply(sizeGetter, this, []);
