@@ -6,8 +6,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use isogate_pool::{
-    DisabledEgress, HttpRequest, Invoker, Limits, NoopObserver, Pool, PoolSettings, SealedCode,
-    WorkerCode,
+    DisabledEgress, Hold, HttpRequest, Invoker, Limits, NoopObserver, Pool, PoolSettings,
+    SealedCode, WorkerCode,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,7 +70,13 @@ fn bench(c: &mut Criterion) {
     group.bench_function("load_hello_cold_isolate", |b| {
         b.iter(|| {
             let inv = rt
-                .block_on(cold.load(invoker.clone(), code_arc.clone(), request(), LIMITS))
+                .block_on(cold.load(
+                    invoker.clone(),
+                    code_arc.clone(),
+                    request(),
+                    LIMITS,
+                    Hold::none(),
+                ))
                 .expect("load");
             assert!(inv.outcome.is_ok());
         })
@@ -86,7 +92,14 @@ fn bench(c: &mut Criterion) {
     group.bench_function("get_hello_warm", |b| {
         b.iter(|| {
             let inv = rt
-                .block_on(warm.get(get_invoker.clone(), sealed.clone(), request(), LIMITS, 100))
+                .block_on(warm.get(
+                    get_invoker.clone(),
+                    sealed.clone(),
+                    request(),
+                    LIMITS,
+                    100,
+                    Hold::none(),
+                ))
                 .expect("get");
             assert!(inv.outcome.is_ok());
         })

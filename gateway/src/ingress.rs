@@ -23,7 +23,7 @@ use crate::store::PutOutcome;
 use async_trait::async_trait;
 use isogate_policy::{LimitOverrides as PolicyOverrides, TenantPolicy};
 use isogate_pool::{
-    HttpRequest, HttpResponse, Invocation, Invoker, LimitOverrides, Limits, WorkerCode,
+    Hold, HttpRequest, HttpResponse, Invocation, Invoker, LimitOverrides, Limits, WorkerCode,
 };
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
@@ -736,11 +736,17 @@ impl Ingress {
             ));
         }
         let limits = limits_for(tenant, None, req.limits.as_ref());
-        let _permit = self.admit(snapshot, tenant).await?;
+        let permit = self.admit(snapshot, tenant).await?;
         let inv = self
             .state
             .pool
-            .execute(Self::invoker(tenant, None), req.code, req.env, limits)
+            .execute(
+                Self::invoker(tenant, None),
+                req.code,
+                req.env,
+                limits,
+                Hold::new(permit),
+            )
             .await?;
         self.observe(tenant, &inv);
         let logs = serde_json::to_value(&inv.logs).unwrap_or_default();
@@ -787,7 +793,9 @@ impl Ingress {
             },
         };
         let limits = limits_for(tenant, req.code.limits.as_ref(), req.limits.as_ref());
-        let _permit = self.admit(snapshot, tenant).await?;
+        // The slot is held by the job until all of the invocation's work (ctx.waitUntil
+        // included) has ended, not only until the response.
+        let permit = self.admit(snapshot, tenant).await?;
         let inv = self
             .state
             .pool
@@ -796,8 +804,10 @@ impl Ingress {
                 Arc::new(req.code),
                 request,
                 limits,
+                Hold::new(permit),
             )
             .await?;
+        self.observe(tenant, &inv);
         worker_reply(inv, tenant.name.as_str())
     }
 
@@ -901,7 +911,7 @@ impl Ingress {
             .get(tenant.name.as_str(), id)
             .ok_or_else(|| unknown_worker(id))?;
         let limits = limits_for(tenant, code.code().limits.as_ref(), None);
-        let _permit = self.admit(snapshot, tenant).await?;
+        let permit = self.admit(snapshot, tenant).await?;
         let inv = self
             .state
             .pool
@@ -911,6 +921,7 @@ impl Ingress {
                 request,
                 limits,
                 tenant.limits.max_cached_workers as usize,
+                Hold::new(permit),
             )
             .await?;
         self.observe(tenant, &inv);

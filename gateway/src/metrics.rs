@@ -189,7 +189,7 @@ impl Metrics {
             isolate_starts: counter(
                 &r,
                 "isogate_isolate_starts_total",
-                "Isolates started, by why.",
+                "Isolates started or taken from the warm pool, by why: load and get_miss count every isolate put into service for a load()/execute or a get() that had to create its Worker; warm_refill counts isolates started ahead.",
                 &["kind"],
             ),
             isolate_start_duration: register(
@@ -388,6 +388,14 @@ impl PoolObserver for Metrics {
             .with_label_values(&[kind.as_str()])
             .inc();
         self.isolate_start_duration.observe(took.as_secs_f64());
+    }
+
+    fn isolate_taken(&self, kind: StartKind) {
+        // A warm isolate put into service: counted under the kind that needed it (its start was
+        // timed when the warm pool was refilled).
+        self.isolate_starts
+            .with_label_values(&[kind.as_str()])
+            .inc();
     }
 
     fn warm_isolates(&self, count: usize) {

@@ -22,7 +22,7 @@ pub use egress::{
     NETWORK_DISABLED,
 };
 pub use observe::{CacheEvent, NoopObserver, PoolObserver, StartKind};
-pub use pool::{Pool, PoolError, PoolSettings};
+pub use pool::{Hold, Pool, PoolError, PoolSettings};
 
 /// Name of the JS engine this build uses.
 pub const ENGINE: &str = engine::ENGINE_NAME;

@@ -54,6 +54,10 @@ impl CacheEvent {
 pub trait PoolObserver: Send + Sync + 'static {
     /// An isolate was started, taking `took`.
     fn isolate_started(&self, _kind: StartKind, _took: Duration) {}
+    /// A warm isolate (started earlier, reported as `WarmRefill`) was taken into service for a
+    /// `load()`/`execute` (`Load`) or for a `get()` that had to create its Worker (`GetMiss`).
+    /// Together with `isolate_started` this counts every isolate put into service once.
+    fn isolate_taken(&self, _kind: StartKind) {}
     /// The number of warm (code-free) isolates changed.
     fn warm_isolates(&self, _count: usize) {}
     /// A worker-cache event for `tenant`.

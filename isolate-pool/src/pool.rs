@@ -50,6 +50,24 @@ pub enum PoolError {
 
 type Reply<T> = oneshot::Sender<Invocation<T>>;
 
+/// Something the caller keeps alive until an invocation's work has ended entirely — after the
+/// response, `ctx.waitUntil` work may still run — e.g. the tenant's admission permit. The job
+/// owns it and drops it when the invocation is over (or when the job is refused or dropped), so
+/// a concurrency slot is never freed while the tenant's code still runs.
+pub struct Hold(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send>>);
+
+impl Hold {
+    /// Keeps `value` alive until the invocation ends.
+    pub fn new<T: Send + 'static>(value: T) -> Hold {
+        Hold(Some(Box::new(value)))
+    }
+
+    /// Holds nothing.
+    pub fn none() -> Hold {
+        Hold(None)
+    }
+}
+
 enum Job {
     Load {
         code: Arc<WorkerCode>,
@@ -57,6 +75,7 @@ enum Job {
         invoker: Invoker,
         limits: Limits,
         reply: Reply<HttpResponse>,
+        hold: Hold,
     },
     Get {
         key: WorkerKey,
@@ -65,6 +84,7 @@ enum Job {
         invoker: Invoker,
         limits: Limits,
         reply: Reply<HttpResponse>,
+        hold: Hold,
     },
     Execute {
         source: String,
@@ -72,6 +92,7 @@ enum Job {
         invoker: Invoker,
         limits: Limits,
         reply: Reply<serde_json::Value>,
+        hold: Hold,
     },
     Evict {
         key: WorkerKey,
@@ -206,13 +227,15 @@ impl Pool {
         }
     }
 
-    /// `load()`: runs `code` once in a fresh isolate, then discards the isolate.
+    /// `load()`: runs `code` once in a fresh isolate, then discards the isolate. `hold` is
+    /// dropped when the invocation's work (including `ctx.waitUntil`) has ended.
     pub async fn load(
         &self,
         invoker: Invoker,
         code: Arc<WorkerCode>,
         request: HttpRequest,
         limits: Limits,
+        hold: Hold,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
         self.call(self.round_robin(), |reply| Job::Load {
             code,
@@ -220,17 +243,20 @@ impl Pool {
             invoker,
             limits,
             reply,
+            hold,
         })
         .await
     }
 
     /// Code Mode: runs an async function once in a fresh isolate and returns its JSON result.
+    /// `hold` is dropped when the invocation has ended.
     pub async fn execute(
         &self,
         invoker: Invoker,
         source: String,
         env: serde_json::Value,
         limits: Limits,
+        hold: Hold,
     ) -> Result<Invocation<serde_json::Value>, PoolError> {
         self.call(self.round_robin(), |reply| Job::Execute {
             source,
@@ -238,12 +264,14 @@ impl Pool {
             invoker,
             limits,
             reply,
+            hold,
         })
         .await
     }
 
     /// `get(id)`: dispatches to the cached Worker `invoker.worker_id` of `invoker.tenant`,
     /// creating it from `code` on a miss. `tenant_cap` bounds the tenant's cached Workers.
+    /// `hold` is dropped when the invocation's work (including `ctx.waitUntil`) has ended.
     pub async fn get(
         &self,
         invoker: Invoker,
@@ -251,6 +279,7 @@ impl Pool {
         request: HttpRequest,
         limits: Limits,
         tenant_cap: usize,
+        hold: Hold,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
         let id = invoker.worker_id.clone().unwrap_or_default();
         let key = WorkerKey::new(&invoker.tenant, &id);
@@ -275,6 +304,7 @@ impl Pool {
             invoker,
             limits,
             reply,
+            hold,
         })
         .await
     }
@@ -420,6 +450,7 @@ impl ThreadState {
         match warm {
             Some(iso) => {
                 self.shared.warm_changed(-1);
+                self.shared.observer.isolate_taken(kind);
                 Ok((iso, false))
             }
             None => Ok((self.new_isolate(kind).await?, true)),
@@ -538,7 +569,9 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             invoker,
             limits,
             reply,
+            hold,
         } => {
+            let _hold = hold;
             let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
             else {
                 return;
@@ -556,7 +589,9 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             invoker,
             limits,
             reply,
+            hold,
         } => {
+            let _hold = hold;
             let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
             else {
                 return;
@@ -571,7 +606,11 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             invoker,
             limits,
             reply,
-        } => run_get(state, key, code, request, invoker, limits, reply).await,
+            hold,
+        } => {
+            let _hold = hold;
+            run_get(state, key, code, request, invoker, limits, reply).await
+        }
         Job::Evict { .. } => {}
     }
 }

@@ -5,34 +5,523 @@
 // given is reachable from user code afterwards. It returns the internal entry points the engine
 // calls (dispatch, execute, ...), which are likewise never put on the global object.
 
+
+// ---- intrinsics -------------------------------------------------------------------------------
+// Captured when this module is evaluated, before any user code runs: user code may replace
+// globals and prototype methods (Promise.prototype.then, Array.prototype.push, Uint8Array, ...)
+// and the glue below must neither break (a user-caused failure is the user's `exception`, never
+// an `internal` error) nor hand such a replacement one of its own closures.
+const ReflectApply = Reflect.apply;
+const ReflectConstruct = Reflect.construct;
+const ReflectOwnKeys = Reflect.ownKeys;
+const ObjectDefineProperty = Object.defineProperty;
+const ObjectGetOwnPropertyDescriptor = Object.getOwnPropertyDescriptor;
+const ObjectFreeze = Object.freeze;
+const ObjectCreate = Object.create;
+const StringCtor = String;
+const NumberCtor = Number;
+const NumberIsFinite = Number.isFinite;
+const MathTrunc = Math.trunc;
+const MathMax = Math.max;
+const MathMin = Math.min;
+const SymbolIterator = Symbol.iterator;
+const JSONStringify = JSON.stringify;
+const JSONParse = JSON.parse;
+const PromiseCtor = Promise;
+const PromiseThen = Promise.prototype.then;
+const StringCharCodeAt = String.prototype.charCodeAt;
+const StringSlice = String.prototype.slice;
+const MapCtor = Map;
+const MapHas = Map.prototype.has;
+const MapSet = Map.prototype.set;
+const MapDelete = Map.prototype.delete;
+const SetCtor = Set;
+const SetHas = Set.prototype.has;
+const Uint8ArrayCtor = Uint8Array;
+const TypeErrorCtor = TypeError;
+const RangeErrorCtor = RangeError;
+const ErrorCtor = Error;
+const URLCtor = URL;
+const RESOLVED = Promise.resolve();
+
+/** `then` that does not consult a replaceable `Promise.prototype.then`. */
+function promiseThen(promise, onFulfilled, onRejected) {
+  return ReflectApply(PromiseThen, promise, [onFulfilled, onRejected]);
+}
+/** Gives an internal promise its own `then` (the intrinsic): the engine waits for a promise by
+ * calling its `then`, which must not be a replaced `Promise.prototype.then` that would receive the
+ * host's waker. */
+function protect(promise) {
+  ObjectDefineProperty(promise, "then", {
+    __proto__: null,
+    value: PromiseThen,
+    writable: false,
+    enumerable: false,
+    configurable: false,
+  });
+  return promise;
+}
+/** Appends to an internal array without [[Set]] (no setter on Array.prototype can see it). */
+function push(list, value) {
+  ObjectDefineProperty(list, list.length, {
+    __proto__: null,
+    value,
+    writable: true,
+    enumerable: true,
+    configurable: true,
+  });
+}
+function mapHas(map, key) {
+  return ReflectApply(MapHas, map, [key]);
+}
+function mapSet(map, key, value) {
+  ReflectApply(MapSet, map, [key, value]);
+}
+function mapDelete(map, key) {
+  ReflectApply(MapDelete, map, [key]);
+}
+function charCodeAt(s, i) {
+  return ReflectApply(StringCharCodeAt, s, [i]);
+}
+
+// ---- Fetch standard checks on Headers / Request / Response -------------------------------------
+// LLRT's classes silently strip CR/LF inside header values and accept any status; the Fetch
+// standard makes both an error the Worker can catch. The constructors and Headers' mutators are
+// wrapped: every header list is read once into a snapshot of string pairs, checked, and only
+// that snapshot reaches the native class (a getter or iterator cannot change it afterwards).
+const NativeHeaders = Headers;
+const NativeRequest = Request;
+const NativeResponse = Response;
+const HeadersProto = NativeHeaders.prototype;
+const ResponseProto = NativeResponse.prototype;
+const RequestProto = NativeRequest.prototype;
+const HeadersSet = HeadersProto.set;
+const HeadersAppend = HeadersProto.append;
+const HeadersForEach = HeadersProto.forEach;
+const HeadersHas = HeadersProto.has;
+const ResponseStatus = ObjectGetOwnPropertyDescriptor(ResponseProto, "status").get;
+const ResponseHeaders = ObjectGetOwnPropertyDescriptor(ResponseProto, "headers").get;
+const ResponseArrayBuffer = ResponseProto.arrayBuffer;
+const ResponseJson = NativeResponse.json;
+const ResponseRedirect = NativeResponse.redirect;
+const RequestHeaders = ObjectGetOwnPropertyDescriptor(RequestProto, "headers").get;
+const RequestMethod = ObjectGetOwnPropertyDescriptor(RequestProto, "method").get;
+const RequestUrl = ObjectGetOwnPropertyDescriptor(RequestProto, "url").get;
+const RequestRedirect = ObjectGetOwnPropertyDescriptor(RequestProto, "redirect");
+const RequestArrayBuffer = RequestProto.arrayBuffer;
+const NULL_BODY_STATUS = new SetCtor([101, 103, 204, 205, 304]);
+const REDIRECT_STATUS = new SetCtor([301, 302, 303, 307, 308]);
+
+function isHttpWhitespace(c) {
+  return c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d;
+}
+function isTokenChar(c) {
+  return (
+    (c >= 0x30 && c <= 0x39) ||
+    (c >= 0x41 && c <= 0x5a) ||
+    (c >= 0x61 && c <= 0x7a) ||
+    c === 0x21 || c === 0x23 || c === 0x24 || c === 0x25 || c === 0x26 || c === 0x27 ||
+    c === 0x2a || c === 0x2b || c === 0x2d || c === 0x2e || c === 0x5e || c === 0x5f ||
+    c === 0x60 || c === 0x7c || c === 0x7e
+  );
+}
+/** A header name per the Fetch standard (a token), or a TypeError. */
+function headerName(name) {
+  const s = StringCtor(name);
+  if (s.length === 0) throw new TypeErrorCtor("Headers: a header name must not be empty");
+  for (let i = 0; i < s.length; i++) {
+    if (!isTokenChar(charCodeAt(s, i))) {
+      throw new TypeErrorCtor(`Headers: ${JSONStringify(s)} is not a valid header name`);
+    }
+  }
+  return s;
+}
+/** A header value normalised per the Fetch standard (outer whitespace removed); NUL, CR or LF
+ * inside it, or a character above U+00FF, is a TypeError. */
+function headerValue(name, value) {
+  const s = StringCtor(value);
+  let start = 0;
+  let end = s.length;
+  while (start < end && isHttpWhitespace(charCodeAt(s, start))) start++;
+  while (end > start && isHttpWhitespace(charCodeAt(s, end - 1))) end--;
+  for (let i = start; i < end; i++) {
+    const c = charCodeAt(s, i);
+    if (c === 0 || c === 0x0a || c === 0x0d || c > 0xff) {
+      throw new TypeErrorCtor(
+        `Headers: the value of ${JSONStringify(name)} contains a character not allowed in a header value (NUL, CR, LF or above U+00FF)`,
+      );
+    }
+  }
+  return ReflectApply(StringSlice, s, [start, end]);
+}
+function isHeaders(value) {
+  try {
+    ReflectApply(HeadersHas, value, ["x"]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+function checkedPair(name, value) {
+  const n = headerName(name);
+  return [n, headerValue(n, value)];
+}
+/** Reads a HeadersInit once into a checked array of [name, value] strings. */
+function headerPairs(init) {
+  const out = [];
+  if (init === null || (typeof init !== "object" && typeof init !== "function")) {
+    throw new TypeErrorCtor("Headers: init must be a Headers object, a sequence of pairs or a record");
+  }
+  if (isHeaders(init)) {
+    ReflectApply(HeadersForEach, init, [(value, name) => push(out, [name, value])]);
+    return out;
+  }
+  const method = init[SymbolIterator];
+  if (method !== undefined && method !== null) {
+    if (typeof method !== "function") throw new TypeErrorCtor("Headers: init is not iterable");
+    const iterator = ReflectApply(method, init, []);
+    const next = iterator.next;
+    for (;;) {
+      const step = ReflectApply(next, iterator, []);
+      if (step === null || typeof step !== "object") {
+        throw new TypeErrorCtor("Headers: iterator result is not an object");
+      }
+      if (step.done) break;
+      const item = step.value;
+      if (item === null || typeof item !== "object") {
+        throw new TypeErrorCtor("Headers: each header must be a [name, value] pair");
+      }
+      const pair = [];
+      const itemIter = item[SymbolIterator];
+      if (typeof itemIter !== "function") {
+        throw new TypeErrorCtor("Headers: each header must be a [name, value] pair");
+      }
+      const it = ReflectApply(itemIter, item, []);
+      const itNext = it.next;
+      for (;;) {
+        const r = ReflectApply(itNext, it, []);
+        if (r === null || typeof r !== "object") {
+          throw new TypeErrorCtor("Headers: iterator result is not an object");
+        }
+        if (r.done) break;
+        push(pair, r.value);
+        if (pair.length > 2) break;
+      }
+      if (pair.length !== 2) {
+        throw new TypeErrorCtor("Headers: each header must be a [name, value] pair");
+      }
+      push(out, checkedPair(pair[0], pair[1]));
+    }
+    return out;
+  }
+  const keys = ReflectOwnKeys(init);
+  for (let i = 0; i < keys.length; i++) {
+    const key = keys[i];
+    if (typeof key !== "string") continue;
+    const desc = ObjectGetOwnPropertyDescriptor(init, key);
+    if (desc === undefined || !desc.enumerable) continue;
+    push(out, checkedPair(key, init[key]));
+  }
+  return out;
+}
+/** WebIDL `unsigned short` conversion. */
+function toUnsignedShort(value) {
+  const n = NumberCtor(value);
+  if (!NumberIsFinite(n)) return 0;
+  let x = MathTrunc(n) % 65536;
+  if (x < 0) x += 65536;
+  return x;
+}
+/** Reads a ResponseInit once into a checked plain object for the native constructor. */
+function responseInit(init, hasBody, what) {
+  const opts = { __proto__: null };
+  let status = 200;
+  if (init !== undefined && init !== null) {
+    if (typeof init !== "object" && typeof init !== "function") {
+      throw new TypeErrorCtor(`${what}: init must be an object`);
+    }
+    const rawStatus = init.status;
+    if (rawStatus !== undefined) {
+      status = toUnsignedShort(rawStatus);
+      if (status < 200 || status > 599) {
+        throw new RangeErrorCtor(
+          `${what}: status ${status} is not in the range 200 to 599`,
+        );
+      }
+      opts.status = status;
+    }
+    const rawText = init.statusText;
+    if (rawText !== undefined) {
+      const text = StringCtor(rawText);
+      for (let i = 0; i < text.length; i++) {
+        const c = charCodeAt(text, i);
+        if ((c < 0x20 && c !== 0x09) || c === 0x7f || c > 0xff) {
+          throw new TypeErrorCtor(`${what}: statusText contains a character not allowed in a reason phrase`);
+        }
+      }
+      opts.statusText = text;
+    }
+    const headers = init.headers;
+    if (headers !== undefined) opts.headers = headerPairs(headers);
+  }
+  if (hasBody && ReflectApply(SetHas, NULL_BODY_STATUS, [status])) {
+    throw new TypeErrorCtor(`${what}: a response with status ${status} cannot have a body`);
+  }
+  return opts;
+}
+const REQUEST_INIT_FIELDS = [
+  "method", "headers", "body", "referrer", "referrerPolicy", "mode", "credentials", "cache",
+  "redirect", "integrity", "keepalive", "signal", "duplex", "priority", "window",
+];
+function defineMethod(target, name, fn) {
+  ObjectDefineProperty(target, name, {
+    __proto__: null,
+    value: fn,
+    writable: true,
+    enumerable: false,
+    configurable: true,
+  });
+}
+
+function installFetchChecks(g) {
+  const wrappers = { __proto__: null };
+  function Headers(init) {
+    if (new.target === undefined) {
+      throw new TypeErrorCtor("Failed to construct 'Headers': please use the 'new' operator");
+    }
+    const args = init === undefined ? [] : [headerPairs(init)];
+    return ReflectConstruct(NativeHeaders, args, new.target);
+  }
+  function Response(body, init) {
+    if (new.target === undefined) {
+      throw new TypeErrorCtor("Failed to construct 'Response': please use the 'new' operator");
+    }
+    const hasBody = body !== undefined && body !== null;
+    const opts = responseInit(init, hasBody, "Response");
+    return ReflectConstruct(NativeResponse, [body, opts], new.target);
+  }
+  function Request(input, init) {
+    if (new.target === undefined) {
+      throw new TypeErrorCtor("Failed to construct 'Request': please use the 'new' operator");
+    }
+    if (init === undefined || init === null || (typeof init !== "object" && typeof init !== "function")) {
+      return ReflectConstruct(NativeRequest, init === undefined ? [input] : [input, init], new.target);
+    }
+    const opts = { __proto__: null };
+    for (let i = 0; i < REQUEST_INIT_FIELDS.length; i++) {
+      const field = REQUEST_INIT_FIELDS[i];
+      const v = init[field];
+      if (v === undefined) continue;
+      opts[field] = field === "headers" ? headerPairs(v) : v;
+    }
+    return ReflectConstruct(NativeRequest, [input, opts], new.target);
+  }
+  for (const [wrapper, native, proto] of [
+    [Headers, NativeHeaders, HeadersProto],
+    [Response, NativeResponse, ResponseProto],
+    [Request, NativeRequest, RequestProto],
+  ]) {
+    ObjectDefineProperty(wrapper, "prototype", {
+      __proto__: null,
+      value: proto,
+      writable: false,
+      enumerable: false,
+      configurable: false,
+    });
+    defineMethod(proto, "constructor", wrapper);
+    for (const key of ReflectOwnKeys(native)) {
+      if (key === "prototype" || key === "length" || key === "name") continue;
+      const desc = ObjectGetOwnPropertyDescriptor(native, key);
+      ObjectDefineProperty(wrapper, key, desc);
+    }
+    defineMethod(g, native.name, wrapper);
+    wrappers[native.name] = wrapper;
+  }
+  defineMethod(Response, "json", function json(data, init) {
+    const opts = responseInit(init, true, "Response.json");
+    return ReflectApply(ResponseJson, NativeResponse, [data, opts]);
+  });
+  defineMethod(Response, "redirect", function redirect(url, status) {
+    const code = status === undefined ? 302 : toUnsignedShort(status);
+    if (!ReflectApply(SetHas, REDIRECT_STATUS, [code])) {
+      throw new RangeErrorCtor(`Response.redirect: ${code} is not a redirect status (301, 302, 303, 307, 308)`);
+    }
+    let href;
+    try {
+      href = new URLCtor(StringCtor(url)).href;
+    } catch {
+      throw new TypeErrorCtor(`Response.redirect: ${JSONStringify(StringCtor(url))} is not a valid URL`);
+    }
+    return ReflectApply(ResponseRedirect, NativeResponse, [href, code]);
+  });
+  defineMethod(HeadersProto, "set", function set(name, value) {
+    const n = headerName(name);
+    return ReflectApply(HeadersSet, this, [n, headerValue(n, value)]);
+  });
+  defineMethod(HeadersProto, "append", function append(name, value) {
+    const n = headerName(name);
+    return ReflectApply(HeadersAppend, this, [n, headerValue(n, value)]);
+  });
+  return wrappers;
+}
+
+// ---- Blob.slice per the File API -----------------------------------------------------------------
+// LLRT's slice defaults `end` to 0 and panics when start > end; compute the span here.
+function installBlobSlice(g) {
+  function relative(value, size, fallback) {
+    if (value === undefined) return fallback;
+    let n = NumberCtor(value);
+    if (n !== n) n = 0;
+    n = MathTrunc(n);
+    return n < 0 ? MathMax(size + n, 0) : MathMin(n, size);
+  }
+  for (const name of ["Blob", "File"]) {
+    const ctor = g[name];
+    if (typeof ctor !== "function") continue;
+    // The class's own prototype (the one holding the `size` getter), even if the global was
+    // replaced by a wrapper or subclass earlier in install().
+    let proto = ctor.prototype;
+    let sizeDesc = undefined;
+    while (proto !== null && (sizeDesc = ObjectGetOwnPropertyDescriptor(proto, "size")) === undefined) {
+      proto = Object.getPrototypeOf(proto);
+    }
+    if (proto === null || typeof sizeDesc.get !== "function") continue;
+    const nativeSlice = proto.slice;
+    if (typeof nativeSlice !== "function") continue;
+    const sizeGetter = sizeDesc.get;
+    defineMethod(proto, "slice", function slice(start, end, contentType) {
+      const size = ReflectApply(sizeGetter, this, []);
+      const from = relative(start, size, 0);
+      const to = MathMax(relative(end, size, size), from);
+      const args = contentType === undefined ? [from, to] : [from, to, StringCtor(contentType)];
+      return ReflectApply(nativeSlice, this, args);
+    });
+  }
+}
+
+// ---- stack traces --------------------------------------------------------------------------------
+// QuickJS hands Error.prepareStackTrace one CallSite per frame, and CallSite.getFunction() returns
+// the frame's function, including this module's dispatch/timer closures. The native
+// prepareStackTrace slot only ever holds `sanitize` below: it passes the user's function
+// CallSite-like objects that expose names and positions, never a function or a receiver (as V8
+// does for strict-mode frames, which all module code is).
+function installStackTraceGuard() {
+  const desc = ObjectGetOwnPropertyDescriptor(ErrorCtor, "prepareStackTrace");
+  if (!desc || typeof desc.set !== "function") return;
+  const nativeSet = desc.set;
+  let userPrepare = undefined;
+  let site = null;
+  // One real CallSite, to read its methods.
+  ReflectApply(nativeSet, ErrorCtor, [
+    (_e, sites) => {
+      site = sites.length ? sites[0] : null;
+      return "";
+    },
+  ]);
+  new ErrorCtor("probe").stack;
+  ReflectApply(nativeSet, ErrorCtor, [undefined]);
+  if (site === null) return;
+  const siteProto = Object.getPrototypeOf(site);
+  const getFileName = siteProto.getFileName;
+  const getFunctionName = siteProto.getFunctionName;
+  const getLineNumber = siteProto.getLineNumber;
+  const getColumnNumber = siteProto.getColumnNumber;
+  const isNative = siteProto.isNative;
+  site = null;
+  const fields = new WeakMap();
+  const WeakMapGet = WeakMap.prototype.get;
+  const WeakMapSet = WeakMap.prototype.set;
+  const field = (cs) => ReflectApply(WeakMapGet, fields, [cs]);
+  const SafeCallSite = ObjectCreate(null);
+  const methods = {
+    getFileName() { const f = field(this); return f ? f.file : null; },
+    getFunctionName() { const f = field(this); return f ? f.name : null; },
+    getMethodName() { return null; },
+    getTypeName() { return null; },
+    getLineNumber() { const f = field(this); return f ? f.line : null; },
+    getColumnNumber() { const f = field(this); return f ? f.column : null; },
+    getScriptNameOrSourceURL() { const f = field(this); return f ? f.file : null; },
+    getEvalOrigin() { return undefined; },
+    getFunction() { return undefined; },
+    getThis() { return undefined; },
+    getPromiseIndex() { return null; },
+    isNative() { const f = field(this); return f ? f.native : false; },
+    isToplevel() { return false; },
+    isEval() { return false; },
+    isConstructor() { return false; },
+    isAsync() { return false; },
+    isPromiseAll() { return false; },
+    toString() {
+      const f = field(this);
+      if (!f) return "<unknown>";
+      const where = f.native ? "native" : `${f.file}:${f.line}:${f.column}`;
+      return f.name ? `${f.name} (${where})` : where;
+    },
+  };
+  for (const key of ReflectOwnKeys(methods)) defineMethod(SafeCallSite, key, methods[key]);
+  ObjectDefineProperty(SafeCallSite, Symbol.toStringTag, { __proto__: null, value: "CallSite", configurable: true });
+  ObjectFreeze(SafeCallSite);
+  function sanitize(error, sites) {
+    const user = userPrepare;
+    const safe = [];
+    for (let i = 0; i < sites.length; i++) {
+      const cs = sites[i];
+      const entry = ObjectFreeze(ObjectCreate(SafeCallSite));
+      ReflectApply(WeakMapSet, fields, [
+        entry,
+        {
+          __proto__: null,
+          file: ReflectApply(getFileName, cs, []),
+          name: ReflectApply(getFunctionName, cs, []),
+          line: ReflectApply(getLineNumber, cs, []),
+          column: ReflectApply(getColumnNumber, cs, []),
+          native: ReflectApply(isNative, cs, []),
+        },
+      ]);
+      push(safe, entry);
+    }
+    return ReflectApply(user, ErrorCtor, [error, safe]);
+  }
+  ObjectDefineProperty(ErrorCtor, "prepareStackTrace", {
+    __proto__: null,
+    get: function prepareStackTrace() {
+      return userPrepare;
+    },
+    set: function prepareStackTrace(value) {
+      userPrepare = value;
+      ReflectApply(nativeSet, ErrorCtor, [typeof value === "function" ? sanitize : value]);
+    },
+    enumerable: desc.enumerable,
+    configurable: false,
+  });
+}
+
 export function install(host) {
   const g = globalThis;
   const { sleep, fetch: hostFetch, randomBytes } = host;
-  const TypeErrorCtor = TypeError;
-  const PromiseCtor = Promise;
 
   // ---- timers -----------------------------------------------------------------------------
   // One host sleep per timer; a cleared timer's sleep still ends but its callback is skipped.
   let nextTimerId = 1;
-  const liveTimers = new Map();
+  const liveTimers = new MapCtor();
   function schedule(id, ms, fire) {
-    sleep(ms).then(() => {
-      if (liveTimers.has(id)) fire();
+    promiseThen(sleep(ms), () => {
+      if (mapHas(liveTimers, id)) fire();
     });
   }
   function toDelay(ms) {
-    const n = Number(ms);
-    return Number.isFinite(n) && n > 0 ? Math.min(n, 2147483647) : 0;
+    const n = NumberCtor(ms);
+    return NumberIsFinite(n) && n > 0 ? MathMin(n, 2147483647) : 0;
   }
   function setTimeout(callback, ms, ...args) {
     if (typeof callback !== "function") {
       throw new TypeErrorCtor("setTimeout: the callback must be a function");
     }
     const id = nextTimerId++;
-    liveTimers.set(id, true);
+    mapSet(liveTimers, id, true);
     schedule(id, toDelay(ms), () => {
-      liveTimers.delete(id);
-      callback(...args);
+      mapDelete(liveTimers, id);
+      ReflectApply(callback, undefined, args);
     });
     return id;
   }
@@ -41,17 +530,17 @@ export function install(host) {
       throw new TypeErrorCtor("setInterval: the callback must be a function");
     }
     const id = nextTimerId++;
-    const delay = Math.max(toDelay(ms), 1);
-    liveTimers.set(id, true);
+    const delay = MathMax(toDelay(ms), 1);
+    mapSet(liveTimers, id, true);
     const tick = () => {
       schedule(id, delay, tick);
-      callback(...args);
+      ReflectApply(callback, undefined, args);
     };
     schedule(id, delay, tick);
     return id;
   }
   function clearTimer(id) {
-    liveTimers.delete(id);
+    mapDelete(liveTimers, id);
   }
   define("setTimeout", setTimeout);
   define("setInterval", setInterval);
@@ -61,7 +550,7 @@ export function install(host) {
     if (typeof callback !== "function") {
       throw new TypeErrorCtor("queueMicrotask: the callback must be a function");
     }
-    PromiseCtor.resolve().then(() => callback());
+    promiseThen(RESOLVED, () => callback());
   });
 
   // AbortSignal.timeout from LLRT is bound to LLRT's timer module, which isogate does not use:
@@ -97,7 +586,7 @@ export function install(host) {
         "QuotaExceededError",
       );
     }
-    new Uint8Array(array.buffer, array.byteOffset, array.byteLength).set(randomBytes(array.byteLength));
+    new Uint8ArrayCtor(array.buffer, array.byteOffset, array.byteLength).set(randomBytes(array.byteLength));
     return array;
   }
   const hex = [];
@@ -116,20 +605,39 @@ export function install(host) {
   define("crypto", Object.freeze({ getRandomValues, randomUUID }));
 
   // ---- fetch --------------------------------------------------------------------------------
-  const NULL_BODY_STATUS = new Set([101, 103, 204, 205, 304]);
+  const checked = installFetchChecks(g);
+  installBlobSlice(g);
+  installStackTraceGuard();
+  const consoleError = console.error;
+  function isRequest(value) {
+    try {
+      ReflectApply(RequestMethod, value, []);
+      return true;
+    } catch {
+      return false;
+    }
+  }
   async function fetch(input, init) {
-    const request = new Request(input, init);
+    const request = new checked.Request(input, init);
     const headers = [];
-    request.headers.forEach((value, name) => headers.push([name, value]));
-    const method = request.method;
+    ReflectApply(HeadersForEach, ReflectApply(RequestHeaders, request, []), [
+      (value, name) => push(headers, [name, value]),
+    ]);
+    const method = ReflectApply(RequestMethod, request, []);
     let body = null;
     if (method !== "GET" && method !== "HEAD") {
-      body = new Uint8Array(await request.arrayBuffer());
+      body = new Uint8ArrayCtor(await ReflectApply(RequestArrayBuffer, request, []));
     }
-    const redirect = (init && init.redirect) || (input instanceof Request && input.redirect) || "follow";
-    const res = await hostFetch(method, request.url, headers, body, String(redirect));
-    const resBody = NULL_BODY_STATUS.has(res.status) || method === "HEAD" ? null : res.body;
-    return new Response(resBody, { status: res.status, headers: res.headers });
+    let redirect = init !== undefined && init !== null ? init.redirect : undefined;
+    if (!redirect && isRequest(input)) redirect = input.redirect;
+    const url = ReflectApply(RequestUrl, request, []);
+    const res = await hostFetch(method, url, headers, body, StringCtor(redirect || "follow"));
+    const nullBody = ReflectApply(SetHas, NULL_BODY_STATUS, [res.status]) || method === "HEAD";
+    return new NativeResponse(nullBody ? null : res.body, {
+      __proto__: null,
+      status: res.status,
+      headers: res.headers,
+    });
   }
   define("fetch", fetch);
 
@@ -151,39 +659,69 @@ export function install(host) {
     return handler;
   }
 
+  // ctx.waitUntil work: a count of unsettled promises and, once the response is out, one
+  // promise that settles when the count reaches zero (work added meanwhile is counted too).
+  function trackWait(waits, value) {
+    waits.pending++;
+    const settle = () => {
+      waits.pending--;
+      if (waits.pending === 0 && waits.resolve !== null) waits.resolve();
+    };
+    const rejected = (e) => {
+      ReflectApply(consoleError, undefined, ["ctx.waitUntil promise rejected:", e]);
+      settle();
+    };
+    try {
+      // A native promise: no lookup of a (replaceable) `then` on it.
+      promiseThen(value, settle, rejected);
+    } catch {
+      promiseThen(new PromiseCtor((resolve) => resolve(value)), settle, rejected);
+    }
+  }
+  function waitsDone(waits) {
+    if (waits.pending === 0) return null;
+    return protect(
+      new PromiseCtor((resolve) => {
+        waits.resolve = resolve;
+      }),
+    );
+  }
+
   function makeCtx(waits) {
-    return Object.freeze({
+    return ObjectFreeze({
       waitUntil(promise) {
-        waits.push(
-          PromiseCtor.resolve(promise).catch((e) => {
-            console.error("ctx.waitUntil promise rejected:", e);
-          }),
-        );
+        trackWait(waits, promise);
       },
       passThroughOnException() {},
-      props: Object.freeze({}),
+      props: ObjectFreeze({}),
     });
   }
 
   async function dispatch(handler, env, method, url, headers, body) {
-    const waits = [];
-    const init = { method, headers };
+    const waits = { __proto__: null, pending: 0, resolve: null };
+    const init = { __proto__: null, method, headers };
     if (body !== null && method !== "GET" && method !== "HEAD") init.body = body;
-    const request = new Request(url, init);
+    const request = new NativeRequest(url, init);
     const response = await handler.fetch(request, env, makeCtx(waits));
-    if (!(response instanceof Response)) {
+    let status;
+    try {
+      status = ReflectApply(ResponseStatus, response, []);
+    } catch {
       throw new TypeErrorCtor(
         `the fetch handler must return a Response, it returned ${describe(response)}`,
       );
     }
     const outHeaders = [];
-    response.headers.forEach((value, name) => outHeaders.push([name, value]));
-    const bytes = new Uint8Array(await response.arrayBuffer());
+    ReflectApply(HeadersForEach, ReflectApply(ResponseHeaders, response, []), [
+      (value, name) => push(outHeaders, [name, value]),
+    ]);
+    const bytes = new Uint8ArrayCtor(await ReflectApply(ResponseArrayBuffer, response, []));
     return {
-      status: response.status,
+      __proto__: null,
+      status,
       headers: outHeaders,
       body: bytes,
-      waitUntil: waits.length ? PromiseCtor.all(waits) : null,
+      waitUntil: waitsDone(waits),
     };
   }
 
@@ -194,17 +732,24 @@ export function install(host) {
       );
     }
     const value = await fn(env);
-    const json = JSON.stringify(value === undefined ? null : value);
+    const json = JSONStringify(value === undefined ? null : value);
     return json === undefined ? "null" : json;
   }
 
   function parseEnv(json) {
-    return Object.freeze(JSON.parse(json));
+    return ObjectFreeze(JSONParse(json));
   }
 
   function define(name, value) {
     Object.defineProperty(g, name, { value, writable: true, configurable: true, enumerable: false });
   }
 
-  return { dispatch, execute, workerHandler, parseEnv };
+  return {
+    __proto__: null,
+    dispatch: (...args) => protect(ReflectApply(dispatch, undefined, args)),
+    execute: (fn, env) => protect(execute(fn, env)),
+    workerHandler,
+    parseEnv,
+    protect,
+  };
 }

@@ -9,6 +9,7 @@
 
 mod budget;
 mod loader;
+mod panics;
 
 use crate::api::{
     ErrorKind, HttpRequest, HttpResponse, Invoker, Limits, LogEntry, ModuleSource, Outbound,
@@ -19,6 +20,7 @@ use crate::egress::{
 };
 use budget::{Budget, Metered};
 use loader::{ModuleMap, WorkerLoader, WorkerResolver};
+use panics::{Guarded, PanicFlag};
 use rquickjs::{
     async_with,
     function::{Async, Func, Rest},
@@ -117,6 +119,8 @@ pub struct Isolate {
     state: Rc<HostState>,
     /// Set once an invocation breached a limit or the isolate is otherwise unfit for reuse.
     poisoned: bool,
+    /// Set once a host function panicked while this isolate ran (never reused afterwards).
+    panic: Rc<PanicFlag>,
 }
 
 /// Output of [`Isolate::fetch`] once the Worker produced its response.
@@ -131,6 +135,8 @@ impl Isolate {
     pub async fn new(egress: Arc<dyn Egress>) -> Result<Isolate, WorkerError> {
         static TIME_INIT: Once = Once::new();
         TIME_INIT.call_once(llrt_utils::time::init);
+        panics::install_hook();
+        let panic = Rc::new(PanicFlag::default());
 
         let rt = AsyncRuntime::new().map_err(internal)?;
         rt.set_max_stack_size(MAX_STACK_BYTES).await;
@@ -154,13 +160,12 @@ impl Isolate {
         .await;
         let ctx = AsyncContext::full(&rt).await.map_err(internal)?;
         let host_state = state.clone();
-        let entry = ctx
-            .with(|ctx| -> Result<Persistent<Object<'static>>, WorkerError> {
-                install(&ctx, host_state)
-                    .catch(&ctx)
-                    .map_err(|e| internal(format!("isolate bootstrap failed: {e}")))
-            })
-            .await?;
+        let installing = ctx.with(|ctx| -> Result<Persistent<Object<'static>>, WorkerError> {
+            install(&ctx, host_state)
+                .catch(&ctx)
+                .map_err(|e| internal(format!("isolate bootstrap failed: {e}")))
+        });
+        let entry = Guarded::new(installing, panic.clone()).await?;
         Ok(Isolate {
             worker: None,
             entry,
@@ -169,12 +174,13 @@ impl Isolate {
             modules,
             state,
             poisoned: false,
+            panic,
         })
     }
 
     /// Whether the isolate may serve another invocation.
     pub fn is_reusable(&self) -> bool {
-        !self.poisoned
+        !self.poisoned && !self.panic.is_set()
     }
 
     fn begin(&self, invoker: Invoker, limits: Limits) {
@@ -256,12 +262,13 @@ impl Isolate {
                     .eval()
                     .catch(&ctx)
                     .map_err(|e| compile_error(&e))?;
+                let entry = entry.restore(&ctx).map_err(internal)?;
+                let promise: Promise = call1(&ctx, &entry, "protect", promise)?;
                 promise
                     .into_future::<()>()
                     .await
                     .catch(&ctx)
                     .map_err(|e| js_error(&e))?;
-                let entry = entry.restore(&ctx).map_err(internal)?;
                 let namespace = module.namespace().catch(&ctx).map_err(|e| js_error(&e))?;
                 let handler: Object = call1(&ctx, &entry, "workerHandler", namespace)?;
                 let env: Value = call1(&ctx, &entry, "parseEnv", env_json)?;
@@ -272,7 +279,7 @@ impl Isolate {
             };
             loaded.await
         });
-        let worker = Metered::new(fut, state).await?;
+        let worker = Metered::new(Guarded::new(fut, self.panic.clone()), state).await?;
         self.worker = Some(worker);
         Ok(())
     }
@@ -391,7 +398,7 @@ impl Isolate {
             };
             run.await
         });
-        Metered::new(fut, state).await
+        Metered::new(Guarded::new(fut, self.panic.clone()), state).await
     }
 
     async fn await_promise(
@@ -411,7 +418,7 @@ impl Isolate {
             };
             run.await
         });
-        Metered::new(fut, state).await
+        Metered::new(Guarded::new(fut, self.panic.clone()), state).await
     }
 
     /// Runs a Code Mode snippet (an async function taking `env`) and returns its result as JSON.
@@ -443,8 +450,9 @@ impl Isolate {
                     .catch(&ctx)
                     .map_err(|e| compile_error(&e))?;
                 let (module, promise) = module.eval().catch(&ctx).map_err(|e| compile_error(&e))?;
-                promise.into_future::<()>().await.catch(&ctx).map_err(|e| js_error(&e))?;
                 let entry = entry.restore(&ctx).map_err(internal)?;
+                let promise: Promise = call1(&ctx, &entry, "protect", promise)?;
+                promise.into_future::<()>().await.catch(&ctx).map_err(|e| js_error(&e))?;
                 let function: Value = module.get("default").catch(&ctx).map_err(|e| js_error(&e))?;
                 let env: Value = call1(&ctx, &entry, "parseEnv", env_json)?;
                 let execute: Function = entry.get("execute").map_err(internal)?;
@@ -461,21 +469,24 @@ impl Isolate {
             };
             run.await
         });
-        let result = tokio::time::timeout(deadline, Metered::new(fut, state))
-            .await
-            .unwrap_or_else(|_| {
-                self.state.budget.trip(ErrorKind::WallLimit);
-                Err(WorkerError::new(ErrorKind::WallLimit, "wall-clock limit"))
-            })
-            .and_then(|json| match self.state.budget.tripped() {
-                Some(kind) => Err(WorkerError::new(kind, kind.as_str())),
-                None => Ok(json),
-            })
-            .and_then(|json| {
-                serde_json::from_str(&json)
-                    .map_err(|e| internal(format!("result is not valid JSON: {e}")))
-            })
-            .map_err(|e| self.classify(e));
+        let result = tokio::time::timeout(
+            deadline,
+            Metered::new(Guarded::new(fut, self.panic.clone()), state),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            self.state.budget.trip(ErrorKind::WallLimit);
+            Err(WorkerError::new(ErrorKind::WallLimit, "wall-clock limit"))
+        })
+        .and_then(|json| match self.state.budget.tripped() {
+            Some(kind) => Err(WorkerError::new(kind, kind.as_str())),
+            None => Ok(json),
+        })
+        .and_then(|json| {
+            serde_json::from_str(&json)
+                .map_err(|e| internal(format!("result is not valid JSON: {e}")))
+        })
+        .map_err(|e| self.classify(e));
         let (logs, cpu, subrequests) = self.finish();
         (result, logs, cpu, subrequests)
     }
@@ -533,23 +544,72 @@ fn header_array<'js>(
     Ok(array.into_value())
 }
 
-fn read_headers<'js>(value: Value<'js>) -> Result<Vec<(String, String)>, WorkerError> {
-    let array = rquickjs::Array::from_value(value).map_err(internal)?;
+fn read_headers<'js>(value: Value<'js>) -> rquickjs::Result<Vec<(String, String)>> {
+    let array = rquickjs::Array::from_value(value)?;
     let mut out = Vec::with_capacity(array.len());
     for pair in array.iter::<rquickjs::Array>() {
-        let pair = pair.map_err(internal)?;
-        out.push((
-            pair.get::<String>(0).map_err(internal)?,
-            pair.get::<String>(1).map_err(internal)?,
-        ));
+        let pair = pair?;
+        out.push((pair.get::<String>(0)?, pair.get::<String>(1)?));
     }
     Ok(out)
 }
 
+/// A failure caused by what the Worker produced (never a gateway fault).
+fn worker_fault(msg: impl std::fmt::Display) -> WorkerError {
+    WorkerError::new(ErrorKind::Exception, msg.to_string())
+}
+
+/// An HTTP field name: a `token` (RFC 9110).
+fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'!' | b'#'
+                        | b'$'
+                        | b'%'
+                        | b'&'
+                        | b'\''
+                        | b'*'
+                        | b'+'
+                        | b'-'
+                        | b'.'
+                        | b'^'
+                        | b'_'
+                        | b'`'
+                        | b'|'
+                        | b'~'
+                )
+        })
+}
+
+/// An HTTP field value as the Fetch standard allows it: no NUL, CR or LF.
+fn valid_header_value(value: &str) -> bool {
+    !value.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n'))
+}
+
+/// Reads what the bootstrap's `dispatch` produced. Everything in it derives from the Worker's
+/// Response, so a value of the wrong shape is the Worker's fault (`exception`), and the checks
+/// the Response constructor makes are repeated here so nothing invalid reaches the ingress.
 fn read_response<'js>(_ctx: &Ctx<'js>, out: &Object<'js>) -> Result<HttpResponse, WorkerError> {
-    let status: u16 = out.get("status").map_err(internal)?;
-    let headers = read_headers(out.get("headers").map_err(internal)?)?;
-    let body: TypedArray<u8> = out.get("body").map_err(internal)?;
+    let unreadable =
+        |e: rquickjs::Error| worker_fault(format!("the Worker's Response could not be read: {e}"));
+    let status: u16 = out.get("status").map_err(unreadable)?;
+    if !(200..=599).contains(&status) {
+        return Err(worker_fault(format!(
+            "the Worker's Response has status {status}; a response status must be in the range 200 to 599"
+        )));
+    }
+    let headers = read_headers(out.get("headers").map_err(unreadable)?).map_err(unreadable)?;
+    for (name, value) in &headers {
+        if !valid_header_name(name) || !valid_header_value(value) {
+            return Err(worker_fault(format!(
+                "the Worker's Response has an invalid header {name:?}"
+            )));
+        }
+    }
+    let body: TypedArray<u8> = out.get("body").map_err(unreadable)?;
     let body = body.as_bytes().map(<[u8]>::to_vec).unwrap_or_default();
     Ok(HttpResponse {
         status,
@@ -749,7 +809,8 @@ fn prepare_fetch(
     let invoker = state
         .with_invocation(|s| s.invoker.clone())
         .ok_or_else(|| FetchRefusal::Internal("fetch() outside of a request".into()))?;
-    let headers = read_headers(headers).map_err(|e| FetchRefusal::Internal(e.message))?;
+    let headers = read_headers(headers)
+        .map_err(|e| FetchRefusal::TypeError(format!("fetch(): invalid request headers: {e}")))?;
     let body = if body.is_null() || body.is_undefined() {
         Vec::new()
     } else {

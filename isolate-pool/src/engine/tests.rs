@@ -583,3 +583,351 @@ fn wait_until_work_finishes_after_the_response() {
         assert_eq!(body(&res.unwrap()), r#"["background"]"#);
     });
 }
+
+// ---- hardening (issue 8: panics, stack-trace leaks, Fetch checks, error kinds) -------------------
+
+/// Puts a host function that panics on the global object (a stand-in for an LLRT bug).
+async fn add_panicking_host_fn(iso: &Isolate) {
+    iso.ctx
+        .with(|ctx| {
+            ctx.globals()
+                .set(
+                    "__hostPanic",
+                    Func::from(|| -> rquickjs::Result<()> { panic!("host function bug") }),
+                )
+                .unwrap();
+        })
+        .await;
+}
+
+#[test]
+fn a_panicking_host_function_fails_the_invocation_and_the_isolate_is_never_reused() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        add_panicking_host_fn(&iso).await;
+        let code = worker(
+            r#"let n = 0;
+            export default { async fetch(req) {
+                n++;
+                if (new URL(req.url).pathname === "/panic") {
+                    // Swallowing the engine's exception must not hide the panic.
+                    try { __hostPanic(); } catch (e) {}
+                    return new Response("survived " + n);
+                }
+                return new Response(String(n));
+            } }"#,
+        );
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        assert_eq!(body(&res.unwrap()), "1");
+        assert!(iso.is_reusable());
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/panic"), LIMITS).await;
+        let err = res.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::Internal, "{err}");
+        assert_eq!(err.message, panics::PANIC_MESSAGE);
+        assert!(
+            !iso.is_reusable(),
+            "an isolate that panicked must be discarded"
+        );
+        // Even if a caller ignored is_reusable, nothing runs in it any more.
+        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        assert_eq!(res.unwrap_err().message, panics::PANIC_MESSAGE);
+    });
+}
+
+#[test]
+fn a_panic_that_unwinds_out_of_the_engine_is_caught_too() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        add_panicking_host_fn(&iso).await;
+        let (res, _) = fetch_with(
+            &mut iso,
+            &worker(
+                r#"export default { async fetch() { __hostPanic(); return new Response("x"); } }"#,
+            ),
+            get("http://w/"),
+            LIMITS,
+        )
+        .await;
+        assert_eq!(res.unwrap_err().kind, ErrorKind::Internal);
+        assert!(!iso.is_reusable());
+        let (res, _, _, _) = Isolate::new(Arc::new(DisabledEgress))
+            .await
+            .unwrap()
+            .execute("async () => 1", &serde_json::json!({}), invoker(), LIMITS)
+            .await;
+        assert_eq!(
+            res.unwrap(),
+            serde_json::json!(1),
+            "other isolates are unaffected"
+        );
+    });
+}
+
+#[test]
+fn blob_slice_follows_the_file_api() {
+    run(async {
+        let (res, _) = fetch_once(
+            r#"export default { async fetch() {
+                const b = new Blob(["abcdef"]);
+                const t = async (x) => await x.text();
+                const f = new File(["abcdef"], "f.txt");
+                return Response.json([
+                    await t(b.slice(1)), await t(b.slice()), await t(b.slice(-2)), await t(b.slice(4, 2)),
+                    await t(b.slice(1, -1)), await t(b.slice(-100, 100)), b.slice(0, 1, "text/plain").type,
+                    await t(f.slice(2)), await t(b.slice(NaN, Infinity)),
+                ]);
+            } }"#,
+        )
+        .await;
+        assert_eq!(
+            body(&res.unwrap()),
+            r#"["bcdef","abcdef","ef","","bcde","abcdef","text/plain","cdef","abcdef"]"#
+        );
+    });
+}
+
+#[test]
+fn stack_trace_callsites_hand_out_no_functions() {
+    run(async {
+        let (res, _) = fetch_once(
+            r#"export default { async fetch(req, env, ctx) {
+                const found = [];
+                const grab = (_e, sites) => {
+                    for (const s of sites) {
+                        for (const m of ["getFunction", "getThis", "getTypeName", "getMethodName"]) {
+                            try { const v = s[m] && s[m](); if (typeof v === "function" || (v && typeof v === "object")) found.push(m + ":" + s.getFunctionName()); } catch (e) {}
+                        }
+                        try { const p = Object.getPrototypeOf(s); if (p && p.constructor && p.constructor !== Object) found.push("ctor"); } catch (e) {}
+                    }
+                    return "GRAB:" + sites.length + ":" + sites.map(String).join("\n");
+                };
+                Error.prepareStackTrace = grab;
+                const direct = new Error("x").stack;
+                // From inside timers, microtasks, waitUntil and Headers callbacks too.
+                await new Promise((r) => setTimeout(() => { new Error("t").stack; r(); }, 0));
+                await new Promise((r) => queueMicrotask(() => { new Error("m").stack; r(); }));
+                const obj = {}; Error.captureStackTrace(obj); obj.stack;
+                new Headers({ get a() { new Error("h").stack; return "1"; } });
+                class E extends Error {}
+                E.prepareStackTrace = grab;
+                new E("sub").stack;
+                const desc = Object.getOwnPropertyDescriptor(Error, "prepareStackTrace");
+                let redefined = "no";
+                try { Object.defineProperty(Error, "prepareStackTrace", { value: 1 }); redefined = "yes"; } catch (e) {}
+                let callerLeak = "none";
+                try { (function sloppy() { return sloppy.caller; })(); callerLeak = "reachable"; } catch (e) {}
+                return Response.json({ found, direct, same: Error.prepareStackTrace === grab,
+                    getterIsAccessor: typeof desc.get, redefined, callerLeak });
+            } }"#,
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        assert_eq!(v["found"], serde_json::json!([]), "{v}");
+        assert!(v["direct"].as_str().unwrap().starts_with("GRAB:"), "{v}");
+        assert!(!v["direct"].as_str().unwrap().starts_with("GRAB:0:"), "{v}");
+        assert_eq!(v["same"], true);
+        assert_eq!(v["redefined"], "no");
+        assert_eq!(v["callerLeak"], "none");
+    });
+}
+
+#[test]
+fn header_injection_and_bad_statuses_are_errors_the_worker_can_catch() {
+    run(async {
+        let (res, _) = fetch_once(
+            r#"export default { async fetch() {
+                const out = {};
+                const attempt = (name, f) => { try { f(); out[name] = "accepted"; } catch (e) { out[name] = e.name; } };
+                attempt("ctorRecord", () => new Headers({ "x-a": "b\r\nset-cookie: pwn=1" }));
+                attempt("ctorPairs", () => new Headers([["x-a", "b\nc"]]));
+                attempt("ctorNul", () => new Headers({ "x-a": "b\u0000c" }));
+                attempt("badName", () => new Headers({ "x a": "b" }));
+                attempt("set", () => new Headers().set("x-a", "b\rc"));
+                attempt("append", () => new Headers().append("x-a", "b\nc"));
+                attempt("responseHeaders", () => new Response("x", { headers: { "x-a": "a\r\nb" } }));
+                attempt("responseHeadersSet", () => new Response("x").headers.set("x-a", "a\r\nb"));
+                attempt("request", () => new Request("http://x/", { headers: [["x-a", "1\r\n2"]] }));
+                attempt("status999", () => new Response("x", { status: 999 }));
+                attempt("status100", () => new Response(null, { status: 100 }));
+                attempt("status600", () => new Response("x", { status: 600 }));
+                attempt("status199", () => new Response("x", { status: 199 }));
+                attempt("status204Body", () => new Response("x", { status: 204 }));
+                attempt("status304Body", () => new Response("", { status: 304 }));
+                attempt("status204Null", () => new Response(null, { status: 204 }));
+                attempt("jsonStatus", () => Response.json({}, { status: 1000 }));
+                attempt("redirect200", () => Response.redirect("http://x/", 200));
+                attempt("redirectBadUrl", () => Response.redirect("not a url"));
+                attempt("statusText", () => new Response("x", { statusText: "OK\r\nx: y" }));
+                attempt("trimmed", () => { if (new Headers({ a: "  v \t" }).get("a") !== "v") throw new Error("not trimmed"); });
+                const r = Response.redirect("http://x/a b", 301);
+                out.redirect = [r.status, r.headers.get("location")];
+                out.instance = [new Response("x") instanceof Response, Response.json(1) instanceof Response,
+                    new Headers() instanceof Headers, new Request("http://x/") instanceof Request];
+                return Response.json(out);
+            } }"#,
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        for k in [
+            "ctorRecord",
+            "ctorPairs",
+            "ctorNul",
+            "badName",
+            "set",
+            "append",
+            "responseHeaders",
+            "responseHeadersSet",
+            "request",
+            "status204Body",
+            "status304Body",
+            "redirectBadUrl",
+            "statusText",
+        ] {
+            assert_eq!(v[k], "TypeError", "{k}: {v}");
+        }
+        for k in [
+            "status999",
+            "status100",
+            "status600",
+            "status199",
+            "jsonStatus",
+            "redirect200",
+        ] {
+            assert_eq!(v[k], "RangeError", "{k}: {v}");
+        }
+        assert_eq!(v["status204Null"], "accepted", "{v}");
+        assert_eq!(v["trimmed"], "accepted", "{v}");
+        assert_eq!(
+            v["redirect"],
+            serde_json::json!([301, "http://x/a%20b"]),
+            "{v}"
+        );
+        assert_eq!(
+            v["instance"],
+            serde_json::json!([true, true, true, true]),
+            "{v}"
+        );
+    });
+}
+
+#[test]
+fn poisoned_globals_and_prototypes_are_the_workers_exception_not_internal() {
+    run(async {
+        for poison in [
+            "Headers.prototype.forEach = function (cb) { cb({}, 1); };",
+            "globalThis.Uint8Array = function () { return {}; };",
+            "Array.prototype.push = function () { throw new Error('no push'); };",
+            "Promise.all = function () { return 42; }; Promise.prototype.then = function () { return 7; };",
+            "Object.defineProperty(Array.prototype, '0', { set(v) { throw new Error('setter'); }, configurable: true });",
+            "Response.prototype.arrayBuffer = function () { return Promise.resolve('not a buffer'); };",
+            "JSON.stringify = () => 1; Object.freeze = () => { throw new Error('freeze'); };",
+        ] {
+            let (res, _) = fetch_once(&format!(
+                r#"export default {{ async fetch(req, env, ctx) {{
+                    {poison}
+                    ctx.waitUntil(null);
+                    return new Response("poisoned", {{ headers: {{ "x-a": "1" }} }});
+                }} }}"#
+            ))
+            .await;
+            match res {
+                Ok(r) => assert_eq!(body(&r), "poisoned", "{poison}"),
+                Err(e) => assert_eq!(e.kind, ErrorKind::Exception, "{poison}: {e}"),
+            }
+        }
+        // A replaced Uint8Array or forEach must not break the response the Worker built.
+        let (res, _) = fetch_once(
+            r#"export default { async fetch() {
+                Headers.prototype.forEach = function () { throw new Error("poison"); };
+                globalThis.Uint8Array = function () { return {}; };
+                return new Response("body", { headers: { "x-a": "1" } });
+            } }"#,
+        )
+        .await;
+        let r = res.unwrap();
+        assert_eq!(body(&r), "body");
+        assert!(r.headers.iter().any(|(k, v)| k == "x-a" && v == "1"));
+    });
+}
+
+#[test]
+fn a_handler_returning_a_non_response_or_invalid_output_is_an_exception() {
+    run(async {
+        let (res, _) = fetch_once(
+            r#"export default { async fetch() { return { status: 200, headers: [], body: new Uint8Array(1) }; } }"#,
+        )
+        .await;
+        let e = res.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::Exception, "{e}");
+        assert!(e.message.contains("must return a Response"), "{e}");
+    });
+}
+
+#[test]
+fn wait_until_work_added_late_is_awaited_and_a_rejection_is_logged() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(
+            r#"let done = [];
+            export default { async fetch(request, env, ctx) {
+                const seen = done.slice();
+                ctx.waitUntil(new Promise((r) => setTimeout(() => {
+                    ctx.waitUntil(new Promise((r2) => setTimeout(() => { done.push("late"); r2(); }, 10)));
+                    r();
+                }, 10)));
+                ctx.waitUntil(Promise.reject(new Error("boom")));
+                return Response.json(seen);
+            } }"#,
+        );
+        let mut logs = Vec::new();
+        let mut out = None;
+        iso.fetch(&code, get("http://w/"), invoker(), LIMITS, |(o, l), _| {
+            out = Some(o);
+            logs = l;
+        })
+        .await;
+        assert_eq!(body(&out.unwrap().unwrap()), "[]");
+        let (res, logs2) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        assert_eq!(body(&res.unwrap()), r#"["late"]"#);
+        let all: Vec<_> = logs
+            .iter()
+            .chain(logs2.iter())
+            .map(|l| l.message.clone())
+            .collect();
+        assert!(
+            all.iter()
+                .any(|m| m.contains("ctx.waitUntil promise rejected")),
+            "{all:?}"
+        );
+    });
+}
+
+#[test]
+fn code_mode_with_poisoned_intrinsics_is_never_internal() {
+    run(async {
+        for code in [
+            "async () => { Promise.prototype.then = function () { return 1; }; return { ok: true }; }",
+            "async () => { JSON.stringify = () => 42; Object.freeze = null; return [1, 2]; }",
+            "async () => { Object.defineProperty(Promise.prototype, 'constructor', { get() { throw new Error('ctor'); } }); return 1; }",
+        ] {
+            let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+            let (res, _, _, _) = iso
+                .execute(code, &serde_json::json!({}), invoker(), LIMITS)
+                .await;
+            if let Err(e) = res {
+                assert_eq!(e.kind, ErrorKind::Exception, "{code}: {e}");
+            }
+        }
+        // The replaced `then` must not stall the invocation until its wall limit.
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, _, _, _) = iso
+            .execute(
+                "async () => { Promise.prototype.then = function () {}; await null; return 'done'; }",
+                &serde_json::json!({}),
+                invoker(),
+                LIMITS,
+            )
+            .await;
+        assert_eq!(res.unwrap(), serde_json::json!("done"));
+    });
+}
