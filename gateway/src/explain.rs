@@ -757,14 +757,25 @@ credentials:
     }
 
     /// Defect 8: the host-matching rule's `allow_private` does not carry over to a report-mode
-    /// request that the rule does not allow.
+    /// request on another port; on the rule's host and port (another method) it does.
     #[test]
-    fn report_mode_never_opens_private_addresses() {
+    fn report_mode_opens_private_addresses_only_on_the_rules_port() {
         let e = explain_with(
             &config(),
             "rollout",
             "DELETE",
             "https://api.example.com/x",
+            loopback,
+        )
+        .unwrap();
+        assert_eq!(e.decision.outcome, Outcome::ReportDeny);
+        assert!(e.ssrf.allow_private);
+        assert_eq!(e.ssrf.verdict, SsrfVerdict::Pass);
+        let e = explain_with(
+            &config(),
+            "rollout",
+            "GET",
+            "https://api.example.com:8443/x",
             loopback,
         )
         .unwrap();
