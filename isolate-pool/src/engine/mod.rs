@@ -811,10 +811,7 @@ fn charge_subrequests(state: &HostState, n: u32) -> Result<u32, FetchRefusal> {
     })
 }
 
-fn response_object<'js>(
-    ctx: &Ctx<'js>,
-    mut resp: EgressResponse,
-) -> rquickjs::Result<Object<'js>> {
+fn response_object<'js>(ctx: &Ctx<'js>, mut resp: EgressResponse) -> rquickjs::Result<Object<'js>> {
     memory::adopt(&mut resp.body);
     let out = Object::new(ctx.clone())?;
     out.set("status", resp.status)?;

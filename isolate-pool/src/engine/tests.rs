@@ -711,7 +711,10 @@ fn blobs_kept_by_a_cached_worker_count_against_its_memory_limit() {
         let e = failure.expect("the Worker was never stopped");
         assert_eq!(e.kind, ErrorKind::MemoryLimit, "{e:?}");
         // 4 MiB per request: stopped before the native bytes alone reach 64 MiB.
-        assert!(served < 16, "served {served} requests of 4 MiB under 64 MiB");
+        assert!(
+            served < 16,
+            "served {served} requests of 4 MiB under 64 MiB"
+        );
         assert!(!iso.is_reusable());
     });
 }
