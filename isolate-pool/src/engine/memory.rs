@@ -562,8 +562,12 @@ mod unit {
         let v = {
             let _in = enter(id);
             let mut v: Vec<u8> = Vec::with_capacity(1 << 16);
-            // SAFETY: test of the zeroing guarantee: the capacity is initialised (zeroed).
-            unsafe { v.set_len(1 << 16) };
+            // SAFETY: what LLRT's allocUnsafe does; allocations under an account are zeroed, so
+            // the capacity is initialised.
+            #[allow(clippy::uninit_vec)]
+            unsafe {
+                v.set_len(1 << 16)
+            };
             v
         };
         assert!(v.iter().all(|&b| b == 0));
