@@ -1,10 +1,12 @@
 //! Per-invocation accounting that the interrupt handler enforces: CPU time of the invocation
-//! (not wall time), the wall-clock deadline, and limits tripped by host calls.
+//! (not wall time), the wall-clock deadline, the isolate's memory account (QuickJS heap + native
+//! bytes, [`super::memory`]) and limits tripped by host calls.
 //!
 //! An isolate thread interleaves many invocations, so CPU time is the thread's CPU clock summed
 //! over the polls of *this* invocation's future ([`Metered`]); the interrupt handler adds the
 //! time of the poll in progress.
 
+use super::memory::{self, AccountId};
 use super::HostState;
 use crate::api::{ErrorKind, Limits};
 use cpu_time::ThreadTime;
@@ -15,8 +17,8 @@ use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-#[derive(Default)]
 pub(super) struct Budget {
+    account: AccountId,
     active: Cell<bool>,
     cpu_limit: Cell<Duration>,
     cpu_used: Cell<Duration>,
@@ -30,8 +32,27 @@ fn thread_cpu() -> Duration {
 }
 
 impl Budget {
+    pub(super) fn new(account: AccountId) -> Budget {
+        Budget {
+            account,
+            active: Cell::new(false),
+            cpu_limit: Cell::new(Duration::ZERO),
+            cpu_used: Cell::new(Duration::ZERO),
+            poll_started: Cell::new(None),
+            wall_deadline: Cell::new(None),
+            tripped: Cell::new(None),
+        }
+    }
+
+    /// The isolate's memory account.
+    pub(super) fn account(&self) -> AccountId {
+        self.account
+    }
+
     /// Starts accounting for an invocation.
     pub(super) fn start(&self, limits: Limits, now: Instant) {
+        self.account
+            .reset(limits.memory_mb.saturating_mul(1024 * 1024));
         self.active.set(true);
         self.cpu_limit.set(Duration::from_millis(limits.cpu_ms));
         self.cpu_used.set(Duration::ZERO);
@@ -43,6 +64,7 @@ impl Budget {
 
     /// Stops accounting; returns the CPU seconds used.
     pub(super) fn stop(&self) -> f64 {
+        self.observe_memory();
         self.active.set(false);
         self.wall_deadline.set(None);
         self.cpu_used.get().as_secs_f64()
@@ -59,7 +81,26 @@ impl Budget {
     }
 
     pub(super) fn tripped(&self) -> Option<ErrorKind> {
+        self.observe_memory();
         self.tripped.get()
+    }
+
+    /// A breached memory account trips `MemoryLimit` (the isolate is then discarded).
+    fn observe_memory(&self) {
+        if self.active.get() && self.account.breached() {
+            self.trip(ErrorKind::MemoryLimit);
+        }
+    }
+
+    /// Checks that `bytes` more fit in the invocation's memory budget before a native allocation
+    /// of that size; if not, breaches the account and trips `MemoryLimit`.
+    pub(super) fn reserve(&self, bytes: f64) -> bool {
+        if bytes <= self.account.remaining() as f64 {
+            return true;
+        }
+        self.account.breach();
+        self.trip(ErrorKind::MemoryLimit);
+        false
     }
 
     fn begin_poll(&self) -> bool {
@@ -85,6 +126,7 @@ impl Budget {
         if !self.active.get() {
             return false;
         }
+        self.observe_memory();
         if self.tripped.get().is_some() {
             return true;
         }
@@ -106,7 +148,7 @@ impl Budget {
 }
 
 /// Wraps an invocation's future and charges the CPU time of each of its polls to the isolate's
-/// budget.
+/// budget, and the allocations made during each poll to the isolate's memory account.
 pub(super) struct Metered<F> {
     inner: Pin<Box<F>>,
     state: Rc<HostState>,
@@ -126,6 +168,7 @@ impl<F: Future> Future for Metered<F> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let owner = self.state.budget.begin_poll();
+        let _account = memory::enter(self.state.budget.account());
         let out = self.inner.as_mut().poll(cx);
         if owner {
             self.state.budget.end_poll();

@@ -9,6 +9,7 @@
 
 mod budget;
 mod loader;
+mod memory;
 mod panics;
 
 use crate::api::{
@@ -44,9 +45,9 @@ const MAX_STACK_BYTES: usize = 512 * 1024;
 const MAX_LOG_ENTRIES: usize = 1000;
 /// At most this many bytes of console output are kept per invocation.
 const MAX_LOG_BYTES: usize = 256 * 1024;
-/// Memory an isolate may use while no invocation runs (creation, module evaluation is counted
+/// Memory an isolate may use while no invocation runs (creation; module evaluation is counted
 /// under the invocation's own limit).
-const IDLE_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+const IDLE_MEMORY_BYTES: u64 = 64 * 1024 * 1024;
 
 /// What an invocation owns while it runs: limits, captured logs, caller identity.
 struct InvocationState {
@@ -114,13 +115,16 @@ pub struct Isolate {
     worker: Option<LoadedWorker>,
     entry: Persistent<Object<'static>>,
     ctx: AsyncContext,
-    rt: AsyncRuntime,
+    _rt: AsyncRuntime,
     modules: ModuleMap,
     state: Rc<HostState>,
     /// Set once an invocation breached a limit or the isolate is otherwise unfit for reuse.
     poisoned: bool,
     /// Set once a host function panicked while this isolate ran (never reused afterwards).
     panic: Rc<PanicFlag>,
+    /// The isolate's memory account (QuickJS heap + native bytes); released last, after the
+    /// runtime freed its heap.
+    _account: memory::Account,
 }
 
 /// Output of [`Isolate::fetch`] once the Worker produced its response.
@@ -138,9 +142,11 @@ impl Isolate {
         panics::install_hook();
         let panic = Rc::new(PanicFlag::default());
 
-        let rt = AsyncRuntime::new().map_err(internal)?;
+        let account = memory::Account::open(IDLE_MEMORY_BYTES)
+            .ok_or_else(|| internal("no memory account free for a new isolate"))?;
+        let rt = AsyncRuntime::new_with_alloc(memory::QuickJsAllocator::new(account.id()))
+            .map_err(internal)?;
         rt.set_max_stack_size(MAX_STACK_BYTES).await;
-        rt.set_memory_limit(IDLE_MEMORY_BYTES).await;
         let modules = ModuleMap::default();
         rt.set_loader(
             WorkerResolver::new(modules.clone()),
@@ -148,7 +154,7 @@ impl Isolate {
         )
         .await;
         let state = Rc::new(HostState {
-            budget: Budget::default(),
+            budget: Budget::new(account.id()),
             invocation: RefCell::new(None),
             outbound: Cell::new(Outbound::Default),
             egress,
@@ -160,7 +166,9 @@ impl Isolate {
         .await;
         let ctx = AsyncContext::full(&rt).await.map_err(internal)?;
         let host_state = state.clone();
+        let account_id = account.id();
         let installing = ctx.with(|ctx| -> Result<Persistent<Object<'static>>, WorkerError> {
+            let _account = memory::enter(account_id);
             install(&ctx, host_state)
                 .catch(&ctx)
                 .map_err(|e| internal(format!("isolate bootstrap failed: {e}")))
@@ -170,11 +178,12 @@ impl Isolate {
             worker: None,
             entry,
             ctx,
-            rt,
+            _rt: rt,
             modules,
             state,
             poisoned: false,
             panic,
+            _account: account,
         })
     }
 
@@ -228,11 +237,6 @@ impl Isolate {
             self.poisoned = true;
         }
         err
-    }
-
-    async fn set_heap_limit(&self, limits: &Limits) {
-        let bytes = (limits.memory_mb as usize).saturating_mul(1024 * 1024);
-        self.rt.set_memory_limit(bytes).await;
     }
 
     /// Evaluates a Worker's modules and keeps its default export. Runs under the current
@@ -297,7 +301,6 @@ impl Isolate {
         respond: impl FnOnce(FetchOutput, f64),
     ) {
         self.begin(invoker, limits);
-        self.set_heap_limit(&limits).await;
         let deadline = Duration::from_millis(limits.wall_ms);
         let started = Instant::now();
         let mut respond = Some(respond);
@@ -376,10 +379,12 @@ impl Isolate {
                 let handler = handler.restore(&ctx).map_err(internal)?;
                 let env = env.restore(&ctx).map_err(internal)?;
                 let headers = header_array(&ctx, &request.headers)?;
-                let body: Value = if request.body.is_empty() {
+                let mut request_body = request.body;
+                let body: Value = if request_body.is_empty() {
                     Value::new_null(ctx.clone())
                 } else {
-                    TypedArray::<u8>::new(ctx.clone(), request.body)
+                    memory::adopt(&mut request_body);
+                    TypedArray::<u8>::new(ctx.clone(), request_body)
                         .map_err(internal)?
                         .into_value()
                 };
@@ -435,7 +440,6 @@ impl Isolate {
         u32,
     ) {
         self.begin(invoker, limits);
-        self.set_heap_limit(&limits).await;
         let deadline = Duration::from_millis(limits.wall_ms);
         // The snippet becomes the default export of a one-module Worker; nothing else is
         // importable.
@@ -610,7 +614,8 @@ fn read_response<'js>(_ctx: &Ctx<'js>, out: &Object<'js>) -> Result<HttpResponse
         }
     }
     let body: TypedArray<u8> = out.get("body").map_err(unreadable)?;
-    let body = body.as_bytes().map(<[u8]>::to_vec).unwrap_or_default();
+    // The body leaves the isolate: its copy is not charged to the isolate's account.
+    let body = memory::untracked(|| body.as_bytes().map(<[u8]>::to_vec).unwrap_or_default());
     Ok(HttpResponse {
         status,
         headers,
@@ -726,6 +731,21 @@ fn install<'js>(
                 TypedArray::new(ctx, buf)
             },
         ),
+    )?;
+    let reserve_state = state.clone();
+    host.set(
+        "reserve",
+        Func::from(move |ctx: Ctx<'js>, bytes: f64| -> rquickjs::Result<()> {
+            if reserve_state.budget.reserve(bytes) {
+                return Ok(());
+            }
+            Err(Exception::throw_range(
+                &ctx,
+                &format!(
+                    "memory limit: {bytes} more bytes do not fit in the Worker's memory budget"
+                ),
+            ))
+        }),
     )?;
     let fetch_state = state;
     host.set(
@@ -852,7 +872,8 @@ fn charge_subrequests(state: &HostState, n: u32) -> Result<u32, FetchRefusal> {
     })
 }
 
-fn response_object<'js>(ctx: &Ctx<'js>, resp: EgressResponse) -> rquickjs::Result<Object<'js>> {
+fn response_object<'js>(ctx: &Ctx<'js>, mut resp: EgressResponse) -> rquickjs::Result<Object<'js>> {
+    memory::adopt(&mut resp.body);
     let out = Object::new(ctx.clone())?;
     out.set("status", resp.status)?;
     let headers =

@@ -931,3 +931,203 @@ fn code_mode_with_poisoned_intrinsics_is_never_internal() {
         assert_eq!(res.unwrap(), serde_json::json!("done"));
     });
 }
+
+// ---- native memory (issue 8, defects 1-3) ----------------------------------------------------
+
+const MEM64: Limits = Limits {
+    cpu_ms: 5_000,
+    memory_mb: 64,
+    wall_ms: 10_000,
+    subrequests: 3,
+};
+
+async fn execute_with(src: &str, limits: Limits) -> Result<serde_json::Value, WorkerError> {
+    let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+    let (res, ..) = iso
+        .execute(src, &serde_json::json!({}), invoker(), limits)
+        .await;
+    if res.is_err() {
+        assert!(!iso.is_reusable(), "a failed isolate must not be reused");
+    }
+    res
+}
+
+/// Every size JS can hand to a native (Rust) allocation is checked before allocating: over the
+/// budget is `memory_limit` (not a process abort), also when the JS catches the error, and the
+/// next invocation on the same thread works.
+#[test]
+fn native_allocations_sized_by_js_end_in_memory_limit() {
+    let cases = [
+        "Buffer.alloc(2**40).length",
+        "Buffer.allocUnsafe(2**40).length",
+        "Buffer.allocUnsafeSlow(2**40).length",
+        "Buffer.alloc(2**40, 1).length",
+        "Buffer.alloc(512 << 20).length",
+        "Buffer.from('ab'.repeat(20 << 20), 'hex').length",
+        "Buffer.concat(Array(10000).fill(new Uint8Array(8 << 20))).length",
+        "new Blob(Array(10000).fill(new Uint8Array(8 << 20))).size",
+        "new File(Array(10000).fill(new Uint8Array(8 << 20)), 'f').size",
+        "(() => { const s = 'x'.repeat(1 << 20); return new Blob(Array(1000).fill({ toString: () => s })).size; })()",
+        "new TextEncoder().encode('x'.repeat(40 << 20)).length",
+        "atob('QUFB'.repeat(10 << 20)).length",
+        "btoa('x'.repeat(30 << 20)).length",
+        "(() => { try { Buffer.alloc(2**40); } catch (e) {} return 'caught'; })()",
+        "(() => { try { 'x'.repeat(2**29); } catch (e) {} return 'caught'; })()",
+        "(() => { const a = []; a.length = 2**31 - 1; return new Response(a).arrayBuffer().then((b) => b.byteLength); })()",
+    ];
+    run(async {
+        for case in cases {
+            let res = execute_with(&format!("async () => {case}"), MEM64).await;
+            let e = res.expect_err(case);
+            assert_eq!(e.kind, ErrorKind::MemoryLimit, "{case}: {e:?}");
+            assert!(e.message.contains("64 MiB"), "{case}: {e:?}");
+            let ok = execute_with("async () => Buffer.alloc(1024).length", MEM64).await;
+            assert_eq!(ok.unwrap(), serde_json::json!(1024), "after {case}");
+        }
+    });
+}
+
+/// The guards keep the real APIs' argument errors and results.
+#[test]
+fn guarded_apis_keep_their_behaviour() {
+    run(async {
+        let res = execute_with(
+            r#"async () => {
+                const errs = [];
+                for (const bad of ["1", -1, NaN, Infinity, undefined]) {
+                    try { Buffer.alloc(bad); errs.push("none"); } catch (e) { errs.push(e.name); }
+                }
+                const b = Buffer.allocUnsafe(16);
+                const f = new File(["ab", new Uint8Array([99]), new Blob(["d"]), 5], "n.txt");
+                return {
+                    errs,
+                    unsafe: [b.length, b.every((x) => x === 0), b instanceof Buffer],
+                    fill: [Buffer.alloc(4, "ab").toString(), Buffer.alloc(3, "").length, Buffer.alloc(2, "6162", "hex").toString()],
+                    from: [Buffer.from("aGk=", "base64").toString(), Buffer.from([1, 2]).length],
+                    concat: Buffer.concat([Buffer.from("a"), Buffer.from("bc")], 2).toString(),
+                    blob: [new Blob(["x", "yz"]).size, await new Blob(new Set(["p", "q"])).text(),
+                           new Blob(["a"]) instanceof Blob, f instanceof File, f.name, await f.text(),
+                           new Blob([]).constructor === Blob, Object.getPrototypeOf(new Blob([])) === Blob.prototype],
+                    text: [new TextEncoder().encode("hé").length, new TextDecoder().decode(new Uint8Array([104, 105]))],
+                    b64: [btoa("hi"), atob("aGk=")],
+                };
+            }"#,
+            MEM64,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            res,
+            serde_json::json!({
+                "errs": ["TypeError", "RangeError", "RangeError", "RangeError", "TypeError"],
+                "unsafe": [16, true, true],
+                "fill": ["abab", 3, "ab"],
+                "from": ["hi", 2],
+                "concat": "ab",
+                "blob": [3, "pq", true, true, "n.txt", "abcd5", true, true],
+                "text": [3, "hi"],
+                "b64": ["aGk=", "hi"],
+            })
+        );
+    });
+}
+
+/// Bytes a cached Worker keeps in native objects count against `memory_mb`.
+#[test]
+fn blobs_kept_by_a_cached_worker_count_against_its_memory_limit() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(
+            r#"const keep = [];
+            export default { async fetch() {
+                keep.push(new Blob([new Uint8Array(4 << 20)]));
+                return new Response(String(keep.length));
+            } }"#,
+        );
+        let mut served = 0;
+        let mut failure = None;
+        for _ in 0..64 {
+            let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), MEM64).await;
+            match res {
+                Ok(_) => served += 1,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        let e = failure.expect("the Worker was never stopped");
+        assert_eq!(e.kind, ErrorKind::MemoryLimit, "{e:?}");
+        // 4 MiB per request: stopped before the native bytes alone reach 64 MiB.
+        assert!(
+            served < 16,
+            "served {served} requests of 4 MiB under 64 MiB"
+        );
+        assert!(!iso.is_reusable());
+    });
+}
+
+/// Memory handed to JS never carries bytes of an earlier isolate.
+#[test]
+fn alloc_unsafe_is_zeroed_after_another_isolate_freed_marked_buffers() {
+    run(async {
+        let mut a = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, ..) = a
+            .execute(
+                r#"async () => {
+                    const keep = [];
+                    for (let i = 0; i < 256; i++) keep.push(Buffer.alloc(60000 + i, 0xab));
+                    for (let i = 0; i < 256; i++) keep.push(new Blob([Buffer.alloc(3000 + i, 0xcd)]));
+                    return keep.length;
+                }"#,
+                &serde_json::json!({}),
+                invoker(),
+                MEM64,
+            )
+            .await;
+        assert_eq!(res.unwrap(), serde_json::json!(512));
+        drop(a);
+        let res = execute_with(
+            r#"async () => {
+                let dirty = 0;
+                for (let i = 0; i < 256; i++) {
+                    for (const b of [Buffer.allocUnsafe(60000 + i), Buffer.allocUnsafeSlow(60000 + i),
+                                     Buffer.allocUnsafe(3000 + i), new Uint8Array(3000 + i)]) {
+                        for (let j = 0; j < b.length; j += 61) if (b[j] !== 0) { dirty++; break; }
+                    }
+                }
+                return dirty;
+            }"#,
+            Limits {
+                cpu_ms: 60_000,
+                wall_ms: 120_000,
+                ..MEM64
+            },
+        )
+        .await;
+        assert_eq!(res.unwrap(), serde_json::json!(0));
+    });
+}
+
+/// QuickJS's own heap and native bytes share one budget, and a caught out-of-memory error still
+/// ends the invocation as `memory_limit`.
+#[test]
+fn quickjs_heap_and_native_bytes_share_one_budget() {
+    run(async {
+        // 40 MiB in a native Buffer + 40 MiB of QuickJS string > 64 MiB.
+        let e = execute_with(
+            "async () => { const b = Buffer.alloc(40 << 20); const s = 'y'.repeat(40 << 20); return b.length + s.length; }",
+            MEM64,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(e.kind, ErrorKind::MemoryLimit, "{e:?}");
+        // Well under the budget both work.
+        let ok = execute_with(
+            "async () => { const b = Buffer.alloc(20 << 20); const s = 'y'.repeat(20 << 20); return b.length + s.length; }",
+            MEM64,
+        )
+        .await;
+        assert_eq!(ok.unwrap(), serde_json::json!(40 << 20));
+    });
+}
