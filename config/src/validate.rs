@@ -65,6 +65,15 @@ pub(crate) fn collect_errors(config: &Config) -> Vec<ValidationError> {
     if config.shutdown.drain_timeout_s > 3600 {
         errors.push("shutdown.drain_timeout_s", "must be at most 3600");
     }
+    if !(1..=65536).contains(&config.inflight.budget_mb) {
+        errors.push("inflight.budget_mb", "must be between 1 and 65536");
+    }
+    if !(1..=100).contains(&config.inflight.tenant_share_percent) {
+        errors.push("inflight.tenant_share_percent", "must be between 1 and 100");
+    }
+    if config.inflight.wait_ms > 60000 {
+        errors.push("inflight.wait_ms", "must be at most 60000");
+    }
     errors.0
 }
 

@@ -248,7 +248,11 @@ fn bearer_key(session: &ServerSession) -> Option<&str> {
 
 /// Reads the whole body, refusing more than `limit` bytes (by `Content-Length` before reading
 /// anything, and by counting while reading).
-async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Vec<u8>, ApiError> {
+async fn read_body(
+    session: &mut ServerSession,
+    limit: u64,
+    held: &mut crate::inflight::InflightPermit,
+) -> Result<Vec<u8>, ApiError> {
     let declared = session
         .req_header()
         .headers
@@ -258,13 +262,16 @@ async fn read_body(session: &mut ServerSession, limit: u64) -> Result<Vec<u8>, A
     if declared.is_some_and(|n| n > limit) {
         return Err(ApiError::PayloadTooLarge { limit });
     }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut body = Vec::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if body.len() as u64 + chunk.len() as u64 > limit {
                     return Err(ApiError::PayloadTooLarge { limit });
                 }
+                held.grow(chunk.len())
+                    .await
+                    .map_err(|e| ApiError::MemoryBudget(e.to_string()))?;
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
@@ -431,8 +438,13 @@ impl Ingress {
             )?,
             Route::Dispatch { .. } => {}
         }
-        let body = read_body(session, tenant.limits.max_body_bytes).await?;
-        match route {
+        // Worker request and response bodies are charged to the gateway's in-flight budget
+        // while this request holds them.
+        let mut held = self.state.inflight.permit(tenant.name.as_str());
+        let body = read_body(session, tenant.limits.max_body_bytes, &mut held)
+            .await
+            .inspect_err(|e| self.budget_refused(e, tenant.name.as_str()))?;
+        let reply = match route {
             Route::Execute => self.execute(&snapshot, &tenant, &body).await,
             Route::Load => self.load(&snapshot, &tenant, &body).await,
             Route::Workers => Ok(self.list(&tenant)),
@@ -442,6 +454,18 @@ impl Ingress {
                 let request = self.forwarded_request(session, &rest, body);
                 self.dispatch(&snapshot, &tenant, &id, request).await
             }
+        }?;
+        held.grow(reply.body.len()).await.map_err(|e| {
+            let e = ApiError::MemoryBudget(e.to_string());
+            self.budget_refused(&e, tenant.name.as_str());
+            e
+        })?;
+        Ok(reply)
+    }
+
+    fn budget_refused(&self, e: &ApiError, tenant: &str) {
+        if matches!(e, ApiError::MemoryBudget(_)) {
+            self.state.metrics.inflight_refused(tenant);
         }
     }
 

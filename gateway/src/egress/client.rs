@@ -173,3 +173,19 @@ pub fn guard_refusal(err: &(dyn std::error::Error + 'static)) -> Option<GuardRef
     }
     None
 }
+
+impl GuardedResolver {
+    /// A resolver that enforces [`address_allowed`] with this `allow_private`.
+    pub fn new(allow_private: bool) -> GuardedResolver {
+        GuardedResolver { allow_private }
+    }
+}
+
+/// The TLS configuration of every outbound client (built once: loading the system roots reads
+/// files).
+pub fn shared_tls_config() -> rustls::ClientConfig {
+    tls_config()
+}
+
+/// The connect timeout of every outbound client.
+pub const OUTBOUND_CONNECT_TIMEOUT: Duration = CONNECT_TIMEOUT;
