@@ -22,7 +22,7 @@ const POOL: &str = "threads: 2, warm_isolates: 2, max_cached_workers: 100, idle_
 
 fn tenant(name: &str, key: &str, egress: &str) -> String {
     format!(
-        "  - name: {name}\n    api_keys:\n      - sha256: \"{}\"\n    limits: {{ subrequests: 10, memory_mb: 128, wall_ms: 20000 }}\n    egress:\n{egress}",
+        "  - name: {name}\n    api_keys:\n      - sha256: \"{}\"\n    limits: {{ subrequests: 10, memory_mb: 128, wall_ms: 20000, cpu_ms: 2000 }}\n    egress:\n{egress}",
         sha256_hex(key)
     )
 }
