@@ -93,7 +93,8 @@ fn everything(v: &Value) -> Vec<u8> {
 }
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    hay.windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 /// No window of 8 secret bytes, in any of the encodings below, survives.
@@ -235,7 +236,10 @@ fn every_echoed_form_of_a_header_or_query_credential_is_redacted() {
         // Split across two headers, and across two same-name headers (as `get` joins them).
         let joined = header(&v, "x-part-1").concat() + &header(&v, "x-part-2").concat();
         assert!(!joined.contains(TOKEN), "{joined}");
-        assert!(!header(&v, "x-same").concat().replace(", ", "").contains(TOKEN));
+        assert!(!header(&v, "x-same")
+            .concat()
+            .replace(", ", "")
+            .contains(TOKEN));
         assert!(String::from_utf8_lossy(&received).contains("[REDACTED]"));
         // Content-Length is that of the body the Worker got, not the upstream's.
         assert_eq!(
@@ -367,7 +371,10 @@ fn location_is_scrubbed_and_a_redirect_carrying_the_secret_is_refused() {
         let s = String::from_utf8_lossy(&received_secret(seen)).into_owned();
         let enc: String = url::form_urlencoded::byte_serialize(s.as_bytes()).collect();
         let to = if seen.target.starts_with("/raw") {
-            format!("http://127.0.0.1:{other_port}/x?leak={}", s.replace(' ', "%20"))
+            format!(
+                "http://127.0.0.1:{other_port}/x?leak={}",
+                s.replace(' ', "%20")
+            )
         } else {
             format!("http://127.0.0.1:{other_port}/x?leak={enc}")
         };
@@ -389,7 +396,11 @@ fn location_is_scrubbed_and_a_redirect_carrying_the_secret_is_refused() {
         let e = v["error"].as_str().unwrap_or_default();
         assert!(e.contains("carries an injected credential"), "{v}");
     }
-    assert_eq!(landed.load(Ordering::SeqCst), 0, "the next origin was contacted");
+    assert_eq!(
+        landed.load(Ordering::SeqCst),
+        0,
+        "the next origin was contacted"
+    );
 }
 
 #[test]
@@ -559,7 +570,11 @@ fn every_refusal_writes_one_audit_line_with_its_reason() {
     let g = gateway(&tenants, "");
     let cases = [
         (KEY, "ftp://127.0.0.1/".to_string(), "invalid_url"),
-        (KEY, up.url("/x").replace("http://", "http://u:p@"), "invalid_url"),
+        (
+            KEY,
+            up.url("/x").replace("http://", "http://u:p@"),
+            "invalid_url",
+        ),
         (BETA_KEY, up.url("/x"), "network_disabled"),
         (KEY, "http://127.0.0.1:1/x".to_string(), "denied"),
     ];

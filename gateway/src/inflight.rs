@@ -91,8 +91,7 @@ impl InflightBudget {
             return Err(0);
         };
         let mine = held.tenants.get(tenant).copied().unwrap_or(0);
-        if held.total.saturating_add(n) > self.limit || mine.saturating_add(n) > self.tenant_limit
-        {
+        if held.total.saturating_add(n) > self.limit || mine.saturating_add(n) > self.tenant_limit {
             return Err(held.total);
         }
         held.total += n;
@@ -208,7 +207,10 @@ mod tests {
         // Full: waits, then fails clearly.
         assert!(matches!(
             d.grow(200).await,
-            Err(InflightError::Exhausted { in_use: 900, limit: 1000 })
+            Err(InflightError::Exhausted {
+                in_use: 900,
+                limit: 1000
+            })
         ));
         // A release during the wait lets it through.
         let waiter = tokio::spawn(async move {

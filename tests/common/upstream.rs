@@ -246,7 +246,12 @@ pub fn read_head(reader: &mut impl BufRead) -> Option<(String, String, BTreeMap<
 }
 
 /// Writes a response with a Content-Length.
-pub fn write_answer(w: &mut impl Write, status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
+pub fn write_answer(
+    w: &mut impl Write,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> bool {
     let mut out = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());
     for (k, v) in headers {
         out.push_str(&format!("{k}: {v}\r\n"));

@@ -497,7 +497,8 @@ impl Inner {
         let rule = record.rule.as_deref();
         self.metrics.egress(&invoker.tenant, rule, decision);
         if let Ending::Failed(f) = ending {
-            self.metrics.egress_failure(&invoker.tenant, rule, f.reason());
+            self.metrics
+                .egress_failure(&invoker.tenant, rule, f.reason());
         }
         if record.sent {
             self.metrics
@@ -506,7 +507,12 @@ impl Inner {
                 .observe(record.started.elapsed().as_secs_f64());
         }
         let (scheme, host, port, path) = match &record.target {
-            Some(t) => (t.scheme.to_string(), t.host.to_string(), t.port, t.path.as_str()),
+            Some(t) => (
+                t.scheme.to_string(),
+                t.host.to_string(),
+                t.port,
+                t.path.as_str(),
+            ),
             None => (String::new(), String::new(), 0, ""),
         };
         tracing::info!(
@@ -535,7 +541,13 @@ impl Egress for GatewayEgress {
         let inner = &self.inner;
         let snapshot = inner.snapshot.load();
         let mut record = Record::new(&request.method);
-        match inner.plan(&snapshot, invoker, &request.method, &request.url, &mut record) {
+        match inner.plan(
+            &snapshot,
+            invoker,
+            &request.method,
+            &request.url,
+            &mut record,
+        ) {
             Err(failure) => {
                 inner.emit(invoker, &record, Ending::Failed(&failure));
                 Verdict::Reject(failure.message())
@@ -743,7 +755,10 @@ impl Inner {
         run.permit.shrink_to(run.body.len());
         if run.permit.bytes() < run.body.len() {
             let missing = run.body.len() - run.permit.bytes();
-            run.permit.grow(missing).await.map_err(budget_failure(&host))?;
+            run.permit
+                .grow(missing)
+                .await
+                .map_err(budget_failure(&host))?;
         }
 
         Self::check_address(&target, allow_private)?;
@@ -776,7 +791,13 @@ impl Inner {
             .find(|(k, _)| k.eq_ignore_ascii_case("location"))
             .map(|(_, v)| v.clone());
         if is_redirect(status) && location.is_some() && run.redirect != "manual" {
-            self.redirect(run, &origin, location.as_deref().unwrap_or_default(), status, &host)?;
+            self.redirect(
+                run,
+                &origin,
+                location.as_deref().unwrap_or_default(),
+                status,
+                &host,
+            )?;
             return Ok(Next::Follow);
         }
 
@@ -840,14 +861,15 @@ impl Inner {
             return Ok(Attached::default());
         };
         record.credential = Some(cred.name.clone());
-        let value = snapshot
-            .secrets
-            .value(&cred)
-            .await
-            .map_err(|e| Failure::CredentialUnavailable {
-                host: host.clone(),
-                message: e.to_string(),
-            })?;
+        let value =
+            snapshot
+                .secrets
+                .value(&cred)
+                .await
+                .map_err(|e| Failure::CredentialUnavailable {
+                    host: host.clone(),
+                    message: e.to_string(),
+                })?;
         let mut attached = Attached::default();
         match &cred.inject {
             Injection::Header { header, .. } => {
@@ -1031,13 +1053,11 @@ impl Inner {
         }
         let raw = body.len();
         let decoded = if body.len() > 64 * 1024 {
-            tokio::task::spawn_blocking(move || {
-                decode::decode(body, &codings, MAX_RESPONSE_BYTES)
-            })
-            .await
-            .map_err(|_| Failure::ResponseRead {
-                host: host.to_string(),
-            })?
+            tokio::task::spawn_blocking(move || decode::decode(body, &codings, MAX_RESPONSE_BYTES))
+                .await
+                .map_err(|_| Failure::ResponseRead {
+                    host: host.to_string(),
+                })?
         } else {
             decode::decode(body, &codings, MAX_RESPONSE_BYTES)
         };
@@ -1082,15 +1102,13 @@ impl Inner {
         if run.hops > run.budget {
             return Err(Failure::SubrequestLimit);
         }
-        let current = url::Url::parse(&run.url).map_err(|_| Failure::InvalidRedirect {
-            host: host.clone(),
-        })?;
-        let next = current.join(location).map_err(|_| Failure::InvalidRedirect {
-            host: host.clone(),
-        })?;
-        let next_target = parse_target(next.as_str()).map_err(|_| Failure::InvalidRedirect {
-            host: host.clone(),
-        })?;
+        let current = url::Url::parse(&run.url)
+            .map_err(|_| Failure::InvalidRedirect { host: host.clone() })?;
+        let next = current
+            .join(location)
+            .map_err(|_| Failure::InvalidRedirect { host: host.clone() })?;
+        let next_target = parse_target(next.as_str())
+            .map_err(|_| Failure::InvalidRedirect { host: host.clone() })?;
         let same = same_origin(origin, &next_target);
         if !run.injected.is_empty() {
             // The credential's own query parameter is replaced on a same-origin hop; anything

@@ -97,7 +97,6 @@ pub fn scrub_with(
     response
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -142,12 +141,22 @@ mod tests {
 
     #[test]
     fn a_secret_split_across_headers_in_either_order() {
-        for order in [[("x-a", "s3cr3"), ("x-b", "t-token")], [("x-b", "t-token"), ("x-a", "s3cr3")]] {
+        for order in [
+            [("x-a", "s3cr3"), ("x-b", "t-token")],
+            [("x-b", "t-token"), ("x-a", "s3cr3")],
+        ] {
             let out = scrub(resp("", &order), &secret(), |_| {});
             let joined: String = out.headers.iter().map(|(_, v)| v.as_str()).collect();
-            assert!(!joined.contains("s3cr3") && !joined.contains("t-token"), "{joined}");
+            assert!(
+                !joined.contains("s3cr3") && !joined.contains("t-token"),
+                "{joined}"
+            );
         }
-        let out = scrub(resp("", &[("x-s3cr3t-token", "1"), ("ok", "1")]), &secret(), |_| {});
+        let out = scrub(
+            resp("", &[("x-s3cr3t-token", "1"), ("ok", "1")]),
+            &secret(),
+            |_| {},
+        );
         assert_eq!(out.headers, vec![("ok".to_string(), "1".to_string())]);
     }
 

@@ -343,7 +343,8 @@ mod tests {
         let text = [b"prefix \"".as_slice(), encoded, b"\" suffix"].concat();
         let out = scrubbed(s, &text);
         assert!(
-            out.windows(REDACTED.len()).any(|w| w == REDACTED.as_bytes()),
+            out.windows(REDACTED.len())
+                .any(|w| w == REDACTED.as_bytes()),
             "{}",
             String::from_utf8_lossy(&out)
         );
