@@ -46,7 +46,7 @@ fn body() -> Vec<u8> {
             i % 4
         );
         out.extend_from_slice(line.as_bytes());
-        if i % 200 == 0 {
+        if i.is_multiple_of(200) {
             out.extend_from_slice(all[(i / 200) as usize % all.len()].as_bytes());
         }
         i += 1;
