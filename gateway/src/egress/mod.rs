@@ -332,6 +332,8 @@ struct Record {
     report_only: bool,
     /// The request left the gateway.
     sent: bool,
+    /// This hop was already planned by `authorize` (its report-mode warning is logged).
+    authorized: bool,
     status: Option<u16>,
     bytes: usize,
     started: Instant,
@@ -346,6 +348,7 @@ impl Record {
             credential: None,
             report_only: false,
             sent: false,
+            authorized: false,
             status: None,
             bytes: 0,
             started: Instant::now(),
@@ -441,9 +444,12 @@ impl Inner {
                 report_only: false,
             }),
             Decision::Deny(reason) if tenant.egress.mode == EgressMode::Report => {
-                tracing::warn!(target: "isogate::egress", tenant = %invoker.tenant,
-                    host = %target.host.to_string(), reason = %reason,
-                    "egress would be denied (report mode): letting it through");
+                // Logged once per hop: at authorize for the first, here for redirects.
+                if !record.authorized {
+                    tracing::warn!(target: "isogate::egress", tenant = %invoker.tenant,
+                        host = %target.host.to_string(), reason = %reason,
+                        "egress would be denied (report mode): letting it through");
+                }
                 Ok(Plan {
                     rule_index: None,
                     rule: reason
@@ -697,6 +703,7 @@ impl Inner {
         };
         loop {
             let mut record = Record::new(&run.method);
+            record.authorized = run.hops == 0;
             let result = self
                 .hop(&snapshot, &invoker, &authorization, &mut run, &mut record)
                 .await;
