@@ -84,6 +84,45 @@ pub struct Config {
     /// Graceful shutdown.
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The gateway-wide budget for body bytes held in flight.
+    #[serde(default)]
+    pub inflight: InflightConfig,
+}
+
+/// The gateway-wide budget for body bytes held in flight (Worker request and response bodies,
+/// outbound request bodies, upstream response bodies raw and decoded). A request that would
+/// exceed it waits up to `wait_ms` for room, then fails with a clear error. Not reloadable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct InflightConfig {
+    /// The budget in MiB (1..=65536). Default 256: well under the shipped Deployment's 768 Mi.
+    pub budget_mb: u64,
+    /// The share of the budget one tenant may hold, in percent (1..=100). Default 50.
+    pub tenant_share_percent: u8,
+    /// Milliseconds a request waits for room before it fails (0..=60000). Default 1000.
+    pub wait_ms: u64,
+}
+
+impl Default for InflightConfig {
+    fn default() -> Self {
+        InflightConfig {
+            budget_mb: 256,
+            tenant_share_percent: 50,
+            wait_ms: 1000,
+        }
+    }
+}
+
+impl InflightConfig {
+    /// The budget in bytes.
+    pub fn budget_bytes(&self) -> usize {
+        usize::try_from(self.budget_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
+    /// [`wait_ms`](Self::wait_ms) as a [`Duration`].
+    pub fn wait(&self) -> Duration {
+        Duration::from_millis(self.wait_ms)
+    }
 }
 
 /// Graceful shutdown on SIGTERM: `/readyz` turns 503 at once and the gateway keeps serving for

@@ -84,6 +84,15 @@ pub(crate) const BOUNDS: &[Bound] = &[
     bound("VaultConfig", "cache_ttl_s", 1, None),
     bound("ShutdownConfig", "grace_period_s", 0, Some(3600)),
     bound("ShutdownConfig", "drain_timeout_s", 0, Some(3600)),
+    Bound {
+        between: true,
+        ..bound("InflightConfig", "budget_mb", 1, Some(65536))
+    },
+    Bound {
+        between: true,
+        ..bound("InflightConfig", "tenant_share_percent", 1, Some(100))
+    },
+    bound("InflightConfig", "wait_ms", 0, Some(60000)),
 ];
 
 /// The bound of `def.field`.
@@ -168,6 +177,20 @@ pub(crate) fn lower(config: &Config) -> Result<Lowered, Vec<ValidationError>> {
         "drain_timeout_s",
         shutdown.drain_timeout_s,
     );
+    let inflight = &config.inflight;
+    errors.bounded(
+        "inflight.budget_mb",
+        "InflightConfig",
+        "budget_mb",
+        inflight.budget_mb,
+    );
+    errors.bounded(
+        "inflight.tenant_share_percent",
+        "InflightConfig",
+        "tenant_share_percent",
+        u64::from(inflight.tenant_share_percent),
+    );
+    errors.bounded("inflight.wait_ms", "InflightConfig", "wait_ms", inflight.wait_ms);
     if errors.0.is_empty() {
         Ok(Lowered {
             policy: Policy::new(tenants),

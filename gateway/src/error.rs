@@ -37,6 +37,8 @@ pub enum ApiError {
     Overloaded,
     /// The gateway is shutting down.
     Draining,
+    /// The gateway-wide in-flight body budget has no room (the message says why).
+    MemoryBudget(String),
     /// The Worker failed (limit breach → 503, exception/syntax → 500).
     Worker(WorkerError),
     /// A fault in isogate.
@@ -54,7 +56,7 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::TooManyRequests { .. } => 429,
-            ApiError::Overloaded | ApiError::Draining => 503,
+            ApiError::Overloaded | ApiError::Draining | ApiError::MemoryBudget(_) => 503,
             ApiError::Worker(e) if e.kind.is_limit() => 503,
             ApiError::Worker(_) => 500,
             ApiError::Internal(_) => 500,
@@ -73,6 +75,7 @@ impl ApiError {
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Overloaded => "overloaded",
             ApiError::Draining => "draining",
+            ApiError::MemoryBudget(_) => "memory_budget",
             ApiError::Worker(e) => e.kind.as_str(),
             ApiError::Internal(_) => "internal",
         }
@@ -93,7 +96,7 @@ impl ApiError {
             ApiError::Overloaded => "the isolate pool is overloaded; retry shortly".into(),
             ApiError::Draining => "the gateway is shutting down; retry on another replica".into(),
             ApiError::Worker(e) => e.message.clone(),
-            ApiError::Internal(m) => m.clone(),
+            ApiError::Internal(m) | ApiError::MemoryBudget(m) => m.clone(),
         }
     }
 
@@ -116,7 +119,7 @@ impl ApiError {
             ApiError::TooManyRequests { retry_after_s, .. } => {
                 vec![("retry-after", retry_after_s.to_string())]
             }
-            ApiError::Overloaded => vec![("retry-after", "1".into())],
+            ApiError::Overloaded | ApiError::MemoryBudget(_) => vec![("retry-after", "1".into())],
             ApiError::Draining => vec![("retry-after", "1".into()), ("connection", "close".into())],
             ApiError::PayloadTooLarge { .. } => vec![("connection", "close".into())],
             _ => vec![],

@@ -453,11 +453,13 @@ fn bearer_key(session: &ServerSession) -> Option<&str> {
 
 /// Reads the whole body, refusing more than `limit` bytes (by `Content-Length` before reading
 /// anything, and by counting while reading). A client that waits for `100 Continue` gets it
-/// here, once the declared length is known to fit.
+/// here, once the declared length is known to fit. Every chunk is charged to `held` (the
+/// gateway's in-flight budget) before it is kept.
 async fn read_body(
     session: &mut ServerSession,
     limit: u64,
     seen: &mut Seen,
+    held: &mut crate::inflight::InflightPermit,
 ) -> Result<Vec<u8>, ApiError> {
     let declared = session
         .req_header()
@@ -475,13 +477,16 @@ async fn read_body(
             .map_err(|e| ApiError::BadRequest(format!("cannot answer 100-continue: {e}")))?;
         seen.continued = true;
     }
-    let mut body = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let mut body = Vec::new();
     loop {
         match session.read_request_body().await {
             Ok(Some(chunk)) => {
                 if body.len() as u64 + chunk.len() as u64 > limit {
                     return Err(ApiError::PayloadTooLarge { limit });
                 }
+                held.grow(chunk.len())
+                    .await
+                    .map_err(|e| ApiError::MemoryBudget(e.to_string()))?;
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
@@ -655,8 +660,13 @@ impl Ingress {
                 return Err(unknown_worker(id));
             }
         }
-        let body = read_body(session, tenant.limits.max_body_bytes, seen).await?;
-        match route {
+        // Worker request and response bodies are charged to the gateway's in-flight budget
+        // while this request holds them.
+        let mut held = self.state.inflight.permit(tenant.name.as_str());
+        let body = read_body(session, tenant.limits.max_body_bytes, seen, &mut held)
+            .await
+            .inspect_err(|e| self.budget_refused(e, tenant.name.as_str()))?;
+        let reply = match route {
             Route::Execute => self.execute(&snapshot, &tenant, &body).await,
             Route::Load => self.load(&snapshot, &tenant, &body).await,
             Route::Workers => Ok(self.list(&tenant)),
@@ -666,6 +676,18 @@ impl Ingress {
                 let request = self.forwarded_request(session, &rest, body);
                 self.dispatch(&snapshot, &tenant, &id, request).await
             }
+        }?;
+        held.grow(reply.body.len()).await.map_err(|e| {
+            let e = ApiError::MemoryBudget(e.to_string());
+            self.budget_refused(&e, tenant.name.as_str());
+            e
+        })?;
+        Ok(reply)
+    }
+
+    fn budget_refused(&self, e: &ApiError, tenant: &str) {
+        if matches!(e, ApiError::MemoryBudget(_)) {
+            self.state.metrics.inflight_refused(tenant);
         }
     }
 

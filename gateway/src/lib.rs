@@ -8,6 +8,7 @@ pub mod cli;
 pub mod egress;
 pub mod error;
 pub mod explain;
+pub mod inflight;
 pub mod ingress;
 pub mod lifecycle;
 pub mod metrics;

@@ -26,6 +26,10 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_tenant_rejections_total",
     "isogate_egress_requests_total",
     "isogate_egress_duration_seconds",
+    "isogate_egress_failures_total",
+    "isogate_inflight_bytes",
+    "isogate_inflight_budget_bytes",
+    "isogate_inflight_refusals_total",
     "isogate_credentials_injected_total",
     "isogate_secret_fetch_errors_total",
     "isogate_secrets_redacted_total",
@@ -97,6 +101,17 @@ pub struct Metrics {
     pub egress_requests: IntCounterVec,
     /// `isogate_egress_duration_seconds{tenant,rule}`.
     pub egress_duration: HistogramVec,
+    /// `isogate_egress_failures_total{tenant,rule,reason}`: outbound requests that ended without
+    /// a response, by the egress `Failure` reason.
+    pub egress_failures: IntCounterVec,
+    /// `isogate_inflight_bytes`: body bytes held by requests in flight (the in-flight budget in
+    /// use).
+    pub inflight_bytes: IntGauge,
+    /// `isogate_inflight_budget_bytes`: the configured in-flight budget.
+    pub inflight_budget_bytes: IntGauge,
+    /// `isogate_inflight_refusals_total{tenant}`: requests failed because the in-flight budget
+    /// had no room.
+    pub inflight_refusals: IntCounterVec,
     /// `isogate_credentials_injected_total{credential}`.
     pub credentials_injected: IntCounterVec,
     /// `isogate_secret_fetch_errors_total{source}` (`env`, `file`, `vault`).
@@ -261,6 +276,34 @@ impl Metrics {
                 &["tenant", "rule"],
                 latency_buckets(),
             ),
+            egress_failures: counter(
+                &r,
+                "isogate_egress_failures_total",
+                "Outbound requests that ended without a response, by reason.",
+                &["tenant", "rule", "reason"],
+            ),
+            inflight_bytes: register(
+                &r,
+                IntGauge::new(
+                    "isogate_inflight_bytes",
+                    "Body bytes held by requests in flight (ingress and egress).",
+                )
+                .expect("valid metric"),
+            ),
+            inflight_budget_bytes: register(
+                &r,
+                IntGauge::new(
+                    "isogate_inflight_budget_bytes",
+                    "The gateway-wide budget for body bytes in flight.",
+                )
+                .expect("valid metric"),
+            ),
+            inflight_refusals: counter(
+                &r,
+                "isogate_inflight_refusals_total",
+                "Requests failed because the in-flight body budget had no room.",
+                &["tenant"],
+            ),
             credentials_injected: counter(
                 &r,
                 "isogate_credentials_injected_total",
@@ -325,6 +368,18 @@ impl Metrics {
         self.egress_requests
             .with_label_values(&[tenant, rule.unwrap_or(NO_RULE), decision.as_str()])
             .inc();
+    }
+
+    /// Counts one egress request that ended without a response.
+    pub fn egress_failure(&self, tenant: &str, rule: Option<&str>, reason: &str) {
+        self.egress_failures
+            .with_label_values(&[tenant, rule.unwrap_or(NO_RULE), reason])
+            .inc();
+    }
+
+    /// Counts a request refused by the in-flight budget.
+    pub fn inflight_refused(&self, tenant: &str) {
+        self.inflight_refusals.with_label_values(&[tenant]).inc();
     }
 
     /// Records one ingress request.
@@ -433,6 +488,10 @@ mod tests {
         m.egress_duration
             .with_label_values(&["t", "r"])
             .observe(0.1);
+        m.egress_failure("t", None, "connect");
+        m.inflight_bytes.set(0);
+        m.inflight_budget_bytes.set(1);
+        m.inflight_refused("t");
         m.credentials_injected.with_label_values(&["c"]).inc();
         m.secret_fetch_errors.with_label_values(&["vault"]).inc();
         m.secrets_redacted.with_label_values(&["c"]).inc();

@@ -2,6 +2,7 @@
 
 use crate::admin::Admin;
 use crate::egress::{client, GatewayEgress};
+use crate::inflight::InflightBudget;
 use crate::ingress::Ingress;
 use crate::lifecycle::{DrainingShutdown, Reloader};
 use crate::metrics::Metrics;
@@ -78,12 +79,22 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         lowered.policy,
         secrets,
     )));
+    let inflight = InflightBudget::new(
+        config.inflight.budget_bytes(),
+        config.inflight.tenant_share_percent,
+        config.inflight.wait(),
+        Some(metrics.inflight_bytes.clone()),
+    );
+    metrics
+        .inflight_budget_bytes
+        .set(i64::try_from(config.inflight.budget_bytes()).unwrap_or(i64::MAX));
     let egress = {
         let _guard = egress_runtime.enter();
-        GatewayEgress::new(
+        GatewayEgress::with_inflight(
             snapshot.clone(),
             metrics.clone(),
             egress_runtime.handle().clone(),
+            inflight.clone(),
         )
     };
     let threads = config.pool_threads();
@@ -103,7 +114,9 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     );
     metrics.config_reloads.with_label_values(&["ok"]).inc();
     metrics.config_last_success.set(unix_now());
-    let state = Arc::new(AppState::new(snapshot, pool.clone(), store, metrics));
+    let mut state = AppState::new(snapshot, pool.clone(), store, metrics);
+    state.inflight = inflight;
+    let state = Arc::new(state);
 
     let conf = ServerConf {
         threads: 2,

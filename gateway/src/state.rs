@@ -3,6 +3,7 @@
 
 use crate::admission::TenantGate;
 use crate::egress::TenantLimiters;
+use crate::inflight::InflightBudget;
 use crate::metrics::Metrics;
 use crate::store::WorkerStore;
 use crate::vault::Secrets;
@@ -79,6 +80,8 @@ pub struct AppState {
     pub refusing: AtomicBool,
     /// Ingress requests being handled now.
     pub in_flight: AtomicUsize,
+    /// The budget for body bytes in flight (shared with egress).
+    pub inflight: Arc<InflightBudget>,
 }
 
 impl AppState {
@@ -97,6 +100,7 @@ impl AppState {
             draining: AtomicBool::new(false),
             refusing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+            inflight: InflightBudget::unlimited(),
         }
     }
 

@@ -95,6 +95,11 @@ pub struct GuardedConnector {
 }
 
 impl GuardedConnector {
+    /// The connector of one pool: `allow_private` opens the private-use ranges only.
+    pub fn new(allow_private: bool) -> GuardedConnector {
+        GuardedConnector { allow_private }
+    }
+
     async fn connect(self, uri: http::Uri) -> Result<TokioIo<tokio::net::TcpStream>, BoxError> {
         let scope = scope(self.allow_private);
         let host = uri.host().ok_or("URL has no host")?;
@@ -251,3 +256,10 @@ pub fn guard_refusal(err: &(dyn std::error::Error + 'static)) -> Option<GuardRef
     }
     None
 }
+
+/// The TLS configuration of every outbound client (built once: loading the system roots reads
+/// files).
+pub fn shared_tls_config() -> rustls::ClientConfig {
+    tls_config()
+}
+

@@ -1,45 +1,58 @@
 //! The egress pipeline: every `fetch()` a Worker makes, in order, failing closed.
 //!
-//! [`Egress::authorize`] (no I/O): parse the URL (WHATWG, normalised host; userinfo and
-//! non-http(s) schemes refused), match the tenant's allow rules (`mode: report` lets a would-be
-//! denial through and counts it), apply the rule's and the tenant's rate limits (a synthetic 429
-//! with `Retry-After`, upstream untouched). The pool then charges the subrequest budget.
+//! [`Egress::authorize`] (no I/O): [`Inner::plan`] — the one place the live path consults the
+//! policy: parse the URL (WHATWG, normalised host; userinfo and non-http(s) schemes refused),
+//! match the tenant's allow rules (`mode: report` lets a would-be denial through) — then the
+//! rule's and the tenant's rate limits (a synthetic 429 with `Retry-After`, upstream
+//! untouched). The pool then charges the subrequest budget.
 //!
-//! [`Egress::send`] (on the egress runtime): refuse non-public destination addresses unless the
-//! rule says `allow_private` (IP literals checked here, names checked by the guarded resolver,
-//! which hands the connector exactly the addresses it checked), attach the rule's credential,
-//! send with rustls, follow redirects (each hop through the same steps, credential dropped when
-//! the origin changes), scrub injected secrets from the response, and write one audit line per
-//! request.
+//! [`Egress::send`] (on the egress runtime) loads the configuration snapshot once and runs each
+//! hop as named steps: `plan` (again for hop 0, against that snapshot: a tenant or rule removed
+//! by a reload in between refuses; each redirect hop also takes its rate-limit cell) →
+//! `check_address` (IP literals through [`client::address_allowed`]; names are checked by the
+//! guarded resolver, which hands the connector exactly the addresses it checked) →
+//! `attach_credential` (only while the origin is the one the Worker asked for) →
+//! `build_request` → `exchange` (a connection pool per tenant, credential and `allow_private`;
+//! see [`pools`]) → `read_body` (bounded, charged to the in-flight budget) → `decode`
+//! (Content-Encoding) → `strip_hop_by_hop` → `redirect` (a target carrying an injected secret is
+//! refused) → `scrub` (every form of every injected secret; `Content-Length` recomputed).
+//!
+//! Every exit of a hop is a [`Failure`] (its variant is the audit/metric `reason` label) or a
+//! response, and [`Inner::emit`] writes the hop's audit line and its counters together, in one
+//! place, for every hop and every refusal.
 
 pub mod client;
+pub mod decode;
 pub mod limits;
+pub mod pools;
 pub mod redact;
+pub mod scrub;
 
 pub use limits::TenantLimiters;
 
-use crate::metrics::{EgressDecision, Metrics};
+use crate::inflight::{InflightBudget, InflightError, InflightPermit};
+use crate::metrics::{EgressDecision, Metrics, NO_RULE};
 use crate::state::Snapshot;
-use crate::vault::Credential;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use client::{address_allowed, guard_refusal, read_body_limited, GuardedClient};
+use client::{address_allowed, guard_refusal};
 use futures::future::BoxFuture;
-use http_body_util::Full;
+use http_body_util::BodyExt;
 use isogate_config::Injection;
 use isogate_policy::{parse_target, Decision, EgressMode, EgressRule, Target, TargetHost};
 use isogate_pool::{
     Authorization, Egress, EgressError, EgressRequest, EgressResponse, Invoker, Verdict,
     NETWORK_DISABLED,
 };
+use pools::{PoolKey, SentBody, Watch};
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// At most this many redirects are followed.
 const MAX_REDIRECTS: u32 = 10;
-/// Largest upstream response body handed to a Worker.
-const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Largest upstream response body handed to a Worker (also the bound of a decoded body).
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 /// Time allowed for an upstream to deliver its whole response.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -50,26 +63,37 @@ pub struct GatewayEgress {
 
 struct Inner {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    /// Public destinations only.
-    strict: GuardedClient,
-    /// Also private-use ranges, for rules with `allow_private: true`.
-    private: GuardedClient,
+    pools: pools::Pools,
+    scrubbers: scrub::ScrubberCache,
+    inflight: Arc<InflightBudget>,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
 }
 
 impl GatewayEgress {
-    /// Builds the pipeline over the gateway's reloadable snapshot; I/O runs on `runtime`.
+    /// Builds the pipeline over the gateway's reloadable snapshot; I/O runs on `runtime`. Bodies
+    /// are not charged to any in-flight budget (see [`GatewayEgress::with_inflight`]).
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         metrics: Arc<Metrics>,
         runtime: tokio::runtime::Handle,
     ) -> GatewayEgress {
+        GatewayEgress::with_inflight(snapshot, metrics, runtime, InflightBudget::unlimited())
+    }
+
+    /// Builds the pipeline, charging request and response bodies to `inflight`.
+    pub fn with_inflight(
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
+        inflight: Arc<InflightBudget>,
+    ) -> GatewayEgress {
         GatewayEgress {
             inner: Arc::new(Inner {
                 snapshot,
-                strict: client::guarded_client(false),
-                private: client::guarded_client(true),
+                pools: pools::Pools::new(),
+                scrubbers: scrub::ScrubberCache::default(),
+                inflight,
                 metrics,
                 runtime,
             }),
@@ -77,169 +101,477 @@ impl GatewayEgress {
     }
 }
 
-/// One audit line per outbound request (never the query, never a secret).
-#[allow(clippy::too_many_arguments)]
-fn audit(
-    invoker: &Invoker,
-    method: &str,
-    target: &Target,
-    rule: Option<&str>,
-    decision: &str,
-    credential: Option<&str>,
+/// Why an outbound request (one hop) ended without a response for the Worker. The variant is
+/// the `reason` of the audit line and of `isogate_egress_failures_total`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// The URL does not parse or is not allowed as a target (scheme, userinfo).
+    InvalidUrl(String),
+    /// The tenant left the configuration.
+    TenantGone,
+    /// The tenant has no egress rules.
+    NetworkDisabled,
+    /// No rule allows the request.
+    Denied(String),
+    /// A reload changed the rule that authorized the request before it was sent.
+    PolicyChanged,
+    /// The destination address is not allowed.
+    Ssrf {
+        /// Host.
+        host: String,
+        /// Why.
+        why: String,
+    },
+    /// The rule's credential could not be read.
+    CredentialUnavailable {
+        /// Host.
+        host: String,
+        /// Message (names the credential, never a value).
+        message: String,
+    },
+    /// The request cannot be expressed in HTTP.
+    InvalidRequest {
+        /// Host.
+        host: String,
+    },
+    /// The gateway's in-flight memory budget has no room for the bodies.
+    InflightBudget {
+        /// Host.
+        host: String,
+        /// Why.
+        error: InflightError,
+    },
+    /// No connection could be made.
+    Connect {
+        /// Host.
+        host: String,
+    },
+    /// The connection failed.
+    Connection {
+        /// Host.
+        host: String,
+    },
+    /// The upstream took longer than the response timeout.
+    Timeout {
+        /// Host.
+        host: String,
+    },
+    /// The response body is larger than the limit.
+    ResponseTooLarge {
+        /// Host.
+        host: String,
+    },
+    /// Reading the response body failed.
+    ResponseRead {
+        /// Host.
+        host: String,
+    },
+    /// A Content-Encoding the gateway cannot undo on a response that must be scrubbed.
+    UnsupportedEncoding {
+        /// Host.
+        host: String,
+        /// Why.
+        error: decode::DecodeError,
+    },
+    /// The decoded body would exceed the limit (a decompression bomb).
+    DecodedTooLarge {
+        /// Host.
+        host: String,
+    },
+    /// The body is not valid for its Content-Encoding.
+    CorruptEncoding {
+        /// Host.
+        host: String,
+        /// Why.
+        error: decode::DecodeError,
+    },
+    /// Redirected while the request's redirect mode is `error`.
+    RedirectModeError {
+        /// Host.
+        host: String,
+    },
+    /// More than [`MAX_REDIRECTS`] redirects.
+    TooManyRedirects {
+        /// Host.
+        host: String,
+    },
+    /// The redirect location is not a usable URL.
+    InvalidRedirect {
+        /// Host.
+        host: String,
+    },
+    /// The redirect target carries an injected secret (in any form).
+    SecretInRedirect {
+        /// Host.
+        host: String,
+    },
+    /// Following the redirect would exceed the invocation's subrequest budget.
+    SubrequestLimit,
+}
+
+impl Failure {
+    /// The audit/metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Failure::InvalidUrl(_) => "invalid_url",
+            Failure::TenantGone => "tenant_gone",
+            Failure::NetworkDisabled => "network_disabled",
+            Failure::Denied(_) => "denied",
+            Failure::PolicyChanged => "policy_changed",
+            Failure::Ssrf { .. } => "ssrf",
+            Failure::CredentialUnavailable { .. } => "credential_unavailable",
+            Failure::InvalidRequest { .. } => "invalid_request",
+            Failure::InflightBudget { .. } => "inflight_budget",
+            Failure::Connect { .. } => "connect",
+            Failure::Connection { .. } => "connection",
+            Failure::Timeout { .. } => "timeout",
+            Failure::ResponseTooLarge { .. } => "response_too_large",
+            Failure::ResponseRead { .. } => "response_read",
+            Failure::UnsupportedEncoding { .. } => "unsupported_encoding",
+            Failure::DecodedTooLarge { .. } => "decoded_too_large",
+            Failure::CorruptEncoding { .. } => "corrupt_encoding",
+            Failure::RedirectModeError { .. } => "redirect_mode_error",
+            Failure::TooManyRedirects { .. } => "too_many_redirects",
+            Failure::InvalidRedirect { .. } => "invalid_redirect",
+            Failure::SecretInRedirect { .. } => "secret_in_redirect",
+            Failure::SubrequestLimit => "subrequest_limit",
+        }
+    }
+
+    /// Every reason label (metrics are initialised with them).
+    pub const REASONS: &'static [&'static str] = &[
+        "invalid_url",
+        "tenant_gone",
+        "network_disabled",
+        "denied",
+        "policy_changed",
+        "ssrf",
+        "credential_unavailable",
+        "invalid_request",
+        "inflight_budget",
+        "connect",
+        "connection",
+        "timeout",
+        "response_too_large",
+        "response_read",
+        "unsupported_encoding",
+        "decoded_too_large",
+        "corrupt_encoding",
+        "redirect_mode_error",
+        "too_many_redirects",
+        "invalid_redirect",
+        "secret_in_redirect",
+        "subrequest_limit",
+    ];
+
+    /// The message `fetch()` rejects with (never a secret).
+    pub fn message(&self) -> String {
+        match self {
+            Failure::InvalidUrl(e) => format!("fetch refused: {e}"),
+            Failure::TenantGone => "fetch refused: the tenant is no longer configured".into(),
+            Failure::NetworkDisabled => format!("{NETWORK_DISABLED} (the tenant has no egress rules)"),
+            Failure::Denied(reason) => format!("fetch denied: {reason}"),
+            Failure::PolicyChanged => {
+                "fetch refused: the tenant's egress policy changed while the request was in flight"
+                    .into()
+            }
+            Failure::Ssrf { host, why } => format!("fetch to {host} refused: {why} (SSRF guard)"),
+            Failure::CredentialUnavailable { host, message } => {
+                format!("fetch to {host} refused: {message}")
+            }
+            Failure::InvalidRequest { host } => {
+                format!("fetch to {host} refused: invalid request (a header name or value is not valid HTTP)")
+            }
+            Failure::InflightBudget { host, error } => format!("fetch to {host} failed: {error}"),
+            Failure::Connect { host } => format!("fetch to {host} failed: could not connect"),
+            Failure::Connection { host } => format!("fetch to {host} failed: connection error"),
+            Failure::Timeout { host } => format!("fetch to {host} failed: timed out"),
+            Failure::ResponseTooLarge { host } => format!(
+                "fetch to {host} failed: response body exceeds {MAX_RESPONSE_BYTES} bytes"
+            ),
+            Failure::ResponseRead { host } => {
+                format!("fetch to {host} failed: error reading response body")
+            }
+            Failure::UnsupportedEncoding { host, error }
+            | Failure::CorruptEncoding { host, error } => format!("fetch to {host} failed: {error}"),
+            Failure::DecodedTooLarge { host } => format!(
+                "fetch to {host} failed: decoded response body exceeds {MAX_RESPONSE_BYTES} bytes (decompression bomb?)"
+            ),
+            Failure::RedirectModeError { host } => format!(
+                "fetch to {host} was redirected and the request's redirect mode is \"error\""
+            ),
+            Failure::TooManyRedirects { host } => {
+                format!("fetch to {host} failed: more than {MAX_REDIRECTS} redirects")
+            }
+            Failure::InvalidRedirect { host } => {
+                format!("fetch to {host} failed: invalid redirect location")
+            }
+            Failure::SecretInRedirect { host } => format!(
+                "fetch to {host} refused: the redirect target carries an injected credential"
+            ),
+            Failure::SubrequestLimit => {
+                "subrequest limit exceeded while following redirects".into()
+            }
+        }
+    }
+
+    fn into_error(self) -> EgressError {
+        match self {
+            Failure::SubrequestLimit => EgressError::SubrequestLimit,
+            other => EgressError::Rejected(other.message()),
+        }
+    }
+}
+
+/// What one hop was, for its audit line (filled in as the steps run).
+struct Record {
+    method: String,
+    target: Option<Target>,
+    rule: Option<String>,
+    credential: Option<String>,
+    report_only: bool,
+    /// The request left the gateway.
+    sent: bool,
+    /// This hop was already planned by `authorize` (its report-mode warning is logged).
+    authorized: bool,
     status: Option<u16>,
     bytes: usize,
     started: Instant,
-) {
-    tracing::info!(
-        target: "isogate::egress",
-        tenant = %invoker.tenant,
-        worker_id = invoker.worker_id.as_deref().unwrap_or(""),
-        method,
-        scheme = %target.scheme,
-        host = %target.host.to_string(),
-        port = target.port,
-        path = %target.path,
-        rule = rule.unwrap_or(""),
-        decision,
-        credential = credential.unwrap_or(""),
-        status = status.unwrap_or(0),
-        bytes,
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "egress"
-    );
+}
+
+impl Record {
+    fn new(method: &str) -> Record {
+        Record {
+            method: method.to_string(),
+            target: None,
+            rule: None,
+            credential: None,
+            report_only: false,
+            sent: false,
+            authorized: false,
+            status: None,
+            bytes: 0,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// How a hop ended.
+enum Ending<'a> {
+    /// A response (the Worker's, or a redirect that is followed).
+    Answered,
+    /// A synthetic 429.
+    RateLimited,
+    /// A failure.
+    Failed(&'a Failure),
 }
 
 /// What the policy step decided for one hop.
-enum Step {
-    Go {
-        rule: Option<EgressRule>,
-        report_only: bool,
-    },
-    Respond(EgressResponse),
-    Refuse(String),
+struct Plan {
+    target: Target,
+    rule_index: Option<usize>,
+    /// The allowing rule, or in report mode the rule that matched the host (if any): it decides
+    /// `allow_private` but attaches no credential.
+    rule: Option<EgressRule>,
+    report_only: bool,
+}
+
+impl Plan {
+    fn audited_rule(&self) -> Option<String> {
+        self.rule
+            .as_ref()
+            .map(|r| r.name.clone())
+            .filter(|_| !self.report_only)
+    }
+}
+
+/// The state of one `fetch()` across its hops.
+struct Run {
+    method: String,
+    url: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+    redirect: String,
+    budget: u32,
+    hops: u32,
+    /// The origin the Worker asked for (credentials are attached only there).
+    origin: Option<Target>,
+    /// Secrets attached so far (credential name, value).
+    injected: Vec<(String, SecretString)>,
+    /// Query parameters that carry an injected credential.
+    query_params: Vec<String>,
+    permit: InflightPermit,
+}
+
+/// How a hop continues.
+enum Next {
+    Answer(EgressResponse),
+    RateLimited(EgressResponse),
+    Follow,
+}
+
+/// The credential step's result.
+#[derive(Default)]
+struct Attached {
+    url: Option<url::Url>,
+    header: Option<(String, String)>,
 }
 
 impl Inner {
-    /// URL, policy and rate limits for one hop (the first hop and every redirect).
-    fn decide(&self, invoker: &Invoker, method: &str, url: &str) -> (Option<Target>, Step) {
-        let started = Instant::now();
-        let snapshot = self.snapshot.load();
-        let target = match parse_target(url) {
-            Ok(t) => t,
-            Err(e) => {
-                self.metrics
-                    .egress(&invoker.tenant, None, EgressDecision::Deny);
-                return (None, Step::Refuse(format!("fetch refused: {e}")));
-            }
-        };
-        let Some(tenant) = snapshot.policy.tenant(&invoker.tenant) else {
-            return (
-                Some(target),
-                Step::Refuse("fetch refused: the tenant is no longer configured".into()),
-            );
-        };
+    /// The one place the live path consults the policy: URL, tenant, rules, report mode.
+    fn plan(
+        &self,
+        snapshot: &Snapshot,
+        invoker: &Invoker,
+        method: &str,
+        url: &str,
+        record: &mut Record,
+    ) -> Result<Plan, Failure> {
+        let target = parse_target(url).map_err(|e| Failure::InvalidUrl(e.to_string()))?;
+        record.target = Some(target.clone());
+        let tenant = snapshot
+            .policy
+            .tenant(&invoker.tenant)
+            .ok_or(Failure::TenantGone)?;
         if tenant.egress.rules.is_empty() && tenant.egress.mode == EgressMode::Enforce {
-            self.metrics
-                .egress(&invoker.tenant, None, EgressDecision::Deny);
-            return (
-                Some(target),
-                Step::Refuse(format!(
-                    "{NETWORK_DISABLED} (the tenant has no egress rules)"
-                )),
-            );
+            return Err(Failure::NetworkDisabled);
         }
-        let limiters = snapshot.limiters.get(&invoker.tenant);
-        let host = target.host.to_string();
-        let mut report_only = false;
-        let (rule_index, rule) = match tenant.egress.decide(method, &target) {
-            Decision::Allow { rule } => (Some(rule), tenant.egress.rules.get(rule).cloned()),
-            Decision::Deny(reason) => {
-                if tenant.egress.mode == EgressMode::Report {
-                    report_only = true;
-                    self.metrics
-                        .egress(&invoker.tenant, None, EgressDecision::ReportDeny);
-                    tracing::warn!(target: "isogate::egress", tenant = %invoker.tenant, host = %host, reason = %reason,
+        match tenant.egress.decide(method, &target) {
+            Decision::Allow { rule } => Ok(Plan {
+                rule_index: Some(rule),
+                rule: tenant.egress.rules.get(rule).cloned(),
+                target,
+                report_only: false,
+            }),
+            Decision::Deny(reason) if tenant.egress.mode == EgressMode::Report => {
+                // Logged once per hop: at authorize for the first, here for redirects.
+                if !record.authorized {
+                    tracing::warn!(target: "isogate::egress", tenant = %invoker.tenant,
+                        host = %target.host.to_string(), reason = %reason,
                         "egress would be denied (report mode): letting it through");
-                    audit(
-                        invoker,
-                        method,
-                        &target,
-                        None,
-                        "report_deny",
-                        None,
-                        None,
-                        0,
-                        started,
-                    );
-                    // The rule that matched the host (if any) still decides `allow_private`; it
-                    // takes no rate-limit cell and attaches no credential.
-                    (
-                        None,
-                        reason
-                            .rule()
-                            .and_then(|i| tenant.egress.rules.get(i).cloned()),
-                    )
-                } else {
-                    self.metrics
-                        .egress(&invoker.tenant, None, EgressDecision::Deny);
-                    audit(
-                        invoker, method, &target, None, "deny", None, None, 0, started,
-                    );
-                    return (
-                        Some(target),
-                        Step::Refuse(format!("fetch denied: {reason}")),
-                    );
                 }
+                Ok(Plan {
+                    rule_index: None,
+                    rule: reason
+                        .rule()
+                        .and_then(|i| tenant.egress.rules.get(i).cloned()),
+                    target,
+                    report_only: true,
+                })
             }
-        };
-        let rule_name = rule.as_ref().map(|r| r.name.as_str());
-        if let Some(limiters) = limiters {
-            if let Err(wait) = limiters.check(rule_index) {
-                self.metrics
-                    .egress(&invoker.tenant, rule_name, EgressDecision::RateLimited);
-                audit(
-                    invoker,
-                    method,
-                    &target,
-                    rule_name,
-                    "rate_limited",
-                    None,
-                    Some(429),
-                    0,
-                    started,
-                );
-                let retry = wait.as_secs_f64().ceil().max(1.0) as u64;
-                return (
-                    Some(target),
-                    Step::Respond(EgressResponse {
-                        status: 429,
-                        headers: vec![
-                            ("retry-after".into(), retry.to_string()),
-                            ("content-type".into(), "text/plain".into()),
-                            ("x-isogate-egress".into(), "rate_limited".into()),
-                        ],
-                        body: format!(
-                            "isogate: egress rate limit exceeded for {host}; retry after {retry} s"
-                        )
-                        .into_bytes(),
-                        hops: 0,
-                    }),
-                );
-            }
+            Decision::Deny(reason) => Err(Failure::Denied(reason.to_string())),
         }
-        (Some(target), Step::Go { rule, report_only })
+    }
+
+    /// The rule's and the tenant's rate limits: a synthetic 429 when over.
+    fn rate_limit(
+        &self,
+        snapshot: &Snapshot,
+        invoker: &Invoker,
+        plan: &Plan,
+    ) -> Option<EgressResponse> {
+        let limiters = snapshot.limiters.get(&invoker.tenant)?;
+        let wait = limiters.check(plan.rule_index).err()?;
+        let retry = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let host = plan.target.host.to_string();
+        Some(EgressResponse {
+            status: 429,
+            headers: vec![
+                ("retry-after".into(), retry.to_string()),
+                ("content-type".into(), "text/plain".into()),
+                ("x-isogate-egress".into(), "rate_limited".into()),
+            ],
+            body: format!("isogate: egress rate limit exceeded for {host}; retry after {retry} s")
+                .into_bytes(),
+            hops: 0,
+        })
+    }
+
+    /// Writes the hop's audit line and counts it: the only place either happens.
+    fn emit(&self, invoker: &Invoker, record: &Record, ending: Ending<'_>) {
+        let decision = match ending {
+            Ending::RateLimited => EgressDecision::RateLimited,
+            _ if !record.sent => EgressDecision::Deny,
+            _ if record.report_only => EgressDecision::ReportDeny,
+            _ => EgressDecision::Allow,
+        };
+        let reason = match &ending {
+            Ending::Failed(f) => f.reason(),
+            Ending::RateLimited => "rate_limited",
+            Ending::Answered => "",
+        };
+        let rule = record.rule.as_deref();
+        self.metrics.egress(&invoker.tenant, rule, decision);
+        if let Ending::Failed(f) = ending {
+            self.metrics
+                .egress_failure(&invoker.tenant, rule, f.reason());
+        }
+        if record.sent {
+            self.metrics
+                .egress_duration
+                .with_label_values(&[invoker.tenant.as_str(), rule.unwrap_or(NO_RULE)])
+                .observe(record.started.elapsed().as_secs_f64());
+        }
+        let (scheme, host, port, path) = match &record.target {
+            Some(t) => (
+                t.scheme.to_string(),
+                t.host.to_string(),
+                t.port,
+                t.path.as_str(),
+            ),
+            None => (String::new(), String::new(), 0, ""),
+        };
+        tracing::info!(
+            target: "isogate::egress",
+            tenant = %invoker.tenant,
+            worker_id = invoker.worker_id.as_deref().unwrap_or(""),
+            method = %record.method,
+            scheme = %scheme,
+            host = %host,
+            port,
+            path = %path,
+            rule = rule.unwrap_or(""),
+            decision = decision.as_str(),
+            reason,
+            credential = record.credential.as_deref().unwrap_or(""),
+            status = record.status.unwrap_or(0),
+            bytes = record.bytes,
+            duration_ms = record.started.elapsed().as_secs_f64() * 1000.0,
+            "egress"
+        );
     }
 }
 
 impl Egress for GatewayEgress {
     fn authorize(&self, invoker: &Invoker, request: &EgressRequest) -> Verdict {
-        match self.inner.decide(invoker, &request.method, &request.url).1 {
-            Step::Go { rule, report_only } => Verdict::Proceed(Authorization {
-                rule: rule.map(|r| r.name),
-                report_only,
-            }),
-            Step::Respond(r) => Verdict::Respond(r),
-            Step::Refuse(msg) => Verdict::Reject(msg),
+        let inner = &self.inner;
+        let snapshot = inner.snapshot.load();
+        let mut record = Record::new(&request.method);
+        match inner.plan(
+            &snapshot,
+            invoker,
+            &request.method,
+            &request.url,
+            &mut record,
+        ) {
+            Err(failure) => {
+                inner.emit(invoker, &record, Ending::Failed(&failure));
+                Verdict::Reject(failure.message())
+            }
+            Ok(plan) => {
+                record.rule = plan.audited_rule();
+                match inner.rate_limit(&snapshot, invoker, &plan) {
+                    Some(response) => {
+                        record.status = Some(429);
+                        inner.emit(invoker, &record, Ending::RateLimited);
+                        Verdict::Respond(response)
+                    }
+                    None => Verdict::Proceed(Authorization {
+                        rule: plan.rule.map(|r| r.name),
+                        report_only: plan.report_only,
+                    }),
+                }
+            }
         }
     }
 
@@ -300,6 +632,53 @@ fn forbidden_request_header(name: &str) -> bool {
     )
 }
 
+/// Removes hop-by-hop headers from an upstream response: `connection`, `keep-alive`,
+/// `transfer-encoding`, `te`, `trailer`, `upgrade`, every `proxy-*`, and those `Connection`
+/// names.
+pub fn strip_hop_by_hop(headers: &mut Vec<(String, String)>) {
+    let named: Vec<String> = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    headers.retain(|(k, _)| {
+        let k = k.to_ascii_lowercase();
+        !(matches!(
+            k.as_str(),
+            "connection" | "keep-alive" | "transfer-encoding" | "te" | "trailer" | "upgrade"
+        ) || k.starts_with("proxy-")
+            || named.contains(&k))
+    });
+}
+
+/// The Content-Length the Worker sees: the length of the body it gets. A body-less response
+/// (HEAD, 1xx, 204, 304) keeps the upstream's value unless a secret was injected.
+fn set_content_length(
+    headers: &mut Vec<(String, String)>,
+    method: &str,
+    status: u16,
+    len: usize,
+    secrets_injected: bool,
+) {
+    let bodiless = method == "HEAD" || status < 200 || status == 204 || status == 304;
+    if bodiless && !secrets_injected {
+        return;
+    }
+    headers.retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+    if !bodiless {
+        headers.push(("content-length".into(), len.to_string()));
+    }
+}
+
+fn budget_failure(host: &str) -> impl FnOnce(InflightError) -> Failure + '_ {
+    move |error| Failure::InflightBudget {
+        host: host.to_string(),
+        error,
+    }
+}
+
 impl Inner {
     async fn send(
         &self,
@@ -307,334 +686,517 @@ impl Inner {
         request: EgressRequest,
         authorization: Authorization,
     ) -> Result<EgressResponse, EgressError> {
-        let EgressRequest {
-            mut method,
-            url,
-            mut headers,
-            mut body,
-            redirect,
-            budget,
-        } = request;
-        let mut url = url::Url::parse(&url)
-            .map_err(|e| EgressError::Rejected(format!("fetch refused: invalid URL: {e}")))?;
-        let mut first: Option<Target> = None;
-        let mut hops = 0u32;
-        let mut injected: Vec<(String, SecretString)> = Vec::new();
-        let mut rule_name = authorization.rule;
-        let mut report_only = authorization.report_only;
+        // One snapshot for every hop of this request.
+        let snapshot = self.snapshot.load_full();
+        let mut run = Run {
+            method: request.method,
+            url: request.url,
+            headers: request.headers,
+            body: Bytes::from(request.body),
+            redirect: request.redirect,
+            budget: request.budget,
+            hops: 0,
+            origin: None,
+            injected: Vec::new(),
+            query_params: Vec::new(),
+            permit: self.inflight.permit(&invoker.tenant),
+        };
         loop {
-            let started = Instant::now();
-            // The first hop was decided by `authorize`; every redirect hop is decided again.
-            let (target, rule) = if hops == 0 {
-                let target = parse_target(url.as_str())
-                    .map_err(|e| EgressError::Rejected(format!("fetch refused: {e}")))?;
-                let snapshot = self.snapshot.load();
-                let rule = snapshot
-                    .policy
-                    .tenant(&invoker.tenant)
-                    .and_then(|t| {
-                        rule_name
-                            .as_ref()
-                            .and_then(|n| t.egress.rules.iter().find(|r| &r.name == n))
-                    })
-                    .cloned();
-                (target, rule)
-            } else {
-                match self.decide(&invoker, &method, url.as_str()) {
-                    (
-                        Some(target),
-                        Step::Go {
-                            rule,
-                            report_only: r,
-                        },
-                    ) => {
-                        report_only = r;
-                        (target, rule)
-                    }
-                    (_, Step::Respond(mut r)) => {
-                        r.hops = hops;
-                        return Ok(self.scrub(r, &injected));
-                    }
-                    (_, Step::Refuse(msg)) => return Err(EgressError::Rejected(msg)),
-                    (None, Step::Go { .. }) => {
-                        return Err(EgressError::Rejected(
-                            "fetch refused: invalid redirect".into(),
-                        ))
-                    }
+            let mut record = Record::new(&run.method);
+            record.authorized = run.hops == 0;
+            let result = self
+                .hop(&snapshot, &invoker, &authorization, &mut run, &mut record)
+                .await;
+            match result {
+                Ok(Next::Follow) => self.emit(&invoker, &record, Ending::Answered),
+                Ok(Next::Answer(response)) => {
+                    self.emit(&invoker, &record, Ending::Answered);
+                    return Ok(response);
                 }
-            };
-            rule_name = rule
-                .as_ref()
-                .map(|r| r.name.clone())
-                .filter(|_| !report_only);
-            let origin = first.get_or_insert_with(|| target.clone()).clone();
-            let allow_private = rule.as_ref().is_some_and(|r| r.allow_private);
-            let host = target.host.to_string();
-
-            // SSRF guard for IP literals (names are checked by the guarded resolver).
-            if let TargetHost::Ip(ip) = &target.host {
-                if let Err(range) = address_allowed(*ip, allow_private) {
-                    return Err(self.ssrf_refusal(
-                        &invoker,
-                        &method,
-                        &target,
-                        rule_name.as_deref(),
-                        started,
-                        format!("{ip} is a {range}"),
-                    ));
+                Ok(Next::RateLimited(response)) => {
+                    self.emit(&invoker, &record, Ending::RateLimited);
+                    return Ok(response);
+                }
+                Err(failure) => {
+                    self.emit(&invoker, &record, Ending::Failed(&failure));
+                    if let Failure::InflightBudget { .. } = failure {
+                        self.metrics.inflight_refused(&invoker.tenant);
+                    }
+                    return Err(failure.into_error());
                 }
             }
-
-            // Credential, only while the origin is the one the Worker asked for.
-            let mut request_url = url.clone();
-            let mut credential_name: Option<String> = None;
-            let mut header_injection: Option<(String, String)> = None;
-            let credential: Option<Arc<Credential>> = rule
-                .as_ref()
-                .filter(|_| !report_only)
-                .and_then(|r| r.credential.as_deref())
-                .filter(|_| same_origin(&origin, &target))
-                .and_then(|name| self.snapshot.load().secrets.credential(name));
-            if let Some(cred) = &credential {
-                let secrets = self.snapshot.load().secrets.clone();
-                let value = secrets.value(cred).await.map_err(|e| {
-                    audit(
-                        &invoker,
-                        &method,
-                        &target,
-                        rule_name.as_deref(),
-                        "deny",
-                        Some(&cred.name),
-                        None,
-                        0,
-                        started,
-                    );
-                    EgressError::Rejected(format!("fetch to {host} refused: {e}"))
-                })?;
-                match &cred.inject {
-                    Injection::Header { header, .. } => {
-                        header_injection = Some((
-                            header.to_ascii_lowercase(),
-                            cred.inject.render(value.expose_secret()),
-                        ));
-                    }
-                    Injection::Query { query, .. } => {
-                        let rendered = cred.inject.render(value.expose_secret());
-                        let kept: Vec<(String, String)> = request_url
-                            .query_pairs()
-                            .filter(|(k, _)| k != query)
-                            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                            .collect();
-                        request_url
-                            .query_pairs_mut()
-                            .clear()
-                            .extend_pairs(kept)
-                            .append_pair(query, &rendered);
-                    }
-                }
-                credential_name = Some(cred.name.clone());
-                self.metrics
-                    .credentials_injected
-                    .with_label_values(&[&cred.name])
-                    .inc();
-                injected.push((cred.name.clone(), value));
-            }
-
-            let mut builder = http::Request::builder()
-                .method(method.as_str())
-                .uri(request_url.as_str());
-            for (name, value) in &headers {
-                let lower = name.to_ascii_lowercase();
-                if forbidden_request_header(&lower)
-                    || header_injection.as_ref().is_some_and(|(h, _)| *h == lower)
-                {
-                    continue;
-                }
-                builder = builder.header(lower.as_str(), value.as_str());
-            }
-            if let Some((name, value)) = &header_injection {
-                builder = builder.header(name.as_str(), value.as_str());
-            }
-            let hyper_request =
-                builder
-                    .body(Full::new(Bytes::from(body.clone())))
-                    .map_err(|e| {
-                        EgressError::Rejected(format!(
-                            "fetch to {host} refused: invalid request: {e}"
-                        ))
-                    })?;
-
-            if !report_only {
-                // Report-mode passes were counted as `report_deny` when decided.
-                self.metrics
-                    .egress(&invoker.tenant, rule_name.as_deref(), EgressDecision::Allow);
-            }
-            let client = if allow_private {
-                &self.private
-            } else {
-                &self.strict
-            };
-            let sent = tokio::time::timeout(RESPONSE_TIMEOUT, client.request(hyper_request)).await;
-            let what = match sent {
-                Ok(Ok(response)) => Ok(response),
-                Ok(Err(e)) => match guard_refusal(&e) {
-                    Some(refused) => {
-                        return Err(self.ssrf_refusal(
-                            &invoker,
-                            &method,
-                            &target,
-                            rule_name.as_deref(),
-                            started,
-                            refused.to_string(),
-                        ))
-                    }
-                    None if e.is_connect() => Err("could not connect"),
-                    None => Err("connection error"),
-                },
-                Err(_) => Err("timed out"),
-            };
-            let response = match what {
-                Ok(response) => response,
-                Err(what) => {
-                    let cred = credential_name.as_deref();
-                    audit(
-                        &invoker,
-                        &method,
-                        &target,
-                        rule_name.as_deref(),
-                        "allow",
-                        cred,
-                        None,
-                        0,
-                        started,
-                    );
-                    return Err(EgressError::Rejected(format!(
-                        "fetch to {host} failed: {what}"
-                    )));
-                }
-            };
-            let status = response.status().as_u16();
-            let response_headers: Vec<(String, String)> = response
-                .headers()
-                .iter()
-                .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-                .collect();
-            let location = response
-                .headers()
-                .get(http::header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string);
-            let bytes = tokio::time::timeout(
-                RESPONSE_TIMEOUT,
-                read_body_limited(response.into_body(), MAX_RESPONSE_BYTES),
-            )
-            .await
-            .map_err(|_| EgressError::Rejected(format!("fetch to {host} failed: timed out")))?
-            .map_err(|e| EgressError::Rejected(format!("fetch to {host} failed: {e}")))?;
-            self.metrics
-                .egress_duration
-                .with_label_values(&[
-                    invoker.tenant.as_str(),
-                    rule_name.as_deref().unwrap_or(crate::metrics::NO_RULE),
-                ])
-                .observe(started.elapsed().as_secs_f64());
-            audit(
-                &invoker,
-                &method,
-                &target,
-                rule_name.as_deref(),
-                "allow",
-                credential_name.as_deref(),
-                Some(status),
-                bytes.len(),
-                started,
-            );
-
-            let follow = is_redirect(status) && location.is_some();
-            if follow && redirect == "error" {
-                return Err(EgressError::Rejected(format!(
-                    "fetch to {host} was redirected and the request's redirect mode is \"error\""
-                )));
-            }
-            if !follow || redirect == "manual" {
-                return Ok(self.scrub(
-                    EgressResponse {
-                        status,
-                        headers: response_headers,
-                        body: bytes.to_vec(),
-                        hops,
-                    },
-                    &injected,
-                ));
-            }
-            // Follow the redirect.
-            hops += 1;
-            if hops > MAX_REDIRECTS {
-                return Err(EgressError::Rejected(format!(
-                    "fetch to {host} failed: more than {MAX_REDIRECTS} redirects"
-                )));
-            }
-            if hops > budget {
-                return Err(EgressError::SubrequestLimit);
-            }
-            let next = url
-                .join(location.as_deref().unwrap_or_default())
-                .map_err(|_| {
-                    EgressError::Rejected(format!(
-                        "fetch to {host} failed: invalid redirect location"
-                    ))
-                })?;
-            if status == 303 || ((status == 301 || status == 302) && method == "POST") {
-                method = "GET".into();
-                body.clear();
-                headers.retain(|(k, _)| {
-                    !k.eq_ignore_ascii_case("content-type")
-                        && !k.eq_ignore_ascii_case("content-length")
-                });
-            }
-            let next_target = parse_target(next.as_str())
-                .map_err(|e| EgressError::Rejected(format!("fetch refused: redirect: {e}")))?;
-            if !same_origin(&origin, &next_target) {
-                // Credentials the Worker set itself do not follow a cross-origin redirect either.
-                headers.retain(|(k, _)| {
-                    !k.eq_ignore_ascii_case("authorization") && !k.eq_ignore_ascii_case("cookie")
-                });
-            }
-            url = next;
         }
     }
 
-    /// Counts, audits and words a refusal by the SSRF guard.
-    fn ssrf_refusal(
+    /// One hop, as named steps.
+    async fn hop(
         &self,
+        snapshot: &Snapshot,
         invoker: &Invoker,
-        method: &str,
-        target: &Target,
-        rule: Option<&str>,
-        started: Instant,
-        why: String,
-    ) -> EgressError {
-        self.metrics
-            .egress(&invoker.tenant, rule, EgressDecision::Deny);
-        audit(
-            invoker, method, target, rule, "deny", None, None, 0, started,
+        authorization: &Authorization,
+        run: &mut Run,
+        record: &mut Record,
+    ) -> Result<Next, Failure> {
+        // Step: plan (the first hop was authorized; it must still be what was authorized).
+        let plan = self.plan(snapshot, invoker, &run.method, &run.url, record)?;
+        record.rule = plan.audited_rule();
+        record.report_only = plan.report_only;
+        if run.hops == 0 {
+            let rule = plan.rule.as_ref().map(|r| r.name.as_str());
+            if rule != authorization.rule.as_deref()
+                || plan.report_only != authorization.report_only
+            {
+                return Err(Failure::PolicyChanged);
+            }
+        } else if let Some(mut response) = self.rate_limit(snapshot, invoker, &plan) {
+            record.status = Some(429);
+            response.hops = run.hops;
+            return Ok(Next::RateLimited(response));
+        }
+        let target = plan.target.clone();
+        let host = target.host.to_string();
+        let origin = run.origin.get_or_insert_with(|| target.clone()).clone();
+        let allow_private = plan.rule.as_ref().is_some_and(|r| r.allow_private);
+
+        // Step: the request body is charged once; earlier hops' responses are released.
+        run.permit.shrink_to(run.body.len());
+        if run.permit.bytes() < run.body.len() {
+            let missing = run.body.len() - run.permit.bytes();
+            run.permit
+                .grow(missing)
+                .await
+                .map_err(budget_failure(&host))?;
+        }
+
+        Self::check_address(&target, allow_private)?;
+        let attached = self
+            .attach_credential(snapshot, &plan, &origin, run, record)
+            .await?;
+        let (request, done) = Self::build_request(run, attached, &host)?;
+        let key = PoolKey {
+            tenant: invoker.tenant.clone(),
+            credential: record.credential.clone(),
+            allow_private,
+        };
+        record.sent = true;
+        let response = self.exchange(&key, request, done, &host).await?;
+        let status = response.status().as_u16();
+        record.status = Some(status);
+        let mut headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
+            .collect();
+        let body = Self::read_body(response, &mut run.permit, &host).await?;
+        record.bytes = body.len();
+        let body = self.decode(&mut headers, body, run, &host).await?;
+        strip_hop_by_hop(&mut headers);
+
+        // Step: redirect.
+        let location = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("location"))
+            .map(|(_, v)| v.clone());
+        if is_redirect(status) && location.is_some() && run.redirect != "manual" {
+            self.redirect(
+                run,
+                &origin,
+                location.as_deref().unwrap_or_default(),
+                status,
+                &host,
+            )?;
+            return Ok(Next::Follow);
+        }
+
+        // Step: scrub.
+        let mut response = EgressResponse {
+            status,
+            headers,
+            body,
+            hops: run.hops,
+        };
+        if !run.injected.is_empty() {
+            let scrubber = self.scrubbers.get(&run.injected);
+            response = redact::scrub_with(response, &scrubber, |credential| {
+                self.metrics
+                    .secrets_redacted
+                    .with_label_values(&[credential])
+                    .inc();
+            });
+        }
+        set_content_length(
+            &mut response.headers,
+            &run.method,
+            status,
+            response.body.len(),
+            !run.injected.is_empty(),
         );
-        EgressError::Rejected(format!(
-            "fetch to {} refused: {why} (SSRF guard)",
-            target.host
-        ))
+        Ok(Next::Answer(response))
     }
 
-    fn scrub(
+    /// SSRF guard for IP literals (names are checked by the guarded resolver).
+    fn check_address(target: &Target, allow_private: bool) -> Result<(), Failure> {
+        if let TargetHost::Ip(ip) = &target.host {
+            if let Err(range) = address_allowed(*ip, allow_private) {
+                return Err(Failure::Ssrf {
+                    host: target.host.to_string(),
+                    why: format!("{ip} is a {range}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The rule's credential, only while the origin is the one the Worker asked for.
+    async fn attach_credential(
         &self,
-        response: EgressResponse,
-        injected: &[(String, SecretString)],
-    ) -> EgressResponse {
-        redact::scrub(response, injected, |credential| {
-            self.metrics
-                .secrets_redacted
-                .with_label_values(&[credential])
-                .inc();
-        })
+        snapshot: &Snapshot,
+        plan: &Plan,
+        origin: &Target,
+        run: &mut Run,
+        record: &mut Record,
+    ) -> Result<Attached, Failure> {
+        let host = plan.target.host.to_string();
+        let Some(cred) = plan
+            .rule
+            .as_ref()
+            .filter(|_| !plan.report_only)
+            .and_then(|r| r.credential.as_deref())
+            .filter(|_| same_origin(origin, &plan.target))
+            .and_then(|name| snapshot.secrets.credential(name))
+        else {
+            return Ok(Attached::default());
+        };
+        record.credential = Some(cred.name.clone());
+        let value =
+            snapshot
+                .secrets
+                .value(&cred)
+                .await
+                .map_err(|e| Failure::CredentialUnavailable {
+                    host: host.clone(),
+                    message: e.to_string(),
+                })?;
+        let mut attached = Attached::default();
+        match &cred.inject {
+            Injection::Header { header, .. } => {
+                attached.header = Some((
+                    header.to_ascii_lowercase(),
+                    cred.inject.render(value.expose_secret()),
+                ));
+            }
+            Injection::Query { query, .. } => {
+                let mut url = url::Url::parse(&run.url)
+                    .map_err(|e| Failure::InvalidUrl(format!("invalid URL: {e}")))?;
+                let rendered = cred.inject.render(value.expose_secret());
+                let kept: Vec<(String, String)> = url
+                    .query_pairs()
+                    .filter(|(k, _)| k != query)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                url.query_pairs_mut()
+                    .clear()
+                    .extend_pairs(kept)
+                    .append_pair(query, &rendered);
+                if !run.query_params.contains(query) {
+                    run.query_params.push(query.clone());
+                }
+                attached.url = Some(url);
+            }
+        }
+        self.metrics
+            .credentials_injected
+            .with_label_values(&[&cred.name])
+            .inc();
+        if !run
+            .injected
+            .iter()
+            .any(|(n, v)| *n == cred.name && v.expose_secret() == value.expose_secret())
+        {
+            run.injected.push((cred.name.clone(), value));
+        }
+        Ok(attached)
+    }
+
+    /// The HTTP request: the Worker's headers less forbidden ones, the credential, the body.
+    fn build_request(
+        run: &Run,
+        attached: Attached,
+        host: &str,
+    ) -> Result<(http::Request<SentBody>, Arc<std::sync::atomic::AtomicBool>), Failure> {
+        let invalid = || Failure::InvalidRequest {
+            host: host.to_string(),
+        };
+        let uri = match &attached.url {
+            Some(u) => u.as_str().to_string(),
+            None => url::Url::parse(&run.url)
+                .map_err(|e| Failure::InvalidUrl(format!("invalid URL: {e}")))?
+                .as_str()
+                .to_string(),
+        };
+        let mut builder = http::Request::builder()
+            .method(run.method.as_str())
+            .uri(uri);
+        for (name, value) in &run.headers {
+            let lower = name.to_ascii_lowercase();
+            if forbidden_request_header(&lower)
+                || attached.header.as_ref().is_some_and(|(h, _)| *h == lower)
+            {
+                continue;
+            }
+            if lower == "accept-encoding" {
+                // Only codings the gateway can undo (it decodes before scrubbing).
+                builder = builder.header(lower.as_str(), decode::accept_encoding(value));
+            } else {
+                builder = builder.header(lower.as_str(), value.as_str());
+            }
+        }
+        if let Some((name, value)) = &attached.header {
+            builder = builder.header(name.as_str(), value.as_str());
+        }
+        let (body, done) = SentBody::new(run.body.clone());
+        let request = builder.body(body).map_err(|_| invalid())?;
+        Ok((request, done))
+    }
+
+    /// Sends on the key's pool; poisons the connection if the response came before the body
+    /// was fully sent.
+    async fn exchange(
+        &self,
+        key: &PoolKey,
+        mut request: http::Request<SentBody>,
+        done: Arc<std::sync::atomic::AtomicBool>,
+        host: &str,
+    ) -> Result<http::Response<hyper::body::Incoming>, Failure> {
+        let client = self.pools.client(key);
+        let watch = Watch::new(&mut request, done);
+        let host = host.to_string();
+        match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(request)).await {
+            Ok(Ok(response)) => {
+                if watch.response_arrived() {
+                    tracing::debug!(target: "isogate::egress", host = %host,
+                        "response arrived before the request body was sent: connection not reused");
+                }
+                Ok(response)
+            }
+            Ok(Err(e)) => match guard_refusal(&e) {
+                Some(refused) => Err(Failure::Ssrf {
+                    host,
+                    why: refused.to_string(),
+                }),
+                None if e.is_connect() => Err(Failure::Connect { host }),
+                None => Err(Failure::Connection { host }),
+            },
+            Err(_) => Err(Failure::Timeout { host }),
+        }
+    }
+
+    /// The whole body, bounded and charged to the in-flight budget as it arrives.
+    async fn read_body(
+        response: http::Response<hyper::body::Incoming>,
+        permit: &mut InflightPermit,
+        host: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let too_large = || Failure::ResponseTooLarge {
+            host: host.to_string(),
+        };
+        let declared = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
+            return Err(too_large());
+        }
+        let mut body = response.into_body();
+        let read = async {
+            let mut out: Vec<u8> = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| Failure::ResponseRead {
+                    host: host.to_string(),
+                })?;
+                if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > MAX_RESPONSE_BYTES {
+                        return Err(too_large());
+                    }
+                    permit
+                        .grow(data.len())
+                        .await
+                        .map_err(budget_failure(host))?;
+                    out.extend_from_slice(&data);
+                }
+            }
+            Ok(out)
+        };
+        tokio::time::timeout(RESPONSE_TIMEOUT, read)
+            .await
+            .map_err(|_| Failure::Timeout {
+                host: host.to_string(),
+            })?
+    }
+
+    /// Undoes Content-Encoding (charged to the in-flight budget); the Worker gets the decoded
+    /// body without `Content-Encoding`. A coding the gateway cannot undo passes through only
+    /// when no secret was injected (nothing to scrub).
+    async fn decode(
+        &self,
+        headers: &mut Vec<(String, String)>,
+        body: Vec<u8>,
+        run: &mut Run,
+        host: &str,
+    ) -> Result<Vec<u8>, Failure> {
+        let codings = decode::codings(headers);
+        if codings.is_empty() {
+            return Ok(body);
+        }
+        if let Err(error) = decode::supported(&codings) {
+            if run.injected.is_empty() {
+                return Ok(body);
+            }
+            return Err(Failure::UnsupportedEncoding {
+                host: host.to_string(),
+                error,
+            });
+        }
+        let raw = body.len();
+        let decoded = if body.len() > 64 * 1024 {
+            tokio::task::spawn_blocking(move || decode::decode(body, &codings, MAX_RESPONSE_BYTES))
+                .await
+                .map_err(|_| Failure::ResponseRead {
+                    host: host.to_string(),
+                })?
+        } else {
+            decode::decode(body, &codings, MAX_RESPONSE_BYTES)
+        };
+        let decoded = decoded.map_err(|error| match error {
+            decode::DecodeError::TooLarge { .. } => Failure::DecodedTooLarge {
+                host: host.to_string(),
+            },
+            error => Failure::CorruptEncoding {
+                host: host.to_string(),
+                error,
+            },
+        })?;
+        run.permit
+            .grow(decoded.len())
+            .await
+            .map_err(budget_failure(host))?;
+        let held = run.permit.bytes();
+        run.permit.shrink_to(held.saturating_sub(raw));
+        headers.retain(|(k, _)| {
+            !k.eq_ignore_ascii_case("content-encoding") && !k.eq_ignore_ascii_case("content-length")
+        });
+        Ok(decoded)
+    }
+
+    /// Prepares the next hop, or refuses to follow.
+    fn redirect(
+        &self,
+        run: &mut Run,
+        origin: &Target,
+        location: &str,
+        status: u16,
+        host: &str,
+    ) -> Result<(), Failure> {
+        let host = host.to_string();
+        if run.redirect == "error" {
+            return Err(Failure::RedirectModeError { host });
+        }
+        run.hops += 1;
+        if run.hops > MAX_REDIRECTS {
+            return Err(Failure::TooManyRedirects { host });
+        }
+        if run.hops > run.budget {
+            return Err(Failure::SubrequestLimit);
+        }
+        let current = url::Url::parse(&run.url)
+            .map_err(|_| Failure::InvalidRedirect { host: host.clone() })?;
+        let next = current
+            .join(location)
+            .map_err(|_| Failure::InvalidRedirect { host: host.clone() })?;
+        let next_target = parse_target(next.as_str())
+            .map_err(|_| Failure::InvalidRedirect { host: host.clone() })?;
+        let same = same_origin(origin, &next_target);
+        if !run.injected.is_empty() {
+            // The credential's own query parameter is replaced on a same-origin hop; anything
+            // else carrying a secret is refused before the next origin is contacted.
+            let mut checked = next.clone();
+            if same && !run.query_params.is_empty() {
+                let kept: Vec<(String, String)> = next
+                    .query_pairs()
+                    .filter(|(k, _)| !run.query_params.iter().any(|q| q == k))
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect();
+                checked.query_pairs_mut().clear().extend_pairs(kept);
+            }
+            let scrubber = self.scrubbers.get(&run.injected);
+            let text = checked.as_str();
+            let decoded = percent_encoding::percent_decode_str(text).collect::<Vec<u8>>();
+            if scrubber.contains(text.as_bytes())
+                || scrubber.contains(&decoded)
+                || scrubber.contains(location.as_bytes())
+            {
+                return Err(Failure::SecretInRedirect { host });
+            }
+        }
+        if status == 303 || ((status == 301 || status == 302) && run.method == "POST") {
+            run.method = "GET".into();
+            run.body = Bytes::new();
+            run.headers.retain(|(k, _)| {
+                !k.eq_ignore_ascii_case("content-type") && !k.eq_ignore_ascii_case("content-length")
+            });
+        }
+        if !same {
+            // Credentials the Worker set itself do not follow a cross-origin redirect either.
+            run.headers.retain(|(k, _)| {
+                !k.eq_ignore_ascii_case("authorization") && !k.eq_ignore_ascii_case("cookie")
+            });
+        }
+        run.url = next.to_string();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_stripped() {
+        let mut h: Vec<(String, String)> = [
+            ("Connection", "close, X-Secret-Hop"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("proxy-authenticate", "Basic"),
+            ("te", "trailers"),
+            ("trailer", "x"),
+            ("upgrade", "h2c"),
+            ("x-secret-hop", "1"),
+            ("x-kept", "1"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h, vec![("x-kept".to_string(), "1".to_string())]);
+    }
+
+    #[test]
+    fn content_length_is_the_body_the_worker_gets() {
+        let mut h = vec![("content-length".to_string(), "999".to_string())];
+        set_content_length(&mut h, "GET", 200, 12, true);
+        assert_eq!(h, vec![("content-length".to_string(), "12".to_string())]);
+        let mut h = vec![("content-length".to_string(), "999".to_string())];
+        set_content_length(&mut h, "HEAD", 200, 0, false);
+        assert_eq!(h[0].1, "999");
+        set_content_length(&mut h, "HEAD", 200, 0, true);
+        assert!(h.is_empty());
+    }
+
+    #[test]
+    fn every_failure_has_a_listed_reason() {
+        let f = Failure::Connect { host: "h".into() };
+        assert!(Failure::REASONS.contains(&f.reason()));
+        assert_eq!(Failure::REASONS.len(), 22);
     }
 }
