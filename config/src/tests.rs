@@ -1101,6 +1101,10 @@ fn bound_doc(def: &str, field: &str, value: u64) -> (String, String) {
             doc(&format!("shutdown: {{ {field}: {value} }}\n")),
             format!("shutdown.{field}"),
         ),
+        "InflightConfig" => (
+            doc(&format!("inflight: {{ {field}: {value} }}\n")),
+            format!("inflight.{field}"),
+        ),
         other => panic!("no test document for {other}"),
     }
 }

@@ -190,7 +190,12 @@ pub(crate) fn lower(config: &Config) -> Result<Lowered, Vec<ValidationError>> {
         "tenant_share_percent",
         u64::from(inflight.tenant_share_percent),
     );
-    errors.bounded("inflight.wait_ms", "InflightConfig", "wait_ms", inflight.wait_ms);
+    errors.bounded(
+        "inflight.wait_ms",
+        "InflightConfig",
+        "wait_ms",
+        inflight.wait_ms,
+    );
     if errors.0.is_empty() {
         Ok(Lowered {
             policy: Policy::new(tenants),

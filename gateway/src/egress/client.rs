@@ -12,9 +12,7 @@ use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use isogate_policy::{
-    check_address, check_name, AddressRefusal, AddressScope, BlockedRange, SelfListeners,
-};
+use isogate_policy::{check_address, check_name, AddressRefusal, AddressScope, SelfListeners};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -48,15 +46,6 @@ pub fn self_listeners() -> SelfListeners {
 /// The address scope of a request: its `allow_private` and the registered listeners.
 pub fn scope(allow_private: bool) -> AddressScope {
     AddressScope::new(allow_private, self_listeners())
-}
-
-/// Whether an IP may be connected to (the port is not known here, so the gateway's listeners
-/// are recognised only by the connect-time check): a thin delegate of
-/// `isogate_policy::check_address`, the one SSRF address rule.
-pub fn address_allowed(ip: IpAddr, allow_private: bool) -> Result<(), BlockedRange> {
-    // Without a port, every refusal is a range (a listener needs the port).
-    check_address(ip, &scope(allow_private))
-        .map_err(|refusal| refusal.range().unwrap_or(BlockedRange::Reserved))
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -262,4 +251,3 @@ pub fn guard_refusal(err: &(dyn std::error::Error + 'static)) -> Option<GuardRef
 pub fn shared_tls_config() -> rustls::ClientConfig {
     tls_config()
 }
-

@@ -2,15 +2,16 @@
 //!
 //! [`Egress::authorize`] (no I/O): [`Inner::plan`] — the one place the live path consults the
 //! policy: parse the URL (WHATWG, normalised host; userinfo and non-http(s) schemes refused),
-//! match the tenant's allow rules (`mode: report` lets a would-be denial through) — then the
+//! then policy's pure `EgressPolicy::plan` (the same function redirects and `isogate explain`
+//! use: verdict, rule, credential, limiters, `allow_private` scope) — then the
 //! rule's and the tenant's rate limits (a synthetic 429 with `Retry-After`, upstream
 //! untouched). The pool then charges the subrequest budget.
 //!
 //! [`Egress::send`] (on the egress runtime) loads the configuration snapshot once and runs each
 //! hop as named steps: `plan` (again for hop 0, against that snapshot: a tenant or rule removed
 //! by a reload in between refuses; each redirect hop also takes its rate-limit cell) →
-//! `check_address` (IP literals through [`client::address_allowed`]; names are checked by the
-//! guarded resolver, which hands the connector exactly the addresses it checked) →
+//! `check_address` (policy's one SSRF rule: IP literals here with their port; names in the
+//! guarded connector, on every resolved `(address, port)`, connecting only to those) →
 //! `attach_credential` (only while the origin is the one the Worker asked for) →
 //! `build_request` → `exchange` (a connection pool per tenant, credential and `allow_private`;
 //! see [`pools`]) → `read_body` (bounded, charged to the in-flight budget) → `decode`
@@ -35,11 +36,13 @@ use crate::metrics::{EgressDecision, Metrics, NO_RULE};
 use crate::state::Snapshot;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use client::{address_allowed, guard_refusal};
+use client::guard_refusal;
 use futures::future::BoxFuture;
 use http_body_util::BodyExt;
 use isogate_config::Injection;
-use isogate_policy::{parse_target, Decision, EgressMode, EgressRule, Target, TargetHost};
+use isogate_policy::{
+    check_address, parse_target, DenyReason, EgressPlan, PlanVerdict, Target, TargetHost,
+};
 use isogate_pool::{
     Authorization, Egress, EgressError, EgressRequest, EgressResponse, Invoker, Verdict,
     NETWORK_DISABLED,
@@ -366,22 +369,22 @@ enum Ending<'a> {
     Failed(&'a Failure),
 }
 
-/// What the policy step decided for one hop.
+/// What the policy step decided for one hop: policy's [`EgressPlan`] for the parsed target.
 struct Plan {
     target: Target,
-    rule_index: Option<usize>,
-    /// The allowing rule, or in report mode the rule that matched the host (if any): it decides
-    /// `allow_private` but attaches no credential.
-    rule: Option<EgressRule>,
-    report_only: bool,
+    /// Verdict, allowing rule, credential name, rate limiters and `allow_private` scope.
+    egress: EgressPlan,
+    /// Name of the allowing rule (none for a report-mode pass).
+    rule: Option<String>,
 }
 
 impl Plan {
+    fn report_only(&self) -> bool {
+        matches!(self.egress.verdict, PlanVerdict::ReportDeny(_))
+    }
+
     fn audited_rule(&self) -> Option<String> {
-        self.rule
-            .as_ref()
-            .map(|r| r.name.clone())
-            .filter(|_| !self.report_only)
+        self.rule.clone()
     }
 }
 
@@ -433,17 +436,11 @@ impl Inner {
             .policy
             .tenant(&invoker.tenant)
             .ok_or(Failure::TenantGone)?;
-        if tenant.egress.rules.is_empty() && tenant.egress.mode == EgressMode::Enforce {
-            return Err(Failure::NetworkDisabled);
-        }
-        match tenant.egress.decide(method, &target) {
-            Decision::Allow { rule } => Ok(Plan {
-                rule_index: Some(rule),
-                rule: tenant.egress.rules.get(rule).cloned(),
-                target,
-                report_only: false,
-            }),
-            Decision::Deny(reason) if tenant.egress.mode == EgressMode::Report => {
+        let egress = tenant.egress.plan(method, &target);
+        match &egress.verdict {
+            PlanVerdict::Deny(DenyReason::NoRules { .. }) => Err(Failure::NetworkDisabled),
+            PlanVerdict::Deny(reason) => Err(Failure::Denied(reason.to_string())),
+            PlanVerdict::ReportDeny(reason) => {
                 // Logged once per hop: at authorize for the first, here for redirects.
                 if !record.authorized {
                     tracing::warn!(target: "isogate::egress", tenant = %invoker.tenant,
@@ -451,15 +448,16 @@ impl Inner {
                         "egress would be denied (report mode): letting it through");
                 }
                 Ok(Plan {
-                    rule_index: None,
-                    rule: reason
-                        .rule()
-                        .and_then(|i| tenant.egress.rules.get(i).cloned()),
                     target,
-                    report_only: true,
+                    egress,
+                    rule: None,
                 })
             }
-            Decision::Deny(reason) => Err(Failure::Denied(reason.to_string())),
+            PlanVerdict::Allow => Ok(Plan {
+                rule: egress.rule(&tenant.egress).map(|r| r.name.clone()),
+                target,
+                egress,
+            }),
         }
     }
 
@@ -471,7 +469,7 @@ impl Inner {
         plan: &Plan,
     ) -> Option<EgressResponse> {
         let limiters = snapshot.limiters.get(&invoker.tenant)?;
-        let wait = limiters.check(plan.rule_index).err()?;
+        let wait = limiters.check(plan.egress.limiters.rule).err()?;
         let retry = wait.as_secs_f64().ceil().max(1.0) as u64;
         let host = plan.target.host.to_string();
         Some(EgressResponse {
@@ -567,8 +565,8 @@ impl Egress for GatewayEgress {
                         Verdict::Respond(response)
                     }
                     None => Verdict::Proceed(Authorization {
-                        rule: plan.rule.map(|r| r.name),
-                        report_only: plan.report_only,
+                        report_only: plan.report_only(),
+                        rule: plan.rule,
                     }),
                 }
             }
@@ -740,12 +738,9 @@ impl Inner {
         // Step: plan (the first hop was authorized; it must still be what was authorized).
         let plan = self.plan(snapshot, invoker, &run.method, &run.url, record)?;
         record.rule = plan.audited_rule();
-        record.report_only = plan.report_only;
+        record.report_only = plan.report_only();
         if run.hops == 0 {
-            let rule = plan.rule.as_ref().map(|r| r.name.as_str());
-            if rule != authorization.rule.as_deref()
-                || plan.report_only != authorization.report_only
-            {
+            if plan.rule != authorization.rule || plan.report_only() != authorization.report_only {
                 return Err(Failure::PolicyChanged);
             }
         } else if let Some(mut response) = self.rate_limit(snapshot, invoker, &plan) {
@@ -756,7 +751,7 @@ impl Inner {
         let target = plan.target.clone();
         let host = target.host.to_string();
         let origin = run.origin.get_or_insert_with(|| target.clone()).clone();
-        let allow_private = plan.rule.as_ref().is_some_and(|r| r.allow_private);
+        let allow_private = plan.egress.allow_private;
 
         // Step: the request body is charged once; earlier hops' responses are released.
         run.permit.shrink_to(run.body.len());
@@ -834,13 +829,15 @@ impl Inner {
         Ok(Next::Answer(response))
     }
 
-    /// SSRF guard for IP literals (names are checked by the guarded resolver).
+    /// SSRF guard for IP literals, with the port (names are checked by the guarded connector,
+    /// which runs the same `check_address` on every resolved address).
     fn check_address(target: &Target, allow_private: bool) -> Result<(), Failure> {
         if let TargetHost::Ip(ip) = &target.host {
-            if let Err(range) = address_allowed(*ip, allow_private) {
+            let addr = std::net::SocketAddr::new(*ip, target.port);
+            if let Err(refusal) = check_address(addr, &client::scope(allow_private)) {
                 return Err(Failure::Ssrf {
                     host: target.host.to_string(),
-                    why: format!("{ip} is a {range}"),
+                    why: format!("{ip} is {refusal}"),
                 });
             }
         }
@@ -858,10 +855,9 @@ impl Inner {
     ) -> Result<Attached, Failure> {
         let host = plan.target.host.to_string();
         let Some(cred) = plan
-            .rule
-            .as_ref()
-            .filter(|_| !plan.report_only)
-            .and_then(|r| r.credential.as_deref())
+            .egress
+            .credential
+            .as_deref()
             .filter(|_| same_origin(origin, &plan.target))
             .and_then(|name| snapshot.secrets.credential(name))
         else {

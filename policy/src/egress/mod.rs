@@ -324,16 +324,6 @@ impl DenyReason {
         }
     }
 
-    /// The rule whose flags (`allow_private`, credential, rate limit) apply
-    /// to the denied request: always `None`. A denied request matched no rule
-    /// in full, and a rule that matched only its host must not lend it its
-    /// `allow_private` (also not in report mode). For diagnostics, the rule
-    /// whose host matched is [`DenyReason::host_rule`]; for everything a
-    /// request may do, use [`EgressPolicy::plan`].
-    pub const fn rule(&self) -> Option<usize> {
-        None
-    }
-
     /// Index of the first rule that matched the host but not the port,
     /// method or path (for diagnostics only); `None` for
     /// [`DenyReason::NoRule`] and [`DenyReason::NoRules`].

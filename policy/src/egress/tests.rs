@@ -416,7 +416,7 @@ fn decide_denies_without_a_host_rule() {
     );
     assert_eq!(reason.to_string(), "no egress rule allows host example.com");
     assert_eq!(reason.kind(), "no_rule");
-    assert_eq!(reason.rule(), None);
+    assert_eq!(reason.host_port_rule(), None);
 
     let empty = EgressPolicy::default();
     assert_eq!(empty.mode, EgressMode::Enforce);
@@ -484,8 +484,8 @@ fn decide_reports_port_then_method_then_path() {
             }
         );
         assert_eq!(reason.host_rule(), Some(0));
-        // A denied request borrows no rule's flags.
-        assert_eq!(reason.rule(), None);
+        // Host and port matched: the only rule a report-mode pass may take `allow_private` from.
+        assert_eq!(reason.host_port_rule(), Some(0));
         assert_eq!(reason.host(), &host);
     }
     assert_eq!(
@@ -1089,7 +1089,10 @@ fn plan_report_mode_keeps_allow_private_on_host_and_port_match() {
         ("GET", "http://127.0.0.1:20402/other"),
     ] {
         let plan = policy.plan(method, &target(url));
-        assert!(matches!(plan.verdict, PlanVerdict::ReportDeny(_)), "{url}: {plan:?}");
+        assert!(
+            matches!(plan.verdict, PlanVerdict::ReportDeny(_)),
+            "{url}: {plan:?}"
+        );
         assert!(plan.allow_private, "{url}");
         assert_eq!(plan.rule, None);
         assert_eq!(plan.credential, None);
