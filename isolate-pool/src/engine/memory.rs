@@ -14,7 +14,8 @@
 //!   a lazily backed `mmap` (no commit) instead of aborting the process when `malloc` refuses it;
 //!   the account is breached, so the invocation fails with `memory_limit`.
 //! - [`QuickJsAllocator`] is QuickJS's allocator (rquickjs allocator hook): charged to the same
-//!   account, zeroing, and refusing (QuickJS throws out-of-memory) beyond the account's limit.
+//!   account and refusing (QuickJS throws out-of-memory) beyond the account's limit. QuickJS
+//!   zeroes the memory it exposes to JS itself (ArrayBuffers come from `js_mallocz`).
 //!
 //! An account whose bytes pass its limit is marked *breached*; the budget turns that into
 //! `memory_limit` at the next interrupt check and when the invocation ends. Sizes that JS hands to
@@ -469,7 +470,7 @@ unsafe impl GlobalAlloc for TrackingAllocator {
 #[global_allocator]
 static GLOBAL: TrackingAllocator = TrackingAllocator;
 
-/// QuickJS's heap, charged to the isolate's account: zeroed, refused beyond the account's limit.
+/// QuickJS's heap, charged to the isolate's account, refused beyond the account's limit.
 pub(super) struct QuickJsAllocator {
     account: AccountId,
 }
@@ -477,6 +478,27 @@ pub(super) struct QuickJsAllocator {
 impl QuickJsAllocator {
     pub(super) fn new(account: AccountId) -> Self {
         QuickJsAllocator { account }
+    }
+
+    fn allocate(&mut self, total: usize, zeroed: bool) -> *mut u8 {
+        if !self.admit(total) {
+            return ptr::null_mut();
+        }
+        // QuickJS zeroes what it exposes itself (js_mallocz for ArrayBuffers, typed arrays);
+        // calloc only when it asks for zeroed memory.
+        // SAFETY: plain libc allocation.
+        let p: *mut u8 = unsafe {
+            if zeroed {
+                libc::calloc(1, total.max(1))
+            } else {
+                libc::malloc(total.max(1))
+            }
+        }
+        .cast();
+        if !p.is_null() {
+            self.account.charge(usable(p) as u64);
+        }
+        p
     }
 
     /// Whether `n` more bytes fit; a refusal breaches the account (the invocation fails with
@@ -499,22 +521,14 @@ fn usable(p: *mut u8) -> usize {
 // `usable_size` reports libc's usable size of such a block.
 unsafe impl rquickjs::allocator::Allocator for QuickJsAllocator {
     fn alloc(&mut self, size: usize) -> *mut u8 {
-        self.calloc(1, size)
+        self.allocate(size, false)
     }
 
     fn calloc(&mut self, count: usize, size: usize) -> *mut u8 {
-        let Some(total) = count.checked_mul(size) else {
-            return ptr::null_mut();
-        };
-        if !self.admit(total) {
-            return ptr::null_mut();
+        match count.checked_mul(size) {
+            Some(total) => self.allocate(total, true),
+            None => ptr::null_mut(),
         }
-        // SAFETY: plain libc allocation.
-        let p: *mut u8 = unsafe { libc::calloc(1, total.max(1)) }.cast();
-        if !p.is_null() {
-            self.account.charge(usable(p) as u64);
-        }
-        p
     }
 
     unsafe fn dealloc(&mut self, p: *mut u8) {
@@ -536,12 +550,7 @@ unsafe impl rquickjs::allocator::Allocator for QuickJsAllocator {
         if q.is_null() {
             return q;
         }
-        let new = usable(q);
-        if new > old {
-            // SAFETY: bytes `old..new` of the new block are ours and not yet initialised.
-            unsafe { ptr::write_bytes(q.add(old), 0, new - old) };
-        }
-        self.account.adjust(old as u64, new as u64);
+        self.account.adjust(old as u64, usable(q) as u64);
         q
     }
 

@@ -166,9 +166,9 @@ impl Isolate {
         .await;
         let ctx = AsyncContext::full(&rt).await.map_err(internal)?;
         let host_state = state.clone();
-        let account_id = account.id();
+        // The Web API modules and the bootstrap are our code with no user input: their Rust
+        // allocations are not charged to the account (QuickJS's heap is, always).
         let installing = ctx.with(|ctx| -> Result<Persistent<Object<'static>>, WorkerError> {
-            let _account = memory::enter(account_id);
             install(&ctx, host_state)
                 .catch(&ctx)
                 .map_err(|e| internal(format!("isolate bootstrap failed: {e}")))
