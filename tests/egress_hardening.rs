@@ -509,7 +509,9 @@ fn a_tenant_body_cannot_swallow_another_tenants_credentialed_request() {
 
 #[test]
 fn a_connection_answered_before_its_body_was_sent_is_not_reused() {
-    // Answers `/early` at once, then drains the body; counts connections.
+    // Answers `/early` at once, then drains the body; counts connections. The body (24 MiB) is
+    // larger than loopback's socket buffers can hold, so the answer always arrives before the
+    // gateway has handed over the whole body.
     let up = RawUpstream::start(|conn| {
         let mut w = conn.try_clone().unwrap();
         let mut r = BufReader::new(conn);
@@ -533,7 +535,7 @@ fn a_connection_answered_before_its_body_was_sent_is_not_reused() {
     let g = gateway(&one_tenant(up.port, "hdr"), "");
     let src = format!(
         r#"export default {{ async fetch() {{
-            const a = await fetch("{}", {{ method: "POST", body: "x".repeat(8 << 20) }});
+            const a = await fetch("{}", {{ method: "POST", body: "x".repeat(24 << 20) }});
             await a.text();
             await new Promise(r => setTimeout(r, 300));
             const b = await fetch("{}");
@@ -674,4 +676,40 @@ fn the_in_flight_budget_bounds_concurrent_large_bodies() {
     assert_eq!(r.status(), 503);
     let v: Value = r.json().unwrap();
     assert_eq!(v["error"]["kind"], "memory_budget", "{v}");
+}
+
+#[test]
+fn a_fetch_refused_by_the_subrequest_budget_is_audited_too() {
+    let up = common::upstream::echo();
+    let g = gateway(
+        &tenant(
+            "alpha",
+            KEY,
+            &format!("      allow:\n{}", rule(up.port, "echo", None)),
+        ),
+        "",
+    );
+    let url = up.url("/n");
+    let mut code = worker(&format!(
+        r#"export default {{ async fetch() {{
+            await fetch("{url}");
+            try {{ await fetch("{url}"); }} catch (e) {{}}
+            return new Response("done");
+        }} }}"#
+    ));
+    code["limits"] = serde_json::json!({ "subrequests": 1 });
+    let before = audit_lines(&g).len();
+    let r = g.load(KEY, &code, None);
+    assert_eq!(
+        r.status(),
+        503,
+        "the invocation fails with subrequest_limit"
+    );
+    let lines = audit_lines(&g);
+    assert_eq!(lines.len(), before + 2, "{lines:?}");
+    assert_eq!(lines[before]["fields"]["decision"], "allow");
+    let refused = &lines[before + 1]["fields"];
+    assert_eq!(refused["reason"], "subrequest_limit", "{refused}");
+    assert_eq!(refused["decision"], "deny", "{refused}");
+    assert_eq!(refused["path"], "/n", "{refused}");
 }

@@ -119,8 +119,9 @@ fn report_mode_allow_private_opens_only_the_matching_port() {
     assert_eq!(s.b_hits.load(Ordering::SeqCst), 0, "upstream B was reached");
     // It passed the policy (report mode) but the SSRF guard refused it: counted as a denial.
     assert!(
-        s.g.metric(r#"isogate_egress_requests_total{decision="deny",rule="none",tenant="rollout"}"#)
-            >= 1.0
+        s.g.metric(
+            r#"isogate_egress_requests_total{decision="deny",rule="none",tenant="rollout"}"#
+        ) >= 1.0
     );
 
     // Neither the admin listener (metrics) nor the ingress is reachable.

@@ -89,6 +89,16 @@ pub trait Egress: Send + Sync + 'static {
     /// Steps that need no I/O: URL parsing, policy decision, rate limits.
     fn authorize(&self, invoker: &Invoker, request: &EgressRequest) -> Verdict;
 
+    /// An authorized request that the pool did not send because the invocation's subrequest
+    /// budget was spent: the gateway records it (its audit line) and sends nothing.
+    fn abandoned(
+        &self,
+        _invoker: &Invoker,
+        _request: &EgressRequest,
+        _authorization: &Authorization,
+    ) {
+    }
+
     /// Performs an authorized request.
     fn send(
         &self,

@@ -56,6 +56,24 @@ type Reply<T> = oneshot::Sender<Invocation<T>>;
 /// a concurrency slot is never freed while the tenant's code still runs.
 pub struct Hold(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send>>);
 
+/// A [`Hold`] released either when the answer goes out with no work pending, or when the job
+/// ends (after `ctx.waitUntil` work), whichever comes first.
+#[derive(Clone)]
+struct HeldUntil(Rc<RefCell<Option<Hold>>>);
+
+impl HeldUntil {
+    fn new(hold: Hold) -> HeldUntil {
+        HeldUntil(Rc::new(RefCell::new(Some(hold))))
+    }
+
+    /// Releases the hold now unless the invocation still has work pending.
+    fn release_unless(&self, pending: bool) {
+        if !pending {
+            drop(self.0.borrow_mut().take());
+        }
+    }
+}
+
 impl Hold {
     /// Keeps `value` alive until the invocation ends.
     pub fn new<T: Send + 'static>(value: T) -> Hold {
@@ -571,15 +589,24 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             reply,
             hold,
         } => {
-            let _hold = hold;
+            let hold = HeldUntil::new(hold);
             let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
             else {
                 return;
             };
-            iso.fetch(&code, request, invoker, limits, |(outcome, logs), cpu| {
-                let _ = reply.send(done(outcome, logs, cpu, cold));
-            })
+            let held = hold.clone();
+            iso.fetch(
+                &code,
+                request,
+                invoker,
+                limits,
+                |(outcome, logs), cpu, pending| {
+                    held.release_unless(pending);
+                    let _ = reply.send(done(outcome, logs, cpu, cold));
+                },
+            )
             .await;
+            drop(hold);
             // load(): never reused.
             drop(iso);
         }
@@ -591,12 +618,14 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             reply,
             hold,
         } => {
-            let _hold = hold;
             let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
             else {
                 return;
             };
             let (outcome, logs, cpu, _) = iso.execute(&source, &env, invoker, limits).await;
+            // The invocation has ended: the hold goes before the answer, so a client's next
+            // request never finds its own finished one still holding the tenant's slot.
+            drop(hold);
             let _ = reply.send(done(outcome, logs, cpu, cold));
         }
         Job::Get {
@@ -607,10 +636,7 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             limits,
             reply,
             hold,
-        } => {
-            let _hold = hold;
-            run_get(state, key, code, request, invoker, limits, reply).await
-        }
+        } => run_get(state, key, code, request, invoker, limits, reply, hold).await,
         Job::Evict { .. } => {}
     }
 }
@@ -624,7 +650,9 @@ async fn run_get(
     invoker: Invoker,
     limits: Limits,
     reply: Reply<HttpResponse>,
+    hold: Hold,
 ) {
+    let hold = HeldUntil::new(hold);
     let digest = code.digest();
     let slot = {
         let mut cached = state.cached.borrow_mut();
@@ -660,7 +688,8 @@ async fn run_get(
         request,
         invoker,
         limits,
-        |(outcome, logs), cpu| {
+        |(outcome, logs), cpu, pending| {
+            hold.release_unless(pending);
             let _ = reply.send(done(outcome, logs, cpu, cold));
         },
     )

@@ -573,6 +573,17 @@ impl Egress for GatewayEgress {
         }
     }
 
+    fn abandoned(&self, invoker: &Invoker, request: &EgressRequest, authorization: &Authorization) {
+        // Authorized, then refused by the invocation's subrequest budget: one audit line too.
+        let mut record = Record::new(&request.method);
+        record.target = parse_target(&request.url).ok();
+        record.rule = authorization.rule.clone();
+        record.report_only = authorization.report_only;
+        record.authorized = true;
+        self.inner
+            .emit(invoker, &record, Ending::Failed(&Failure::SubrequestLimit));
+    }
+
     fn send(
         &self,
         invoker: Invoker,

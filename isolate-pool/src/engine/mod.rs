@@ -291,14 +291,15 @@ impl Isolate {
     /// Runs one request through the Worker's `fetch` handler. Loads `code` first if no Worker is
     /// loaded yet. The response is returned as soon as the handler produced it; promises passed
     /// to `ctx.waitUntil` are awaited (within the wall-clock limit) before this returns, with
-    /// `respond` already called.
+    /// `respond` already called. `respond`'s last argument says whether work is still pending
+    /// (waitUntil): when it is `false`, the invocation has ended entirely.
     pub async fn fetch(
         &mut self,
         code: &WorkerCode,
         request: HttpRequest,
         invoker: Invoker,
         limits: Limits,
-        respond: impl FnOnce(FetchOutput, f64),
+        respond: impl FnOnce(FetchOutput, f64, bool),
     ) {
         self.begin(invoker, limits);
         let deadline = Duration::from_millis(limits.wall_ms);
@@ -337,7 +338,11 @@ impl Isolate {
                 .with_invocation(|s| s.take_logs())
                 .unwrap_or_default();
             if let Some(r) = respond.take() {
-                r((outcome.clone(), logs), self.state.budget.used_seconds());
+                r(
+                    (outcome.clone(), logs),
+                    self.state.budget.used_seconds(),
+                    true,
+                );
             }
             let remaining = deadline.saturating_sub(started.elapsed());
             let waited = tokio::time::timeout(remaining, self.await_promise(wait)).await;
@@ -356,7 +361,7 @@ impl Isolate {
         }
         let (logs, cpu, _) = self.finish();
         if let Some(r) = respond.take() {
-            r((outcome, logs), cpu);
+            r((outcome, logs), cpu, false);
         }
     }
 
@@ -852,7 +857,13 @@ fn prepare_fetch(
         Verdict::Respond(response) => return Ok(Prepared::Respond(response)),
         Verdict::Reject(message) => return Err(FetchRefusal::TypeError(message)),
     };
-    request.budget = charge_subrequests(state, 1)?;
+    request.budget = match charge_subrequests(state, 1) {
+        Ok(remaining) => remaining,
+        Err(refusal) => {
+            state.egress.abandoned(&invoker, &request, &authorization);
+            return Err(refusal);
+        }
+    };
     Ok(Prepared::Send(invoker, request, authorization))
 }
 

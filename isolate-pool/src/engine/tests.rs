@@ -59,7 +59,7 @@ async fn fetch_with(
     limits: Limits,
 ) -> (Result<HttpResponse, WorkerError>, Vec<LogEntry>) {
     let mut out = None;
-    iso.fetch(code, req, invoker(), limits, |o, _| out = Some(o))
+    iso.fetch(code, req, invoker(), limits, |o, _, _| out = Some(o))
         .await;
     out.expect("respond called")
 }
@@ -881,10 +881,16 @@ fn wait_until_work_added_late_is_awaited_and_a_rejection_is_logged() {
         );
         let mut logs = Vec::new();
         let mut out = None;
-        iso.fetch(&code, get("http://w/"), invoker(), LIMITS, |(o, l), _| {
-            out = Some(o);
-            logs = l;
-        })
+        iso.fetch(
+            &code,
+            get("http://w/"),
+            invoker(),
+            LIMITS,
+            |(o, l), _, _| {
+                out = Some(o);
+                logs = l;
+            },
+        )
         .await;
         assert_eq!(body(&out.unwrap().unwrap()), "[]");
         let (res, logs2) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
