@@ -568,29 +568,9 @@ fn worker_fault(msg: impl std::fmt::Display) -> WorkerError {
     WorkerError::new(ErrorKind::Exception, msg.to_string())
 }
 
-/// An HTTP field name: a `token` (RFC 9110).
+/// An HTTP field name: a `token` (RFC 9110), as the `http` crate parses one.
 fn valid_header_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.bytes().all(|b| {
-            b.is_ascii_alphanumeric()
-                || matches!(
-                    b,
-                    b'!' | b'#'
-                        | b'$'
-                        | b'%'
-                        | b'&'
-                        | b'\''
-                        | b'*'
-                        | b'+'
-                        | b'-'
-                        | b'.'
-                        | b'^'
-                        | b'_'
-                        | b'`'
-                        | b'|'
-                        | b'~'
-                )
-        })
+    http::HeaderName::from_bytes(name.as_bytes()).is_ok()
 }
 
 /// An HTTP field value as the Fetch standard allows it: no NUL, CR or LF.
