@@ -636,6 +636,12 @@ credentials:
         Ok(vec![IpAddr::V4(Ipv4Addr::new(140, 82, 112, 5))])
     }
 
+    /// A resolver for targets that must be decided without a lookup (IP literals, metadata
+    /// names): calling it fails the test.
+    fn never_resolved(host: &str, _: u16) -> io::Result<Vec<IpAddr>> {
+        panic!("{host} must not be resolved")
+    }
+
     fn loopback(_: &str, _: u16) -> io::Result<Vec<IpAddr>> {
         Ok(vec![
             IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -806,9 +812,7 @@ credentials:
             "demo",
             "GET",
             "http://169.254.170.2/v2/credentials/x",
-            |_: &str, _: u16| -> io::Result<Vec<IpAddr>> {
-                panic!("an IP literal is not resolved")
-            },
+            never_resolved,
         )
         .unwrap();
         assert!(e.decision.allowed);
@@ -828,9 +832,7 @@ credentials:
             "demo",
             "GET",
             "http://metadata.google.internal/computeMetadata/v1/",
-            |_: &str, _: u16| -> io::Result<Vec<IpAddr>> {
-                panic!("a metadata name is not resolved")
-            },
+            never_resolved,
         )
         .unwrap();
         assert_eq!(e.ssrf.verdict, SsrfVerdict::Refused);
@@ -889,9 +891,7 @@ credentials:
             "demo",
             "GET",
             "http://169.254.169.254/latest/meta-data/",
-            |_: &str, _: u16| -> io::Result<Vec<IpAddr>> {
-                panic!("an IP literal is not resolved")
-            },
+            never_resolved,
         )
         .unwrap();
         assert!(e.decision.allowed);
