@@ -27,7 +27,8 @@ pub struct EgressRequest {
     pub body: Vec<u8>,
     /// The `redirect` mode of the request: `follow`, `manual` or `error`.
     pub redirect: String,
-    /// Subrequests the invocation may still make after this one (redirect hops count).
+    /// Subrequests the invocation may still make after this one (redirect hops count). Set by
+    /// [`EgressPort::fetch`]; whatever the caller puts here is overwritten.
     pub budget: u32,
 }
 
@@ -106,6 +107,93 @@ pub trait Egress: Send + Sync + 'static {
         request: EgressRequest,
         authorization: Authorization,
     ) -> BoxFuture<'static, Result<EgressResponse, EgressError>>;
+}
+
+/// What one `fetch()` came to, after the whole pipeline ([`EgressPort::fetch`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Fetched {
+    /// Sent upstream: costs one subrequest, plus one per redirect hop (`hops`).
+    Sent(EgressResponse),
+    /// Answered without sending anything (e.g. 429 from a rate limit): costs nothing.
+    Answered(EgressResponse),
+    /// `fetch()` rejects with a `TypeError` carrying `message`. `charged`: the request had
+    /// passed authorization and cost its subrequest (an upstream failure), as opposed to a
+    /// refusal by policy, which costs nothing.
+    Rejected {
+        /// The message (never a secret).
+        message: String,
+        /// Whether the subrequest was spent.
+        charged: bool,
+    },
+    /// The invocation's subrequest budget was spent: before sending (`redirecting: false`) or
+    /// while following redirects.
+    SubrequestLimit {
+        /// Whether the budget ran out while following redirects.
+        redirecting: bool,
+    },
+}
+
+/// The one door as the engine sees it: a whole `fetch()` in one call, so that it can cross a
+/// process wall in one round trip. Every [`Egress`] is an `EgressPort` (authorize → budget →
+/// send, in that order, written once below); the worker process implements it by asking the
+/// gateway, which runs the same code.
+pub trait EgressPort: Send + Sync + 'static {
+    /// Whether Workers have network access at all.
+    fn enabled(&self) -> bool;
+
+    /// Runs one outbound request. `left` is how many subrequests the invocation may still make
+    /// *including* this one (0: the budget is spent — the request is still authorized, so that
+    /// a policy refusal keeps its own message and an authorized one is audited as refused).
+    fn fetch(
+        &self,
+        invoker: Invoker,
+        request: EgressRequest,
+        left: u32,
+    ) -> BoxFuture<'static, Fetched>;
+}
+
+impl<E: Egress + ?Sized> EgressPort for E {
+    fn enabled(&self) -> bool {
+        Egress::enabled(self)
+    }
+
+    fn fetch(
+        &self,
+        invoker: Invoker,
+        mut request: EgressRequest,
+        left: u32,
+    ) -> BoxFuture<'static, Fetched> {
+        let authorization = match self.authorize(&invoker, &request) {
+            Verdict::Proceed(a) => a,
+            Verdict::Respond(response) => {
+                return Box::pin(std::future::ready(Fetched::Answered(response)))
+            }
+            Verdict::Reject(message) => {
+                return Box::pin(std::future::ready(Fetched::Rejected {
+                    message,
+                    charged: false,
+                }))
+            }
+        };
+        if left == 0 {
+            self.abandoned(&invoker, &request, &authorization);
+            return Box::pin(std::future::ready(Fetched::SubrequestLimit {
+                redirecting: false,
+            }));
+        }
+        request.budget = left - 1;
+        let sent = self.send(invoker, request, authorization);
+        Box::pin(async move {
+            match sent.await {
+                Ok(response) => Fetched::Sent(response),
+                Err(EgressError::Rejected(message)) => Fetched::Rejected {
+                    message,
+                    charged: true,
+                },
+                Err(EgressError::SubrequestLimit) => Fetched::SubrequestLimit { redirecting: true },
+            }
+        })
+    }
 }
 
 /// The message `fetch()` rejects with when a Worker has no network access.

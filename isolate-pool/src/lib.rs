@@ -18,8 +18,8 @@ pub use api::{
     LimitOverrides, Limits, LogEntry, ModuleSource, Outbound, SealedCode, WorkerCode, WorkerError,
 };
 pub use egress::{
-    Authorization, DisabledEgress, Egress, EgressError, EgressRequest, EgressResponse, Verdict,
-    NETWORK_DISABLED,
+    Authorization, DisabledEgress, Egress, EgressError, EgressPort, EgressRequest, EgressResponse,
+    Fetched, Verdict, NETWORK_DISABLED,
 };
 pub use observe::{CacheEvent, NoopObserver, PoolObserver, StartKind};
 pub use pool::{Hold, Pool, PoolError, PoolSettings};

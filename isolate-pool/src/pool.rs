@@ -10,7 +10,7 @@ use crate::api::{
     LogEntry, SealedCode, WorkerCode, WorkerError,
 };
 use crate::cache::{CacheIndex, EvictReason, Eviction, WorkerKey};
-use crate::egress::Egress;
+use crate::egress::EgressPort;
 use crate::engine::Isolate;
 use crate::observe::{CacheEvent, PoolObserver, StartKind};
 use std::cell::RefCell;
@@ -161,7 +161,7 @@ impl Pool {
     /// Starts the isolate threads and begins warming isolates.
     pub fn start(
         settings: PoolSettings,
-        egress: Arc<dyn Egress>,
+        egress: Arc<dyn EgressPort>,
         observer: Arc<dyn PoolObserver>,
     ) -> std::io::Result<Pool> {
         let threads = settings.threads.max(1);
@@ -444,7 +444,7 @@ struct Slot {
 struct ThreadState {
     index: usize,
     shared: Arc<Shared>,
-    egress: Arc<dyn Egress>,
+    egress: Arc<dyn EgressPort>,
     warm: RefCell<VecDeque<Isolate>>,
     warm_target: usize,
     refill: Notify,
@@ -535,7 +535,7 @@ fn thread_main(
     index: usize,
     mut rx: mpsc::Receiver<Job>,
     shared: Arc<Shared>,
-    egress: Arc<dyn Egress>,
+    egress: Arc<dyn EgressPort>,
     warm_target: usize,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread()

@@ -16,9 +16,7 @@ use crate::api::{
     ErrorKind, HttpRequest, HttpResponse, Invoker, Limits, LogEntry, ModuleSource, Outbound,
     WorkerCode, WorkerError,
 };
-use crate::egress::{
-    Authorization, Egress, EgressError, EgressRequest, EgressResponse, Verdict, NETWORK_DISABLED,
-};
+use crate::egress::{EgressPort, EgressRequest, EgressResponse, Fetched, NETWORK_DISABLED};
 use budget::{Budget, Metered};
 use loader::{ModuleMap, WorkerLoader, WorkerResolver};
 use panics::{Guarded, PanicFlag};
@@ -94,7 +92,7 @@ struct HostState {
     budget: Budget,
     invocation: RefCell<Option<InvocationState>>,
     outbound: Cell<Outbound>,
-    egress: Arc<dyn Egress>,
+    egress: Arc<dyn EgressPort>,
 }
 
 impl HostState {
@@ -136,7 +134,7 @@ fn internal(msg: impl std::fmt::Display) -> WorkerError {
 
 impl Isolate {
     /// Starts an isolate: runtime, context, LLRT Web APIs and isogate's Worker API.
-    pub async fn new(egress: Arc<dyn Egress>) -> Result<Isolate, WorkerError> {
+    pub async fn new(egress: Arc<dyn EgressPort>) -> Result<Isolate, WorkerError> {
         static TIME_INIT: Once = Once::new();
         TIME_INIT.call_once(llrt_utils::time::init);
         panics::install_hook();
@@ -749,25 +747,37 @@ fn install<'js>(
                         FetchRefusal::TypeError(msg) => Exception::throw_type(ctx, &msg),
                         FetchRefusal::Internal(msg) => Exception::throw_internal(ctx, &msg),
                     };
-                    let (invoker, request, authorization) = match prepared {
-                        Ok(Prepared::Send(i, r, a)) => (i, r, a),
-                        Ok(Prepared::Respond(resp)) => return response_object(&ctx, resp),
-                        Err(r) => return Err(refuse(&ctx, r)),
-                    };
-                    match state.egress.send(invoker, request, authorization).await {
-                        Ok(resp) => {
+                    let (invoker, request, left) = prepared.map_err(|r| refuse(&ctx, r))?;
+                    let reserved = left > 0;
+                    match state.egress.fetch(invoker, request, left).await {
+                        Fetched::Sent(resp) => {
                             if resp.hops > 0 {
                                 charge_subrequests(&state, resp.hops)
                                     .map_err(|r| refuse(&ctx, r))?;
                             }
                             response_object(&ctx, resp)
                         }
-                        Err(EgressError::Rejected(msg)) => Err(Exception::throw_type(&ctx, &msg)),
-                        Err(EgressError::SubrequestLimit) => {
+                        Fetched::Answered(resp) => {
+                            if reserved {
+                                refund_subrequest(&state);
+                            }
+                            response_object(&ctx, resp)
+                        }
+                        Fetched::Rejected { message, charged } => {
+                            if reserved && !charged {
+                                refund_subrequest(&state);
+                            }
+                            Err(Exception::throw_type(&ctx, &message))
+                        }
+                        Fetched::SubrequestLimit { redirecting } => {
                             state.budget.trip(ErrorKind::SubrequestLimit);
                             Err(Exception::throw_type(
                                 &ctx,
-                                "subrequest limit exceeded while following redirects",
+                                if redirecting {
+                                    "subrequest limit exceeded while following redirects"
+                                } else {
+                                    SUBREQUESTS_SPENT
+                                },
                             ))
                         }
                     }
@@ -791,15 +801,14 @@ enum FetchRefusal {
     Internal(String),
 }
 
-/// What the isolate-side steps of an outbound request decided.
-enum Prepared {
-    Send(Invoker, EgressRequest, Authorization),
-    Respond(EgressResponse),
-}
+const SUBREQUESTS_SPENT: &str =
+    "subrequest limit exceeded: this invocation may not make more outbound requests";
 
-/// The isolate-side steps of an outbound request, in pipeline order: network disabled, the
-/// egress's own authorization (URL, policy, rate limits), then the subrequest budget. Identity
-/// comes from host state.
+/// The isolate-side steps of an outbound request: network disabled, the request read from JS
+/// (identity from host state), and one subrequest reserved — returned as `left`, the budget
+/// *including* this request (0: spent; the egress still authorizes it, see [`EgressPort`]).
+/// Reserving before the egress runs keeps concurrent `fetch()`es of one invocation within the
+/// budget; a request the egress answers or refuses without sending gets its subrequest back.
 fn prepare_fetch(
     state: &HostState,
     method: String,
@@ -807,7 +816,7 @@ fn prepare_fetch(
     headers: Value<'_>,
     body: Value<'_>,
     redirect: String,
-) -> Result<Prepared, FetchRefusal> {
+) -> Result<(Invoker, EgressRequest, u32), FetchRefusal> {
     if state.outbound.get() == Outbound::Disabled || !state.egress.enabled() {
         return Err(FetchRefusal::TypeError(NETWORK_DISABLED.to_string()));
     }
@@ -824,7 +833,7 @@ fn prepare_fetch(
             .and_then(|b| b.as_bytes().map(<[u8]>::to_vec))
             .unwrap_or_default()
     };
-    let mut request = EgressRequest {
+    let request = EgressRequest {
         method,
         url,
         headers,
@@ -832,19 +841,21 @@ fn prepare_fetch(
         redirect,
         budget: 0,
     };
-    let authorization = match state.egress.authorize(&invoker, &request) {
-        Verdict::Proceed(a) => a,
-        Verdict::Respond(response) => return Ok(Prepared::Respond(response)),
-        Verdict::Reject(message) => return Err(FetchRefusal::TypeError(message)),
-    };
-    request.budget = match charge_subrequests(state, 1) {
-        Ok(remaining) => remaining,
-        Err(refusal) => {
-            state.egress.abandoned(&invoker, &request, &authorization);
-            return Err(refusal);
-        }
-    };
-    Ok(Prepared::Send(invoker, request, authorization))
+    let left = state
+        .with_invocation(|s| {
+            let left = s.limits.subrequests.saturating_sub(s.subrequests);
+            if left > 0 {
+                s.subrequests += 1;
+            }
+            left
+        })
+        .unwrap_or(0);
+    Ok((invoker, request, left))
+}
+
+/// Gives back a subrequest reserved by [`prepare_fetch`] that was not spent.
+fn refund_subrequest(state: &HostState) {
+    state.with_invocation(|s| s.subrequests = s.subrequests.saturating_sub(1));
 }
 
 /// Charges `n` subrequests to the invocation; returns how many remain, or trips the limit.
@@ -857,9 +868,7 @@ fn charge_subrequests(state: &HostState, n: u32) -> Result<u32, FetchRefusal> {
         .flatten();
     remaining.ok_or_else(|| {
         state.budget.trip(ErrorKind::SubrequestLimit);
-        FetchRefusal::TypeError(
-            "subrequest limit exceeded: this invocation may not make more outbound requests".into(),
-        )
+        FetchRefusal::TypeError(SUBREQUESTS_SPENT.into())
     })
 }
 

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::api::{ModuleSource, Outbound};
-use crate::egress::{Authorization, DisabledEgress, EgressResponse, Verdict};
+use crate::egress::{Authorization, DisabledEgress, Egress, EgressError, EgressResponse, Verdict};
 use futures::future::BoxFuture;
 use std::collections::BTreeMap;
 
