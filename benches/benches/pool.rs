@@ -66,6 +66,7 @@ fn bench(c: &mut Criterion) {
     let invoker = Invoker {
         tenant: "bench".into(),
         worker_id: None,
+        invocation: 0,
     };
     group.bench_function("load_hello_cold_isolate", |b| {
         b.iter(|| {
@@ -88,6 +89,7 @@ fn bench(c: &mut Criterion) {
     let get_invoker = Invoker {
         tenant: "bench".into(),
         worker_id: Some("hello".into()),
+        invocation: 0,
     };
     group.bench_function("get_hello_warm", |b| {
         b.iter(|| {

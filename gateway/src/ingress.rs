@@ -742,6 +742,7 @@ impl Ingress {
         Invoker {
             tenant: tenant.name.as_str().to_string(),
             worker_id: worker_id.map(str::to_string),
+            invocation: next_invocation(),
         }
     }
 
@@ -976,6 +977,12 @@ fn absolute_url(u: &str) -> Result<String, ApiError> {
     Err(ApiError::BadRequest(format!(
         "malformed load request: request.url: {u:?} must be a path (\"/p?q\") or an http(s) URL"
     )))
+}
+
+/// A fresh invocation id, unique within this process (never 0).
+fn next_invocation() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]

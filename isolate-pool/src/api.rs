@@ -237,6 +237,11 @@ pub struct Invoker {
     pub tenant: String,
     /// The Worker id for `get()`; `None` for `load()` and `execute`.
     pub worker_id: Option<String>,
+    /// The invocation's id, unique within the gateway process while it runs (0 when the caller
+    /// does not track invocations). Watchdogs and the worker wire use it; the gateway, not the
+    /// Worker or the worker process, decides which tenant an id belongs to.
+    #[serde(default)]
+    pub invocation: u64,
 }
 
 /// One captured `console.*` call.

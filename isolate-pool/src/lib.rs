@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod activity;
 pub mod api;
 pub mod cache;
 pub mod egress;

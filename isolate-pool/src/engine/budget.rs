@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 pub(super) struct Budget {
     account: AccountId,
     active: Cell<bool>,
+    invocation: Cell<u64>,
     cpu_limit: Cell<Duration>,
     cpu_used: Cell<Duration>,
     poll_started: Cell<Option<Duration>>,
@@ -36,6 +37,7 @@ impl Budget {
         Budget {
             account,
             active: Cell::new(false),
+            invocation: Cell::new(0),
             cpu_limit: Cell::new(Duration::ZERO),
             cpu_used: Cell::new(Duration::ZERO),
             poll_started: Cell::new(None),
@@ -50,7 +52,8 @@ impl Budget {
     }
 
     /// Starts accounting for an invocation.
-    pub(super) fn start(&self, limits: Limits, now: Instant) {
+    pub(super) fn start(&self, invocation: u64, limits: Limits, now: Instant) {
+        self.invocation.set(invocation);
         self.account
             .reset(limits.memory_mb.saturating_mul(1024 * 1024));
         self.active.set(true);
@@ -107,12 +110,15 @@ impl Budget {
         if self.poll_started.get().is_some() {
             return false;
         }
-        self.poll_started.set(Some(thread_cpu()));
+        let now = thread_cpu();
+        self.poll_started.set(Some(now));
+        crate::activity::poll_started(self.invocation.get(), self.cpu_used.get(), now);
         true
     }
 
     fn end_poll(&self) {
         if let Some(start) = self.poll_started.take() {
+            crate::activity::poll_ended();
             let spent = thread_cpu().saturating_sub(start);
             self.cpu_used.set(self.cpu_used.get() + spent);
             if self.active.get() && self.cpu_used.get() > self.cpu_limit.get() {

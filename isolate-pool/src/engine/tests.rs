@@ -41,6 +41,7 @@ fn invoker() -> Invoker {
     Invoker {
         tenant: "t".into(),
         worker_id: None,
+        invocation: 1,
     }
 }
 
