@@ -48,6 +48,7 @@ use serde::{Deserialize, Serialize};
 
 pub use egress::{EgressConfig, EgressModeConfig, EgressRuleConfig, RateLimitConfig};
 pub use error::{ConfigError, ValidationError};
+
 pub use secrets::{
     CredentialConfig, Injection, SecretSource, TokenSource, VaultConfig, VaultKind, VaultRef,
     SECRET_PLACEHOLDER,
@@ -186,6 +187,54 @@ pub struct PoolConfig {
     /// Capacity of the bounded request queue of each isolate thread.
     /// Default 1024.
     pub queue_capacity: usize,
+    /// Where isolates run: `process` (default; confined worker processes, the second wall) or
+    /// `thread` (in the gateway process; weaker, for environments without seccomp).
+    pub isolation: Isolation,
+    /// Worker processes tenants are spread over (1..=64; `isolation: process`). Defaults to 2
+    /// or the number of CPU cores, whichever is larger; use [`Config::pool_processes`]. The
+    /// isolate threads and warm isolates are divided among them.
+    pub processes: Option<usize>,
+    /// How long past its `cpu_ms` or `wall_ms` an invocation may keep running (inside a native
+    /// call QuickJS cannot interrupt) before its worker process is killed. Default 100.
+    pub grace_ms: u64,
+    /// Data-segment limit (RLIMIT_DATA) of each worker process, MiB (64..). Default 2048.
+    pub process_memory_mb: u64,
+    /// When a tenant is moved to the quarantine worker process.
+    pub quarantine: QuarantineConfig,
+}
+
+/// Where isolates run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Confined worker processes (seccomp, Landlock, rlimits), supervised by the gateway.
+    #[default]
+    Process,
+    /// Isolate threads inside the gateway process (no second wall).
+    Thread,
+}
+
+/// Cordoning: a tenant whose invocations cost `after_kills` worker processes within
+/// `window_s` runs in a dedicated quarantine worker until `hold_s` pass without another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct QuarantineConfig {
+    /// Worker losses that quarantine a tenant. Default 3.
+    pub after_kills: u64,
+    /// The window the losses are counted in, seconds. Default 60.
+    pub window_s: u64,
+    /// Seconds without a loss before a quarantined tenant returns. Default 300.
+    pub hold_s: u64,
+}
+
+impl Default for QuarantineConfig {
+    fn default() -> Self {
+        Self {
+            after_kills: 3,
+            window_s: 60,
+            hold_s: 300,
+        }
+    }
 }
 
 impl Default for PoolConfig {
@@ -196,6 +245,11 @@ impl Default for PoolConfig {
             max_cached_workers: 1000,
             idle_ttl_s: 300,
             queue_capacity: 1024,
+            isolation: Isolation::Process,
+            processes: None,
+            grace_ms: 100,
+            process_memory_mb: 2048,
+            quarantine: QuarantineConfig::default(),
         }
     }
 }
@@ -410,6 +464,16 @@ impl Config {
     pub fn pool_threads(&self) -> usize {
         self.pool.threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
+
+    /// The number of worker processes: `pool.processes` if set, otherwise 2 or the available
+    /// parallelism, whichever is larger.
+    pub fn pool_processes(&self) -> usize {
+        self.pool.processes.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map_or(2, std::num::NonZeroUsize::get)
+                .max(2)
         })
     }
 

@@ -65,13 +65,23 @@ pub(crate) const BOUNDS: &[Bound] = &[
     bound("PoolConfig", "max_cached_workers", 1, None),
     bound("PoolConfig", "idle_ttl_s", 1, None),
     bound("PoolConfig", "queue_capacity", 1, None),
+    Bound {
+        between: true,
+        ..bound("PoolConfig", "processes", 1, Some(64))
+    },
+    bound("PoolConfig", "grace_ms", 1, None),
+    bound("PoolConfig", "process_memory_mb", 64, None),
+    bound("QuarantineConfig", "after_kills", 1, None),
+    bound("QuarantineConfig", "window_s", 1, None),
+    bound("QuarantineConfig", "hold_s", 1, None),
     bound("LimitsConfig", "cpu_ms", 1, None),
     bound("LimitsConfig", "memory_mb", 1, Some(4096)),
     bound("LimitsConfig", "wall_ms", 1, None),
     bound("LimitsConfig", "subrequests", 0, None),
     bound("LimitsConfig", "max_concurrency", 1, None),
     bound("LimitsConfig", "max_cached_workers", 1, None),
-    bound("LimitsConfig", "max_body_bytes", 1, None),
+    // A body crosses the worker channel whole (isogate_pool::wire::MAX_BODY_BYTES).
+    bound("LimitsConfig", "max_body_bytes", 1, Some(32 << 20)),
     bound("LimitsConfig", "max_queue", 0, None),
     bound("LimitsConfig", "queue_timeout_ms", 1, None),
     bound("RateLimitConfig", "per_second", 1, None),
@@ -242,12 +252,30 @@ fn check_pool(pool: &PoolConfig, errors: &mut Errors) {
     if let Some(threads) = pool.threads {
         errors.bounded("pool.threads", "PoolConfig", "threads", wide(threads));
     }
+    if let Some(processes) = pool.processes {
+        errors.bounded("pool.processes", "PoolConfig", "processes", wide(processes));
+    }
     for (field, value) in [
         ("max_cached_workers", wide(pool.max_cached_workers)),
         ("idle_ttl_s", pool.idle_ttl_s),
         ("queue_capacity", wide(pool.queue_capacity)),
+        ("grace_ms", pool.grace_ms),
+        ("process_memory_mb", pool.process_memory_mb),
     ] {
         errors.bounded(format!("pool.{field}"), "PoolConfig", field, value);
+    }
+    let q = &pool.quarantine;
+    for (field, value) in [
+        ("after_kills", q.after_kills),
+        ("window_s", q.window_s),
+        ("hold_s", q.hold_s),
+    ] {
+        errors.bounded(
+            format!("pool.quarantine.{field}"),
+            "QuarantineConfig",
+            field,
+            value,
+        );
     }
 }
 

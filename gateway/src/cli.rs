@@ -96,6 +96,24 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// The worker process (`isogate __worker`, started by the supervisor with an empty environment
+/// and its channel at fd 3): confines itself, then serves invocations until the channel closes.
+/// It reads no configuration file and no environment variable.
+pub fn worker_main() -> ExitCode {
+    init_logging(LogFormat::Json);
+    let served = isogate_pool::worker::serve(|settings| {
+        let _ = settings;
+        Ok("unconfined".to_string())
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "worker process failed");
+            ExitCode::from(70)
+        }
+    }
+}
+
 /// Runs the CLI.
 ///
 /// Argument errors exit 1 (not clap's default 2), so that `isogate explain`'s exit status 2

@@ -15,4 +15,5 @@ pub mod metrics;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod supervisor;
 pub mod vault;

@@ -38,6 +38,12 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_config_reloads_total",
     "isogate_config_last_reload_success_timestamp_seconds",
     "isogate_build_info",
+    "isogate_worker_processes",
+    "isogate_worker_restarts_total",
+    "isogate_watchdog_kills_total",
+    "isogate_cordoned_tenants",
+    "isogate_worker_round_trip_seconds",
+    "isogate_worker_invocations_in_flight",
 ];
 
 /// Label value for "no rule matched" (report-mode passes, refusals before a rule).
@@ -128,6 +134,22 @@ pub struct Metrics {
     pub config_last_success: Gauge,
     /// `isogate_build_info{version,engine}`, always 1.
     pub build_info: IntGaugeVec,
+    /// `isogate_worker_processes`: worker processes alive now (`pool.isolation: process`).
+    pub worker_processes: IntGauge,
+    /// `isogate_worker_restarts_total{cause}`: worker processes that ended and were replaced,
+    /// by cause (`watchdog_cpu`, `watchdog_wall`, `heartbeat`, `malformed`, `seccomp`, `abort`,
+    /// `crash`, `signal`, `exit`).
+    pub worker_restarts: IntCounterVec,
+    /// `isogate_watchdog_kills_total{limit}` (`cpu`, `wall`, `heartbeat`, `malformed`).
+    pub watchdog_kills: IntCounterVec,
+    /// `isogate_cordoned_tenants`: tenants running in the quarantine worker now.
+    pub cordoned_tenants: IntGauge,
+    /// `isogate_worker_round_trip_seconds`: dispatch to answer of an invocation in a worker
+    /// process (the wire plus the invocation).
+    pub worker_round_trip: Histogram,
+    /// `isogate_worker_invocations_in_flight`: invocations dispatched to worker processes and
+    /// not yet ended (the channels' queue depth).
+    pub worker_in_flight: IntGauge,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -355,8 +377,61 @@ impl Metrics {
                 "Build information; always 1.",
                 &["version", "engine"],
             ),
+            worker_processes: register(
+                &r,
+                IntGauge::new(
+                    "isogate_worker_processes",
+                    "Confined worker processes alive now.",
+                )
+                .expect("valid metric"),
+            ),
+            worker_restarts: counter(
+                &r,
+                "isogate_worker_restarts_total",
+                "Worker processes that ended and were replaced, by cause.",
+                &["cause"],
+            ),
+            watchdog_kills: counter(
+                &r,
+                "isogate_watchdog_kills_total",
+                "Worker processes killed by the watchdog, by the limit overrun.",
+                &["limit"],
+            ),
+            cordoned_tenants: register(
+                &r,
+                IntGauge::new(
+                    "isogate_cordoned_tenants",
+                    "Tenants moved to the quarantine worker process.",
+                )
+                .expect("valid metric"),
+            ),
+            worker_round_trip: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "isogate_worker_round_trip_seconds",
+                        "Dispatch to answer of an invocation in a worker process.",
+                    )
+                    .buckets(latency_buckets()),
+                )
+                .expect("valid metric"),
+            ),
+            worker_in_flight: register(
+                &r,
+                IntGauge::new(
+                    "isogate_worker_invocations_in_flight",
+                    "Invocations dispatched to worker processes and not yet ended.",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
+        for cause in crate::supervisor::RESTART_CAUSES {
+            m.worker_restarts.with_label_values(&[cause]).inc_by(0);
+        }
+        for limit in ["cpu", "wall", "heartbeat", "malformed"] {
+            m.watchdog_kills.with_label_values(&[limit]).inc_by(0);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), isogate_pool::ENGINE])
             .set(1);

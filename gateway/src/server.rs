@@ -8,18 +8,23 @@ use crate::lifecycle::{DrainingShutdown, Reloader};
 use crate::metrics::Metrics;
 use crate::state::{AppState, Snapshot};
 use crate::store::WorkerStore;
+use crate::supervisor::cordon::CordonSettings;
+use crate::supervisor::{Supervisor, SupervisorSettings, Workers};
 use crate::vault::Secrets;
 use anyhow::Context;
 use arc_swap::ArcSwap;
+use isogate_config::Isolation;
 use isogate_config::{Config, Lowered};
 use isogate_policy::SelfListeners;
-use isogate_pool::{Pool, PoolSettings};
+use isogate_pool::wire::{self, WorkerSettings};
+use isogate_pool::{EgressPort, Pool, PoolSettings};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The gateway's own listeners as the SSRF rule sees them: the configured sockets, and for a
 /// wildcard bind (`0.0.0.0`, `[::]`) every address of the host's interfaces.
@@ -97,21 +102,12 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
             inflight.clone(),
         )
     };
-    let threads = config.pool_threads();
-    let pool = Arc::new(
-        Pool::start(
-            PoolSettings {
-                threads,
-                warm_isolates: config.pool.warm_isolates,
-                max_cached_workers: config.pool.max_cached_workers,
-                idle_ttl: config.pool.idle_ttl(),
-                queue_capacity: config.pool.queue_capacity,
-            },
-            Arc::new(egress),
-            metrics.clone(),
-        )
-        .context("starting the isolate pool")?,
-    );
+    let pool = Arc::new(start_workers(
+        &config,
+        Arc::new(egress),
+        metrics.clone(),
+        &egress_runtime,
+    )?);
     metrics.config_reloads.with_label_values(&["ok"]).inc();
     metrics.config_last_success.set(unix_now());
     let mut state = AppState::new(snapshot, pool.clone(), store, metrics);
@@ -138,7 +134,9 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     tracing::info!(
         ingress = %config.listen.ingress,
         admin = %config.listen.admin,
-        pool_threads = threads,
+        pool_threads = config.pool_threads(),
+        isolation = ?config.pool.isolation,
+        worker_processes = if config.pool.isolation == Isolation::Process { config.pool_processes() } else { 0 },
         warm_isolates = config.pool.warm_isolates,
         engine = isogate_pool::ENGINE,
         "isogate starting"
@@ -169,4 +167,69 @@ pub fn unix_now() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
+}
+
+/// Starts the isolate runner `pool.isolation` asks for.
+fn start_workers(
+    config: &Config,
+    egress: Arc<dyn EgressPort>,
+    metrics: Arc<Metrics>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Workers> {
+    let pool = &config.pool;
+    let threads = config.pool_threads();
+    match pool.isolation {
+        Isolation::Thread => {
+            tracing::warn!(
+                "pool.isolation is `thread`: Workers run inside the gateway process, without the second wall"
+            );
+            Ok(Workers::Threads(Arc::new(
+                Pool::start(
+                    PoolSettings {
+                        threads,
+                        warm_isolates: pool.warm_isolates,
+                        max_cached_workers: pool.max_cached_workers,
+                        idle_ttl: pool.idle_ttl(),
+                        queue_capacity: pool.queue_capacity,
+                    },
+                    egress,
+                    metrics,
+                )
+                .context("starting the isolate pool")?,
+            )))
+        }
+        Isolation::Process => {
+            let processes = config.pool_processes();
+            let share = |n: usize| n.div_ceil(processes);
+            let settings = SupervisorSettings {
+                processes,
+                worker: WorkerSettings {
+                    protocol: wire::PROTOCOL,
+                    index: 0,
+                    threads: share(threads).max(1),
+                    warm_isolates: share(pool.warm_isolates),
+                    max_cached_workers: share(pool.max_cached_workers).max(1),
+                    idle_ttl: pool.idle_ttl(),
+                    queue_capacity: pool.queue_capacity,
+                    heartbeat: Duration::from_millis(25),
+                    data_limit_bytes: Some(pool.process_memory_mb.saturating_mul(1 << 20)),
+                    test_probes: std::env::var_os("ISOGATE_TEST_PROBES").is_some_and(|v| v == "1"),
+                },
+                grace: Duration::from_millis(pool.grace_ms),
+                heartbeat_timeout: Duration::from_secs(2),
+                start_timeout: Duration::from_secs(10),
+                cordon: CordonSettings {
+                    kills: usize::try_from(pool.quarantine.after_kills).unwrap_or(usize::MAX),
+                    window: Duration::from_secs(pool.quarantine.window_s),
+                    hold: Duration::from_secs(pool.quarantine.hold_s),
+                },
+            };
+            Ok(Workers::Processes(Supervisor::start(
+                settings,
+                egress,
+                metrics,
+                runtime.handle().clone(),
+            )))
+        }
+    }
 }

@@ -6,10 +6,10 @@ use crate::egress::TenantLimiters;
 use crate::inflight::InflightBudget;
 use crate::metrics::Metrics;
 use crate::store::WorkerStore;
+use crate::supervisor::Workers;
 use crate::vault::Secrets;
 use arc_swap::ArcSwap;
 use isogate_policy::Policy;
-use isogate_pool::Pool;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
@@ -68,8 +68,8 @@ impl Snapshot {
 /// Everything the listeners share.
 pub struct AppState {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    /// The isolate pool.
-    pub pool: Arc<Pool>,
+    /// The isolate runner (worker processes, or in-process threads).
+    pub pool: Arc<Workers>,
     /// Stored WorkerCode.
     pub store: Arc<WorkerStore>,
     /// The metrics catalogue.
@@ -88,7 +88,7 @@ impl AppState {
     /// Builds the state over a snapshot shared with the egress pipeline.
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
-        pool: Arc<Pool>,
+        pool: Arc<Workers>,
         store: Arc<WorkerStore>,
         metrics: Arc<Metrics>,
     ) -> AppState {

@@ -48,7 +48,10 @@ fn read_clock(clock: libc::clockid_t) -> Duration {
     // and readers hold it through the pool, which joins its threads before dropping it) or
     // from CLOCK_THREAD_CPUTIME_ID. A failure leaves zero, which only under-reports.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 impl ThreadActivity {

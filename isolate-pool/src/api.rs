@@ -215,6 +215,7 @@ pub struct HttpRequest {
     /// Header list in order (names lower-case).
     pub headers: Vec<(String, String)>,
     /// Body bytes (empty for none).
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -226,6 +227,7 @@ pub struct HttpResponse {
     /// Header list in order.
     pub headers: Vec<(String, String)>,
     /// Body bytes.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
 }
 
@@ -269,6 +271,9 @@ pub enum ErrorKind {
     WallLimit,
     /// The invocation made more outbound requests than allowed.
     SubrequestLimit,
+    /// The worker process running the invocation died (killed by the watchdog for another
+    /// invocation's overrun, a crash, or a fatal signal); the invocation may be retried.
+    WorkerCrashed,
     /// A fault in isogate itself (never caused by user input).
     Internal,
 }
@@ -283,6 +288,7 @@ impl ErrorKind {
             ErrorKind::MemoryLimit => "memory_limit",
             ErrorKind::WallLimit => "wall_limit",
             ErrorKind::SubrequestLimit => "subrequest_limit",
+            ErrorKind::WorkerCrashed => "worker_crashed",
             ErrorKind::Internal => "internal",
         }
     }

@@ -24,6 +24,7 @@ pub struct EgressRequest {
     /// Headers the Worker set.
     pub headers: Vec<(String, String)>,
     /// Body bytes.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// The `redirect` mode of the request: `follow`, `manual` or `error`.
     pub redirect: String,
@@ -62,6 +63,7 @@ pub struct EgressResponse {
     /// Response headers.
     pub headers: Vec<(String, String)>,
     /// Body bytes.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
     /// Redirect hops followed (each is one more subrequest).
     pub hops: u32,

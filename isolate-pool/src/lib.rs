@@ -13,6 +13,8 @@ pub mod egress;
 mod engine;
 pub mod observe;
 pub mod pool;
+pub mod wire;
+pub mod worker;
 
 pub use api::{
     CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker,

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 /// Why an isolate was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum StartKind {
     /// For a `load()` or `execute` that found no warm isolate.
     Load,
@@ -26,7 +26,7 @@ impl StartKind {
 }
 
 /// A worker-cache event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum CacheEvent {
     /// `get()` found the Worker cached with the same code.
     Hit,

@@ -5,6 +5,7 @@
 //! `execute` go to the next thread round-robin and take one of its warm isolates; `get()` goes to
 //! the thread that holds the Worker (decided by the shared [`CacheIndex`]).
 
+use crate::activity::{Running, ThreadActivity};
 use crate::api::{
     CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker, Limits,
     LogEntry, SealedCode, WorkerCode, WorkerError,
@@ -38,7 +39,7 @@ pub struct PoolSettings {
 }
 
 /// Why the pool could not take a job.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum PoolError {
     /// The chosen thread's queue is full.
     #[error("the isolate pool is overloaded; retry shortly")]
@@ -124,6 +125,7 @@ struct Shared {
     warm_target: usize,
     ready: AtomicBool,
     idle_ttl: Duration,
+    activity: Mutex<Vec<Arc<ThreadActivity>>>,
 }
 
 impl Shared {
@@ -172,6 +174,7 @@ impl Pool {
             warm_target: settings.warm_isolates,
             ready: AtomicBool::new(settings.warm_isolates == 0),
             idle_ttl: settings.idle_ttl,
+            activity: Mutex::new(Vec::new()),
         });
         let per_thread = settings.warm_isolates.div_ceil(threads);
         let mut senders = Vec::with_capacity(threads);
@@ -205,6 +208,17 @@ impl Pool {
     /// Whether the warm pool has reached its target once (readiness).
     pub fn is_ready(&self) -> bool {
         self.shared.ready.load(Ordering::Relaxed)
+    }
+
+    /// The invocations the isolate threads are polling right now, with their CPU time so far
+    /// (including a native call in progress that the engine cannot interrupt).
+    pub fn running(&self) -> Vec<Running> {
+        let threads = self
+            .shared
+            .activity
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        threads.iter().filter_map(|a| a.running()).collect()
     }
 
     /// Code-free isolates ready now.
@@ -548,6 +562,11 @@ fn thread_main(
             return;
         }
     };
+    shared
+        .activity
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(ThreadActivity::register());
     let local = tokio::task::LocalSet::new();
     let state = Rc::new(ThreadState {
         index,

@@ -191,7 +191,9 @@ impl Isolate {
     }
 
     fn begin(&self, invoker: Invoker, limits: Limits) {
-        self.state.budget.start(invoker.invocation, limits, Instant::now());
+        self.state
+            .budget
+            .start(invoker.invocation, limits, Instant::now());
         *self.state.invocation.borrow_mut() = Some(InvocationState {
             invoker,
             limits,

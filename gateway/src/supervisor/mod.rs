@@ -1,0 +1,555 @@
+//! The second wall: Workers run in confined worker processes, and this supervisor runs them.
+//!
+//! The gateway process keeps everything that matters (policy, credentials, vaults, sockets);
+//! each worker process (`isogate __worker`, see `isogate_pool::worker`) holds only isolates,
+//! confined by seccomp, Landlock, rlimits and `no_new_privs`, and talks to the gateway over one
+//! inherited socket pair ([`isogate_pool::wire`]). The supervisor:
+//!
+//! - **spawns** `processes` workers (plus a quarantine worker on demand) with an empty
+//!   environment, restarts a dead one with backoff, and answers the invocations that were in
+//!   flight on it with `worker_crashed` (the overrunning one with its limit);
+//! - **routes** each tenant to a worker by a stable hash, so a crash affects a bounded set of
+//!   tenants (cordons); a tenant whose invocations kill workers repeatedly is moved to the
+//!   quarantine worker until it has been calm for a while ([`cordon`]);
+//! - runs each worker's **egress** calls through the gateway's pipeline, under the tenant the
+//!   gateway dispatched that invocation for (never one the worker names);
+//! - is the **watchdog**: an invocation still running `grace` past its `cpu_ms` (from the
+//!   worker's heartbeats, which read the isolate thread's CPU clock even inside one native
+//!   call) or past its `wall_ms` gets its worker SIGKILLed; a worker whose heartbeats stop is
+//!   killed too.
+
+pub mod cordon;
+mod process;
+
+use crate::metrics::Metrics;
+use cordon::Cordon;
+use isogate_pool::wire::{Answer, ToWorker, WorkerSettings};
+use isogate_pool::{
+    EgressPort, HttpRequest, HttpResponse, Invocation, Invoker, Limits, Pool, PoolError,
+    SealedCode, WorkerCode,
+};
+use process::{Pending, Process, Reply};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+
+pub use isogate_pool::Hold;
+
+/// Every `cause` label of `isogate_worker_restarts_total`.
+pub const RESTART_CAUSES: &[&str] = process::ExitCause::LABELS;
+
+/// Supervisor settings (from the `pool:` section).
+#[derive(Debug, Clone)]
+pub struct SupervisorSettings {
+    /// Worker processes tenants are spread over (the quarantine worker comes on top).
+    pub processes: usize,
+    /// Per-process settings; `index` is filled in per worker.
+    pub worker: WorkerSettings,
+    /// How long past its `cpu_ms`/`wall_ms` an invocation may run before its worker is killed.
+    pub grace: Duration,
+    /// A worker whose last heartbeat is older than this is killed as hung.
+    pub heartbeat_timeout: Duration,
+    /// How long a request waits for its worker to be (re)started.
+    pub start_timeout: Duration,
+    /// The cordoning policy.
+    pub cordon: cordon::CordonSettings,
+}
+
+/// The isolate runner the gateway uses: in-process threads (weaker, `pool.isolation: thread`)
+/// or confined worker processes (the default).
+pub enum Workers {
+    /// `pool.isolation: thread`.
+    Threads(Arc<Pool>),
+    /// `pool.isolation: process`.
+    Processes(Arc<Supervisor>),
+}
+
+impl Workers {
+    /// `load()`.
+    pub async fn load(
+        &self,
+        invoker: Invoker,
+        code: Arc<WorkerCode>,
+        request: HttpRequest,
+        limits: Limits,
+        hold: Hold,
+    ) -> Result<Invocation<HttpResponse>, PoolError> {
+        match self {
+            Workers::Threads(p) => p.load(invoker, code, request, limits, hold).await,
+            Workers::Processes(s) => s.load(invoker, code, request, limits, hold).await,
+        }
+    }
+
+    /// `get(id)`.
+    pub async fn get(
+        &self,
+        invoker: Invoker,
+        code: SealedCode,
+        request: HttpRequest,
+        limits: Limits,
+        tenant_cap: usize,
+        hold: Hold,
+    ) -> Result<Invocation<HttpResponse>, PoolError> {
+        match self {
+            Workers::Threads(p) => {
+                p.get(invoker, code, request, limits, tenant_cap, hold)
+                    .await
+            }
+            Workers::Processes(s) => {
+                s.get(invoker, code, request, limits, tenant_cap, hold)
+                    .await
+            }
+        }
+    }
+
+    /// Code Mode.
+    pub async fn execute(
+        &self,
+        invoker: Invoker,
+        source: String,
+        env: serde_json::Value,
+        limits: Limits,
+        hold: Hold,
+    ) -> Result<Invocation<serde_json::Value>, PoolError> {
+        match self {
+            Workers::Threads(p) => p.execute(invoker, source, env, limits, hold).await,
+            Workers::Processes(s) => s.execute(invoker, source, env, limits, hold).await,
+        }
+    }
+
+    /// Drops a cached Worker; whether one was known to be cached.
+    pub fn evict(&self, tenant: &str, id: &str) -> bool {
+        match self {
+            Workers::Threads(p) => p.evict(tenant, id),
+            Workers::Processes(s) => s.evict(tenant, Some(id)),
+        }
+    }
+
+    /// Drops all of a tenant's cached Workers.
+    pub fn evict_tenant(&self, tenant: &str) -> usize {
+        match self {
+            Workers::Threads(p) => p.evict_tenant(tenant),
+            Workers::Processes(s) => usize::from(s.evict(tenant, None)),
+        }
+    }
+
+    /// Ids of the tenant's Workers that are warm (cached) now.
+    pub fn cached_ids(&self, tenant: &str) -> Vec<String> {
+        match self {
+            Workers::Threads(p) => p.cached_ids(tenant),
+            Workers::Processes(s) => s.cached_ids(tenant),
+        }
+    }
+
+    /// Warm isolates ready (across processes).
+    pub fn warm_isolates(&self) -> usize {
+        match self {
+            Workers::Threads(p) => p.warm_isolates(),
+            Workers::Processes(s) => s.warm_isolates(),
+        }
+    }
+
+    /// Ready to serve: warm pool filled (and, with processes, every worker up).
+    pub fn is_ready(&self) -> bool {
+        match self {
+            Workers::Threads(p) => p.is_ready(),
+            Workers::Processes(s) => s.is_ready(),
+        }
+    }
+}
+
+/// One worker position: the current process (if alive) and its restart history.
+struct Slot {
+    index: usize,
+    current: watch::Sender<Option<Arc<Process>>>,
+}
+
+/// The supervisor of the worker processes.
+pub struct Supervisor {
+    settings: SupervisorSettings,
+    slots: Vec<Slot>,
+    egress: Arc<dyn EgressPort>,
+    metrics: Arc<Metrics>,
+    cordon: Mutex<Cordon>,
+    next_id: AtomicU64,
+    runtime: tokio::runtime::Handle,
+    quarantine_running: AtomicBool,
+    me: Weak<Supervisor>,
+}
+
+impl Supervisor {
+    /// Starts the workers (asynchronously) and the watchdog on `runtime`.
+    pub fn start(
+        settings: SupervisorSettings,
+        egress: Arc<dyn EgressPort>,
+        metrics: Arc<Metrics>,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Supervisor> {
+        let count = settings.processes.max(1) + 1; // + the quarantine worker
+        let slots = (0..count)
+            .map(|index| Slot {
+                index,
+                current: watch::channel(None).0,
+            })
+            .collect();
+        let sup = Arc::new_cyclic(|me| Supervisor {
+            cordon: Mutex::new(Cordon::new(settings.cordon.clone())),
+            settings,
+            slots,
+            egress,
+            metrics,
+            next_id: AtomicU64::new(1),
+            runtime: runtime.clone(),
+            quarantine_running: AtomicBool::new(false),
+            me: me.clone(),
+        });
+        sup.metrics.worker_processes.set(0);
+        for index in 0..sup.settings.processes.max(1) {
+            runtime.spawn(sup.clone().keep_alive(index));
+        }
+        runtime.spawn(sup.clone().watchdog());
+        sup
+    }
+
+    fn quarantine_slot(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// Spawns, watches and restarts the worker in slot `index`, forever.
+    async fn keep_alive(self: Arc<Self>, index: usize) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let started = Instant::now();
+            let mut worker = self.settings.worker.clone();
+            worker.index = index;
+            match Process::spawn(worker, self.egress.clone(), self.metrics.clone()) {
+                Ok((process, exited)) => {
+                    self.metrics.worker_processes.inc();
+                    self.slots[index]
+                        .current
+                        .send_replace(Some(process.clone()));
+                    let cause = exited.await.unwrap_or(process::ExitCause::Crashed);
+                    self.slots[index].current.send_replace(None);
+                    self.metrics.worker_processes.dec();
+                    self.metrics
+                        .worker_restarts
+                        .with_label_values(&[cause.as_str()])
+                        .inc();
+                    let blamed = process.fail_all(&cause);
+                    let tenants = self
+                        .cordon
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .worker_lost(&blamed, Instant::now());
+                    for t in tenants {
+                        tracing::warn!(
+                            tenant = %t,
+                            worker = index,
+                            "cordon: tenant moved to the quarantine worker after repeated worker kills"
+                        );
+                    }
+                    self.report_cordon();
+                    tracing::warn!(
+                        worker = index,
+                        pid = process.pid,
+                        cause = cause.as_str(),
+                        detail = %cause,
+                        "worker process ended; restarting"
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(worker = index, error = %e, "cannot start a worker process");
+                }
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(50);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            if index == self.quarantine_slot() && !self.quarantine_needed() {
+                self.quarantine_running.store(false, Ordering::SeqCst);
+                return;
+            }
+        }
+    }
+
+    fn quarantine_needed(&self) -> bool {
+        self.cordon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .any_quarantined(Instant::now())
+    }
+
+    fn report_cordon(&self) {
+        let n = self
+            .cordon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .quarantined_count(Instant::now());
+        self.metrics.cordoned_tenants.set(n as i64);
+    }
+
+    /// The slot `tenant` runs in: its quarantine, or its stable home.
+    fn slot_for(&self, tenant: &str) -> usize {
+        let quarantined = self
+            .cordon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_quarantined(tenant, Instant::now());
+        if quarantined {
+            let q = self.quarantine_slot();
+            if !self.quarantine_running.swap(true, Ordering::SeqCst) {
+                if let Some(me) = self.me.upgrade() {
+                    self.runtime.spawn(me.keep_alive(q));
+                }
+            }
+            return q;
+        }
+        cordon::home(tenant, self.settings.processes.max(1))
+    }
+
+    /// Waits (bounded) for the worker in `slot` to be running.
+    async fn process(&self, slot: usize) -> Result<Arc<Process>, PoolError> {
+        let mut rx = self.slots[slot].current.subscribe();
+        let wait = async {
+            rx.wait_for(|p| p.as_ref().is_some_and(|p| p.is_alive()))
+                .await
+                .ok()
+                .and_then(|p| p.clone())
+        };
+        tokio::time::timeout(self.settings.start_timeout, wait)
+            .await
+            .ok()
+            .flatten()
+            .ok_or(PoolError::Unavailable)
+    }
+
+    async fn call(
+        &self,
+        tenant: &str,
+        make: impl FnOnce(u64) -> ToWorker,
+        invoker: &Invoker,
+        limits: Limits,
+        reply: Reply,
+        hold: Hold,
+        resend: Option<ToWorker>,
+    ) -> Result<(), PoolError> {
+        let process = self.process(self.slot_for(tenant)).await?;
+        let id = invoker.invocation;
+        let pending = Pending::new(invoker.clone(), limits, reply, hold, resend);
+        process.dispatch(id, pending, make(id))
+    }
+
+    fn fresh(&self, mut invoker: Invoker) -> Invoker {
+        invoker.invocation = self.next_id.fetch_add(1, Ordering::Relaxed);
+        invoker
+    }
+
+    /// `load()` in a worker process.
+    pub async fn load(
+        &self,
+        invoker: Invoker,
+        code: Arc<WorkerCode>,
+        request: HttpRequest,
+        limits: Limits,
+        hold: Hold,
+    ) -> Result<Invocation<HttpResponse>, PoolError> {
+        let invoker = self.fresh(invoker);
+        let (tx, rx) = oneshot::channel();
+        let message = |id| ToWorker::Load {
+            id,
+            invoker: invoker.clone(),
+            code,
+            request,
+            limits,
+        };
+        self.call(
+            &invoker.tenant.clone(),
+            message,
+            &invoker,
+            limits,
+            Reply::Http(tx),
+            hold,
+            None,
+        )
+        .await?;
+        http_answer(rx.await)
+    }
+
+    /// `get()` in a worker process; the code crosses the wire only when the worker lacks it.
+    pub async fn get(
+        &self,
+        invoker: Invoker,
+        code: SealedCode,
+        request: HttpRequest,
+        limits: Limits,
+        tenant_cap: usize,
+        hold: Hold,
+    ) -> Result<Invocation<HttpResponse>, PoolError> {
+        let invoker = self.fresh(invoker);
+        let (tx, rx) = oneshot::channel();
+        let id = invoker.invocation;
+        let with_code = ToWorker::Get {
+            id,
+            invoker: invoker.clone(),
+            digest: code.digest(),
+            code: Some(code.code().clone()),
+            request: request.clone(),
+            limits,
+            tenant_cap,
+        };
+        let message = |id| ToWorker::Get {
+            id,
+            invoker: invoker.clone(),
+            digest: code.digest(),
+            code: None,
+            request,
+            limits,
+            tenant_cap,
+        };
+        self.call(
+            &invoker.tenant.clone(),
+            message,
+            &invoker,
+            limits,
+            Reply::Http(tx),
+            hold,
+            Some(with_code),
+        )
+        .await?;
+        http_answer(rx.await)
+    }
+
+    /// Code Mode in a worker process.
+    pub async fn execute(
+        &self,
+        invoker: Invoker,
+        source: String,
+        env: serde_json::Value,
+        limits: Limits,
+        hold: Hold,
+    ) -> Result<Invocation<serde_json::Value>, PoolError> {
+        let invoker = self.fresh(invoker);
+        let (tx, rx) = oneshot::channel();
+        let message = |id| ToWorker::Execute {
+            id,
+            invoker: invoker.clone(),
+            source,
+            env,
+            limits,
+        };
+        self.call(
+            &invoker.tenant.clone(),
+            message,
+            &invoker,
+            limits,
+            Reply::Json(tx),
+            hold,
+            None,
+        )
+        .await?;
+        match rx.await {
+            Ok(Ok(Answer::Json(inv))) => Ok(inv),
+            Ok(Ok(Answer::Http(_))) | Err(_) => Err(PoolError::Unavailable),
+            Ok(Err(e)) => Err(e),
+        }
+    }
+
+    /// Evicts one or all of a tenant's cached Workers in the worker that holds them.
+    pub fn evict(&self, tenant: &str, worker_id: Option<&str>) -> bool {
+        let mut any = false;
+        for slot in &self.slots {
+            if let Some(p) = slot.current.borrow().as_ref() {
+                any |= p.evict(tenant, worker_id);
+            }
+        }
+        any
+    }
+
+    /// Ids of `tenant`'s Workers that the workers hold warm.
+    pub fn cached_ids(&self, tenant: &str) -> Vec<String> {
+        let mut ids: Vec<String> = Vec::new();
+        for slot in &self.slots {
+            if let Some(p) = slot.current.borrow().as_ref() {
+                ids.extend(p.cached_ids(tenant));
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        ids
+    }
+
+    /// Warm isolates across the workers (from their heartbeats).
+    pub fn warm_isolates(&self) -> usize {
+        self.slots
+            .iter()
+            .filter_map(|s| s.current.borrow().as_ref().map(|p| p.warm()))
+            .sum()
+    }
+
+    /// Every regular worker is up, confined and has filled its warm pool once.
+    pub fn is_ready(&self) -> bool {
+        self.slots[..self.settings.processes.max(1)]
+            .iter()
+            .all(|s| {
+                s.current
+                    .borrow()
+                    .as_ref()
+                    .is_some_and(|p| p.is_alive() && p.is_ready())
+            })
+    }
+
+    /// Test-only: sends a confinement probe to the worker that runs `tenant`.
+    pub async fn probe(
+        &self,
+        tenant: &str,
+        probe: isogate_pool::wire::Probe,
+    ) -> Result<u32, PoolError> {
+        let process = self.process(self.slot_for(tenant)).await?;
+        process.send(ToWorker::Probe(probe))?;
+        Ok(process.pid)
+    }
+
+    /// The watchdog: kills workers whose invocations overran their limits by `grace`, or whose
+    /// heartbeats stopped.
+    async fn watchdog(self: Arc<Self>) {
+        let period = (self.settings.worker.heartbeat / 2).max(Duration::from_millis(5));
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let now = Instant::now();
+            for slot in &self.slots {
+                let current = slot.current.borrow().clone();
+                if let Some(p) = current {
+                    if let Some(kill) =
+                        p.overrun(now, self.settings.grace, self.settings.heartbeat_timeout)
+                    {
+                        self.metrics
+                            .watchdog_kills
+                            .with_label_values(&[kill.label()])
+                            .inc();
+                        tracing::warn!(
+                            worker = slot.index,
+                            pid = p.pid,
+                            reason = kill.label(),
+                            "watchdog: killing worker process"
+                        );
+                        p.kill(kill);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn http_answer(
+    answer: Result<Result<Answer, PoolError>, oneshot::error::RecvError>,
+) -> Result<Invocation<HttpResponse>, PoolError> {
+    match answer {
+        Ok(Ok(Answer::Http(inv))) => Ok(inv),
+        Ok(Ok(Answer::Json(_))) | Err(_) => Err(PoolError::Unavailable),
+        Ok(Err(e)) => Err(e),
+    }
+}

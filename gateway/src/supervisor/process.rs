@@ -1,0 +1,589 @@
+//! One worker process as the gateway sees it: the child, its channel, the invocations in flight
+//! on it, and what its heartbeats said.
+
+use crate::metrics::Metrics;
+use futures::{SinkExt, StreamExt};
+use isogate_pool::wire::{self, Answer, Event, FromWorker, ToWorker, WorkerSettings};
+use isogate_pool::{
+    EgressPort, ErrorKind, Hold, Invocation, InvocationStats, Invoker, Limits, PoolError,
+    PoolObserver, WorkerError,
+};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::codec::Framed;
+
+/// Where an invocation's answer goes.
+pub(super) enum Reply {
+    Http(oneshot::Sender<Result<Answer, PoolError>>),
+    Json(oneshot::Sender<Result<Answer, PoolError>>),
+}
+
+impl Reply {
+    fn send(self, answer: Result<Answer, PoolError>) {
+        let _ = match self {
+            Reply::Http(tx) | Reply::Json(tx) => tx.send(answer),
+        };
+    }
+
+    fn fail(self, error: WorkerError) {
+        fn failed<T>(e: WorkerError) -> Invocation<T> {
+            Invocation {
+                outcome: Err(e),
+                logs: Vec::new(),
+                stats: InvocationStats::default(),
+            }
+        }
+        match self {
+            Reply::Http(tx) => {
+                let _ = tx.send(Ok(Answer::Http(failed(error))));
+            }
+            Reply::Json(tx) => {
+                let _ = tx.send(Ok(Answer::Json(failed(error))));
+            }
+        }
+    }
+}
+
+/// An invocation dispatched to this worker, until its work has ended.
+pub(super) struct Pending {
+    invoker: Invoker,
+    limits: Limits,
+    reply: Option<Reply>,
+    hold: Option<Hold>,
+    resend: Option<ToWorker>,
+    dispatched: Instant,
+    done: bool,
+}
+
+impl Pending {
+    pub(super) fn new(
+        invoker: Invoker,
+        limits: Limits,
+        reply: Reply,
+        hold: Hold,
+        resend: Option<ToWorker>,
+    ) -> Pending {
+        Pending {
+            invoker,
+            limits,
+            reply: Some(reply),
+            hold: Some(hold),
+            resend,
+            dispatched: Instant::now(),
+            done: false,
+        }
+    }
+}
+
+/// Why the watchdog kills a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kill {
+    /// Invocation `id` overran its CPU budget.
+    Cpu(u64),
+    /// Invocation `id` overran its wall-clock budget.
+    Wall(u64),
+    /// No heartbeat for too long.
+    Hung,
+    /// The worker sent something that is not a message of the protocol.
+    Malformed,
+}
+
+impl Kill {
+    pub(super) fn label(self) -> &'static str {
+        match self {
+            Kill::Cpu(_) => "cpu",
+            Kill::Wall(_) => "wall",
+            Kill::Hung => "heartbeat",
+            Kill::Malformed => "malformed",
+        }
+    }
+}
+
+/// How a worker process ended (the `cause` label of restarts).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ExitCause {
+    /// Killed by the watchdog.
+    Killed(Kill),
+    /// Died of a signal (SIGSYS: a syscall its filter forbids; SIGABRT: an allocation failure
+    /// or abort; SIGSEGV: a crash; SIGKILL from outside, e.g. the OOM killer).
+    Signal(i32),
+    /// Exited by itself (status).
+    Exited(i32),
+    /// Its channel failed and the process could not be waited for.
+    Crashed,
+}
+
+impl ExitCause {
+    pub(super) fn as_str(&self) -> &'static str {
+        match self {
+            ExitCause::Killed(Kill::Cpu(_)) => "watchdog_cpu",
+            ExitCause::Killed(Kill::Wall(_)) => "watchdog_wall",
+            ExitCause::Killed(Kill::Hung) => "heartbeat",
+            ExitCause::Killed(Kill::Malformed) => "malformed",
+            ExitCause::Signal(libc::SIGSYS) => "seccomp",
+            ExitCause::Signal(libc::SIGABRT) => "abort",
+            ExitCause::Signal(libc::SIGSEGV) | ExitCause::Signal(libc::SIGBUS) => "crash",
+            ExitCause::Signal(_) => "signal",
+            ExitCause::Exited(_) | ExitCause::Crashed => "exit",
+        }
+    }
+
+    /// Every label value (restarts are initialised to 0 for each).
+    pub(super) const LABELS: &'static [&'static str] = &[
+        "watchdog_cpu",
+        "watchdog_wall",
+        "heartbeat",
+        "malformed",
+        "seccomp",
+        "abort",
+        "crash",
+        "signal",
+        "exit",
+    ];
+}
+
+impl std::fmt::Display for ExitCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExitCause::Killed(k) => write!(f, "killed by the watchdog ({})", k.label()),
+            ExitCause::Signal(s) => write!(f, "died of signal {s}"),
+            ExitCause::Exited(c) => write!(f, "exited with status {c}"),
+            ExitCause::Crashed => write!(f, "channel failed"),
+        }
+    }
+}
+
+struct Beat {
+    at: Instant,
+    cpu: HashMap<u64, Duration>,
+}
+
+/// A running worker process.
+pub(super) struct Process {
+    pub(super) pid: u32,
+    index: usize,
+    out: mpsc::UnboundedSender<ToWorker>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    beat: Mutex<Beat>,
+    warm: AtomicUsize,
+    ready: AtomicBool,
+    alive: AtomicBool,
+    killed: Mutex<Option<Kill>>,
+    /// (tenant, id) of Workers this process ran with `get()` and may hold warm.
+    cached: Mutex<HashSet<(String, String)>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Process {
+    /// Spawns `isogate __worker` with an empty environment and one end of a socket pair at
+    /// [`wire::CHANNEL_FD`]; returns the process and a future that resolves when it has ended.
+    pub(super) fn spawn(
+        settings: WorkerSettings,
+        egress: Arc<dyn EgressPort>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<(Arc<Process>, oneshot::Receiver<ExitCause>)> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let exe = std::env::current_exe()?;
+        let mut cmd = tokio::process::Command::new(exe);
+        cmd.arg("__worker")
+            .env_clear()
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true);
+        let fd = theirs.as_raw_fd();
+        // SAFETY: the closure runs in the child between fork and exec and only makes
+        // async-signal-safe syscalls (dup2, fcntl, close_range) on descriptor numbers.
+        unsafe {
+            cmd.pre_exec(move || {
+                if fd == wire::CHANNEL_FD {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(fd, wire::CHANNEL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Nothing but stdio and the channel crosses into the worker.
+                libc::syscall(
+                    libc::SYS_close_range,
+                    (wire::CHANNEL_FD + 1) as libc::c_uint,
+                    libc::c_uint::MAX,
+                    0 as libc::c_uint,
+                );
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn()?;
+        drop(theirs);
+        let pid = child.id().unwrap_or(0);
+        ours.set_nonblocking(true)?;
+        let stream = tokio::net::UnixStream::from_std(ours)?;
+        let (mut sink, mut frames) = Framed::new(stream, wire::codec()).split();
+        let (out, mut outbox) = mpsc::unbounded_channel::<ToWorker>();
+        let index = settings.index;
+        let process = Arc::new(Process {
+            pid,
+            index,
+            out,
+            pending: Mutex::new(HashMap::new()),
+            beat: Mutex::new(Beat {
+                at: Instant::now(),
+                cpu: HashMap::new(),
+            }),
+            warm: AtomicUsize::new(0),
+            ready: AtomicBool::new(false),
+            alive: AtomicBool::new(true),
+            killed: Mutex::new(None),
+            cached: Mutex::new(HashSet::new()),
+            metrics: metrics.clone(),
+        });
+        process.send(ToWorker::Hello(settings)).ok();
+
+        // Writer: encode and send frames in order.
+        let writer_proc = Arc::downgrade(&process);
+        tokio::spawn(async move {
+            while let Some(message) = outbox.recv().await {
+                match wire::encode(&message) {
+                    Ok(frame) => {
+                        if sink.send(frame).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "supervisor: cannot encode a message for a worker");
+                        if let Some(p) = writer_proc.upgrade() {
+                            p.fail_unsendable(&message);
+                        }
+                    }
+                }
+            }
+        });
+
+        // Reader: every frame from the worker; anything malformed kills it.
+        let reader_proc = process.clone();
+        let reader = tokio::spawn(async move {
+            while let Some(frame) = frames.next().await {
+                let message = match frame
+                    .map_err(|e| e.to_string())
+                    .and_then(|f| wire::decode::<FromWorker>(&f).map_err(|e| e.to_string()))
+                {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::error!(worker = index, error = %e, "supervisor: malformed message from a worker");
+                        reader_proc.kill(Kill::Malformed);
+                        return;
+                    }
+                };
+                reader_proc.receive(message, &egress, &metrics);
+            }
+        });
+
+        // Waiter: the exit status, then the cause.
+        let (exited_tx, exited_rx) = oneshot::channel();
+        let waiter_proc = process.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            waiter_proc.alive.store(false, Ordering::SeqCst);
+            reader.abort();
+            let killed = *waiter_proc.killed.lock().unwrap_or_else(|p| p.into_inner());
+            let cause = match (killed, status) {
+                (Some(k), _) => ExitCause::Killed(k),
+                (None, Ok(s)) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    match (s.signal(), s.code()) {
+                        (Some(sig), _) => ExitCause::Signal(sig),
+                        (None, Some(code)) => ExitCause::Exited(code),
+                        _ => ExitCause::Crashed,
+                    }
+                }
+                (None, Err(_)) => ExitCause::Crashed,
+            };
+            let _ = exited_tx.send(cause);
+        });
+        Ok((process, exited_rx))
+    }
+
+    fn pending(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn warm(&self) -> usize {
+        self.warm.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn send(&self, message: ToWorker) -> Result<(), PoolError> {
+        if !self.is_alive() {
+            return Err(PoolError::Unavailable);
+        }
+        self.out.send(message).map_err(|_| PoolError::Unavailable)
+    }
+
+    /// Records `pending` under `id` and sends `message`.
+    pub(super) fn dispatch(
+        &self,
+        id: u64,
+        pending: Pending,
+        message: ToWorker,
+    ) -> Result<(), PoolError> {
+        if let ToWorker::Get { invoker, .. } = &message {
+            self.cached
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert((
+                    invoker.tenant.clone(),
+                    invoker.worker_id.clone().unwrap_or_default(),
+                ));
+        }
+        self.pending().insert(id, pending);
+        self.metrics.worker_in_flight.inc();
+        if let Err(e) = self.send(message) {
+            if self.pending().remove(&id).is_some() {
+                self.metrics.worker_in_flight.dec();
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    pub(super) fn evict(&self, tenant: &str, worker_id: Option<&str>) -> bool {
+        let known = {
+            let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
+            let before = cached.len();
+            cached.retain(|(t, i)| !(t == tenant && worker_id.is_none_or(|w| w == i)));
+            before != cached.len()
+        };
+        let _ = self.send(ToWorker::Evict {
+            tenant: tenant.to_string(),
+            worker_id: worker_id.map(str::to_string),
+        });
+        known
+    }
+
+    pub(super) fn cached_ids(&self, tenant: &str) -> Vec<String> {
+        self.cached
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(t, _)| t == tenant)
+            .map(|(_, i)| i.clone())
+            .collect()
+    }
+
+    fn receive(
+        self: &Arc<Self>,
+        message: FromWorker,
+        egress: &Arc<dyn EgressPort>,
+        metrics: &Arc<Metrics>,
+    ) {
+        match message {
+            FromWorker::Ready { confinement } => {
+                tracing::info!(worker = self.index, pid = self.pid, confinement = %confinement, "worker process ready");
+            }
+            FromWorker::Done { id, answer } => {
+                let mut pending = self.pending();
+                let Some(p) = pending.get_mut(&id) else {
+                    return;
+                };
+                p.done = true;
+                metrics
+                    .worker_round_trip
+                    .observe(p.dispatched.elapsed().as_secs_f64());
+                if let Some(reply) = p.reply.take() {
+                    reply.send(answer);
+                }
+                if p.hold.is_none() {
+                    pending.remove(&id);
+                    metrics.worker_in_flight.dec();
+                }
+            }
+            FromWorker::Released { id } => {
+                let mut pending = self.pending();
+                if let Some(p) = pending.get_mut(&id) {
+                    drop(p.hold.take());
+                    if p.done {
+                        pending.remove(&id);
+                        metrics.worker_in_flight.dec();
+                    }
+                }
+            }
+            FromWorker::NeedCode { id } => {
+                let resend = self.pending().get_mut(&id).and_then(|p| p.resend.take());
+                match resend {
+                    Some(m) => {
+                        let _ = self.send(m);
+                    }
+                    None => self.kill(Kill::Malformed),
+                }
+            }
+            FromWorker::Egress {
+                call,
+                invocation,
+                request,
+                left,
+            } => {
+                // The tenant is the one this gateway dispatched the invocation for; a worker
+                // cannot name another.
+                let invoker = self.pending().get(&invocation).map(|p| p.invoker.clone());
+                let this = self.clone();
+                let egress = egress.clone();
+                tokio::spawn(async move {
+                    let fetched = match invoker {
+                        Some(invoker) => egress.fetch(invoker, request, left).await,
+                        None => isogate_pool::Fetched::Rejected {
+                            message: "fetch(): the invocation has ended".into(),
+                            charged: false,
+                        },
+                    };
+                    let _ = this.send(ToWorker::Fetched { call, fetched });
+                });
+            }
+            FromWorker::Event(event) => match event {
+                Event::IsolateStarted(kind, took) => metrics.isolate_started(kind, took),
+                Event::IsolateTaken(kind) => metrics.isolate_taken(kind),
+                Event::Cache(tenant, e) => metrics.cache_event(&tenant, e),
+                Event::CachedWorkers(tenant, n) => metrics.cached_workers(&tenant, n),
+            },
+            FromWorker::Heartbeat {
+                running,
+                warm,
+                ready,
+            } => {
+                self.warm.store(warm, Ordering::Relaxed);
+                self.ready.store(ready, Ordering::SeqCst);
+                let mut beat = self.beat.lock().unwrap_or_else(|p| p.into_inner());
+                beat.at = Instant::now();
+                beat.cpu = running.into_iter().collect();
+            }
+        }
+    }
+
+    /// Whether an invocation overran its limits by `grace`, or the heartbeats stopped.
+    pub(super) fn overrun(
+        &self,
+        now: Instant,
+        grace: Duration,
+        heartbeat_timeout: Duration,
+    ) -> Option<Kill> {
+        if !self.is_alive()
+            || self
+                .killed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .is_some()
+        {
+            return None;
+        }
+        let beat = self.beat.lock().unwrap_or_else(|p| p.into_inner());
+        if now.saturating_duration_since(beat.at) > heartbeat_timeout {
+            return Some(Kill::Hung);
+        }
+        let pending = self.pending();
+        for (id, p) in pending.iter() {
+            if p.hold.is_none() && p.done {
+                continue;
+            }
+            let wall = Duration::from_millis(p.limits.wall_ms) + grace;
+            if now.saturating_duration_since(p.dispatched) > wall {
+                return Some(Kill::Wall(*id));
+            }
+            if let Some(cpu) = beat.cpu.get(id) {
+                if *cpu > Duration::from_millis(p.limits.cpu_ms) + grace {
+                    return Some(Kill::Cpu(*id));
+                }
+            }
+        }
+        None
+    }
+
+    /// SIGKILLs the process (once); the waiter reports the cause.
+    pub(super) fn kill(&self, why: Kill) {
+        {
+            let mut killed = self.killed.lock().unwrap_or_else(|p| p.into_inner());
+            if killed.is_some() || !self.is_alive() {
+                return;
+            }
+            *killed = Some(why);
+        }
+        // SAFETY: kill(2) with our own child's pid; the child has not been reaped (the waiter
+        // sets `alive` false only after wait() returns), so the pid cannot have been reused.
+        unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
+    }
+
+    /// Answers everything in flight after the process ended; returns the tenants to blame.
+    pub(super) fn fail_all(&self, cause: &ExitCause) -> Vec<String> {
+        let overrun = match cause {
+            ExitCause::Killed(Kill::Cpu(id)) => Some((*id, ErrorKind::CpuLimit)),
+            ExitCause::Killed(Kill::Wall(id)) => Some((*id, ErrorKind::WallLimit)),
+            _ => None,
+        };
+        let drained: Vec<(u64, Pending)> = self.pending().drain().collect();
+        self.metrics.worker_in_flight.sub(drained.len() as i64);
+        let mut blamed = Vec::new();
+        for (id, mut p) in drained {
+            let error = match overrun {
+                Some((o, kind)) if o == id => {
+                    blamed.push(p.invoker.tenant.clone());
+                    WorkerError::new(
+                        kind,
+                        format!(
+                            "the invocation overran its {} limit inside a native call; its worker process was stopped",
+                            if kind == ErrorKind::CpuLimit { "CPU" } else { "wall-clock" }
+                        ),
+                    )
+                }
+                _ => {
+                    if overrun.is_none() {
+                        blamed.push(p.invoker.tenant.clone());
+                    }
+                    WorkerError::new(
+                        ErrorKind::WorkerCrashed,
+                        format!(
+                            "the worker process running this invocation ended ({cause}); retry"
+                        ),
+                    )
+                }
+            };
+            if let Some(reply) = p.reply.take() {
+                reply.fail(error);
+            }
+            drop(p.hold.take());
+        }
+        blamed.sort();
+        blamed.dedup();
+        blamed
+    }
+
+    /// A message that could not be encoded (too large): its invocation fails, not the worker.
+    fn fail_unsendable(&self, message: &ToWorker) {
+        let id = match message {
+            ToWorker::Load { id, .. } | ToWorker::Get { id, .. } | ToWorker::Execute { id, .. } => {
+                *id
+            }
+            _ => return,
+        };
+        if let Some(mut p) = self.pending().remove(&id) {
+            self.metrics.worker_in_flight.dec();
+            if let Some(reply) = p.reply.take() {
+                reply.fail(WorkerError::new(
+                    ErrorKind::Exception,
+                    format!(
+                        "the request is too large for the worker channel (limit {} bytes)",
+                        wire::MAX_FRAME_BYTES
+                    ),
+                ));
+            }
+        }
+    }
+}

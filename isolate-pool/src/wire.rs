@@ -1,0 +1,349 @@
+//! The wire between the gateway and a worker process: one enum of messages per direction, one
+//! framing, one serialisation, size limits — in this module only.
+//!
+//! Framing is tokio-util's length-delimited codec (4-byte big-endian length, at most
+//! [`MAX_FRAME_BYTES`]); each frame is one message in MessagePack (`rmp-serde`, self-describing,
+//! so the pool's serde types — untagged module sources, JSON `env` values — cross unchanged;
+//! bodies are MessagePack binaries via `serde_bytes`). The channel is a Unix socket pair that the
+//! gateway creates and the worker inherits as a file descriptor: the worker opens nothing.
+//!
+//! The gateway trusts nothing a worker sends: a frame over the limit or a message that does not
+//! decode kills that worker (the supervisor's rule), and identities are never taken from the
+//! worker — an egress call names an invocation id, and the gateway looks up which tenant it
+//! dispatched that id for.
+
+use crate::api::{CodeDigest, HttpRequest, HttpResponse, Invocation, Invoker, Limits, WorkerCode};
+use crate::egress::{EgressRequest, Fetched};
+use crate::observe::{CacheEvent, StartKind};
+use crate::pool::PoolError;
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::codec::LengthDelimitedCodec;
+
+/// Version of this protocol; a worker answers a different one with an error and exits.
+pub const PROTOCOL: u32 = 1;
+
+/// Largest body (request, response, egress) that may cross the wire.
+pub const MAX_BODY_BYTES: usize = 32 << 20;
+
+/// Largest frame: a body at [`MAX_BODY_BYTES`] plus headers, code and framing.
+pub const MAX_FRAME_BYTES: usize = 48 << 20;
+
+/// The file descriptor number the worker finds its end of the channel at.
+pub const CHANNEL_FD: i32 = 3;
+
+/// What a worker process is told before it starts (the first frame).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSettings {
+    /// Must equal [`PROTOCOL`].
+    pub protocol: u32,
+    /// Index of this worker (for names in logs).
+    pub index: usize,
+    /// Isolate threads in this process.
+    pub threads: usize,
+    /// Warm isolates kept in this process.
+    pub warm_isolates: usize,
+    /// Cached Workers in this process.
+    pub max_cached_workers: usize,
+    /// Idle TTL of a cached Worker.
+    pub idle_ttl: Duration,
+    /// Jobs that may wait per isolate thread.
+    pub queue_capacity: usize,
+    /// How often the worker reports what it runs.
+    pub heartbeat: Duration,
+    /// RLIMIT_DATA of the process, bytes.
+    pub data_limit_bytes: Option<u64>,
+    /// Whether test-only probes ([`ToWorker::Probe`]) are obeyed.
+    pub test_probes: bool,
+}
+
+/// Gateway → worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ToWorker {
+    /// The first frame.
+    Hello(WorkerSettings),
+    /// `load()`: run `code` once.
+    Load {
+        /// Invocation id (also in `invoker`).
+        id: u64,
+        /// Who runs it.
+        invoker: Invoker,
+        /// The code.
+        code: Arc<WorkerCode>,
+        /// The request.
+        request: HttpRequest,
+        /// Limits.
+        limits: Limits,
+    },
+    /// `get()`: run the cached Worker `invoker.worker_id`; `code` is sent when the gateway
+    /// does not know the worker to hold that digest (the worker answers
+    /// [`FromWorker::NeedCode`] when it lacks it).
+    Get {
+        /// Invocation id.
+        id: u64,
+        /// Who runs it (tenant and Worker id).
+        invoker: Invoker,
+        /// Digest of the code the gateway holds for that id.
+        digest: CodeDigest,
+        /// The code, if sent.
+        code: Option<Arc<WorkerCode>>,
+        /// The request.
+        request: HttpRequest,
+        /// Limits.
+        limits: Limits,
+        /// The tenant's bound on cached Workers.
+        tenant_cap: usize,
+    },
+    /// Code Mode.
+    Execute {
+        /// Invocation id.
+        id: u64,
+        /// Who runs it.
+        invoker: Invoker,
+        /// The snippet.
+        source: String,
+        /// Its `env`.
+        env: serde_json::Value,
+        /// Limits.
+        limits: Limits,
+    },
+    /// Drop a cached Worker (`worker_id`) or all of a tenant's.
+    Evict {
+        /// Tenant.
+        tenant: String,
+        /// One Worker, or all of the tenant's.
+        worker_id: Option<String>,
+    },
+    /// The answer to [`FromWorker::Egress`].
+    Fetched {
+        /// The call it answers.
+        call: u64,
+        /// What came of it.
+        fetched: Fetched,
+    },
+    /// Test-only: make the worker attempt something its confinement must stop. Ignored unless
+    /// [`WorkerSettings::test_probes`].
+    Probe(Probe),
+}
+
+/// Test-only probes of the confinement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Probe {
+    /// `socket(AF_INET, SOCK_STREAM)` in native code, as an engine bug could.
+    Socket,
+    /// `open("/etc/hostname")` in native code.
+    Open,
+    /// Allocate without bound through the Rust allocator until the process limit stops it.
+    Exhaust,
+}
+
+/// What an invocation answered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Answer {
+    /// `load()`/`get()`.
+    Http(Invocation<HttpResponse>),
+    /// Code Mode.
+    Json(Invocation<serde_json::Value>),
+}
+
+/// Worker → gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FromWorker {
+    /// The pool is started and confined; what the confinement achieved.
+    Ready {
+        /// `confine`'s report, rendered for the log.
+        confinement: String,
+    },
+    /// An invocation's answer (its `ctx.waitUntil` work may continue: see `Released`).
+    Done {
+        /// Invocation id.
+        id: u64,
+        /// The answer, or why the worker's pool did not take the job.
+        answer: Result<Answer, PoolError>,
+    },
+    /// All of an invocation's work has ended; its tenant slot may be freed.
+    Released {
+        /// Invocation id.
+        id: u64,
+    },
+    /// A `get()` whose code the worker does not hold: send it again with the code.
+    NeedCode {
+        /// Invocation id.
+        id: u64,
+    },
+    /// An outbound request of a running invocation.
+    Egress {
+        /// Call id, echoed by [`ToWorker::Fetched`].
+        call: u64,
+        /// The invocation making it (the gateway decides whose it is).
+        invocation: u64,
+        /// The request.
+        request: EgressRequest,
+        /// Subrequests left including this one.
+        left: u32,
+    },
+    /// A pool event (metrics).
+    Event(Event),
+    /// Sent every [`WorkerSettings::heartbeat`].
+    Heartbeat {
+        /// Invocations being polled now, with their CPU so far.
+        running: Vec<(u64, Duration)>,
+        /// Warm isolates ready.
+        warm: usize,
+        /// Whether the pool reached its warm target once.
+        ready: bool,
+    },
+}
+
+/// A [`crate::PoolObserver`] call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    /// `isolate_started`.
+    IsolateStarted(StartKind, Duration),
+    /// `isolate_taken`.
+    IsolateTaken(StartKind),
+    /// `cache_event`.
+    Cache(String, CacheEvent),
+    /// `cached_workers`.
+    CachedWorkers(String, usize),
+}
+
+/// Why a frame could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// Serialisation failed (a bug, or a value MessagePack cannot carry).
+    #[error("cannot encode a wire message: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    /// The peer sent something that is not a message of this protocol.
+    #[error("malformed wire message: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    /// The encoded message exceeds [`MAX_FRAME_BYTES`].
+    #[error("wire message of {0} bytes exceeds the limit of {MAX_FRAME_BYTES}")]
+    TooLarge(usize),
+}
+
+/// The framing codec, with the frame limit.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME_BYTES)
+        .new_codec()
+}
+
+/// Encodes one message.
+pub fn encode<T: Serialize>(message: &T) -> Result<Bytes, WireError> {
+    let bytes = rmp_serde::to_vec_named(message)?;
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    Ok(Bytes::from(bytes))
+}
+
+/// Decodes one message.
+pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T, WireError> {
+    Ok(rmp_serde::from_slice(frame)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ErrorKind, InvocationStats, ModuleSource, WorkerError};
+    use crate::egress::EgressResponse;
+
+    fn roundtrip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(m: T) {
+        let bytes = encode(&m).unwrap();
+        let back: T = decode(&bytes).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn every_message_shape_survives_the_wire() {
+        let code: WorkerCode = serde_json::from_str(
+            r#"{"mainModule":"w.js","modules":{"w.js":"export default {}","d.json":{"json":{"a":[1,null]}},"t":{"text":"x"}},"env":{"K":"v"},"globalOutbound":null}"#,
+        )
+        .unwrap();
+        assert!(matches!(code.modules["d.json"], ModuleSource::Json { .. }));
+        let invoker = Invoker {
+            tenant: "t".into(),
+            worker_id: Some("w".into()),
+            invocation: 9,
+        };
+        let request = HttpRequest {
+            method: "POST".into(),
+            url: "http://w/x".into(),
+            headers: vec![("a".into(), "b".into())],
+            body: (0..=255u8).collect(),
+        };
+        let limits = Limits {
+            cpu_ms: 1,
+            memory_mb: 2,
+            wall_ms: 3,
+            subrequests: 4,
+        };
+        roundtrip(ToWorker::Get {
+            id: 9,
+            invoker: invoker.clone(),
+            digest: code.digest(),
+            code: Some(Arc::new(code.clone())),
+            request: request.clone(),
+            limits,
+            tenant_cap: 5,
+        });
+        roundtrip(ToWorker::Execute {
+            id: 1,
+            invoker,
+            source: "async () => 1".into(),
+            env: serde_json::json!({"x": [1, 2.5, "s", {"y": null}]}),
+            limits,
+        });
+        roundtrip(ToWorker::Fetched {
+            call: 3,
+            fetched: Fetched::Sent(EgressResponse {
+                status: 200,
+                headers: vec![],
+                body: vec![0; 10],
+                hops: 1,
+            }),
+        });
+        roundtrip(FromWorker::Done {
+            id: 2,
+            answer: Ok(Answer::Json(Invocation {
+                outcome: Err(WorkerError::new(ErrorKind::CpuLimit, "x")),
+                logs: vec![],
+                stats: InvocationStats::default(),
+            })),
+        });
+        roundtrip(FromWorker::Heartbeat {
+            running: vec![(1, Duration::from_micros(1500))],
+            warm: 2,
+            ready: true,
+        });
+    }
+
+    #[test]
+    fn bodies_are_binary_not_arrays_of_numbers() {
+        let request = HttpRequest {
+            method: "GET".into(),
+            url: "u".into(),
+            headers: vec![],
+            body: vec![0xff; 4096],
+        };
+        assert!(encode(&request).unwrap().len() < 4096 + 64);
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for frame in [
+            &b""[..],
+            b"\xc1",
+            b"\x81\xa5Hello\xc0",
+            b"\xdd\xff\xff\xff\xff",
+            b"\xc6\xff\xff\xff\xff",
+        ] {
+            assert!(decode::<ToWorker>(frame).is_err());
+            assert!(decode::<FromWorker>(frame).is_err());
+        }
+    }
+}
