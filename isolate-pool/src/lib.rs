@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod confine;
 pub mod egress;
 mod engine;
 pub mod observe;
