@@ -8,6 +8,8 @@
 //!    spawned us is still there (a worker must never outlive its gateway).
 //! 2. the inherited file descriptors are listed (`/proc/self/fd`, while files can still be
 //!    opened) and checked against [`Confinement::keep_fds`].
+//!    Then [`prepare_process`] runs the lazy once-per-process initialisations of glibc and tokio
+//!    that would need a forbidden syscall later.
 //! 3. [`set_rlimits`]: `RLIMIT_CORE` 0, `RLIMIT_DATA` (the process memory bound),
 //!    `RLIMIT_NOFILE` just above the highest open fd.
 //! 4. [`set_no_new_privs`]: `PR_SET_NO_NEW_PRIVS`.
@@ -168,6 +170,9 @@ pub enum ConfineError {
     /// Descriptors outside `keep_fds` are open.
     #[error("unexpected open file descriptors: {0:?}")]
     UnexpectedFds(Vec<i32>),
+    /// The process-wide lazy initialisations could not be run.
+    #[error("preparing the process failed: {0}")]
+    Prepare(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// A resource limit could not be set.
     #[error("setting {resource} failed: {source}")]
     Rlimit {
@@ -201,6 +206,7 @@ impl ConfineError {
             ConfineError::ListFds(_) => "list_fds",
             ConfineError::MissingFd(_) => "missing_fd",
             ConfineError::UnexpectedFds(_) => "unexpected_fds",
+            ConfineError::Prepare(_) => "prepare",
             ConfineError::Rlimit { .. } => "rlimit",
             ConfineError::NoNewPrivs(_) => "no_new_privs",
             ConfineError::Landlock(_) => "landlock",
@@ -233,8 +239,10 @@ pub fn confine(c: &Confinement) -> Result<ConfineReport, ConfineError> {
     if c.reject_unexpected_fds && !unexpected.is_empty() {
         return Err(ConfineError::UnexpectedFds(unexpected));
     }
+    prepare_process()?;
     let highest = open_fds.iter().copied().max().unwrap_or(2).max(2) as u64;
-    let nofile_limit = highest + 1 + c.fd_headroom;
+    // + 2: the socket pair tokio's signal driver keeps for the process (made just now).
+    let nofile_limit = highest + 1 + 2 + c.fd_headroom;
     set_rlimits(c.data_limit_bytes, nofile_limit)?;
     set_no_new_privs()?;
     let landlock = restrict_filesystem()?;
@@ -263,8 +271,8 @@ pub fn confine(_c: &Confinement) -> Result<ConfineReport, ConfineError> {
     any(target_arch = "x86_64", target_arch = "aarch64")
 ))]
 pub use linux::{
-    install_seccomp_filter, open_fds, restrict_filesystem, set_no_new_privs,
-    set_parent_death_signal, set_rlimits,
+    inherit_only, install_seccomp_filter, open_fds, prepare_process, restrict_filesystem,
+    set_no_new_privs, set_parent_death_signal, set_rlimits, CHANNEL_FD,
 };
 
 #[cfg(all(
@@ -279,6 +287,10 @@ mod linux {
     };
     use std::collections::BTreeMap;
     use std::io;
+    use std::os::fd::RawFd;
+
+    /// The fd number a worker finds its channel at when spawned with [`inherit_only`].
+    pub const CHANNEL_FD: RawFd = 3;
 
     /// Step 1. `PR_SET_PDEATHSIG(SIGKILL)`: when the gateway dies (even by SIGKILL, which it
     /// cannot clean up after), the kernel kills this worker, so no orphaned worker keeps running
@@ -307,6 +319,86 @@ mod linux {
                 expected: expected_parent,
                 actual,
             })
+        }
+    }
+
+    /// Step 2b. Runs, while files and sockets are still allowed, the once-per-process lazy
+    /// initialisations that would otherwise make a forbidden syscall later and get the worker
+    /// killed at a random moment:
+    /// - glibc malloc reads `/proc/sys/vm/overcommit_memory` (`openat`) the first time a thread
+    ///   arena's heap shrinks; a thread allocating and freeing a few MiB triggers it now.
+    /// - glibc sizes its arena limit from the CPU count when the 9th arena is created (an
+    ///   `openat` of `/sys/devices/system/cpu/online` before glibc 2.35); `M_ARENA_MAX` is set
+    ///   now to the same default (8 per CPU) so it never asks.
+    /// - tokio's signal driver creates a process-wide Unix socket pair (`socketpair`) with the
+    ///   first runtime that has I/O enabled; a throwaway runtime creates it now.
+    pub fn prepare_process() -> Result<(), ConfineError> {
+        #[cfg(target_env = "gnu")]
+        {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            let arenas = (8 * cpus).min(i32::MAX as usize) as libc::c_int;
+            // SAFETY: mallopt with an integer parameter; no memory is passed.
+            unsafe { libc::mallopt(libc::M_ARENA_MAX, arenas) };
+            std::thread::Builder::new()
+                .name("isogate-confine-prep".into())
+                .spawn(|| {
+                    // 256 blocks of 16 KiB: below the mmap threshold, so they come from this
+                    // thread's arena heap; freed newest first, they merge into the top chunk
+                    // and the heap is trimmed (shrink_heap → the overcommit check).
+                    let mut blocks: Vec<Vec<u8>> = Vec::with_capacity(256);
+                    for i in 0..256 {
+                        let mut b = Vec::with_capacity(16 << 10);
+                        b.push(i as u8);
+                        blocks.push(b);
+                    }
+                    while blocks.pop().is_some() {}
+                })
+                .and_then(|t| t.join().map_err(|_| io::Error::other("panicked")))
+                .map_err(|e| ConfineError::Prepare(Box::new(e)))?;
+        }
+        tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()
+            .map_err(|e| ConfineError::Prepare(Box::new(e)))?;
+        Ok(())
+    }
+
+    /// Spawner side: makes `cmd`'s child inherit only fds 0, 1, 2 and, when given, `channel` as
+    /// fd [`CHANNEL_FD`] (3). `std::process::Command` passes on every fd of the parent that
+    /// lacks `CLOEXEC` (a gateway may have inherited some from its own parent); a worker must
+    /// not get any of them, and [`confine`](super::confine) rejects one it finds. In the child,
+    /// after fork and before exec: `dup2(channel, 3)`, then `CLOEXEC` on every fd from 4 up
+    /// (`close_range(CLOSE_RANGE_CLOEXEC)`, with a loop as fallback before Linux 5.11).
+    pub fn inherit_only(cmd: &mut std::process::Command, channel: Option<RawFd>) {
+        use std::os::unix::process::CommandExt;
+        let first_closed = if channel.is_some() { CHANNEL_FD + 1 } else { 3 };
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe syscalls (dup2, fcntl, close_range) on integer fds; it allocates
+        // nothing and touches no lock.
+        unsafe {
+            cmd.pre_exec(move || {
+                if let Some(fd) = channel {
+                    if fd == CHANNEL_FD {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                            return Err(io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, CHANNEL_FD) == -1 {
+                        return Err(io::Error::last_os_error());
+                    }
+                }
+                let rc = libc::syscall(
+                    libc::SYS_close_range,
+                    first_closed as libc::c_uint,
+                    libc::c_uint::MAX,
+                    libc::CLOSE_RANGE_CLOEXEC,
+                );
+                if rc != 0 {
+                    for fd in first_closed..4096 {
+                        libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                    }
+                }
+                Ok(())
+            });
         }
     }
 
@@ -559,8 +651,9 @@ mod linux {
         m.insert(libc::SYS_epoll_pwait2, any());
         m.insert(libc::SYS_eventfd2, any());
         m.insert(libc::SYS_ppoll, any());
-        // Descriptor flags only (std/tokio set O_NONBLOCK and CLOEXEC); not F_DUPFD, locks,
-        // leases or ownership.
+        // Descriptor flags (std/tokio set O_NONBLOCK and CLOEXEC) and F_DUPFD_CLOEXEC (tokio's
+        // I/O driver clones its epoll fd; a duplicate reaches nothing new and RLIMIT_NOFILE
+        // bounds the count); not locks, leases, ownership or pipe sizes.
         m.insert(
             libc::SYS_fcntl,
             arg_in(
@@ -570,6 +663,7 @@ mod linux {
                     libc::F_SETFD as u64,
                     libc::F_GETFL as u64,
                     libc::F_SETFL as u64,
+                    libc::F_DUPFD_CLOEXEC as u64,
                 ],
             )?,
         );

@@ -1,0 +1,708 @@
+//! The worker-process confinement (`isogate_pool::confine`) against the real kernel and the real
+//! engine. Seccomp kills the whole process, so every case runs in a child: the test binary
+//! re-executes itself (`--exact child --nocapture`) with `ISOGATE_CONFINE_ROLE` naming what the
+//! child does; `child` returns at once in a normal run. The parent asserts how the child ended.
+//!
+//! Debugging a SIGSYS (a syscall the allowlist lacks): run the failing parent test under
+//! `strace -f -o /tmp/trace`; the killed thread's last, unfinished syscall is the one.
+
+#![cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+
+use isogate_pool::confine::{self, Confinement, LandlockStatus};
+use isogate_pool::{
+    DisabledEgress, ErrorKind, Hold, HttpRequest, Invoker, Limits, NoopObserver, Pool,
+    PoolSettings, SealedCode, WorkerCode,
+};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ROLE: &str = "ISOGATE_CONFINE_ROLE";
+const PORT: &str = "ISOGATE_CONFINE_PORT";
+
+// ---- parent side ---------------------------------------------------------------------------
+
+fn child_command(role: &str) -> Command {
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    // An empty environment, as a worker gets (RUST_BACKTRACE would make a crash symbolise a
+    // backtrace, which reads files).
+    cmd.args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env_clear()
+        .env(ROLE, role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // Only 0, 1, 2 reach the child, as for a real worker.
+    confine::inherit_only(&mut cmd, None);
+    cmd
+}
+
+/// Runs the child role to its end; returns its status and combined output.
+fn run_child(role: &str) -> (ExitStatus, String) {
+    run_command(child_command(role))
+}
+
+fn run_command(mut cmd: Command) -> (ExitStatus, String) {
+    let out = cmd.output().expect("spawn child");
+    let text = format!(
+        "--- stdout\n{}\n--- stderr\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status, text)
+}
+
+/// Spawns a child that confines, prints `ready` and waits for its stdin to close.
+fn interactive(role: &str) -> Child {
+    child_command(role)
+        .stdin(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn")
+}
+
+/// Reads the child's stdout up to its `ready` line; returns what it printed before.
+fn read_until_ready(child: &mut Child) -> String {
+    let mut stdout = BufReader::new(child.stdout.as_mut().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(stdout.read_line(&mut line).unwrap() > 0, "child ended early: {seen}");
+        // libtest prints "test child ... " without a newline before running the test.
+        if line.trim_end().ends_with("ready") {
+            return seen;
+        }
+        seen.push_str(&line);
+    }
+}
+
+/// Closes the child's stdin (it ends) and waits for it.
+fn finish(mut child: Child) -> (ExitStatus, String) {
+    drop(child.stdin.take());
+    let mut rest = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut rest).unwrap();
+    (child.wait().unwrap(), rest)
+}
+
+fn assert_success(role: &str) -> String {
+    let (status, out) = run_child(role);
+    assert!(
+        status.success(),
+        "child {role} ended with {status:?} (signal {:?}; SIGSYS = {}: a syscall outside the allowlist){out}",
+        status.signal(),
+        libc::SIGSYS
+    );
+    out
+}
+
+fn assert_killed_by_seccomp(role: &str) {
+    let (status, out) = run_child(role);
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGSYS),
+        "child {role} must die of SIGSYS, ended with {status:?}{out}"
+    );
+    // It died at the forbidden call, after confining, not before.
+    assert!(out.contains("confined"), "{role}{out}");
+    assert!(!out.contains("survived"), "{role}{out}");
+}
+
+#[test]
+fn the_engine_runs_confined_when_the_pool_starts_after_confine() {
+    let out = assert_success("engine_after");
+    assert!(out.contains("engine ok"), "{out}");
+}
+
+#[test]
+fn confinement_binds_threads_started_before_it() {
+    let mut child = interactive("engine_before");
+    let (before_ready, pid) = (read_until_ready(&mut child), child.id());
+    // Every thread of the child, including the pool's threads started before confine(), runs
+    // under the filter (TSYNC) and with no_new_privs.
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        assert!(status.contains("Seccomp:\t2"), "{status}");
+        assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+        threads += 1;
+    }
+    assert!(threads >= 4, "main, harness and pool threads: {threads}");
+    let (status, rest) = finish(child);
+    assert!(status.success(), "{status:?}{before_ready}{rest}");
+    assert!(before_ready.contains("engine ok"), "{before_ready}");
+}
+
+#[test]
+fn forbidden_calls_kill_the_process() {
+    for role in [
+        "forbid_socket_inet",
+        "forbid_socket_unix",
+        "forbid_socketpair",
+        "forbid_connect",
+        "forbid_openat",
+        "forbid_execve",
+        "forbid_fork",
+        "forbid_kill_parent",
+        "forbid_ptrace",
+        "forbid_exec_memory",
+        "forbid_raise_rlimit",
+    ] {
+        assert_killed_by_seccomp(role);
+    }
+}
+
+#[test]
+fn a_confined_child_that_does_nothing_forbidden_exits_cleanly() {
+    let out = assert_success("control");
+    assert!(out.contains("confined"), "{out}");
+    assert!(out.contains("survived"), "{out}");
+}
+
+#[test]
+fn proc_status_shows_no_new_privs_and_a_seccomp_filter() {
+    let mut child = interactive("status");
+    read_until_ready(&mut child);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let (end, _) = finish(child);
+    assert!(status.contains("NoNewPrivs:\t1"), "{status}");
+    assert!(status.contains("Seccomp:\t2"), "{status}");
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max core file size") && l.contains(" 0 ")),
+        "{limits}"
+    );
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max data size") && l.contains(&(512u64 << 20).to_string())),
+        "{limits}"
+    );
+    assert!(end.success(), "{end:?}");
+}
+
+#[test]
+fn landlock_denies_files_and_tcp_where_the_kernel_has_it() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let mut cmd = child_command("landlock_only");
+    cmd.env(PORT, port.to_string());
+    let (status, out) = run_command(cmd);
+    assert!(status.success(), "{status:?}{out}");
+    let abi = kernel_landlock_abi();
+    if abi >= 1 {
+        assert!(out.contains("file denied"), "landlock ABI {abi}{out}");
+    } else {
+        eprintln!("this kernel has no Landlock: only the report is checked");
+        assert!(out.contains("landlock not enforced (ABI 0)"), "{out}");
+    }
+    if abi >= 4 {
+        assert!(out.contains("tcp connect denied"), "landlock ABI {abi}{out}");
+    }
+}
+
+#[test]
+fn an_allocation_beyond_the_data_limit_kills_the_process_instead_of_hanging() {
+    let (status, out) = run_child("data_limit");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGABRT),
+        "an allocation refused by RLIMIT_DATA aborts (Rust's alloc error handler): {status:?}{out}"
+    );
+    assert!(out.contains("confined"), "{out}");
+    assert!(!out.contains("survived"), "{out}");
+}
+
+/// The kernel's Landlock ABI, asked directly (0: none).
+fn kernel_landlock_abi() -> i64 {
+    // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns
+    // the ABI version; no memory is passed.
+    let v = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<u8>(),
+            0usize,
+            1u32,
+        )
+    };
+    v.max(0)
+}
+
+// ---- child side ----------------------------------------------------------------------------
+
+/// The child entry point: does nothing in a normal test run.
+#[test]
+fn child() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    match role.as_str() {
+        "engine_after" => engine_after(),
+        "engine_before" => engine_before(),
+        "control" => {
+            confine_now(&[]);
+            println!("survived");
+        }
+        "status" => {
+            let report = confine::confine(&Confinement {
+                data_limit_bytes: Some(512 << 20),
+                ..Confinement::default()
+            })
+            .expect("confine");
+            assert!(report.no_new_privs && report.seccomp);
+            wait_for_parent();
+        }
+        "landlock_only" => landlock_only(),
+        "data_limit" => data_limit(),
+        forbidden => forbidden_call(forbidden),
+    }
+}
+
+/// Confines with the default settings plus `extra` kept fds and a 1 GiB data limit.
+fn confine_now(extra: &[i32]) {
+    let mut keep = vec![0, 1, 2];
+    keep.extend_from_slice(extra);
+    let report = confine::confine(&Confinement {
+        data_limit_bytes: Some(1 << 30),
+        keep_fds: keep,
+        // SAFETY: getppid has no arguments and cannot fail.
+        expected_parent: Some(unsafe { libc::getppid() } as u32),
+        ..Confinement::default()
+    })
+    .expect("confine");
+    assert!(report.no_new_privs && report.seccomp, "{report:?}");
+    println!("confined: landlock {}", report.landlock);
+    std::io::stdout().flush().unwrap();
+}
+
+fn forbidden_call(role: &str) {
+    let keep = match role {
+        // A socket made before confining: connect() on it is what is tested.
+        "forbid_connect" => {
+            // SAFETY: plain socket(2) call with constant arguments.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            assert!(fd >= 0);
+            vec![fd]
+        }
+        _ => vec![],
+    };
+    confine_now(&keep);
+    // SAFETY (all calls below): plain syscalls with valid, NUL-terminated or stack-owned
+    // arguments; each is expected to kill the process before returning.
+    unsafe {
+        match role {
+            "forbid_socket_inet" => {
+                libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+            }
+            "forbid_socket_unix" => {
+                libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+            }
+            "forbid_socketpair" => {
+                let mut fds = [0; 2];
+                libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr());
+            }
+            "forbid_connect" => {
+                let addr = libc::sockaddr_in {
+                    sin_family: libc::AF_INET as libc::sa_family_t,
+                    sin_port: 1u16.to_be(),
+                    sin_addr: libc::in_addr {
+                        s_addr: u32::from_be_bytes([127, 0, 0, 1]).to_be(),
+                    },
+                    sin_zero: [0; 8],
+                };
+                libc::connect(
+                    keep[0],
+                    (&addr as *const libc::sockaddr_in).cast(),
+                    std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                );
+            }
+            "forbid_openat" => {
+                libc::openat(libc::AT_FDCWD, c"/etc/hostname".as_ptr(), libc::O_RDONLY);
+            }
+            "forbid_execve" => {
+                let argv = [c"/bin/true".as_ptr(), std::ptr::null()];
+                let envp = [std::ptr::null()];
+                libc::execve(c"/bin/true".as_ptr(), argv.as_ptr(), envp.as_ptr());
+            }
+            "forbid_fork" => {
+                if libc::fork() == 0 {
+                    libc::_exit(0);
+                }
+            }
+            "forbid_kill_parent" => {
+                libc::kill(libc::getppid(), 0);
+            }
+            "forbid_ptrace" => {
+                libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0);
+            }
+            "forbid_exec_memory" => {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+            }
+            "forbid_raise_rlimit" => {
+                let unlimited = libc::rlimit {
+                    rlim_cur: libc::RLIM_INFINITY,
+                    rlim_max: libc::RLIM_INFINITY,
+                };
+                libc::setrlimit(libc::RLIMIT_DATA, &unlimited);
+            }
+            other => panic!("unknown child role {other}"),
+        }
+    }
+    println!("survived");
+}
+
+fn landlock_only() {
+    confine::set_no_new_privs().expect("no_new_privs");
+    let status = confine::restrict_filesystem().expect("landlock");
+    println!("landlock {status}");
+    match status {
+        LandlockStatus::NotEnforced { .. } => {}
+        _ => {
+            match std::fs::File::open("/etc/hostname") {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    println!("file denied")
+                }
+                other => panic!("opening a file under Landlock: {other:?}"),
+            }
+            match std::fs::read_dir("/") {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                other => panic!("listing / under Landlock: {:?}", other.map(|_| ())),
+            }
+            let port: u16 = std::env::var(PORT).unwrap().parse().unwrap();
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    println!("tcp connect denied")
+                }
+                other if status.abi() < 4 => println!("tcp connect (ABI < 4): {other:?}"),
+                other => panic!("TCP connect under Landlock ABI {}: {other:?}", status.abi()),
+            }
+        }
+    }
+}
+
+fn data_limit() {
+    let report = confine::confine(&Confinement {
+        data_limit_bytes: Some(256 << 20),
+        ..Confinement::default()
+    })
+    .expect("confine");
+    assert_eq!(report.data_limit_bytes, Some(256 << 20));
+    println!("confined");
+    std::io::stdout().flush().unwrap();
+    // 16 MiB at a time, touched, kept: RLIMIT_DATA refuses one before 1 GiB.
+    let mut kept: Vec<Vec<u8>> = Vec::new();
+    for i in 0..64 {
+        let mut chunk = vec![0u8; 16 << 20];
+        chunk[i] = 1;
+        kept.push(chunk);
+    }
+    println!("survived with {} MiB", kept.len() * 16);
+}
+
+// ---- the engine under confinement ----------------------------------------------------------
+
+const LIMITS: Limits = Limits {
+    cpu_ms: 200,
+    memory_mb: 32,
+    wall_ms: 5_000,
+    subrequests: 3,
+};
+
+fn settings() -> PoolSettings {
+    PoolSettings {
+        threads: 2,
+        warm_isolates: 4,
+        max_cached_workers: 16,
+        idle_ttl: Duration::from_secs(3600),
+        queue_capacity: 64,
+    }
+}
+
+fn start_pool() -> Pool {
+    Pool::start(settings(), Arc::new(DisabledEgress), Arc::new(NoopObserver)).expect("pool")
+}
+
+fn code(src: &str) -> WorkerCode {
+    serde_json::from_value(serde_json::json!({"mainModule": "w.js", "modules": {"w.js": src}}))
+        .expect("code")
+}
+
+fn request() -> HttpRequest {
+    HttpRequest {
+        method: "GET".into(),
+        url: "http://confined/".into(),
+        headers: vec![],
+        body: vec![],
+    }
+}
+
+fn invoker(worker_id: Option<&str>) -> Invoker {
+    Invoker {
+        tenant: "t".into(),
+        worker_id: worker_id.map(str::to_string),
+    }
+}
+
+const EVERYTHING: &str = r#"
+let background = 0;
+export default {
+  async fetch(request, env, ctx) {
+    const out = { seenBackground: background };
+    console.log("hello from a confined worker", request.url);
+    out.timer = await new Promise((r) => setTimeout(() => r("fired"), 5));
+    out.async = await (async () => 41 + 1)();
+    const a = new Uint8Array(32); crypto.getRandomValues(a);
+    out.random = a.some((b) => b !== 0);
+    out.uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/.test(crypto.randomUUID());
+    const m = Math.random(); out.math = m >= 0 && m < 1;
+    out.date = Date.now() > 1.6e12 && !isNaN(new Date().getTime());
+    out.text = new TextDecoder().decode(new TextEncoder().encode("héllo"));
+    out.blob = await new Blob(["ab", new Uint8Array([99, 100])]).text();
+    out.buffer = Buffer.from("hi").toString("base64");
+    out.b64 = atob(btoa("confined"));
+    out.json = JSON.parse(JSON.stringify({ a: [1, 2] }));
+    try { null.x; } catch (e) { out.caught = e instanceof TypeError; }
+    ctx.waitUntil(new Promise((r) => setTimeout(() => { background++; console.log("background done"); r(); }, 10)));
+    return new Response(JSON.stringify(out), { headers: { "content-type": "application/json" } });
+  }
+};
+"#;
+
+async fn exercise(pool: &Pool) {
+    // load(): a module Worker with a fetch handler using the common Web APIs.
+    let inv = pool
+        .load(
+            invoker(None),
+            Arc::new(code(EVERYTHING)),
+            request(),
+            LIMITS,
+            Hold::none(),
+        )
+        .await
+        .expect("load");
+    let resp = inv.outcome.expect("worker outcome");
+    assert_eq!(resp.status, 200);
+    let out: serde_json::Value = serde_json::from_slice(&resp.body).unwrap();
+    assert_eq!(
+        out,
+        serde_json::json!({
+            "seenBackground": 0, "timer": "fired", "async": 42, "random": true, "uuid": true,
+            "math": true, "date": true, "text": "héllo", "blob": "abcd", "buffer": "aGk=",
+            "b64": "confined", "json": {"a": [1, 2]}, "caught": true
+        })
+    );
+    assert!(inv
+        .logs
+        .iter()
+        .any(|l| l.message.contains("hello from a confined worker")));
+
+    // get(): a cached Worker; ctx.waitUntil work of the first call is seen by the second.
+    let sealed = SealedCode::new(code(EVERYTHING));
+    for expected in [0, 1] {
+        let inv = pool
+            .get(
+                invoker(Some("w1")),
+                sealed.clone(),
+                request(),
+                LIMITS,
+                8,
+                Hold::none(),
+            )
+            .await
+            .expect("get");
+        let out: serde_json::Value = serde_json::from_slice(&inv.outcome.unwrap().body).unwrap();
+        assert_eq!(out["seenBackground"], expected);
+    }
+
+    // execute(): Code Mode.
+    let inv = pool
+        .execute(
+            invoker(None),
+            "async (env) => ({ sum: [1, 2, 3].reduce((a, b) => a + b), name: env.name })".into(),
+            serde_json::json!({"name": "isogate"}),
+            LIMITS,
+            Hold::none(),
+        )
+        .await
+        .expect("execute");
+    assert_eq!(
+        inv.outcome.unwrap(),
+        serde_json::json!({"sum": 6, "name": "isogate"})
+    );
+
+    // A thrown error.
+    let inv = pool
+        .load(
+            invoker(None),
+            Arc::new(code(
+                "export default { async fetch() { throw new Error('tenant bug'); } }",
+            )),
+            request(),
+            LIMITS,
+            Hold::none(),
+        )
+        .await
+        .unwrap();
+    let e = inv.outcome.unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Exception, "{e:?}");
+    assert!(e.message.contains("tenant bug"), "{e:?}");
+
+    // A CPU limit breach.
+    let inv = pool
+        .load(
+            invoker(None),
+            Arc::new(code("export default { async fetch() { while (true) {} } }")),
+            request(),
+            LIMITS,
+            Hold::none(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(inv.outcome.unwrap_err().kind, ErrorKind::CpuLimit);
+
+    // Memory limit breaches: the JS heap, and native allocations sized by JS (including one
+    // that reaches the allocator's lazily mapped over-budget path).
+    let hog = r#"export default { async fetch() { const hog = []; while (true) hog.push("x".repeat(1 << 16) + Math.random()); } }"#;
+    for case in [
+        hog.to_string(),
+        "export default { async fetch() { return new Response(Buffer.alloc(2**40)); } }".into(),
+        "export default { async fetch() { return new Response(new TextEncoder().encode('x'.repeat(40 << 20))); } }".into(),
+        "export default { async fetch() { const a = []; a.length = 2**31 - 1; return new Response(a); } }".into(),
+    ] {
+        let inv = pool
+            .load(
+                invoker(None),
+                Arc::new(code(&case)),
+                request(),
+                Limits {
+                    cpu_ms: 5_000,
+                    ..LIMITS
+                },
+                Hold::none(),
+            )
+            .await
+            .unwrap();
+        let e = inv.outcome.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::MemoryLimit, "{case}: {e:?}");
+    }
+
+    // And the pool still serves after all of that.
+    let inv = pool
+        .load(
+            invoker(None),
+            Arc::new(code(
+                "export default { async fetch() { return new Response('still here'); } }",
+            )),
+            request(),
+            LIMITS,
+            Hold::none(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(inv.outcome.unwrap().body, b"still here");
+}
+
+/// A round trip over a Unix socket pair made before confining: the worker's channel.
+async fn channel_round_trip(a: std::os::unix::net::UnixStream, b: std::os::unix::net::UnixStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    let mut a = tokio::net::UnixStream::from_std(a).unwrap();
+    let mut b = tokio::net::UnixStream::from_std(b).unwrap();
+    a.write_all(b"ping").await.unwrap();
+    let mut buf = [0u8; 4];
+    b.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"ping");
+    b.write_all(b"pong").await.unwrap();
+    a.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"pong");
+    a.shutdown().await.unwrap();
+    assert_eq!(b.read(&mut buf).await.unwrap(), 0);
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn wait_ready(pool: &Pool) {
+    while !pool.is_ready() {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn memory_line(status: &str, key: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(key))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn engine_after() {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    confine_now(&[a.as_raw_fd(), b.as_raw_fd()]);
+    // Everything below starts after confine(): threads, runtimes, isolates.
+    let rt = runtime();
+    rt.block_on(async {
+        channel_round_trip(a, b).await;
+        let pool = start_pool();
+        wait_ready(&pool).await;
+        exercise(&pool).await;
+    });
+    println!("engine ok");
+}
+
+fn engine_before() {
+    let rt = runtime();
+    let pool = start_pool();
+    rt.block_on(wait_ready(&pool));
+    // Address space vs data (why RLIMIT_DATA and not RLIMIT_AS), measured on a warm pool.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    println!(
+        "warm pool: VmSize {} kB, VmData {} kB, VmRSS {} kB",
+        memory_line(&status, "VmSize:"),
+        memory_line(&status, "VmData:"),
+        memory_line(&status, "VmRSS:")
+    );
+    // SAFETY: getpid has no arguments.
+    let pid = unsafe { libc::getpid() };
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().count();
+    assert!(tasks >= 4, "the pool's threads exist before confining: {tasks}");
+    // Threads (and their epoll/eventfd fds) exist already: extra fds are expected here.
+    let report = confine::confine(&Confinement {
+        data_limit_bytes: Some(1 << 30),
+        reject_unexpected_fds: false,
+        ..Confinement::default()
+    })
+    .expect("confine");
+    println!("confined: landlock {}", report.landlock);
+    rt.block_on(exercise(&pool));
+    println!("engine ok");
+    wait_for_parent();
+}
+
+/// Tells the parent we are ready and blocks until it closes our stdin.
+fn wait_for_parent() {
+    println!("ready");
+    std::io::stdout().flush().unwrap();
+    let mut rest = Vec::new();
+    std::io::stdin().read_to_end(&mut rest).unwrap();
+}
