@@ -4,19 +4,19 @@
 //! else: no file, no new socket, no new process, no signal to another process, bounded memory.
 //!
 //! [`confine`] applies, in this order (each step's reason is at its function):
-//! 1. [`set_parent_death_signal`]: `PR_SET_PDEATHSIG(SIGKILL)`, then checks that the parent that
-//!    spawned us is still there (a worker must never outlive its gateway).
-//! 2. the inherited file descriptors are listed (`/proc/self/fd`, while files can still be
-//!    opened) and checked against [`Confinement::keep_fds`].
-//!    Then [`prepare_process`] runs the lazy once-per-process initialisations of glibc and tokio
-//!    that would need a forbidden syscall later.
-//! 3. [`set_rlimits`]: `RLIMIT_CORE` 0, `RLIMIT_DATA` (the process memory bound),
-//!    `RLIMIT_NOFILE` just above the highest open fd.
-//! 4. [`set_no_new_privs`]: `PR_SET_NO_NEW_PRIVS`.
-//! 5. [`restrict_filesystem`]: Landlock, all filesystem rights (and TCP bind/connect, abstract
-//!    Unix sockets and signals where the ABI has them) handled with no rule: no access at all.
-//! 6. [`install_seccomp_filter`]: a seccomp-bpf allowlist on every thread (TSYNC), default
-//!    action: kill the process.
+//! 1. `PR_SET_PDEATHSIG(SIGKILL)`, then a check that the parent that spawned us is still there
+//!    (a worker must never outlive its gateway): [`set_parent_death_signal`].
+//! 2. The inherited file descriptors are listed (`/proc/self/fd`, while files can still be
+//!    opened) and checked against [`Confinement::keep_fds`] ([`open_fds`]). Then the lazy
+//!    once-per-process initialisations of glibc and tokio that would need a forbidden syscall
+//!    later are run now ([`prepare_process`]).
+//! 3. `RLIMIT_CORE` 0, `RLIMIT_DATA` (the process memory bound), `RLIMIT_NOFILE` just above the
+//!    highest open fd: [`set_rlimits`].
+//! 4. `PR_SET_NO_NEW_PRIVS`: [`set_no_new_privs`].
+//! 5. Landlock, all filesystem rights (and TCP bind/connect, abstract Unix sockets and signals
+//!    where the ABI has them) handled with no rule, so no access at all: [`restrict_filesystem`].
+//! 6. A seccomp-bpf allowlist on every thread (TSYNC), default action: kill the process
+//!    ([`install_seccomp_filter`]).
 //!
 //! Linux only (x86_64 and aarch64 for seccomp); elsewhere [`confine`] fails with
 //! [`ConfineError::Unsupported`].
@@ -120,7 +120,10 @@ impl fmt::Display for LandlockStatus {
                 write!(f, "fully enforced (ABI {abi}, all threads: {all_threads})")
             }
             LandlockStatus::Partial { abi, all_threads } => {
-                write!(f, "partially enforced (ABI {abi}, all threads: {all_threads})")
+                write!(
+                    f,
+                    "partially enforced (ABI {abi}, all threads: {all_threads})"
+                )
             }
             LandlockStatus::NotEnforced { abi } => write!(f, "not enforced (ABI {abi})"),
         }
@@ -613,19 +616,19 @@ mod linux {
         m.insert(libc::SYS_getpid, any());
         m.insert(libc::SYS_gettid, any());
         m.insert(libc::SYS_getppid, any()); // a worker may check its gateway is still there
-        // Thread names (std sets a spawned thread's name from inside it): PR_SET_NAME only.
+                                            // Thread names (std sets a spawned thread's name from inside it): PR_SET_NAME only.
         m.insert(
             libc::SYS_prctl,
             arg_in(0, &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64])?,
         );
 
-        // --- time: timers, CPU budgets (thread CPU clock), Date.now, sleeps. vDSO serves most
-        // calls without a syscall; the thread CPU clock and fallbacks need the real ones.
+        // --- time: timers, CPU budgets (thread CPU clock), Date.now, sleeps. The vDSO serves
+        // the wall clocks without a syscall; the thread CPU clock needs the real one, and
+        // gettimeofday is its fallback when no vDSO is mapped. std::thread::sleep reaches
+        // clock_nanosleep through glibc's nanosleep.
         m.insert(libc::SYS_clock_gettime, any());
-        m.insert(libc::SYS_clock_getres, any());
-        m.insert(libc::SYS_clock_nanosleep, any());
-        m.insert(libc::SYS_nanosleep, any());
         m.insert(libc::SYS_gettimeofday, any());
+        m.insert(libc::SYS_clock_nanosleep, any());
         m.insert(libc::SYS_restart_syscall, any()); // a sleep resumed after SIGSTOP/SIGCONT
 
         // --- randomness: crypto.getRandomValues/randomUUID, Math.random seeds, HashMap keys.
@@ -647,10 +650,8 @@ mod linux {
         // tokio's reactor (mio) and waker.
         m.insert(libc::SYS_epoll_create1, any());
         m.insert(libc::SYS_epoll_ctl, any());
-        m.insert(libc::SYS_epoll_pwait, any());
-        m.insert(libc::SYS_epoll_pwait2, any());
+        m.insert(libc::SYS_epoll_pwait, any()); // epoll_wait on aarch64 (and newer glibc)
         m.insert(libc::SYS_eventfd2, any());
-        m.insert(libc::SYS_ppoll, any());
         // Descriptor flags (std/tokio set O_NONBLOCK and CLOEXEC) and F_DUPFD_CLOEXEC (tokio's
         // I/O driver clones its epoll fd; a duplicate reaches nothing new and RLIMIT_NOFILE
         // bounds the count); not locks, leases, ownership or pipe sizes.
@@ -667,7 +668,9 @@ mod linux {
                 ],
             )?,
         );
-        // std's set_nonblocking and set_cloexec; no device or terminal ioctl.
+        // std's set_nonblocking and set_cloexec; no device or terminal ioctl. (The request
+        // constants' type differs between targets, hence the cast.)
+        #[allow(clippy::unnecessary_cast)]
         m.insert(
             libc::SYS_ioctl,
             arg_in(1, &[libc::FIONBIO as u64, libc::FIOCLEX as u64])?,
@@ -675,20 +678,18 @@ mod linux {
 
         // --- signals: handlers (std's stack-overflow handler, abort) and their alternate
         // stacks; signals only to this process's own threads (abort → tgkill(getpid(), ...)).
-        m.insert(libc::SYS_rt_sigaction, any());
-        m.insert(libc::SYS_rt_sigprocmask, any());
-        m.insert(libc::SYS_rt_sigreturn, any());
-        m.insert(libc::SYS_sigaltstack, any());
-        // SAFETY: getpid has no arguments and cannot fail.
+        m.insert(libc::SYS_rt_sigaction, any()); // abort() resets SIGABRT's handler
+        m.insert(libc::SYS_rt_sigprocmask, any()); // thread start/exit, abort
+        m.insert(libc::SYS_rt_sigreturn, any()); // return from any signal handler
+        m.insert(libc::SYS_sigaltstack, any()); // std's per-thread stack-overflow handler stack
+                                                // SAFETY: getpid has no arguments and cannot fail.
         let pid = unsafe { libc::getpid() } as u64;
         m.insert(libc::SYS_tgkill, arg_in(0, &[pid])?);
 
         #[cfg(target_arch = "x86_64")]
         {
-            // Legacy x86_64 entry points that glibc/mio still use there.
+            // x86_64 still has the legacy entry point that glibc's epoll_wait uses there.
             m.insert(libc::SYS_epoll_wait, any());
-            m.insert(libc::SYS_poll, any());
-            m.insert(libc::SYS_time, any());
         }
         Ok(m)
     }
@@ -767,7 +768,10 @@ mod tests {
             libc::SYS_dup3,
             libc::SYS_pidfd_open,
         ] {
-            assert!(!list.contains_key(&forbidden), "syscall {forbidden} allowed");
+            assert!(
+                !list.contains_key(&forbidden),
+                "syscall {forbidden} allowed"
+            );
         }
         let filter = seccompiler::SeccompFilter::new(
             list,
