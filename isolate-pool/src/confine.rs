@@ -50,6 +50,11 @@ pub struct Confinement {
     /// The pid that spawned this process (the gateway passes its own pid). `None`: only checks
     /// that the parent is not init (pid 1), i.e. that we were not already re-parented.
     pub expected_parent: Option<u32>,
+    /// Whether a non-empty environment is an error ([`ConfineError::Environment`]): a worker is
+    /// spawned with an empty environment (`Command::env_clear`), so no secret of the gateway's
+    /// environment reaches it (`/proc/PID/environ` keeps the environment a process was started
+    /// with, whatever it does later: only the spawner can keep it clean; this checks it did).
+    pub require_empty_env: bool,
     /// `RLIMIT_NOFILE` is set to the highest open fd + 1 + this headroom: enough for the fds a
     /// runtime creates (epoll, eventfd per isolate thread), not for hoarding descriptors.
     pub fd_headroom: u64,
@@ -62,6 +67,7 @@ impl Default for Confinement {
             keep_fds: vec![0, 1, 2],
             reject_unexpected_fds: true,
             expected_parent: None,
+            require_empty_env: true,
             fd_headroom: 64,
         }
     }
@@ -167,6 +173,10 @@ pub enum ConfineError {
     /// `/proc/self/fd` could not be listed.
     #[error("listing open file descriptors failed: {0}")]
     ListFds(#[source] std::io::Error),
+    /// The process was started with environment variables (their names; values are never
+    /// shown, they may be secrets).
+    #[error("the worker's environment is not empty: {0:?}")]
+    Environment(Vec<String>),
     /// A descriptor of `keep_fds` is not open.
     #[error("file descriptor {0} should be kept but is not open")]
     MissingFd(i32),
@@ -207,6 +217,7 @@ impl ConfineError {
             ConfineError::ParentDeathSignal(_) => "parent_death_signal",
             ConfineError::ParentGone { .. } => "parent_gone",
             ConfineError::ListFds(_) => "list_fds",
+            ConfineError::Environment(_) => "environment",
             ConfineError::MissingFd(_) => "missing_fd",
             ConfineError::UnexpectedFds(_) => "unexpected_fds",
             ConfineError::Prepare(_) => "prepare",
@@ -228,6 +239,14 @@ impl ConfineError {
 ))]
 pub fn confine(c: &Confinement) -> Result<ConfineReport, ConfineError> {
     set_parent_death_signal(c.expected_parent)?;
+    if c.require_empty_env {
+        let names: Vec<String> = std::env::vars_os()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        if !names.is_empty() {
+            return Err(ConfineError::Environment(names));
+        }
+    }
     let open_fds = open_fds()?;
     for fd in &c.keep_fds {
         if !open_fds.contains(fd) {

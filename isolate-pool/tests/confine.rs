@@ -160,6 +160,10 @@ fn forbidden_calls_kill_the_process() {
         "forbid_ptrace",
         "forbid_exec_memory",
         "forbid_raise_rlimit",
+        "forbid_io_uring",
+        "forbid_memfd",
+        "forbid_process_vm_readv",
+        "forbid_unshare",
     ] {
         assert_killed_by_seccomp(role);
     }
@@ -248,6 +252,7 @@ fn a_huge_native_allocation_costs_the_worker_process() {
 #[test]
 fn confine_refuses_leaked_or_missing_fds_and_a_lost_parent() {
     let out = assert_success("preconditions");
+    assert!(out.contains("environment rejected"), "{out}");
     assert!(out.contains("unexpected fd rejected"), "{out}");
     assert!(out.contains("missing fd rejected"), "{out}");
     assert!(out.contains("lost parent rejected"), "{out}");
@@ -319,6 +324,7 @@ fn child() {
         "status" => {
             let report = confine::confine(&Confinement {
                 data_limit_bytes: Some(512 << 20),
+                require_empty_env: false,
                 ..Confinement::default()
             })
             .expect("confine");
@@ -359,6 +365,8 @@ fn confine_now(extra: &[i32]) {
         keep_fds: keep,
         // SAFETY: getppid has no arguments and cannot fail.
         expected_parent: Some(unsafe { libc::getppid() } as u32),
+        // The child's role is in its environment.
+        require_empty_env: false,
         ..Confinement::default()
     })
     .expect("confine");
@@ -444,6 +452,29 @@ fn forbidden_call(role: &str) {
                 };
                 libc::setrlimit(libc::RLIMIT_DATA, &unlimited);
             }
+            // io_uring would run openat/socket/connect from the kernel, past the filter.
+            "forbid_io_uring" => {
+                let mut params = [0u8; 120];
+                libc::syscall(libc::SYS_io_uring_setup, 8, params.as_mut_ptr());
+            }
+            "forbid_memfd" => {
+                libc::syscall(libc::SYS_memfd_create, c"x".as_ptr(), 0);
+            }
+            "forbid_process_vm_readv" => {
+                let mut buf = [0u8; 8];
+                let local = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: 8,
+                };
+                let remote = libc::iovec {
+                    iov_base: buf.as_mut_ptr().cast(),
+                    iov_len: 8,
+                };
+                libc::process_vm_readv(libc::getppid(), &local, 1, &remote, 1, 0);
+            }
+            "forbid_unshare" => {
+                libc::unshare(libc::CLONE_NEWUSER);
+            }
             other => panic!("unknown child role {other}"),
         }
     }
@@ -480,8 +511,19 @@ fn landlock_only() {
 }
 
 fn preconditions() {
-    let leaked = std::fs::File::open("/dev/null").unwrap();
+    // Spawned with only the role variable: refused, naming it (never a value).
     match confine::confine(&Confinement::default()) {
+        Err(confine::ConfineError::Environment(names)) if names == vec![ROLE.to_string()] => {
+            println!("environment rejected")
+        }
+        other => panic!("a non-empty environment must be refused: {other:?}"),
+    }
+    let lenient = Confinement {
+        require_empty_env: false,
+        ..Confinement::default()
+    };
+    let leaked = std::fs::File::open("/dev/null").unwrap();
+    match confine::confine(&lenient) {
         Err(confine::ConfineError::UnexpectedFds(fds)) if fds == vec![leaked.as_raw_fd()] => {
             println!("unexpected fd rejected")
         }
@@ -490,7 +532,7 @@ fn preconditions() {
     drop(leaked);
     match confine::confine(&Confinement {
         keep_fds: vec![0, 1, 2, 42],
-        ..Confinement::default()
+        ..lenient.clone()
     }) {
         Err(confine::ConfineError::MissingFd(42)) => println!("missing fd rejected"),
         other => panic!("a missing fd must be refused: {other:?}"),
@@ -499,7 +541,7 @@ fn preconditions() {
     let wrong = unsafe { libc::getppid() } as u32 + 1;
     match confine::confine(&Confinement {
         expected_parent: Some(wrong),
-        ..Confinement::default()
+        ..lenient
     }) {
         Err(e @ confine::ConfineError::ParentGone { .. }) => {
             assert_eq!(e.as_str(), "parent_gone");
@@ -512,6 +554,7 @@ fn preconditions() {
 fn data_limit() {
     let report = confine::confine(&Confinement {
         data_limit_bytes: Some(256 << 20),
+        require_empty_env: false,
         ..Confinement::default()
     })
     .expect("confine");
@@ -824,6 +867,7 @@ fn engine_before() {
     let report = confine::confine(&Confinement {
         data_limit_bytes: Some(1 << 30),
         reject_unexpected_fds: false,
+        require_empty_env: false,
         ..Confinement::default()
     })
     .expect("confine");
