@@ -133,10 +133,14 @@ fn confinement_binds_threads_started_before_it() {
     let (before_ready, pid) = (read_until_ready(&mut child), child.id());
     // Every thread of the child, including the pool's threads started before confine(), runs
     // under the filter (TSYNC) and with no_new_privs.
+    // Both filters (clone3 → ENOSYS, then the allowlist) on every thread.
     let mut threads = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let status = std::fs::read_to_string(task.unwrap().path().join("status")).unwrap();
         assert!(status.contains("Seccomp:\t2"), "{status}");
+        if status.contains("Seccomp_filters:") {
+            assert!(status.contains("Seccomp_filters:\t2"), "{status}");
+        }
         assert!(status.contains("NoNewPrivs:\t1"), "{status}");
         threads += 1;
     }
