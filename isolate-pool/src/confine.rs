@@ -352,6 +352,9 @@ mod linux {
     /// - glibc sizes its arena limit from the CPU count when the 9th arena is created (an
     ///   `openat` of `/sys/devices/system/cpu/online` before glibc 2.35); `M_ARENA_MAX` is set
     ///   now to the same default (8 per CPU) so it never asks.
+    /// - glibc loads the local time zone (`openat` of `/etc/localtime`, or `$TZ`) the first time
+    ///   local time is converted — any Worker's `new Date().toString()`; `tzset()` loads it now
+    ///   and later conversions reuse it.
     /// - tokio's signal driver creates a process-wide Unix socket pair (`socketpair`) with the
     ///   first runtime that has I/O enabled; a throwaway runtime creates it now.
     pub fn prepare_process() -> Result<(), ConfineError> {
@@ -378,11 +381,19 @@ mod linux {
                 .and_then(|t| t.join().map_err(|_| io::Error::other("panicked")))
                 .map_err(|e| ConfineError::Prepare(Box::new(e)))?;
         }
+        // SAFETY: tzset has no arguments; it reads the environment (nobody modifies it) and the
+        // zone file under glibc's own lock.
+        unsafe { tzset() };
         tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .build()
             .map_err(|e| ConfineError::Prepare(Box::new(e)))?;
         Ok(())
+    }
+
+    extern "C" {
+        /// POSIX `tzset(3)` (declared here: not every libc version of the `libc` crate has it).
+        fn tzset();
     }
 
     /// Spawner side: makes `cmd`'s child inherit only fds 0, 1, 2 and, when given, `channel` as

@@ -295,6 +295,16 @@ fn a_worker_dies_with_its_parent() {
     assert_eq!(ready, 1, "the orphaned worker {pid} is still running");
 }
 
+/// A stack overflow in a confined worker ends as std's abort (SIGABRT), not as a seccomp kill:
+/// the handler's report and abort stay inside the allowlist, so the supervisor can tell a crash
+/// from a forbidden call.
+#[test]
+fn a_stack_overflow_aborts_rather_than_hitting_the_filter() {
+    let (status, out) = run_child("stack_overflow");
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}{out}");
+    assert!(out.contains("overflowed its stack"), "{out}");
+}
+
 /// The kernel's Landlock ABI, asked directly (0: none).
 fn kernel_landlock_abi() -> i64 {
     // SAFETY: landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION) only returns
@@ -356,6 +366,7 @@ fn child() {
             }
         }
         "huge_native_allocation" => huge_native_allocation(),
+        "stack_overflow" => stack_overflow(),
         forbidden => forbidden_call(forbidden),
     }
 }
@@ -638,6 +649,22 @@ export default {
     out.b64 = atob(btoa("confined"));
     out.json = JSON.parse(JSON.stringify({ a: [1, 2] }));
     try { null.x; } catch (e) { out.caught = e instanceof TypeError; }
+    // Local time (glibc reads the zone once, before confinement), performance, URL, Headers,
+    // AbortController, intervals, microtasks, structured console output, a refused fetch.
+    const d = new Date(0);
+    out.local = typeof d.toString() === "string" && typeof d.getTimezoneOffset() === "number"
+      && typeof d.toLocaleString() === "string" && d.getFullYear() >= 1969;
+    const t0 = performance.now(); out.perf = performance.now() >= t0;
+    out.url = new URL("https://example.com/a?b=1").searchParams.get("b");
+    const h = new Headers({ "X-A": "1" }); out.headers = h.get("x-a");
+    const ac = new AbortController(); ac.abort(); out.aborted = ac.signal.aborted;
+    out.ticks = await new Promise((r) => { let n = 0; const i = setInterval(() => { if (++n === 3) { clearInterval(i); r(n); } }, 1); });
+    out.micro = await new Promise((r) => queueMicrotask(() => r(true)));
+    console.log({ nested: { a: [1, 2, 3] }, err: new Error("shown") }, 1.5, null, undefined);
+    console.error(new RangeError("logged error"));
+    out.fetch = await fetch("http://127.0.0.1:9/").then(() => "fetched", (e) => "refused");
+    out.json2 = await Response.json({ z: 1 }).json();
+    out.req = new Request("http://x/", { method: "POST", body: "b" }).method;
     ctx.waitUntil(new Promise((r) => setTimeout(() => { background++; console.log("background done"); r(); }, 10)));
     return new Response(JSON.stringify(out), { headers: { "content-type": "application/json" } });
   }
@@ -664,7 +691,9 @@ async fn exercise(pool: &Pool) {
         serde_json::json!({
             "seenBackground": 0, "timer": "fired", "async": 42, "random": true, "uuid": true,
             "math": true, "date": true, "text": "héllo", "blob": "abcd", "buffer": "aGk=",
-            "b64": "confined", "json": {"a": [1, 2]}, "caught": true
+            "b64": "confined", "json": {"a": [1, 2]}, "caught": true, "local": true,
+            "perf": true, "url": "1", "headers": "1", "aborted": true, "ticks": 3, "micro": true,
+            "fetch": "refused", "json2": {"z": 1}, "req": "POST"
         })
     );
     assert!(inv
@@ -815,6 +844,23 @@ fn memory_line(status: &str, key: &str) -> u64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+fn stack_overflow() {
+    confine_now(&[]);
+    fn deep(n: u64) -> u64 {
+        let pad = std::hint::black_box([n; 64]);
+        if n == 0 {
+            0
+        } else {
+            deep(n - 1) + pad[(n % 64) as usize]
+        }
+    }
+    let t = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(|| deep(u64::MAX))
+        .unwrap();
+    println!("survived: {:?}", t.join());
 }
 
 fn huge_native_allocation() {
