@@ -100,6 +100,9 @@ fn finish(mut child: Child) -> (ExitStatus, String) {
 
 fn assert_success(role: &str) -> String {
     let (status, out) = run_child(role);
+    if status.signal() == Some(libc::SIGSYS) {
+        eprintln!("{}", diagnose_sigsys(role));
+    }
     assert!(
         status.success(),
         "child {role} ended with {status:?} (signal {:?}; SIGSYS = {}: a syscall outside the allowlist){out}",
@@ -107,6 +110,41 @@ fn assert_success(role: &str) -> String {
         libc::SIGSYS
     );
     out
+}
+
+/// SECCOMP_RET_KILL_PROCESS tells the killed syscall to the audit log only: rerun the child
+/// under `strace -f` (when installed) and show what preceded the kill; strace prints the
+/// killed call with its syscall number as the "return value".
+fn diagnose_sigsys(role: &str) -> String {
+    let trace = std::env::temp_dir().join(format!(
+        "isogate-confine-{role}-{}.strace",
+        std::process::id()
+    ));
+    let mut cmd = Command::new("strace");
+    cmd.arg("-f")
+        .arg("-o")
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
+        .env_clear()
+        .env(ROLE, role)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    confine::inherit_only(&mut cmd, None);
+    if cmd.status().is_err() {
+        return "SIGSYS: install strace to see the syscall".into();
+    }
+    let text = std::fs::read_to_string(&trace).unwrap_or_default();
+    let _ = std::fs::remove_file(&trace);
+    let lines: Vec<&str> = text.lines().collect();
+    match lines.iter().position(|l| l.contains("killed by SIGSYS")) {
+        Some(i) => format!(
+            "SIGSYS: the last calls before the kill (the killed one shows its number as result):\n{}",
+            lines[i.saturating_sub(12)..i].join("\n")
+        ),
+        None => "SIGSYS: not reproduced under strace".into(),
+    }
 }
 
 fn assert_killed_by_seccomp(role: &str) {
