@@ -23,6 +23,9 @@
 
 use std::fmt;
 
+/// The fd number a worker finds its channel at when spawned with `inherit_only`.
+pub const CHANNEL_FD: i32 = 3;
+
 /// What a worker process asks [`confine`] for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confinement {
@@ -58,6 +61,20 @@ pub struct Confinement {
     /// `RLIMIT_NOFILE` is set to the highest open fd + 1 + this headroom: enough for the fds a
     /// runtime creates (epoll, eventfd per isolate thread), not for hoarding descriptors.
     pub fd_headroom: u64,
+}
+
+impl Confinement {
+    /// What a worker process spawned by the supervisor asks for: stdio and its channel at
+    /// [`CHANNEL_FD`] (see `inherit_only`), nothing else open, an empty environment, the
+    /// gateway's pid as parent, `data_limit_bytes` as the process memory bound.
+    pub fn worker(data_limit_bytes: Option<u64>, gateway_pid: u32) -> Confinement {
+        Confinement {
+            data_limit_bytes,
+            keep_fds: vec![0, 1, 2, CHANNEL_FD],
+            expected_parent: Some(gateway_pid),
+            ..Confinement::default()
+        }
+    }
 }
 
 impl Default for Confinement {
@@ -294,7 +311,7 @@ pub fn confine(_c: &Confinement) -> Result<ConfineReport, ConfineError> {
 ))]
 pub use linux::{
     inherit_only, install_seccomp_filter, open_fds, prepare_process, restrict_filesystem,
-    set_no_new_privs, set_parent_death_signal, set_rlimits, CHANNEL_FD,
+    set_no_new_privs, set_parent_death_signal, set_rlimits,
 };
 
 #[cfg(all(
@@ -311,8 +328,7 @@ mod linux {
     use std::io;
     use std::os::fd::RawFd;
 
-    /// The fd number a worker finds its channel at when spawned with [`inherit_only`].
-    pub const CHANNEL_FD: RawFd = 3;
+    use super::CHANNEL_FD;
 
     /// Step 1. `PR_SET_PDEATHSIG(SIGKILL)`: when the gateway dies (even by SIGKILL, which it
     /// cannot clean up after), the kernel kills this worker, so no orphaned worker keeps running

@@ -291,6 +291,27 @@ fn a_huge_native_allocation_costs_the_worker_process() {
     assert!(!out.contains("survived"), "{out}");
 }
 
+/// The spawner hands the worker its channel at fd 3 and nothing else (`inherit_only`); the
+/// confined worker talks over it with tokio.
+#[test]
+fn a_worker_talks_to_its_parent_over_the_inherited_channel() {
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut cmd = child_command("channel");
+    confine::inherit_only(&mut cmd, Some(theirs.as_raw_fd()));
+    let child = cmd.spawn().unwrap();
+    drop(theirs);
+    ours.write_all(b"ping").unwrap();
+    let mut reply = [0u8; 4];
+    let got = ours.read_exact(&mut reply);
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    got.unwrap_or_else(|e| panic!("no reply over the channel ({e}): {:?}{text}", out.status));
+    assert_eq!(&reply, b"pong");
+    assert!(out.status.success(), "{:?}{text}", out.status);
+    assert!(text.contains("fds [0, 1, 2, 3]"), "{text}");
+}
+
 #[test]
 fn confine_refuses_leaked_or_missing_fds_and_a_lost_parent() {
     let out = assert_success("preconditions");
@@ -386,6 +407,7 @@ fn child() {
         "landlock_only" => landlock_only(),
         "data_limit" => data_limit(),
         "preconditions" => preconditions(),
+        "channel" => channel(),
         "orphan_spawner" => {
             let mut grandchild = child_command("orphan")
                 .stdin(Stdio::null())
@@ -561,6 +583,31 @@ fn landlock_only() {
             }
         }
     }
+}
+
+fn channel() {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the spawner put our end of the channel at CHANNEL_FD (inherit_only); nothing
+    // else owns that fd.
+    let channel = unsafe { std::os::unix::net::UnixStream::from_raw_fd(confine::CHANNEL_FD) };
+    // SAFETY: getppid has no arguments.
+    let parent = unsafe { libc::getppid() } as u32;
+    let report = confine::confine(&Confinement {
+        // The child's role is in its environment.
+        require_empty_env: false,
+        ..Confinement::worker(Some(1 << 30), parent)
+    })
+    .expect("confine");
+    println!("fds {:?}", report.open_fds);
+    runtime().block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        channel.set_nonblocking(true).unwrap();
+        let mut channel = tokio::net::UnixStream::from_std(channel).unwrap();
+        let mut buf = [0u8; 4];
+        channel.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        channel.write_all(b"pong").await.unwrap();
+    });
 }
 
 fn preconditions() {
