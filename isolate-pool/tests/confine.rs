@@ -221,7 +221,15 @@ fn a_confined_child_that_does_nothing_forbidden_exits_cleanly() {
 #[test]
 fn proc_status_shows_no_new_privs_and_a_seccomp_filter() {
     let mut child = interactive("status");
-    read_until_ready(&mut child);
+    let before = read_until_ready(&mut child);
+    let nofile: u64 = before
+        .split("nofile ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no nofile line: {before}"));
+    // 0, 1, 2 open: 3 + tokio's pair (2) + the default headroom.
+    assert_eq!(nofile, 3 + 2 + 256);
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
     let (end, _) = finish(child);
@@ -237,6 +245,12 @@ fn proc_status_shows_no_new_privs_and_a_seccomp_filter() {
         limits
             .lines()
             .any(|l| l.starts_with("Max data size") && l.contains(&(512u64 << 20).to_string())),
+        "{limits}"
+    );
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(&format!(" {nofile} "))),
         "{limits}"
     );
     assert!(end.success(), "{end:?}");
@@ -402,6 +416,7 @@ fn child() {
             })
             .expect("confine");
             assert!(report.no_new_privs && report.seccomp);
+            println!("nofile {}", report.nofile_limit);
             wait_for_parent();
         }
         "landlock_only" => landlock_only(),
@@ -973,6 +988,35 @@ fn engine_after() {
         let pool = start_pool();
         wait_ready(&pool).await;
         exercise(&pool).await;
+        drop(pool);
+        // Many isolate threads (more than glibc's default arena test, each with its runtime's
+        // fds) start and serve under the limits too.
+        let wide = Pool::start(
+            PoolSettings {
+                threads: 24,
+                warm_isolates: 24,
+                ..settings()
+            },
+            Arc::new(DisabledEgress),
+            Arc::new(NoopObserver),
+        )
+        .expect("24-thread pool");
+        wait_ready(&wide).await;
+        for _ in 0..24 {
+            let inv = wide
+                .load(
+                    invoker(None),
+                    Arc::new(code(
+                        "export default { async fetch() { return new Response('wide'); } }",
+                    )),
+                    request(),
+                    LIMITS,
+                    Hold::none(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(inv.outcome.unwrap().body, b"wide");
+        }
     });
     println!("engine ok");
 }
