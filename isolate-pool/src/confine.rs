@@ -58,8 +58,8 @@ pub struct Confinement {
     /// environment reaches it (`/proc/PID/environ` keeps the environment a process was started
     /// with, whatever it does later: only the spawner can keep it clean; this checks it did).
     pub require_empty_env: bool,
-    /// `RLIMIT_NOFILE` is set to the highest open fd + 1 (+ 2 for tokio's signal socket pair)
-    /// + this headroom. After confinement the only calls that create fds are `epoll_create1`,
+    /// `RLIMIT_NOFILE` is set to the highest open fd, plus 1, plus 2 for tokio's signal socket
+    /// pair, plus this headroom. After confinement the only calls that create fds are `epoll_create1`,
     /// `eventfd2` and `fcntl(F_DUPFD_CLOEXEC)`: a tokio runtime takes about 4 (epoll, its clone,
     /// eventfd, a clone of the signal receiver), so the default (256) fits 60 isolate threads.
     pub fd_headroom: u64,
@@ -665,7 +665,9 @@ mod linux {
         m.insert(libc::SYS_exit, any()); // a thread ends
         m.insert(libc::SYS_exit_group, any()); // the process ends
         m.insert(libc::SYS_sched_yield, any()); // spin locks, tokio's yield
-        m.insert(libc::SYS_sched_getaffinity, any()); // glibc/std thread set-up queries CPUs
+                                                // std's stack-overflow guard reads each new thread's attributes (pthread_getattr_np,
+                                                // which also fetches the CPU affinity).
+        m.insert(libc::SYS_sched_getaffinity, any());
         m.insert(libc::SYS_getpid, any());
         m.insert(libc::SYS_gettid, any());
         m.insert(libc::SYS_getppid, any()); // a worker may check its gateway is still there
