@@ -9,6 +9,7 @@
 pub mod activity;
 pub mod api;
 pub mod cache;
+pub mod confine;
 pub mod egress;
 mod engine;
 pub mod observe;
