@@ -100,8 +100,10 @@ fn example_document_parses_with_the_right_values() {
             max_cached_workers: 1000,
             idle_ttl_s: 300,
             queue_capacity: 1024,
+            ..PoolConfig::default()
         }
     );
+    assert_eq!(config.pool.isolation, Isolation::Process);
     assert_eq!(config.pool_threads(), 2);
     assert_eq!(config.pool.idle_ttl(), Duration::from_secs(300));
 

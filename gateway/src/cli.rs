@@ -100,11 +100,24 @@ fn init_logging(format: LogFormat) {
 /// and its channel at fd 3): confines itself, then serves invocations until the channel closes.
 /// It reads no configuration file and no environment variable.
 pub fn worker_main() -> ExitCode {
+    // Logging first: it must not need anything (a terminal check, a file) after confinement.
     init_logging(LogFormat::Json);
-    let served = isogate_pool::worker::serve(|settings| {
-        let _ = settings;
-        Ok("unconfined".to_string())
-    });
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let arg = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let parent = arg("--parent").and_then(|p| u32::try_from(p).ok());
+    let Some(parent) = parent else {
+        tracing::error!("isogate __worker is started by the gateway (--parent PID missing)");
+        return ExitCode::from(64);
+    };
+    let served = isogate_pool::worker::serve(isogate_pool::confine::Confinement::worker(
+        arg("--data-limit"),
+        parent,
+    ));
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -669,7 +669,7 @@ impl Ingress {
         let reply = match route {
             Route::Execute => self.execute(&snapshot, &tenant, &body).await,
             Route::Load => self.load(&snapshot, &tenant, &body).await,
-            Route::Workers => Ok(self.list(&tenant)),
+            Route::Workers => Ok(self.list(&tenant).await),
             Route::Worker(id) if method == http::Method::PUT => self.put(&tenant, &id, &body).await,
             Route::Worker(id) => self.delete(&tenant, &id).await,
             Route::Dispatch { id, rest } => {
@@ -859,7 +859,7 @@ impl Ingress {
             .await
             .map_err(|e| ApiError::Internal(format!("worker store task failed: {e}")))?
             .map_err(|e| ApiError::Internal(e.to_string()))?;
-        let evicted = self.state.pool.evict(tenant.name.as_str(), id);
+        let evicted = self.state.pool.evict(tenant.name.as_str(), id).await > 0;
         if !existed {
             return Err(ApiError::NotFound(format!(
                 "no worker {id:?} for this tenant"
@@ -871,10 +871,10 @@ impl Ingress {
         ))
     }
 
-    fn list(&self, tenant: &TenantPolicy) -> Reply {
+    async fn list(&self, tenant: &TenantPolicy) -> Reply {
         let name = tenant.name.as_str();
         let warm: std::collections::HashSet<String> =
-            self.state.pool.cached_ids(name).into_iter().collect();
+            self.state.pool.cached_ids(name).await.into_iter().collect();
         let workers: Vec<serde_json::Value> = self
             .state
             .store

@@ -118,7 +118,7 @@ impl Reloader {
             metrics.forget_tenant(tenant);
             tracing::info!(
                 tenant,
-                evicted,
+                evicted = ?evicted,
                 "tenant removed; its cached Workers were evicted"
             );
         }

@@ -110,12 +110,12 @@ pub enum ToWorker {
         /// Limits.
         limits: Limits,
     },
-    /// Drop a cached Worker (`worker_id`) or all of a tenant's.
-    Evict {
-        /// Tenant.
-        tenant: String,
-        /// One Worker, or all of the tenant's.
-        worker_id: Option<String>,
+    /// A question about the worker's cache, answered by [`FromWorker::Answered`].
+    Query {
+        /// Echoed in the answer.
+        call: u64,
+        /// The question.
+        query: Query,
     },
     /// The answer to [`FromWorker::Egress`].
     Fetched {
@@ -127,6 +127,32 @@ pub enum ToWorker {
     /// Test-only: make the worker attempt something its confinement must stop. Ignored unless
     /// [`WorkerSettings::test_probes`].
     Probe(Probe),
+}
+
+/// A question about (or an order to) a worker's cache of Workers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Query {
+    /// Ids of `tenant`'s Workers held warm.
+    CachedIds {
+        /// The tenant.
+        tenant: String,
+    },
+    /// Drop a cached Worker (`worker_id`) or all of a tenant's; answers how many were dropped.
+    Evict {
+        /// Tenant.
+        tenant: String,
+        /// One Worker, or all of the tenant's.
+        worker_id: Option<String>,
+    },
+}
+
+/// The answer to a [`Query`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum QueryAnswer {
+    /// For `CachedIds`.
+    Ids(Vec<String>),
+    /// For `Evict`.
+    Evicted(usize),
 }
 
 /// Test-only probes of the confinement.
@@ -156,6 +182,8 @@ pub enum FromWorker {
     Ready {
         /// `confine`'s report, rendered for the log.
         confinement: String,
+        /// Whether every layer of the confinement is fully in force (else the gateway warns).
+        complete: bool,
     },
     /// An invocation's answer (its `ctx.waitUntil` work may continue: see `Released`).
     Done {
@@ -184,6 +212,13 @@ pub enum FromWorker {
         request: EgressRequest,
         /// Subrequests left including this one.
         left: u32,
+    },
+    /// The answer to a [`ToWorker::Query`].
+    Answered {
+        /// The query's `call`.
+        call: u64,
+        /// The answer.
+        answer: QueryAnswer,
     },
     /// A pool event (metrics).
     Event(Event),

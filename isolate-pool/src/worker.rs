@@ -2,9 +2,9 @@
 //!
 //! The gateway spawns the same binary with an internal subcommand, an empty environment and
 //! one inherited file descriptor ([`wire::CHANNEL_FD`], one end of a Unix socket pair). The
-//! worker reads its [`WorkerSettings`], confines itself (the caller's `confine`: seccomp,
-//! Landlock, rlimits, no new privileges — see `crate::confine`), starts its isolate threads
-//! and then only answers frames:
+//! worker confines itself first (seccomp, Landlock, rlimits, no new privileges — see
+//! [`crate::confine`]), then reads its [`WorkerSettings`], starts its isolate threads and only
+//! answers frames:
 //!
 //! - invocations run on the local [`Pool`]; the answer goes back as [`FromWorker::Done`], and
 //!   [`FromWorker::Released`] follows when all of the invocation's work has ended;
@@ -21,7 +21,8 @@ use crate::egress::{EgressPort, EgressRequest, Fetched};
 use crate::observe::{CacheEvent, PoolObserver, StartKind};
 use crate::pool::{Hold, Pool, PoolSettings};
 use crate::wire::{
-    self, Answer, Event, FromWorker, Probe, ToWorker, WorkerSettings, MAX_BODY_BYTES,
+    self, Answer, Event, FromWorker, Probe, Query, QueryAnswer, ToWorker, WorkerSettings,
+    MAX_BODY_BYTES,
 };
 use futures::future::BoxFuture;
 use futures::{SinkExt, StreamExt};
@@ -35,11 +36,15 @@ use tokio_util::codec::Framed;
 
 type Out = mpsc::UnboundedSender<FromWorker>;
 
-/// Runs the worker on the inherited channel until it closes. `confine` is applied after the
-/// settings arrive and before any isolate exists; its `Ok` is a one-line report for the log.
-pub fn serve(
-    confine: impl FnOnce(&WorkerSettings) -> Result<String, String>,
-) -> Result<(), String> {
+/// Confines the process (`confinement`: before any runtime or thread exists, so that every
+/// thread is bound by it), then runs the worker on the inherited channel until it closes.
+pub fn serve(confinement: crate::confine::Confinement) -> Result<(), String> {
+    let report = crate::confine::confine(&confinement)
+        .map_err(|e| format!("confinement failed ({}): {e}", e.as_str()))?;
+    let confined = (
+        render(&report),
+        report.seccomp && report.no_new_privs && report.landlock.is_full(),
+    );
     // SAFETY: the supervisor placed one end of a socket pair at CHANNEL_FD (dup2 before exec);
     // nothing else in this process owns that descriptor.
     let channel = unsafe { std::os::unix::net::UnixStream::from_raw_fd(wire::CHANNEL_FD) };
@@ -51,12 +56,24 @@ pub fn serve(
         .thread_name("isogate-wire")
         .build()
         .map_err(|e| format!("runtime: {e}"))?;
-    rt.block_on(run(channel, confine))
+    rt.block_on(run(channel, confined))
+}
+
+fn render(r: &crate::confine::ConfineReport) -> String {
+    format!(
+        "no_new_privs={} seccomp={} landlock={} data_limit_bytes={} nofile={}",
+        r.no_new_privs,
+        r.seccomp,
+        r.landlock,
+        r.data_limit_bytes
+            .map_or_else(|| "unlimited".to_string(), |b| b.to_string()),
+        r.nofile_limit
+    )
 }
 
 async fn run(
     channel: std::os::unix::net::UnixStream,
-    confine: impl FnOnce(&WorkerSettings) -> Result<String, String>,
+    (confinement, complete): (String, bool),
 ) -> Result<(), String> {
     let stream = tokio::net::UnixStream::from_std(channel).map_err(|e| format!("channel: {e}"))?;
     let framed = Framed::new(stream, wire::codec());
@@ -94,8 +111,6 @@ async fn run(
         }
     });
 
-    let confinement = confine(&settings)?;
-
     let egress = Arc::new(RemoteEgress {
         out: out.clone(),
         calls: Mutex::new(HashMap::new()),
@@ -115,7 +130,10 @@ async fn run(
         )
         .map_err(|e| format!("pool: {e}"))?,
     );
-    let _ = out.send(FromWorker::Ready { confinement });
+    let _ = out.send(FromWorker::Ready {
+        confinement,
+        complete,
+    });
 
     let heartbeat = {
         let pool = pool.clone();
@@ -238,25 +256,30 @@ fn dispatch(
                 let _ = out.send(FromWorker::Done { id, answer });
             });
         }
-        ToWorker::Evict { tenant, worker_id } => {
-            let mut codes = codes.lock().unwrap_or_else(|p| p.into_inner());
-            match worker_id {
-                Some(id) => {
-                    codes.pop(&WorkerKey::new(&tenant, &id));
-                    pool.evict(&tenant, &id);
-                }
-                None => {
-                    let gone: Vec<WorkerKey> = codes
+        ToWorker::Query { call, query } => {
+            let answer = match query {
+                Query::CachedIds { tenant } => QueryAnswer::Ids(pool.cached_ids(&tenant)),
+                Query::Evict { tenant, worker_id } => {
+                    let mut codes = codes.lock().unwrap_or_else(|p| p.into_inner());
+                    codes
                         .iter()
-                        .filter(|(k, _)| &*k.tenant == tenant.as_str())
+                        .filter(|(k, _)| {
+                            &*k.tenant == tenant.as_str()
+                                && worker_id.as_deref().is_none_or(|w| &*k.id == w)
+                        })
                         .map(|(k, _)| k.clone())
-                        .collect();
-                    for k in gone {
-                        codes.pop(&k);
-                    }
-                    pool.evict_tenant(&tenant);
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .for_each(|k| {
+                            codes.pop(&k);
+                        });
+                    QueryAnswer::Evicted(match worker_id {
+                        Some(id) => usize::from(pool.evict(&tenant, &id)),
+                        None => pool.evict_tenant(&tenant),
+                    })
                 }
-            }
+            };
+            let _ = out.send(FromWorker::Answered { call, answer });
         }
         ToWorker::Fetched { call, fetched } => egress.complete(call, fetched),
         ToWorker::Probe(probe) if settings.test_probes => run_probe(probe),

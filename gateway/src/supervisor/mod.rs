@@ -23,7 +23,7 @@ mod process;
 
 use crate::metrics::Metrics;
 use cordon::Cordon;
-use isogate_pool::wire::{Answer, ToWorker, WorkerSettings};
+use isogate_pool::wire::{Answer, Query, QueryAnswer, ToWorker, WorkerSettings};
 use isogate_pool::{
     EgressPort, HttpRequest, HttpResponse, Invocation, Invoker, Limits, Pool, PoolError,
     SealedCode, WorkerCode,
@@ -118,27 +118,34 @@ impl Workers {
         }
     }
 
-    /// Drops a cached Worker; whether one was known to be cached.
-    pub fn evict(&self, tenant: &str, id: &str) -> bool {
+    /// Drops a cached Worker; how many were cached (0 or 1).
+    pub async fn evict(&self, tenant: &str, id: &str) -> usize {
         match self {
-            Workers::Threads(p) => p.evict(tenant, id),
-            Workers::Processes(s) => s.evict(tenant, Some(id)),
+            Workers::Threads(p) => usize::from(p.evict(tenant, id)),
+            Workers::Processes(s) => s.evict(tenant, Some(id)).await,
         }
     }
 
-    /// Drops all of a tenant's cached Workers.
-    pub fn evict_tenant(&self, tenant: &str) -> usize {
+    /// Drops all of a tenant's cached Workers: how many, where known at once (`None`: worker
+    /// processes drop them in the background).
+    pub fn evict_tenant(&self, tenant: &str) -> Option<usize> {
         match self {
-            Workers::Threads(p) => p.evict_tenant(tenant),
-            Workers::Processes(s) => usize::from(s.evict(tenant, None)),
+            Workers::Threads(p) => Some(p.evict_tenant(tenant)),
+            Workers::Processes(s) => {
+                let (s, tenant) = (s.clone(), tenant.to_string());
+                s.runtime
+                    .clone()
+                    .spawn(async move { s.evict(&tenant, None).await });
+                None
+            }
         }
     }
 
     /// Ids of the tenant's Workers that are warm (cached) now.
-    pub fn cached_ids(&self, tenant: &str) -> Vec<String> {
+    pub async fn cached_ids(&self, tenant: &str) -> Vec<String> {
         match self {
             Workers::Threads(p) => p.cached_ids(tenant),
-            Workers::Processes(s) => s.cached_ids(tenant),
+            Workers::Processes(s) => s.cached_ids(tenant).await,
         }
     }
 
@@ -456,23 +463,38 @@ impl Supervisor {
         }
     }
 
-    /// Evicts one or all of a tenant's cached Workers in the worker that holds them.
-    pub fn evict(&self, tenant: &str, worker_id: Option<&str>) -> bool {
-        let mut any = false;
-        for slot in &self.slots {
-            if let Some(p) = slot.current.borrow().as_ref() {
-                any |= p.evict(tenant, worker_id);
+    fn live(&self) -> Vec<Arc<Process>> {
+        self.slots
+            .iter()
+            .filter_map(|s| s.current.borrow().clone())
+            .filter(|p| p.is_alive())
+            .collect()
+    }
+
+    /// Evicts one or all of a tenant's cached Workers in every worker; how many were cached.
+    pub async fn evict(&self, tenant: &str, worker_id: Option<&str>) -> usize {
+        let mut evicted = 0;
+        for p in self.live() {
+            let query = Query::Evict {
+                tenant: tenant.to_string(),
+                worker_id: worker_id.map(str::to_string),
+            };
+            if let Some(QueryAnswer::Evicted(n)) = p.query(query).await {
+                evicted += n;
             }
         }
-        any
+        evicted
     }
 
     /// Ids of `tenant`'s Workers that the workers hold warm.
-    pub fn cached_ids(&self, tenant: &str) -> Vec<String> {
+    pub async fn cached_ids(&self, tenant: &str) -> Vec<String> {
         let mut ids: Vec<String> = Vec::new();
-        for slot in &self.slots {
-            if let Some(p) = slot.current.borrow().as_ref() {
-                ids.extend(p.cached_ids(tenant));
+        for p in self.live() {
+            let query = Query::CachedIds {
+                tenant: tenant.to_string(),
+            };
+            if let Some(QueryAnswer::Ids(found)) = p.query(query).await {
+                ids.extend(found);
             }
         }
         ids.sort();

@@ -3,14 +3,16 @@
 
 use crate::metrics::Metrics;
 use futures::{SinkExt, StreamExt};
-use isogate_pool::wire::{self, Answer, Event, FromWorker, ToWorker, WorkerSettings};
+use isogate_pool::wire::{
+    self, Answer, Event, FromWorker, Query, QueryAnswer, ToWorker, WorkerSettings,
+};
 use isogate_pool::{
     EgressPort, ErrorKind, Hold, Invocation, InvocationStats, Invoker, Limits, PoolError,
     PoolObserver, WorkerError,
 };
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
@@ -173,8 +175,8 @@ pub(super) struct Process {
     ready: AtomicBool,
     alive: AtomicBool,
     killed: Mutex<Option<Kill>>,
-    /// (tenant, id) of Workers this process ran with `get()` and may hold warm.
-    cached: Mutex<HashSet<(String, String)>>,
+    queries: Mutex<HashMap<u64, oneshot::Sender<QueryAnswer>>>,
+    next_query: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -188,35 +190,21 @@ impl Process {
     ) -> std::io::Result<(Arc<Process>, oneshot::Receiver<ExitCause>)> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let exe = std::env::current_exe()?;
-        let mut cmd = tokio::process::Command::new(exe);
+        let mut cmd = std::process::Command::new(exe);
         cmd.arg("__worker")
+            .arg("--parent")
+            .arg(std::process::id().to_string())
             .env_clear()
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true);
-        let fd = theirs.as_raw_fd();
-        // SAFETY: the closure runs in the child between fork and exec and only makes
-        // async-signal-safe syscalls (dup2, fcntl, close_range) on descriptor numbers.
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == wire::CHANNEL_FD {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, wire::CHANNEL_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Nothing but stdio and the channel crosses into the worker.
-                libc::syscall(
-                    libc::SYS_close_range,
-                    (wire::CHANNEL_FD + 1) as libc::c_uint,
-                    libc::c_uint::MAX,
-                    0 as libc::c_uint,
-                );
-                Ok(())
-            });
+            .stderr(std::process::Stdio::inherit());
+        if let Some(limit) = settings.data_limit_bytes {
+            cmd.arg("--data-limit").arg(limit.to_string());
         }
+        // Only stdio and the channel (at CHANNEL_FD) cross into the worker.
+        isogate_pool::confine::inherit_only(&mut cmd, Some(theirs.as_raw_fd()));
+        let mut cmd = tokio::process::Command::from(cmd);
+        cmd.kill_on_drop(true);
         let mut child = cmd.spawn()?;
         drop(theirs);
         let pid = child.id().unwrap_or(0);
@@ -238,7 +226,8 @@ impl Process {
             ready: AtomicBool::new(false),
             alive: AtomicBool::new(true),
             killed: Mutex::new(None),
-            cached: Mutex::new(HashSet::new()),
+            queries: Mutex::new(HashMap::new()),
+            next_query: AtomicU64::new(1),
             metrics: metrics.clone(),
         });
         process.send(ToWorker::Hello(settings)).ok();
@@ -337,15 +326,6 @@ impl Process {
         pending: Pending,
         message: ToWorker,
     ) -> Result<(), PoolError> {
-        if let ToWorker::Get { invoker, .. } = &message {
-            self.cached
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert((
-                    invoker.tenant.clone(),
-                    invoker.worker_id.clone().unwrap_or_default(),
-                ));
-        }
         self.pending().insert(id, pending);
         self.metrics.worker_in_flight.inc();
         if let Err(e) = self.send(message) {
@@ -357,28 +337,27 @@ impl Process {
         Ok(())
     }
 
-    pub(super) fn evict(&self, tenant: &str, worker_id: Option<&str>) -> bool {
-        let known = {
-            let mut cached = self.cached.lock().unwrap_or_else(|p| p.into_inner());
-            let before = cached.len();
-            cached.retain(|(t, i)| !(t == tenant && worker_id.is_none_or(|w| w == i)));
-            before != cached.len()
-        };
-        let _ = self.send(ToWorker::Evict {
-            tenant: tenant.to_string(),
-            worker_id: worker_id.map(str::to_string),
-        });
-        known
-    }
-
-    pub(super) fn cached_ids(&self, tenant: &str) -> Vec<String> {
-        self.cached
+    /// Asks the worker about its cache; `None` if it does not answer within a second.
+    pub(super) async fn query(&self, query: Query) -> Option<QueryAnswer> {
+        let call = self.next_query.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.queries
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|(t, _)| t == tenant)
-            .map(|(_, i)| i.clone())
-            .collect()
+            .insert(call, tx);
+        if self.send(ToWorker::Query { call, query }).is_err() {
+            self.queries
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&call);
+            return None;
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(1), rx).await;
+        self.queries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&call);
+        answer.ok().and_then(Result::ok)
     }
 
     fn receive(
@@ -388,8 +367,26 @@ impl Process {
         metrics: &Arc<Metrics>,
     ) {
         match message {
-            FromWorker::Ready { confinement } => {
-                tracing::info!(worker = self.index, pid = self.pid, confinement = %confinement, "worker process ready");
+            FromWorker::Ready {
+                confinement,
+                complete,
+            } => {
+                if complete {
+                    tracing::info!(worker = self.index, pid = self.pid, confinement = %confinement, "worker process ready");
+                } else {
+                    tracing::warn!(worker = self.index, pid = self.pid, confinement = %confinement,
+                        "worker process ready with a degraded confinement (a kernel feature is missing; see README \"Isolation\")");
+                }
+            }
+            FromWorker::Answered { call, answer } => {
+                let waiter = self
+                    .queries
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&call);
+                if let Some(w) = waiter {
+                    let _ = w.send(answer);
+                }
             }
             FromWorker::Done { id, answer } => {
                 let mut pending = self.pending();
