@@ -727,6 +727,7 @@ fn invoker(worker_id: Option<&str>) -> Invoker {
     Invoker {
         tenant: "t".into(),
         worker_id: worker_id.map(str::to_string),
+        invocation: 1,
     }
 }
 
