@@ -1,5 +1,10 @@
 //! The admin listener: `GET /healthz` (200 while the process serves) and `GET /readyz` (200 once
 //! the warm pool has been filled).
+//!
+//! Test-only: with `ISOGATE_TEST_PROBES=1` in the gateway's environment (never in production),
+//! `POST /debug/probe/{socket|open|exhaust}?tenant=NAME` makes the worker process that runs
+//! `NAME` attempt what an engine bug could (open a socket or a file, allocate without bound), to
+//! test that its confinement kills it. Without that variable the route does not exist (404).
 
 use crate::ingress::Reply;
 use crate::state::AppState;
@@ -24,6 +29,13 @@ impl Admin {
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> http::Response<Vec<u8>> {
         let path = session.req_header().uri.path();
+        if let Some(what) = path.strip_prefix("/debug/probe/") {
+            if probes_enabled() {
+                let post = session.req_header().method == http::Method::POST;
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                return self.probe(post, what, &query).await.into_http();
+            }
+        }
         let reply = match path {
             "/healthz" => Reply::json(200, &serde_json::json!({"status": "ok"})),
             "/readyz" => {
@@ -61,5 +73,40 @@ impl ServeHttp for Admin {
             ))),
         };
         reply.into_http()
+    }
+}
+
+/// Whether the test-only probe route exists (`ISOGATE_TEST_PROBES=1`).
+fn probes_enabled() -> bool {
+    std::env::var_os("ISOGATE_TEST_PROBES").is_some_and(|v| v == "1")
+}
+
+impl Admin {
+    /// `POST /debug/probe/{what}?tenant=NAME` (test-only, see the module doc).
+    async fn probe(&self, post: bool, what: &str, query: &str) -> Reply {
+        use crate::error::ApiError;
+        use isogate_pool::wire::Probe;
+        if !post {
+            return Reply::error(&ApiError::MethodNotAllowed { allow: "POST" });
+        }
+        let probe = match what {
+            "socket" => Probe::Socket,
+            "open" => Probe::Open,
+            "exhaust" => Probe::Exhaust,
+            _ => return Reply::error(&ApiError::NotFound(format!("no probe {what}"))),
+        };
+        let Some(tenant) = url::form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "tenant")
+            .map(|(_, v)| v.into_owned())
+        else {
+            return Reply::error(&ApiError::BadRequest("probe: missing ?tenant=".into()));
+        };
+        match self.state.pool.probe(&tenant, probe).await {
+            None => Reply::error(&ApiError::Conflict(
+                "probes need worker processes (pool.isolation: process)".into(),
+            )),
+            Some(Ok(pid)) => Reply::json(200, &serde_json::json!({"probe": what, "pid": pid})),
+            Some(Err(_)) => Reply::error(&ApiError::Overloaded),
+        }
     }
 }

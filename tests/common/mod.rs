@@ -33,6 +33,26 @@ pub fn tenants_yaml() -> String {
     tenant_yaml("alpha", ALPHA_KEY, limits) + &tenant_yaml("beta", BETA_KEY, limits)
 }
 
+/// `ISOGATE_TEST_ISOLATION=thread` in the test's environment runs every gateway the harness
+/// starts in thread mode (`pool.isolation: thread`), unless the test names an isolation itself;
+/// CI runs the integration suite once per mode.
+pub fn thread_mode() -> bool {
+    std::env::var("ISOGATE_TEST_ISOLATION").is_ok_and(|v| v == "thread")
+}
+
+/// `pool` (a YAML flow-mapping body) with the isolation mode of this test run.
+pub fn pool_for_mode(pool: &str) -> String {
+    if thread_mode() && !pool.contains("isolation:") {
+        if pool.trim().is_empty() {
+            "isolation: thread".to_string()
+        } else {
+            format!("isolation: thread, {pool}")
+        }
+    } else {
+        pool.to_string()
+    }
+}
+
 /// A free loopback socket address (`127.0.0.1:PORT`), e.g. for [`Gateway::start_at`].
 pub fn free_loopback_addr() -> String {
     format!("127.0.0.1:{}", free_port())
@@ -110,6 +130,7 @@ impl Gateway {
         } else {
             format!("{extra}shutdown: {{ grace_period_s: 0, drain_timeout_s: 10 }}\n")
         };
+        let pool = pool_for_mode(pool);
         let config = format!(
             "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\nstate_dir: \"{}\"\npool: {{ {pool} }}\ntenants:\n{tenants}{extra}",
             dir.join("state").display()
@@ -172,6 +193,7 @@ impl Gateway {
 
     /// Rewrites the config file in place (same listeners and state dir) with new pool/tenants.
     pub fn rewrite_config(&self, pool: &str, tenants: &str) {
+        let pool = pool_for_mode(pool);
         let config = format!(
             "listen: {{ ingress: \"{}\", admin: \"{}\" }}\nstate_dir: \"{}\"\npool: {{ {pool} }}\ntenants:\n{tenants}shutdown: {{ grace_period_s: 0, drain_timeout_s: 10 }}\n",
             self.ingress,
@@ -232,6 +254,46 @@ impl Gateway {
 
     pub fn pid(&self) -> u32 {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Pids of the gateway's worker processes (its children running `isogate __worker`), sorted.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let parent = self.pid();
+        let mut pids = Vec::new();
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return pids;
+        };
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let ppid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            if ppid != Some(parent) {
+                continue;
+            }
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let zombie = status
+                .lines()
+                .any(|l| l.starts_with("State:") && l.contains('Z'));
+            if !zombie && cmdline.split(|b| *b == 0).any(|arg| arg == b"__worker") {
+                pids.push(pid);
+            }
+        }
+        pids.sort_unstable();
+        pids
+    }
+
+    /// Whether `/readyz` answers 200 now.
+    pub fn is_ready(&self) -> bool {
+        self.client
+            .get(format!("http://{}/readyz", self.admin))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
     }
 
     /// Resident set size of the gateway process, in KiB.

@@ -157,6 +157,19 @@ impl Workers {
         }
     }
 
+    /// Test-only: sends a confinement probe to the worker process that runs `tenant`; the pid
+    /// of that process. `None` in thread mode (there is no worker process to probe).
+    pub async fn probe(
+        &self,
+        tenant: &str,
+        probe: isogate_pool::wire::Probe,
+    ) -> Option<Result<u32, PoolError>> {
+        match self {
+            Workers::Threads(_) => None,
+            Workers::Processes(s) => Some(s.probe(tenant, probe).await),
+        }
+    }
+
     /// Ready to serve: warm pool filled (and, with processes, every worker up).
     pub fn is_ready(&self) -> bool {
         match self {
