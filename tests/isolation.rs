@@ -145,14 +145,31 @@ fn workers_exist_and_are_confined() {
             "pid {pid} environment: {}",
             String::from_utf8_lossy(&environ)
         );
-        // The only socket a worker holds is its channel to the gateway.
-        let sockets = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        // A worker holds no network socket: every socket it has is an unnamed AF_UNIX one
+        // (its channel to the gateway and its runtime's internal socket pairs).
+        let unix = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).expect("net/unix");
+        let unnamed: Vec<&str> = unix
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.len() == 7).then(|| f[6])
+            })
+            .collect();
+        let sockets: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
             .expect("fds")
             .flatten()
             .filter_map(|e| std::fs::read_link(e.path()).ok())
-            .filter(|l| l.to_string_lossy().starts_with("socket:"))
-            .count();
-        assert_eq!(sockets, 1, "pid {pid} holds {sockets} sockets");
+            .map(|l| l.to_string_lossy().into_owned())
+            .filter_map(|l| Some(l.strip_prefix("socket:[")?.trim_end_matches(']').to_string()))
+            .collect();
+        assert!(!sockets.is_empty(), "pid {pid} has no channel");
+        for inode in &sockets {
+            assert!(
+                unnamed.contains(&inode.as_str()),
+                "pid {pid} holds socket {inode}, not an unnamed unix socket"
+            );
+        }
     }
     // The gateway itself is not under the worker filter (it must open sockets and files).
     assert!(status_of(g.pid()).contains("Seccomp:\t0"));
