@@ -161,7 +161,13 @@ fn workers_exist_and_are_confined() {
             .flatten()
             .filter_map(|e| std::fs::read_link(e.path()).ok())
             .map(|l| l.to_string_lossy().into_owned())
-            .filter_map(|l| Some(l.strip_prefix("socket:[")?.trim_end_matches(']').to_string()))
+            .filter_map(|l| {
+                Some(
+                    l.strip_prefix("socket:[")?
+                        .trim_end_matches(']')
+                        .to_string(),
+                )
+            })
             .collect();
         assert!(!sockets.is_empty(), "pid {pid} has no channel");
         for inode in &sockets {
@@ -207,7 +213,10 @@ fn the_filter_kills_a_worker_that_opens_a_socket_or_a_file() {
         let after = wait_replaced(&g, &[pid]);
         // Only the probed worker was replaced.
         let kept: Vec<_> = before.iter().filter(|p| **p != pid).collect();
-        assert!(kept.iter().all(|p| after.contains(p)), "{before:?} {after:?}");
+        assert!(
+            kept.iter().all(|p| after.contains(p)),
+            "{before:?} {after:?}"
+        );
         served(&g, &a);
         served(&g, &b);
     }
@@ -273,10 +282,8 @@ fn scan_process(pid: u32, needles: &[&[u8]]) -> Vec<usize> {
         let Some((start, end)) = range.split_once('-') else {
             continue;
         };
-        let (Ok(start), Ok(end)) = (
-            u64::from_str_radix(start, 16),
-            u64::from_str_radix(end, 16),
-        ) else {
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
             continue;
         };
         // Read in chunks that overlap by the longest needle, so no match straddles two reads.
@@ -368,7 +375,10 @@ fn no_secret_in_a_worker_process() {
     }
     // Control: the same scan finds the secret in the gateway, which holds it.
     let found = scan_process(g.pid(), &needles);
-    assert!(found.contains(&0), "the scan does not find the secret where it is");
+    assert!(
+        found.contains(&0),
+        "the scan does not find the secret where it is"
+    );
 }
 
 #[test]
@@ -405,9 +415,11 @@ fn kill_9_of_a_worker_fails_only_its_in_flight_requests() {
             let r = gb.load(&kb, &slow_b, None);
             (r.status().as_u16(), r.text().unwrap_or_default())
         });
-        wait_for("both slow requests in flight", Duration::from_secs(10), || {
-            g.metric("isogate_worker_invocations_in_flight") >= in_flight + 2.0
-        });
+        wait_for(
+            "both slow requests in flight",
+            Duration::from_secs(10),
+            || g.metric("isogate_worker_invocations_in_flight") >= in_flight + 2.0,
+        );
         let killed = std::process::Command::new("kill")
             .args(["-9", &pid_a.to_string()])
             .status()
@@ -499,8 +511,8 @@ fn a_stall_inside_one_native_call_ends_as_cpu_limit_and_others_are_served() {
         for round in 0..3 {
             // The bound: cpu_ms + grace_ms + 250 ms (the CPU part scaled by contention).
             let slowdown = cpu_slowdown();
-            let bound = Duration::from_millis(50 + 100).mul_f64(slowdown)
-                + Duration::from_millis(250);
+            let bound =
+                Duration::from_millis(50 + 100).mul_f64(slowdown) + Duration::from_millis(250);
             let (kind, took) = stall(&g, &a);
             assert_eq!(kind, "cpu_limit", "round {round}");
             assert!(
@@ -570,9 +582,15 @@ fn blob_accumulation_ends_at_the_limit_without_harming_the_other_worker() {
     }
     let (i, status, v) = ended.expect("the hoard never hit a limit");
     assert_eq!(status, 503, "{v}");
-    assert_eq!(v["error"]["kind"], "memory_limit", "after {i} requests: {v}");
+    assert_eq!(
+        v["error"]["kind"], "memory_limit",
+        "after {i} requests: {v}"
+    );
     // The other worker kept its process and B's Worker its state.
-    let b_pid: Vec<_> = pids.iter().filter(|p| g.worker_pids().contains(p)).collect();
+    let b_pid: Vec<_> = pids
+        .iter()
+        .filter(|p| g.worker_pids().contains(p))
+        .collect();
     assert!(!b_pid.is_empty(), "both workers were replaced");
     assert_eq!(g.count(&key(&b), "counter"), 2);
     // A's Worker starts afresh.
@@ -654,9 +672,11 @@ fn readyz_is_not_ready_while_the_workers_are_down() {
             .expect("kill")
             .success());
     }
-    wait_for("/readyz to report not ready", Duration::from_secs(10), || {
-        !g.is_ready()
-    });
+    wait_for(
+        "/readyz to report not ready",
+        Duration::from_secs(10),
+        || !g.is_ready(),
+    );
     let r = g
         .client
         .get(format!("http://{}/healthz", g.admin))
@@ -672,7 +692,8 @@ fn readyz_is_not_ready_while_the_workers_are_down() {
 #[test]
 fn thread_mode_has_no_worker_processes_and_still_serves() {
     let (a, b) = (tenant_on(0, &[]), tenant_on(1, &[]));
-    let pool = "isolation: thread, threads: 2, warm_isolates: 2, max_cached_workers: 100, idle_ttl_s: 300";
+    let pool =
+        "isolation: thread, threads: 2, warm_isolates: 2, max_cached_workers: 100, idle_ttl_s: 300";
     let g = Gateway::start_with(
         pool,
         &(tenant(&a, STALL_LIMITS) + &tenant(&b, STALL_LIMITS)),
@@ -693,4 +714,22 @@ fn thread_mode_has_no_worker_processes_and_still_serves() {
     assert_eq!(s, 409, "{v}");
     assert_eq!(g.count(&key(&b), "counter"), 2);
     assert!(g.worker_pids().is_empty());
+}
+
+#[test]
+fn the_harness_runs_gateways_in_the_mode_ci_asks_for() {
+    // A gateway started without naming an isolation: process mode by default, thread mode
+    // under ISOGATE_TEST_ISOLATION=thread (the second CI pass).
+    let a = tenant_on(0, &[]);
+    let g = Gateway::start(
+        "threads: 2, warm_isolates: 2, max_cached_workers: 100, idle_ttl_s: 300",
+        &tenant(&a, LIMITS),
+    );
+    let workers = g.worker_pids().len();
+    if common::thread_mode() {
+        assert_eq!(workers, 0);
+    } else {
+        assert!(workers >= PROCESSES, "{workers} worker processes");
+    }
+    served(&g, &a);
 }

@@ -264,7 +264,11 @@ impl Gateway {
             return pids;
         };
         for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
                 continue;
             };
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
