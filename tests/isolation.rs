@@ -733,3 +733,29 @@ fn the_harness_runs_gateways_in_the_mode_ci_asks_for() {
     }
     served(&g, &a);
 }
+
+#[test]
+fn a_worker_whose_heartbeats_stop_is_killed_and_replaced() {
+    let (a, b) = (tenant_on(0, &[]), tenant_on(1, &[]));
+    let g = Gateway::start_with(
+        POOL,
+        &(tenant(&a, LIMITS) + &tenant(&b, LIMITS)),
+        "",
+        PROBES,
+    );
+    let pid_a = worker_of(&g, &a);
+    // Frozen (as a worker stuck outside any invocation would be): no heartbeat, no answer.
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid_a.to_string()])
+        .status()
+        .expect("kill")
+        .success());
+    wait_for("the heartbeat kill", Duration::from_secs(20), || {
+        g.metric(r#"isogate_watchdog_kills_total{limit="heartbeat"}"#) == 1.0
+    });
+    let pids = wait_replaced(&g, &[pid_a]);
+    assert_eq!(pids.len(), PROCESSES);
+    assert_eq!(restarts(&g, "heartbeat"), 1.0, "{}", g.metrics());
+    served(&g, &a);
+    served(&g, &b);
+}
