@@ -192,6 +192,12 @@ pub enum FromWorker {
         /// The answer, or why the worker's pool did not take the job.
         answer: Result<Answer, PoolError>,
     },
+    /// An isolate thread took the invocation off its queue: from now on it is not retried
+    /// elsewhere if this worker dies.
+    Started {
+        /// Invocation id.
+        id: u64,
+    },
     /// All of an invocation's work has ended; its tenant slot may be freed.
     Released {
         /// Invocation id.

@@ -196,7 +196,7 @@ fn dispatch(
         } => {
             let (pool, out) = (pool.clone(), out.clone());
             tokio::spawn(async move {
-                let hold = Hold::new(Release(out.clone(), id));
+                let hold = held(&out, id);
                 let answer = pool
                     .load(invoker, code, request, limits, hold)
                     .await
@@ -231,7 +231,7 @@ fn dispatch(
             };
             let (pool, out) = (pool.clone(), out.clone());
             tokio::spawn(async move {
-                let hold = Hold::new(Release(out.clone(), id));
+                let hold = held(&out, id);
                 let answer = pool
                     .get(invoker, sealed, request, limits, tenant_cap, hold)
                     .await
@@ -248,7 +248,7 @@ fn dispatch(
         } => {
             let (pool, out) = (pool.clone(), out.clone());
             tokio::spawn(async move {
-                let hold = Hold::new(Release(out.clone(), id));
+                let hold = held(&out, id);
                 let answer = pool
                     .execute(invoker, source, env, limits, hold)
                     .await
@@ -301,6 +301,14 @@ fn bounded(mut inv: Invocation<HttpResponse>) -> Invocation<HttpResponse> {
         }
     }
     inv
+}
+
+/// The pool's hold for invocation `id`: reports when a thread starts it and when it ends.
+fn held(out: &Out, id: u64) -> Hold {
+    let started = out.clone();
+    Hold::with_start(Release(out.clone(), id), move || {
+        let _ = started.send(FromWorker::Started { id });
+    })
 }
 
 /// Tells the gateway that an invocation's work has ended when the pool drops its hold.

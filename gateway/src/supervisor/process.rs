@@ -8,7 +8,7 @@ use isogate_pool::wire::{
 };
 use isogate_pool::{
     EgressPort, ErrorKind, Hold, Invocation, InvocationStats, Invoker, Limits, PoolError,
-    PoolObserver, WorkerError,
+    PoolObserver, WorkerCode, WorkerError,
 };
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -50,14 +50,21 @@ impl Reply {
     }
 }
 
-/// An invocation dispatched to this worker, until its work has ended.
+/// An invocation dispatched to a worker, until its work has ended.
 pub(super) struct Pending {
     invoker: Invoker,
     limits: Limits,
     reply: Option<Reply>,
     hold: Option<Hold>,
-    resend: Option<ToWorker>,
+    /// The message, kept (shared, not copied) so that an invocation a dead worker never
+    /// started can be sent to its replacement.
+    message: Arc<ToWorker>,
+    /// For `get()`: the code, sent only when the worker asks for it.
+    code: Option<Arc<WorkerCode>>,
     dispatched: Instant,
+    /// When an isolate thread took it (`FromWorker::Started`).
+    started: Option<Instant>,
+    attempts: u32,
     done: bool,
 }
 
@@ -67,19 +74,46 @@ impl Pending {
         limits: Limits,
         reply: Reply,
         hold: Hold,
-        resend: Option<ToWorker>,
+        message: ToWorker,
+        code: Option<Arc<WorkerCode>>,
     ) -> Pending {
         Pending {
             invoker,
             limits,
             reply: Some(reply),
             hold: Some(hold),
-            resend,
+            message: Arc::new(message),
+            code,
             dispatched: Instant::now(),
+            started: None,
+            attempts: 0,
             done: false,
         }
     }
+
+    pub(super) fn tenant(&self) -> &str {
+        &self.invoker.tenant
+    }
+
+    /// Answers the caller with `error` and frees its slot.
+    pub(super) fn fail(mut self, error: WorkerError) {
+        if let Some(reply) = self.reply.take() {
+            reply.fail(error);
+        }
+        drop(self.hold.take());
+    }
 }
+
+/// What a dead worker leaves behind.
+pub(super) struct Lost {
+    /// Tenants to blame (cordoning).
+    pub(super) blamed: Vec<String>,
+    /// Invocations it had not started: to be sent to its replacement.
+    pub(super) unstarted: Vec<(u64, Pending)>,
+}
+
+/// How often an invocation is sent to a worker before a lost worker fails it.
+const MAX_ATTEMPTS: u32 = 3;
 
 /// Why the watchdog kills a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +202,7 @@ struct Beat {
 pub(super) struct Process {
     pub(super) pid: u32,
     index: usize,
-    out: mpsc::UnboundedSender<ToWorker>,
+    out: mpsc::UnboundedSender<Arc<ToWorker>>,
     pending: Mutex<HashMap<u64, Pending>>,
     beat: Mutex<Beat>,
     warm: AtomicUsize,
@@ -211,7 +245,7 @@ impl Process {
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
         let (mut sink, mut frames) = Framed::new(stream, wire::codec()).split();
-        let (out, mut outbox) = mpsc::unbounded_channel::<ToWorker>();
+        let (out, mut outbox) = mpsc::unbounded_channel::<Arc<ToWorker>>();
         let index = settings.index;
         let process = Arc::new(Process {
             pid,
@@ -236,7 +270,7 @@ impl Process {
         let writer_proc = Arc::downgrade(&process);
         tokio::spawn(async move {
             while let Some(message) = outbox.recv().await {
-                match wire::encode(&message) {
+                match wire::encode(&*message) {
                     Ok(frame) => {
                         if sink.send(frame).await.is_err() {
                             return;
@@ -313,22 +347,24 @@ impl Process {
     }
 
     pub(super) fn send(&self, message: ToWorker) -> Result<(), PoolError> {
+        self.send_shared(Arc::new(message))
+    }
+
+    fn send_shared(&self, message: Arc<ToWorker>) -> Result<(), PoolError> {
         if !self.is_alive() {
             return Err(PoolError::Unavailable);
         }
         self.out.send(message).map_err(|_| PoolError::Unavailable)
     }
 
-    /// Records `pending` under `id` and sends `message`.
-    pub(super) fn dispatch(
-        &self,
-        id: u64,
-        pending: Pending,
-        message: ToWorker,
-    ) -> Result<(), PoolError> {
+    /// Records `pending` under `id` and sends its message.
+    pub(super) fn dispatch(&self, id: u64, mut pending: Pending) -> Result<(), PoolError> {
+        let message = pending.message.clone();
+        pending.dispatched = Instant::now();
+        pending.attempts += 1;
         self.pending().insert(id, pending);
         self.metrics.worker_in_flight.inc();
-        if let Err(e) = self.send(message) {
+        if let Err(e) = self.send_shared(message) {
             if self.pending().remove(&id).is_some() {
                 self.metrics.worker_in_flight.dec();
             }
@@ -416,12 +452,40 @@ impl Process {
                 }
             }
             FromWorker::NeedCode { id } => {
-                let resend = self.pending().get_mut(&id).and_then(|p| p.resend.take());
-                match resend {
+                let with_code = self.pending().get_mut(&id).and_then(|p| {
+                    let code = p.code.take()?;
+                    match &*p.message {
+                        ToWorker::Get {
+                            id,
+                            invoker,
+                            digest,
+                            request,
+                            limits,
+                            tenant_cap,
+                            ..
+                        } => Some(ToWorker::Get {
+                            id: *id,
+                            invoker: invoker.clone(),
+                            digest: *digest,
+                            code: Some(code),
+                            request: request.clone(),
+                            limits: *limits,
+                            tenant_cap: *tenant_cap,
+                        }),
+                        _ => None,
+                    }
+                });
+                match with_code {
                     Some(m) => {
                         let _ = self.send(m);
                     }
+                    // Asked twice, or for something that is not a get(): not this protocol.
                     None => self.kill(Kill::Malformed),
+                }
+            }
+            FromWorker::Started { id } => {
+                if let Some(p) = self.pending().get_mut(&id) {
+                    p.started = Some(Instant::now());
                 }
             }
             FromWorker::Egress {
@@ -491,8 +555,12 @@ impl Process {
             if p.hold.is_none() && p.done {
                 continue;
             }
+            // Wall time counts from when a thread took the invocation (time queued behind
+            // another invocation is not this one's overrun).
             let wall = Duration::from_millis(p.limits.wall_ms) + grace;
-            if now.saturating_duration_since(p.dispatched) > wall {
+            if p.started
+                .is_some_and(|at| now.saturating_duration_since(at) > wall)
+            {
                 return Some(Kill::Wall(*id));
             }
             if let Some(cpu) = beat.cpu.get(id) {
@@ -518,8 +586,10 @@ impl Process {
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
     }
 
-    /// Answers everything in flight after the process ended; returns the tenants to blame.
-    pub(super) fn fail_all(&self, cause: &ExitCause) -> Vec<String> {
+    /// Answers the invocations that were running when the process ended (the overrunning one
+    /// with its limit, the others with `worker_crashed`); returns the tenants to blame and the
+    /// invocations no thread had started, which may run elsewhere.
+    pub(super) fn fail_all(&self, cause: &ExitCause) -> Lost {
         let overrun = match cause {
             ExitCause::Killed(Kill::Cpu(id)) => Some((*id, ErrorKind::CpuLimit)),
             ExitCause::Killed(Kill::Wall(id)) => Some((*id, ErrorKind::WallLimit)),
@@ -527,11 +597,18 @@ impl Process {
         };
         let drained: Vec<(u64, Pending)> = self.pending().drain().collect();
         self.metrics.worker_in_flight.sub(drained.len() as i64);
-        let mut blamed = Vec::new();
-        for (id, mut p) in drained {
+        let mut lost = Lost {
+            blamed: Vec::new(),
+            unstarted: Vec::new(),
+        };
+        for (id, p) in drained {
+            if p.started.is_none() && !p.done && p.attempts < MAX_ATTEMPTS {
+                lost.unstarted.push((id, p));
+                continue;
+            }
             let error = match overrun {
                 Some((o, kind)) if o == id => {
-                    blamed.push(p.invoker.tenant.clone());
+                    lost.blamed.push(p.invoker.tenant.clone());
                     WorkerError::new(
                         kind,
                         format!(
@@ -541,8 +618,8 @@ impl Process {
                     )
                 }
                 _ => {
-                    if overrun.is_none() {
-                        blamed.push(p.invoker.tenant.clone());
+                    if overrun.is_none() && p.started.is_some() {
+                        lost.blamed.push(p.invoker.tenant.clone());
                     }
                     WorkerError::new(
                         ErrorKind::WorkerCrashed,
@@ -552,14 +629,11 @@ impl Process {
                     )
                 }
             };
-            if let Some(reply) = p.reply.take() {
-                reply.fail(error);
-            }
-            drop(p.hold.take());
+            p.fail(error);
         }
-        blamed.sort();
-        blamed.dedup();
-        blamed
+        lost.blamed.sort();
+        lost.blamed.dedup();
+        lost
     }
 
     /// A message that could not be encoded (too large): its invocation fails, not the worker.
