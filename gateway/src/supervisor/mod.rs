@@ -231,7 +231,7 @@ impl Supervisor {
             let started = Instant::now();
             let mut worker = self.settings.worker.clone();
             worker.index = index;
-            match Process::spawn(worker, self.egress.clone(), self.metrics.clone()) {
+            match Process::spawn(worker, self.egress.clone(), self.metrics.clone()).await {
                 Ok((process, exited)) => {
                     self.metrics.worker_processes.inc();
                     self.slots[index]

@@ -12,6 +12,7 @@ use isogate_pool::{
 };
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -110,6 +111,41 @@ pub(super) struct Lost {
     pub(super) blamed: Vec<String>,
     /// Invocations it had not started: to be sent to its replacement.
     pub(super) unstarted: Vec<(u64, Pending)>,
+}
+
+/// Runs `cmd.spawn()` on one long-lived thread. A worker's parent-death signal fires when the
+/// *thread* that forked it exits, not the process; runtime threads come and go (a blocking
+/// pool's idle threads exit), so every worker is forked by this thread, which lives as long as
+/// the gateway.
+async fn spawn_from_spawner_thread(cmd: std::process::Command) -> std::io::Result<Child> {
+    type Job = (
+        std::process::Command,
+        oneshot::Sender<std::io::Result<Child>>,
+    );
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("isogate-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the worker spawner thread");
+        }
+        std::sync::Mutex::new(tx)
+    });
+    let (tx, rx) = oneshot::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, tx))
+        .map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?;
+    rx.await
+        .map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?
 }
 
 /// How often an invocation is sent to a worker before a lost worker fails it.
@@ -217,7 +253,7 @@ pub(super) struct Process {
 impl Process {
     /// Spawns `isogate __worker` with an empty environment and one end of a socket pair at
     /// [`wire::CHANNEL_FD`]; returns the process and a future that resolves when it has ended.
-    pub(super) fn spawn(
+    pub(super) async fn spawn(
         settings: WorkerSettings,
         egress: Arc<dyn EgressPort>,
         metrics: Arc<Metrics>,
@@ -237,11 +273,9 @@ impl Process {
         }
         // Only stdio and the channel (at CHANNEL_FD) cross into the worker.
         isogate_pool::confine::inherit_only(&mut cmd, Some(theirs.as_raw_fd()));
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(true);
-        let mut child = cmd.spawn()?;
+        let mut child = spawn_from_spawner_thread(cmd).await?;
         drop(theirs);
-        let pid = child.id().unwrap_or(0);
+        let pid = child.id();
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
         let (mut sink, mut frames) = Framed::new(stream, wire::codec()).split();
@@ -309,7 +343,9 @@ impl Process {
         let (exited_tx, exited_rx) = oneshot::channel();
         let waiter_proc = process.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let status = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             waiter_proc.alive.store(false, Ordering::SeqCst);
             reader.abort();
             let killed = *waiter_proc.killed.lock().unwrap_or_else(|p| p.into_inner());
