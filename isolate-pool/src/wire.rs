@@ -375,6 +375,27 @@ mod tests {
     }
 
     #[test]
+    fn a_frame_over_the_limit_is_refused_before_it_is_read() {
+        use tokio_util::codec::Decoder;
+        let mut codec = codec();
+        let mut buf = bytes::BytesMut::new();
+        buf.extend_from_slice(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes());
+        buf.extend_from_slice(&[0u8; 16]);
+        assert!(codec.decode(&mut buf).is_err());
+        let mut ok = bytes::BytesMut::new();
+        ok.extend_from_slice(&3u32.to_be_bytes());
+        ok.extend_from_slice(b"abc");
+        assert_eq!(&codec.decode(&mut ok).unwrap().unwrap()[..], b"abc");
+        let big = HttpRequest {
+            method: "GET".into(),
+            url: "u".into(),
+            headers: vec![],
+            body: vec![0; MAX_FRAME_BYTES + 1],
+        };
+        assert!(matches!(encode(&big), Err(WireError::TooLarge(_))));
+    }
+
+    #[test]
     fn garbage_is_an_error_not_a_panic() {
         for frame in [
             &b""[..],
