@@ -10,7 +10,7 @@ use isogate_pool::{
     EgressPort, ErrorKind, Hold, Invocation, InvocationStats, Invoker, Limits, PoolError,
     PoolObserver, WorkerCode, WorkerError,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -247,6 +247,9 @@ pub(super) struct Process {
     killed: Mutex<Option<Kill>>,
     queries: Mutex<HashMap<u64, oneshot::Sender<QueryAnswer>>>,
     next_query: AtomicU64,
+    /// Tenants this gateway dispatched invocations of to this worker: the only tenant names a
+    /// worker's events may carry into metric labels.
+    tenants: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
 }
 
@@ -296,6 +299,7 @@ impl Process {
             killed: Mutex::new(None),
             queries: Mutex::new(HashMap::new()),
             next_query: AtomicU64::new(1),
+            tenants: Mutex::new(HashSet::new()),
             metrics: metrics.clone(),
         });
         process.send(ToWorker::Hello(settings)).ok();
@@ -396,6 +400,12 @@ impl Process {
     /// Records `pending` under `id` and sends its message.
     pub(super) fn dispatch(&self, id: u64, mut pending: Pending) -> Result<(), PoolError> {
         let message = pending.message.clone();
+        {
+            let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            if !tenants.contains(pending.tenant()) {
+                tenants.insert(pending.tenant().to_string());
+            }
+        }
         pending.dispatched = Instant::now();
         pending.attempts += 1;
         self.pending().insert(id, pending);
@@ -409,8 +419,21 @@ impl Process {
         Ok(())
     }
 
+    fn knows(&self, tenant: &str) -> bool {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(tenant)
+    }
+
     /// Asks the worker about its cache; `None` if it does not answer within a second.
     pub(super) async fn query(&self, query: Query) -> Option<QueryAnswer> {
+        if let Query::CachedIds { tenant } | Query::Evict { tenant, .. } = &query {
+            self.tenants
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant.clone());
+        }
         let call = self.next_query.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.queries
@@ -549,8 +572,12 @@ impl Process {
             FromWorker::Event(event) => match event {
                 Event::IsolateStarted(kind, took) => metrics.isolate_started(kind, took),
                 Event::IsolateTaken(kind) => metrics.isolate_taken(kind),
-                Event::Cache(tenant, e) => metrics.cache_event(&tenant, e),
-                Event::CachedWorkers(tenant, n) => metrics.cached_workers(&tenant, n),
+                Event::Cache(tenant, e) if self.knows(&tenant) => metrics.cache_event(&tenant, e),
+                Event::CachedWorkers(tenant, n) if self.knows(&tenant) => {
+                    metrics.cached_workers(&tenant, n)
+                }
+                // A tenant this worker was never given: not a label a worker may invent.
+                Event::Cache(..) | Event::CachedWorkers(..) => self.kill(Kill::Malformed),
             },
             FromWorker::Heartbeat {
                 running,
