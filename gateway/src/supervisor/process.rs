@@ -428,12 +428,11 @@ impl Process {
 
     /// Asks the worker about its cache; `None` if it does not answer within a second.
     pub(super) async fn query(&self, query: Query) -> Option<QueryAnswer> {
-        if let Query::CachedIds { tenant } | Query::Evict { tenant, .. } = &query {
-            self.tenants
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(tenant.clone());
-        }
+        let (Query::CachedIds { tenant } | Query::Evict { tenant, .. }) = &query;
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.clone());
         let call = self.next_query.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.queries
