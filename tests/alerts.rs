@@ -133,9 +133,9 @@ fn every_alert_has_firing_and_silent_test_cases() {
         .iter()
         .filter_map(|name| match cases.get(name) {
             Some((firing, silent)) if *firing > 0 && *silent > 0 => None,
-            Some((firing, silent)) => Some(format!(
-                "{name} ({firing} firing, {silent} silent cases)"
-            )),
+            Some((firing, silent)) => {
+                Some(format!("{name} ({firing} firing, {silent} silent cases)"))
+            }
             None => Some(format!("{name} (no case)")),
         })
         .collect();

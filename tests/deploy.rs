@@ -315,7 +315,10 @@ fn dashboard_is_a_grafana_dashboard() {
         assert!(panel["gridPos"].is_object(), "panel {title} has no gridPos");
         if panel["type"] == "row" {
             // A row only groups the panels below it: no query of its own.
-            assert!(panel["panels"].is_array(), "row {title} has no panels array");
+            assert!(
+                panel["panels"].is_array(),
+                "row {title} has no panels array"
+            );
             assert!(panel.get("targets").is_none(), "row {title} has targets");
             continue;
         }
@@ -596,12 +599,18 @@ fn deployment_memory_limit_fits_the_worker_processes() {
     let budget = value_of(&config, "budget_mb").map_or(256, |v| v.parse().expect("budget_mb"));
     let resources = block_after(&deployment, "resources:", false).join("\n");
     let limit = mebibytes(
-        value_of(&block_after(&resources, "limits:", false).join("\n"), "memory")
-            .expect("resources.limits.memory"),
+        value_of(
+            &block_after(&resources, "limits:", false).join("\n"),
+            "memory",
+        )
+        .expect("resources.limits.memory"),
     );
     let request = mebibytes(
-        value_of(&block_after(&resources, "requests:", false).join("\n"), "memory")
-            .expect("resources.requests.memory"),
+        value_of(
+            &block_after(&resources, "requests:", false).join("\n"),
+            "memory",
+        )
+        .expect("resources.requests.memory"),
     );
     // Every worker (the regular ones plus the quarantine worker) may reach its RLIMIT_DATA
     // while the gateway holds its whole in-flight budget: the pod's OOM killer must not be
