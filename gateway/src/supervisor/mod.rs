@@ -528,9 +528,15 @@ impl Supervisor {
         let period = (self.settings.worker.heartbeat / 2).max(Duration::from_millis(5));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_cordon_report = Instant::now();
         loop {
             tick.tick().await;
             let now = Instant::now();
+            // Quarantines end by time, not by an event: keep the gauge true.
+            if now.duration_since(last_cordon_report) >= Duration::from_secs(1) {
+                last_cordon_report = now;
+                self.report_cordon();
+            }
             for slot in &self.slots {
                 let current = slot.current.borrow().clone();
                 if let Some(p) = current {
