@@ -164,6 +164,10 @@ pub enum Probe {
     Open,
     /// Allocate without bound through the Rust allocator until the process limit stops it.
     Exhaust,
+    /// Write a frame that is not a message of this protocol to the channel.
+    Garbage,
+    /// Write a frame header announcing more than [`MAX_FRAME_BYTES`].
+    Oversized,
 }
 
 /// What an invocation answered.

@@ -415,6 +415,13 @@ impl PoolObserver for RemoteObserver {
     }
 }
 
+/// Test-only: bytes straight onto the channel, as a compromised worker could write them.
+fn raw_write(bytes: &[u8]) {
+    // SAFETY: writes from a valid slice to the inherited channel descriptor, which stays open
+    // for the life of the process; a short or failed write only makes the probe weaker.
+    let _ = unsafe { libc::write(wire::CHANNEL_FD, bytes.as_ptr().cast(), bytes.len()) };
+}
+
 /// Test-only: what an engine bug could attempt. The confinement must end the process.
 fn run_probe(probe: Probe) {
     tracing::warn!(?probe, "worker: running a confinement probe");
@@ -433,6 +440,12 @@ fn run_probe(probe: Probe) {
             Ok(_) => tracing::error!("worker: probe opened a file: confinement is not in force"),
             Err(e) => tracing::warn!(error = %e, "worker: probe could not open a file"),
         },
+        Probe::Garbage => raw_write(&[0, 0, 0, 5, 0xc1, 0xc1, 0xc1, 0xc1, 0xc1]),
+        Probe::Oversized => {
+            let mut frame = ((wire::MAX_FRAME_BYTES as u32) + 1).to_be_bytes().to_vec();
+            frame.extend_from_slice(&[0; 64]);
+            raw_write(&frame);
+        }
         Probe::Exhaust => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {
