@@ -313,6 +313,15 @@ fn dashboard_is_a_grafana_dashboard() {
             "duplicate panel id in {title}"
         );
         assert!(panel["gridPos"].is_object(), "panel {title} has no gridPos");
+        if panel["type"] == "row" {
+            // A row only groups the panels below it: no query of its own.
+            assert!(
+                panel["panels"].is_array(),
+                "row {title} has no panels array"
+            );
+            assert!(panel.get("targets").is_none(), "row {title} has targets");
+            continue;
+        }
         assert_eq!(
             panel["datasource"]["uid"], "${DS_PROMETHEUS}",
             "panel {title} datasource"
@@ -332,6 +341,63 @@ fn dashboard_is_a_grafana_dashboard() {
     let types: BTreeSet<&str> = panels.iter().filter_map(|p| p["type"].as_str()).collect();
     for ty in ["timeseries", "stat", "table"] {
         assert!(types.contains(ty), "no {ty} panel");
+    }
+}
+
+/// The panels of the dashboard row whose title starts with `title`: those below it and above
+/// the next row.
+fn row_panels<'a>(dash: &'a serde_json::Value, title: &str) -> Vec<&'a serde_json::Value> {
+    let panels = dash["panels"].as_array().expect("panels array");
+    let y = |p: &serde_json::Value| p["gridPos"]["y"].as_u64().expect("gridPos.y");
+    let row = panels
+        .iter()
+        .find(|p| p["type"] == "row" && p["title"].as_str().is_some_and(|t| t.starts_with(title)))
+        .unwrap_or_else(|| panic!("no dashboard row titled {title:?}"));
+    let next_row = panels
+        .iter()
+        .filter(|p| p["type"] == "row" && y(p) > y(row))
+        .map(y)
+        .min()
+        .unwrap_or(u64::MAX);
+    panels
+        .iter()
+        .filter(|p| p["type"] != "row" && y(p) > y(row) && y(p) < next_row)
+        .collect()
+}
+
+#[test]
+fn dashboard_has_a_worker_process_row() {
+    let file = "deploy/grafana/isogate-dashboard.json";
+    let dash: serde_json::Value =
+        serde_json::from_str(&read(file)).unwrap_or_else(|e| panic!("{file} is not JSON: {e}"));
+    let panels = row_panels(&dash, "Worker processes");
+    let exprs: Vec<&str> = panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().into_iter().flatten())
+        .filter_map(|t| t["expr"].as_str())
+        .collect();
+    for metric in [
+        "isogate_worker_processes",
+        "isogate_worker_restarts_total",
+        "isogate_watchdog_kills_total",
+        "isogate_cordoned_tenants",
+        "isogate_worker_round_trip_seconds_bucket",
+        "isogate_worker_invocations_in_flight",
+    ] {
+        assert!(
+            exprs.iter().any(|e| metric_tokens(e).contains(metric)),
+            "the worker process row has no panel querying {metric}: {exprs:?}"
+        );
+    }
+    let quantiles: Vec<&&str> = exprs
+        .iter()
+        .filter(|e| e.contains("isogate_worker_round_trip_seconds_bucket"))
+        .collect();
+    for q in ["histogram_quantile(0.5,", "histogram_quantile(0.99,"] {
+        assert!(
+            quantiles.iter().any(|e| e.contains(q)),
+            "worker round trip {q} is missing: {quantiles:?}"
+        );
     }
 }
 
@@ -395,6 +461,11 @@ fn alerts_are_complete() {
         "IsogatePoolOverloaded",
         "IsogateTenantThrottled",
         "IsogateEgressDenialsSpiking",
+        "IsogateWorkerSecurityExit",
+        "IsogateWorkerRestartsFrequent",
+        "IsogateWorkersDown",
+        "IsogateTenantQuarantined",
+        "IsogateWatchdogKillsSpiking",
     ] {
         assert!(names.contains(expected), "alert {expected} is missing");
     }
@@ -496,4 +567,74 @@ fn kustomization_lists_every_manifest() {
         .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
         .collect();
     assert_eq!(listed, on_disk, "kustomization.yaml resources vs files");
+}
+
+/// A Kubernetes memory quantity in MiB (`Mi`/`Gi` suffixes, as the manifests use).
+fn mebibytes(quantity: &str) -> u64 {
+    if let Some(n) = quantity.strip_suffix("Gi") {
+        n.parse::<u64>().expect("a number of Gi") * 1024
+    } else if let Some(n) = quantity.strip_suffix("Mi") {
+        n.parse().expect("a number of Mi")
+    } else {
+        panic!("memory quantity {quantity:?}: use Mi or Gi")
+    }
+}
+
+/// The gateway process's own memory in the sizing rule of deployment.yaml, beyond the in-flight
+/// body budget: ~25 MiB idle (BENCHMARKS.md) rounded up.
+const GATEWAY_BASE_MIB: u64 = 44;
+
+#[test]
+fn deployment_memory_limit_fits_the_worker_processes() {
+    let config = configmap_config();
+    let deployment = read("deploy/kubernetes/deployment.yaml");
+    assert_eq!(
+        value_of(&config, "isolation"),
+        Some("process"),
+        "the ConfigMap spells out pool.isolation: process"
+    );
+    let processes = number_of(&config, "processes");
+    let process_memory = number_of(&config, "process_memory_mb");
+    // inflight.budget_mb defaults to 256 (config crate).
+    let budget = value_of(&config, "budget_mb").map_or(256, |v| v.parse().expect("budget_mb"));
+    let resources = block_after(&deployment, "resources:", false).join("\n");
+    let limit = mebibytes(
+        value_of(
+            &block_after(&resources, "limits:", false).join("\n"),
+            "memory",
+        )
+        .expect("resources.limits.memory"),
+    );
+    let request = mebibytes(
+        value_of(
+            &block_after(&resources, "requests:", false).join("\n"),
+            "memory",
+        )
+        .expect("resources.requests.memory"),
+    );
+    // Every worker (the regular ones plus the quarantine worker) may reach its RLIMIT_DATA
+    // while the gateway holds its whole in-flight budget: the pod's OOM killer must not be
+    // what stops a runaway worker (it might pick the gateway).
+    let needed = GATEWAY_BASE_MIB + budget + (processes + 1) * process_memory;
+    assert!(
+        limit >= needed,
+        "limits.memory {limit} MiB < gateway {GATEWAY_BASE_MIB} + inflight budget {budget} + \
+         ({processes} + 1 quarantine) worker processes × process_memory_mb {process_memory} = \
+         {needed} MiB"
+    );
+    assert!(
+        request <= limit && request >= GATEWAY_BASE_MIB + processes * 64,
+        "requests.memory {request} MiB must cover the gateway and {processes} workers and stay \
+         below the limit {limit} MiB"
+    );
+    assert!(
+        deployment.contains(&format!("process_memory_mb {process_memory}")),
+        "the sizing comment of deployment.yaml must name the configmap's process_memory_mb"
+    );
+}
+
+#[test]
+fn memory_quantities_parse() {
+    assert_eq!(mebibytes("1536Mi"), 1536);
+    assert_eq!(mebibytes("2Gi"), 2048);
 }

@@ -96,7 +96,7 @@ pub struct Config {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct InflightConfig {
-    /// The budget in MiB (1..=65536). Default 256: well under the shipped Deployment's 768 Mi.
+    /// The budget in MiB (1..=65536). Default 256: well within the shipped Deployment's 1536 Mi.
     pub budget_mb: u64,
     /// The share of the budget one tenant may hold, in percent (1..=100). Default 50.
     pub tenant_share_percent: u8,

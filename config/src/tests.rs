@@ -1107,6 +1107,10 @@ fn bound_doc(def: &str, field: &str, value: u64) -> (String, String) {
             doc(&format!("inflight: {{ {field}: {value} }}\n")),
             format!("inflight.{field}"),
         ),
+        "QuarantineConfig" => (
+            doc(&format!("pool: {{ quarantine: {{ {field}: {value} }} }}\n")),
+            format!("pool.quarantine.{field}"),
+        ),
         other => panic!("no test document for {other}"),
     }
 }

@@ -216,7 +216,7 @@ fn start_workers(
                     test_probes: std::env::var_os("ISOGATE_TEST_PROBES").is_some_and(|v| v == "1"),
                 },
                 grace: Duration::from_millis(pool.grace_ms),
-                heartbeat_timeout: Duration::from_secs(2),
+                heartbeat_timeout: Duration::from_secs(5),
                 start_timeout: Duration::from_secs(10),
                 cordon: CordonSettings {
                     kills: usize::try_from(pool.quarantine.after_kills).unwrap_or(usize::MAX),

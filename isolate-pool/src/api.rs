@@ -62,14 +62,25 @@ pub enum ModuleSource {
     },
 }
 
-/// What `globalOutbound` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+/// What `globalOutbound` says. Serialised as the client writes it (`null` for `Disabled`), so
+/// that it reads back unchanged (JSON and the worker wire alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Outbound {
     /// Field absent: outbound requests go through the tenant's egress policy.
     #[default]
     Default,
     /// `globalOutbound: null`: `fetch()` rejects.
     Disabled,
+}
+
+impl Serialize for Outbound {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // `WorkerCode` never writes `Default` (`skip_serializing_if`): the field is absent.
+        match self {
+            Outbound::Disabled => s.serialize_none(),
+            Outbound::Default => s.serialize_unit_variant("Outbound", 0, "Default"),
+        }
+    }
 }
 
 impl Outbound {

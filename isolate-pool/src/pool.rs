@@ -55,7 +55,11 @@ type Reply<T> = oneshot::Sender<Invocation<T>>;
 /// response, `ctx.waitUntil` work may still run — e.g. the tenant's admission permit. The job
 /// owns it and drops it when the invocation is over (or when the job is refused or dropped), so
 /// a concurrency slot is never freed while the tenant's code still runs.
-pub struct Hold(#[allow(dead_code)] Option<Box<dyn std::any::Any + Send>>);
+pub struct Hold {
+    #[allow(dead_code)]
+    value: Option<Box<dyn std::any::Any + Send>>,
+    start: Option<Box<dyn FnOnce() + Send>>,
+}
 
 /// A [`Hold`] released either when the answer goes out with no work pending, or when the job
 /// ends (after `ctx.waitUntil` work), whichever comes first.
@@ -78,12 +82,37 @@ impl HeldUntil {
 impl Hold {
     /// Keeps `value` alive until the invocation ends.
     pub fn new<T: Send + 'static>(value: T) -> Hold {
-        Hold(Some(Box::new(value)))
+        Hold {
+            value: Some(Box::new(value)),
+            start: None,
+        }
+    }
+
+    /// Like [`Hold::new`], and calls `started` when an isolate thread takes the job off its
+    /// queue (before any of the Worker's code runs): until then the job may be retried
+    /// elsewhere without running twice.
+    pub fn with_start<T: Send + 'static>(
+        value: T,
+        started: impl FnOnce() + Send + 'static,
+    ) -> Hold {
+        Hold {
+            value: Some(Box::new(value)),
+            start: Some(Box::new(started)),
+        }
     }
 
     /// Holds nothing.
     pub fn none() -> Hold {
-        Hold(None)
+        Hold {
+            value: None,
+            start: None,
+        }
+    }
+
+    fn started(&mut self) {
+        if let Some(f) = self.start.take() {
+            f();
+        }
     }
 }
 
@@ -606,8 +635,9 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             invoker,
             limits,
             reply,
-            hold,
+            mut hold,
         } => {
+            hold.started();
             let hold = HeldUntil::new(hold);
             let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
             else {
@@ -635,8 +665,9 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             invoker,
             limits,
             reply,
-            hold,
+            mut hold,
         } => {
+            hold.started();
             let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
             else {
                 return;
@@ -654,8 +685,11 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             invoker,
             limits,
             reply,
-            hold,
-        } => run_get(state, key, code, request, invoker, limits, reply, hold).await,
+            mut hold,
+        } => {
+            hold.started();
+            run_get(state, key, code, request, invoker, limits, reply, hold).await
+        }
         Job::Evict { .. } => {}
     }
 }

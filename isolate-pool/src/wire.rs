@@ -164,6 +164,10 @@ pub enum Probe {
     Open,
     /// Allocate without bound through the Rust allocator until the process limit stops it.
     Exhaust,
+    /// Write a frame that is not a message of this protocol to the channel.
+    Garbage,
+    /// Write a frame header announcing more than [`MAX_FRAME_BYTES`].
+    Oversized,
 }
 
 /// What an invocation answered.
@@ -191,6 +195,12 @@ pub enum FromWorker {
         id: u64,
         /// The answer, or why the worker's pool did not take the job.
         answer: Result<Answer, PoolError>,
+    },
+    /// An isolate thread took the invocation off its queue: from now on it is not retried
+    /// elsewhere if this worker dies.
+    Started {
+        /// Invocation id.
+        id: u64,
     },
     /// All of an invocation's work has ended; its tenant slot may be freed.
     Released {
@@ -366,6 +376,27 @@ mod tests {
             body: vec![0xff; 4096],
         };
         assert!(encode(&request).unwrap().len() < 4096 + 64);
+    }
+
+    #[test]
+    fn a_frame_over_the_limit_is_refused_before_it_is_read() {
+        use tokio_util::codec::Decoder;
+        let mut codec = codec();
+        let mut buf = bytes::BytesMut::new();
+        buf.extend_from_slice(&((MAX_FRAME_BYTES as u32) + 1).to_be_bytes());
+        buf.extend_from_slice(&[0u8; 16]);
+        assert!(codec.decode(&mut buf).is_err());
+        let mut ok = bytes::BytesMut::new();
+        ok.extend_from_slice(&3u32.to_be_bytes());
+        ok.extend_from_slice(b"abc");
+        assert_eq!(&codec.decode(&mut ok).unwrap().unwrap()[..], b"abc");
+        let big = HttpRequest {
+            method: "GET".into(),
+            url: "u".into(),
+            headers: vec![],
+            body: vec![0; MAX_FRAME_BYTES + 1],
+        };
+        assert!(matches!(encode(&big), Err(WireError::TooLarge(_))));
     }
 
     #[test]

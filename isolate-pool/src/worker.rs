@@ -196,7 +196,7 @@ fn dispatch(
         } => {
             let (pool, out) = (pool.clone(), out.clone());
             tokio::spawn(async move {
-                let hold = Hold::new(Release(out.clone(), id));
+                let hold = held(&out, id);
                 let answer = pool
                     .load(invoker, code, request, limits, hold)
                     .await
@@ -231,7 +231,7 @@ fn dispatch(
             };
             let (pool, out) = (pool.clone(), out.clone());
             tokio::spawn(async move {
-                let hold = Hold::new(Release(out.clone(), id));
+                let hold = held(&out, id);
                 let answer = pool
                     .get(invoker, sealed, request, limits, tenant_cap, hold)
                     .await
@@ -248,7 +248,7 @@ fn dispatch(
         } => {
             let (pool, out) = (pool.clone(), out.clone());
             tokio::spawn(async move {
-                let hold = Hold::new(Release(out.clone(), id));
+                let hold = held(&out, id);
                 let answer = pool
                     .execute(invoker, source, env, limits, hold)
                     .await
@@ -301,6 +301,14 @@ fn bounded(mut inv: Invocation<HttpResponse>) -> Invocation<HttpResponse> {
         }
     }
     inv
+}
+
+/// The pool's hold for invocation `id`: reports when a thread starts it and when it ends.
+fn held(out: &Out, id: u64) -> Hold {
+    let started = out.clone();
+    Hold::with_start(Release(out.clone(), id), move || {
+        let _ = started.send(FromWorker::Started { id });
+    })
 }
 
 /// Tells the gateway that an invocation's work has ended when the pool drops its hold.
@@ -407,6 +415,13 @@ impl PoolObserver for RemoteObserver {
     }
 }
 
+/// Test-only: bytes straight onto the channel, as a compromised worker could write them.
+fn raw_write(bytes: &[u8]) {
+    // SAFETY: writes from a valid slice to the inherited channel descriptor, which stays open
+    // for the life of the process; a short or failed write only makes the probe weaker.
+    let _ = unsafe { libc::write(wire::CHANNEL_FD, bytes.as_ptr().cast(), bytes.len()) };
+}
+
 /// Test-only: what an engine bug could attempt. The confinement must end the process.
 fn run_probe(probe: Probe) {
     tracing::warn!(?probe, "worker: running a confinement probe");
@@ -425,6 +440,12 @@ fn run_probe(probe: Probe) {
             Ok(_) => tracing::error!("worker: probe opened a file: confinement is not in force"),
             Err(e) => tracing::warn!(error = %e, "worker: probe could not open a file"),
         },
+        Probe::Garbage => raw_write(&[0, 0, 0, 5, 0xc1, 0xc1, 0xc1, 0xc1, 0xc1]),
+        Probe::Oversized => {
+            let mut frame = ((wire::MAX_FRAME_BYTES as u32) + 1).to_be_bytes().to_vec();
+            frame.extend_from_slice(&[0; 64]);
+            raw_write(&frame);
+        }
         Probe::Exhaust => {
             let mut hoard: Vec<Vec<u8>> = Vec::new();
             loop {

@@ -28,6 +28,7 @@ use isogate_pool::{
     EgressPort, HttpRequest, HttpResponse, Invocation, Invoker, Limits, Pool, PoolError,
     SealedCode, WorkerCode,
 };
+use isogate_pool::{ErrorKind, WorkerError};
 use process::{Pending, Process, Reply};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -243,7 +244,7 @@ impl Supervisor {
             let started = Instant::now();
             let mut worker = self.settings.worker.clone();
             worker.index = index;
-            match Process::spawn(worker, self.egress.clone(), self.metrics.clone()) {
+            match Process::spawn(worker, self.egress.clone(), self.metrics.clone()).await {
                 Ok((process, exited)) => {
                     self.metrics.worker_processes.inc();
                     self.slots[index]
@@ -256,12 +257,12 @@ impl Supervisor {
                         .worker_restarts
                         .with_label_values(&[cause.as_str()])
                         .inc();
-                    let blamed = process.fail_all(&cause);
+                    let lost = process.fail_all(&cause);
                     let tenants = self
                         .cordon
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .worker_lost(&blamed, Instant::now());
+                        .worker_lost(&lost.blamed, Instant::now());
                     for t in tenants {
                         tracing::warn!(
                             tenant = %t,
@@ -275,8 +276,12 @@ impl Supervisor {
                         pid = process.pid,
                         cause = cause.as_str(),
                         detail = %cause,
+                        requeued = lost.unstarted.len(),
                         "worker process ended; restarting"
                     );
+                    // Cordon decisions first, so a requeued invocation of a tenant that was
+                    // just quarantined goes to the quarantine worker.
+                    self.redispatch(lost.unstarted);
                 }
                 Err(e) => {
                     tracing::error!(worker = index, error = %e, "cannot start a worker process");
@@ -345,20 +350,34 @@ impl Supervisor {
             .ok_or(PoolError::Unavailable)
     }
 
-    async fn call(
-        &self,
-        tenant: &str,
-        make: impl FnOnce(u64) -> ToWorker,
-        invoker: &Invoker,
-        limits: Limits,
-        reply: Reply,
-        hold: Hold,
-        resend: Option<ToWorker>,
-    ) -> Result<(), PoolError> {
-        let process = self.process(self.slot_for(tenant)).await?;
-        let id = invoker.invocation;
-        let pending = Pending::new(invoker.clone(), limits, reply, hold, resend);
-        process.dispatch(id, pending, make(id))
+    /// Sends an invocation to the worker its tenant runs in (waiting, bounded, for one).
+    async fn call(&self, id: u64, pending: Pending) -> Result<(), PoolError> {
+        let process = self.process(self.slot_for(pending.tenant())).await?;
+        process.dispatch(id, pending)
+    }
+
+    /// Invocations a lost worker never started go to the worker their tenant runs in now.
+    fn redispatch(&self, unstarted: Vec<(u64, Pending)>) {
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        for (id, pending) in unstarted {
+            let me = me.clone();
+            self.runtime.spawn(async move {
+                let slot = me.slot_for(pending.tenant());
+                match me.process(slot).await {
+                    Ok(p) => {
+                        if let Err(e) = p.dispatch(id, pending) {
+                            tracing::warn!(error = %e, "supervisor: could not re-dispatch an invocation");
+                        }
+                    }
+                    Err(_) => pending.fail(WorkerError::new(
+                        ErrorKind::WorkerCrashed,
+                        "the worker process for this invocation ended and none replaced it in time; retry",
+                    )),
+                }
+            });
+        }
     }
 
     fn fresh(&self, mut invoker: Invoker) -> Invoker {
@@ -376,24 +395,17 @@ impl Supervisor {
         hold: Hold,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
         let invoker = self.fresh(invoker);
+        let id = invoker.invocation;
         let (tx, rx) = oneshot::channel();
-        let message = |id| ToWorker::Load {
+        let message = ToWorker::Load {
             id,
             invoker: invoker.clone(),
             code,
             request,
             limits,
         };
-        self.call(
-            &invoker.tenant.clone(),
-            message,
-            &invoker,
-            limits,
-            Reply::Http(tx),
-            hold,
-            None,
-        )
-        .await?;
+        let pending = Pending::new(invoker, limits, Reply::Http(tx), hold, message, None);
+        self.call(id, pending).await?;
         http_answer(rx.await)
     }
 
@@ -408,18 +420,9 @@ impl Supervisor {
         hold: Hold,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
         let invoker = self.fresh(invoker);
-        let (tx, rx) = oneshot::channel();
         let id = invoker.invocation;
-        let with_code = ToWorker::Get {
-            id,
-            invoker: invoker.clone(),
-            digest: code.digest(),
-            code: Some(code.code().clone()),
-            request: request.clone(),
-            limits,
-            tenant_cap,
-        };
-        let message = |id| ToWorker::Get {
+        let (tx, rx) = oneshot::channel();
+        let message = ToWorker::Get {
             id,
             invoker: invoker.clone(),
             digest: code.digest(),
@@ -428,16 +431,9 @@ impl Supervisor {
             limits,
             tenant_cap,
         };
-        self.call(
-            &invoker.tenant.clone(),
-            message,
-            &invoker,
-            limits,
-            Reply::Http(tx),
-            hold,
-            Some(with_code),
-        )
-        .await?;
+        let code = Some(code.code().clone());
+        let pending = Pending::new(invoker, limits, Reply::Http(tx), hold, message, code);
+        self.call(id, pending).await?;
         http_answer(rx.await)
     }
 
@@ -451,24 +447,17 @@ impl Supervisor {
         hold: Hold,
     ) -> Result<Invocation<serde_json::Value>, PoolError> {
         let invoker = self.fresh(invoker);
+        let id = invoker.invocation;
         let (tx, rx) = oneshot::channel();
-        let message = |id| ToWorker::Execute {
+        let message = ToWorker::Execute {
             id,
             invoker: invoker.clone(),
             source,
             env,
             limits,
         };
-        self.call(
-            &invoker.tenant.clone(),
-            message,
-            &invoker,
-            limits,
-            Reply::Json(tx),
-            hold,
-            None,
-        )
-        .await?;
+        let pending = Pending::new(invoker, limits, Reply::Json(tx), hold, message, None);
+        self.call(id, pending).await?;
         match rx.await {
             Ok(Ok(Answer::Json(inv))) => Ok(inv),
             Ok(Ok(Answer::Http(_))) | Err(_) => Err(PoolError::Unavailable),
@@ -552,9 +541,15 @@ impl Supervisor {
         let period = (self.settings.worker.heartbeat / 2).max(Duration::from_millis(5));
         let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_cordon_report = Instant::now();
         loop {
             tick.tick().await;
             let now = Instant::now();
+            // Quarantines end by time, not by an event: keep the gauge true.
+            if now.duration_since(last_cordon_report) >= Duration::from_secs(1) {
+                last_cordon_report = now;
+                self.report_cordon();
+            }
             for slot in &self.slots {
                 let current = slot.current.borrow().clone();
                 if let Some(p) = current {

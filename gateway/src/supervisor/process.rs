@@ -8,10 +8,11 @@ use isogate_pool::wire::{
 };
 use isogate_pool::{
     EgressPort, ErrorKind, Hold, Invocation, InvocationStats, Invoker, Limits, PoolError,
-    PoolObserver, WorkerError,
+    PoolObserver, WorkerCode, WorkerError,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -50,14 +51,21 @@ impl Reply {
     }
 }
 
-/// An invocation dispatched to this worker, until its work has ended.
+/// An invocation dispatched to a worker, until its work has ended.
 pub(super) struct Pending {
     invoker: Invoker,
     limits: Limits,
     reply: Option<Reply>,
     hold: Option<Hold>,
-    resend: Option<ToWorker>,
+    /// The message, kept (shared, not copied) so that an invocation a dead worker never
+    /// started can be sent to its replacement.
+    message: Arc<ToWorker>,
+    /// For `get()`: the code, sent only when the worker asks for it.
+    code: Option<Arc<WorkerCode>>,
     dispatched: Instant,
+    /// When an isolate thread took it (`FromWorker::Started`).
+    started: Option<Instant>,
+    attempts: u32,
     done: bool,
 }
 
@@ -67,19 +75,81 @@ impl Pending {
         limits: Limits,
         reply: Reply,
         hold: Hold,
-        resend: Option<ToWorker>,
+        message: ToWorker,
+        code: Option<Arc<WorkerCode>>,
     ) -> Pending {
         Pending {
             invoker,
             limits,
             reply: Some(reply),
             hold: Some(hold),
-            resend,
+            message: Arc::new(message),
+            code,
             dispatched: Instant::now(),
+            started: None,
+            attempts: 0,
             done: false,
         }
     }
+
+    pub(super) fn tenant(&self) -> &str {
+        &self.invoker.tenant
+    }
+
+    /// Answers the caller with `error` and frees its slot.
+    pub(super) fn fail(mut self, error: WorkerError) {
+        if let Some(reply) = self.reply.take() {
+            reply.fail(error);
+        }
+        drop(self.hold.take());
+    }
 }
+
+/// What a dead worker leaves behind.
+pub(super) struct Lost {
+    /// Tenants to blame (cordoning).
+    pub(super) blamed: Vec<String>,
+    /// Invocations it had not started: to be sent to its replacement.
+    pub(super) unstarted: Vec<(u64, Pending)>,
+}
+
+/// Runs `cmd.spawn()` on one long-lived thread. A worker's parent-death signal fires when the
+/// *thread* that forked it exits, not the process; runtime threads come and go (a blocking
+/// pool's idle threads exit), so every worker is forked by this thread, which lives as long as
+/// the gateway.
+async fn spawn_from_spawner_thread(cmd: std::process::Command) -> std::io::Result<Child> {
+    type Job = (
+        std::process::Command,
+        oneshot::Sender<std::io::Result<Child>>,
+    );
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let started = std::thread::Builder::new()
+            .name("isogate-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            });
+        if let Err(e) = started {
+            tracing::error!(error = %e, "cannot start the worker spawner thread");
+        }
+        std::sync::Mutex::new(tx)
+    });
+    let (tx, rx) = oneshot::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .send((cmd, tx))
+        .map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?;
+    rx.await
+        .map_err(|_| std::io::Error::other("the worker spawner thread is gone"))?
+}
+
+/// How often an invocation is sent to a worker before a lost worker fails it.
+const MAX_ATTEMPTS: u32 = 3;
 
 /// Why the watchdog kills a worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,7 +238,7 @@ struct Beat {
 pub(super) struct Process {
     pub(super) pid: u32,
     index: usize,
-    out: mpsc::UnboundedSender<ToWorker>,
+    out: mpsc::UnboundedSender<Arc<ToWorker>>,
     pending: Mutex<HashMap<u64, Pending>>,
     beat: Mutex<Beat>,
     warm: AtomicUsize,
@@ -177,13 +247,16 @@ pub(super) struct Process {
     killed: Mutex<Option<Kill>>,
     queries: Mutex<HashMap<u64, oneshot::Sender<QueryAnswer>>>,
     next_query: AtomicU64,
+    /// Tenants this gateway dispatched invocations of to this worker: the only tenant names a
+    /// worker's events may carry into metric labels.
+    tenants: Mutex<HashSet<String>>,
     metrics: Arc<Metrics>,
 }
 
 impl Process {
     /// Spawns `isogate __worker` with an empty environment and one end of a socket pair at
     /// [`wire::CHANNEL_FD`]; returns the process and a future that resolves when it has ended.
-    pub(super) fn spawn(
+    pub(super) async fn spawn(
         settings: WorkerSettings,
         egress: Arc<dyn EgressPort>,
         metrics: Arc<Metrics>,
@@ -203,15 +276,13 @@ impl Process {
         }
         // Only stdio and the channel (at CHANNEL_FD) cross into the worker.
         isogate_pool::confine::inherit_only(&mut cmd, Some(theirs.as_raw_fd()));
-        let mut cmd = tokio::process::Command::from(cmd);
-        cmd.kill_on_drop(true);
-        let mut child = cmd.spawn()?;
+        let mut child = spawn_from_spawner_thread(cmd).await?;
         drop(theirs);
-        let pid = child.id().unwrap_or(0);
+        let pid = child.id();
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
         let (mut sink, mut frames) = Framed::new(stream, wire::codec()).split();
-        let (out, mut outbox) = mpsc::unbounded_channel::<ToWorker>();
+        let (out, mut outbox) = mpsc::unbounded_channel::<Arc<ToWorker>>();
         let index = settings.index;
         let process = Arc::new(Process {
             pid,
@@ -228,6 +299,7 @@ impl Process {
             killed: Mutex::new(None),
             queries: Mutex::new(HashMap::new()),
             next_query: AtomicU64::new(1),
+            tenants: Mutex::new(HashSet::new()),
             metrics: metrics.clone(),
         });
         process.send(ToWorker::Hello(settings)).ok();
@@ -236,7 +308,7 @@ impl Process {
         let writer_proc = Arc::downgrade(&process);
         tokio::spawn(async move {
             while let Some(message) = outbox.recv().await {
-                match wire::encode(&message) {
+                match wire::encode(&*message) {
                     Ok(frame) => {
                         if sink.send(frame).await.is_err() {
                             return;
@@ -275,7 +347,9 @@ impl Process {
         let (exited_tx, exited_rx) = oneshot::channel();
         let waiter_proc = process.clone();
         tokio::spawn(async move {
-            let status = child.wait().await;
+            let status = tokio::task::spawn_blocking(move || child.wait())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             waiter_proc.alive.store(false, Ordering::SeqCst);
             reader.abort();
             let killed = *waiter_proc.killed.lock().unwrap_or_else(|p| p.into_inner());
@@ -313,22 +387,30 @@ impl Process {
     }
 
     pub(super) fn send(&self, message: ToWorker) -> Result<(), PoolError> {
+        self.send_shared(Arc::new(message))
+    }
+
+    fn send_shared(&self, message: Arc<ToWorker>) -> Result<(), PoolError> {
         if !self.is_alive() {
             return Err(PoolError::Unavailable);
         }
         self.out.send(message).map_err(|_| PoolError::Unavailable)
     }
 
-    /// Records `pending` under `id` and sends `message`.
-    pub(super) fn dispatch(
-        &self,
-        id: u64,
-        pending: Pending,
-        message: ToWorker,
-    ) -> Result<(), PoolError> {
+    /// Records `pending` under `id` and sends its message.
+    pub(super) fn dispatch(&self, id: u64, mut pending: Pending) -> Result<(), PoolError> {
+        let message = pending.message.clone();
+        {
+            let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            if !tenants.contains(pending.tenant()) {
+                tenants.insert(pending.tenant().to_string());
+            }
+        }
+        pending.dispatched = Instant::now();
+        pending.attempts += 1;
         self.pending().insert(id, pending);
         self.metrics.worker_in_flight.inc();
-        if let Err(e) = self.send(message) {
+        if let Err(e) = self.send_shared(message) {
             if self.pending().remove(&id).is_some() {
                 self.metrics.worker_in_flight.dec();
             }
@@ -337,8 +419,20 @@ impl Process {
         Ok(())
     }
 
+    fn knows(&self, tenant: &str) -> bool {
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(tenant)
+    }
+
     /// Asks the worker about its cache; `None` if it does not answer within a second.
     pub(super) async fn query(&self, query: Query) -> Option<QueryAnswer> {
+        let (Query::CachedIds { tenant } | Query::Evict { tenant, .. }) = &query;
+        self.tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tenant.clone());
         let call = self.next_query.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         self.queries
@@ -416,12 +510,40 @@ impl Process {
                 }
             }
             FromWorker::NeedCode { id } => {
-                let resend = self.pending().get_mut(&id).and_then(|p| p.resend.take());
-                match resend {
+                let with_code = self.pending().get_mut(&id).and_then(|p| {
+                    let code = p.code.take()?;
+                    match &*p.message {
+                        ToWorker::Get {
+                            id,
+                            invoker,
+                            digest,
+                            request,
+                            limits,
+                            tenant_cap,
+                            ..
+                        } => Some(ToWorker::Get {
+                            id: *id,
+                            invoker: invoker.clone(),
+                            digest: *digest,
+                            code: Some(code),
+                            request: request.clone(),
+                            limits: *limits,
+                            tenant_cap: *tenant_cap,
+                        }),
+                        _ => None,
+                    }
+                });
+                match with_code {
                     Some(m) => {
                         let _ = self.send(m);
                     }
+                    // Asked twice, or for something that is not a get(): not this protocol.
                     None => self.kill(Kill::Malformed),
+                }
+            }
+            FromWorker::Started { id } => {
+                if let Some(p) = self.pending().get_mut(&id) {
+                    p.started = Some(Instant::now());
                 }
             }
             FromWorker::Egress {
@@ -449,8 +571,12 @@ impl Process {
             FromWorker::Event(event) => match event {
                 Event::IsolateStarted(kind, took) => metrics.isolate_started(kind, took),
                 Event::IsolateTaken(kind) => metrics.isolate_taken(kind),
-                Event::Cache(tenant, e) => metrics.cache_event(&tenant, e),
-                Event::CachedWorkers(tenant, n) => metrics.cached_workers(&tenant, n),
+                Event::Cache(tenant, e) if self.knows(&tenant) => metrics.cache_event(&tenant, e),
+                Event::CachedWorkers(tenant, n) if self.knows(&tenant) => {
+                    metrics.cached_workers(&tenant, n)
+                }
+                // A tenant this worker was never given: not a label a worker may invent.
+                Event::Cache(..) | Event::CachedWorkers(..) => self.kill(Kill::Malformed),
             },
             FromWorker::Heartbeat {
                 running,
@@ -491,8 +617,12 @@ impl Process {
             if p.hold.is_none() && p.done {
                 continue;
             }
+            // Wall time counts from when a thread took the invocation (time queued behind
+            // another invocation is not this one's overrun).
             let wall = Duration::from_millis(p.limits.wall_ms) + grace;
-            if now.saturating_duration_since(p.dispatched) > wall {
+            if p.started
+                .is_some_and(|at| now.saturating_duration_since(at) > wall)
+            {
                 return Some(Kill::Wall(*id));
             }
             if let Some(cpu) = beat.cpu.get(id) {
@@ -518,8 +648,10 @@ impl Process {
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
     }
 
-    /// Answers everything in flight after the process ended; returns the tenants to blame.
-    pub(super) fn fail_all(&self, cause: &ExitCause) -> Vec<String> {
+    /// Answers the invocations that were running when the process ended (the overrunning one
+    /// with its limit, the others with `worker_crashed`); returns the tenants to blame and the
+    /// invocations no thread had started, which may run elsewhere.
+    pub(super) fn fail_all(&self, cause: &ExitCause) -> Lost {
         let overrun = match cause {
             ExitCause::Killed(Kill::Cpu(id)) => Some((*id, ErrorKind::CpuLimit)),
             ExitCause::Killed(Kill::Wall(id)) => Some((*id, ErrorKind::WallLimit)),
@@ -527,11 +659,18 @@ impl Process {
         };
         let drained: Vec<(u64, Pending)> = self.pending().drain().collect();
         self.metrics.worker_in_flight.sub(drained.len() as i64);
-        let mut blamed = Vec::new();
-        for (id, mut p) in drained {
+        let mut lost = Lost {
+            blamed: Vec::new(),
+            unstarted: Vec::new(),
+        };
+        for (id, p) in drained {
+            if p.started.is_none() && !p.done && p.attempts < MAX_ATTEMPTS {
+                lost.unstarted.push((id, p));
+                continue;
+            }
             let error = match overrun {
                 Some((o, kind)) if o == id => {
-                    blamed.push(p.invoker.tenant.clone());
+                    lost.blamed.push(p.invoker.tenant.clone());
                     WorkerError::new(
                         kind,
                         format!(
@@ -541,8 +680,8 @@ impl Process {
                     )
                 }
                 _ => {
-                    if overrun.is_none() {
-                        blamed.push(p.invoker.tenant.clone());
+                    if overrun.is_none() && p.started.is_some() {
+                        lost.blamed.push(p.invoker.tenant.clone());
                     }
                     WorkerError::new(
                         ErrorKind::WorkerCrashed,
@@ -552,14 +691,11 @@ impl Process {
                     )
                 }
             };
-            if let Some(reply) = p.reply.take() {
-                reply.fail(error);
-            }
-            drop(p.hold.take());
+            p.fail(error);
         }
-        blamed.sort();
-        blamed.dedup();
-        blamed
+        lost.blamed.sort();
+        lost.blamed.dedup();
+        lost
     }
 
     /// A message that could not be encoded (too large): its invocation fails, not the worker.
