@@ -759,3 +759,40 @@ fn a_worker_whose_heartbeats_stop_is_killed_and_replaced() {
     served(&g, &a);
     served(&g, &b);
 }
+
+#[test]
+fn a_malformed_or_oversized_frame_kills_that_worker_never_the_gateway() {
+    let (a, b) = (tenant_on(0, &[]), tenant_on(1, &[]));
+    let g = Gateway::start_with(
+        POOL,
+        &(tenant(&a, LIMITS) + &tenant(&b, LIMITS)),
+        "",
+        PROBES,
+    );
+    let gateway = g.pid();
+    for (n, what) in ["garbage", "oversized"].into_iter().enumerate() {
+        let before = g.worker_pids();
+        let (s, v) = probe(&g, what, &a);
+        assert_eq!(s, 200, "{v}");
+        let pid = v["pid"].as_u64().expect("pid") as u32;
+        wait_for(
+            &format!("the {what} frame's kill"),
+            Duration::from_secs(20),
+            || restarts(&g, "malformed") == (n + 1) as f64,
+        );
+        assert_eq!(
+            g.metric(r#"isogate_watchdog_kills_total{limit="malformed"}"#),
+            (n + 1) as f64
+        );
+        let after = wait_replaced(&g, &[pid]);
+        let kept: Vec<_> = before.iter().filter(|p| **p != pid).collect();
+        assert!(
+            kept.iter().all(|p| after.contains(p)),
+            "{before:?} {after:?}"
+        );
+        assert_eq!(g.pid(), gateway);
+        served(&g, &a);
+        served(&g, &b);
+    }
+    assert_eq!(all_restarts(&g), 2.0, "{}", g.metrics());
+}

@@ -2,9 +2,10 @@
 //! the warm pool has been filled).
 //!
 //! Test-only: with `ISOGATE_TEST_PROBES=1` in the gateway's environment (never in production),
-//! `POST /debug/probe/{socket|open|exhaust}?tenant=NAME` makes the worker process that runs
-//! `NAME` attempt what an engine bug could (open a socket or a file, allocate without bound), to
-//! test that its confinement kills it. Without that variable the route does not exist (404).
+//! `POST /debug/probe/{socket|open|exhaust|garbage|oversized}?tenant=NAME` makes the worker
+//! process that runs `NAME` attempt what an engine bug could (open a socket or a file, allocate
+//! without bound, write a malformed or oversized frame), to test that its confinement or the
+//! supervisor ends it. Without that variable the route does not exist (404).
 
 use crate::ingress::Reply;
 use crate::state::AppState;
@@ -93,6 +94,8 @@ impl Admin {
             "socket" => Probe::Socket,
             "open" => Probe::Open,
             "exhaust" => Probe::Exhaust,
+            "garbage" => Probe::Garbage,
+            "oversized" => Probe::Oversized,
             _ => return Reply::error(&ApiError::NotFound(format!("no probe {what}"))),
         };
         let Some(tenant) = url::form_urlencoded::parse(query.as_bytes())

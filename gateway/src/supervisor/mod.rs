@@ -556,10 +556,6 @@ impl Supervisor {
                     if let Some(kill) =
                         p.overrun(now, self.settings.grace, self.settings.heartbeat_timeout)
                     {
-                        self.metrics
-                            .watchdog_kills
-                            .with_label_values(&[kill.label()])
-                            .inc();
                         tracing::warn!(
                             worker = slot.index,
                             pid = p.pid,

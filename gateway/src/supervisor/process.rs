@@ -643,6 +643,12 @@ impl Process {
             }
             *killed = Some(why);
         }
+        // Counted here, once per process, for every reason (the watchdog's overruns and hung
+        // heartbeats, and a malformed message seen by the reader).
+        self.metrics
+            .watchdog_kills
+            .with_label_values(&[why.label()])
+            .inc();
         // SAFETY: kill(2) with our own child's pid; the child has not been reaped (the waiter
         // sets `alive` false only after wait() returns), so the pid cannot have been reused.
         unsafe { libc::kill(self.pid as libc::pid_t, libc::SIGKILL) };
