@@ -796,3 +796,43 @@ fn a_malformed_or_oversized_frame_kills_that_worker_never_the_gateway() {
     }
     assert_eq!(all_restarts(&g), 2.0, "{}", g.metrics());
 }
+
+#[test]
+fn invocations_only_queued_on_a_lost_worker_run_on_its_replacement() {
+    // One isolate thread per worker: while A's first invocation spins, A's second waits in the
+    // worker's queue, dispatched but not started.
+    let pool = "isolation: process, processes: 2, threads: 2, warm_isolates: 2, max_cached_workers: 100, idle_ttl_s: 300";
+    let (a, b) = (tenant_on(0, &[]), tenant_on(1, &[]));
+    let g = Gateway::start_with(
+        pool,
+        &(tenant(&a, LIMITS) + &tenant(&b, LIMITS)),
+        "",
+        PROBES,
+    );
+    let pid_a = worker_of(&g, &a);
+    let spin =
+        "async () => { const t = Date.now() + 1500; while (Date.now() < t) {} return 'spun'; }";
+    let in_flight = g.metric("isogate_worker_invocations_in_flight");
+    std::thread::scope(|s| {
+        let first = s.spawn(|| execute(&g, &a, spin));
+        wait_for("the spin in flight", Duration::from_secs(10), || {
+            g.metric("isogate_worker_invocations_in_flight") >= in_flight + 1.0
+        });
+        let second = s.spawn(|| execute(&g, &a, "async () => 'queued then served'"));
+        wait_for("the second in flight", Duration::from_secs(10), || {
+            g.metric("isogate_worker_invocations_in_flight") >= in_flight + 2.0
+        });
+        assert!(std::process::Command::new("kill")
+            .args(["-9", &pid_a.to_string()])
+            .status()
+            .expect("kill")
+            .success());
+        let (_, v) = first.join().unwrap();
+        assert_eq!(kind(&v), "worker_crashed", "{v}");
+        let (s2, v) = second.join().unwrap();
+        assert_eq!(s2, 200, "{v}");
+        assert_eq!(v["result"], "queued then served", "{v}");
+    });
+    wait_replaced(&g, &[pid_a]);
+    served(&g, &b);
+}
