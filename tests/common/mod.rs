@@ -300,15 +300,20 @@ impl Gateway {
             .is_ok_and(|r| r.status() == 200)
     }
 
-    /// Resident set size of the gateway process, in KiB.
+    /// Resident set size of the gateway process and its worker processes (where the isolates
+    /// live with `pool.isolation: process`), in KiB.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        std::iter::once(self.pid())
+            .chain(self.worker_pids())
+            .map(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .unwrap_or(0)
+            })
+            .sum()
     }
 
     pub fn url(&self, path: &str) -> String {
