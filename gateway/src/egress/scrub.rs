@@ -15,12 +15,13 @@
 //! re-encrypted) or slices it into pieces shorter than [`WINDOW`] bytes. Credentials should be
 //! bound only to hosts trusted not to reflect them.
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
 use base64::Engine;
 use percent_encoding::{percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use std::num::NonZeroUsize;
+use std::ops::Range;
 use std::sync::{Arc, Mutex};
 
 /// What replaces a match.
@@ -44,6 +45,8 @@ pub type Span = (usize, usize);
 /// The matcher for one set of secrets. Holds secret material: never printed (no `Debug`).
 pub struct Scrubber {
     automaton: Option<AhoCorasick>,
+    /// Stage one: which 4-byte grams occur in some pattern.
+    sieve: Sieve,
     /// Credential index of each pattern.
     owner: Vec<usize>,
     /// Credential names, by index.
@@ -164,6 +167,146 @@ fn forms(piece: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
+/// The sieve's short grams (4 bytes) and long grams (8 bytes).
+const GRAM: usize = 4;
+const LONG_GRAM: usize = 8;
+/// The sieve's bit set has 2^`SIEVE_BITS` bits (64 KiB).
+const SIEVE_BITS: u32 = 19;
+const SIEVE_WORDS: usize = (1 << SIEVE_BITS) / 64;
+// Every pattern is at least one gram long.
+const _: () = assert!(MIN_SECRET >= GRAM);
+
+/// ASCII lower-case of each byte of `x` (`A`–`Z` only, like the automaton's case folding).
+fn fold(x: u64) -> u64 {
+    const LOW: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let low = x & LOW;
+    // Bit 7 of a byte: set by the first sum when the byte is ≥ `A`, by the second when > `Z`.
+    let upper = (low + 0x3f3f_3f3f_3f3f_3f3f) & !(low + 0x2525_2525_2525_2525) & !x & HIGH;
+    x | (upper >> 2)
+}
+
+/// The bit of a folded short gram (the low 4 bytes of `gram`, little-endian).
+fn short_slot(gram: u64) -> usize {
+    ((gram as u32).wrapping_mul(0x9e37_79b1) >> (32 - SIEVE_BITS)) as usize
+}
+
+/// The bit of a folded long gram.
+fn long_slot(gram: u64) -> usize {
+    (gram.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SIEVE_BITS)) as usize
+}
+
+/// `bytes` (at most 8) as a little-endian integer.
+fn load(bytes: &[u8]) -> u64 {
+    let mut buf = [0u8; 8];
+    buf[..bytes.len()].copy_from_slice(bytes);
+    u64::from_le_bytes(buf)
+}
+
+/// Stage one of a scan. A pattern shorter than `stride + 7` bytes is represented by its 4-byte
+/// grams, a longer one by its 8-byte grams (more specific: `\u00` is in every JSON-escaped
+/// form, `\u0067\u` only in those of a `g`). Every `stride`-th offset of the haystack is looked
+/// up: an occurrence of a pattern of `m ≥ stride + 3` bytes spans `m - 3 ≥ stride` offsets that
+/// start a whole 4-byte gram of it, one of which is looked up; likewise for 8-byte grams. A bit
+/// set (hashed, case-folded grams) answers most lookups; its rare hits are confirmed in the
+/// sorted gram lists, so text hits only when it holds a true gram of a pattern. The automaton
+/// then runs only around confirmed offsets.
+struct Sieve {
+    bits: Box<[u64; SIEVE_WORDS]>,
+    /// Folded short grams, sorted.
+    short: Vec<u32>,
+    /// Folded long grams, sorted.
+    long: Vec<u64>,
+    /// max(1, shortest pattern length − 3).
+    stride: usize,
+    /// The longest pattern length.
+    reach: usize,
+}
+
+impl Sieve {
+    fn new(patterns: &[Vec<u8>]) -> Sieve {
+        let shortest = patterns.iter().map(Vec::len).min().unwrap_or(GRAM);
+        let reach = patterns.iter().map(Vec::len).max().unwrap_or(0);
+        let stride = shortest.saturating_sub(GRAM - 1).max(1);
+        let mut bits = Box::new([0u64; SIEVE_WORDS]);
+        let (mut short, mut long) = (Vec::new(), Vec::new());
+        for pattern in patterns {
+            if pattern.len() >= stride + LONG_GRAM - 1 {
+                for gram in pattern.windows(LONG_GRAM) {
+                    let g = fold(load(gram));
+                    let at = long_slot(g);
+                    bits[at / 64] |= 1 << (at % 64);
+                    long.push(g);
+                }
+            } else {
+                for gram in pattern.windows(GRAM) {
+                    let g = fold(load(gram));
+                    let at = short_slot(g);
+                    bits[at / 64] |= 1 << (at % 64);
+                    short.push(g as u32);
+                }
+            }
+        }
+        short.sort_unstable();
+        short.dedup();
+        long.sort_unstable();
+        long.dedup();
+        Sieve {
+            bits,
+            short,
+            long,
+            stride,
+            reach,
+        }
+    }
+
+    fn bit(&self, at: usize) -> bool {
+        self.bits[at / 64] & (1 << (at % 64)) != 0
+    }
+
+    /// Whether the folded `gram` (8 bytes, or 4 when `whole` is false) starts with a short
+    /// gram or is a long gram of a pattern.
+    fn hit(&self, gram: u64, whole: bool) -> bool {
+        (self.bit(short_slot(gram)) && self.short.binary_search(&(gram as u32)).is_ok())
+            || (whole && self.bit(long_slot(gram)) && self.long.binary_search(&gram).is_ok())
+    }
+
+    /// Calls `visit` with the ranges of `haystack` the automaton must search (in order, disjoint,
+    /// not adjacent; together they contain every match) until it returns false. At worst one
+    /// range: the whole haystack.
+    fn regions(&self, haystack: &[u8], mut visit: impl FnMut(Range<usize>) -> bool) {
+        // A match holding the gram at `p` lies in `p + GRAM - reach .. p + reach`.
+        let back = self.reach.saturating_sub(GRAM);
+        let mut open: Option<Range<usize>> = None;
+        let mut p = 0;
+        while p + GRAM <= haystack.len() {
+            let hit = match haystack.get(p..p + LONG_GRAM) {
+                Some(&[a, b, c, d, e, f, g, h]) => {
+                    self.hit(fold(u64::from_le_bytes([a, b, c, d, e, f, g, h])), true)
+                }
+                _ => self.hit(fold(load(&haystack[p..p + GRAM])), false),
+            };
+            if hit {
+                let region = p.saturating_sub(back)..(p + self.reach).min(haystack.len());
+                match &mut open {
+                    Some(current) if region.start <= current.end => current.end = region.end,
+                    _ => {
+                        if let Some(done) = open.replace(region) {
+                            if !visit(done) {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            p += self.stride;
+        }
+        if let Some(done) = open {
+            visit(done);
+        }
+    }
+}
+
 impl Scrubber {
     /// A matcher over every form of every secret in `secrets` (credential name, value).
     pub fn new(secrets: &[(String, SecretString)]) -> Scrubber {
@@ -213,6 +356,7 @@ impl Scrubber {
         };
         Scrubber {
             automaton,
+            sieve: Sieve::new(&patterns),
             owner,
             names,
         }
@@ -225,9 +369,15 @@ impl Scrubber {
 
     /// Whether `haystack` contains any form of any secret.
     pub fn contains(&self, haystack: &[u8]) -> bool {
-        self.automaton
-            .as_ref()
-            .is_some_and(|ac| ac.is_match(haystack))
+        let Some(ac) = &self.automaton else {
+            return false;
+        };
+        let mut hit = false;
+        self.sieve.regions(haystack, |region| {
+            hit = ac.is_match(Input::new(haystack).span(region));
+            !hit
+        });
+        hit
     }
 
     /// The merged ranges of every match in `haystack` (overlapping and adjacent matches become
@@ -237,8 +387,36 @@ impl Scrubber {
             return Vec::new();
         };
         let mut merged: Vec<Span> = Vec::new();
+        // Regions arrive in order and do not overlap, and a match lies inside one region.
+        self.sieve.regions(haystack, |region| {
+            let input = Input::new(haystack).span(region);
+            self.collect(ac.find_overlapping_iter(input), found, &mut merged);
+            true
+        });
+        merged
+    }
+
+    /// The full scan without the sieve: the reference [`Scrubber::spans`] must agree with.
+    #[cfg(test)]
+    fn spans_full_scan(&self, haystack: &[u8], found: &mut [bool]) -> Vec<Span> {
+        let Some(ac) = &self.automaton else {
+            return Vec::new();
+        };
+        let mut merged: Vec<Span> = Vec::new();
+        self.collect(ac.find_overlapping_iter(haystack), found, &mut merged);
+        merged
+    }
+
+    /// Adds matches (ordered by end offset, each ending after every span already in `merged`
+    /// starts) to `merged`, joining overlapping and adjacent ones, and marks their owners.
+    fn collect(
+        &self,
+        matches: impl Iterator<Item = aho_corasick::Match>,
+        found: &mut [bool],
+        merged: &mut Vec<Span>,
+    ) {
         // Overlapping matches arrive ordered by end offset: a stack merge keeps the list sorted.
-        for m in ac.find_overlapping_iter(haystack) {
+        for m in matches {
             if let Some(slot) = self
                 .owner
                 .get(m.pattern().as_usize())
@@ -257,7 +435,6 @@ impl Scrubber {
             }
             merged.push((start, end));
         }
-        merged
     }
 
     /// Credential names, by index (for `found`).
@@ -280,6 +457,39 @@ pub fn redact(haystack: &[u8], spans: &[Span]) -> Vec<u8> {
     }
     out.extend_from_slice(&haystack[last..]);
     out
+}
+
+/// [`redact`] into `text` itself: without a new buffer when no replacement runs ahead of the
+/// bytes still to be read (the spans so far are, in sum, at least as long as their replacements
+/// — so a 1 MiB body is not copied into fresh memory), else through a new buffer.
+pub fn redact_in_place(text: &mut Vec<u8>, spans: &[Span]) {
+    let mut growth: isize = 0;
+    let mut last = 0;
+    for &(s, e) in spans {
+        if s < last {
+            continue;
+        }
+        growth += REDACTED.len() as isize - (e - s) as isize;
+        if growth > 0 {
+            *text = redact(text, spans);
+            return;
+        }
+        last = e;
+    }
+    let (mut write, mut read) = (0, 0);
+    for &(s, e) in spans {
+        if s < read {
+            continue;
+        }
+        text.copy_within(read..s, write);
+        write += s - read;
+        text[write..write + REDACTED.len()].copy_from_slice(REDACTED.as_bytes());
+        write += REDACTED.len();
+        read = e;
+    }
+    let rest = text.len() - read;
+    text.copy_within(read.., write);
+    text.truncate(write + rest);
 }
 
 /// Scrubbers built for recently seen secret sets, so a request builds its automaton only when
@@ -427,5 +637,254 @@ mod tests {
         assert_eq!(scrubbed(&s, b"x abc12 y"), b"x abc12 y");
         let tiny = Scrubber::new(&[("c".into(), SecretString::from("ab".to_string()))]);
         assert!(tiny.is_empty());
+    }
+
+    /// Secret sets for the sieve tests: long secrets (stride 5), a short one (whole forms only,
+    /// stride 3) and a 4-byte one (stride 1).
+    fn secret_sets() -> Vec<Vec<&'static str>> {
+        vec![
+            vec![
+                "ghp_0123456789abcdefghijklmnopqrstuvwxyz",
+                "sk-live/AbCdEf+0987654321 zyx",
+                "xoxb-1111-2222-QwErTyUiOp",
+            ],
+            vec![SECRET, "abc123"],
+            vec!["k9#Z", "päss wörd/ünïcode"],
+        ]
+    }
+
+    fn build(set: &[&str]) -> Scrubber {
+        let secrets: Vec<(String, SecretString)> = set
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (format!("c{i}"), SecretString::from(s.to_string())))
+            .collect();
+        Scrubber::new(&secrets)
+    }
+
+    /// A deterministic xorshift generator.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+
+        /// JSON-ish text: objects with numbers, words, escapes, hex ids, base64-looking values.
+        fn json(&mut self, n: usize) -> Vec<u8> {
+            const WORDS: [&str; 12] = [
+                "issue", "number", "state", "open", "labels", "about", "the", "thing",
+                "\\u00e9t\\u00e9", "%2Fpath%3Fq%3D1", "&#x27;quoted&#39;", "zyxw",
+            ];
+            let mut out = Vec::with_capacity(n + 64);
+            while out.len() < n {
+                let field = match self.below(5) {
+                    0 => format!("{}", self.next() % 100_000),
+                    1 => format!("\"{:016x}\"", self.next()),
+                    2 => format!(
+                        "\"{}\"",
+                        base64::engine::general_purpose::STANDARD.encode(self.bytes(12))
+                    ),
+                    _ => format!("\"{} {}\"", WORDS[self.below(12)], WORDS[self.below(12)]),
+                };
+                out.extend_from_slice(format!("{{\"k{}\":{field}}},\n", self.below(50)).as_bytes());
+            }
+            out.truncate(n);
+            out
+        }
+
+        /// `bytes` with the case of some ASCII letters flipped.
+        fn flip_case(&mut self, bytes: &[u8]) -> Vec<u8> {
+            bytes
+                .iter()
+                .map(|&b| {
+                    if b.is_ascii_alphabetic() && self.below(2) == 0 {
+                        b ^ 0x20
+                    } else {
+                        b
+                    }
+                })
+                .collect()
+        }
+    }
+
+    /// The sieve's answer equals the full automaton's: spans, credentials found, `contains`.
+    fn assert_same(s: &Scrubber, body: &[u8], what: &str) {
+        let n = s.names().len();
+        let (mut sieved, mut full) = (vec![false; n], vec![false; n]);
+        let got = s.spans(body, &mut sieved);
+        let want = s.spans_full_scan(body, &mut full);
+        assert_eq!(got, want, "{what}: spans differ");
+        assert_eq!(sieved, full, "{what}: credentials found differ");
+        assert_eq!(s.contains(body), !want.is_empty(), "{what}: contains differs");
+    }
+
+    /// Every encoded form of every secret, whole, with a few truncated echoes.
+    fn planted(set: &[&str]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for secret in set {
+            for form in forms(secret.as_bytes()) {
+                if form.len() > 9 {
+                    out.push(form[..form.len() - 3].to_vec());
+                    out.push(form[5..].to_vec());
+                }
+                out.push(form);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_sieve_finds_what_the_full_scan_finds() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for set in secret_sets() {
+            let s = build(&set);
+            // Bodies without secrets (the sieve may still hit by chance).
+            for len in [0, 1, 3, 4, 5, 7, 8, 9, 63, 64, 65, 1000, 20_000] {
+                assert_same(&s, &rng.bytes(len), "random bytes");
+                assert_same(&s, &rng.json(len), "json");
+            }
+            // Every form at every offset modulo 8, at the very start and the very end, with
+            // flipped case, next to and overlapping another echo.
+            for form in planted(&set) {
+                for offset in 0..8 {
+                    let n = offset + 40 * rng.below(3);
+                    let before = rng.json(n);
+                    let n = rng.below(60);
+                    let after = rng.json(n);
+                    let flipped = rng.flip_case(&form);
+                    let junk = rng.bytes(offset.max(3));
+                    for body in [
+                        [before.as_slice(), &form, &after].concat(),
+                        [before.as_slice(), &form].concat(),
+                        [&form[..], &after].concat(),
+                        form.clone(),
+                        [before.as_slice(), &flipped, &after].concat(),
+                        [&before[..], &form, &form, &after].concat(),
+                        [&before[..], &form[..form.len() / 2], &flipped, &after].concat(),
+                        [&junk[..offset], &form, &junk[..3]].concat(),
+                    ] {
+                        assert_same(&s, &body, &format!("{set:?} planted, offset {offset}"));
+                    }
+                }
+            }
+            // Many forms in one long body.
+            let mut long = Vec::new();
+            for form in planted(&set) {
+                let n = rng.below(200);
+                long.extend(rng.json(n));
+                long.extend(rng.flip_case(&form));
+            }
+            assert_same(&s, &long, "all forms in one body");
+        }
+    }
+
+    /// The bytes of `body` the automaton is run over.
+    fn searched(s: &Scrubber, body: &[u8]) -> usize {
+        let mut total = 0;
+        s.sieve.regions(body, |r| {
+            total += r.len();
+            true
+        });
+        total
+    }
+
+    #[test]
+    fn the_sieve_skips_text_without_secrets_and_bounds_hostile_bodies() {
+        let s = build(&secret_sets()[0]);
+        let mut rng = Rng(7);
+        let json = rng.json(1 << 16);
+        let random = rng.bytes(1 << 16);
+        assert!(searched(&s, &json) < json.len() / 10, "{}", searched(&s, &json));
+        assert!(searched(&s, &random) < random.len() / 10);
+        // A body made of the secrets' grams: the automaton runs over it once, no more.
+        let hostile: Vec<u8> = planted(&secret_sets()[0])
+            .concat()
+            .into_iter()
+            .cycle()
+            .take(1 << 16)
+            .collect();
+        assert_eq!(searched(&s, &hostile), hostile.len());
+        assert_same(&s, &hostile, "hostile");
+    }
+
+    #[test]
+    fn redacting_in_place_equals_redacting_into_a_new_buffer() {
+        let mut rng = Rng(11);
+        for _ in 0..2000 {
+            let n = rng.below(120);
+            let text = rng.bytes(n);
+            // Sorted, disjoint spans of 1..=24 bytes (shorter and longer than the replacement).
+            let mut spans = Vec::new();
+            let mut at = rng.below(8);
+            while at < text.len() {
+                let end = (at + 1 + rng.below(24)).min(text.len());
+                spans.push((at, end));
+                at = end + rng.below(12);
+            }
+            let mut in_place = text.clone();
+            redact_in_place(&mut in_place, &spans);
+            assert_eq!(in_place, redact(&text, &spans), "{spans:?}");
+        }
+    }
+
+    #[test]
+    fn folding_matches_ascii_lowercase() {
+        for b in 0..=255u8 {
+            let x = [b, b'Q', 0xC4, b, b'z', b'@', b'[', b];
+            assert_eq!(
+                fold(u64::from_le_bytes(x)),
+                u64::from_le_bytes(x.map(|c| c.to_ascii_lowercase())),
+                "{b:#x}"
+            );
+        }
+    }
+}
+#[cfg(test)]
+mod diag {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn sieve_stats() {
+        let set = [
+                "ghp_0123456789abcdefghijklmnopqrstuvwxyz",
+                "sk-live/AbCdEf+0987654321 zyx",
+                "xoxb-1111-2222-QwErTyUiOp",
+            ];
+        let secrets: Vec<(String, SecretString)> = set.iter().map(|s| ("c".to_string(), SecretString::from(s.to_string()))).collect();
+        let s = Scrubber::new(&secrets);
+        let ones: u32 = s.sieve.bits.iter().map(|w| w.count_ones()).sum();
+        eprintln!("short {} long {} stride {} reach {} bits set {} of {}", s.sieve.short.len(), s.sieve.long.len(), s.sieve.stride, s.sieve.reach, ones, 1u64 << SIEVE_BITS);
+        let kinds: Vec<(&str, Vec<u8>)> = vec![
+            ("words", b"{\"id\":1,\"title\":\"issue number about the thing\",\"state\":\"open\"},\n".repeat(2000)),
+            ("numbers", (0..20000u64).map(|i| format!("{},", i * 7919 % 1000003)).collect::<String>().into_bytes()),
+            ("hex", (0..5000u64).map(|i| format!("\"{:016x}\",", i.wrapping_mul(0x9e3779b97f4a7c15))).collect::<String>().into_bytes()),
+            ("unicode-esc", "\\u00e9t\\u00e9 ".repeat(5000).into_bytes()),
+            ("pct", "%2Fpath%3Fq%3D1 ".repeat(5000).into_bytes()),
+            ("html", "&#x27;quoted&#39; ".repeat(5000).into_bytes()),
+        ];
+        let mut bench = Vec::new();
+        for i in 0..12000u64 { bench.extend_from_slice(format!("{{\"id\":{i},\"title\":\"issue number {i} about the thing\",\"state\":\"open\",\"labels\":[\"bug\",\"p{}\"]}},\n", i % 4).as_bytes()); }
+        let mut kinds = kinds; kinds.push(("bench-no-plants", bench));
+        for (name, body) in kinds {
+            let mut hits = 0; let mut total = 0;
+            for p in (0..body.len() - 8).step_by(s.sieve.stride) {
+                total += 1;
+                if s.sieve.hit(fold(load(&body[p..p+8])), true) { hits += 1; }
+            }
+            let mut cov = 0; s.sieve.regions(&body, |r| { cov += r.len(); true });
+            eprintln!("{name}: hits {hits}/{total} covered {cov}/{}", body.len());
+        }
     }
 }
