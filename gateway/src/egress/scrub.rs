@@ -170,53 +170,80 @@ fn forms(piece: &[u8]) -> Vec<Vec<u8>> {
 /// The sieve's short grams (4 bytes) and long grams (8 bytes).
 const GRAM: usize = 4;
 const LONG_GRAM: usize = 8;
-/// The sieve's bit set has 2^`SIEVE_BITS` bits (64 KiB).
-const SIEVE_BITS: u32 = 19;
-const SIEVE_WORDS: usize = (1 << SIEVE_BITS) / 64;
+/// Sizes of the sieve's bit sets: 2^15 bits (4 KiB) for short grams, 2^17 (16 KiB) for long ones
+/// — about 64 bits per gram for three 40-byte secrets, and small enough for the L1 cache.
+const SHORT_BITS: u32 = 15;
+const LONG_BITS: u32 = 17;
 // Every pattern is at least one gram long.
 const _: () = assert!(MIN_SECRET >= GRAM);
 
-/// ASCII lower-case of each byte of `x` (`A`–`Z` only, like the automaton's case folding).
+/// The sieve's key of 8 bytes: bit 5 (`0x20`) of every byte set. ASCII upper and lower case
+/// differ only in that bit, so text that equals a gram up to case has the same key (so do a few
+/// other byte pairs such as `[` and `{`; the sieve only has to be coarser than the automaton).
+#[inline(always)]
 fn fold(x: u64) -> u64 {
-    const LOW: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let low = x & LOW;
-    // Bit 7 of a byte: set by the first sum when the byte is ≥ `A`, by the second when > `Z`.
-    let upper = (low + 0x3f3f_3f3f_3f3f_3f3f) & !(low + 0x2525_2525_2525_2525) & !x & HIGH;
-    x | (upper >> 2)
-}
-
-/// The bit of a folded short gram (the low 4 bytes of `gram`, little-endian).
-fn short_slot(gram: u64) -> usize {
-    ((gram as u32).wrapping_mul(0x9e37_79b1) >> (32 - SIEVE_BITS)) as usize
-}
-
-/// The bit of a folded long gram.
-fn long_slot(gram: u64) -> usize {
-    (gram.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - SIEVE_BITS)) as usize
+    x | 0x2020_2020_2020_2020
 }
 
 /// `bytes` (at most 8) as a little-endian integer.
+#[inline(always)]
 fn load(bytes: &[u8]) -> u64 {
     let mut buf = [0u8; 8];
     buf[..bytes.len()].copy_from_slice(bytes);
     u64::from_le_bytes(buf)
 }
 
+/// A set of gram keys: a bit set indexed by a multiplicative hash (one bit per key, so it
+/// answers "no" for nearly all other keys at the cost of one load) before the exact sorted list.
+struct GramSet<const BITS: u32, const WORDS: usize> {
+    words: Box<[u64; WORDS]>,
+    sorted: Vec<u64>,
+}
+
+impl<const BITS: u32, const WORDS: usize> GramSet<BITS, WORDS> {
+    fn new(mut keys: Vec<u64>) -> Self {
+        keys.sort_unstable();
+        keys.dedup();
+        let mut words = Box::new([0u64; WORDS]);
+        for &key in &keys {
+            let at = Self::slot(key);
+            words[at / 64] |= 1 << (at % 64);
+        }
+        GramSet {
+            words,
+            sorted: keys,
+        }
+    }
+
+    #[inline(always)]
+    fn slot(key: u64) -> usize {
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BITS)) as usize
+    }
+
+    /// False only when `key` is not in the set.
+    #[inline(always)]
+    fn maybe(&self, key: u64) -> bool {
+        let at = Self::slot(key);
+        self.words[at / 64] & (1 << (at % 64)) != 0
+    }
+
+    fn contains(&self, key: u64) -> bool {
+        self.maybe(key) && self.sorted.binary_search(&key).is_ok()
+    }
+}
+
 /// Stage one of a scan. A pattern shorter than `stride + 7` bytes is represented by its 4-byte
 /// grams, a longer one by its 8-byte grams (more specific: `\u00` is in every JSON-escaped
 /// form, `\u0067\u` only in those of a `g`). Every `stride`-th offset of the haystack is looked
 /// up: an occurrence of a pattern of `m ≥ stride + 3` bytes spans `m - 3 ≥ stride` offsets that
-/// start a whole 4-byte gram of it, one of which is looked up; likewise for 8-byte grams. A bit
-/// set (hashed, case-folded grams) answers most lookups; its rare hits are confirmed in the
-/// sorted gram lists, so text hits only when it holds a true gram of a pattern. The automaton
-/// then runs only around confirmed offsets.
+/// start a whole 4-byte gram of it, one of which is looked up; likewise for 8-byte grams. Text
+/// hits only where it holds a true gram of a pattern (up to [`fold`]); the automaton then runs
+/// only around those offsets.
 struct Sieve {
-    bits: Box<[u64; SIEVE_WORDS]>,
-    /// Folded short grams, sorted.
-    short: Vec<u32>,
-    /// Folded long grams, sorted.
-    long: Vec<u64>,
+    /// Keys of 4-byte grams (in the low bytes).
+    short: GramSet<SHORT_BITS, { 1 << (SHORT_BITS - 6) }>,
+    /// Keys of 8-byte grams.
+    long: GramSet<LONG_BITS, { 1 << (LONG_BITS - 6) }>,
     /// max(1, shortest pattern length − 3).
     stride: usize,
     /// The longest pattern length.
@@ -228,47 +255,37 @@ impl Sieve {
         let shortest = patterns.iter().map(Vec::len).min().unwrap_or(GRAM);
         let reach = patterns.iter().map(Vec::len).max().unwrap_or(0);
         let stride = shortest.saturating_sub(GRAM - 1).max(1);
-        let mut bits = Box::new([0u64; SIEVE_WORDS]);
         let (mut short, mut long) = (Vec::new(), Vec::new());
         for pattern in patterns {
             if pattern.len() >= stride + LONG_GRAM - 1 {
-                for gram in pattern.windows(LONG_GRAM) {
-                    let g = fold(load(gram));
-                    let at = long_slot(g);
-                    bits[at / 64] |= 1 << (at % 64);
-                    long.push(g);
-                }
+                long.extend(pattern.windows(LONG_GRAM).map(|g| fold(load(g))));
             } else {
-                for gram in pattern.windows(GRAM) {
-                    let g = fold(load(gram));
-                    let at = short_slot(g);
-                    bits[at / 64] |= 1 << (at % 64);
-                    short.push(g as u32);
-                }
+                short.extend(pattern.windows(GRAM).map(|g| fold(load(g)) & 0xffff_ffff));
             }
         }
-        short.sort_unstable();
-        short.dedup();
-        long.sort_unstable();
-        long.dedup();
         Sieve {
-            bits,
-            short,
-            long,
+            short: GramSet::new(short),
+            long: GramSet::new(long),
             stride,
             reach,
         }
     }
 
-    fn bit(&self, at: usize) -> bool {
-        self.bits[at / 64] & (1 << (at % 64)) != 0
-    }
-
-    /// Whether the folded `gram` (8 bytes, or 4 when `whole` is false) starts with a short
-    /// gram or is a long gram of a pattern.
-    fn hit(&self, gram: u64, whole: bool) -> bool {
-        (self.bit(short_slot(gram)) && self.short.binary_search(&(gram as u32)).is_ok())
-            || (whole && self.bit(long_slot(gram)) && self.long.binary_search(&gram).is_ok())
+    /// Whether the gram at `p` (an offset with at least 4 bytes after it) is one of a pattern.
+    #[inline(always)]
+    fn hit(&self, haystack: &[u8], p: usize) -> bool {
+        match haystack.get(p..p + LONG_GRAM) {
+            Some(bytes) => {
+                let long = fold(load(bytes));
+                let short = long & 0xffff_ffff;
+                // Both bit sets first (no branch between them: the common answer is "neither").
+                (self.short.maybe(short) | self.long.maybe(long))
+                    && (self.short.contains(short) || self.long.contains(long))
+            }
+            None => haystack
+                .get(p..p + GRAM)
+                .is_some_and(|bytes| self.short.contains(fold(load(bytes)) & 0xffff_ffff)),
+        }
     }
 
     /// Calls `visit` with the ranges of `haystack` the automaton must search (in order, disjoint,
@@ -280,13 +297,7 @@ impl Sieve {
         let mut open: Option<Range<usize>> = None;
         let mut p = 0;
         while p + GRAM <= haystack.len() {
-            let hit = match haystack.get(p..p + LONG_GRAM) {
-                Some(&[a, b, c, d, e, f, g, h]) => {
-                    self.hit(fold(u64::from_le_bytes([a, b, c, d, e, f, g, h])), true)
-                }
-                _ => self.hit(fold(load(&haystack[p..p + GRAM])), false),
-            };
-            if hit {
+            if self.hit(haystack, p) {
                 let region = p.saturating_sub(back)..(p + self.reach).min(haystack.len());
                 match &mut open {
                     Some(current) if region.start <= current.end => current.end = region.end,
@@ -840,12 +851,17 @@ mod tests {
     }
 
     #[test]
-    fn folding_matches_ascii_lowercase() {
+    fn the_sieve_key_ignores_ascii_case() {
         for b in 0..=255u8 {
             let x = [b, b'Q', 0xC4, b, b'z', b'@', b'[', b];
             assert_eq!(
                 fold(u64::from_le_bytes(x)),
-                u64::from_le_bytes(x.map(|c| c.to_ascii_lowercase())),
+                fold(u64::from_le_bytes(x.map(|c| c.to_ascii_lowercase()))),
+                "{b:#x}"
+            );
+            assert_eq!(
+                fold(u64::from_le_bytes(x)),
+                fold(u64::from_le_bytes(x.map(|c| c.to_ascii_uppercase()))),
                 "{b:#x}"
             );
         }
@@ -864,8 +880,8 @@ mod diag {
             ];
         let secrets: Vec<(String, SecretString)> = set.iter().map(|s| ("c".to_string(), SecretString::from(s.to_string()))).collect();
         let s = Scrubber::new(&secrets);
-        let ones: u32 = s.sieve.bits.iter().map(|w| w.count_ones()).sum();
-        eprintln!("short {} long {} stride {} reach {} bits set {} of {}", s.sieve.short.len(), s.sieve.long.len(), s.sieve.stride, s.sieve.reach, ones, 1u64 << SIEVE_BITS);
+        eprintln!("short {} long {}", s.sieve.short.sorted.len(), s.sieve.long.sorted.len());
+        eprintln!("stride {} reach {}", s.sieve.stride, s.sieve.reach);
         let kinds: Vec<(&str, Vec<u8>)> = vec![
             ("words", b"{\"id\":1,\"title\":\"issue number about the thing\",\"state\":\"open\"},\n".repeat(2000)),
             ("numbers", (0..20000u64).map(|i| format!("{},", i * 7919 % 1000003)).collect::<String>().into_bytes()),
@@ -877,14 +893,16 @@ mod diag {
         let mut bench = Vec::new();
         for i in 0..12000u64 { bench.extend_from_slice(format!("{{\"id\":{i},\"title\":\"issue number {i} about the thing\",\"state\":\"open\",\"labels\":[\"bug\",\"p{}\"]}},\n", i % 4).as_bytes()); }
         let mut kinds = kinds; kinds.push(("bench-no-plants", bench));
+        let mut x = 5u64; kinds.push(("random", (0..1<<20).map(|_| { x ^= x << 13; x ^= x >> 7; x ^= x << 17; x as u8 }).collect()));
         for (name, body) in kinds {
-            let mut hits = 0; let mut total = 0;
+            let mut hits = 0; let mut total = 0; let mut maybes = 0;
             for p in (0..body.len() - 8).step_by(s.sieve.stride) {
                 total += 1;
-                if s.sieve.hit(fold(load(&body[p..p+8])), true) { hits += 1; }
+                if s.sieve.hit(&body, p) { hits += 1; }
+                let long = fold(load(&body[p..p+8])); if s.sieve.short.maybe(long & 0xffff_ffff) || s.sieve.long.maybe(long) { maybes += 1; }
             }
             let mut cov = 0; s.sieve.regions(&body, |r| { cov += r.len(); true });
-            eprintln!("{name}: hits {hits}/{total} covered {cov}/{}", body.len());
+            eprintln!("{name}: bitset {maybes} hits {hits}/{total} covered {cov}/{}", body.len());
         }
     }
 }
