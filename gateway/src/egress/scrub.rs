@@ -49,6 +49,9 @@ pub struct Scrubber {
     sieve: Sieve,
     /// Credential index of each pattern.
     owner: Vec<usize>,
+    /// The patterns, for tests.
+    #[cfg(test)]
+    patterns: Vec<Vec<u8>>,
     /// Credential names, by index.
     names: Vec<String>,
 }
@@ -167,9 +170,10 @@ fn forms(piece: &[u8]) -> Vec<Vec<u8>> {
     out
 }
 
-/// The sieve's short grams (4 bytes) and long grams (8 bytes).
+/// The sieve's short grams (4 bytes) and long grams (7 bytes).
 const GRAM: usize = 4;
-const LONG_GRAM: usize = 8;
+const LONG_GRAM: usize = 7;
+const LONG_MASK: u64 = (1 << (8 * LONG_GRAM)) - 1;
 /// Sizes of the sieve's bit sets: 2^15 bits (4 KiB) for short grams, 2^17 (16 KiB) for long ones
 /// — about 64 bits per gram for three 40-byte secrets, and small enough for the L1 cache.
 const SHORT_BITS: u32 = 15;
@@ -177,9 +181,10 @@ const LONG_BITS: u32 = 17;
 // Every pattern is at least one gram long.
 const _: () = assert!(MIN_SECRET >= GRAM);
 
-/// The sieve's key of 8 bytes: bit 5 (`0x20`) of every byte set. ASCII upper and lower case
-/// differ only in that bit, so text that equals a gram up to case has the same key (so do a few
-/// other byte pairs such as `[` and `{`; the sieve only has to be coarser than the automaton).
+/// The sieve's key of up to 8 bytes: bit 5 (`0x20`) of every byte set. ASCII upper and lower
+/// case differ only in that bit, so text that equals a gram up to case has the same key (so do a
+/// few other byte pairs such as `[` and `{`; the sieve only has to be coarser than the
+/// automaton).
 #[inline(always)]
 fn fold(x: u64) -> u64 {
     x | 0x2020_2020_2020_2020
@@ -232,17 +237,20 @@ impl<const BITS: u32, const WORDS: usize> GramSet<BITS, WORDS> {
     }
 }
 
-/// Stage one of a scan. A pattern shorter than `stride + 7` bytes is represented by its 4-byte
-/// grams, a longer one by its 8-byte grams (more specific: `\u00` is in every JSON-escaped
-/// form, `\u0067\u` only in those of a `g`). Every `stride`-th offset of the haystack is looked
-/// up: an occurrence of a pattern of `m ≥ stride + 3` bytes spans `m - 3 ≥ stride` offsets that
-/// start a whole 4-byte gram of it, one of which is looked up; likewise for 8-byte grams. Text
-/// hits only where it holds a true gram of a pattern (up to [`fold`]); the automaton then runs
-/// only around those offsets.
+/// Stage one of a scan: which parts of a haystack can hold a match.
+///
+/// The haystack's 4-byte gram at every `stride`-th offset, and its 7-byte gram at every
+/// `2 × stride`-th offset, is looked up in the grams of the patterns. A pattern of `m` bytes is
+/// represented by its 7-byte grams when `m ≥ 2 × stride + 6` — an occurrence then spans
+/// `m - 6 ≥ 2 × stride` offsets that start one of its 7-byte grams, so one of them is looked up
+/// — and by its 4-byte grams otherwise (`m ≥ stride + 3` likewise). Long grams are specific:
+/// `\u00` is in every JSON-escaped form, `\u0067\` only in those of a `g`, so ordinary escaped
+/// text does not hit. Text hits only where it holds a true gram of a pattern (up to [`fold`]);
+/// the automaton then runs only around those offsets.
 struct Sieve {
-    /// Keys of 4-byte grams (in the low bytes).
+    /// Keys of 4-byte grams.
     short: GramSet<SHORT_BITS, { 1 << (SHORT_BITS - 6) }>,
-    /// Keys of 8-byte grams.
+    /// Keys of 7-byte grams.
     long: GramSet<LONG_BITS, { 1 << (LONG_BITS - 6) }>,
     /// max(1, shortest pattern length − 3).
     stride: usize,
@@ -257,8 +265,8 @@ impl Sieve {
         let stride = shortest.saturating_sub(GRAM - 1).max(1);
         let (mut short, mut long) = (Vec::new(), Vec::new());
         for pattern in patterns {
-            if pattern.len() >= stride + LONG_GRAM - 1 {
-                long.extend(pattern.windows(LONG_GRAM).map(|g| fold(load(g))));
+            if pattern.len() >= 2 * stride + LONG_GRAM - 1 {
+                long.extend(pattern.windows(LONG_GRAM).map(|g| fold(load(g)) & LONG_MASK));
             } else {
                 short.extend(pattern.windows(GRAM).map(|g| fold(load(g)) & 0xffff_ffff));
             }
@@ -271,20 +279,25 @@ impl Sieve {
         }
     }
 
-    /// Whether the gram at `p` (an offset with at least 4 bytes after it) is one of a pattern.
+    /// Whether the gram at `p` (an offset with at least 4 bytes after it) is a short gram of a
+    /// pattern, or, when `long`, its 7-byte gram is a long one.
     #[inline(always)]
-    fn hit(&self, haystack: &[u8], p: usize) -> bool {
-        match haystack.get(p..p + LONG_GRAM) {
-            Some(bytes) => {
-                let long = fold(load(bytes));
-                let short = long & 0xffff_ffff;
-                // Both bit sets first (no branch between them: the common answer is "neither").
-                (self.short.maybe(short) | self.long.maybe(long))
-                    && (self.short.contains(short) || self.long.contains(long))
-            }
-            None => haystack
-                .get(p..p + GRAM)
-                .is_some_and(|bytes| self.short.contains(fold(load(bytes)) & 0xffff_ffff)),
+    fn hit(&self, haystack: &[u8], p: usize, long: bool) -> bool {
+        let Some(bytes) = haystack.get(p..p + 8) else {
+            // The last 7 bytes: padded with zeros, masked like the grams.
+            let tail = haystack.get(p..).unwrap_or_default();
+            let key = fold(load(&tail[..tail.len().min(8)]));
+            return self.short.contains(key & 0xffff_ffff)
+                || (long && tail.len() >= LONG_GRAM && self.long.contains(key & LONG_MASK));
+        };
+        let key = fold(load(bytes));
+        let (short_key, long_key) = (key & 0xffff_ffff, key & LONG_MASK);
+        if long {
+            // Both bit sets first (no branch between them: the common answer is "neither").
+            (self.short.maybe(short_key) | self.long.maybe(long_key))
+                && (self.short.contains(short_key) || self.long.contains(long_key))
+        } else {
+            self.short.contains(short_key)
         }
     }
 
@@ -296,8 +309,9 @@ impl Sieve {
         let back = self.reach.saturating_sub(GRAM);
         let mut open: Option<Range<usize>> = None;
         let mut p = 0;
+        let mut long = true;
         while p + GRAM <= haystack.len() {
-            if self.hit(haystack, p) {
+            if self.hit(haystack, p, long) {
                 let region = p.saturating_sub(back)..(p + self.reach).min(haystack.len());
                 match &mut open {
                     Some(current) if region.start <= current.end => current.end = region.end,
@@ -311,6 +325,7 @@ impl Sieve {
                 }
             }
             p += self.stride;
+            long = !long;
         }
         if let Some(done) = open {
             visit(done);
@@ -368,6 +383,8 @@ impl Scrubber {
         Scrubber {
             automaton,
             sieve: Sieve::new(&patterns),
+            #[cfg(test)]
+            patterns: patterns.clone(),
             owner,
             names,
         }
@@ -651,7 +668,8 @@ mod tests {
     }
 
     /// Secret sets for the sieve tests: long secrets (stride 5), a short one (whole forms only,
-    /// stride 3) and a 4-byte one (stride 1).
+    /// stride 3), a 4-byte one (stride 1), and one whose percent-encoded form is 13 bytes long,
+    /// the longest its stride (4) allows to be looked up by 4-byte grams only.
     fn secret_sets() -> Vec<Vec<&'static str>> {
         vec![
             vec![
@@ -661,6 +679,7 @@ mod tests {
             ],
             vec![SECRET, "abc123"],
             vec!["k9#Z", "päss wörd/ünïcode"],
+            vec!["ab//c/d"],
         ]
     }
 
@@ -766,10 +785,10 @@ mod tests {
                 assert_same(&s, &rng.bytes(len), "random bytes");
                 assert_same(&s, &rng.json(len), "json");
             }
-            // Every form at every offset modulo 8, at the very start and the very end, with
-            // flipped case, next to and overlapping another echo.
+            // Every form at every offset modulo each stride (all ≤ 20 here), at the very start and
+            // the very end, with flipped case, next to and overlapping another echo.
             for form in planted(&set) {
-                for offset in 0..8 {
+                for offset in 0..20 {
                     let n = offset + 40 * rng.below(3);
                     let before = rng.json(n);
                     let n = rng.below(60);
@@ -798,6 +817,23 @@ mod tests {
                 long.extend(rng.flip_case(&form));
             }
             assert_same(&s, &long, "all forms in one body");
+        }
+    }
+
+    #[test]
+    fn every_pattern_alone_at_every_offset() {
+        // Alone (between bytes no gram holds), so only the pattern's own grams can make the
+        // sieve hit: a pattern put in the wrong class or a stride one too long shows here.
+        for set in secret_sets() {
+            let s = build(&set);
+            for pattern in &s.patterns {
+                for offset in 0..2 * s.sieve.stride + 1 {
+                    let body = [&vec![0xff; offset][..], pattern, &[0xff; 9]].concat();
+                    assert_same(&s, &body, &format!("{set:?}, pattern alone at {offset}"));
+                    assert!(!s.spans(&body, &mut [false; 3]).is_empty());
+                    assert_same(&s, &body[..offset + pattern.len()], "at the end");
+                }
+            }
         }
     }
 
@@ -881,7 +917,11 @@ mod diag {
         let secrets: Vec<(String, SecretString)> = set.iter().map(|s| ("c".to_string(), SecretString::from(s.to_string()))).collect();
         let s = Scrubber::new(&secrets);
         eprintln!("short {} long {}", s.sieve.short.sorted.len(), s.sieve.long.sorted.len());
-        eprintln!("stride {} reach {}", s.sieve.stride, s.sieve.reach);
+        eprintln!("stride {} reach {} patterns {} ac kind {:?} memory {}", s.sieve.stride, s.sieve.reach, s.owner.len(), s.automaton.as_ref().unwrap().kind(), s.automaton.as_ref().unwrap().memory_usage());
+        for kind in [AhoCorasickKind::NoncontiguousNFA, AhoCorasickKind::ContiguousNFA, AhoCorasickKind::DFA] {
+            let ac = AhoCorasick::builder().ascii_case_insensitive(true).kind(Some(kind)).build(&s.patterns).unwrap();
+            eprintln!("{kind:?}: memory {}", ac.memory_usage());
+        }
         let kinds: Vec<(&str, Vec<u8>)> = vec![
             ("words", b"{\"id\":1,\"title\":\"issue number about the thing\",\"state\":\"open\"},\n".repeat(2000)),
             ("numbers", (0..20000u64).map(|i| format!("{},", i * 7919 % 1000003)).collect::<String>().into_bytes()),
@@ -898,8 +938,9 @@ mod diag {
             let mut hits = 0; let mut total = 0; let mut maybes = 0;
             for p in (0..body.len() - 8).step_by(s.sieve.stride) {
                 total += 1;
-                if s.sieve.hit(&body, p) { hits += 1; }
-                let long = fold(load(&body[p..p+8])); if s.sieve.short.maybe(long & 0xffff_ffff) || s.sieve.long.maybe(long) { maybes += 1; }
+                let even = (p / s.sieve.stride) % 2 == 0;
+                if s.sieve.hit(&body, p, even) { hits += 1; }
+                let long = fold(load(&body[p..p+8])); if s.sieve.short.maybe(long & 0xffff_ffff) || (even && s.sieve.long.maybe(long & LONG_MASK)) { maybes += 1; }
             }
             let mut cov = 0; s.sieve.regions(&body, |r| { cov += r.len(); true });
             eprintln!("{name}: bitset {maybes} hits {hits}/{total} covered {cov}/{}", body.len());
