@@ -62,7 +62,11 @@ fn body() -> Vec<u8> {
 /// scrambled order, so nearly every looked-up offset holds a gram of a secret and the automaton
 /// runs over the whole body (matches are rare: a piece is shorter than a window).
 fn dense_body() -> Vec<u8> {
-    let all: Vec<u8> = SECRETS.iter().flat_map(|s| forms(s)).collect::<String>().into_bytes();
+    let all: Vec<u8> = SECRETS
+        .iter()
+        .flat_map(|s| forms(s))
+        .collect::<String>()
+        .into_bytes();
     let pieces: Vec<&[u8]> = all.chunks(7).collect();
     let mut out = Vec::with_capacity(1 << 20);
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
