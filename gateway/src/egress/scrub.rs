@@ -296,9 +296,11 @@ impl Sieve {
     }
 
     /// Whether the gram at `p` (an offset with at least 4 bytes after it) is a short gram of a
-    /// pattern, or, when `long`, its 7-byte gram is a long one.
+    /// pattern, or, when `long`, its 7-byte gram is a long one. Unless `exact`, a bit set's
+    /// "maybe" is taken as a yes (for an offset whose region would only extend an open one, a
+    /// rare false yes costs less than the lookups it saves in text dense with grams).
     #[inline(always)]
-    fn hit(&self, haystack: &[u8], p: usize, long: bool) -> bool {
+    fn hit(&self, haystack: &[u8], p: usize, long: bool, exact: bool) -> bool {
         let Some(bytes) = haystack.get(p..p + 8) else {
             // The last 7 bytes: padded with zeros, masked like the grams.
             let tail = haystack.get(p..).unwrap_or_default();
@@ -311,9 +313,9 @@ impl Sieve {
         if long {
             // Both bit sets first (no branch between them: the common answer is "neither").
             (self.short.maybe(short_key) | self.long.maybe(long_key))
-                && (self.short.contains(short_key) || self.long.contains(long_key))
+                && (!exact || self.short.contains(short_key) || self.long.contains(long_key))
         } else {
-            self.short.contains(short_key)
+            self.short.maybe(short_key) && (!exact || self.short.contains(short_key))
         }
     }
 
@@ -323,28 +325,29 @@ impl Sieve {
     fn regions(&self, haystack: &[u8], mut visit: impl FnMut(Range<usize>) -> bool) {
         // A match holding the gram at `p` lies in `p + GRAM - reach .. p + reach`.
         let back = self.reach.saturating_sub(GRAM);
-        let mut open: Option<Range<usize>> = None;
-        let mut p = 0;
-        let mut long = true;
+        let (mut p, mut long) = (0, true);
         while p + GRAM <= haystack.len() {
-            if self.hit(haystack, p, long) {
-                let region = p.saturating_sub(back)..(p + self.reach).min(haystack.len());
-                match &mut open {
-                    Some(current) if region.start <= current.end => current.end = region.end,
-                    _ => {
-                        if let Some(done) = open.replace(region) {
-                            if !visit(done) {
-                                return;
-                            }
-                        }
-                    }
+            if !self.hit(haystack, p, long, true) {
+                p += self.stride;
+                long = !long;
+                continue;
+            }
+            let start = p.saturating_sub(back);
+            let mut end = (p + self.reach).min(haystack.len());
+            // The region grows while the next offsets' regions would overlap it.
+            loop {
+                p += self.stride;
+                long = !long;
+                if p + GRAM > haystack.len() || p.saturating_sub(back) > end {
+                    break;
+                }
+                if self.hit(haystack, p, long, false) {
+                    end = (p + self.reach).min(haystack.len());
                 }
             }
-            p += self.stride;
-            long = !long;
-        }
-        if let Some(done) = open {
-            visit(done);
+            if !visit(start..end) {
+                return;
+            }
         }
     }
 }
