@@ -257,8 +257,9 @@ impl<const BITS: u32, const WORDS: usize> GramSet<BITS, WORDS> {
 /// `m - 6 ≥ 2 × stride` offsets that start one of its 7-byte grams, so one of them is looked up
 /// — and by its 4-byte grams otherwise (`m ≥ stride + 3` likewise). Long grams are specific:
 /// `\u00` is in every JSON-escaped form, `\u0067\` only in those of a `g`, so ordinary escaped
-/// text does not hit. Text hits only where it holds a true gram of a pattern (up to [`fold`]);
-/// the automaton then runs only around those offsets.
+/// text does not hit. A region starts only where text holds a true gram of a pattern (up to
+/// [`fold`]) and grows while the next offsets' bit-set answers say "maybe"; the automaton then
+/// runs only over the regions.
 struct Sieve {
     /// Keys of 4-byte grams.
     short: GramSet<SHORT_BITS, { 1 << (SHORT_BITS - 6) }>,
