@@ -3,6 +3,9 @@
 //! three alignments, hex, HTML entities, UTF-16), scrubbed with the request's automaton (built
 //! once per set of credential values and cached), and the automaton build itself.
 //!
+//! Two more bodies: 1 MiB of JSON without a secret, and the sieve's worst case (1 MiB dense with
+//! pieces of the secrets' forms, so the automaton runs over all of it).
+//!
 //! `cargo bench -p isogate-benches --bench scrub` — the budget is ≤ 2 ms per 1 MiB body.
 
 use base64::Engine;
@@ -55,6 +58,44 @@ fn body() -> Vec<u8> {
     out
 }
 
+/// The sieve's worst case: 1 MiB made of 7-byte pieces of every form of the secrets, in a
+/// scrambled order, so nearly every looked-up offset holds a gram of a secret and the automaton
+/// runs over the whole body (matches are rare: a piece is shorter than a window).
+fn dense_body() -> Vec<u8> {
+    let all: Vec<u8> = SECRETS
+        .iter()
+        .flat_map(|s| forms(s))
+        .collect::<String>()
+        .into_bytes();
+    let pieces: Vec<&[u8]> = all.chunks(7).collect();
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    while out.len() < (1 << 20) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(pieces[(x % pieces.len() as u64) as usize]);
+    }
+    out.truncate(1 << 20);
+    out
+}
+
+/// 1 MiB of JSON without any secret.
+fn clean_body() -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut i = 0u64;
+    while out.len() < (1 << 20) {
+        let line = format!(
+            "{{\"id\":{i},\"title\":\"issue number {i} about the thing\",\"state\":\"open\",\"labels\":[\"bug\",\"p{}\"]}},\n",
+            i % 4
+        );
+        out.extend_from_slice(line.as_bytes());
+        i += 1;
+    }
+    out.truncate(1 << 20);
+    out
+}
+
 fn bench(c: &mut Criterion) {
     let injected: Vec<(String, SecretString)> = SECRETS
         .iter()
@@ -77,6 +118,18 @@ fn bench(c: &mut Criterion) {
     c.bench_function("scrub_1mib_3_secrets_all_forms", |b| {
         b.iter(|| black_box(redact::scrub_with(response.clone(), &scrubber, |_| {})))
     });
+    for (name, body) in [
+        ("scrub_1mib_no_secret", clean_body()),
+        ("scrub_1mib_dense_secret_grams", dense_body()),
+    ] {
+        let response = EgressResponse {
+            body,
+            ..response.clone()
+        };
+        c.bench_function(name, |b| {
+            b.iter(|| black_box(redact::scrub_with(response.clone(), &scrubber, |_| {})))
+        });
+    }
     c.bench_function("scrubber_build_3_secrets", |b| {
         b.iter(|| black_box(Scrubber::new(black_box(&injected))))
     });

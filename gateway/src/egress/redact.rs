@@ -3,7 +3,7 @@
 //! in reverse — and in header names (such a header is dropped) is replaced with `[REDACTED]`
 //! before the Worker sees it.
 
-use super::scrub::{redact, Scrubber, Span};
+use super::scrub::{redact, redact_in_place, Scrubber, Span};
 use isogate_pool::EgressResponse;
 use secrecy::SecretString;
 
@@ -87,7 +87,7 @@ pub fn scrub_with(
     }
     let body_spans = scrubber.spans(&response.body, &mut found);
     if !body_spans.is_empty() {
-        response.body = redact(&response.body, &body_spans);
+        redact_in_place(&mut response.body, &body_spans);
     }
     for (name, hit) in scrubber.names().iter().zip(found) {
         if hit {
