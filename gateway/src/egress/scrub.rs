@@ -390,7 +390,10 @@ impl Scrubber {
             AhoCorasick::builder()
                 .ascii_case_insensitive(true)
                 .match_kind(MatchKind::Standard)
-                .kind(Some(AhoCorasickKind::DFA))
+                // A contiguous NFA: 0.36 MB per scrubber instead of a DFA's 8.3 MB (the cache
+                // holds 64), 8 ms to build instead of 35; as fast behind the sieve, ~1.7× slower
+                // only where the sieve passes everything (a body made of the secrets' grams).
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
                 .build(&patterns)
                 .or_else(|_| {
                     AhoCorasick::builder()
