@@ -191,8 +191,9 @@ pub struct PoolConfig {
     /// `thread` (in the gateway process; weaker, for environments without seccomp).
     pub isolation: Isolation,
     /// Worker processes tenants are spread over (1..=64; `isolation: process`). Defaults to 2
-    /// or the number of CPU cores, whichever is larger; use [`Config::pool_processes`]. The
-    /// isolate threads and warm isolates are divided among them.
+    /// or the number of CPU cores, whichever is larger; use [`Config::pool_processes`]. Each
+    /// runs `threads` isolate threads (a tenant runs in one of them); warm isolates and cached
+    /// Workers are divided among them.
     pub processes: Option<usize>,
     /// How long past its `cpu_ms` or `wall_ms` an invocation may keep running (inside a native
     /// call QuickJS cannot interrupt) before its worker process is killed. Default 100.

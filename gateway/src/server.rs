@@ -206,7 +206,9 @@ fn start_workers(
                 worker: WorkerSettings {
                     protocol: wire::PROTOCOL,
                     index: 0,
-                    threads: share(threads).max(1),
+                    // A tenant runs in one worker process, so each gets all the isolate threads;
+                    // warm isolates and cached Workers are divided.
+                    threads: threads.max(1),
                     warm_isolates: share(pool.warm_isolates),
                     max_cached_workers: share(pool.max_cached_workers).max(1),
                     idle_ttl: pool.idle_ttl(),
