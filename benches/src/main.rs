@@ -18,6 +18,7 @@
 //! ```text
 //! cargo run --release -p isogate-benches -- [--quick] [--seconds N] [--no-workerd]
 //!     [--only load|get|execute|egress|memory] [--isolation both|process|thread]
+//!     [--processes N]
 //! ```
 
 mod client;
@@ -77,6 +78,9 @@ struct Opts {
     isolation: Vec<Isolation>,
 }
 
+/// `--processes N`: `pool.processes` of a process-mode isogate (default: the gateway's own).
+static PROCESSES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 impl Opts {
     /// Whether scenario `tag` runs (all do unless `--only` names another).
     fn wants(&self, tag: &str) -> bool {
@@ -110,6 +114,14 @@ fn parse_opts() -> Opts {
             eprintln!("isogate-bench: {e}");
             std::process::exit(2)
         });
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--processes")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        let _ = PROCESSES.set(n.max(1));
+    }
     Opts {
         seconds,
         warmup: if quick { 0.3 } else { 2.0 },
@@ -206,11 +218,15 @@ impl Gateway {
         let sha = sha256_hex(KEY);
         // `pool.max_cached_workers` is divided among the worker processes (at most one per
         // core, at least 2); a single tenant is routed to one of them.
-        let pool_cached = max_cached * cores().max(2);
+        let processes = match (isolation, PROCESSES.get()) {
+            (Isolation::Process, Some(n)) => format!("processes: {n}, "),
+            _ => String::new(),
+        };
+        let pool_cached = max_cached * PROCESSES.get().copied().unwrap_or(cores()).max(2);
         let config = format!(
             "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\n\
              state_dir: \"{}\"\n\
-             pool: {{ isolation: {mode}, warm_isolates: 32, max_cached_workers: {pool_cached}, idle_ttl_s: 3600 }}\n\
+             pool: {{ isolation: {mode}, {processes}warm_isolates: 32, max_cached_workers: {pool_cached}, idle_ttl_s: 3600 }}\n\
              tenants:\n  - name: bench\n    api_keys: [{{ sha256: \"{sha}\" }}]\n    \
              limits: {{ cpu_ms: 1000, memory_mb: 64, wall_ms: 10000, max_concurrency: 64, max_cached_workers: {max_cached}, max_queue: 1024 }}\n{tenant_extra}",
             dir.path().join("state").display()
@@ -1007,7 +1023,10 @@ mod tests {
             vec![Isolation::Thread, Isolation::Process]
         );
         assert_eq!(parse_isolation("thread").unwrap(), vec![Isolation::Thread]);
-        assert_eq!(parse_isolation("process").unwrap(), vec![Isolation::Process]);
+        assert_eq!(
+            parse_isolation("process").unwrap(),
+            vec![Isolation::Process]
+        );
         assert!(parse_isolation("threads").is_err());
         assert!(parse_isolation("").is_err());
     }
