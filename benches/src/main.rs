@@ -9,9 +9,16 @@
 //! Worker Loader, interleaved pair by pair with isogate's runs so that drift on a shared machine
 //! affects both alike. Without npm or workerd the runner says so and reports isogate alone.
 //!
+//! isogate runs in both isolation modes in one run (`pool.isolation: thread`, Workers on
+//! isolate threads inside the gateway, and `process`, the default: confined worker processes
+//! behind the wire), each mode's gateway started once and measured back to back with the other
+//! and with workerd. RSS of a process-mode gateway is the gateway's plus its `__worker`
+//! children's.
+//!
 //! ```text
 //! cargo run --release -p isogate-benches -- [--quick] [--seconds N] [--no-workerd]
-//!     [--only load|get|execute|egress|memory]
+//!     [--only load|get|execute|egress|memory] [--isolation both|process|thread]
+//!     [--processes N]
 //! ```
 
 mod client;
@@ -32,13 +39,47 @@ const KEY: &str = "bench-key";
 const HELLO: &str = r#"export default { async fetch() { return new Response("hello from isogate", { headers: { "content-type": "text/plain" } }); } }"#;
 const SNIPPET: &str = "async (env) => { const ids = [1, 2, 3]; const results = []; for (const id of ids) { results.push({ id, square: id * id }); } return { total: results.reduce((a, r) => a + r.square, 0), results }; }";
 
+/// `pool.isolation` of an isogate under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isolation {
+    /// Isolate threads inside the gateway process.
+    Thread,
+    /// Confined worker processes (the default).
+    Process,
+}
+
+impl Isolation {
+    fn as_str(self) -> &'static str {
+        match self {
+            Isolation::Thread => "thread",
+            Isolation::Process => "process",
+        }
+    }
+}
+
+/// The modes `--isolation` names, thread (the baseline) first.
+fn parse_isolation(v: &str) -> Result<Vec<Isolation>, String> {
+    match v {
+        "both" => Ok(vec![Isolation::Thread, Isolation::Process]),
+        "thread" => Ok(vec![Isolation::Thread]),
+        "process" => Ok(vec![Isolation::Process]),
+        other => Err(format!(
+            "--isolation {other}: expected both, process or thread"
+        )),
+    }
+}
+
 struct Opts {
     seconds: f64,
     warmup: f64,
     quick: bool,
     only: Option<String>,
     no_workerd: bool,
+    isolation: Vec<Isolation>,
 }
+
+/// `--processes N`: `pool.processes` of a process-mode isogate (default: the gateway's own).
+static PROCESSES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
 
 impl Opts {
     /// Whether scenario `tag` runs (all do unless `--only` names another).
@@ -61,12 +102,33 @@ fn parse_opts() -> Opts {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .cloned();
+    let isolation = args
+        .iter()
+        .position(|a| a == "--isolation")
+        .map(|i| args.get(i + 1).map_or("", String::as_str))
+        .map_or_else(
+            || Ok(vec![Isolation::Thread, Isolation::Process]),
+            parse_isolation,
+        )
+        .unwrap_or_else(|e| {
+            eprintln!("isogate-bench: {e}");
+            std::process::exit(2)
+        });
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--processes")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse::<usize>().ok())
+    {
+        let _ = PROCESSES.set(n.max(1));
+    }
     Opts {
         seconds,
         warmup: if quick { 0.3 } else { 2.0 },
         quick,
         only,
         no_workerd: args.iter().any(|a| a == "--no-workerd"),
+        isolation,
     }
 }
 
@@ -133,27 +195,38 @@ mod tempfile_dir {
 }
 
 impl Gateway {
-    fn start(bin: &Path, tag: &str, max_cached: usize) -> Gateway {
-        Gateway::start_with(bin, tag, max_cached, "", &[])
+    fn start(bin: &Path, tag: &str, isolation: Isolation, max_cached: usize) -> Gateway {
+        Gateway::start_with(bin, tag, isolation, max_cached, "", &[])
     }
 
     /// `tenant_extra` is appended inside the tenant (e.g. an `egress:` section) and may be
-    /// followed by top-level sections.
+    /// followed by top-level sections. The pool caches `max_cached` Workers per worker process
+    /// (so that one tenant, which lives in one process, can cache that many in either mode);
+    /// the tenant may cache `max_cached`.
     fn start_with(
         bin: &Path,
         tag: &str,
+        isolation: Isolation,
         max_cached: usize,
         tenant_extra: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
-        let dir = tempfile_dir::Dir::new(tag);
+        let mode = isolation.as_str();
+        let dir = tempfile_dir::Dir::new(&format!("{tag}-{mode}"));
         let ingress = format!("127.0.0.1:{}", free_port());
         let admin = format!("127.0.0.1:{}", free_port());
         let sha = sha256_hex(KEY);
+        // `pool.max_cached_workers` is divided among the worker processes (at most one per
+        // core, at least 2); a single tenant is routed to one of them.
+        let processes = match (isolation, PROCESSES.get()) {
+            (Isolation::Process, Some(n)) => format!("processes: {n}, "),
+            _ => String::new(),
+        };
+        let pool_cached = max_cached * PROCESSES.get().copied().unwrap_or(cores()).max(2);
         let config = format!(
             "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\n\
              state_dir: \"{}\"\n\
-             pool: {{ warm_isolates: 32, max_cached_workers: {max_cached}, idle_ttl_s: 3600 }}\n\
+             pool: {{ isolation: {mode}, {processes}warm_isolates: 32, max_cached_workers: {pool_cached}, idle_ttl_s: 3600 }}\n\
              tenants:\n  - name: bench\n    api_keys: [{{ sha256: \"{sha}\" }}]\n    \
              limits: {{ cpu_ms: 1000, memory_mb: 64, wall_ms: 10000, max_concurrency: 64, max_cached_workers: {max_cached}, max_queue: 1024 }}\n{tenant_extra}",
             dir.path().join("state").display()
@@ -186,9 +259,46 @@ impl Gateway {
         }
     }
 
+    /// RSS of the gateway and of its worker processes (KiB).
     fn rss_kib(&self) -> u64 {
-        rss_kib(self.child.id())
+        let (gateway, workers) = self.rss_split_kib();
+        gateway + workers
     }
+
+    /// `(gateway, worker processes)` RSS in KiB.
+    fn rss_split_kib(&self) -> (u64, u64) {
+        let pid = self.child.id();
+        let workers = children(pid, "__worker").into_iter().map(rss_kib).sum();
+        (rss_kib(pid), workers)
+    }
+}
+
+/// Pids of the processes whose parent is `parent` and whose command line has an argument
+/// `arg`, from /proc.
+fn children(parent: u32, arg: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let ppid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("PPid:"))
+                .and_then(|v| v.trim().parse::<u32>().ok());
+            ppid == Some(parent)
+                && std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .unwrap_or_default()
+                    .split(|b| *b == 0)
+                    .any(|a| a == arg.as_bytes())
+        })
+        .collect()
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 impl Drop for Gateway {
@@ -424,9 +534,7 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 fn main() {
     let opts = parse_opts();
     let bin = build_isogate();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cores = cores();
     let mem_gib = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| m.lines().next().map(str::to_string))
@@ -437,11 +545,13 @@ fn main() {
         })
         .map(|kib| kib / 1024.0 / 1024.0)
         .unwrap_or(0.0);
+    let modes: Vec<&str> = opts.isolation.iter().map(|i| i.as_str()).collect();
     println!(
-        "# isogate end-to-end benchmark ({} mode)\n\nmachine: {cores} cores, {mem_gib:.0} GiB; engine: quickjs (rquickjs 0.11); {}s per scenario after {}s warm-up\n",
+        "# isogate end-to-end benchmark ({} mode)\n\nmachine: {cores} cores, {mem_gib:.0} GiB; engine: quickjs (rquickjs 0.11); {}s per scenario after {}s warm-up; isolation: {}\n",
         if opts.quick { "quick" } else { "full" },
         opts.seconds,
-        opts.warmup
+        opts.warmup,
+        modes.join(" + ")
     );
 
     let peer_wanted = opts.wants("load") || opts.wants("get") || opts.wants("memory");
@@ -475,7 +585,9 @@ fn main() {
     }
 
     if opts.wants("egress") {
-        egress_scenario(&bin, &opts);
+        for &mode in &opts.isolation {
+            egress_scenario(&bin, mode, &opts);
+        }
     }
 
     if opts.wants("memory") {
@@ -483,65 +595,125 @@ fn main() {
     }
 }
 
-/// Scenario 5: RSS growth per distinct cached Worker, isogate then workerd for each N.
+/// A cell of a memory table: KiB, `error` (with a note) or `n/a`.
+fn kib_cell<T>(
+    r: Option<&Result<T, String>>,
+    value: impl Fn(&T) -> f64,
+    who: &str,
+    notes: &mut Vec<String>,
+) -> String {
+    match r {
+        Some(Ok(k)) => format!("{:.0}", value(k)),
+        Some(Err(e)) => {
+            notes.push(format!("{who}: {e}"));
+            "error".into()
+        }
+        None => "n/a".into(),
+    }
+}
+
+/// Scenario 5: RSS at idle and growth per distinct cached Worker; each isogate mode, then
+/// workerd, for each N.
 fn memory_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
     let sizes: &[usize] = if opts.quick { &[200] } else { &[200, 1000] };
-    println!(
-        "\n| cached Workers N | isogate RSS growth per Worker (KiB) | workerd RSS growth per Worker (KiB) | ratio (workerd ÷ isogate) |"
-    );
-    println!("|---|---|---|---|");
+    let mut header = String::from("\n| cached Workers N |");
+    let mut rule = String::from("|---|");
+    for mode in &opts.isolation {
+        header.push_str(&format!(
+            " isogate {} idle RSS MiB | isogate {} RSS growth per Worker (KiB) |",
+            mode.as_str(),
+            mode.as_str()
+        ));
+        rule.push_str("---|---|");
+    }
+    header.push_str(" workerd idle RSS MiB | workerd RSS growth per Worker (KiB) |");
+    rule.push_str("---|---|");
+    for mode in &opts.isolation {
+        header.push_str(&format!(" workerd ÷ {} |", mode.as_str()));
+        rule.push_str("---|");
+    }
+    println!("{header}\n{rule}");
     let mut notes = Vec::new();
     for &n in sizes {
-        let iso = isogate_memory(bin, n);
+        let mut row = format!("| {n} |");
+        let mut per_worker = Vec::new();
+        for &mode in &opts.isolation {
+            let m = isogate_memory(bin, mode, n);
+            let idle = match &m {
+                Ok(m) if mode == Isolation::Process => format!(
+                    "{:.1} ({:.1} gateway + {:.1} workers)",
+                    mib(m.idle.0 + m.idle.1),
+                    mib(m.idle.0),
+                    mib(m.idle.1)
+                ),
+                Ok(m) => format!("{:.1}", mib(m.idle.0 + m.idle.1)),
+                Err(_) => "error".into(),
+            };
+            let who = format!("isogate {}: N={n}", mode.as_str());
+            let growth = kib_cell(Some(&m), |m| m.per_worker, &who, &mut notes);
+            row.push_str(&format!(" {idle} | {growth} |"));
+            per_worker.push(m.ok().map(|m| m.per_worker));
+        }
         let peer = install.map(|i| workerd_memory(i, n));
-        let cell = |r: Option<&Result<f64, String>>, who: &str, notes: &mut Vec<String>| match r {
-            Some(Ok(k)) => format!("{k:.0}"),
-            Some(Err(e)) => {
-                notes.push(format!("{who}: N={n}: {e}"));
-                "error".into()
-            }
+        let peer_idle = match &peer {
+            Some(Ok((idle, _))) => format!("{:.1}", mib(*idle)),
+            Some(Err(_)) => "error".into(),
             None => "n/a".into(),
         };
-        println!(
-            "| {n} | {} | {} | {} |",
-            cell(Some(&iso), "isogate", &mut notes),
-            cell(peer.as_ref(), "workerd", &mut notes),
-            ratio(
-                peer.as_ref().and_then(|r| r.as_ref().ok().copied()),
-                iso.as_ref().ok().copied()
-            )
-        );
+        let who = format!("workerd: N={n}");
+        let growth = kib_cell(peer.as_ref(), |(_, k)| *k, &who, &mut notes);
+        row.push_str(&format!(" {peer_idle} | {growth} |"));
+        let peer_k = peer.as_ref().and_then(|r| r.as_ref().ok().map(|(_, k)| *k));
+        for k in per_worker {
+            row.push_str(&format!(" {} |", ratio(peer_k, k)));
+        }
+        println!("{row}");
     }
     println!(
-        "\nRSS growth of the process from just before to just after creating and calling N distinct Workers, \
-         divided by N; ratio above 1× means isogate uses less memory per Worker."
+        "\nidle RSS: just after the gateway is ready (warm isolates filled), before any Worker ran; for \
+         `process` the gateway's VmRSS plus its `__worker` processes'. Growth: RSS (same sum) from just \
+         before to just after creating and calling N distinct Workers, divided by N; workerd ÷ mode above \
+         1× means isogate uses less memory per Worker."
     );
     for n in &notes {
         println!("- {n}");
     }
 }
 
-/// Scenarios 1–3: load(), warm get() and execute at c=1 and c=16; load() and get() paired with
-/// workerd run by run.
+/// One isogate under test: its mode and gateway.
+struct Side {
+    mode: Isolation,
+    g: Gateway,
+}
+
+/// Scenarios 1–3: load(), warm get() and execute at c=1 and c=16; each isogate mode and
+/// workerd run back to back for each scenario and concurrency.
 fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
-    let g = Gateway::start(bin, "main", 1000);
     let worker = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
+    let auth = format!("Bearer {KEY}");
+    let sides: Vec<Side> = opts
+        .isolation
+        .iter()
+        .map(|&mode| {
+            let g = Gateway::start(bin, "main", mode, 1000);
+            let mut conn = Conn::connect(&g.ingress).expect("connect");
+            let (status, _) = conn
+                .request(
+                    "PUT",
+                    "/v1/workers/hello",
+                    &[("authorization", &auth)],
+                    &serde_json::to_vec(&worker).unwrap_or_default(),
+                )
+                .expect("put worker");
+            assert!(status == 201 || status == 200, "PUT hello: {status}");
+            Side { mode, g }
+        })
+        .collect();
     let load = Req {
         method: "POST",
         path: "/v1/load".into(),
         body: serde_json::to_vec(&serde_json::json!({ "code": worker })).unwrap_or_default(),
     };
-    let mut conn = Conn::connect(&g.ingress).expect("connect");
-    let auth = format!("Bearer {KEY}");
-    let (status, _) = conn
-        .request(
-            "PUT",
-            "/v1/workers/hello",
-            &[("authorization", &auth)],
-            &serde_json::to_vec(&worker).unwrap_or_default(),
-        )
-        .expect("put worker");
-    assert!(status == 201 || status == 200, "PUT hello: {status}");
     let get = Req {
         method: "GET",
         path: "/w/hello/".into(),
@@ -560,10 +732,37 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
     let (wd_load, wd_get) = (peer_get("/load"), peer_get("/get"));
     let wd_load_once = peer_get("/load-once");
 
-    println!(
-        "| scenario | c | isogate req/s | workerd req/s | ratio | isogate p50/p99 ms | workerd p50/p99 ms | p50 ratio | isogate RSS start→end MiB | workerd RSS start→end MiB |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let both = sides.len() == 2;
+    let mut header = String::from("| scenario | c |");
+    let mut rule = String::from("|---|---|");
+    for s in &sides {
+        header.push_str(&format!(" {} req/s |", s.mode.as_str()));
+        rule.push_str("---|");
+    }
+    header.push_str(" workerd req/s |");
+    rule.push_str("---|");
+    if both {
+        header.push_str(" process ÷ thread |");
+        rule.push_str("---|");
+    }
+    for s in &sides {
+        header.push_str(&format!(" {} ÷ workerd |", s.mode.as_str()));
+        rule.push_str("---|");
+    }
+    for s in &sides {
+        header.push_str(&format!(" {} p50/p99 ms |", s.mode.as_str()));
+        rule.push_str("---|");
+    }
+    header.push_str(" workerd p50/p99 ms |");
+    rule.push_str("---|");
+    for s in &sides {
+        header.push_str(&format!(" {} RSS start→end MiB |", s.mode.as_str()));
+        rule.push_str("---|");
+    }
+    header.push_str(" workerd RSS start→end MiB |");
+    rule.push_str("---|");
+    println!("{header}\n{rule}");
+
     let mut notes = Vec::new();
     for (tag, name, req, peer_req) in [
         ("load", "load() hello", &load, Some(&wd_load)),
@@ -592,10 +791,19 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
             _ => None,
         };
         for c in [1usize, 16] {
-            // Pair by pair: isogate, then workerd on the same scenario and concurrency.
-            let iso = measure(&g.ingress, || g.rss_kib(), req, c, opts);
+            // Back to back: each isogate mode, then workerd, on the same scenario and
+            // concurrency.
+            let runs: Vec<Result<Run, String>> = sides
+                .iter()
+                .map(|s| measure(&s.g.ingress, || s.g.rss_kib(), req, c, opts))
+                .collect();
             let peer = peer_req.and_then(|r| measure_peer(&mut wd, r, c, opts));
-            for (who, run) in [("isogate", Some(&iso)), ("workerd", peer.as_ref())] {
+            let labelled = sides
+                .iter()
+                .map(|s| s.mode.as_str())
+                .zip(runs.iter().map(Some))
+                .chain([("workerd", peer.as_ref())]);
+            for (who, run) in labelled {
                 match run {
                     Some(Err(e)) => notes.push(format!("{who}: {name} c={c}: {e}")),
                     Some(Ok(r)) if r.o.errors > 0 => notes.push(format!(
@@ -608,35 +816,65 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
                 }
             }
             let none = if peer_req.is_some() { "n/a" } else { "—" };
-            let (i, w) = (
-                iso.as_ref().ok(),
-                peer.as_ref().and_then(|r| r.as_ref().ok()),
-            );
-            let [i_rps, i_lat, i_rss] = cells(Some(&iso), none);
+            let rps = |r: Option<&Result<Run, String>>| {
+                r.and_then(|r| r.as_ref().ok()).map(|r| r.o.rps())
+            };
+            let iso: Vec<[String; 3]> = runs.iter().map(|r| cells(Some(r), none)).collect();
             let [w_rps, w_lat, w_rss] = cells(peer.as_ref(), none);
-            println!(
-                "| {name} | {c} | {i_rps} | {w_rps} | {} | {i_lat} | {w_lat} | {} | {i_rss} | {w_rss} |",
-                ratio(i.map(|r| r.o.rps()), w.map(|r| r.o.rps())),
-                ratio(w.map(|r| r.o.p(0.5)), i.map(|r| r.o.p(0.5))),
-            );
+            let mut row = format!("| {name} | {c} |");
+            for [r, _, _] in &iso {
+                row.push_str(&format!(" {r} |"));
+            }
+            row.push_str(&format!(" {w_rps} |"));
+            if both {
+                row.push_str(&format!(
+                    " {} |",
+                    ratio(rps(runs.get(1)), rps(runs.first()))
+                ));
+            }
+            for r in &runs {
+                row.push_str(&format!(" {} |", ratio(rps(Some(r)), rps(peer.as_ref()))));
+            }
+            for [_, l, _] in &iso {
+                row.push_str(&format!(" {l} |"));
+            }
+            row.push_str(&format!(" {w_lat} |"));
+            for [_, _, m] in &iso {
+                row.push_str(&format!(" {m} |"));
+            }
+            row.push_str(&format!(" {w_rss} |"));
+            println!("{row}");
         }
     }
     println!(
-        "\nratio = isogate req/s ÷ workerd req/s; p50 ratio = workerd p50 ÷ isogate p50: above 1× isogate is better. \
-         RSS is the VmRSS of the isogate process and of the workerd process just before and after each run; \
-         one isogate serves all rows, a fresh workerd each scenario. workerd's load() is \
+        "\nratio columns: req/s ÷ req/s (above 1× the first named is faster). \
+         RSS is the VmRSS of the isogate gateway (for `process`: plus its `__worker` processes) and of the \
+         workerd process just before and after each run; one isogate per mode serves all rows, a fresh \
+         workerd each scenario. workerd's load() is \
          `LOADER.get(crypto.randomUUID(), ...)` (a fresh isolate per request, which workerd keeps cached: its RSS grows), \
          the `LOADER.load()` rows use workerd's one-shot `LOADER.load(...)` (not retained), its get() `LOADER.get(\"hello\", ...)`."
     );
     for n in &notes {
         println!("- {n}");
     }
-    drop(g);
+    drop(sides);
 }
 
-/// isogate: RSS growth per cached Worker after storing and calling `n` distinct Workers.
-fn isogate_memory(bin: &Path, n: usize) -> Result<f64, String> {
-    let g = Gateway::start(bin, &format!("mem{n}"), n + 10);
+/// What the memory scenario found for one isogate mode.
+struct Memory {
+    /// `(gateway, worker processes)` RSS in KiB once ready, before any Worker ran.
+    idle: (u64, u64),
+    /// RSS growth per cached Worker, KiB.
+    per_worker: f64,
+}
+
+/// isogate: idle RSS, and RSS growth per cached Worker after storing and calling `n` distinct
+/// Workers.
+fn isogate_memory(bin: &Path, mode: Isolation, n: usize) -> Result<Memory, String> {
+    let g = Gateway::start(bin, &format!("mem{n}"), mode, n + 10);
+    // Let the warm pool's refill and start-up allocations settle.
+    std::thread::sleep(Duration::from_millis(300));
+    let idle = g.rss_split_kib();
     let mut conn = Conn::connect(&g.ingress).map_err(|e| format!("connect: {e}"))?;
     let auth = format!("Bearer {KEY}");
     let worker = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
@@ -664,11 +902,15 @@ fn isogate_memory(bin: &Path, n: usize) -> Result<f64, String> {
         }
     }
     let after = g.rss_kib();
-    Ok(after.saturating_sub(before) as f64 / n as f64)
+    Ok(Memory {
+        idle,
+        per_worker: after.saturating_sub(before) as f64 / n as f64,
+    })
 }
 
-/// workerd: RSS growth per cached Worker after calling `n` distinct Worker ids through the loader.
-fn workerd_memory(install: &peer::Install, n: usize) -> Result<f64, String> {
+/// workerd: RSS at idle (KiB) and growth per cached Worker after calling `n` distinct Worker ids
+/// through the loader.
+fn workerd_memory(install: &peer::Install, n: usize) -> Result<(u64, f64), String> {
     let mut w = peer::Workerd::start(install, &format!("mem{n}"), HELLO)?;
     let mut conn = Conn::connect(&w.addr).map_err(|e| format!("connect: {e}"))?;
     // Start-up already called /load and /get once: the path is warm.
@@ -683,13 +925,13 @@ fn workerd_memory(install: &peer::Install, n: usize) -> Result<f64, String> {
         }
     }
     let after = w.rss_kib();
-    Ok(after.saturating_sub(before) as f64 / n as f64)
+    Ok((before, after.saturating_sub(before) as f64 / n as f64))
 }
 
 /// Scenario: a Worker that fetches a loopback upstream through the full egress pipeline (rule
 /// match, rate-limit check, SSRF-checked resolution, header credential injection, scrubbing)
 /// versus a client calling that upstream directly. All at c=1.
-fn egress_scenario(bin: &Path, opts: &Opts) {
+fn egress_scenario(bin: &Path, mode: Isolation, opts: &Opts) {
     let upstream = upstream::Upstream::start(|_| {
         upstream::Answer::json(200, &serde_json::json!({"ok": true, "items": [1, 2, 3]}))
     });
@@ -701,6 +943,7 @@ fn egress_scenario(bin: &Path, opts: &Opts) {
     let g = Gateway::start_with(
         bin,
         "egress",
+        mode,
         100,
         &egress,
         &[("BENCH_UPSTREAM_TOKEN", "bench-secret-token-0123456789")],
@@ -736,7 +979,10 @@ fn egress_scenario(bin: &Path, opts: &Opts) {
         opts.warmup,
         opts.seconds,
     );
-    println!("\n| egress (c=1), isogate only | p50 ms | p99 ms | errors |");
+    println!(
+        "\n| egress (c=1), isogate only, isolation: {} | p50 ms | p99 ms | errors |",
+        mode.as_str()
+    );
     println!("|---|---|---|---|");
     for (name, o) in [
         ("get() of a Worker that fetches the upstream", &through),
@@ -764,4 +1010,48 @@ fn egress_scenario(bin: &Path, opts: &Opts) {
 
 fn o_sub(a: &Outcome, b: &Outcome, c: &Outcome, q: f64) -> f64 {
     a.p(q) - b.p(q) - c.p(q)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolation_modes_parse() {
+        assert_eq!(
+            parse_isolation("both").unwrap(),
+            vec![Isolation::Thread, Isolation::Process]
+        );
+        assert_eq!(parse_isolation("thread").unwrap(), vec![Isolation::Thread]);
+        assert_eq!(
+            parse_isolation("process").unwrap(),
+            vec![Isolation::Process]
+        );
+        assert!(parse_isolation("threads").is_err());
+        assert!(parse_isolation("").is_err());
+    }
+
+    #[test]
+    fn children_finds_a_worker_child_by_argument_and_its_rss() {
+        // `sh -c CMD NAME`: NAME is $0, so the shell's command line carries `__worker`.
+        let mut worker = Command::new("sh")
+            .args(["-c", "read line", "__worker"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let mut other = Command::new("sh")
+            .args(["-c", "read line", "other"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        let me = std::process::id();
+        let found = children(me, "__worker");
+        let _ = worker.kill();
+        let _ = other.kill();
+        let _ = worker.wait();
+        let _ = other.wait();
+        assert_eq!(found, vec![worker.id()]);
+        assert!(rss_kib(me) > 0);
+        assert!(children(me, "__worker").is_empty());
+    }
 }

@@ -97,15 +97,22 @@ async fn run(
 
     let (out, mut outbox) = mpsc::unbounded_channel::<FromWorker>();
     let writer = tokio::spawn(async move {
-        while let Some(message) = outbox.recv().await {
-            let frame = match wire::encode(&message) {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(error = %e, "worker: dropping a message that cannot be sent");
-                    continue;
+        // Everything queued goes out in one flush (one write for a burst of answers).
+        let mut batch = Vec::with_capacity(64);
+        while outbox.recv_many(&mut batch, 64).await > 0 {
+            for message in batch.drain(..) {
+                let frame = match wire::encode(&message) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::error!(error = %e, "worker: dropping a message that cannot be sent");
+                        continue;
+                    }
+                };
+                if sink.feed(frame).await.is_err() {
+                    return;
                 }
-            };
-            if sink.send(frame).await.is_err() {
+            }
+            if sink.flush().await.is_err() {
                 return;
             }
         }

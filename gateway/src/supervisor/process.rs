@@ -307,19 +307,26 @@ impl Process {
         // Writer: encode and send frames in order.
         let writer_proc = Arc::downgrade(&process);
         tokio::spawn(async move {
-            while let Some(message) = outbox.recv().await {
-                match wire::encode(&*message) {
-                    Ok(frame) => {
-                        if sink.send(frame).await.is_err() {
-                            return;
+            // Everything queued goes out in one flush (one write for a burst of invocations).
+            let mut batch = Vec::with_capacity(64);
+            while outbox.recv_many(&mut batch, 64).await > 0 {
+                for message in batch.drain(..) {
+                    match wire::encode(&*message) {
+                        Ok(frame) => {
+                            if sink.feed(frame).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "supervisor: cannot encode a message for a worker");
+                            if let Some(p) = writer_proc.upgrade() {
+                                p.fail_unsendable(&message);
+                            }
                         }
                     }
-                    Err(e) => {
-                        tracing::error!(error = %e, "supervisor: cannot encode a message for a worker");
-                        if let Some(p) = writer_proc.upgrade() {
-                            p.fail_unsendable(&message);
-                        }
-                    }
+                }
+                if sink.flush().await.is_err() {
+                    return;
                 }
             }
         });
