@@ -801,7 +801,7 @@ fn a_malformed_or_oversized_frame_kills_that_worker_never_the_gateway() {
 fn invocations_only_queued_on_a_lost_worker_run_on_its_replacement() {
     // One isolate thread per worker: while A's first invocation spins, A's second waits in the
     // worker's queue, dispatched but not started.
-    let pool = "isolation: process, processes: 2, threads: 2, warm_isolates: 2, max_cached_workers: 100, idle_ttl_s: 300";
+    let pool = "isolation: process, processes: 2, threads: 1, warm_isolates: 2, max_cached_workers: 100, idle_ttl_s: 300";
     let (a, b) = (tenant_on(0, &[]), tenant_on(1, &[]));
     let g = Gateway::start_with(
         pool,
