@@ -201,14 +201,10 @@ fn dispatch(
             request,
             limits,
         } => {
-            let (pool, out) = (pool.clone(), out.clone());
-            tokio::spawn(async move {
-                let hold = held(&out, id);
-                let answer = pool
-                    .load(invoker, code, request, limits, hold)
-                    .await
-                    .map(|inv| Answer::Http(bounded(inv)));
-                let _ = out.send(FromWorker::Done { id, answer });
+            let pool = pool.clone();
+            answer(out, id, |hold| async move {
+                let inv = pool.load(invoker, code, request, limits, hold).await?;
+                Ok(Answer::Http(bounded(inv)))
             });
         }
         ToWorker::Get {
@@ -236,14 +232,12 @@ fn dispatch(
                 let _ = out.send(FromWorker::NeedCode { id });
                 return;
             };
-            let (pool, out) = (pool.clone(), out.clone());
-            tokio::spawn(async move {
-                let hold = held(&out, id);
-                let answer = pool
+            let pool = pool.clone();
+            answer(out, id, |hold| async move {
+                let inv = pool
                     .get(invoker, sealed, request, limits, tenant_cap, hold)
-                    .await
-                    .map(|inv| Answer::Http(bounded(inv)));
-                let _ = out.send(FromWorker::Done { id, answer });
+                    .await?;
+                Ok(Answer::Http(bounded(inv)))
             });
         }
         ToWorker::Execute {
@@ -253,14 +247,11 @@ fn dispatch(
             env,
             limits,
         } => {
-            let (pool, out) = (pool.clone(), out.clone());
-            tokio::spawn(async move {
-                let hold = held(&out, id);
-                let answer = pool
-                    .execute(invoker, source, env, limits, hold)
-                    .await
-                    .map(Answer::Json);
-                let _ = out.send(FromWorker::Done { id, answer });
+            let pool = pool.clone();
+            answer(out, id, |hold| async move {
+                Ok(Answer::Json(
+                    pool.execute(invoker, source, env, limits, hold).await?,
+                ))
             });
         }
         ToWorker::Query { call, query } => {
@@ -292,6 +283,19 @@ fn dispatch(
         ToWorker::Probe(probe) if settings.test_probes => run_probe(probe),
         ToWorker::Probe(_) => tracing::warn!("worker: ignoring a probe (probes are disabled)"),
     }
+}
+
+/// Runs invocation `id` (`run` gets its hold) on this runtime and sends its answer.
+fn answer<F>(out: &Out, id: u64, run: impl FnOnce(Hold) -> F)
+where
+    F: std::future::Future<Output = Result<Answer, crate::pool::PoolError>> + Send + 'static,
+{
+    let done = out.clone();
+    let running = run(held(out, id));
+    tokio::spawn(async move {
+        let answer = running.await;
+        let _ = done.send(FromWorker::Done { id, answer });
+    });
 }
 
 /// A response too large for the wire becomes the Worker's error, not a broken channel.

@@ -385,6 +385,31 @@ impl Supervisor {
         invoker
     }
 
+    /// Gives `invoker` a fresh invocation id, sends the message `make` builds for it to the
+    /// tenant's worker and waits for the answer. `code`: a `get()`'s code, sent on request.
+    async fn invoke(
+        &self,
+        invoker: Invoker,
+        limits: Limits,
+        hold: Hold,
+        json: bool,
+        code: Option<Arc<WorkerCode>>,
+        make: impl FnOnce(u64, Invoker) -> ToWorker,
+    ) -> Result<Answer, PoolError> {
+        let invoker = self.fresh(invoker);
+        let id = invoker.invocation;
+        let (tx, rx) = oneshot::channel();
+        let reply = if json {
+            Reply::Json(tx)
+        } else {
+            Reply::Http(tx)
+        };
+        let message = make(id, invoker.clone());
+        let pending = Pending::new(invoker, limits, reply, hold, message, code);
+        self.call(id, pending).await?;
+        rx.await.unwrap_or(Err(PoolError::Unavailable))
+    }
+
     /// `load()` in a worker process.
     pub async fn load(
         &self,
@@ -394,19 +419,16 @@ impl Supervisor {
         limits: Limits,
         hold: Hold,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
-        let invoker = self.fresh(invoker);
-        let id = invoker.invocation;
-        let (tx, rx) = oneshot::channel();
-        let message = ToWorker::Load {
-            id,
-            invoker: invoker.clone(),
-            code,
-            request,
-            limits,
-        };
-        let pending = Pending::new(invoker, limits, Reply::Http(tx), hold, message, None);
-        self.call(id, pending).await?;
-        http_answer(rx.await)
+        let answer = self.invoke(invoker, limits, hold, false, None, |id, invoker| {
+            ToWorker::Load {
+                id,
+                invoker,
+                code,
+                request,
+                limits,
+            }
+        });
+        http_answer(answer.await)
     }
 
     /// `get()` in a worker process; the code crosses the wire only when the worker lacks it.
@@ -419,22 +441,20 @@ impl Supervisor {
         tenant_cap: usize,
         hold: Hold,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
-        let invoker = self.fresh(invoker);
-        let id = invoker.invocation;
-        let (tx, rx) = oneshot::channel();
-        let message = ToWorker::Get {
-            id,
-            invoker: invoker.clone(),
-            digest: code.digest(),
-            code: None,
-            request,
-            limits,
-            tenant_cap,
-        };
+        let digest = code.digest();
         let code = Some(code.code().clone());
-        let pending = Pending::new(invoker, limits, Reply::Http(tx), hold, message, code);
-        self.call(id, pending).await?;
-        http_answer(rx.await)
+        let answer = self.invoke(invoker, limits, hold, false, code, |id, invoker| {
+            ToWorker::Get {
+                id,
+                invoker,
+                digest,
+                code: None,
+                request,
+                limits,
+                tenant_cap,
+            }
+        });
+        http_answer(answer.await)
     }
 
     /// Code Mode in a worker process.
@@ -446,22 +466,18 @@ impl Supervisor {
         limits: Limits,
         hold: Hold,
     ) -> Result<Invocation<serde_json::Value>, PoolError> {
-        let invoker = self.fresh(invoker);
-        let id = invoker.invocation;
-        let (tx, rx) = oneshot::channel();
-        let message = ToWorker::Execute {
-            id,
-            invoker: invoker.clone(),
-            source,
-            env,
-            limits,
-        };
-        let pending = Pending::new(invoker, limits, Reply::Json(tx), hold, message, None);
-        self.call(id, pending).await?;
-        match rx.await {
-            Ok(Ok(Answer::Json(inv))) => Ok(inv),
-            Ok(Ok(Answer::Http(_))) | Err(_) => Err(PoolError::Unavailable),
-            Ok(Err(e)) => Err(e),
+        let answer = self.invoke(invoker, limits, hold, true, None, |id, invoker| {
+            ToWorker::Execute {
+                id,
+                invoker,
+                source,
+                env,
+                limits,
+            }
+        });
+        match answer.await? {
+            Answer::Json(inv) => Ok(inv),
+            Answer::Http(_) => Err(PoolError::Unavailable),
         }
     }
 
@@ -570,12 +586,9 @@ impl Supervisor {
     }
 }
 
-fn http_answer(
-    answer: Result<Result<Answer, PoolError>, oneshot::error::RecvError>,
-) -> Result<Invocation<HttpResponse>, PoolError> {
-    match answer {
-        Ok(Ok(Answer::Http(inv))) => Ok(inv),
-        Ok(Ok(Answer::Json(_))) | Err(_) => Err(PoolError::Unavailable),
-        Ok(Err(e)) => Err(e),
+fn http_answer(answer: Result<Answer, PoolError>) -> Result<Invocation<HttpResponse>, PoolError> {
+    match answer? {
+        Answer::Http(inv) => Ok(inv),
+        Answer::Json(_) => Err(PoolError::Unavailable),
     }
 }
