@@ -198,6 +198,13 @@ fn vault_buckets() -> Vec<f64> {
 }
 
 impl Metrics {
+    /// `n` cache events at once (a worker process sums them between frames).
+    pub fn cache_events_by(&self, tenant: &str, event: CacheEvent, n: u64) {
+        self.cache_events
+            .with_label_values(&[tenant, event.as_str()])
+            .inc_by(n);
+    }
+
     /// Creates the registry with every metric of the catalogue.
     pub fn new() -> Metrics {
         let r = Registry::new();

@@ -361,6 +361,17 @@ pub struct Invocation<T> {
     pub stats: InvocationStats,
 }
 
+impl<T> Invocation<T> {
+    /// An invocation that failed with `error` before producing anything.
+    pub fn failed(error: WorkerError) -> Invocation<T> {
+        Invocation {
+            outcome: Err(error),
+            logs: Vec::new(),
+            stats: InvocationStats::default(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub use egress::{
     Fetched, Verdict, NETWORK_DISABLED,
 };
 pub use observe::{CacheEvent, NoopObserver, PoolObserver, StartKind};
-pub use pool::{Hold, Pool, PoolError, PoolSettings};
+pub use pool::{Hold, Pool, PoolError, PoolSettings, Reply};
 
 /// Name of the JS engine this build uses.
 pub const ENGINE: &str = engine::ENGINE_NAME;

@@ -26,7 +26,7 @@ impl StartKind {
 }
 
 /// A worker-cache event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum CacheEvent {
     /// `get()` found the Worker cached with the same code.
     Hit,

@@ -49,7 +49,41 @@ pub enum PoolError {
     Unavailable,
 }
 
-type Reply<T> = oneshot::Sender<Invocation<T>>;
+/// Where a job's answer goes: a callback, called exactly once — on the isolate thread that ran
+/// the job, or on the submitting thread when the pool refused it. A job dropped unanswered (its
+/// thread panicked or shut down) answers an `internal` error. A worker process answers from the
+/// isolate thread straight onto its channel, without waking another thread.
+pub struct Reply<T>(Option<Box<dyn FnOnce(Result<Invocation<T>, PoolError>) + Send>>);
+
+impl<T> Reply<T> {
+    /// A reply that calls `answer`.
+    pub fn new(answer: impl FnOnce(Result<Invocation<T>, PoolError>) + Send + 'static) -> Self {
+        Reply(Some(Box::new(answer)))
+    }
+
+    fn send(mut self, invocation: Invocation<T>) {
+        if let Some(f) = self.0.take() {
+            f(Ok(invocation));
+        }
+    }
+
+    fn refuse(mut self, error: PoolError) {
+        if let Some(f) = self.0.take() {
+            f(Err(error));
+        }
+    }
+}
+
+impl<T> Drop for Reply<T> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(Ok(failed(WorkerError::new(
+                ErrorKind::Internal,
+                "the isolate running this request failed",
+            ))));
+        }
+    }
+}
 
 /// Something the caller keeps alive until an invocation's work has ended entirely — after the
 /// response, `ctx.waitUntil` work may still run — e.g. the tenant's admission permit. The job
@@ -145,6 +179,17 @@ enum Job {
     Evict {
         key: WorkerKey,
     },
+}
+
+impl Job {
+    /// Answers a job the pool could not queue with `error` (its hold goes with it).
+    fn refuse(self, error: PoolError) {
+        match self {
+            Job::Load { reply, .. } | Job::Get { reply, .. } => reply.refuse(error),
+            Job::Execute { reply, .. } => reply.refuse(error),
+            Job::Evict { .. } => {}
+        }
+    }
 }
 
 struct Shared {
@@ -259,33 +304,30 @@ impl Pool {
         self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len()
     }
 
-    fn submit(&self, thread: usize, job: Job) -> Result<(), PoolError> {
-        self.senders[thread].try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PoolError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => PoolError::Unavailable,
-        })
+    fn submit(&self, thread: usize, job: Job) {
+        if let Err(e) = self.senders[thread].try_send(job) {
+            match e {
+                mpsc::error::TrySendError::Full(job) => job.refuse(PoolError::Overloaded),
+                mpsc::error::TrySendError::Closed(job) => job.refuse(PoolError::Unavailable),
+            }
+        }
     }
 
-    /// Queues the job `make` builds on `thread` and waits for its answer.
-    async fn call<T>(
-        &self,
-        thread: usize,
-        make: impl FnOnce(Reply<T>) -> Job,
+    /// Submits with `submit` and waits for the answer.
+    async fn call<T: Send + 'static>(
+        submit: impl FnOnce(Reply<T>),
     ) -> Result<Invocation<T>, PoolError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(thread, make(reply))?;
-        match rx.await {
-            Ok(inv) => Ok(inv),
-            // The thread dropped the job: it panicked or is shutting down.
-            Err(_) => Ok(Invocation {
-                outcome: Err(WorkerError::new(
-                    ErrorKind::Internal,
-                    "the isolate running this request failed",
-                )),
-                logs: Vec::new(),
-                stats: InvocationStats::default(),
-            }),
-        }
+        let (tx, rx) = oneshot::channel();
+        submit(Reply::new(move |answer| {
+            let _ = tx.send(answer);
+        }));
+        // The reply always answers (a dropped one with `internal`); a lost channel is the same.
+        rx.await.unwrap_or_else(|_| {
+            Ok(failed(WorkerError::new(
+                ErrorKind::Internal,
+                "the isolate running this request failed",
+            )))
+        })
     }
 
     /// `load()`: runs `code` once in a fresh isolate, then discards the isolate. `hold` is
@@ -298,15 +340,30 @@ impl Pool {
         limits: Limits,
         hold: Hold,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
-        self.call(self.round_robin(), |reply| Job::Load {
-            code,
-            request,
-            invoker,
-            limits,
-            reply,
-            hold,
-        })
-        .await
+        Self::call(|reply| self.submit_load(invoker, code, request, limits, hold, reply)).await
+    }
+
+    /// [`load`](Self::load), answering through `reply` instead of a future.
+    pub fn submit_load(
+        &self,
+        invoker: Invoker,
+        code: Arc<WorkerCode>,
+        request: HttpRequest,
+        limits: Limits,
+        hold: Hold,
+        reply: Reply<HttpResponse>,
+    ) {
+        self.submit(
+            self.round_robin(),
+            Job::Load {
+                code,
+                request,
+                invoker,
+                limits,
+                reply,
+                hold,
+            },
+        )
     }
 
     /// Code Mode: runs an async function once in a fresh isolate and returns its JSON result.
@@ -319,15 +376,30 @@ impl Pool {
         limits: Limits,
         hold: Hold,
     ) -> Result<Invocation<serde_json::Value>, PoolError> {
-        self.call(self.round_robin(), |reply| Job::Execute {
-            source,
-            env,
-            invoker,
-            limits,
-            reply,
-            hold,
-        })
-        .await
+        Self::call(|reply| self.submit_execute(invoker, source, env, limits, hold, reply)).await
+    }
+
+    /// [`execute`](Self::execute), answering through `reply` instead of a future.
+    pub fn submit_execute(
+        &self,
+        invoker: Invoker,
+        source: String,
+        env: serde_json::Value,
+        limits: Limits,
+        hold: Hold,
+        reply: Reply<serde_json::Value>,
+    ) {
+        self.submit(
+            self.round_robin(),
+            Job::Execute {
+                source,
+                env,
+                invoker,
+                limits,
+                reply,
+                hold,
+            },
+        )
     }
 
     /// `get(id)`: dispatches to the cached Worker `invoker.worker_id` of `invoker.tenant`,
@@ -342,6 +414,22 @@ impl Pool {
         tenant_cap: usize,
         hold: Hold,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
+        Self::call(|reply| self.submit_get(invoker, code, request, limits, tenant_cap, hold, reply))
+            .await
+    }
+
+    /// [`get`](Self::get), answering through `reply` instead of a future.
+    #[allow(clippy::too_many_arguments)]
+    pub fn submit_get(
+        &self,
+        invoker: Invoker,
+        code: SealedCode,
+        request: HttpRequest,
+        limits: Limits,
+        tenant_cap: usize,
+        hold: Hold,
+        reply: Reply<HttpResponse>,
+    ) {
         let id = invoker.worker_id.clone().unwrap_or_default();
         let key = WorkerKey::new(&invoker.tenant, &id);
         let digest = code.digest();
@@ -358,16 +446,18 @@ impl Pool {
         self.shared.observer.cache_event(&invoker.tenant, event);
         self.carry_out(acquired.evicted);
         self.report_tenant(&invoker.tenant);
-        self.call(acquired.thread, |reply| Job::Get {
-            key,
-            code,
-            request,
-            invoker,
-            limits,
-            reply,
-            hold,
-        })
-        .await
+        self.submit(
+            acquired.thread,
+            Job::Get {
+                key,
+                code,
+                request,
+                invoker,
+                limits,
+                reply,
+                hold,
+            },
+        )
     }
 
     fn home_thread(&self, key: &WorkerKey) -> usize {
@@ -527,7 +617,7 @@ impl ThreadState {
         match self.take_isolate(kind).await {
             Ok((iso, cold)) => Some((iso, cold, reply)),
             Err(e) => {
-                let _ = reply.send(failed(e));
+                reply.send(failed(e));
                 None
             }
         }
@@ -555,7 +645,7 @@ impl ThreadState {
 }
 
 fn failed<T>(err: WorkerError) -> Invocation<T> {
-    done(Err(err), Vec::new(), 0.0, false)
+    Invocation::failed(err)
 }
 
 fn done<T>(
@@ -651,7 +741,7 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
                 limits,
                 |(outcome, logs), cpu, pending| {
                     held.release_unless(pending);
-                    let _ = reply.send(done(outcome, logs, cpu, cold));
+                    reply.send(done(outcome, logs, cpu, cold));
                 },
             )
             .await;
@@ -676,7 +766,7 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             // The invocation has ended: the hold goes before the answer, so a client's next
             // request never finds its own finished one still holding the tenant's slot.
             drop(hold);
-            let _ = reply.send(done(outcome, logs, cpu, cold));
+            reply.send(done(outcome, logs, cpu, cold));
         }
         Job::Get {
             key,
@@ -730,7 +820,7 @@ async fn run_get(
                 cold = true;
             }
             Err(e) => {
-                let _ = reply.send(failed(e));
+                reply.send(failed(e));
                 return;
             }
         }
@@ -743,7 +833,7 @@ async fn run_get(
         limits,
         |(outcome, logs), cpu, pending| {
             hold.release_unless(pending);
-            let _ = reply.send(done(outcome, logs, cpu, cold));
+            reply.send(done(outcome, logs, cpu, cold));
         },
     )
     .await;

@@ -16,7 +16,6 @@ use crate::api::{CodeDigest, HttpRequest, HttpResponse, Invocation, Invoker, Lim
 use crate::egress::{EgressRequest, Fetched};
 use crate::observe::{CacheEvent, StartKind};
 use crate::pool::PoolError;
-use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -24,7 +23,7 @@ use std::time::Duration;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Version of this protocol; a worker answers a different one with an error and exits.
-pub const PROTOCOL: u32 = 1;
+pub const PROTOCOL: u32 = 2;
 
 /// Largest body (request, response, egress) that may cross the wire.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -195,6 +194,9 @@ pub enum FromWorker {
         id: u64,
         /// The answer, or why the worker's pool did not take the job.
         answer: Result<Answer, PoolError>,
+        /// All of the invocation's work had already ended (it stands for a `Released` too,
+        /// saving a frame for the common invocation without `ctx.waitUntil` work).
+        released: bool,
     },
     /// An isolate thread took the invocation off its queue: from now on it is not retried
     /// elsewhere if this worker dies.
@@ -250,8 +252,8 @@ pub enum Event {
     IsolateStarted(StartKind, Duration),
     /// `isolate_taken`.
     IsolateTaken(StartKind),
-    /// `cache_event`.
-    Cache(String, CacheEvent),
+    /// `cache_event`, `n` times (the worker sums them between two frames it sends anyway).
+    Cache(String, CacheEvent, u64),
     /// `cached_workers`.
     CachedWorkers(String, usize),
 }
@@ -277,13 +279,22 @@ pub fn codec() -> LengthDelimitedCodec {
         .new_codec()
 }
 
-/// Encodes one message.
-pub fn encode<T: Serialize>(message: &T) -> Result<Bytes, WireError> {
-    let bytes = rmp_serde::to_vec_named(message)?;
-    if bytes.len() > MAX_FRAME_BYTES {
-        return Err(WireError::TooLarge(bytes.len()));
+/// Appends one message to `out` as a whole frame (length prefix included, as [`codec`] reads
+/// it), so that several frames go out in one `write`. On error `out` is left as it was.
+pub fn frame_into<T: Serialize>(out: &mut Vec<u8>, message: &T) -> Result<(), WireError> {
+    let start = out.len();
+    out.extend_from_slice(&[0; 4]);
+    if let Err(e) = rmp_serde::encode::write_named(out, message) {
+        out.truncate(start);
+        return Err(e.into());
     }
-    Ok(Bytes::from(bytes))
+    let len = out.len() - start - 4;
+    if len > MAX_FRAME_BYTES {
+        out.truncate(start);
+        return Err(WireError::TooLarge(len));
+    }
+    out[start..start + 4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
 }
 
 /// Decodes one message.
@@ -297,10 +308,53 @@ mod tests {
     use crate::api::{ErrorKind, InvocationStats, ModuleSource, WorkerError};
     use crate::egress::EgressResponse;
 
+    fn encode<T: Serialize>(m: &T) -> Result<Vec<u8>, WireError> {
+        let mut out = Vec::new();
+        frame_into(&mut out, m)?;
+        Ok(out)
+    }
+
+    /// Through [`frame_into`] and the codec, as the two processes do.
     fn roundtrip<T: Serialize + DeserializeOwned + PartialEq + std::fmt::Debug>(m: T) {
-        let bytes = encode(&m).unwrap();
-        let back: T = decode(&bytes).unwrap();
+        use tokio_util::codec::Decoder;
+        let mut buf = bytes::BytesMut::from(&encode(&m).unwrap()[..]);
+        let frame = codec().decode(&mut buf).unwrap().unwrap();
+        assert!(buf.is_empty());
+        let back: T = decode(&frame).unwrap();
         assert_eq!(back, m);
+    }
+
+    #[test]
+    fn frames_appended_to_one_buffer_come_out_in_order() {
+        use tokio_util::codec::Decoder;
+        let mut out = Vec::new();
+        frame_into(&mut out, &FromWorker::Started { id: 1 }).unwrap();
+        frame_into(&mut out, &FromWorker::Released { id: 2 }).unwrap();
+        let before = out.len();
+        let big = HttpRequest {
+            method: "GET".into(),
+            url: "u".into(),
+            headers: vec![],
+            body: vec![0; MAX_FRAME_BYTES + 1],
+        };
+        assert!(matches!(
+            frame_into(&mut out, &big),
+            Err(WireError::TooLarge(_))
+        ));
+        assert_eq!(out.len(), before, "a refused message leaves nothing behind");
+        let mut buf = bytes::BytesMut::from(&out[..]);
+        let mut codec = codec();
+        let first = codec.decode(&mut buf).unwrap().unwrap();
+        let second = codec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(
+            decode::<FromWorker>(&first).unwrap(),
+            FromWorker::Started { id: 1 }
+        );
+        assert_eq!(
+            decode::<FromWorker>(&second).unwrap(),
+            FromWorker::Released { id: 2 }
+        );
+        assert!(codec.decode(&mut buf).unwrap().is_none());
     }
 
     #[test]
@@ -359,7 +413,13 @@ mod tests {
                 logs: vec![],
                 stats: InvocationStats::default(),
             })),
+            released: true,
         });
+        roundtrip(FromWorker::Event(Event::Cache(
+            "t".into(),
+            crate::CacheEvent::Hit,
+            3,
+        )));
         roundtrip(FromWorker::Heartbeat {
             running: vec![(1, Duration::from_micros(1500))],
             warm: 2,
@@ -375,7 +435,7 @@ mod tests {
             headers: vec![],
             body: vec![0xff; 4096],
         };
-        assert!(encode(&request).unwrap().len() < 4096 + 64);
+        assert!(encode(&request).unwrap().len() < 4096 + 68);
     }
 
     #[test]

@@ -7,11 +7,18 @@
 //! answers frames:
 //!
 //! - invocations run on the local [`Pool`]; the answer goes back as [`FromWorker::Done`], and
-//!   [`FromWorker::Released`] follows when all of the invocation's work has ended;
+//!   [`FromWorker::Released`] follows when all of the invocation's work has ended (or `Done`
+//!   says it already has);
 //! - a Worker's `fetch()` becomes [`FromWorker::Egress`]; the gateway runs its egress pipeline
 //!   (policy, credentials, network) and answers with [`ToWorker::Fetched`];
 //! - pool events and a periodic [`FromWorker::Heartbeat`] (what each isolate thread is running
 //!   and its CPU so far) feed the gateway's metrics and watchdog.
+//!
+//! Threads: the main thread reads and dispatches frames (blocking reads, no event loop); each
+//! isolate thread writes its own frames (`Started`, `Egress`, `Done`) straight onto the channel
+//! under a lock, so an answer crosses to the gateway without waking another thread of this
+//! process; a heartbeat thread sends the heartbeats. Observer events are summed and ride along
+//! with the next frame that goes out anyway.
 //!
 //! The worker exits when the channel closes; the gateway kills it when it misbehaves.
 
@@ -19,25 +26,24 @@ use crate::api::{ErrorKind, HttpResponse, Invocation, Invoker, SealedCode, Worke
 use crate::cache::WorkerKey;
 use crate::egress::{EgressPort, EgressRequest, Fetched};
 use crate::observe::{CacheEvent, PoolObserver, StartKind};
-use crate::pool::{Hold, Pool, PoolSettings};
+use crate::pool::{Hold, Pool, PoolError, PoolSettings, Reply};
 use crate::wire::{
     self, Answer, Event, FromWorker, Probe, Query, QueryAnswer, ToWorker, WorkerSettings,
     MAX_BODY_BYTES,
 };
 use futures::future::BoxFuture;
-use futures::{SinkExt, StreamExt};
 use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::num::NonZeroUsize;
 use std::os::fd::FromRawFd;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::oneshot;
+use tokio_util::codec::Decoder;
 
-type Out = mpsc::UnboundedSender<FromWorker>;
-
-/// Confines the process (`confinement`: before any runtime or thread exists, so that every
-/// thread is bound by it), then runs the worker on the inherited channel until it closes.
+/// Confines the process (`confinement`: before any thread exists, so that every thread is
+/// bound by it), then runs the worker on the inherited channel until it closes.
 pub fn serve(confinement: crate::confine::Confinement) -> Result<(), String> {
     let report = crate::confine::confine(&confinement)
         .map_err(|e| format!("confinement failed ({}): {e}", e.as_str()))?;
@@ -47,16 +53,12 @@ pub fn serve(confinement: crate::confine::Confinement) -> Result<(), String> {
     );
     // SAFETY: the supervisor placed one end of a socket pair at CHANNEL_FD (dup2 before exec);
     // nothing else in this process owns that descriptor.
-    let channel = unsafe { std::os::unix::net::UnixStream::from_raw_fd(wire::CHANNEL_FD) };
+    let channel = unsafe { UnixStream::from_raw_fd(wire::CHANNEL_FD) };
+    // Blocking: the main thread blocks in read, writers block while the gateway catches up.
     channel
-        .set_nonblocking(true)
+        .set_nonblocking(false)
         .map_err(|e| format!("channel: {e}"))?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .thread_name("isogate-wire")
-        .build()
-        .map_err(|e| format!("runtime: {e}"))?;
-    rt.block_on(run(channel, confined))
+    run(Arc::new(channel), confined)
 }
 
 fn render(r: &crate::confine::ConfineReport) -> String {
@@ -71,20 +73,51 @@ fn render(r: &crate::confine::ConfineReport) -> String {
     )
 }
 
-async fn run(
-    channel: std::os::unix::net::UnixStream,
-    (confinement, complete): (String, bool),
-) -> Result<(), String> {
-    let stream = tokio::net::UnixStream::from_std(channel).map_err(|e| format!("channel: {e}"))?;
-    let framed = Framed::new(stream, wire::codec());
-    let (mut sink, mut frames) = framed.split();
-    let settings = match frames.next().await {
-        Some(Ok(frame)) => match wire::decode::<ToWorker>(&frame) {
+/// Reads whole frames off the channel (blocking).
+struct Frames {
+    channel: Arc<UnixStream>,
+    codec: tokio_util::codec::LengthDelimitedCodec,
+    buf: bytes::BytesMut,
+    chunk: Vec<u8>,
+}
+
+impl Frames {
+    /// The next frame; `None` when the gateway closed the channel.
+    fn next(&mut self) -> Result<Option<bytes::BytesMut>, String> {
+        loop {
+            if let Some(frame) = self
+                .codec
+                .decode(&mut self.buf)
+                .map_err(|e| format!("channel: {e}"))?
+            {
+                return Ok(Some(frame));
+            }
+            let n = match (&*self.channel).read(&mut self.chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("channel: {e}")),
+            };
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buf.extend_from_slice(&self.chunk[..n]);
+        }
+    }
+}
+
+fn run(channel: Arc<UnixStream>, (confinement, complete): (String, bool)) -> Result<(), String> {
+    let mut frames = Frames {
+        channel: channel.clone(),
+        codec: wire::codec(),
+        buf: bytes::BytesMut::with_capacity(64 << 10),
+        chunk: vec![0; 64 << 10],
+    };
+    let settings = match frames.next()? {
+        Some(frame) => match wire::decode::<ToWorker>(&frame) {
             Ok(ToWorker::Hello(s)) => s,
             Ok(_) => return Err("the first message was not Hello".into()),
             Err(e) => return Err(e.to_string()),
         },
-        Some(Err(e)) => return Err(format!("channel: {e}")),
         None => return Ok(()),
     };
     if settings.protocol != wire::PROTOCOL {
@@ -95,29 +128,11 @@ async fn run(
         ));
     }
 
-    let (out, mut outbox) = mpsc::unbounded_channel::<FromWorker>();
-    let writer = tokio::spawn(async move {
-        // Everything queued goes out in one flush (one write for a burst of answers).
-        let mut batch = Vec::with_capacity(64);
-        while outbox.recv_many(&mut batch, 64).await > 0 {
-            for message in batch.drain(..) {
-                let frame = match wire::encode(&message) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::error!(error = %e, "worker: dropping a message that cannot be sent");
-                        continue;
-                    }
-                };
-                if sink.feed(frame).await.is_err() {
-                    return;
-                }
-            }
-            if sink.flush().await.is_err() {
-                return;
-            }
-        }
+    let out = Arc::new(Outbox {
+        channel,
+        write: Mutex::new(()),
+        events: Mutex::new(Events::default()),
     });
-
     let egress = Arc::new(RemoteEgress {
         out: out.clone(),
         calls: Mutex::new(HashMap::new()),
@@ -137,59 +152,51 @@ async fn run(
         )
         .map_err(|e| format!("pool: {e}"))?,
     );
-    let _ = out.send(FromWorker::Ready {
+    out.send(&FromWorker::Ready {
         confinement,
         complete,
     });
 
-    let heartbeat = {
+    {
         let pool = pool.clone();
         let out = out.clone();
         let every = settings.heartbeat.max(std::time::Duration::from_millis(5));
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
+        std::thread::Builder::new()
+            .name("isogate-heartbeat".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
                 let running = pool
                     .running()
                     .into_iter()
                     .map(|r| (r.invocation, r.cpu))
                     .collect();
-                let beat = FromWorker::Heartbeat {
+                out.send(&FromWorker::Heartbeat {
                     running,
                     warm: pool.warm_isolates(),
                     ready: pool.is_ready(),
-                };
-                if out.send(beat).is_err() {
-                    return;
-                }
-            }
-        })
-    };
+                });
+            })
+            .map_err(|e| format!("heartbeat thread: {e}"))?;
+    }
 
-    let codes = Arc::new(Mutex::new(lru::LruCache::new(
+    let codes = Mutex::new(lru::LruCache::new(
         NonZeroUsize::new(settings.max_cached_workers.max(1)).unwrap_or(NonZeroUsize::MIN),
-    )));
-    while let Some(frame) = frames.next().await {
-        let frame = frame.map_err(|e| format!("channel: {e}"))?;
+    ));
+    while let Some(frame) = frames.next()? {
         let message = wire::decode::<ToWorker>(&frame).map_err(|e| e.to_string())?;
         dispatch(message, &pool, &egress, &codes, &out, &settings);
     }
-    heartbeat.abort();
-    drop(out);
-    let _ = writer.await;
     Ok(())
 }
 
-type Codes = Arc<Mutex<lru::LruCache<WorkerKey, SealedCode>>>;
+type Codes = Mutex<lru::LruCache<WorkerKey, SealedCode>>;
 
 fn dispatch(
     message: ToWorker,
-    pool: &Arc<Pool>,
+    pool: &Pool,
     egress: &RemoteEgress,
     codes: &Codes,
-    out: &Out,
+    out: &Arc<Outbox>,
     settings: &WorkerSettings,
 ) {
     match message {
@@ -201,11 +208,8 @@ fn dispatch(
             request,
             limits,
         } => {
-            let pool = pool.clone();
-            answer(out, id, |hold| async move {
-                let inv = pool.load(invoker, code, request, limits, hold).await?;
-                Ok(Answer::Http(bounded(inv)))
-            });
+            let (hold, reply) = ending(out, id, |inv| Answer::Http(bounded(inv)));
+            pool.submit_load(invoker, code, request, limits, hold, reply);
         }
         ToWorker::Get {
             id,
@@ -218,7 +222,7 @@ fn dispatch(
         } => {
             let key = WorkerKey::new(&invoker.tenant, invoker.worker_id.as_deref().unwrap_or(""));
             let sealed = {
-                let mut codes = codes.lock().unwrap_or_else(|p| p.into_inner());
+                let mut codes = lock(codes);
                 match code {
                     Some(code) => {
                         let sealed = SealedCode::new(Arc::unwrap_or_clone(code));
@@ -229,16 +233,11 @@ fn dispatch(
                 }
             };
             let Some(sealed) = sealed else {
-                let _ = out.send(FromWorker::NeedCode { id });
+                out.send(&FromWorker::NeedCode { id });
                 return;
             };
-            let pool = pool.clone();
-            answer(out, id, |hold| async move {
-                let inv = pool
-                    .get(invoker, sealed, request, limits, tenant_cap, hold)
-                    .await?;
-                Ok(Answer::Http(bounded(inv)))
-            });
+            let (hold, reply) = ending(out, id, |inv| Answer::Http(bounded(inv)));
+            pool.submit_get(invoker, sealed, request, limits, tenant_cap, hold, reply);
         }
         ToWorker::Execute {
             id,
@@ -247,18 +246,14 @@ fn dispatch(
             env,
             limits,
         } => {
-            let pool = pool.clone();
-            answer(out, id, |hold| async move {
-                Ok(Answer::Json(
-                    pool.execute(invoker, source, env, limits, hold).await?,
-                ))
-            });
+            let (hold, reply) = ending(out, id, Answer::Json);
+            pool.submit_execute(invoker, source, env, limits, hold, reply);
         }
         ToWorker::Query { call, query } => {
             let answer = match query {
                 Query::CachedIds { tenant } => QueryAnswer::Ids(pool.cached_ids(&tenant)),
                 Query::Evict { tenant, worker_id } => {
-                    let mut codes = codes.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut codes = lock(codes);
                     codes
                         .iter()
                         .filter(|(k, _)| {
@@ -277,7 +272,7 @@ fn dispatch(
                     })
                 }
             };
-            let _ = out.send(FromWorker::Answered { call, answer });
+            out.send(&FromWorker::Answered { call, answer });
         }
         ToWorker::Fetched { call, fetched } => egress.complete(call, fetched),
         ToWorker::Probe(probe) if settings.test_probes => run_probe(probe),
@@ -285,17 +280,157 @@ fn dispatch(
     }
 }
 
-/// Runs invocation `id` (`run` gets its hold) on this runtime and sends its answer.
-fn answer<F>(out: &Out, id: u64, run: impl FnOnce(Hold) -> F)
-where
-    F: std::future::Future<Output = Result<Answer, crate::pool::PoolError>> + Send + 'static,
-{
-    let done = out.clone();
-    let running = run(held(out, id));
-    tokio::spawn(async move {
-        let answer = running.await;
-        let _ = done.send(FromWorker::Done { id, answer });
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The worker's writing end of the channel, shared by every thread. Each message goes out as
+/// one whole frame in one `write` under a lock (frames never interleave); summed observer
+/// events go out ahead of it in the same `write`.
+struct Outbox {
+    channel: Arc<UnixStream>,
+    write: Mutex<()>,
+    events: Mutex<Events>,
+}
+
+/// Observer events not yet sent.
+#[derive(Default)]
+struct Events {
+    /// Isolate starts and warm isolates taken, in order.
+    isolates: Vec<Event>,
+    /// Cache hits/misses/evictions per tenant, summed.
+    cache: HashMap<(String, CacheEvent), u64>,
+    /// The latest cached-Worker count per tenant.
+    cached: HashMap<String, usize>,
+}
+
+impl Outbox {
+    /// Sends `message` (after any pending events). A message that cannot be encoded is logged
+    /// and dropped; a failed write means the gateway is gone (the reader sees it and exits).
+    ///
+    /// Frames are copies of bytes leaving the isolate: encoded outside its memory account (an
+    /// isolate thread encodes its own `Egress` and `Done`).
+    fn send(&self, message: &FromWorker) {
+        crate::engine::untracked(|| {
+            let mut bytes = self.pending_events();
+            if let Err(e) = wire::frame_into(&mut bytes, message) {
+                tracing::error!(error = %e, "worker: dropping a message that cannot be sent");
+            }
+            self.write(&bytes);
+        })
+    }
+
+    /// An invocation's answer; one too large for the wire becomes the Worker's error.
+    fn send_done(&self, id: u64, answer: Result<Answer, PoolError>, released: bool) {
+        crate::engine::untracked(|| self.encode_done(id, answer, released))
+    }
+
+    fn encode_done(&self, id: u64, answer: Result<Answer, PoolError>, released: bool) {
+        let mut bytes = self.pending_events();
+        let done = FromWorker::Done {
+            id,
+            answer,
+            released,
+        };
+        if let Err(e) = wire::frame_into(&mut bytes, &done) {
+            let FromWorker::Done { answer, .. } = done else {
+                unreachable!()
+            };
+            let error = WorkerError::new(
+                ErrorKind::Exception,
+                format!("the Worker's answer cannot be sent to the gateway: {e}"),
+            );
+            let answer = match answer {
+                Ok(Answer::Json(_)) => Answer::Json(Invocation::failed(error)),
+                _ => Answer::Http(Invocation::failed(error)),
+            };
+            let done = FromWorker::Done {
+                id,
+                answer: Ok(answer),
+                released,
+            };
+            if let Err(e) = wire::frame_into(&mut bytes, &done) {
+                tracing::error!(error = %e, "worker: cannot send an answer");
+            }
+        }
+        self.write(&bytes);
+    }
+
+    fn pending_events(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        let events = {
+            let mut events = lock(&self.events);
+            if events.isolates.is_empty() && events.cache.is_empty() && events.cached.is_empty() {
+                return bytes;
+            }
+            std::mem::take(&mut *events)
+        };
+        let isolates = events.isolates.into_iter();
+        let cache = (events.cache.into_iter()).map(|((tenant, e), n)| Event::Cache(tenant, e, n));
+        let cached = (events.cached.into_iter()).map(|(tenant, n)| Event::CachedWorkers(tenant, n));
+        for event in isolates.chain(cache).chain(cached) {
+            if let Err(e) = wire::frame_into(&mut bytes, &FromWorker::Event(event)) {
+                tracing::error!(error = %e, "worker: dropping an event that cannot be sent");
+            }
+        }
+        bytes
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        if bytes.is_empty() {
+            return;
+        }
+        let _whole = lock(&self.write);
+        if let Err(e) = (&*self.channel).write_all(bytes) {
+            tracing::debug!(error = %e, "worker: the channel is closed");
+        }
+    }
+}
+
+/// How an invocation's end is told: `Done` when it answers, and its release (all work ended)
+/// either inside `Done` (it came first: the common case) or as `Released` after it.
+struct Ending {
+    out: Arc<Outbox>,
+    id: u64,
+    state: AtomicU8,
+}
+
+const RELEASED: u8 = 1;
+const ANSWERED: u8 = 2;
+
+impl Ending {
+    fn answer(&self, answer: Result<Answer, PoolError>) {
+        let released = self.state.fetch_or(ANSWERED, Ordering::AcqRel) & RELEASED != 0;
+        self.out.send_done(self.id, answer, released);
+    }
+
+    fn release(&self) {
+        if self.state.fetch_or(RELEASED, Ordering::AcqRel) & ANSWERED != 0 {
+            self.out.send(&FromWorker::Released { id: self.id });
+        }
+    }
+}
+
+/// The pool's hold and reply for invocation `id`: the hold reports when a thread starts it and
+/// when its work has ended, the reply sends its answer (`wrap` makes it an [`Answer`]).
+fn ending<T: 'static>(
+    out: &Arc<Outbox>,
+    id: u64,
+    wrap: impl FnOnce(Invocation<T>) -> Answer + Send + 'static,
+) -> (Hold, Reply<T>) {
+    let ending = Arc::new(Ending {
+        out: out.clone(),
+        id,
+        state: AtomicU8::new(0),
     });
+    let started = out.clone();
+    let hold = Hold::with_start(Release(ending.clone()), move || {
+        started.send(&FromWorker::Started { id });
+    });
+    let reply = Reply::new(move |answer: Result<Invocation<T>, PoolError>| {
+        ending.answer(answer.map(wrap));
+    });
+    (hold, reply)
 }
 
 /// A response too large for the wire becomes the Worker's error, not a broken channel.
@@ -314,38 +449,25 @@ fn bounded(mut inv: Invocation<HttpResponse>) -> Invocation<HttpResponse> {
     inv
 }
 
-/// The pool's hold for invocation `id`: reports when a thread starts it and when it ends.
-fn held(out: &Out, id: u64) -> Hold {
-    let started = out.clone();
-    Hold::with_start(Release(out.clone(), id), move || {
-        let _ = started.send(FromWorker::Started { id });
-    })
-}
-
 /// Tells the gateway that an invocation's work has ended when the pool drops its hold.
-struct Release(Out, u64);
+struct Release(Arc<Ending>);
 
 impl Drop for Release {
     fn drop(&mut self) {
-        let _ = self.0.send(FromWorker::Released { id: self.1 });
+        self.0.release();
     }
 }
 
 /// `fetch()` from this process: one round trip to the gateway, which runs the egress pipeline.
 struct RemoteEgress {
-    out: Out,
+    out: Arc<Outbox>,
     calls: Mutex<HashMap<u64, oneshot::Sender<Fetched>>>,
     next: AtomicU64,
 }
 
 impl RemoteEgress {
     fn complete(&self, call: u64, fetched: Fetched) {
-        let waiter = self
-            .calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&call);
-        if let Some(w) = waiter {
+        if let Some(w) = lock(&self.calls).remove(&call) {
             let _ = w.send(fetched);
         }
     }
@@ -375,22 +497,14 @@ impl EgressPort for RemoteEgress {
         }
         let call = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(call, tx);
-        let sent = self.out.send(FromWorker::Egress {
+        lock(&self.calls).insert(call, tx);
+        self.out.send(&FromWorker::Egress {
             call,
             invocation: invoker.invocation,
             request,
             left,
         });
-        Box::pin(async move {
-            if sent.is_err() {
-                return gone();
-            }
-            rx.await.unwrap_or_else(|_| gone())
-        })
+        Box::pin(async move { rx.await.unwrap_or_else(|_| gone()) })
     }
 }
 
@@ -401,28 +515,31 @@ fn gone() -> Fetched {
     }
 }
 
-/// Pool events, forwarded to the gateway's metrics. Warm counts travel with heartbeats.
-struct RemoteObserver(Out);
+/// Pool events, summed until the next frame goes out (an answer or a heartbeat). Warm counts
+/// travel with heartbeats.
+struct RemoteObserver(Arc<Outbox>);
 
 impl PoolObserver for RemoteObserver {
     fn isolate_started(&self, kind: StartKind, took: std::time::Duration) {
-        let _ = self
-            .0
-            .send(FromWorker::Event(Event::IsolateStarted(kind, took)));
+        lock(&self.0.events)
+            .isolates
+            .push(Event::IsolateStarted(kind, took));
     }
     fn isolate_taken(&self, kind: StartKind) {
-        let _ = self.0.send(FromWorker::Event(Event::IsolateTaken(kind)));
+        lock(&self.0.events)
+            .isolates
+            .push(Event::IsolateTaken(kind));
     }
     fn cache_event(&self, tenant: &str, event: CacheEvent) {
-        let _ = self
-            .0
-            .send(FromWorker::Event(Event::Cache(tenant.to_string(), event)));
+        *lock(&self.0.events)
+            .cache
+            .entry((tenant.to_string(), event))
+            .or_default() += 1;
     }
     fn cached_workers(&self, tenant: &str, count: usize) {
-        let _ = self.0.send(FromWorker::Event(Event::CachedWorkers(
-            tenant.to_string(),
-            count,
-        )));
+        lock(&self.0.events)
+            .cached
+            .insert(tenant.to_string(), count);
     }
 }
 

@@ -2,13 +2,13 @@
 //! on it, and what its heartbeats said.
 
 use crate::metrics::Metrics;
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use isogate_pool::wire::{
     self, Answer, Event, FromWorker, Query, QueryAnswer, ToWorker, WorkerSettings,
 };
 use isogate_pool::{
-    EgressPort, ErrorKind, Hold, Invocation, InvocationStats, Invoker, Limits, PoolError,
-    PoolObserver, WorkerCode, WorkerError,
+    EgressPort, ErrorKind, Hold, Invocation, Invoker, Limits, PoolError, PoolObserver, WorkerCode,
+    WorkerError,
 };
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
@@ -16,8 +16,7 @@ use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::codec::Framed;
+use tokio::sync::oneshot;
 
 /// Where an invocation's answer goes.
 pub(super) enum Reply {
@@ -33,19 +32,12 @@ impl Reply {
     }
 
     fn fail(self, error: WorkerError) {
-        fn failed<T>(e: WorkerError) -> Invocation<T> {
-            Invocation {
-                outcome: Err(e),
-                logs: Vec::new(),
-                stats: InvocationStats::default(),
-            }
-        }
         match self {
             Reply::Http(tx) => {
-                let _ = tx.send(Ok(Answer::Http(failed(error))));
+                let _ = tx.send(Ok(Answer::Http(Invocation::failed(error))));
             }
             Reply::Json(tx) => {
-                let _ = tx.send(Ok(Answer::Json(failed(error))));
+                let _ = tx.send(Ok(Answer::Json(Invocation::failed(error))));
             }
         }
     }
@@ -102,6 +94,61 @@ impl Pending {
             reply.fail(error);
         }
         drop(self.hold.take());
+    }
+}
+
+/// The gateway's writing end of a worker's channel. The calling task (pingora's, for an
+/// invocation) encodes its frame and writes it straight to the socket when nothing is queued
+/// ahead of it — no hand-off to a writer task, no extra wake-up; only what the socket does not
+/// take at once goes to the backlog, which [`Outgoing::drain`] writes as the socket drains.
+/// Frames never interleave: a frame is written directly only while the backlog is empty, under
+/// the backlog's lock.
+struct Outgoing {
+    half: tokio::net::unix::OwnedWriteHalf,
+    backlog: Mutex<Vec<u8>>,
+    wake: tokio::sync::Notify,
+}
+
+impl Outgoing {
+    fn send(&self, frame: Vec<u8>) -> std::io::Result<()> {
+        let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+        if !backlog.is_empty() {
+            backlog.extend_from_slice(&frame);
+            return Ok(());
+        }
+        let written = match self.half.try_write(&frame) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written < frame.len() {
+            backlog.extend_from_slice(&frame[written..]);
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Writes the backlog as the socket takes it; ends when the socket fails.
+    async fn drain(self: Arc<Self>) {
+        loop {
+            self.wake.notified().await;
+            loop {
+                if self.half.writable().await.is_err() {
+                    return;
+                }
+                let mut backlog = self.backlog.lock().unwrap_or_else(|p| p.into_inner());
+                if backlog.is_empty() {
+                    break;
+                }
+                match self.half.try_write(&backlog) {
+                    Ok(n) => {
+                        backlog.drain(..n);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return,
+                }
+            }
+        }
     }
 }
 
@@ -238,7 +285,7 @@ struct Beat {
 pub(super) struct Process {
     pub(super) pid: u32,
     index: usize,
-    out: mpsc::UnboundedSender<Arc<ToWorker>>,
+    out: Arc<Outgoing>,
     pending: Mutex<HashMap<u64, Pending>>,
     beat: Mutex<Beat>,
     warm: AtomicUsize,
@@ -281,8 +328,14 @@ impl Process {
         let pid = child.id();
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
-        let (mut sink, mut frames) = Framed::new(stream, wire::codec()).split();
-        let (out, mut outbox) = mpsc::unbounded_channel::<Arc<ToWorker>>();
+        let (read_half, write_half) = stream.into_split();
+        let mut frames = tokio_util::codec::FramedRead::new(read_half, wire::codec());
+        let out = Arc::new(Outgoing {
+            half: write_half,
+            backlog: Mutex::new(Vec::new()),
+            wake: tokio::sync::Notify::new(),
+        });
+        let drainer = tokio::spawn(out.clone().drain());
         let index = settings.index;
         let process = Arc::new(Process {
             pid,
@@ -303,33 +356,6 @@ impl Process {
             metrics: metrics.clone(),
         });
         process.send(ToWorker::Hello(settings)).ok();
-
-        // Writer: encode and send frames in order.
-        let writer_proc = Arc::downgrade(&process);
-        tokio::spawn(async move {
-            // Everything queued goes out in one flush (one write for a burst of invocations).
-            let mut batch = Vec::with_capacity(64);
-            while outbox.recv_many(&mut batch, 64).await > 0 {
-                for message in batch.drain(..) {
-                    match wire::encode(&*message) {
-                        Ok(frame) => {
-                            if sink.feed(frame).await.is_err() {
-                                return;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(error = %e, "supervisor: cannot encode a message for a worker");
-                            if let Some(p) = writer_proc.upgrade() {
-                                p.fail_unsendable(&message);
-                            }
-                        }
-                    }
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-            }
-        });
 
         // Reader: every frame from the worker; anything malformed kills it.
         let reader_proc = process.clone();
@@ -359,6 +385,7 @@ impl Process {
                 .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             waiter_proc.alive.store(false, Ordering::SeqCst);
             reader.abort();
+            drainer.abort();
             let killed = *waiter_proc.killed.lock().unwrap_or_else(|p| p.into_inner());
             let cause = match (killed, status) {
                 (Some(k), _) => ExitCause::Killed(k),
@@ -397,11 +424,19 @@ impl Process {
         self.send_shared(Arc::new(message))
     }
 
+    /// Encodes `message` on the calling thread and writes it (see [`Outgoing`]). A message too
+    /// large for the wire fails its invocation, not the worker.
     fn send_shared(&self, message: Arc<ToWorker>) -> Result<(), PoolError> {
         if !self.is_alive() {
             return Err(PoolError::Unavailable);
         }
-        self.out.send(message).map_err(|_| PoolError::Unavailable)
+        let mut frame = Vec::new();
+        if let Err(e) = wire::frame_into(&mut frame, &*message) {
+            tracing::error!(error = %e, "supervisor: cannot encode a message for a worker");
+            self.fail_unsendable(&message);
+            return Ok(());
+        }
+        self.out.send(frame).map_err(|_| PoolError::Unavailable)
     }
 
     /// Records `pending` under `id` and sends its message.
@@ -489,12 +524,19 @@ impl Process {
                     let _ = w.send(answer);
                 }
             }
-            FromWorker::Done { id, answer } => {
+            FromWorker::Done {
+                id,
+                answer,
+                released,
+            } => {
                 let mut pending = self.pending();
                 let Some(p) = pending.get_mut(&id) else {
                     return;
                 };
                 p.done = true;
+                if released {
+                    drop(p.hold.take());
+                }
                 metrics
                     .worker_round_trip
                     .observe(p.dispatched.elapsed().as_secs_f64());
@@ -578,7 +620,9 @@ impl Process {
             FromWorker::Event(event) => match event {
                 Event::IsolateStarted(kind, took) => metrics.isolate_started(kind, took),
                 Event::IsolateTaken(kind) => metrics.isolate_taken(kind),
-                Event::Cache(tenant, e) if self.knows(&tenant) => metrics.cache_event(&tenant, e),
+                Event::Cache(tenant, e, n) if self.knows(&tenant) => {
+                    metrics.cache_events_by(&tenant, e, n)
+                }
                 Event::CachedWorkers(tenant, n) if self.knows(&tenant) => {
                     metrics.cached_workers(&tenant, n)
                 }

@@ -107,6 +107,12 @@ struct LoadedWorker {
     env: Persistent<Value<'static>>,
 }
 
+/// Runs `f` charged to no isolate's memory account: for copies of bytes that are leaving the
+/// isolate (a worker process encoding a frame for the wire on an isolate thread).
+pub(crate) fn untracked<R>(f: impl FnOnce() -> R) -> R {
+    memory::untracked(f)
+}
+
 /// One QuickJS runtime + context with the Worker API installed.
 pub struct Isolate {
     // Field order matters for drop: JS handles before the context before the runtime.
