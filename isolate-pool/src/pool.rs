@@ -53,7 +53,9 @@ pub enum PoolError {
 /// the job, or on the submitting thread when the pool refused it. A job dropped unanswered (its
 /// thread panicked or shut down) answers an `internal` error. A worker process answers from the
 /// isolate thread straight onto its channel, without waking another thread.
-pub struct Reply<T>(Option<Box<dyn FnOnce(Result<Invocation<T>, PoolError>) + Send>>);
+pub struct Reply<T>(Option<Answering<T>>);
+
+type Answering<T> = Box<dyn FnOnce(Result<Invocation<T>, PoolError>) + Send>;
 
 impl<T> Reply<T> {
     /// A reply that calls `answer`.
