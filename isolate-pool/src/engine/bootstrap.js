@@ -18,6 +18,9 @@ const ObjectDefineProperty = Object.defineProperty;
 const ObjectGetOwnPropertyDescriptor = Object.getOwnPropertyDescriptor;
 const ObjectFreeze = Object.freeze;
 const ObjectCreate = Object.create;
+const ObjectGetPrototypeOf = Object.getPrototypeOf;
+const ObjectPrototype = Object.prototype;
+const ArrayPrototype = Array.prototype;
 const StringCtor = String;
 const NumberCtor = Number;
 const NumberIsFinite = Number.isFinite;
@@ -155,6 +158,12 @@ function headerValue(name, value) {
   return ReflectApply(StringSlice, s, [start, end]);
 }
 function isHeaders(value) {
+  if (value === null || typeof value !== "object") return false;
+  // The common HeadersInit is a record or an array of pairs: answered without the brand check,
+  // whose failure throws (slow: QuickJS builds an Error and a stack, twice). A native Headers
+  // whose prototype was replaced by one of these is read as a record (it has no own fields).
+  const proto = ObjectGetPrototypeOf(value);
+  if (proto === ObjectPrototype || proto === ArrayPrototype || proto === null) return false;
   try {
     ReflectApply(HeadersHas, value, ["x"]);
     return true;
