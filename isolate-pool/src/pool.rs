@@ -63,7 +63,7 @@ impl<T> Reply<T> {
         Reply(Some(Box::new(answer)))
     }
 
-    fn send(mut self, invocation: Invocation<T>) {
+    pub(crate) fn send(mut self, invocation: Invocation<T>) {
         if let Some(f) = self.0.take() {
             f(Ok(invocation));
         }
@@ -145,7 +145,7 @@ impl Hold {
         }
     }
 
-    fn started(&mut self) {
+    pub(crate) fn started(&mut self) {
         if let Some(f) = self.start.take() {
             f();
         }

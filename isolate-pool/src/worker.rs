@@ -584,3 +584,98 @@ fn run_probe(probe: Probe) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{HttpResponse, InvocationStats};
+
+    fn outbox() -> (Arc<Outbox>, Frames) {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let out = Arc::new(Outbox {
+            channel: Arc::new(ours),
+            write: Mutex::new(()),
+            events: Mutex::new(Events::default()),
+        });
+        let frames = Frames {
+            channel: Arc::new(theirs),
+            codec: wire::codec(),
+            buf: bytes::BytesMut::new(),
+            chunk: vec![0; 1024],
+        };
+        (out, frames)
+    }
+
+    fn next(frames: &mut Frames) -> FromWorker {
+        wire::decode(&frames.next().unwrap().unwrap()).unwrap()
+    }
+
+    fn ok() -> Invocation<HttpResponse> {
+        Invocation {
+            outcome: Ok(HttpResponse {
+                status: 200,
+                headers: vec![],
+                body: b"hi".to_vec(),
+            }),
+            logs: vec![],
+            stats: InvocationStats::default(),
+        }
+    }
+
+    #[test]
+    fn an_invocation_released_before_its_answer_sends_one_done() {
+        let (out, mut frames) = outbox();
+        let (mut hold, reply) = ending(&out, 7, |inv| Answer::Http(bounded(inv)));
+        hold.started();
+        assert_eq!(next(&mut frames), FromWorker::Started { id: 7 });
+        // Events summed meanwhile go out ahead of the next frame, the answer.
+        RemoteObserver(out.clone()).cache_event("t", CacheEvent::Hit);
+        RemoteObserver(out.clone()).cache_event("t", CacheEvent::Hit);
+        drop(hold);
+        reply.send(ok());
+        assert_eq!(
+            next(&mut frames),
+            FromWorker::Event(Event::Cache("t".into(), CacheEvent::Hit, 2))
+        );
+        match next(&mut frames) {
+            FromWorker::Done { id, released, .. } => assert_eq!((id, released), (7, true)),
+            other => panic!("{other:?}"),
+        }
+        // Nothing else: the release rode with Done.
+        out.send(&FromWorker::NeedCode { id: 0 });
+        assert_eq!(next(&mut frames), FromWorker::NeedCode { id: 0 });
+    }
+
+    #[test]
+    fn work_after_the_answer_is_released_by_its_own_frame() {
+        let (out, mut frames) = outbox();
+        let (hold, reply) = ending(&out, 8, |inv| Answer::Http(bounded(inv)));
+        reply.send(ok());
+        match next(&mut frames) {
+            FromWorker::Done { id, released, .. } => assert_eq!((id, released), (8, false)),
+            other => panic!("{other:?}"),
+        }
+        drop(hold);
+        assert_eq!(next(&mut frames), FromWorker::Released { id: 8 });
+    }
+
+    #[test]
+    fn a_dropped_reply_still_answers() {
+        let (out, mut frames) = outbox();
+        let (hold, reply) = ending::<HttpResponse>(&out, 9, |inv| Answer::Http(bounded(inv)));
+        drop(reply);
+        match next(&mut frames) {
+            FromWorker::Done {
+                id,
+                answer: Ok(Answer::Http(inv)),
+                released: false,
+            } => {
+                assert_eq!(id, 9);
+                assert_eq!(inv.outcome.unwrap_err().kind, ErrorKind::Internal);
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(hold);
+        assert_eq!(next(&mut frames), FromWorker::Released { id: 9 });
+    }
+}
