@@ -41,6 +41,15 @@ const MapDelete = Map.prototype.delete;
 const SetCtor = Set;
 const SetHas = Set.prototype.has;
 const Uint8ArrayCtor = Uint8Array;
+const Uint8ArrayIndexOf = Uint8Array.prototype.indexOf;
+const Uint8ArraySubarray = Uint8Array.prototype.subarray;
+const StringIndexOf = String.prototype.indexOf;
+const StringToLowerCase = String.prototype.toLowerCase;
+const StringTrim = String.prototype.trim;
+const StringIsWellFormed = String.prototype.isWellFormed;
+const StringToWellFormed = String.prototype.toWellFormed;
+const StringReplace = String.prototype.replace;
+const RegExpExec = RegExp.prototype.exec;
 const TypeErrorCtor = TypeError;
 const RangeErrorCtor = RangeError;
 const ErrorCtor = Error;
@@ -102,6 +111,7 @@ const HeadersSet = HeadersProto.set;
 const HeadersAppend = HeadersProto.append;
 const HeadersForEach = HeadersProto.forEach;
 const HeadersHas = HeadersProto.has;
+const HeadersGet = HeadersProto.get;
 const ResponseStatus = ObjectGetOwnPropertyDescriptor(ResponseProto, "status").get;
 const ResponseHeaders = ObjectGetOwnPropertyDescriptor(ResponseProto, "headers").get;
 const ResponseArrayBuffer = ResponseProto.arrayBuffer;
@@ -243,7 +253,8 @@ function toUnsignedShort(value) {
 }
 /** Reads a ResponseInit once into a checked plain object for the native constructor. */
 function responseInit(init, hasBody, what) {
-  const opts = { __proto__: null };
+  // The standard's default reason phrase is empty (LLRT would fill in "OK").
+  const opts = { __proto__: null, statusText: "" };
   let status = 200;
   if (init !== undefined && init !== null) {
     if (typeof init !== "object" && typeof init !== "function") {
@@ -404,6 +415,152 @@ function installBlobSlice(g) {
       const to = MathMax(relative(end, size, size), from);
       const args = contentType === undefined ? [from, to] : [from, to, StringCtor(contentType)];
       return ReflectApply(nativeSlice, this, args);
+    });
+  }
+}
+
+// ---- form data ---------------------------------------------------------------------------------
+// LLRT's `formData()` parses multipart bodies line by line (values keep the CRLF before the next
+// delimiter, empty values are lost) and answers urlencoded bodies with an empty FormData. These
+// parse the body bytes by the HTML standard's rules instead: urlencoded through URLSearchParams,
+// multipart by delimiters on the bytes, each part a string (UTF-8) or, with a filename, a File.
+// A body that is neither, or a malformed one, is a TypeError (the body is consumed either way).
+const CR = 13;
+const LF = 10;
+const DASH = 45;
+function indexOfBytes(bytes, needle, from) {
+  const first = needle[0];
+  const last = bytes.length - needle.length;
+  for (let i = ReflectApply(Uint8ArrayIndexOf, bytes, [first, from]); i !== -1 && i <= last;
+    i = ReflectApply(Uint8ArrayIndexOf, bytes, [first, i + 1])) {
+    let j = 1;
+    while (j < needle.length && bytes[i + j] === needle[j]) j++;
+    if (j === needle.length) return i;
+  }
+  return -1;
+}
+function asciiBytes(s) {
+  const out = new Uint8ArrayCtor(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = charCodeAt(s, i) & 0xff;
+  return out;
+}
+function mimeEssence(contentType) {
+  const semi = ReflectApply(StringIndexOf, contentType, [";"]);
+  const essence = semi === -1 ? contentType : ReflectApply(StringSlice, contentType, [0, semi]);
+  return ReflectApply(StringToLowerCase, ReflectApply(StringTrim, essence, []), []);
+}
+/** The value of parameter `name` in a header value's `; name=value` list, or undefined. */
+function headerParam(value, name) {
+  let i = ReflectApply(StringIndexOf, value, [";"]);
+  while (i !== -1 && i < value.length) {
+    i++;
+    while (i < value.length && isHttpWhitespace(charCodeAt(value, i))) i++;
+    const eq = ReflectApply(StringIndexOf, value, ["=", i]);
+    if (eq === -1) return undefined;
+    const key = ReflectApply(StringToLowerCase, ReflectApply(StringTrim, ReflectApply(StringSlice, value, [i, eq]), []), []);
+    let j = eq + 1;
+    let v = "";
+    if (charCodeAt(value, j) === 34) {
+      j++;
+      while (j < value.length && charCodeAt(value, j) !== 34) {
+        if (charCodeAt(value, j) === 92 && j + 1 < value.length) j++;
+        v += value[j];
+        j++;
+      }
+      j++;
+    } else {
+      let end = ReflectApply(StringIndexOf, value, [";", j]);
+      if (end === -1) end = value.length;
+      v = ReflectApply(StringTrim, ReflectApply(StringSlice, value, [j, end]), []);
+      j = end;
+    }
+    if (key === name) return v;
+    i = ReflectApply(StringIndexOf, value, [";", j]);
+  }
+  return undefined;
+}
+function formDataFrom(g, what, contentType, bytes, decode) {
+  const essence = mimeEssence(contentType);
+  const form = new g.FormData();
+  const append = g.FormData.prototype.append;
+  if (essence === "application/x-www-form-urlencoded") {
+    const params = new g.URLSearchParams(decode(bytes));
+    ReflectApply(g.URLSearchParams.prototype.forEach, params, [
+      (value, name) => ReflectApply(append, form, [name, value]),
+    ]);
+    return form;
+  }
+  if (essence !== "multipart/form-data") {
+    throw new TypeErrorCtor(`${what}: a body of type ${JSONStringify(contentType)} is not form data`);
+  }
+  const boundary = headerParam(contentType, "boundary");
+  if (boundary === undefined || boundary.length === 0 || boundary.length > 70) {
+    throw new TypeErrorCtor(`${what}: multipart/form-data without a valid boundary`);
+  }
+  const malformed = () => new TypeErrorCtor(`${what}: the multipart/form-data body is malformed`);
+  const delimiter = asciiBytes("--" + boundary);
+  const next = asciiBytes("\r\n--" + boundary);
+  // The first delimiter opens the body or follows a preamble line.
+  let at = 0;
+  while (true) {
+    at = indexOfBytes(bytes, delimiter, at);
+    if (at === -1) throw malformed();
+    if (at === 0 || (bytes[at - 2] === CR && bytes[at - 1] === LF)) break;
+    at++;
+  }
+  at += delimiter.length;
+  while (true) {
+    if (bytes[at] === DASH && bytes[at + 1] === DASH) return form;
+    while (bytes[at] === 32 || bytes[at] === 9) at++;
+    if (bytes[at] !== CR || bytes[at + 1] !== LF) throw malformed();
+    at += 2;
+    let name;
+    let filename;
+    let type;
+    while (!(bytes[at] === CR && bytes[at + 1] === LF)) {
+      const eol = indexOfBytes(bytes, CRLF_BYTES, at);
+      if (eol === -1) throw malformed();
+      const line = decode(ReflectApply(Uint8ArraySubarray, bytes, [at, eol]));
+      at = eol + 2;
+      const colon = ReflectApply(StringIndexOf, line, [":"]);
+      if (colon <= 0) throw malformed();
+      const header = ReflectApply(StringToLowerCase, ReflectApply(StringTrim, ReflectApply(StringSlice, line, [0, colon]), []), []);
+      const value = ReflectApply(StringTrim, ReflectApply(StringSlice, line, [colon + 1]), []);
+      if (header === "content-disposition") {
+        if (mimeEssence(value) !== "form-data") throw malformed();
+        name = headerParam(value, "name");
+        filename = headerParam(value, "filename");
+      } else if (header === "content-type") {
+        type = value;
+      }
+    }
+    at += 2;
+    if (name === undefined) throw malformed();
+    const end = indexOfBytes(bytes, next, at);
+    if (end === -1) throw malformed();
+    const content = ReflectApply(Uint8ArraySubarray, bytes, [at, end]);
+    if (filename === undefined) {
+      ReflectApply(append, form, [name, decode(content)]);
+    } else {
+      const file = new g.File([content], filename, { type: type === undefined ? "text/plain" : type });
+      ReflectApply(append, form, [name, file]);
+    }
+    at = end + next.length;
+  }
+}
+const CRLF_BYTES = new Uint8ArrayCtor([CR, LF]);
+function installFormData(g) {
+  const decoder = new g.TextDecoder();
+  const decodeFn = g.TextDecoder.prototype.decode;
+  const decode = (bytes) => ReflectApply(decodeFn, decoder, [bytes]);
+  for (const [proto, headers, arrayBuffer, what] of [
+    [RequestProto, RequestHeaders, RequestArrayBuffer, "Request.formData"],
+    [ResponseProto, ResponseHeaders, ResponseArrayBuffer, "Response.formData"],
+  ]) {
+    defineMethod(proto, "formData", async function formData() {
+      const contentType = ReflectApply(HeadersGet, ReflectApply(headers, this, []), ["content-type"]);
+      const bytes = new Uint8ArrayCtor(await ReflectApply(arrayBuffer, this, []));
+      return formDataFrom(g, what, contentType === null ? "" : contentType, bytes, decode);
     });
   }
 }
@@ -732,12 +889,23 @@ export function install(host) {
     const encoderProto = g.TextEncoder.prototype;
     const nativeEncode = encoderProto.encode;
     const nativeEncodeInto = encoderProto.encodeInto;
+    // Lone surrogates become U+FFFD (USVString conversion) instead of a native TypeError.
+    function usv(value) {
+      const s = StringCtor(value);
+      return ReflectApply(StringIsWellFormed, s, []) ? s : ReflectApply(StringToWellFormed, s, []);
+    }
     replaceValue(encoderProto, "encode", function encode(...args) {
-      if (typeof args[0] === "string") reserve(args[0].length);
+      if (args.length > 0 && args[0] !== undefined) {
+        args[0] = usv(args[0]);
+        reserve(args[0].length);
+      }
       return ReflectApply(nativeEncode, this, args);
     });
     replaceValue(encoderProto, "encodeInto", function encodeInto(...args) {
-      if (typeof args[0] === "string") reserve(args[0].length);
+      if (args.length > 0) {
+        args[0] = usv(args[0]);
+        reserve(args[0].length);
+      }
       return ReflectApply(nativeEncodeInto, this, args);
     });
     const decoderProto = g.TextDecoder.prototype;
@@ -750,12 +918,25 @@ export function install(host) {
     // atob / btoa
     const nativeAtob = g.atob;
     const nativeBtoa = g.btoa;
+    // Forgiving-base64 (HTML standard): ASCII whitespace is ignored, padding is optional, and
+    // anything else that is not base64 is a DOMException "InvalidCharacterError".
+    const ASCII_WHITESPACE = /[\t\n\f\r ]/g;
+    const NOT_BASE64 = /[^A-Za-z0-9+/]/;
     define("atob", function atob(...args) {
-      if (args.length > 0) {
-        args[0] = StringCtor(args[0]);
-        reserve(args[0].length);
+      if (args.length === 0) {
+        throw new TypeErrorCtor("atob: 1 argument required, but only 0 present");
       }
-      return ReflectApply(nativeAtob, undefined, args);
+      let s = StringCtor(args[0]);
+      reserve(s.length);
+      s = ReflectApply(StringReplace, s, [ASCII_WHITESPACE, ""]);
+      if (s.length % 4 === 0 && s.length > 0 && charCodeAt(s, s.length - 1) === 61) {
+        s = ReflectApply(StringSlice, s, [0, charCodeAt(s, s.length - 2) === 61 ? -2 : -1]);
+      }
+      if (s.length % 4 === 1 || ReflectApply(RegExpExec, NOT_BASE64, [s]) !== null) {
+        throw new DOMException("atob: the string is not correctly base64-encoded", "InvalidCharacterError");
+      }
+      while (s.length % 4 !== 0) s += "=";
+      return ReflectApply(nativeAtob, undefined, [s]);
     });
     define("btoa", function btoa(...args) {
       if (args.length > 0) {
@@ -873,6 +1054,9 @@ export function install(host) {
   // ---- fetch --------------------------------------------------------------------------------
   const checked = installFetchChecks(g);
   installBlobSlice(g);
+  installFormData(g);
+  // Workers (and libraries that feature-test for a worker scope) find the global as `self`.
+  define("self", g);
   installStackTraceGuard();
   const consoleError = console.error;
   function isRequest(value) {

@@ -179,6 +179,80 @@ fn web_apis_are_available() {
 }
 
 #[test]
+fn web_api_details_follow_the_standards() {
+    run(async {
+        let (res, _) = fetch_once(
+            r#"export default { async fetch() {
+                const out = {};
+                const err = (f) => { try { f(); return "no error"; } catch (e) { return `${e.constructor.name}/${e.name}`; } };
+                out.cloneUndefined = structuredClone({ a: 1 }, undefined).a + structuredClone({ a: 2 }, null).a;
+                out.cloneBadOptions = err(() => structuredClone(1, 5));
+                out.atobBad = err(() => atob("!!"));
+                out.atobLength = err(() => atob("YWJjZ"));
+                out.atobForgiving = atob(" YW Jj\n") + atob("YQ") + atob("YQ==");
+                out.self = self === globalThis;
+                out.lone = Array.from(new TextEncoder().encode("a\ud800")).join(",");
+                const into = new Uint8Array(8);
+                out.loneInto = new TextEncoder().encodeInto("\udc00", into).written;
+                const urlenc = await new Request("http://x/", { method: "POST", body: "a=1&b=2+3&c=%C3%A9",
+                    headers: { "content-type": "application/x-www-form-urlencoded;charset=UTF-8" } }).formData();
+                out.urlencoded = [...urlenc];
+                const body = "preamble\r\n--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nline1\r\nline2\r\n" +
+                    "--B\r\nContent-Disposition: form-data; name=\"empty\"\r\n\r\n\r\n" +
+                    "--B\r\nContent-Disposition: form-data; name=\"f\"; filename=\"x \\\"q\\\".txt\"\r\nContent-Type: text/csv\r\n\r\n1,2\r\n" +
+                    "--B--\r\nepilogue";
+                const multi = await new Response(body, { headers: { "content-type": 'multipart/form-data; boundary="B"' } }).formData();
+                out.multiA = multi.get("a");
+                out.multiEmpty = multi.get("empty");
+                const f = multi.get("f");
+                out.file = [f instanceof File, f.name, f.type, await f.text()];
+                out.notForm = await new Response("x", { headers: { "content-type": "text/plain" } }).formData()
+                    .then(() => "no error", (e) => e.name);
+                out.noBoundary = await new Response("x", { headers: { "content-type": "multipart/form-data" } }).formData()
+                    .then(() => "no error", (e) => e.name);
+                out.truncated = await new Response("--B\r\nContent-Disposition: form-data; name=\"a\"\r\n\r\nv", {
+                    headers: { "content-type": "multipart/form-data; boundary=B" } }).formData()
+                    .then(() => "no error", (e) => e.name);
+                const d = new Response("x");
+                out.defaults = [d.statusText, d.status, Response.error().type,
+                    new Response("y", { status: 404, statusText: "Nope" }).statusText, Response.json(1).statusText];
+                return Response.json(out);
+            } }"#,
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        assert_eq!(
+            v["defaults"],
+            serde_json::json!(["", 200, "error", "Nope", ""]),
+            "{v}"
+        );
+        assert_eq!(v["cloneUndefined"], 3, "{v}");
+        assert_eq!(v["cloneBadOptions"], "TypeError/TypeError", "{v}");
+        assert_eq!(v["atobBad"], "DOMException/InvalidCharacterError", "{v}");
+        assert_eq!(v["atobLength"], "DOMException/InvalidCharacterError", "{v}");
+        assert_eq!(v["atobForgiving"], "abcaa", "{v}");
+        assert_eq!(v["self"], true);
+        assert_eq!(v["lone"], "97,239,191,189", "{v}");
+        assert_eq!(v["loneInto"], 3, "{v}");
+        assert_eq!(
+            v["urlencoded"],
+            serde_json::json!([["a", "1"], ["b", "2 3"], ["c", "é"]]),
+            "{v}"
+        );
+        assert_eq!(v["multiA"], "line1\r\nline2", "{v}");
+        assert_eq!(v["multiEmpty"], "", "{v}");
+        assert_eq!(
+            v["file"],
+            serde_json::json!([true, "x \"q\".txt", "text/csv", "1,2"]),
+            "{v}"
+        );
+        assert_eq!(v["notForm"], "TypeError", "{v}");
+        assert_eq!(v["noBoundary"], "TypeError", "{v}");
+        assert_eq!(v["truncated"], "TypeError", "{v}");
+    });
+}
+
+#[test]
 fn host_internals_are_not_reachable() {
     run(async {
         let (res, _) = fetch_once(
