@@ -115,13 +115,14 @@ const HeadersGet = HeadersProto.get;
 const ResponseStatus = ObjectGetOwnPropertyDescriptor(ResponseProto, "status").get;
 const ResponseHeaders = ObjectGetOwnPropertyDescriptor(ResponseProto, "headers").get;
 const ResponseArrayBuffer = ResponseProto.arrayBuffer;
-const ResponseJson = NativeResponse.json;
 const ResponseRedirect = NativeResponse.redirect;
 const RequestHeaders = ObjectGetOwnPropertyDescriptor(RequestProto, "headers").get;
 const RequestMethod = ObjectGetOwnPropertyDescriptor(RequestProto, "method").get;
 const RequestUrl = ObjectGetOwnPropertyDescriptor(RequestProto, "url").get;
 const RequestRedirect = ObjectGetOwnPropertyDescriptor(RequestProto, "redirect");
 const RequestArrayBuffer = RequestProto.arrayBuffer;
+const RequestText = RequestProto.text;
+const ResponseText = ResponseProto.text;
 const NULL_BODY_STATUS = new SetCtor([101, 103, 204, 205, 304]);
 const REDIRECT_STATUS = new SetCtor([301, 302, 303, 307, 308]);
 
@@ -357,9 +358,22 @@ function installFetchChecks(g) {
     defineMethod(g, native.name, wrapper);
     wrappers[native.name] = wrapper;
   }
+  // Serialised by QuickJS's JSON.stringify (LLRT's recurses without a depth limit: a deeply
+  // nested value would overflow the native stack).
   defineMethod(Response, "json", function json(data, init) {
+    const body = JSONStringify(data);
+    if (body === undefined) {
+      throw new TypeErrorCtor("Response.json: the data cannot be serialised to JSON");
+    }
     const opts = responseInit(init, true, "Response.json");
-    return ReflectApply(ResponseJson, NativeResponse, [data, opts]);
+    const pairs = opts.headers === undefined ? [] : opts.headers;
+    let typed = false;
+    for (let i = 0; i < pairs.length; i++) {
+      if (ReflectApply(StringToLowerCase, pairs[i][0], []) === "content-type") typed = true;
+    }
+    if (!typed) push(pairs, ["content-type", "application/json"]);
+    opts.headers = pairs;
+    return ReflectConstruct(NativeResponse, [body, opts], NativeResponse);
   });
   defineMethod(Response, "redirect", function redirect(url, status) {
     const code = status === undefined ? 302 : toUnsignedShort(status);
@@ -549,7 +563,7 @@ function formDataFrom(g, what, contentType, bytes, decode) {
   }
 }
 const CRLF_BYTES = new Uint8ArrayCtor([CR, LF]);
-function installFormData(g) {
+function installBodyParsers(g) {
   const decoder = new g.TextDecoder();
   const decodeFn = g.TextDecoder.prototype.decode;
   const decode = (bytes) => ReflectApply(decodeFn, decoder, [bytes]);
@@ -561,6 +575,16 @@ function installFormData(g) {
       const contentType = ReflectApply(HeadersGet, ReflectApply(headers, this, []), ["content-type"]);
       const bytes = new Uint8ArrayCtor(await ReflectApply(arrayBuffer, this, []));
       return formDataFrom(g, what, contentType === null ? "" : contentType, bytes, decode);
+    });
+  }
+  // `json()` is JSON.parse of the body's text (LLRT's own parser rejects what JSON allows, such
+  // as escaped lone surrogates, and throws a plain Error where the standard says SyntaxError).
+  for (const [proto, text] of [
+    [RequestProto, RequestText],
+    [ResponseProto, ResponseText],
+  ]) {
+    defineMethod(proto, "json", async function json() {
+      return JSONParse(await ReflectApply(text, this, []));
     });
   }
 }
@@ -1054,7 +1078,7 @@ export function install(host) {
   // ---- fetch --------------------------------------------------------------------------------
   const checked = installFetchChecks(g);
   installBlobSlice(g);
-  installFormData(g);
+  installBodyParsers(g);
   // Workers (and libraries that feature-test for a worker scope) find the global as `self`.
   define("self", g);
   installStackTraceGuard();
