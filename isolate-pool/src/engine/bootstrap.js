@@ -934,8 +934,27 @@ export function install(host) {
     });
     const decoderProto = g.TextDecoder.prototype;
     const nativeDecode = decoderProto.decode;
+    const typedArrayBuffer = getter(getProto(Uint8Array.prototype), "buffer");
+    const typedArrayOffset = getter(getProto(Uint8Array.prototype), "byteOffset");
+    const dataViewBuffer = getter(DataView.prototype, "buffer");
+    const dataViewOffset = getter(DataView.prototype, "byteOffset");
+    // The native decoder reads a Uint8Array or an ArrayBuffer: any other view is passed as a
+    // Uint8Array over the same bytes.
+    function asBytes(value) {
+      if (!isView(value) || tagOf(value) === "[object Uint8Array]") return value;
+      const length = brand(typedArrayLength, value);
+      if (length >= 0) {
+        return new Uint8Array(ReflectApply(typedArrayBuffer, value, []), ReflectApply(typedArrayOffset, value, []), length);
+      }
+      return new Uint8Array(
+        ReflectApply(dataViewBuffer, value, []),
+        ReflectApply(dataViewOffset, value, []),
+        ReflectApply(dataViewLength, value, []),
+      );
+    }
     replaceValue(decoderProto, "decode", function decode(...args) {
       reserve(copiedLength(args[0]));
+      if (args.length > 0) args[0] = asBytes(args[0]);
       return ReflectApply(nativeDecode, this, args);
     });
 

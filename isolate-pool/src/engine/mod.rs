@@ -11,6 +11,7 @@ mod budget;
 mod loader;
 mod memory;
 mod panics;
+mod text;
 
 use crate::api::{
     ErrorKind, HttpRequest, HttpResponse, Invoker, Limits, LogEntry, ModuleSource, Outbound,
@@ -687,6 +688,8 @@ fn install<'js>(
     // the gateway's egress pipeline).
     let globals = ctx.globals();
     <llrt_utils::primordials::BasePrimordials as llrt_utils::primordials::Primordial>::init(ctx)?;
+    // Every WHATWG encoding and streaming decode (replaces llrt_util's UTF-8/UTF-16 decoder).
+    rquickjs::Class::<text::TextDecoder>::define(&globals)?;
     rquickjs::Class::<llrt_fetch::request::Request>::define(&globals)?;
     rquickjs::Class::<llrt_fetch::response::Response>::define(&globals)?;
     rquickjs::Class::<llrt_fetch::headers::Headers>::define(&globals)?;

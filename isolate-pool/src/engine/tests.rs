@@ -219,6 +219,15 @@ fn web_api_details_follow_the_standards() {
                 out.jsonResponse = [Response.json({ a: "\ud800" }).headers.get("content-type"),
                     await Response.json({ a: 1 }, { headers: { "Content-Type": "text/x" } }).headers.get("content-type"),
                     await new Response('{"s":"\\ud800"}').json().then((v) => v.s.length)];
+                const td = new TextDecoder();
+                out.streamed = td.decode(new Uint8Array([0xe2, 0x82]), { stream: true }) + td.decode(new Uint8Array([0xac]));
+                out.latin1 = [new TextDecoder("latin1").encoding, new TextDecoder("latin1").decode(new Uint8Array([0xe9, 0x80]))];
+                out.sjis = new TextDecoder("shift_jis").decode(new Uint8Array([0x82, 0xa0]));
+                out.fatal = err(() => new TextDecoder("utf-8", { fatal: true }).decode(new Uint8Array([0xff])));
+                out.badLabel = err(() => new TextDecoder("nope"));
+                out.views = new TextDecoder().decode(new Uint16Array([0x6968])) + new TextDecoder().decode(new DataView(new Uint8Array([0x21]).buffer));
+                out.bom = [new TextDecoder().decode(new Uint8Array([0xef, 0xbb, 0xbf, 0x41])),
+                    new TextDecoder("utf-8", { ignoreBOM: true }).decode(new Uint8Array([0xef, 0xbb, 0xbf, 0x41])).length];
                 const d = new Response("x");
                 out.defaults = [d.statusText, d.status, Response.error().type,
                     new Response("y", { status: 404, statusText: "Nope" }).statusText, Response.json(1).statusText];
@@ -232,6 +241,17 @@ fn web_api_details_follow_the_standards() {
             serde_json::json!(["", 200, "error", "Nope", ""]),
             "{v}"
         );
+        assert_eq!(v["streamed"], "€", "{v}");
+        assert_eq!(
+            v["latin1"],
+            serde_json::json!(["windows-1252", "é€"]),
+            "{v}"
+        );
+        assert_eq!(v["sjis"], "あ", "{v}");
+        assert_eq!(v["fatal"], "TypeError/TypeError", "{v}");
+        assert_eq!(v["badLabel"], "RangeError/RangeError", "{v}");
+        assert_eq!(v["views"], "hi!", "{v}");
+        assert_eq!(v["bom"], serde_json::json!(["A", 2]), "{v}");
         assert_eq!(v["cloneUndefined"], 3, "{v}");
         // JSON bodies go through QuickJS's JSON (LLRT's parser rejects the escaped lone
         // surrogate below and recurses natively without a depth limit).
