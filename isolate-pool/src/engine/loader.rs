@@ -1,6 +1,7 @@
 //! Module resolution confined to the Worker's own modules: no file system, no network, no
 //! host-internal modules. Relative specifiers resolve against the importing module's name.
 
+use super::bytecode::{self, Keep};
 use crate::api::ModuleSource;
 use rquickjs::{
     loader::{Loader, Resolver},
@@ -11,13 +12,37 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-/// The modules of the Worker currently loaded in an isolate.
+/// The modules of the Worker currently loaded in an isolate, whose they are, and the bytecode
+/// the isolate loaded (kept as long as this map: the isolate drops it after its runtime).
 #[derive(Clone, Default)]
-pub(super) struct ModuleMap(Rc<RefCell<BTreeMap<String, ModuleSource>>>);
+pub(super) struct ModuleMap(Rc<RefCell<Modules>>);
+
+#[derive(Default)]
+pub(super) struct Modules {
+    sources: BTreeMap<String, ModuleSource>,
+    tenant: String,
+    keep: Keep,
+}
 
 impl ModuleMap {
-    pub(super) fn set(&self, modules: BTreeMap<String, ModuleSource>) {
-        *self.0.borrow_mut() = modules;
+    pub(super) fn set(&self, modules: BTreeMap<String, ModuleSource>, tenant: &str) {
+        let mut m = self.0.borrow_mut();
+        m.sources = modules;
+        m.tenant = tenant.to_string();
+    }
+
+    /// Declares module `name` from `source` (through the bytecode cache).
+    pub(super) fn declare<'js>(
+        &self,
+        ctx: &Ctx<'js>,
+        name: &str,
+        source: String,
+    ) -> Result<Module<'js, Declared>> {
+        let (tenant, keep) = {
+            let m = self.0.borrow();
+            (m.tenant.clone(), m.keep.clone())
+        };
+        bytecode::declare(ctx, &tenant, name, source, &keep)
     }
 }
 
@@ -53,7 +78,7 @@ impl WorkerResolver {
 impl Resolver for WorkerResolver {
     fn resolve<'js>(&mut self, _ctx: &Ctx<'js>, base: &str, name: &str) -> Result<String> {
         let resolved = resolve_name(base, name);
-        if self.0 .0.borrow().contains_key(&resolved) {
+        if self.0 .0.borrow().sources.contains_key(&resolved) {
             Ok(resolved)
         } else {
             Err(Error::new_resolving_message(base, name, NOT_FOUND))
@@ -71,7 +96,7 @@ impl WorkerLoader {
 
 impl Loader for WorkerLoader {
     fn load<'js>(&mut self, ctx: &Ctx<'js>, name: &str) -> Result<Module<'js, Declared>> {
-        let source = match self.0 .0.borrow().get(name) {
+        let source = match self.0 .0.borrow().sources.get(name) {
             Some(ModuleSource::Js(src)) => src.clone(),
             Some(ModuleSource::Json { json }) => format!("export default {json};"),
             Some(ModuleSource::Text { text }) => format!(
@@ -80,7 +105,7 @@ impl Loader for WorkerLoader {
             ),
             None => return Err(Error::new_loading_message(name, NOT_FOUND)),
         };
-        Module::declare(ctx.clone(), name, source)
+        self.0.declare(ctx, name, source)
     }
 }
 

@@ -8,6 +8,7 @@
 //! sibling of this module implementing the same `Isolate` surface.
 
 mod budget;
+mod bytecode;
 mod loader;
 mod memory;
 mod panics;
@@ -249,7 +250,11 @@ impl Isolate {
     /// Evaluates a Worker's modules and keeps its default export. Runs under the current
     /// invocation's budget (module top-level code counts).
     async fn load_worker(&mut self, code: &WorkerCode) -> Result<(), WorkerError> {
-        self.modules.set(code.modules.clone());
+        let tenant = self
+            .state
+            .with_invocation(|i| i.invoker.tenant.clone())
+            .unwrap_or_default();
+        self.modules.set(code.modules.clone(), &tenant);
         self.state.outbound.set(code.global_outbound);
         let main_name = code.main_module.clone();
         let main_source = match code.modules.get(&code.main_module) {
@@ -264,9 +269,11 @@ impl Isolate {
         let env_json = serde_json::to_string(&code.env).map_err(internal)?;
         let entry = self.entry.clone();
         let state = self.state.clone();
+        let modules = self.modules.clone();
         let fut = async_with!(self.ctx => |ctx| {
             let loaded = async {
-                let module = Module::declare(ctx.clone(), main_name.as_str(), main_source)
+                let module = modules
+                    .declare(&ctx, main_name.as_str(), main_source)
                     .catch(&ctx)
                     .map_err(|e| compile_error(&e))?;
                 let (module, promise) = module
@@ -457,7 +464,7 @@ impl Isolate {
         // importable.
         let module_source = format!("export default (\n{source}\n);\n");
         let env_json = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
-        self.modules.set(Default::default());
+        self.modules.set(Default::default(), "");
         let entry = self.entry.clone();
         let state = self.state.clone();
         let fut = async_with!(self.ctx => |ctx| {

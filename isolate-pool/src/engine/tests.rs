@@ -5,6 +5,7 @@ use super::*;
 use crate::api::{ModuleSource, Outbound};
 use crate::egress::{Authorization, DisabledEgress, Egress, EgressError, EgressResponse, Verdict};
 use futures::future::BoxFuture;
+use sha2::Digest;
 use std::collections::BTreeMap;
 
 const LIMITS: Limits = Limits {
@@ -284,6 +285,60 @@ fn web_api_details_follow_the_standards() {
         assert_eq!(v["noBoundary"], "TypeError", "{v}");
         assert_eq!(v["truncated"], "TypeError", "{v}");
     });
+}
+
+#[test]
+fn a_large_module_loaded_again_comes_from_bytecode_and_behaves_the_same() {
+    run(async {
+        let token = format!("{:x}", rand_token());
+        let mut src = format!(
+            "// {token}\nfunction helper(a) {{ return a * 2; }}\nexport function thrower() {{ throw new Error('boom'); }}\n"
+        );
+        while src.len() < super::bytecode::MIN_SOURCE_BYTES + 100 {
+            src.push_str(
+                "export const filler = [1, 2, 3].map(helper);\n"
+                    .replace("filler", &format!("f{}", src.len()))
+                    .as_str(),
+            );
+        }
+        src.push_str(
+            r#"export default { async fetch() {
+                let line = 0;
+                try { thrower(); } catch (e) { line = /:(\d+)/.test(e.stack) ? 1 : 0; }
+                return Response.json({ v: helper(21), text: helper.toString().includes("a * 2"), line });
+            } }"#,
+        );
+        let code = worker(&src);
+        let digest: [u8; 32] = sha2::Sha256::digest(src.as_bytes()).into();
+        assert!(!super::bytecode::is_cached("t", "w.js", &src));
+        let mut first = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (a, _) = fetch_with(&mut first, &code, get("http://w/"), LIMITS).await;
+        assert!(
+            super::bytecode::is_cached("t", "w.js", &src),
+            "not cached after a load"
+        );
+        assert!(
+            !super::bytecode::is_cached("other", "w.js", &src),
+            "shared across tenants"
+        );
+        drop(first);
+        let mut second = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (b, _) = fetch_with(&mut second, &code, get("http://w/"), LIMITS).await;
+        assert!(
+            super::bytecode::LOADED.lock().unwrap().contains(&digest),
+            "the second load parsed the source again"
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(body(&a), body(&b));
+        let v: serde_json::Value = serde_json::from_slice(&b.body).unwrap();
+        assert_eq!(v, serde_json::json!({ "v": 42, "text": true, "line": 1 }));
+    });
+}
+
+fn rand_token() -> u128 {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).unwrap();
+    u128::from_le_bytes(b)
 }
 
 #[test]
