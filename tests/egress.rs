@@ -39,7 +39,7 @@ fn fetch_body(url: &str, init: &str) -> String {
     format!(
         r#"try {{
             const r = await fetch("{url}", {init});
-            return Response.json({{ status: r.status, headers: Object.fromEntries(r.headers), text: await r.text() }});
+            return Response.json({{ status: r.status, url: r.url, redirected: r.redirected, headers: Object.fromEntries(r.headers), text: await r.text() }});
         }} catch (e) {{
             return Response.json({{ error: e.name + ": " + e.message }});
         }}"#
@@ -141,6 +141,12 @@ fn credential_is_dropped_on_a_cross_origin_redirect() {
     let seen: Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
     assert_eq!(seen["target"], "/landed");
     assert!(seen["headers"].get("authorization").is_none(), "{seen}");
+    // The response says where it came from after the redirect.
+    assert_eq!(v["redirected"], true, "{v}");
+    assert!(
+        v["url"].as_str().unwrap_or_default().ends_with("/landed"),
+        "{v}"
+    );
     // Redirected to an allowed path of the echo rule: each hop is checked again and the
     // credential is not re-attached after the origin changed.
     let url = format!("http://127.0.0.1:{}/to-echo", s.redirect_port);
@@ -151,6 +157,8 @@ fn credential_is_dropped_on_a_cross_origin_redirect() {
     // `redirect: "manual"` hands the 3xx to the Worker.
     let (_, v) = run(&s.g, KEY, &fetch_body(&url, r#"{ redirect: "manual" }"#));
     assert_eq!(v["status"], 302, "{v}");
+    assert_eq!(v["redirected"], false, "{v}");
+    assert_eq!(v["url"], url.as_str(), "{v}");
     // Endless redirects stop at 10 hops (the budget of 5 subrequests stops them first here).
     let url = format!("http://127.0.0.1:{}/loop", s.redirect_port);
     let (status, v) = run(&s.g, KEY, &fetch_body(&url, "{}"));

@@ -56,7 +56,7 @@ fn fetch(g: &Gateway, key: &str, url: &str, init: &str) -> Value {
             try {{
                 const r = await fetch("{url}", {init});
                 const body = Buffer.from(await r.arrayBuffer()).toString("base64");
-                return Response.json({{ status: r.status, headers: [...r.headers], body }});
+                return Response.json({{ status: r.status, url: r.url, headers: [...r.headers], body }});
             }} catch (e) {{
                 return Response.json({{ error: e.name + ": " + e.message }});
             }}
@@ -215,6 +215,8 @@ fn every_echoed_form_of_a_header_or_query_credential_is_redacted() {
         let g = gateway(&one_tenant(up.port, credential), "");
         let v = fetch(&g, KEY, &up.url("/echo?x=1"), "{}");
         assert_eq!(v["status"], 200, "{v}");
+        // `response.url` is the URL the Worker asked for, never the one with the credential.
+        assert_eq!(v["url"], up.url("/echo?x=1").as_str(), "{v}");
         let received = everything(&v);
         assert_no_secret(&received);
         // base64 in every alignment and alphabet: none of the secret's base64 survives.

@@ -71,6 +71,7 @@ fn bench(c: &mut Criterion) {
                 headers: vec![("content-type".into(), "application/json".into())],
                 body: body.clone(),
                 hops: 0,
+                url: String::new(),
             };
             black_box((header, redact::scrub_with(response, &scrubber, |_| {})))
         })

@@ -109,6 +109,7 @@ fn bench(c: &mut Criterion) {
         headers: vec![("content-type".into(), "application/json".into())],
         body,
         hops: 0,
+        url: String::new(),
     };
     // Every form is found.
     let out = redact::scrub_with(response.clone(), &scrubber, |_| {});

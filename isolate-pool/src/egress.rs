@@ -67,6 +67,10 @@ pub struct EgressResponse {
     pub body: Vec<u8>,
     /// Redirect hops followed (each is one more subrequest).
     pub hops: u32,
+    /// The URL of the response (after redirects), as the Worker would have written it: never
+    /// with an injected credential (scrubbed like a header value). Empty: the request's URL.
+    #[serde(default)]
+    pub url: String,
 }
 
 /// Why an outbound request did not happen.

@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Version of this protocol; a worker answers a different one with an error and exits.
-pub const PROTOCOL: u32 = 2;
+pub const PROTOCOL: u32 = 3;
 
 /// Largest body (request, response, egress) that may cross the wire.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -404,6 +404,7 @@ mod tests {
                 headers: vec![],
                 body: vec![0; 10],
                 hops: 1,
+                url: String::new(),
             }),
         });
         roundtrip(FromWorker::Done {

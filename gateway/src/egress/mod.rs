@@ -482,6 +482,7 @@ impl Inner {
             body: format!("isogate: egress rate limit exceeded for {host}; retry after {retry} s")
                 .into_bytes(),
             hops: 0,
+            url: String::new(),
         })
     }
 
@@ -757,6 +758,7 @@ impl Inner {
         } else if let Some(mut response) = self.rate_limit(snapshot, invoker, &plan) {
             record.status = Some(429);
             response.hops = run.hops;
+            response.url = run.url.clone();
             return Ok(Next::RateLimited(response));
         }
         let target = plan.target.clone();
@@ -820,6 +822,7 @@ impl Inner {
             headers,
             body,
             hops: run.hops,
+            url: run.url.clone(),
         };
         if !run.injected.is_empty() {
             let scrubber = self.scrubbers.get(&run.injected);

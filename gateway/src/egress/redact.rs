@@ -85,6 +85,11 @@ pub fn scrub_with(
         let redacted = redact(value.as_bytes(), &merge(spans));
         *value = String::from_utf8_lossy(&redacted).into_owned();
     }
+    let url_spans = scrubber.spans(response.url.as_bytes(), &mut found);
+    if !url_spans.is_empty() {
+        let redacted = redact(response.url.as_bytes(), &url_spans);
+        response.url = String::from_utf8_lossy(&redacted).into_owned();
+    }
     let body_spans = scrubber.spans(&response.body, &mut found);
     if !body_spans.is_empty() {
         redact_in_place(&mut response.body, &body_spans);
@@ -110,6 +115,7 @@ mod tests {
                 .collect(),
             body: body.as_bytes().to_vec(),
             hops: 0,
+            url: String::new(),
         }
     }
 
@@ -118,6 +124,14 @@ mod tests {
             "gh".to_string(),
             SecretString::from("s3cr3t-token".to_string()),
         )]
+    }
+
+    #[test]
+    fn a_response_url_carrying_the_secret_is_redacted() {
+        let mut r = resp("ok", &[]);
+        r.url = "https://api.example/x?key=s3cr3t-token&y=1".into();
+        let out = scrub(r, &secret(), |_| {});
+        assert_eq!(out.url, "https://api.example/x?key=[REDACTED]&y=1");
     }
 
     #[test]

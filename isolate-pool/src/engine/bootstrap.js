@@ -1126,11 +1126,17 @@ export function install(host) {
     const url = ReflectApply(RequestUrl, request, []);
     const res = await hostFetch(method, url, headers, body, StringCtor(redirect || "follow"));
     const nullBody = ReflectApply(SetHas, NULL_BODY_STATUS, [res.status]) || method === "HEAD";
-    return new NativeResponse(nullBody ? null : res.body, {
+    const response = new NativeResponse(nullBody ? null : res.body, {
       __proto__: null,
       status: res.status,
       headers: res.headers,
     });
+    // The response's URL (after redirects) and whether a redirect was followed; LLRT's class
+    // has no way to set them, so they are own read-only properties of the response.
+    const finalUrl = res.url === "" ? url : res.url;
+    ObjectDefineProperty(response, "url", { __proto__: null, value: finalUrl, enumerable: false });
+    ObjectDefineProperty(response, "redirected", { __proto__: null, value: res.redirected, enumerable: false });
+    return response;
   }
   define("fetch", fetch);
 

@@ -910,6 +910,8 @@ fn response_object<'js>(ctx: &Ctx<'js>, mut resp: EgressResponse) -> rquickjs::R
         header_array(ctx, &resp.headers).map_err(|e| Exception::throw_internal(ctx, &e.message))?;
     out.set("headers", headers)?;
     out.set("body", TypedArray::<u8>::new(ctx.clone(), resp.body)?)?;
+    out.set("url", resp.url)?;
+    out.set("redirected", resp.hops > 0)?;
     Ok(out)
 }
 

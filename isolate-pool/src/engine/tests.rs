@@ -556,6 +556,7 @@ impl Egress for CountingEgress {
                 headers: vec![("retry-after".into(), "1".into())],
                 body: vec![],
                 hops: 0,
+                url: String::new(),
             });
         }
         Verdict::Proceed(Authorization {
@@ -580,6 +581,7 @@ impl Egress for CountingEgress {
                 ],
                 body: request.url.into_bytes(),
                 hops: 0,
+                url: String::new(),
             })
         })
     }
