@@ -220,6 +220,33 @@ fn web_api_details_follow_the_standards() {
                 out.jsonResponse = [Response.json({ a: "\ud800" }).headers.get("content-type"),
                     await Response.json({ a: 1 }, { headers: { "Content-Type": "text/x" } }).headers.get("content-type"),
                     await new Response('{"s":"\\ud800"}').json().then((v) => v.s.length)];
+                const et = new EventTarget();
+                const seen = [];
+                const obj = { handleEvent(e) { seen.push("obj:" + e.type); } };
+                et.addEventListener("x", null);
+                et.addEventListener("x", (e) => { seen.push("a"); e.preventDefault(); e.stopImmediatePropagation(); });
+                et.addEventListener("x", () => seen.push("never"));
+                et.addEventListener("y", obj);
+                et.addEventListener("y", obj);
+                const ac = new AbortController();
+                et.addEventListener("z", () => seen.push("z"), { signal: ac.signal });
+                et.addEventListener("w", () => seen.push("w"), { once: true });
+                const ev = new Event("x", { cancelable: true });
+                out.dispatched = [et.dispatchEvent(ev), ev.defaultPrevented, et.dispatchEvent(new Event("y"))];
+                ac.abort();
+                et.dispatchEvent(new Event("z"));
+                et.dispatchEvent(new Event("w"));
+                et.dispatchEvent(new Event("w"));
+                et.addEventListener("t", (e) => seen.push(e.target === et && e.currentTarget === et && e.eventPhase === 2));
+                et.dispatchEvent(new Event("t"));
+                out.events = seen;
+                out.notEvent = err(() => et.dispatchEvent({}));
+                out.navigator = navigator.userAgent;
+                let aborted = 0;
+                const ac2 = new AbortController();
+                ac2.signal.addEventListener("abort", () => aborted++);
+                ac2.abort();
+                out.signalListener = aborted;
                 const td = new TextDecoder();
                 out.streamed = td.decode(new Uint8Array([0xe2, 0x82]), { stream: true }) + td.decode(new Uint8Array([0xac]));
                 out.latin1 = [new TextDecoder("latin1").encoding, new TextDecoder("latin1").decode(new Uint8Array([0xe9, 0x80]))];
@@ -242,6 +269,19 @@ fn web_api_details_follow_the_standards() {
             serde_json::json!(["", 200, "error", "Nope", ""]),
             "{v}"
         );
+        assert_eq!(
+            v["dispatched"],
+            serde_json::json!([false, true, true]),
+            "{v}"
+        );
+        assert_eq!(
+            v["events"],
+            serde_json::json!(["a", "obj:y", "w", true]),
+            "{v}"
+        );
+        assert_eq!(v["notEvent"], "TypeError/TypeError", "{v}");
+        assert_eq!(v["navigator"], "isogate", "{v}");
+        assert_eq!(v["signalListener"], 1, "{v}");
         assert_eq!(v["streamed"], "€", "{v}");
         assert_eq!(
             v["latin1"],
