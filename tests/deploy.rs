@@ -5,6 +5,8 @@
 //! No YAML parser is a dependency of this package, so YAML files are read with small
 //! line-based scanners that fail loudly when the layout they expect is not there.
 
+mod common;
+
 use isogate_gateway::metrics::CATALOGUE;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -500,6 +502,36 @@ fn container_default_config_passes_isogate_check() {
         dockerfile.lines().any(|l| l.trim() == "EXPOSE 8080 9090"),
         "Dockerfile must EXPOSE 8080 9090"
     );
+}
+
+/// The Dockerfile's HEALTHCHECK command, run against a real gateway's admin listener: it passes
+/// on a serving gateway and fails where nothing listens.
+#[test]
+fn the_container_healthcheck_probes_healthz() {
+    let dockerfile = read("deploy/Dockerfile");
+    let line = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK"))
+        .nth(1)
+        .expect("a HEALTHCHECK with its CMD on the next line");
+    let json = line.trim().strip_prefix("CMD ").expect("CMD in exec form");
+    let argv: Vec<String> = serde_json::from_str(json).expect("exec-form JSON array");
+    assert_eq!(argv[0], "bash");
+    assert!(argv[2].contains("/dev/tcp/127.0.0.1/9090") && argv[2].contains("/healthz"));
+    let g = common::Gateway::start("", &common::tenants_yaml());
+    let port = g.admin.rsplit(':').next().unwrap().to_string();
+    let probe = |script: &str| {
+        std::process::Command::new(&argv[0])
+            .args(&argv[1..2])
+            .arg(script)
+            .status()
+            .expect("run bash")
+            .success()
+    };
+    assert!(probe(&argv[2].replace("9090", &port)), "healthcheck failed on a serving gateway");
+    let closed = common::free_loopback_addr();
+    let closed_port = closed.rsplit(':').next().unwrap();
+    assert!(!probe(&argv[2].replace("9090", closed_port)), "healthcheck passed with nothing listening");
 }
 
 #[test]
