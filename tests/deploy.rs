@@ -528,10 +528,16 @@ fn the_container_healthcheck_probes_healthz() {
             .expect("run bash")
             .success()
     };
-    assert!(probe(&argv[2].replace("9090", &port)), "healthcheck failed on a serving gateway");
+    assert!(
+        probe(&argv[2].replace("9090", &port)),
+        "healthcheck failed on a serving gateway"
+    );
     let closed = common::free_loopback_addr();
     let closed_port = closed.rsplit(':').next().unwrap();
-    assert!(!probe(&argv[2].replace("9090", closed_port)), "healthcheck passed with nothing listening");
+    assert!(
+        !probe(&argv[2].replace("9090", closed_port)),
+        "healthcheck passed with nothing listening"
+    );
 }
 
 #[test]
