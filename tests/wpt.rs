@@ -139,6 +139,30 @@ fn read(path: &str) -> String {
         .unwrap_or_else(|e| panic!("{path}: {e} (a META script missing from tests/wpt?)"))
 }
 
+/// A `.sub.` file is a template the WPT server fills in (`{{host}}`, `{{ports[http][0]}}`, ...);
+/// here every host is loopback and every port the data server's (one origin: the cross-origin
+/// cases of such tests cannot pass and are listed as expected failures).
+fn substitute(path: &str, text: String, port: u16) -> String {
+    if !path.contains(".sub.") {
+        return text;
+    }
+    let mut out = text;
+    for (from, to) in [
+        ("{{host}}", "127.0.0.1".to_string()),
+        ("{{domains[www]}}", "127.0.0.1".to_string()),
+        ("{{domains[www1]}}", "127.0.0.1".to_string()),
+        ("{{domains[www2]}}", "127.0.0.1".to_string()),
+        ("{{hosts[alt][]}}", "127.0.0.1".to_string()),
+        ("{{ports[http][0]}}", port.to_string()),
+        ("{{ports[http][1]}}", port.to_string()),
+        ("{{ports[https][0]}}", port.to_string()),
+        ("{{ports[https][1]}}", port.to_string()),
+    ] {
+        out = out.replace(from, &to);
+    }
+    out
+}
+
 /// The Worker module for `file`, its data served from `base` (`http://127.0.0.1:PORT/`).
 ///
 /// As the WPT server's `.any.worker.js` wrapper does: `self.GLOBAL` says "worker", then
@@ -165,8 +189,14 @@ fn module(file: &TestFile, base: &str) -> String {
 }));"#
             .to_string(),
     ));
+    let port: u16 = base
+        .trim_end_matches('/')
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
     for script in &file.scripts {
-        scripts.push((script.clone(), read(script)));
+        scripts.push((script.clone(), substitute(script, read(script), port)));
     }
     scripts.push((file.path.clone(), read(&file.path)));
     let scripts: Vec<Value> = scripts
@@ -180,7 +210,11 @@ globalThis.GLOBAL = {{ isWindow: () => false, isWorker: () => true, isShadowReal
 {{
   const nativeFetch = globalThis.fetch;
   globalThis.fetch = function fetch(input, init) {{
-    if (typeof input === "string" || input instanceof URL) input = new URL(String(input), location.href).href;
+    try {{
+      if (typeof input === "string" || input instanceof URL) input = new URL(String(input), location.href).href;
+    }} catch (e) {{
+      return Promise.reject(new TypeError(e.message));
+    }}
     return init === undefined ? nativeFetch(input) : nativeFetch(input, init);
   }};
 }}
