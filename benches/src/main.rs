@@ -1033,17 +1033,26 @@ mod tests {
 
     #[test]
     fn children_finds_a_worker_child_by_argument_and_its_rss() {
-        // `sh -c CMD NAME`: NAME is $0, so the shell's command line carries `__worker`.
-        let mut worker = Command::new("sh")
-            .args(["-c", "read line", "__worker"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawn sh");
-        let mut other = Command::new("sh")
-            .args(["-c", "read line", "other"])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("spawn sh");
+        use std::io::BufRead;
+        // `sh -c CMD NAME`: NAME is $0, so the shell's command line carries `__worker`. Each
+        // shell says "ready" once it runs (its command line is in /proc only after exec has
+        // finished setting it up; reading it earlier can find it empty).
+        let spawn = |name: &str| {
+            let mut child = Command::new("sh")
+                .args(["-c", "echo ready; read line", name])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("spawn sh");
+            let mut line = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
+                .read_line(&mut line)
+                .expect("ready line");
+            assert_eq!(line.trim(), "ready");
+            child
+        };
+        let mut worker = spawn("__worker");
+        let mut other = spawn("other");
         let me = std::process::id();
         let found = children(me, "__worker");
         let _ = worker.kill();
