@@ -187,9 +187,15 @@ fn histogram(
     )
 }
 
-/// 50 µs … ~1.6 s.
+/// 50 µs … ~1.6 s: isolate starts.
 fn latency_buckets() -> Vec<f64> {
     prometheus::exponential_buckets(0.00005, 2.0, 16).unwrap_or_default()
+}
+
+/// 100 µs … ~105 s: requests, invocations, egress and the worker round trip, which run up to
+/// `wall_ms` (and a response's timeout) and beyond — a histogram must see its slowest cases.
+fn duration_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0001, 2.0, 21).unwrap_or_default()
 }
 
 /// 1 ms … ~8 s (a vault read times out at 5 s).
@@ -220,7 +226,7 @@ impl Metrics {
                 "isogate_request_duration_seconds",
                 "Ingress request latency.",
                 &["tenant", "route"],
-                latency_buckets(),
+                duration_buckets(),
             ),
             in_flight: register(
                 &r,
@@ -278,7 +284,7 @@ impl Metrics {
                 "isogate_invocation_cpu_seconds",
                 "CPU time of an invocation.",
                 &["tenant"],
-                latency_buckets(),
+                duration_buckets(),
             ),
             queue_depth: gauge_vec(
                 &r,
@@ -303,7 +309,7 @@ impl Metrics {
                 "isogate_egress_duration_seconds",
                 "Time from sending an allowed outbound request to having its full response.",
                 &["tenant", "rule"],
-                latency_buckets(),
+                duration_buckets(),
             ),
             egress_failures: counter(
                 &r,
@@ -419,7 +425,7 @@ impl Metrics {
                         "isogate_worker_round_trip_seconds",
                         "Dispatch to answer of an invocation in a worker process.",
                     )
-                    .buckets(latency_buckets()),
+                    .buckets(duration_buckets()),
                 )
                 .expect("valid metric"),
             ),
@@ -555,6 +561,40 @@ impl PoolObserver for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The largest finite bucket of each duration histogram reaches a minute (wall limits of
+    /// 30–60 s must not all land in +Inf); isolate starts and vault reads keep finer buckets.
+    #[test]
+    fn duration_histograms_cover_a_minute() {
+        let m = Metrics::new();
+        m.request("t", "execute", 200, Duration::from_secs(45));
+        m.worker_round_trip.observe(45.0);
+        m.invocation("t", "ok", 45.0);
+        m.egress_duration.with_label_values(&["t", "r"]).observe(45.0);
+        let mut checked = 0;
+        for family in m.registry.gather() {
+            let name = family.name();
+            let Some(metric) = family.get_metric().first() else {
+                continue;
+            };
+            if family.get_field_type() != prometheus::proto::MetricType::HISTOGRAM
+                || name == "isogate_isolate_start_duration_seconds"
+                || name == "isogate_vault_read_duration_seconds"
+            {
+                continue;
+            }
+            let top = metric
+                .get_histogram()
+                .get_bucket()
+                .iter()
+                .map(|b| b.upper_bound())
+                .filter(|b| b.is_finite())
+                .fold(0.0, f64::max);
+            assert!(top >= 60.0, "{name}: largest bucket {top} s");
+            checked += 1;
+        }
+        assert_eq!(checked, 4, "request, invocation CPU, egress, worker round trip");
+    }
 
     fn touch_all(m: &Metrics) {
         m.request("t", "execute", 200, Duration::from_millis(1));
