@@ -570,7 +570,9 @@ mod tests {
         m.request("t", "execute", 200, Duration::from_secs(45));
         m.worker_round_trip.observe(45.0);
         m.invocation("t", "ok", 45.0);
-        m.egress_duration.with_label_values(&["t", "r"]).observe(45.0);
+        m.egress_duration
+            .with_label_values(&["t", "r"])
+            .observe(45.0);
         let mut checked = 0;
         for family in m.registry.gather() {
             let name = family.name();
@@ -593,7 +595,10 @@ mod tests {
             assert!(top >= 60.0, "{name}: largest bucket {top} s");
             checked += 1;
         }
-        assert_eq!(checked, 4, "request, invocation CPU, egress, worker round trip");
+        assert_eq!(
+            checked, 4,
+            "request, invocation CPU, egress, worker round trip"
+        );
     }
 
     fn touch_all(m: &Metrics) {
