@@ -445,6 +445,19 @@ impl Metrics {
         for limit in ["cpu", "wall", "heartbeat", "malformed"] {
             m.watchdog_kills.with_label_values(&[limit]).inc_by(0);
         }
+        // Counters whose labels are a fixed set start at 0, so that `increase()` sees the first
+        // event (a rejected reload, a failed secret fetch) instead of a series appearing at 1.
+        for result in ["ok", "rejected"] {
+            m.config_reloads.with_label_values(&[result]).inc_by(0);
+        }
+        for source in ["env", "file", "vault"] {
+            m.secret_fetch_errors.with_label_values(&[source]).inc_by(0);
+        }
+        for kind in [StartKind::Load, StartKind::GetMiss, StartKind::WarmRefill] {
+            m.isolate_starts
+                .with_label_values(&[kind.as_str()])
+                .inc_by(0);
+        }
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), isogate_pool::ENGINE])
             .set(1);
@@ -561,6 +574,29 @@ impl PoolObserver for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_with_fixed_labels_start_at_zero() {
+        let text = {
+            let m = Metrics::new();
+            let mut buf = Vec::new();
+            prometheus::TextEncoder::new()
+                .encode(&m.registry.gather(), &mut buf)
+                .unwrap();
+            String::from_utf8(buf).unwrap()
+        };
+        for sample in [
+            r#"isogate_config_reloads_total{result="rejected"} 0"#,
+            r#"isogate_config_reloads_total{result="ok"} 0"#,
+            r#"isogate_secret_fetch_errors_total{source="vault"} 0"#,
+            r#"isogate_secret_fetch_errors_total{source="file"} 0"#,
+            r#"isogate_secret_fetch_errors_total{source="env"} 0"#,
+            r#"isogate_isolate_starts_total{kind="load"} 0"#,
+            r#"isogate_worker_restarts_total{cause="seccomp"} 0"#,
+        ] {
+            assert!(text.contains(sample), "missing {sample}");
+        }
+    }
 
     /// The largest finite bucket of each duration histogram reaches a minute (wall limits of
     /// 30–60 s must not all land in +Inf); isolate starts and vault reads keep finer buckets.
