@@ -79,10 +79,7 @@ impl<T> Reply<T> {
 impl<T> Drop for Reply<T> {
     fn drop(&mut self) {
         if let Some(f) = self.0.take() {
-            f(Ok(failed(WorkerError::new(
-                ErrorKind::Internal,
-                "the isolate running this request failed",
-            ))));
+            f(Ok(lost()));
         }
     }
 }
@@ -324,12 +321,7 @@ impl Pool {
             let _ = tx.send(answer);
         }));
         // The reply always answers (a dropped one with `internal`); a lost channel is the same.
-        rx.await.unwrap_or_else(|_| {
-            Ok(failed(WorkerError::new(
-                ErrorKind::Internal,
-                "the isolate running this request failed",
-            )))
-        })
+        rx.await.unwrap_or_else(|_| Ok(lost()))
     }
 
     /// `load()`: runs `code` once in a fresh isolate, then discards the isolate. `hold` is
@@ -619,7 +611,7 @@ impl ThreadState {
         match self.take_isolate(kind).await {
             Ok((iso, cold)) => Some((iso, cold, reply)),
             Err(e) => {
-                reply.send(failed(e));
+                reply.send(Invocation::failed(e));
                 None
             }
         }
@@ -646,8 +638,12 @@ impl ThreadState {
     }
 }
 
-fn failed<T>(err: WorkerError) -> Invocation<T> {
-    Invocation::failed(err)
+/// The answer of a job its thread dropped unanswered (it panicked or is shutting down).
+fn lost<T>() -> Invocation<T> {
+    Invocation::failed(WorkerError::new(
+        ErrorKind::Internal,
+        "the isolate running this request failed",
+    ))
 }
 
 fn done<T>(
@@ -822,7 +818,7 @@ async fn run_get(
                 cold = true;
             }
             Err(e) => {
-                reply.send(failed(e));
+                reply.send(Invocation::failed(e));
                 return;
             }
         }

@@ -705,18 +705,7 @@ fn install<'js>(
         "structuredClone",
         Func::from(
             |ctx: Ctx<'js>, value: Value<'js>, options: rquickjs::function::Opt<Value<'js>>| {
-                // WebIDL: an optional dictionary may be passed as undefined or null.
-                let options = match options.0 {
-                    Some(v) if !v.is_undefined() && !v.is_null() => {
-                        Some(v.into_object().ok_or_else(|| {
-                            rquickjs::Exception::throw_type(
-                                &ctx,
-                                "structuredClone: options must be an object",
-                            )
-                        })?)
-                    }
-                    _ => None,
-                };
+                let options = text::dictionary(&ctx, options, "structuredClone")?;
                 llrt_utils::clone::structured_clone(&ctx, value, rquickjs::function::Opt(options))
             },
         ),

@@ -28,8 +28,9 @@ fn flag<'js>(options: &Option<Object<'js>>, name: &str) -> Result<bool> {
     }
 }
 
-/// A WebIDL optional dictionary: undefined/null are "not given", anything else must be an object.
-fn dictionary<'js>(
+/// A WebIDL optional dictionary argument: undefined/null are "not given", anything else must
+/// be an object (a TypeError naming `what` otherwise). Used by every host function taking one.
+pub(super) fn dictionary<'js>(
     ctx: &Ctx<'js>,
     value: Opt<Value<'js>>,
     what: &str,
