@@ -6,7 +6,7 @@
 mod common;
 
 use common::upstream::{Answer, Upstream};
-use common::{free_loopback_addr, sha256_hex, worker, Gateway};
+use common::{free_loopback_pair, sha256_hex, worker, Gateway};
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -69,8 +69,7 @@ struct Setup {
 fn setup() -> Setup {
     let (a, a_hits) = counting("a");
     let (b, b_hits) = counting("b");
-    let ingress = free_loopback_addr();
-    let admin = free_loopback_addr();
+    let (ingress, admin) = free_loopback_pair();
     let port = |addr: &str| addr.rsplit(':').next().unwrap().to_string();
     // `rollout` reports instead of enforcing and opens loopback for port A only.
     let rollout = format!(

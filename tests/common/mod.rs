@@ -58,6 +58,17 @@ pub fn free_loopback_addr() -> String {
     format!("127.0.0.1:{}", free_port())
 }
 
+/// Two different free loopback addresses (ingress, admin). A port freed by the probe can be
+/// handed out again at once, so the second is drawn until it differs.
+pub fn free_loopback_pair() -> (String, String) {
+    let first = free_loopback_addr();
+    let mut second = free_loopback_addr();
+    while second == first {
+        second = free_loopback_addr();
+    }
+    (first, second)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -108,8 +119,7 @@ impl Gateway {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
-        let ingress = free_loopback_addr();
-        let admin = free_loopback_addr();
+        let (ingress, admin) = free_loopback_pair();
         Gateway::start_at(dir, &ingress, &admin, pool, tenants, extra, env)
     }
 
