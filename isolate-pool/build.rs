@@ -1,5 +1,6 @@
-//! Compiles the Worker-facing JS layer (`src/engine/bootstrap.js`) to QuickJS bytecode at build
-//! time, so an isolate loads it with `Module::load` instead of parsing source on every start.
+//! Compiles the Worker-facing JS layer (`src/engine/bootstrap.js`) and the vendored Web Streams
+//! implementation (`vendor/web-streams-polyfill/ponyfill.js`, loaded on first use) to QuickJS
+//! bytecode at build time, so an isolate loads them with `Module::load` instead of parsing source.
 //! The bytecode is produced by the same `rquickjs-sys` (QuickJS) version the crate links, which is
 //! what makes it valid to load at run time.
 
@@ -7,20 +8,19 @@ use rquickjs::{module::WriteOptions, Context, Module, Runtime};
 use std::{env, fs, path::PathBuf};
 
 const BOOTSTRAP: &str = "src/engine/bootstrap.js";
+const STREAMS: &str = "vendor/web-streams-polyfill/ponyfill.js";
 
-fn main() {
-    println!("cargo:rerun-if-changed={BOOTSTRAP}");
-    let source = fs::read_to_string(BOOTSTRAP).expect("read bootstrap.js");
+fn compile(name: &str, source: String, out: &str) {
     let rt = Runtime::new().expect("quickjs runtime");
     let ctx = Context::full(&rt).expect("quickjs context");
     let bytes = ctx.with(|ctx| {
-        let module = match Module::declare(ctx.clone(), "isogate:bootstrap", source) {
+        let module = match Module::declare(ctx.clone(), name, source) {
             Ok(m) => m,
             Err(rquickjs::Error::Exception) => {
                 let exc = ctx.catch();
-                panic!("bootstrap.js does not compile: {exc:?}");
+                panic!("{name} does not compile: {exc:?}");
             }
-            Err(e) => panic!("bootstrap.js does not compile: {e}"),
+            Err(e) => panic!("{name} does not compile: {e}"),
         };
         module
             .write(WriteOptions {
@@ -29,6 +29,19 @@ fn main() {
             })
             .expect("write bytecode")
     });
-    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("bootstrap.qjsbc");
-    fs::write(out, bytes).expect("write bootstrap bytecode");
+    let path = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join(out);
+    fs::write(path, bytes).expect("write bytecode");
+}
+
+fn main() {
+    println!("cargo:rerun-if-changed={BOOTSTRAP}");
+    println!("cargo:rerun-if-changed={STREAMS}");
+    let bootstrap = fs::read_to_string(BOOTSTRAP).expect("read bootstrap.js");
+    compile("isogate:bootstrap", bootstrap, "bootstrap.qjsbc");
+    // The UMD bundle sees `exports` and `module` and fills `exports` (it touches no global).
+    let polyfill = fs::read_to_string(STREAMS).expect("read the web-streams-polyfill");
+    let streams = format!(
+        "const exports = {{}};\nconst module = {{ exports }};\n{polyfill}\nexport default exports;\n"
+    );
+    compile("isogate:streams", streams, "streams.qjsbc");
 }

@@ -19,6 +19,7 @@ const ObjectGetOwnPropertyDescriptor = Object.getOwnPropertyDescriptor;
 const ObjectFreeze = Object.freeze;
 const ObjectCreate = Object.create;
 const ObjectGetPrototypeOf = Object.getPrototypeOf;
+const ObjectSetPrototypeOf = Object.setPrototypeOf;
 const ObjectPrototype = Object.prototype;
 const ArrayPrototype = Array.prototype;
 const StringCtor = String;
@@ -45,6 +46,7 @@ const Uint8ArrayIndexOf = Uint8Array.prototype.indexOf;
 const Uint8ArraySubarray = Uint8Array.prototype.subarray;
 const StringIndexOf = String.prototype.indexOf;
 const StringToLowerCase = String.prototype.toLowerCase;
+const StringToUpperCase = String.prototype.toUpperCase;
 const StringTrim = String.prototype.trim;
 const StringIsWellFormed = String.prototype.isWellFormed;
 const StringToWellFormed = String.prototype.toWellFormed;
@@ -115,14 +117,13 @@ const HeadersGet = HeadersProto.get;
 const ResponseStatus = ObjectGetOwnPropertyDescriptor(ResponseProto, "status").get;
 const ResponseHeaders = ObjectGetOwnPropertyDescriptor(ResponseProto, "headers").get;
 const ResponseArrayBuffer = ResponseProto.arrayBuffer;
-const ResponseRedirect = NativeResponse.redirect;
 const RequestHeaders = ObjectGetOwnPropertyDescriptor(RequestProto, "headers").get;
 const RequestMethod = ObjectGetOwnPropertyDescriptor(RequestProto, "method").get;
 const RequestUrl = ObjectGetOwnPropertyDescriptor(RequestProto, "url").get;
 const RequestRedirect = ObjectGetOwnPropertyDescriptor(RequestProto, "redirect");
 const RequestArrayBuffer = RequestProto.arrayBuffer;
-const RequestText = RequestProto.text;
-const ResponseText = ResponseProto.text;
+const RequestBodyUsed = ObjectGetOwnPropertyDescriptor(RequestProto, "bodyUsed").get;
+const ResponseBodyUsed = ObjectGetOwnPropertyDescriptor(ResponseProto, "bodyUsed").get;
 const NULL_BODY_STATUS = new SetCtor([101, 103, 204, 205, 304]);
 const REDIRECT_STATUS = new SetCtor([301, 302, 303, 307, 308]);
 
@@ -167,6 +168,15 @@ function headerValue(name, value) {
     }
   }
   return ReflectApply(StringSlice, s, [start, end]);
+}
+function isRequestObject(value) {
+  if (value === null || typeof value !== "object") return false;
+  try {
+    ReflectApply(RequestMethod, value, []);
+    return true;
+  } catch {
+    return false;
+  }
 }
 function isHeaders(value) {
   if (value === null || typeof value !== "object") return false;
@@ -319,14 +329,32 @@ function installFetchChecks(g) {
     }
     const hasBody = body !== undefined && body !== null;
     const opts = responseInit(init, hasBody, "Response");
-    return ReflectConstruct(NativeResponse, [body, opts], new.target);
+    if (isReadableStream(body)) {
+      if (isUnusable(body)) throw new TypeErrorCtor("Response: the body stream is locked or has been read");
+      const response = ReflectConstruct(NativeResponse, [null, opts], new.target);
+      setStreamBody(response, body);
+      return response;
+    }
+    const response = ReflectConstruct(NativeResponse, [body, opts], new.target);
+    if (!hasBody) markNullBody(response);
+    return response;
   }
   function Request(input, init) {
     if (new.target === undefined) {
       throw new TypeErrorCtor("Failed to construct 'Request': please use the 'new' operator");
     }
+    // The body: init's, else the input Request's (a stream moves to the new Request).
+    const inputIsRequest = isRequestObject(input);
+    const inputStream = inputIsRequest ? streamBody(input) : undefined;
+    const inheritsNull = inputIsRequest ? isNullBody(input) : true;
+    const inputUnusable = inputIsRequest && !inheritsNull &&
+      (inputStream !== undefined ? isUnusable(inputStream) : isUsedNative(input, RequestBodyUsed));
     if (init === undefined || init === null || (typeof init !== "object" && typeof init !== "function")) {
-      return ReflectConstruct(NativeRequest, init === undefined ? [input] : [input, init], new.target);
+      if (inputUnusable) throw new TypeErrorCtor("Request: the input Request's body has already been used");
+      const request = ReflectConstruct(NativeRequest, init === undefined ? [input] : [input, init], new.target);
+      if (inputStream !== undefined) setStreamBody(request, inputStream);
+      else if (inheritsNull) markNullBody(request);
+      return request;
     }
     const opts = { __proto__: null };
     for (let i = 0; i < REQUEST_INIT_FIELDS.length; i++) {
@@ -335,12 +363,32 @@ function installFetchChecks(g) {
       if (v === undefined) continue;
       opts[field] = field === "headers" ? headerPairs(v) : v;
     }
-    return ReflectConstruct(NativeRequest, [input, opts], new.target);
+    const body = opts.body;
+    let stream = undefined;
+    if (isReadableStream(body)) {
+      if (isUnusable(body)) throw new TypeErrorCtor("Request: the body stream is locked or has been read");
+      const method = opts.method === undefined ? "GET" : ReflectApply(StringToUpperCase, StringCtor(opts.method), []);
+      if (method === "GET" || method === "HEAD") {
+        throw new TypeErrorCtor(`Request: a ${method} request cannot have a body`);
+      }
+      stream = body;
+      opts.body = null;
+    }
+    if (body === undefined && inputUnusable) {
+      throw new TypeErrorCtor("Request: the input Request's body has already been used");
+    }
+    const request = ReflectConstruct(NativeRequest, [input, opts], new.target);
+    if (stream !== undefined) setStreamBody(request, stream);
+    else if (body === undefined && inputStream !== undefined) setStreamBody(request, inputStream);
+    else if (body === null || (body === undefined && inheritsNull)) markNullBody(request);
+    return request;
   }
+  // Request and Response instances get a prototype of ours between them and the native one:
+  // LLRT's getters (body, bodyUsed, type) are not configurable, but can be shadowed there.
   for (const [wrapper, native, proto] of [
     [Headers, NativeHeaders, HeadersProto],
-    [Response, NativeResponse, ResponseProto],
-    [Request, NativeRequest, RequestProto],
+    [Response, NativeResponse, ObjectCreate(ResponseProto)],
+    [Request, NativeRequest, ObjectCreate(RequestProto)],
   ]) {
     ObjectDefineProperty(wrapper, "prototype", {
       __proto__: null,
@@ -373,7 +421,14 @@ function installFetchChecks(g) {
     }
     if (!typed) push(pairs, ["content-type", "application/json"]);
     opts.headers = pairs;
-    return ReflectConstruct(NativeResponse, [body, opts], NativeResponse);
+    return ReflectConstruct(NativeResponse, [body, opts], Response);
+  });
+  const nativeError = NativeResponse.error;
+  defineMethod(Response, "error", function error() {
+    const response = ReflectApply(nativeError, NativeResponse, []);
+    ObjectSetPrototypeOf(response, Response.prototype);
+    markNullBody(response);
+    return response;
   });
   defineMethod(Response, "redirect", function redirect(url, status) {
     const code = status === undefined ? 302 : toUnsignedShort(status);
@@ -386,7 +441,9 @@ function installFetchChecks(g) {
     } catch {
       throw new TypeErrorCtor(`Response.redirect: ${JSONStringify(StringCtor(url))} is not a valid URL`);
     }
-    return ReflectApply(ResponseRedirect, NativeResponse, [href, code]);
+    const response = ReflectConstruct(NativeResponse, [null, { __proto__: null, status: code, statusText: "", headers: [["location", href]] }], Response);
+    markNullBody(response);
+    return response;
   });
   defineMethod(HeadersProto, "set", function set(name, value) {
     const n = headerName(name);
@@ -563,30 +620,444 @@ function formDataFrom(g, what, contentType, bytes, decode) {
   }
 }
 const CRLF_BYTES = new Uint8ArrayCtor([CR, LF]);
-function installBodyParsers(g) {
-  const decoder = new g.TextDecoder();
-  const decodeFn = g.TextDecoder.prototype.decode;
-  const decode = (bytes) => ReflectApply(decodeFn, decoder, [bytes]);
-  for (const [proto, headers, arrayBuffer, what] of [
-    [RequestProto, RequestHeaders, RequestArrayBuffer, "Request.formData"],
-    [ResponseProto, ResponseHeaders, ResponseArrayBuffer, "Response.formData"],
-  ]) {
-    defineMethod(proto, "formData", async function formData() {
-      const contentType = ReflectApply(HeadersGet, ReflectApply(headers, this, []), ["content-type"]);
-      const bytes = new Uint8ArrayCtor(await ReflectApply(arrayBuffer, this, []));
-      return formDataFrom(g, what, contentType === null ? "" : contentType, bytes, decode);
+
+// ---- streams and bodies as streams ---------------------------------------------------------------
+// ReadableStream, WritableStream, TransformStream and friends come from the vendored
+// web-streams-polyfill (vendor/web-streams-polyfill, the WHATWG reference implementation's port).
+// It is compiled to bytecode at build time but only loaded into an isolate the first time its
+// Worker touches a stream global or a body's `.body`: the globals are accessors until then.
+//
+// Request/Response bodies are streams over LLRT's byte bodies: a body is null (no body), native
+// (LLRT holds the bytes; `.body` makes a one-chunk stream that reads them on first pull) or a
+// stream (`new Response(stream)`, or a native body whose `.body` was taken). Every consumer
+// (text, json, arrayBuffer, bytes, blob, formData, dispatch, fetch) reads through `bodyBytes`.
+const WeakMapCtor = WeakMap;
+const WeakMapGet = WeakMap.prototype.get;
+const WeakMapSet = WeakMap.prototype.set;
+const WeakSetCtor = WeakSet;
+const WeakSetHas = WeakSet.prototype.has;
+const WeakSetAdd = WeakSet.prototype.add;
+const ObjectHasOwn = Object.hasOwn;
+const ArrayBufferIsView = ArrayBuffer.isView;
+const ArrayBufferSlice = ArrayBuffer.prototype.slice;
+const ArrayBufferByteLength = ObjectGetOwnPropertyDescriptor(ArrayBuffer.prototype, "byteLength").get;
+const TypedArrayProto = ObjectGetPrototypeOf(Uint8Array.prototype);
+const ViewBuffer = ObjectGetOwnPropertyDescriptor(TypedArrayProto, "buffer").get;
+const ViewOffset = ObjectGetOwnPropertyDescriptor(TypedArrayProto, "byteOffset").get;
+const ViewLength = ObjectGetOwnPropertyDescriptor(TypedArrayProto, "byteLength").get;
+const DataViewBuffer = ObjectGetOwnPropertyDescriptor(DataView.prototype, "buffer").get;
+const DataViewOffset = ObjectGetOwnPropertyDescriptor(DataView.prototype, "byteOffset").get;
+const DataViewLength = ObjectGetOwnPropertyDescriptor(DataView.prototype, "byteLength").get;
+const Uint8ArraySet = Uint8Array.prototype.set;
+const STREAM_GLOBALS = [
+  "ReadableStream", "ReadableStreamDefaultReader", "ReadableStreamBYOBReader",
+  "ReadableStreamBYOBRequest", "ReadableStreamDefaultController", "ReadableByteStreamController",
+  "WritableStream", "WritableStreamDefaultWriter", "WritableStreamDefaultController",
+  "TransformStream", "TransformStreamDefaultController", "ByteLengthQueuingStrategy",
+  "CountQueuingStrategy",
+];
+/** Bodies that are streams (object → ReadableStream) and bodies that are null. */
+const STREAM_BODIES = new WeakMapCtor();
+const NULL_BODIES = new WeakSetCtor();
+/** Native bodies being or already read (LLRT's own flag cannot be read while a read is pending). */
+const USED_BODIES = new WeakSetCtor();
+/** The polyfill's classes and captured methods, once loaded (null before). */
+let streams = null;
+/** Loads the polyfill (host.streams) once per isolate; set up by installStreams. */
+let loadStreams = null;
+
+function streamBody(obj) {
+  return ReflectApply(WeakMapGet, STREAM_BODIES, [obj]);
+}
+function setStreamBody(obj, stream) {
+  ReflectApply(WeakMapSet, STREAM_BODIES, [obj, stream]);
+}
+function isNullBody(obj) {
+  return ReflectApply(WeakSetHas, NULL_BODIES, [obj]);
+}
+function markNullBody(obj) {
+  ReflectApply(WeakSetAdd, NULL_BODIES, [obj]);
+}
+function isUsedNative(obj, nativeUsed) {
+  return ReflectApply(WeakSetHas, USED_BODIES, [obj]) || ReflectApply(nativeUsed, obj, []);
+}
+/** Reads a native body once (LLRT's arrayBuffer), marking it used before the read starts. */
+async function readNative(obj, nativeArrayBuffer) {
+  ReflectApply(WeakSetAdd, USED_BODIES, [obj]);
+  return new Uint8ArrayCtor(await ReflectApply(nativeArrayBuffer, obj, []));
+}
+/** Whether `value` is a ReadableStream (the polyfill's brand check, not `instanceof`). */
+function isReadableStream(value) {
+  if (streams === null || value === null || typeof value !== "object") return false;
+  try {
+    ReflectApply(streams.locked, value, []);
+    return true;
+  } catch {
+    return false;
+  }
+}
+/** A stream that can no longer be read: locked, or read from / cancelled ("disturbed"). */
+function isUnusable(stream) {
+  return stream._disturbed === true || ReflectApply(streams.locked, stream, []);
+}
+/** The bytes of a chunk a body stream produced (a BufferSource), as a Uint8Array view. */
+function chunkBytes(chunk, what) {
+  if (ArrayBufferIsView(chunk)) {
+    try {
+      return new Uint8ArrayCtor(ReflectApply(ViewBuffer, chunk, []), ReflectApply(ViewOffset, chunk, []), ReflectApply(ViewLength, chunk, []));
+    } catch {
+      return new Uint8ArrayCtor(ReflectApply(DataViewBuffer, chunk, []), ReflectApply(DataViewOffset, chunk, []), ReflectApply(DataViewLength, chunk, []));
+    }
+  }
+  try {
+    ReflectApply(ArrayBufferByteLength, chunk, []);
+    return new Uint8ArrayCtor(chunk);
+  } catch {
+    throw new TypeErrorCtor(`${what}: a body stream produced a chunk that is not a Uint8Array, ArrayBuffer or view`);
+  }
+}
+/** A copy of a body chunk of the same type (a clone()'s second branch gets copies). */
+function cloneChunk(chunk) {
+  if (ArrayBufferIsView(chunk)) {
+    const bytes = chunkBytes(chunk, "clone");
+    const copy = ReflectApply(ArrayBufferSlice, ReflectApply(ViewBuffer, bytes, []), [bytes.byteOffset, bytes.byteOffset + bytes.length]);
+    const Ctor = ObjectGetPrototypeOf(chunk).constructor;
+    const unit = typeof Ctor.BYTES_PER_ELEMENT === "number" ? Ctor.BYTES_PER_ELEMENT : 1;
+    return new Ctor(copy, 0, bytes.length / unit);
+  }
+  try {
+    const n = ReflectApply(ArrayBufferByteLength, chunk, []);
+    return ReflectApply(ArrayBufferSlice, chunk, [0, n]);
+  } catch {
+    return chunk;
+  }
+}
+/** Reads a whole stream into one Uint8Array, refusing more than `limit` bytes. */
+async function readStream(stream, limit, what) {
+  if (isUnusable(stream)) throw new TypeErrorCtor(`${what}: the body has already been used`);
+  const reader = ReflectApply(streams.getReader, stream, []);
+  const parts = [];
+  let total = 0;
+  for (;;) {
+    const step = await ReflectApply(streams.read, reader, []);
+    if (step.done) break;
+    const bytes = chunkBytes(step.value, what);
+    total += bytes.length;
+    if (total > limit) {
+      const err = new RangeErrorCtor(`${what}: the body exceeds the limit of ${limit} bytes`);
+      ReflectApply(streams.cancelReader, reader, [err]);
+      throw err;
+    }
+    push(parts, bytes);
+  }
+  if (parts.length === 1) return parts[0];
+  const out = new Uint8ArrayCtor(total);
+  let at = 0;
+  for (let i = 0; i < parts.length; i++) {
+    ReflectApply(Uint8ArraySet, out, [parts[i], at]);
+    at += parts[i].length;
+  }
+  return out;
+}
+/**
+ * The body of a Request/Response as bytes, consuming it. `nativeArrayBuffer` is the class's
+ * own reader (its brand check rejects other objects); `nativeUsed` its bodyUsed getter.
+ */
+async function bodyBytes(obj, nativeArrayBuffer, nativeUsed, limit, what) {
+  const stream = streamBody(obj);
+  if (stream !== undefined) return readStream(stream, limit, what);
+  if (isUsedNative(obj, nativeUsed)) throw new TypeErrorCtor(`${what}: the body has already been used`);
+  if (isNullBody(obj)) return new Uint8ArrayCtor(0);
+  const bytes = await readNative(obj, nativeArrayBuffer);
+  if (bytes.length > limit) throw new RangeErrorCtor(`${what}: the body exceeds the limit of ${limit} bytes`);
+  return bytes;
+}
+/** A byte stream with one chunk, produced by `read()` on the first pull (never before). */
+function lazyByteStream(read) {
+  return new streams.ReadableStream({
+    type: "bytes",
+    async pull(controller) {
+      const bytes = await read();
+      if (bytes.length > 0) controller.enqueue(bytes);
+      controller.close();
+      const request = controller.byobRequest;
+      if (request) request.respond(0);
+    },
+  });
+}
+
+function installStreams(g, host, wrappers) {
+  const hostStreams = host.streams;
+  const accessors = { __proto__: null };
+  loadStreams = function load() {
+    if (streams !== null) return streams;
+    const ns = hostStreams();
+    const RS = ns.ReadableStream;
+    const TS = ns.TransformStream;
+    const readerProto = ns.ReadableStreamDefaultReader.prototype;
+    streams = {
+      __proto__: null,
+      ReadableStream: RS,
+      TransformStream: TS,
+      locked: ObjectGetOwnPropertyDescriptor(RS.prototype, "locked").get,
+      getReader: RS.prototype.getReader,
+      tee: RS.prototype.tee,
+      cancel: RS.prototype.cancel,
+      pipeThrough: RS.prototype.pipeThrough,
+      read: readerProto.read,
+      cancelReader: readerProto.cancel,
+    };
+    const classes = { __proto__: null };
+    for (const name of STREAM_GLOBALS) classes[name] = ns[name];
+    classes.TextEncoderStream = textEncoderStream(g, TS);
+    classes.TextDecoderStream = textDecoderStream(g, TS);
+    // WebIDL attributes are enumerable (class accessors are not).
+    for (const ctor of [classes.TextEncoderStream, classes.TextDecoderStream]) {
+      for (const key of ReflectOwnKeys(ctor.prototype)) {
+        const desc = ObjectGetOwnPropertyDescriptor(ctor.prototype, key);
+        if (desc.get !== undefined) {
+          desc.enumerable = true;
+          ObjectDefineProperty(ctor.prototype, key, desc);
+        }
+      }
+    }
+    for (const name in classes) {
+      const desc = ObjectGetOwnPropertyDescriptor(g, name);
+      // A global the Worker assigned before the first use stays the Worker's.
+      if (desc !== undefined && desc.get !== accessors[name]) continue;
+      ObjectDefineProperty(g, name, { __proto__: null, value: classes[name], writable: true, enumerable: false, configurable: true });
+    }
+    return streams;
+  };
+  for (const name of [...STREAM_GLOBALS, "TextEncoderStream", "TextDecoderStream"]) {
+    const get = function () {
+      loadStreams();
+      return g[name];
+    };
+    accessors[name] = get;
+    ObjectDefineProperty(g, name, {
+      __proto__: null,
+      get,
+      set(value) {
+        ObjectDefineProperty(g, name, { __proto__: null, value, writable: true, enumerable: false, configurable: true });
+      },
+      enumerable: false,
+      configurable: true,
     });
   }
-  // `json()` is JSON.parse of the body's text (LLRT's own parser rejects what JSON allows, such
-  // as escaped lone surrogates, and throws a plain Error where the standard says SyntaxError).
-  for (const [proto, text] of [
-    [RequestProto, RequestText],
-    [ResponseProto, ResponseText],
-  ]) {
+
+  // The Body mixin of Request and Response, over the native classes.
+  for (const [nativeProto, what] of [[RequestProto, "Request"], [ResponseProto, "Response"]]) {
+    const proto = wrappers[what].prototype;
+    const nativeArrayBuffer = nativeProto.arrayBuffer;
+    const nativeUsed = ObjectGetOwnPropertyDescriptor(nativeProto, "bodyUsed").get;
+    const nativeClone = nativeProto.clone;
+    const nativeHeaders = nativeProto === RequestProto ? RequestHeaders : ResponseHeaders;
+    const contentType = (obj) => ReflectApply(HeadersGet, ReflectApply(nativeHeaders, obj, []), ["content-type"]);
+    const read = (obj, method) => bodyBytes(obj, nativeArrayBuffer, nativeUsed, Infinity, `${what}.${method}`);
+    function bodyOf(obj) {
+      const existing = streamBody(obj);
+      if (existing !== undefined) return existing;
+      const used = isUsedNative(obj, nativeUsed);
+      if (isNullBody(obj)) return null;
+      loadStreams();
+      let stream;
+      if (used) {
+        // Read by a consumer: a stream that is disturbed and stays locked, as after a read.
+        stream = new streams.ReadableStream();
+        ReflectApply(streams.cancelReader, ReflectApply(streams.getReader, stream, []), []);
+      } else {
+        stream = lazyByteStream(() => readNative(obj, nativeArrayBuffer));
+      }
+      setStreamBody(obj, stream);
+      return stream;
+    }
+    function bodyUsed(obj) {
+      const stream = streamBody(obj);
+      if (stream !== undefined) return stream._disturbed === true;
+      return isUsedNative(obj, nativeUsed);
+    }
+    ObjectDefineProperty(proto, "body", {
+      __proto__: null,
+      get: function body() {
+        return bodyOf(this);
+      },
+      enumerable: true,
+      configurable: true,
+    });
+    ObjectDefineProperty(proto, "bodyUsed", {
+      __proto__: null,
+      get: function bodyUsedGetter() {
+        return bodyUsed(this);
+      },
+      enumerable: true,
+      configurable: true,
+    });
+    defineMethod(proto, "arrayBuffer", async function arrayBuffer() {
+      const bytes = await read(this, "arrayBuffer");
+      const buffer = ReflectApply(ViewBuffer, bytes, []);
+      if (bytes.byteOffset === 0 && bytes.length === ReflectApply(ArrayBufferByteLength, buffer, [])) return buffer;
+      return ReflectApply(ArrayBufferSlice, buffer, [bytes.byteOffset, bytes.byteOffset + bytes.length]);
+    });
+    defineMethod(proto, "bytes", async function bytes() {
+      return read(this, "bytes");
+    });
+    const decoder = new g.TextDecoder();
+    const decode = g.TextDecoder.prototype.decode;
+    defineMethod(proto, "text", async function text() {
+      return ReflectApply(decode, decoder, [await read(this, "text")]);
+    });
+    // `json()` is JSON.parse of the body's text (LLRT's own parser rejects what JSON allows, such
+    // as escaped lone surrogates, and throws a plain Error where the standard says SyntaxError).
     defineMethod(proto, "json", async function json() {
-      return JSONParse(await ReflectApply(text, this, []));
+      return JSONParse(ReflectApply(decode, decoder, [await read(this, "json")]));
+    });
+    const BlobCtor = g.Blob;
+    defineMethod(proto, "blob", async function blob() {
+      const type = contentType(this);
+      const bytes = await read(this, "blob");
+      return new BlobCtor([bytes], { type: type === null ? "" : type });
+    });
+    defineMethod(proto, "formData", async function formData() {
+      const type = contentType(this);
+      const bytes = await read(this, "formData");
+      return formDataFrom(g, `${what}.formData`, type === null ? "" : type, bytes, (b) => ReflectApply(decode, decoder, [b]));
+    });
+    defineMethod(proto, "clone", function clone() {
+      if (bodyUsed(this)) throw new TypeErrorCtor(`${what}.clone: the body has already been used`);
+      const stream = streamBody(this);
+      if (stream !== undefined && ReflectApply(streams.locked, stream, [])) {
+        throw new TypeErrorCtor(`${what}.clone: the body is locked`);
+      }
+      const copy = ReflectApply(nativeClone, this, []);
+      ObjectSetPrototypeOf(copy, ObjectGetPrototypeOf(this));
+      if (isNullBody(this)) markNullBody(copy);
+      if (stream !== undefined) {
+        // The standard tees with the second branch's chunks cloned, so that neither reader can
+        // change the bytes the other sees.
+        const branches = ReflectApply(streams.tee, stream, []);
+        setStreamBody(this, branches[0]);
+        setStreamBody(copy, ReflectApply(streams.pipeThrough, branches[1], [new streams.TransformStream({
+          transform(chunk, controller) {
+            controller.enqueue(cloneChunk(chunk));
+          },
+        })]));
+      }
+      // A fetch() response's own url/redirected (see fetch below) belong to the copy too.
+      for (const key of ["url", "redirected"]) {
+        if (ObjectHasOwn(this, key)) ObjectDefineProperty(copy, key, ObjectGetOwnPropertyDescriptor(this, key));
+      }
+      return copy;
     });
   }
+
+  // Response.type: "error" for Response.error(), else "default" (as in Workers; LLRT says "basic").
+  const responseType = ObjectGetOwnPropertyDescriptor(ResponseProto, "type").get;
+  ObjectDefineProperty(wrappers.Response.prototype, "type", {
+    __proto__: null,
+    get: function type() {
+      return ReflectApply(responseType, this, []) === "error" ? "error" : "default";
+    },
+    enumerable: true,
+    configurable: true,
+  });
+
+  // Blob.prototype.stream(): the blob's bytes as a byte stream.
+  const BlobProto = g.Blob.prototype;
+  const blobArrayBuffer = BlobProto.arrayBuffer;
+  const blobSize = ObjectGetOwnPropertyDescriptor(BlobProto, "size").get;
+  defineMethod(BlobProto, "stream", function stream() {
+    ReflectApply(blobSize, this, []);
+    const blob = this;
+    loadStreams();
+    return lazyByteStream(async () => new Uint8ArrayCtor(await ReflectApply(blobArrayBuffer, blob, [])));
+  });
+}
+
+/** TextEncoderStream per the Encoding standard: UTF-8, a lone surrogate split across chunks kept. */
+function textEncoderStream(g, TS) {
+  const encoder = new g.TextEncoder();
+  const encode = g.TextEncoder.prototype.encode;
+  class TextEncoderStream {
+    #stream;
+    constructor() {
+      let pending = "";
+      this.#stream = new TS({
+        transform(chunk, controller) {
+          let s = pending + StringCtor(chunk);
+          pending = "";
+          const last = s.length > 0 ? charCodeAt(s, s.length - 1) : 0;
+          if (last >= 0xd800 && last <= 0xdbff) {
+            pending = ReflectApply(StringSlice, s, [s.length - 1]);
+            s = ReflectApply(StringSlice, s, [0, s.length - 1]);
+          }
+          if (s.length > 0) controller.enqueue(ReflectApply(encode, encoder, [s]));
+        },
+        flush(controller) {
+          if (pending !== "") controller.enqueue(new Uint8ArrayCtor([0xef, 0xbf, 0xbd]));
+        },
+      });
+    }
+    get encoding() {
+      this.#stream;
+      return "utf-8";
+    }
+    get readable() {
+      return this.#stream.readable;
+    }
+    get writable() {
+      return this.#stream.writable;
+    }
+  }
+  return TextEncoderStream;
+}
+
+/** TextDecoderStream per the Encoding standard, over TextDecoder's streaming decode. */
+function textDecoderStream(g, TS) {
+  const TextDecoderCtor = g.TextDecoder;
+  const decode = TextDecoderCtor.prototype.decode;
+  const STREAM = ObjectFreeze({ __proto__: null, stream: true });
+  class TextDecoderStream {
+    #decoder;
+    #stream;
+    constructor(label = "utf-8", options = undefined) {
+      const decoder = new TextDecoderCtor(label, options);
+      this.#decoder = decoder;
+      this.#stream = new TS({
+        transform(chunk, controller) {
+          if (!ArrayBufferIsView(chunk)) {
+            try {
+              ReflectApply(ArrayBufferByteLength, chunk, []);
+            } catch {
+              throw new TypeErrorCtor("TextDecoderStream: a chunk must be an ArrayBuffer or a view");
+            }
+          }
+          const s = ReflectApply(decode, decoder, [chunk, STREAM]);
+          if (s !== "") controller.enqueue(s);
+        },
+        flush(controller) {
+          const s = ReflectApply(decode, decoder, []);
+          if (s !== "") controller.enqueue(s);
+        },
+      });
+    }
+    get encoding() {
+      return this.#decoder.encoding;
+    }
+    get fatal() {
+      return this.#decoder.fatal;
+    }
+    get ignoreBOM() {
+      return this.#decoder.ignoreBOM;
+    }
+    get readable() {
+      return this.#stream.readable;
+    }
+    get writable() {
+      return this.#stream.writable;
+    }
+  }
+  return TextDecoderStream;
 }
 
 // ---- events --------------------------------------------------------------------------------------
@@ -926,7 +1397,7 @@ function installStackTraceGuard() {
 
 export function install(host) {
   const g = globalThis;
-  const { sleep, fetch: hostFetch, randomBytes } = host;
+  const { sleep, fetch: hostFetch, randomBytes, maxBodyBytes } = host;
 
   // ---- native memory guards ---------------------------------------------------------------
   // LLRT keeps the bytes of Buffer, Blob, File, TextEncoder/TextDecoder and atob/btoa in Rust
@@ -1228,6 +1699,48 @@ export function install(host) {
     });
   }
 
+  // ---- ArrayBuffer.prototype.transfer -------------------------------------------------------
+  // QuickJS's transfer (and any detach) of a buffer the Rust side made (Response.arrayBuffer(),
+  // Blob, TextEncoder, ...) corrupts memory: the new buffer gets the free function without its
+  // opaque (a Rust Vec freed with the wrong capacity, or reallocated with QuickJS's allocator when
+  // the length changes) and the detached original is freed again with a null pointer. A
+  // fixed-length buffer is therefore "transferred" by copying into a QuickJS-allocated buffer
+  // (charged; fails as a RangeError) and the original is NOT detached (a deviation from the
+  // standard: the sender keeps its bytes). Resizable buffers are only ever made by QuickJS and
+  // keep the native transfer. LLRT's structuredClone transfer calls this method too.
+  {
+    const ArrayBufferCtor = ArrayBuffer;
+    const proto = ArrayBufferCtor.prototype;
+    const getter = (name) => ObjectGetOwnPropertyDescriptor(proto, name).get;
+    const byteLength = getter("byteLength");
+    const detached = getter("detached");
+    const resizable = getter("resizable");
+    for (const name of ["transfer", "transferToFixedLength"]) {
+      const native = proto[name];
+      if (typeof native !== "function") continue;
+      defineMethod(proto, name, {
+        [name](newLength) {
+          const old = ReflectApply(byteLength, this, []);
+          if (ReflectApply(resizable, this, [])) return ReflectApply(native, this, [newLength]);
+          if (ReflectApply(detached, this, [])) {
+            throw new TypeErrorCtor(`ArrayBuffer.prototype.${name}: the buffer is detached`);
+          }
+          let len = old;
+          if (newLength !== undefined) {
+            len = NumberCtor(newLength);
+            len = len !== len ? 0 : MathTrunc(len);
+            if (len < 0 || len > 9007199254740991) {
+              throw new RangeErrorCtor(`ArrayBuffer.prototype.${name}: invalid length`);
+            }
+          }
+          const out = new ArrayBufferCtor(len);
+          new Uint8ArrayCtor(out).set(new Uint8ArrayCtor(this, 0, MathMin(len, old)));
+          return out;
+        },
+      }[name]);
+    }
+  }
+
   // ---- timers -----------------------------------------------------------------------------
   // One host sleep per timer; a cleared timer's sleep still ends but its callback is skipped.
   let nextTimerId = 1;
@@ -1335,7 +1848,7 @@ export function install(host) {
   // ---- fetch --------------------------------------------------------------------------------
   const checked = installFetchChecks(g);
   installBlobSlice(g);
-  installBodyParsers(g);
+  installStreams(g, host, checked);
   installEvents(g);
   // navigator, as in Workers: who is running the code.
   define("navigator", ObjectFreeze({ __proto__: null, userAgent: "isogate", hardwareConcurrency: 1, language: "en-US", languages: ObjectFreeze(["en-US"]) }));
@@ -1343,14 +1856,6 @@ export function install(host) {
   define("self", g);
   installStackTraceGuard();
   const consoleError = console.error;
-  function isRequest(value) {
-    try {
-      ReflectApply(RequestMethod, value, []);
-      return true;
-    } catch {
-      return false;
-    }
-  }
   async function fetch(input, init) {
     const request = new checked.Request(input, init);
     const headers = [];
@@ -1359,19 +1864,20 @@ export function install(host) {
     ]);
     const method = ReflectApply(RequestMethod, request, []);
     let body = null;
-    if (method !== "GET" && method !== "HEAD") {
-      body = new Uint8ArrayCtor(await ReflectApply(RequestArrayBuffer, request, []));
+    if (method !== "GET" && method !== "HEAD" && (streamBody(request) !== undefined || !isNullBody(request))) {
+      body = await bodyBytes(request, RequestArrayBuffer, RequestBodyUsed, maxBodyBytes, "fetch");
     }
     let redirect = init !== undefined && init !== null ? init.redirect : undefined;
-    if (!redirect && isRequest(input)) redirect = input.redirect;
+    if (!redirect && isRequestObject(input)) redirect = input.redirect;
     const url = ReflectApply(RequestUrl, request, []);
     const res = await hostFetch(method, url, headers, body, StringCtor(redirect || "follow"));
     const nullBody = ReflectApply(SetHas, NULL_BODY_STATUS, [res.status]) || method === "HEAD";
-    const response = new NativeResponse(nullBody ? null : res.body, {
+    const response = ReflectConstruct(NativeResponse, [nullBody ? null : res.body, {
       __proto__: null,
       status: res.status,
       headers: res.headers,
-    });
+    }], checked.Response);
+    if (nullBody) markNullBody(response);
     // The response's URL (after redirects) and whether a redirect was followed; LLRT's class
     // has no way to set them, so they are own read-only properties of the response.
     const finalUrl = res.url === "" ? url : res.url;
@@ -1441,7 +1947,8 @@ export function install(host) {
     const waits = { __proto__: null, pending: 0, resolve: null };
     const init = { __proto__: null, method, headers };
     if (body !== null && method !== "GET" && method !== "HEAD") init.body = body;
-    const request = new NativeRequest(url, init);
+    const request = ReflectConstruct(NativeRequest, [url, init], checked.Request);
+    if (init.body === undefined) markNullBody(request);
     const response = await handler.fetch(request, env, makeCtx(waits));
     let status;
     try {
@@ -1455,7 +1962,7 @@ export function install(host) {
     ReflectApply(HeadersForEach, ReflectApply(ResponseHeaders, response, []), [
       (value, name) => push(outHeaders, [name, value]),
     ]);
-    const bytes = new Uint8ArrayCtor(await ReflectApply(ResponseArrayBuffer, response, []));
+    const bytes = await bodyBytes(response, ResponseArrayBuffer, ResponseBodyUsed, maxBodyBytes, "the Worker's Response");
     return {
       __proto__: null,
       status,

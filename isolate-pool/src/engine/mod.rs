@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 
 /// The Worker-facing JS layer, compiled to QuickJS bytecode by `build.rs`.
 static BOOTSTRAP_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bootstrap.qjsbc"));
+/// The Web Streams implementation (vendored web-streams-polyfill), compiled by `build.rs`; an
+/// isolate loads it the first time its Worker touches a stream (`host.streams`).
+static STREAMS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streams.qjsbc"));
 
 /// Name of the engine, reported in build info.
 pub const ENGINE_NAME: &str = "quickjs";
@@ -749,6 +752,18 @@ fn install<'js>(
             ))
         }),
     )?;
+    host.set(
+        "streams",
+        Func::from(|ctx: Ctx<'js>| -> rquickjs::Result<Value<'js>> {
+            // SAFETY: the bytes are QuickJS bytecode written by build.rs with the same rquickjs-sys
+            // (QuickJS) version this crate links, from the vendored polyfill; they are 'static.
+            let module = unsafe { Module::load(ctx.clone(), STREAMS_BYTECODE)? };
+            let (module, promise) = module.eval()?;
+            promise.finish::<()>()?;
+            module.get("default")
+        }),
+    )?;
+    host.set("maxBodyBytes", crate::wire::MAX_BODY_BYTES as f64)?;
     let fetch_state = state;
     host.set(
         "fetch",

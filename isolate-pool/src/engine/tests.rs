@@ -327,6 +327,126 @@ fn web_api_details_follow_the_standards() {
     });
 }
 
+/// QuickJS's own transfer of an ArrayBuffer the Rust side made frees the Rust allocation with the
+/// wrong capacity (or reallocates it with QuickJS's allocator) and frees the detached original
+/// again with a null pointer: in a debug build that aborts the process when the isolate is
+/// dropped at the end of this test. Transfers copy instead.
+#[test]
+fn transferring_rust_made_array_buffers_is_safe() {
+    run(async {
+        let (res, logs) = fetch_once(
+            r#"export default { async fetch() {
+                const native = await new Response("abcdef").arrayBuffer();
+                const same = native.transfer();
+                const longer = (await new Response("xy").arrayBuffer()).transfer(5);
+                const fixed = new TextEncoder().encode("123").buffer.transferToFixedLength(2);
+                const moved = await new Response("mv").arrayBuffer();
+                const viaClone = structuredClone(moved, { transfer: [moved] });
+                const rab = new ArrayBuffer(2, { maxByteLength: 8 });
+                const rabT = rab.transfer(4);
+                let bad;
+                try { new ArrayBuffer(1).transfer(-1); } catch (e) { bad = e.constructor.name; }
+                return Response.json([same.byteLength, longer.byteLength, new Uint8Array(longer)[1], new Uint8Array(longer)[4],
+                    fixed.byteLength, viaClone.byteLength, rabT.byteLength, rab.detached, rabT.resizable, bad]);
+            } }"#,
+        )
+        .await;
+        let res = res.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
+        let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([6, 5, 121, 0, 2, 2, 4, true, true, "RangeError"])
+        );
+    });
+}
+
+#[test]
+fn bodies_are_streams_and_streams_are_bodies() {
+    run(async {
+        let (res, logs) = fetch_once(
+            r#"export default { async fetch(request) {
+                const out = {};
+                const err = async (f) => { try { await f(); return "no error"; } catch (e) { return `${e.constructor.name}`; } };
+                out.globals = [typeof ReadableStream, typeof WritableStream, typeof TransformStream,
+                    typeof TextEncoderStream, typeof TextDecoderStream, typeof ByteLengthQueuingStrategy];
+                out.nullBodies = [request.body, new Response().body, new Response(null, { status: 204 }).body,
+                    Response.redirect("http://x/").body, Response.error().body, new Request("http://x/").body];
+                // A native body read through its stream, then gone.
+                const r = new Response("hello");
+                const reader = r.body.getReader();
+                const first = await reader.read();
+                out.native = [first.value instanceof Uint8Array, new TextDecoder().decode(first.value),
+                    (await reader.read()).done, r.bodyUsed];
+                out.reread = await err(() => r.text());
+                // A streamed Response built chunk by chunk.
+                const enc = new TextEncoder();
+                const stream = new ReadableStream({ start(c) { c.enqueue(enc.encode("a")); c.enqueue(enc.encode("b")); c.close(); } });
+                const s = new Response(stream, { headers: { "content-type": "text/plain" } });
+                out.streamed = [s.body === stream, s.bodyUsed, await s.text(), s.bodyUsed];
+                out.lockedBody = await err(() => { const st = new ReadableStream(); st.getReader(); return new Response(st); });
+                out.stringChunk = await err(() => new Response(new ReadableStream({ start(c) { c.enqueue("x"); c.close(); } })).text());
+                // The proxy pattern: new Response(res.body, res).
+                const upstream = new Response("proxied", { status: 201, headers: { "x-a": "1" } });
+                const proxied = new Response(upstream.body, upstream);
+                out.proxy = [proxied.status, proxied.headers.get("x-a"), await proxied.text()];
+                // clone() tees.
+                const c1 = new Response(new ReadableStream({ start(c) { c.enqueue(enc.encode("tee")); c.close(); } }));
+                const c2 = c1.clone();
+                out.clone = [await c1.text(), await c2.text()];
+                // TransformStream and the encoding streams, piped.
+                const upper = new TransformStream({ transform(chunk, c) { c.enqueue(chunk.toUpperCase()); } });
+                const piped = new Response(new Blob(["shout"]).stream()
+                    .pipeThrough(new TextDecoderStream()).pipeThrough(upper).pipeThrough(new TextEncoderStream()));
+                out.piped = await piped.text();
+                out.blobStream = await new Response(new Blob(["b", "lob"]).stream()).arrayBuffer().then((b) => b.byteLength);
+                const rq = new Request("http://x/", { method: "POST", body: new ReadableStream({ start(c) { c.enqueue(enc.encode("{\"k\":1}")); c.close(); } }) });
+                out.request = [(await rq.clone().json()).k, await rq.text()];
+                out.getWithStream = await err(() => new Request("http://x/", { body: new ReadableStream() }));
+                const chunks = [];
+                for await (const chunk of new Response("iter").body) chunks.push(chunk.length);
+                out.asyncIter = chunks;
+                // The Worker's own response is a stream the runtime reads.
+                return new Response(new ReadableStream({
+                    async pull(c) { c.enqueue(enc.encode(JSON.stringify(out))); c.close(); },
+                }), { headers: { "content-type": "application/json" } });
+            } }"#,
+        )
+        .await;
+        let res = res.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
+        let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+        use serde_json::json;
+        assert_eq!(
+            v["globals"],
+            json!(["function", "function", "function", "function", "function", "function"]),
+            "{v}"
+        );
+        assert_eq!(
+            v["nullBodies"],
+            json!([null, null, null, null, null, null]),
+            "{v}"
+        );
+        assert_eq!(v["native"], json!([true, "hello", true, true]), "{v}");
+        assert_eq!(v["reread"], json!("TypeError"), "{v}");
+        assert_eq!(v["streamed"], json!([true, false, "ab", true]), "{v}");
+        assert_eq!(v["lockedBody"], json!("TypeError"), "{v}");
+        assert_eq!(v["stringChunk"], json!("TypeError"), "{v}");
+        assert_eq!(v["proxy"], json!([201, "1", "proxied"]), "{v}");
+        assert_eq!(v["clone"], json!(["tee", "tee"]), "{v}");
+        assert_eq!(v["piped"], json!("SHOUT"), "{v}");
+        assert_eq!(v["blobStream"], json!(4), "{v}");
+        assert_eq!(v["request"], json!([1, "{\"k\":1}"]), "{v}");
+        assert_eq!(v["getWithStream"], json!("TypeError"), "{v}");
+        assert_eq!(v["asyncIter"], json!([4]), "{v}");
+        assert_eq!(
+            res.headers
+                .iter()
+                .find(|(n, _)| n == "content-type")
+                .map(|(_, v)| v.as_str()),
+            Some("application/json")
+        );
+    });
+}
+
 #[test]
 fn a_large_module_loaded_again_comes_from_bytecode_and_behaves_the_same() {
     run(async {
