@@ -811,8 +811,11 @@ function installStreams(g, host, wrappers) {
     for (const name of STREAM_GLOBALS) classes[name] = ns[name];
     classes.TextEncoderStream = textEncoderStream(g, TS);
     classes.TextDecoderStream = textDecoderStream(g, TS);
-    // WebIDL attributes are enumerable (class accessors are not).
-    for (const ctor of [classes.TextEncoderStream, classes.TextDecoderStream]) {
+    classes.CompressionStream = compressionStream(TS, host.codec, host.reserve, true);
+    classes.DecompressionStream = compressionStream(TS, host.codec, host.reserve, false);
+    // WebIDL attributes are enumerable (class accessors are not); instances have a class string.
+    for (const ctor of [classes.TextEncoderStream, classes.TextDecoderStream, classes.CompressionStream, classes.DecompressionStream]) {
+      ObjectDefineProperty(ctor.prototype, Symbol.toStringTag, { __proto__: null, value: ctor.name, configurable: true });
       for (const key of ReflectOwnKeys(ctor.prototype)) {
         const desc = ObjectGetOwnPropertyDescriptor(ctor.prototype, key);
         if (desc.get !== undefined) {
@@ -829,7 +832,7 @@ function installStreams(g, host, wrappers) {
     }
     return streams;
   };
-  for (const name of [...STREAM_GLOBALS, "TextEncoderStream", "TextDecoderStream"]) {
+  for (const name of [...STREAM_GLOBALS, "TextEncoderStream", "TextDecoderStream", "CompressionStream", "DecompressionStream"]) {
     const get = function () {
       loadStreams();
       return g[name];
@@ -1010,6 +1013,63 @@ function textEncoderStream(g, TS) {
     }
   }
   return TextEncoderStream;
+}
+
+/**
+ * CompressionStream / DecompressionStream per the Compression standard, over a native codec
+ * (engine/codec.rs: bounded output per call, native state given back at the end). Each chunk
+ * must be a BufferSource; it is copied (charged first) into the codec.
+ */
+function compressionStream(TS, makeCodec, reserve, compress) {
+  const what = compress ? "CompressionStream" : "DecompressionStream";
+  const FORMATS = ["gzip", "deflate", "deflate-raw"];
+  function drain(codec, controller, finish) {
+    for (;;) {
+      const out = codec.next(finish);
+      if (out === undefined) return;
+      controller.enqueue(out);
+    }
+  }
+  const cls = {
+    [what]: class {
+      #stream;
+      constructor(format) {
+        if (arguments.length < 1) throw new TypeErrorCtor(`${what}: a format is required`);
+        const f = StringCtor(format);
+        if (ReflectApply(ArrayPrototype.indexOf, FORMATS, [f]) === -1) {
+          throw new TypeErrorCtor(`${what}: unsupported format ${JSONStringify(f)} (gzip, deflate and deflate-raw are)`);
+        }
+        const codec = makeCodec(f, compress);
+        this.#stream = new TS({
+          transform(chunk, controller) {
+            let bytes;
+            try {
+              bytes = chunkBytes(chunk, what);
+            } catch (e) {
+              codec.close();
+              throw e;
+            }
+            reserve(bytes.length);
+            codec.feed(new Uint8ArrayCtor(bytes));
+            drain(codec, controller, false);
+          },
+          flush(controller) {
+            drain(codec, controller, true);
+          },
+          cancel() {
+            codec.close();
+          },
+        });
+      }
+      get readable() {
+        return this.#stream.readable;
+      }
+      get writable() {
+        return this.#stream.writable;
+      }
+    },
+  };
+  return cls[what];
 }
 
 /** TextDecoderStream per the Encoding standard, over TextDecoder's streaming decode. */

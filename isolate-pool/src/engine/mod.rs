@@ -9,6 +9,7 @@
 
 mod budget;
 mod bytecode;
+mod codec;
 mod loader;
 mod memory;
 mod panics;
@@ -764,6 +765,19 @@ fn install<'js>(
         }),
     )?;
     host.set("maxBodyBytes", crate::wire::MAX_BODY_BYTES as f64)?;
+    let live_codecs = Rc::new(Cell::new(0usize));
+    host.set(
+        "codec",
+        Func::from(
+            move |ctx: Ctx<'js>,
+                  format: String,
+                  compress: bool|
+                  -> rquickjs::Result<rquickjs::Class<'js, codec::Codec>> {
+                let codec = codec::Codec::new(&ctx, &format, compress, live_codecs.clone())?;
+                rquickjs::Class::instance(ctx, codec)
+            },
+        ),
+    )?;
     let fetch_state = state;
     host.set(
         "fetch",

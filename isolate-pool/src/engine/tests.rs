@@ -361,6 +361,65 @@ fn transferring_rust_made_array_buffers_is_safe() {
 }
 
 #[test]
+fn compression_streams_round_trip_and_refuse_bad_input() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let limits = Limits {
+            cpu_ms: 5_000,
+            wall_ms: 20_000,
+            memory_mb: 128,
+            ..LIMITS
+        };
+        let (res, logs) = fetch_with(&mut iso, &worker(
+            r#"export default { async fetch() {
+                const out = {};
+                const pipe = (bytes, stream) => new Response(new Blob([bytes]).stream().pipeThrough(stream));
+                const text = "hello hello hello hello ".repeat(100);
+                for (const f of ["gzip", "deflate", "deflate-raw"]) {
+                    const packed = new Uint8Array(await pipe(text, new CompressionStream(f)).arrayBuffer());
+                    const back = await pipe(packed, new DecompressionStream(f)).text();
+                    out[f] = [packed.length < text.length, back === text];
+                }
+                const gz = new Uint8Array(await pipe(text, new CompressionStream("gzip")).arrayBuffer());
+                out.magic = [gz[0], gz[1]];
+                const err = (p) => p.then(() => "no error", (e) => e.constructor.name);
+                out.corrupt = await err(pipe(new Uint8Array([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]), new DecompressionStream("gzip")).arrayBuffer());
+                out.truncated = await err(pipe(gz.subarray(0, gz.length - 4), new DecompressionStream("gzip")).arrayBuffer());
+                const trailing = new Uint8Array(gz.length + 1); trailing.set(gz); trailing[gz.length] = 7;
+                out.trailing = await err(pipe(trailing, new DecompressionStream("gzip")).arrayBuffer());
+                out.badFormat = await err((async () => new CompressionStream("br"))());
+                out.badChunk = await err(new Response(new ReadableStream({ start(c) { c.enqueue("str"); c.close(); } })
+                    .pipeThrough(new CompressionStream("gzip"))).arrayBuffer());
+                // 8 MiB of zeros from a few KiB: many bounded chunks, never one big one.
+                const zeros = new Uint8Array(await pipe(new Uint8Array(8 << 20), new CompressionStream("deflate")).arrayBuffer());
+                const reader = new Blob([zeros]).stream().pipeThrough(new DecompressionStream("deflate")).getReader();
+                let chunks = 0, biggest = 0, total = 0;
+                for (;;) { const { value, done } = await reader.read(); if (done) break; chunks++; total += value.length; biggest = Math.max(biggest, value.length); }
+                out.bomb = [zeros.length < 65536, total, biggest <= 65536, chunks >= 128];
+                const held = [];
+                out.cap = await err((async () => { for (let i = 0; i < 17; i++) held.push(new CompressionStream("gzip")); })());
+                return Response.json(out);
+            } }"#,
+        ), get("http://w/"), limits)
+        .await;
+        let res = res.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
+        let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+        use serde_json::json;
+        for f in ["gzip", "deflate", "deflate-raw"] {
+            assert_eq!(v[f], json!([true, true]), "{f}: {v}");
+        }
+        assert_eq!(v["magic"], json!([0x1f, 0x8b]), "{v}");
+        assert_eq!(v["corrupt"], json!("TypeError"), "{v}");
+        assert_eq!(v["truncated"], json!("TypeError"), "{v}");
+        assert_eq!(v["trailing"], json!("TypeError"), "{v}");
+        assert_eq!(v["badFormat"], json!("TypeError"), "{v}");
+        assert_eq!(v["badChunk"], json!("TypeError"), "{v}");
+        assert_eq!(v["bomb"], json!([true, 8 << 20, true, true]), "{v}");
+        assert_eq!(v["cap"], json!("RangeError"), "{v}");
+    });
+}
+
+#[test]
 fn bodies_are_streams_and_streams_are_bodies() {
     run(async {
         let (res, logs) = fetch_once(
