@@ -787,11 +787,11 @@ function lazyByteStream(read) {
 }
 
 function installStreams(g, host, wrappers) {
-  const hostStreams = host.streams;
+  const hostModule = host.module;
   const accessors = { __proto__: null };
   loadStreams = function load() {
     if (streams !== null) return streams;
-    const ns = hostStreams();
+    const ns = hostModule("streams");
     const RS = ns.ReadableStream;
     const TS = ns.TransformStream;
     const readerProto = ns.ReadableStreamDefaultReader.prototype;
@@ -1912,6 +1912,45 @@ export function install(host) {
   installEvents(g);
   // navigator, as in Workers: who is running the code.
   define("navigator", ObjectFreeze({ __proto__: null, userAgent: "isogate", hardwareConcurrency: 1, language: "en-US", languages: ObjectFreeze(["en-US"]) }));
+  // ---- Intl ------------------------------------------------------------------------------------
+  // engine/intl.js (en-US formatting, UTC), loaded on first use of `Intl` or a toLocale* method.
+  {
+    let intl = null;
+    const loadIntl = () => {
+      if (intl === null) intl = host.module("intl");
+      return intl;
+    };
+    const intlGetter = function () {
+      define("Intl", loadIntl().Intl);
+      return g.Intl;
+    };
+    ObjectDefineProperty(g, "Intl", {
+      __proto__: null,
+      get: intlGetter,
+      set(value) {
+        define("Intl", value);
+      },
+      enumerable: false,
+      configurable: true,
+    });
+    const numberValue = Number.prototype.valueOf;
+    defineMethod(Number.prototype, "toLocaleString", function toLocaleString(locales, options) {
+      return loadIntl().locale.number(ReflectApply(numberValue, this, []), locales, options);
+    });
+    if (typeof BigInt === "function") {
+      const bigintValue = BigInt.prototype.valueOf;
+      defineMethod(BigInt.prototype, "toLocaleString", function toLocaleString(locales, options) {
+        return loadIntl().locale.number(ReflectApply(bigintValue, this, []), locales, options);
+      });
+    }
+    for (const [name, defaults] of [["toLocaleString", "all"], ["toLocaleDateString", "date"], ["toLocaleTimeString", "time"]]) {
+      defineMethod(Date.prototype, name, {
+        [name](locales, options) {
+          return loadIntl().locale.date(this, locales, options, defaults);
+        },
+      }[name]);
+    }
+  }
   // Workers (and libraries that feature-test for a worker scope) find the global as `self`.
   define("self", g);
   installStackTraceGuard();

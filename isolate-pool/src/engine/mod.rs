@@ -36,9 +36,10 @@ use std::time::{Duration, Instant};
 
 /// The Worker-facing JS layer, compiled to QuickJS bytecode by `build.rs`.
 static BOOTSTRAP_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bootstrap.qjsbc"));
-/// The Web Streams implementation (vendored web-streams-polyfill), compiled by `build.rs`; an
-/// isolate loads it the first time its Worker touches a stream (`host.streams`).
+/// Parts an isolate loads the first time its Worker uses them (`host.module(name)`), compiled by
+/// `build.rs`: the Web Streams implementation (vendored web-streams-polyfill) and `Intl`.
 static STREAMS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streams.qjsbc"));
+static INTL_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/intl.qjsbc"));
 
 /// Name of the engine, reported in build info.
 pub const ENGINE_NAME: &str = "quickjs";
@@ -754,15 +755,22 @@ fn install<'js>(
         }),
     )?;
     host.set(
-        "streams",
-        Func::from(|ctx: Ctx<'js>| -> rquickjs::Result<Value<'js>> {
-            // SAFETY: the bytes are QuickJS bytecode written by build.rs with the same rquickjs-sys
-            // (QuickJS) version this crate links, from the vendored polyfill; they are 'static.
-            let module = unsafe { Module::load(ctx.clone(), STREAMS_BYTECODE)? };
-            let (module, promise) = module.eval()?;
-            promise.finish::<()>()?;
-            module.get("default")
-        }),
+        "module",
+        Func::from(
+            |ctx: Ctx<'js>, name: String| -> rquickjs::Result<Value<'js>> {
+                let bytes = match name.as_str() {
+                    "streams" => STREAMS_BYTECODE,
+                    "intl" => INTL_BYTECODE,
+                    _ => return Err(Exception::throw_internal(&ctx, "unknown lazy module")),
+                };
+                // SAFETY: the bytes are QuickJS bytecode written by build.rs with the same
+                // rquickjs-sys (QuickJS) version this crate links, from our own sources; 'static.
+                let module = unsafe { Module::load(ctx.clone(), bytes)? };
+                let (module, promise) = module.eval()?;
+                promise.finish::<()>()?;
+                module.get("default")
+            },
+        ),
     )?;
     host.set("maxBodyBytes", crate::wire::MAX_BODY_BYTES as f64)?;
     let live_codecs = Rc::new(Cell::new(0usize));

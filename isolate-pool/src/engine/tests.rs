@@ -420,6 +420,92 @@ fn compression_streams_round_trip_and_refuse_bad_input() {
 }
 
 #[test]
+fn intl_formats_as_en_us_in_utc() {
+    run(async {
+        let (res, logs) = fetch_once(
+            r#"export default { async fetch() {
+                const d = new Date(Date.UTC(2026, 10, 30, 15, 5, 9, 120));
+                const nf = (o, v) => new Intl.NumberFormat("en-US", o).format(v);
+                const err = (f) => { try { f(); return "no error"; } catch (e) { return e.constructor.name; } };
+                return Response.json([
+                    (1234567.891).toLocaleString(), (1234.5).toLocaleString("de-DE"),
+                    nf({ style: "currency", currency: "USD" }, 1234.5), nf({ style: "currency", currency: "EUR" }, -3),
+                    nf({ style: "currency", currency: "JPY" }, 1234.5), nf({ style: "currency", currency: "USD", currencyDisplay: "code" }, 1),
+                    nf({ style: "percent" }, 0.256), nf({ style: "percent", maximumFractionDigits: 1 }, 0.2567),
+                    nf({ minimumFractionDigits: 2 }, 5), nf({ maximumSignificantDigits: 3 }, 123456), nf({ notation: "compact" }, 1234567),
+                    nf({ notation: "compact", compactDisplay: "long" }, 2500), nf({ notation: "scientific" }, 123456),
+                    nf({ style: "unit", unit: "kilobyte" }, 12), nf({ signDisplay: "always" }, 5), nf({ useGrouping: false }, 12345),
+                    nf({}, 12345678901234567890n), nf({}, NaN), nf({}, -Infinity),
+                    d.toLocaleString(), d.toLocaleDateString(), d.toLocaleTimeString(), d.toLocaleDateString("en-US", { weekday: "long", year: "numeric", month: "long", day: "numeric" }),
+                    new Intl.DateTimeFormat("en-US", { dateStyle: "medium", timeStyle: "short" }).format(d),
+                    new Intl.DateTimeFormat(undefined, { dateStyle: "full" }).format(d),
+                    new Intl.DateTimeFormat("en", { hour: "2-digit", minute: "2-digit", hour12: false }).format(d),
+                    new Intl.DateTimeFormat().resolvedOptions().timeZone,
+                    new Intl.DateTimeFormat("en-US", { month: "short", day: "numeric" }).formatToParts(d).map((p) => p.type).join(","),
+                    err(() => new Intl.DateTimeFormat("en", { timeZone: "America/New_York" })),
+                    err(() => new Intl.NumberFormat("en", { style: "currency" })),
+                    err(() => new Intl.NumberFormat("not a tag!")),
+                    new Intl.PluralRules("en").select(1), new Intl.PluralRules("en", { type: "ordinal" }).select(22),
+                    new Intl.RelativeTimeFormat("en", { numeric: "auto" }).format(-1, "day"), new Intl.RelativeTimeFormat("en").format(3, "hours"),
+                    new Intl.ListFormat("en").format(["a", "b", "c"]), new Intl.ListFormat("en", { type: "disjunction" }).format(["a", "b"]),
+                    ["b", "a", "C"].sort(new Intl.Collator("en").compare).join(""), ["x10", "x9"].sort(new Intl.Collator("en", { numeric: true }).compare).join(","),
+                    Object.prototype.toString.call(Intl), new Date(NaN).toLocaleString(),
+                ]);
+            } }"#,
+        )
+        .await;
+        let res = res.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
+        let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!([
+                "1,234,567.891",
+                "1,234.5",
+                "$1,234.50",
+                "-€3.00",
+                "¥1,235",
+                "USD\u{a0}1.00",
+                "26%",
+                "25.7%",
+                "5.00",
+                "123,000",
+                "1.2M",
+                "2.5 thousand",
+                "1.235E5",
+                "12 kB",
+                "+5",
+                "12345",
+                "12,345,678,901,234,567,890",
+                "NaN",
+                "-∞",
+                "11/30/2026, 3:05:09 PM",
+                "11/30/2026",
+                "3:05:09 PM",
+                "Monday, November 30, 2026",
+                "Nov 30, 2026, 3:05 PM",
+                "Monday, November 30, 2026",
+                "15:05",
+                "UTC",
+                "month,literal,day",
+                "RangeError",
+                "TypeError",
+                "RangeError",
+                "one",
+                "two",
+                "yesterday",
+                "in 3 hours",
+                "a, b, and c",
+                "a or b",
+                "abC",
+                "x9,x10",
+                "[object Intl]",
+                "Invalid Date"
+            ])
+        );
+    });
+}
+
+#[test]
 fn bodies_are_streams_and_streams_are_bodies() {
     run(async {
         let (res, logs) = fetch_once(
