@@ -23,7 +23,8 @@ use crate::store::PutOutcome;
 use async_trait::async_trait;
 use isogate_policy::{LimitOverrides as PolicyOverrides, TenantPolicy};
 use isogate_pool::{
-    Hold, HttpRequest, HttpResponse, Invocation, Invoker, LimitOverrides, Limits, WorkerCode,
+    BodyPart, BodySink, Hold, HttpRequest, HttpResponse, Invocation, Invoker, LimitOverrides,
+    Limits, WorkerCode,
 };
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
@@ -36,6 +37,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
 
 /// The least number of unread request-body bytes the gateway reads and discards after an early
 /// answer; a tenant's bound is twice its `max_body_bytes` when that is larger.
@@ -65,6 +67,15 @@ pub(crate) struct Reply {
     status: u16,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// A Worker's streamed body: its parts, written to the client as they come (chunked).
+    stream: Option<mpsc::UnboundedReceiver<BodyPart>>,
+}
+
+/// A sink for a Worker's streamed response body and the receiving end the ingress writes from.
+/// The sink says the body is no longer wanted once the receiver is gone (the client left).
+fn body_channel() -> (BodySink, mpsc::UnboundedReceiver<BodyPart>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (Box::new(move |part| tx.send(part).is_ok()), rx)
 }
 
 impl Reply {
@@ -73,6 +84,7 @@ impl Reply {
             status,
             headers: vec![("content-type".into(), "application/json".into())],
             body: serde_json::to_vec(value).unwrap_or_default(),
+            stream: None,
         }
     }
 
@@ -83,11 +95,12 @@ impl Reply {
         r
     }
 
-    fn from_worker(resp: HttpResponse) -> Reply {
+    fn from_worker(resp: HttpResponse, stream: mpsc::UnboundedReceiver<BodyPart>) -> Reply {
         Reply {
             status: resp.status,
             headers: resp.headers,
             body: resp.body,
+            stream: resp.streamed.then_some(stream),
         }
     }
 
@@ -103,6 +116,19 @@ impl Reply {
     /// gateway cannot know that a Worker's HEAD body is the length of its GET body). A status
     /// outside 200-599 is a gateway fault: 500.
     pub(crate) fn into_http_for(self, head: bool) -> http::Response<Vec<u8>> {
+        self.split_for(head).0
+    }
+
+    /// [`Reply::into_http_for`], and a streamed body's parts apart (the response then has
+    /// `Transfer-Encoding: chunked` and an empty body, unless it carries no content).
+    fn split_for(
+        mut self,
+        head: bool,
+    ) -> (
+        http::Response<Vec<u8>>,
+        Option<mpsc::UnboundedReceiver<BodyPart>>,
+    ) {
+        let stream = self.stream.take();
         let status = http::StatusCode::from_u16(self.status)
             .ok()
             .filter(|s| (200..=599).contains(&s.as_u16()))
@@ -133,14 +159,21 @@ impl Reply {
             }
             if status == http::StatusCode::RESET_CONTENT {
                 headers.insert(http::header::CONTENT_LENGTH, 0.into());
+            } else if !no_content && stream.is_some() {
+                headers.insert(
+                    http::header::TRANSFER_ENCODING,
+                    http::HeaderValue::from_static("chunked"),
+                );
             } else if !no_content {
                 headers.insert(http::header::CONTENT_LENGTH, self.body.len().into());
             }
         }
         let body = if no_content { Vec::new() } else { self.body };
-        builder
+        let response = builder
             .body(body)
-            .unwrap_or_else(|_| http::Response::new(Vec::new()))
+            .unwrap_or_else(|_| http::Response::new(Vec::new()));
+        // A body-less answer drops the stream's receiver: the isolate stops the Worker's stream.
+        (response, stream.filter(|_| !no_content))
     }
 }
 
@@ -271,15 +304,27 @@ impl HttpServerApp for Ingress {
         if seen.close || matches!(unread, Unread::Linger { .. }) {
             session.set_keepalive(None);
         }
-        let (parts, body) = reply.into_http_for(head).into_parts();
+        let (response, stream) = reply.split_for(head);
+        let (parts, body) = response.into_parts();
         let header: ResponseHeader = parts.into();
         if let Err(e) = session.write_response_header(Box::new(header)).await {
             tracing::debug!(error = %e, "cannot write the response head");
             return None;
         }
-        if let Err(e) = session.write_response_body(body.into(), true).await {
-            tracing::debug!(error = %e, "cannot write the response body");
-            return None;
+        match stream {
+            Some(parts) => {
+                if !write_streamed(&mut session, parts).await {
+                    // Broken off (the Worker's stream failed or the client left): the chunked
+                    // body is not terminated, so the client sees it incomplete; no reuse.
+                    return None;
+                }
+            }
+            None => {
+                if let Err(e) = session.write_response_body(body.into(), true).await {
+                    tracing::debug!(error = %e, "cannot write the response body");
+                    return None;
+                }
+            }
         }
         if let Unread::Linger { limit } = unread {
             linger(session, limit).await;
@@ -590,11 +635,52 @@ fn check_code(code: &WorkerCode) -> Result<(), ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("invalid WorkerCode: {e}")))
 }
 
-fn worker_reply(inv: Invocation<HttpResponse>, tenant: &str) -> Result<Reply, ApiError> {
+fn worker_reply(
+    inv: Invocation<HttpResponse>,
+    tenant: &str,
+    stream: mpsc::UnboundedReceiver<BodyPart>,
+) -> Result<Reply, ApiError> {
     log_console(tenant, &inv);
     match inv.outcome {
-        Ok(resp) => Ok(Reply::from_worker(resp)),
+        Ok(resp) => Ok(Reply::from_worker(resp, stream)),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes a Worker's streamed body as it comes, then ends the chunked body. Whether it ended
+/// cleanly (else the caller drops the connection without the terminating chunk).
+async fn write_streamed(
+    session: &mut ServerSession,
+    mut parts: mpsc::UnboundedReceiver<BodyPart>,
+) -> bool {
+    loop {
+        match parts.recv().await {
+            Some(BodyPart::Chunk(bytes)) => {
+                if bytes.is_empty() {
+                    continue;
+                }
+                if let Err(e) = session.write_response_body(bytes.into(), false).await {
+                    tracing::debug!(error = %e, "cannot write a streamed body chunk");
+                    return false;
+                }
+            }
+            Some(BodyPart::End(Ok(()))) => break,
+            Some(BodyPart::End(Err(e))) => {
+                tracing::debug!(error = %e, "a Worker's streamed body broke off");
+                return false;
+            }
+            None => {
+                tracing::debug!("a Worker's streamed body ended without its end (worker lost)");
+                return false;
+            }
+        }
+    }
+    match session.write_response_body(bytes::Bytes::new(), true).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot end a streamed body");
+            false
+        }
     }
 }
 
@@ -819,6 +905,7 @@ impl Ingress {
         // The slot is held by the job until all of the invocation's work (ctx.waitUntil
         // included) has ended, not only until the response.
         let permit = self.admit(snapshot, tenant).await?;
+        let (sink, stream) = body_channel();
         let inv = self
             .state
             .pool
@@ -828,10 +915,11 @@ impl Ingress {
                 request,
                 limits,
                 Hold::new(permit),
+                sink,
             )
             .await?;
         self.observe(tenant, &inv);
-        worker_reply(inv, tenant.name.as_str())
+        worker_reply(inv, tenant.name.as_str(), stream)
     }
 
     async fn put(&self, tenant: &TenantPolicy, id: &str, body: &[u8]) -> Result<Reply, ApiError> {
@@ -935,6 +1023,7 @@ impl Ingress {
             .ok_or_else(|| unknown_worker(id))?;
         let limits = limits_for(tenant, code.code().limits.as_ref(), None);
         let permit = self.admit(snapshot, tenant).await?;
+        let (sink, stream) = body_channel();
         let inv = self
             .state
             .pool
@@ -945,10 +1034,11 @@ impl Ingress {
                 limits,
                 tenant.limits.max_cached_workers as usize,
                 Hold::new(permit),
+                sink,
             )
             .await?;
         self.observe(tenant, &inv);
-        worker_reply(inv, tenant.name.as_str())
+        worker_reply(inv, tenant.name.as_str(), stream)
     }
 }
 
@@ -1067,6 +1157,7 @@ mod tests {
                 ("bad header".into(), "x".into()),
             ],
             body: b"abc".to_vec(),
+            stream: None,
         }
         .into_http();
         assert_eq!(r.headers()["content-length"], "3");
@@ -1080,6 +1171,7 @@ mod tests {
             status,
             headers: vec![("x-ok".into(), "1".into())],
             body: b"dropped".to_vec(),
+            stream: None,
         }
     }
 

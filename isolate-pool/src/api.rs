@@ -237,10 +237,28 @@ pub struct HttpResponse {
     pub status: u16,
     /// Header list in order.
     pub headers: Vec<(String, String)>,
-    /// Body bytes.
+    /// Body bytes (empty when `streamed`).
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    /// The body follows as [`BodyPart`]s through the caller's [`BodySink`] (the Worker returned
+    /// a streamed Response and the caller gave a sink); `body` is empty.
+    pub streamed: bool,
 }
+
+/// A piece of a streamed response body, in order: chunks, then exactly one `End`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BodyPart {
+    /// The next bytes.
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The body is complete (`Ok`), or broke off: the Worker's stream errored, a limit cut it
+    /// (the message says which). The client sees a truncated body either way.
+    End(Result<(), String>),
+}
+
+/// Where a streamed response body goes, part by part, on the isolate thread that runs the
+/// invocation. It answers whether more is wanted (`false`: the client went away; the isolate
+/// cancels the Worker's stream).
+pub type BodySink = Box<dyn FnMut(BodyPart) -> bool + Send>;
 
 /// Which tenant (and Worker) an invocation runs for. Host calls read identity from here, never
 /// from JS arguments.

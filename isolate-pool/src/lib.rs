@@ -18,8 +18,9 @@ pub mod wire;
 pub mod worker;
 
 pub use api::{
-    CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker,
-    LimitOverrides, Limits, LogEntry, ModuleSource, Outbound, SealedCode, WorkerCode, WorkerError,
+    BodyPart, BodySink, CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation,
+    InvocationStats, Invoker, LimitOverrides, Limits, LogEntry, ModuleSource, Outbound, SealedCode,
+    WorkerCode, WorkerError,
 };
 pub use egress::{
     Authorization, DisabledEgress, Egress, EgressError, EgressPort, EgressRequest, EgressResponse,

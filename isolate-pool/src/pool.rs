@@ -7,8 +7,8 @@
 
 use crate::activity::{Running, ThreadActivity};
 use crate::api::{
-    CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats, Invoker, Limits,
-    LogEntry, SealedCode, WorkerCode, WorkerError,
+    BodySink, CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation, InvocationStats,
+    Invoker, Limits, LogEntry, SealedCode, WorkerCode, WorkerError,
 };
 use crate::cache::{CacheIndex, EvictReason, Eviction, WorkerKey};
 use crate::egress::EgressPort;
@@ -53,14 +53,28 @@ pub enum PoolError {
 /// the job, or on the submitting thread when the pool refused it. A job dropped unanswered (its
 /// thread panicked or shut down) answers an `internal` error. A worker process answers from the
 /// isolate thread straight onto its channel, without waking another thread.
-pub struct Reply<T>(Option<Answering<T>>);
+///
+/// A reply may also take a streamed response body ([`Reply::with_body`]): a Worker that returns
+/// a streamed Response is then answered with its head (`HttpResponse::streamed`) and the body
+/// goes to the sink part by part; without one, the pool reads the stream whole first.
+pub struct Reply<T>(Option<Answering<T>>, Option<BodySink>);
 
 type Answering<T> = Box<dyn FnOnce(Result<Invocation<T>, PoolError>) + Send>;
 
 impl<T> Reply<T> {
     /// A reply that calls `answer`.
     pub fn new(answer: impl FnOnce(Result<Invocation<T>, PoolError>) + Send + 'static) -> Self {
-        Reply(Some(Box::new(answer)))
+        Reply(Some(Box::new(answer)), None)
+    }
+
+    /// This reply, taking a streamed response body through `sink`.
+    pub fn with_body(mut self, sink: BodySink) -> Self {
+        self.1 = Some(sink);
+        self
+    }
+
+    fn take_body(&mut self) -> Option<BodySink> {
+        self.1.take()
     }
 
     pub(crate) fn send(mut self, invocation: Invocation<T>) {
@@ -313,7 +327,9 @@ impl Pool {
     }
 
     /// Submits with `submit` and waits for the answer.
-    async fn call<T: Send + 'static>(
+    /// Submits a job through `submit` and awaits its answer (the `submit_*` functions take the
+    /// reply; e.g. `Pool::call(|r| pool.submit_get(…, r.with_body(sink)))`).
+    pub async fn call<T: Send + 'static>(
         submit: impl FnOnce(Reply<T>),
     ) -> Result<Invocation<T>, PoolError> {
         let (tx, rx) = oneshot::channel();
@@ -732,11 +748,14 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
                 return;
             };
             let held = hold.clone();
+            let mut reply = reply;
+            let sink = reply.take_body();
             iso.fetch(
                 &code,
                 request,
                 invoker,
                 limits,
+                sink,
                 |(outcome, logs), cpu, pending| {
                     held.release_unless(pending);
                     reply.send(done(outcome, logs, cpu, cold));
@@ -824,11 +843,14 @@ async fn run_get(
         }
     }
     let Some(iso) = guard.as_mut() else { return };
+    let mut reply = reply;
+    let sink = reply.take_body();
     iso.fetch(
         code.code(),
         request,
         invoker,
         limits,
+        sink,
         |(outcome, logs), cpu, pending| {
             hold.release_unless(pending);
             reply.send(done(outcome, logs, cpu, cold));

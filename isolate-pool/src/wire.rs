@@ -12,7 +12,9 @@
 //! worker — an egress call names an invocation id, and the gateway looks up which tenant it
 //! dispatched that id for.
 
-use crate::api::{CodeDigest, HttpRequest, HttpResponse, Invocation, Invoker, Limits, WorkerCode};
+use crate::api::{
+    BodyPart, CodeDigest, HttpRequest, HttpResponse, Invocation, Invoker, Limits, WorkerCode,
+};
 use crate::egress::{EgressRequest, Fetched};
 use crate::observe::{CacheEvent, StartKind};
 use crate::pool::PoolError;
@@ -23,7 +25,7 @@ use std::time::Duration;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Version of this protocol; a worker answers a different one with an error and exits.
-pub const PROTOCOL: u32 = 3;
+pub const PROTOCOL: u32 = 4;
 
 /// Largest body (request, response, egress) that may cross the wire.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -203,6 +205,13 @@ pub enum FromWorker {
     Started {
         /// Invocation id.
         id: u64,
+    },
+    /// A part of a streamed response body (after the invocation's `Done`, before `Released`).
+    Body {
+        /// Invocation id.
+        id: u64,
+        /// The part.
+        part: BodyPart,
     },
     /// All of an invocation's work has ended; its tenant slot may be freed.
     Released {

@@ -209,7 +209,14 @@ fn dispatch(
             limits,
         } => {
             let (hold, reply) = ending(out, id, |inv| Answer::Http(bounded(inv)));
-            pool.submit_load(invoker, code, request, limits, hold, reply);
+            pool.submit_load(
+                invoker,
+                code,
+                request,
+                limits,
+                hold,
+                streamed(reply, out, id),
+            );
         }
         ToWorker::Get {
             id,
@@ -237,6 +244,7 @@ fn dispatch(
                 return;
             };
             let (hold, reply) = ending(out, id, |inv| Answer::Http(bounded(inv)));
+            let reply = streamed(reply, out, id);
             pool.submit_get(invoker, sealed, request, limits, tenant_cap, hold, reply);
         }
         ToWorker::Execute {
@@ -433,6 +441,16 @@ fn ending<T: 'static>(
     (hold, reply)
 }
 
+/// A `load()`/`get()` reply whose streamed response body goes to the gateway as
+/// [`FromWorker::Body`] frames, written by the isolate thread (between `Done` and `Released`).
+fn streamed(reply: Reply<HttpResponse>, out: &Arc<Outbox>, id: u64) -> Reply<HttpResponse> {
+    let out = out.clone();
+    reply.with_body(Box::new(move |part| {
+        out.send(&FromWorker::Body { id, part });
+        true
+    }))
+}
+
 /// A response too large for the wire becomes the Worker's error, not a broken channel.
 fn bounded(mut inv: Invocation<HttpResponse>) -> Invocation<HttpResponse> {
     if let Ok(r) = &inv.outcome {
@@ -616,6 +634,7 @@ mod tests {
                 status: 200,
                 headers: vec![],
                 body: b"hi".to_vec(),
+                streamed: false,
             }),
             logs: vec![],
             stats: InvocationStats::default(),

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use cordon::Cordon;
 use isogate_pool::wire::{Answer, Query, QueryAnswer, ToWorker, WorkerSettings};
 use isogate_pool::{
-    EgressPort, HttpRequest, HttpResponse, Invocation, Invoker, Limits, Pool, PoolError,
+    BodySink, EgressPort, HttpRequest, HttpResponse, Invocation, Invoker, Limits, Pool, PoolError,
     SealedCode, WorkerCode,
 };
 use isogate_pool::{ErrorKind, WorkerError};
@@ -67,7 +67,7 @@ pub enum Workers {
 }
 
 impl Workers {
-    /// `load()`.
+    /// `load()`. A streamed response body goes to `body` (see [`isogate_pool::Reply::with_body`]).
     pub async fn load(
         &self,
         invoker: Invoker,
@@ -75,14 +75,21 @@ impl Workers {
         request: HttpRequest,
         limits: Limits,
         hold: Hold,
+        body: BodySink,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
         match self {
-            Workers::Threads(p) => p.load(invoker, code, request, limits, hold).await,
-            Workers::Processes(s) => s.load(invoker, code, request, limits, hold).await,
+            Workers::Threads(p) => {
+                Pool::call(|r| {
+                    p.submit_load(invoker, code, request, limits, hold, r.with_body(body))
+                })
+                .await
+            }
+            Workers::Processes(s) => s.load(invoker, code, request, limits, hold, body).await,
         }
     }
 
-    /// `get(id)`.
+    /// `get(id)`. A streamed response body goes to `body`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn get(
         &self,
         invoker: Invoker,
@@ -91,14 +98,25 @@ impl Workers {
         limits: Limits,
         tenant_cap: usize,
         hold: Hold,
+        body: BodySink,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
         match self {
             Workers::Threads(p) => {
-                p.get(invoker, code, request, limits, tenant_cap, hold)
-                    .await
+                Pool::call(|r| {
+                    p.submit_get(
+                        invoker,
+                        code,
+                        request,
+                        limits,
+                        tenant_cap,
+                        hold,
+                        r.with_body(body),
+                    )
+                })
+                .await
             }
             Workers::Processes(s) => {
-                s.get(invoker, code, request, limits, tenant_cap, hold)
+                s.get(invoker, code, request, limits, tenant_cap, hold, body)
                     .await
             }
         }
@@ -387,6 +405,7 @@ impl Supervisor {
 
     /// Gives `invoker` a fresh invocation id, sends the message `make` builds for it to the
     /// tenant's worker and waits for the answer. `code`: a `get()`'s code, sent on request.
+    #[allow(clippy::too_many_arguments)]
     async fn invoke(
         &self,
         invoker: Invoker,
@@ -394,6 +413,7 @@ impl Supervisor {
         hold: Hold,
         json: bool,
         code: Option<Arc<WorkerCode>>,
+        body: Option<BodySink>,
         make: impl FnOnce(u64, Invoker) -> ToWorker,
     ) -> Result<Answer, PoolError> {
         let invoker = self.fresh(invoker);
@@ -405,7 +425,8 @@ impl Supervisor {
             Reply::Http(tx)
         };
         let message = make(id, invoker.clone());
-        let pending = Pending::new(invoker, limits, reply, hold, message, code);
+        let mut pending = Pending::new(invoker, limits, reply, hold, message, code);
+        pending.body = body;
         self.call(id, pending).await?;
         rx.await.unwrap_or(Err(PoolError::Unavailable))
     }
@@ -418,20 +439,28 @@ impl Supervisor {
         request: HttpRequest,
         limits: Limits,
         hold: Hold,
+        body: BodySink,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
-        let answer = self.invoke(invoker, limits, hold, false, None, |id, invoker| {
-            ToWorker::Load {
+        let answer = self.invoke(
+            invoker,
+            limits,
+            hold,
+            false,
+            None,
+            Some(body),
+            |id, invoker| ToWorker::Load {
                 id,
                 invoker,
                 code,
                 request,
                 limits,
-            }
-        });
+            },
+        );
         http_answer(answer.await)
     }
 
     /// `get()` in a worker process; the code crosses the wire only when the worker lacks it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn get(
         &self,
         invoker: Invoker,
@@ -440,11 +469,18 @@ impl Supervisor {
         limits: Limits,
         tenant_cap: usize,
         hold: Hold,
+        body: BodySink,
     ) -> Result<Invocation<HttpResponse>, PoolError> {
         let digest = code.digest();
         let code = Some(code.code().clone());
-        let answer = self.invoke(invoker, limits, hold, false, code, |id, invoker| {
-            ToWorker::Get {
+        let answer = self.invoke(
+            invoker,
+            limits,
+            hold,
+            false,
+            code,
+            Some(body),
+            |id, invoker| ToWorker::Get {
                 id,
                 invoker,
                 digest,
@@ -452,8 +488,8 @@ impl Supervisor {
                 request,
                 limits,
                 tenant_cap,
-            }
-        });
+            },
+        );
         http_answer(answer.await)
     }
 
@@ -466,7 +502,7 @@ impl Supervisor {
         limits: Limits,
         hold: Hold,
     ) -> Result<Invocation<serde_json::Value>, PoolError> {
-        let answer = self.invoke(invoker, limits, hold, true, None, |id, invoker| {
+        let answer = self.invoke(invoker, limits, hold, true, None, None, |id, invoker| {
             ToWorker::Execute {
                 id,
                 invoker,

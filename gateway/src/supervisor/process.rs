@@ -7,8 +7,8 @@ use isogate_pool::wire::{
     self, Answer, Event, FromWorker, Query, QueryAnswer, ToWorker, WorkerSettings,
 };
 use isogate_pool::{
-    EgressPort, ErrorKind, Hold, Invocation, Invoker, Limits, PoolError, PoolObserver, WorkerCode,
-    WorkerError,
+    BodyPart, BodySink, EgressPort, ErrorKind, Hold, Invocation, Invoker, Limits, PoolError,
+    PoolObserver, WorkerCode, WorkerError,
 };
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
@@ -59,6 +59,9 @@ pub(super) struct Pending {
     started: Option<Instant>,
     attempts: u32,
     done: bool,
+    /// Where a streamed response body goes (`FromWorker::Body`); dropped at its `End` (or with
+    /// the invocation: the receiver then sees the body break off).
+    pub(super) body: Option<BodySink>,
 }
 
 impl Pending {
@@ -81,6 +84,7 @@ impl Pending {
             started: None,
             attempts: 0,
             done: false,
+            body: None,
         }
     }
 
@@ -546,6 +550,19 @@ impl Process {
                 if p.hold.is_none() {
                     pending.remove(&id);
                     metrics.worker_in_flight.dec();
+                }
+            }
+            FromWorker::Body { id, part } => {
+                let mut pending = self.pending();
+                let Some(p) = pending.get_mut(&id) else {
+                    return;
+                };
+                let end = matches!(part, BodyPart::End(_));
+                if let Some(sink) = p.body.as_mut() {
+                    sink(part);
+                }
+                if end {
+                    p.body = None;
                 }
             }
             FromWorker::Released { id } => {

@@ -977,6 +977,172 @@ function installStreams(g, host, wrappers) {
   });
 }
 
+// ---- crypto.subtle guards ---------------------------------------------------------------------
+const MAX_KEY_DATA_BYTES = 16 * 1024;
+const MAX_DERIVED_BITS = 8192;
+const MAX_PBKDF2_ITERATIONS = 1000000;
+const RSA_MODULUS_LENGTHS = [1024, 2048, 3072, 4096];
+/** The byte length of a BufferSource (0 for anything else: the native side rejects it). */
+function bufferSourceLength(value) {
+  if (ArrayBufferIsView(value)) {
+    try {
+      return ReflectApply(ViewLength, value, []);
+    } catch {
+      return ReflectApply(DataViewLength, value, []);
+    }
+  }
+  try {
+    return ReflectApply(ArrayBufferByteLength, value, []);
+  } catch {
+    return 0;
+  }
+}
+function algorithmName(algorithm) {
+  if (typeof algorithm === "string") return ReflectApply(StringToUpperCase, algorithm, []);
+  if (algorithm !== null && typeof algorithm === "object") {
+    const name = algorithm.name;
+    if (typeof name === "string") return ReflectApply(StringToUpperCase, name, []);
+  }
+  return "";
+}
+const ALGORITHM_MEMBERS = [
+  "name", "hash", "iterations", "salt", "info", "length", "modulusLength", "publicExponent",
+  "namedCurve", "iv", "counter", "additionalData", "tagLength", "label", "saltLength", "public",
+];
+/**
+ * An algorithm dictionary read once (each member by [[Get]], as WebIDL does) into a plain
+ * object: what the guards check is what the native side gets (no getter can change it between).
+ */
+function algorithmOf(algorithm) {
+  if (algorithm === null || typeof algorithm !== "object") return algorithm;
+  const out = {};
+  for (let i = 0; i < ALGORITHM_MEMBERS.length; i++) {
+    const key = ALGORITHM_MEMBERS[i];
+    const v = algorithm[key];
+    if (v !== undefined) out[key] = key === "hash" ? algorithmOf(v) : v;
+  }
+  return out;
+}
+function refuse(message) {
+  return new DOMException(`crypto.subtle: ${message}`, "OperationError");
+}
+/**
+ * A SubtleCrypto whose methods check what they are asked before LLRT's native functions run
+ * (which take no receiver). Each check reads the value once and passes on what it checked.
+ */
+function guardedSubtle(native, SubtleCryptoCtor, reserve) {
+  const methods = { __proto__: null };
+  const call = (name, args) => ReflectApply(native[name], undefined, args);
+  const charge = (data) => reserve(bufferSourceLength(data));
+  const checkDerived = (algorithm, bits) => {
+    const name = algorithmName(algorithm);
+    if (name === "PBKDF2") {
+      const iterations = NumberCtor(algorithm.iterations);
+      if (!(iterations >= 1 && iterations <= MAX_PBKDF2_ITERATIONS)) {
+        throw refuse(`PBKDF2 iterations must be between 1 and ${MAX_PBKDF2_ITERATIONS}`);
+      }
+    }
+    if (bits !== undefined && bits !== null && !(NumberCtor(bits) <= MAX_DERIVED_BITS)) {
+      throw refuse(`at most ${MAX_DERIVED_BITS} bits may be derived`);
+    }
+  };
+  const checkKeyLength = (algorithm) => {
+    if (algorithm === null || typeof algorithm !== "object") return;
+    const name = algorithmName(algorithm);
+    if (name.startsWith("RSA")) {
+      const n = NumberCtor(algorithm.modulusLength);
+      if (ReflectApply(ArrayPrototype.indexOf, RSA_MODULUS_LENGTHS, [n]) === -1) {
+        throw refuse("RSA modulusLength must be 1024, 2048, 3072 or 4096");
+      }
+    }
+    if (algorithm.length !== undefined && !(NumberCtor(algorithm.length) <= MAX_DERIVED_BITS)) {
+      throw refuse(`a key may have at most ${MAX_DERIVED_BITS} bits`);
+    }
+  };
+  const checkImported = (key) => {
+    const algorithm = key && key.algorithm;
+    if (algorithm && NumberCtor(algorithm.modulusLength) > 4096) {
+      throw refuse("RSA keys of more than 4096 bits are not supported");
+    }
+    return key;
+  };
+  const checkKeyData = (format, keyData) => {
+    let size = bufferSourceLength(keyData);
+    if (format === "jwk" && keyData !== null && typeof keyData === "object") {
+      size = JSONStringify(keyData).length;
+    }
+    if (size > MAX_KEY_DATA_BYTES) throw refuse(`key data of more than ${MAX_KEY_DATA_BYTES} bytes`);
+    reserve(size);
+  };
+  methods.digest = async function digest(algorithm, data) {
+    algorithm = algorithmOf(algorithm);
+    charge(data);
+    return call("digest", [algorithm, data]);
+  };
+  for (const name of ["encrypt", "decrypt"]) {
+    methods[name] = { async [name](algorithm, key, data) {
+      algorithm = algorithmOf(algorithm);
+      charge(data);
+      return call(name, [algorithm, key, data]);
+    } }[name];
+  }
+  methods.sign = async function sign(algorithm, key, data) {
+    algorithm = algorithmOf(algorithm);
+    charge(data);
+    return call("sign", [algorithm, key, data]);
+  };
+  methods.verify = async function verify(algorithm, key, signature, data) {
+    algorithm = algorithmOf(algorithm);
+    charge(data);
+    charge(signature);
+    return call("verify", [algorithm, key, signature, data]);
+  };
+  methods.generateKey = async function generateKey(algorithm, extractable, keyUsages) {
+    algorithm = algorithmOf(algorithm);
+    checkKeyLength(algorithm);
+    return call("generateKey", [algorithm, extractable, keyUsages]);
+  };
+  methods.importKey = async function importKey(format, keyData, algorithm, extractable, keyUsages) {
+    algorithm = algorithmOf(algorithm);
+    checkKeyData(format, keyData);
+    // An imported RSA key's size is known only after the import (checkImported).
+    if (algorithm !== null && typeof algorithm === "object") checkKeyLength({ length: algorithm.length });
+    return checkImported(await call("importKey", [format, keyData, algorithm, extractable, keyUsages]));
+  };
+  methods.exportKey = async function exportKey(format, key) {
+    return call("exportKey", [format, key]);
+  };
+  methods.deriveBits = async function deriveBits(algorithm, baseKey, length) {
+    algorithm = algorithmOf(algorithm);
+    length = length === undefined || length === null ? length : NumberCtor(length);
+    checkDerived(algorithm, length);
+    return call("deriveBits", [algorithm, baseKey, length]);
+  };
+  methods.deriveKey = async function deriveKey(algorithm, baseKey, derivedKeyType, extractable, keyUsages) {
+    algorithm = algorithmOf(algorithm);
+    derivedKeyType = algorithmOf(derivedKeyType);
+    checkDerived(algorithm, undefined);
+    checkKeyLength(derivedKeyType);
+    return call("deriveKey", [algorithm, baseKey, derivedKeyType, extractable, keyUsages]);
+  };
+  methods.wrapKey = async function wrapKey(format, key, wrappingKey, wrapAlgorithm) {
+    return call("wrapKey", [format, key, wrappingKey, algorithmOf(wrapAlgorithm)]);
+  };
+  methods.unwrapKey = async function unwrapKey(format, wrappedKey, unwrappingKey, unwrapAlgorithm, unwrappedKeyAlgorithm, extractable, keyUsages) {
+    unwrapAlgorithm = algorithmOf(unwrapAlgorithm);
+    unwrappedKeyAlgorithm = algorithmOf(unwrappedKeyAlgorithm);
+    charge(wrappedKey);
+    if (bufferSourceLength(wrappedKey) > MAX_KEY_DATA_BYTES) throw refuse(`key data of more than ${MAX_KEY_DATA_BYTES} bytes`);
+    if (unwrappedKeyAlgorithm !== null && typeof unwrappedKeyAlgorithm === "object") checkKeyLength({ length: unwrappedKeyAlgorithm.length });
+    return checkImported(await call("unwrapKey", [format, wrappedKey, unwrappingKey, unwrapAlgorithm, unwrappedKeyAlgorithm, extractable, keyUsages]));
+  };
+  const subtle = ObjectCreate(SubtleCryptoCtor.prototype);
+  for (const name in methods) {
+    ObjectDefineProperty(subtle, name, { __proto__: null, value: methods[name], writable: true, enumerable: true, configurable: true });
+  }
+  return ObjectFreeze(subtle);
+}
+
 /** TextEncoderStream per the Encoding standard: UTF-8, a lone surrogate split across chunks kept. */
 function textEncoderStream(g, TS) {
   const encoder = new g.TextEncoder();
@@ -1903,7 +2069,54 @@ export function install(host) {
     }
     return s;
   }
-  define("crypto", Object.freeze({ getRandomValues, randomUUID }));
+  // crypto.subtle and CryptoKey/SubtleCrypto: LLRT's llrt_crypto (RustCrypto and ring), set up in
+  // the isolate the first time the Worker touches one of them (host.subtle runs its init, which
+  // also puts a Node-style `crypto` and a `Crypto` class on the global: both are taken back).
+  // Its work is native and cannot be interrupted, so what JS asks of it is bounded first:
+  // data sizes are charged (reserve), key sizes, derived lengths and PBKDF2 iterations capped.
+  let subtle = null;
+  const CRYPTO_GLOBALS = ["CryptoKey", "SubtleCrypto"];
+  const cryptoAccessors = { __proto__: null };
+  const loadSubtle = () => {
+    if (subtle !== null) return subtle;
+    host.subtle();
+    const native = g.crypto;
+    const nativeSubtle = native.subtle;
+    const classes = { __proto__: null, CryptoKey: g.CryptoKey, SubtleCrypto: g.SubtleCrypto };
+    define("crypto", ourCrypto);
+    delete g.Crypto;
+    for (const name of CRYPTO_GLOBALS) {
+      const desc = ObjectGetOwnPropertyDescriptor(g, name);
+      if (desc !== undefined && desc.get !== undefined && desc.get !== cryptoAccessors[name]) continue;
+      define(name, classes[name]);
+    }
+    subtle = guardedSubtle(nativeSubtle, classes.SubtleCrypto, host.reserve);
+    return subtle;
+  };
+  const ourCrypto = ObjectFreeze(
+    ObjectCreate(ObjectPrototype, {
+      getRandomValues: { value: getRandomValues, enumerable: true },
+      randomUUID: { value: randomUUID, enumerable: true },
+      subtle: { get: function subtle() { return loadSubtle(); }, enumerable: true },
+    }),
+  );
+  define("crypto", ourCrypto);
+  for (const name of CRYPTO_GLOBALS) {
+    const get = function () {
+      loadSubtle();
+      return g[name];
+    };
+    cryptoAccessors[name] = get;
+    ObjectDefineProperty(g, name, {
+      __proto__: null,
+      get,
+      set(value) {
+        define(name, value);
+      },
+      enumerable: false,
+      configurable: true,
+    });
+  }
 
   // ---- fetch --------------------------------------------------------------------------------
   const checked = installFetchChecks(g);
@@ -2042,7 +2255,7 @@ export function install(host) {
     });
   }
 
-  async function dispatch(handler, env, method, url, headers, body) {
+  async function dispatch(handler, env, method, url, headers, body, streaming) {
     const waits = { __proto__: null, pending: 0, resolve: null };
     const init = { __proto__: null, method, headers };
     if (body !== null && method !== "GET" && method !== "HEAD") init.body = body;
@@ -2061,7 +2274,37 @@ export function install(host) {
     ReflectApply(HeadersForEach, ReflectApply(ResponseHeaders, response, []), [
       (value, name) => push(outHeaders, [name, value]),
     ]);
-    const bytes = await bodyBytes(response, ResponseArrayBuffer, ResponseBodyUsed, maxBodyBytes, "the Worker's Response");
+    const what = "the Worker's Response";
+    const stream = streamBody(response);
+    if (streaming && stream !== undefined) {
+      // Streamed to the client: the engine pulls chunk by chunk (next) until the end.
+      if (isUnusable(stream)) throw new TypeErrorCtor(`${what}: the body has already been used`);
+      const reader = ReflectApply(streams.getReader, stream, []);
+      let total = 0;
+      return {
+        __proto__: null,
+        status,
+        headers: outHeaders,
+        body: null,
+        next: async () => {
+          const step = await ReflectApply(streams.read, reader, []);
+          if (step.done) return undefined;
+          const bytes = chunkBytes(step.value, what);
+          total += bytes.length;
+          if (total > maxBodyBytes) {
+            const err = new RangeErrorCtor(`${what}: the body exceeds the limit of ${maxBodyBytes} bytes`);
+            ReflectApply(streams.cancelReader, reader, [err]);
+            throw err;
+          }
+          return bytes;
+        },
+        cancel: async () => {
+          await ReflectApply(streams.cancelReader, reader, [new TypeErrorCtor("the client went away")]);
+        },
+        waitUntil: waitsDone(waits),
+      };
+    }
+    const bytes = await bodyBytes(response, ResponseArrayBuffer, ResponseBodyUsed, maxBodyBytes, what);
     return {
       __proto__: null,
       status,

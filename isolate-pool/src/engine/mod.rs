@@ -16,8 +16,8 @@ mod panics;
 mod text;
 
 use crate::api::{
-    ErrorKind, HttpRequest, HttpResponse, Invoker, Limits, LogEntry, ModuleSource, Outbound,
-    WorkerCode, WorkerError,
+    BodyPart, BodySink, ErrorKind, HttpRequest, HttpResponse, Invoker, Limits, LogEntry,
+    ModuleSource, Outbound, WorkerCode, WorkerError,
 };
 use crate::egress::{EgressPort, EgressRequest, EgressResponse, Fetched, NETWORK_DISABLED};
 use budget::{Budget, Metered};
@@ -106,6 +106,13 @@ impl HostState {
     fn with_invocation<R>(&self, f: impl FnOnce(&mut InvocationState) -> R) -> Option<R> {
         self.invocation.borrow_mut().as_mut().map(f)
     }
+}
+
+/// A streamed Worker Response body being read: the bootstrap's `next()` (a promise of the next
+/// chunk, `undefined` at the end) and `cancel()`.
+struct StreamPump {
+    next: Persistent<Function<'static>>,
+    cancel: Persistent<Function<'static>>,
 }
 
 /// The loaded Worker: its handler object and `env`.
@@ -318,18 +325,20 @@ impl Isolate {
         request: HttpRequest,
         invoker: Invoker,
         limits: Limits,
+        sink: Option<BodySink>,
         respond: impl FnOnce(FetchOutput, f64, bool),
     ) {
         self.begin(invoker, limits);
         let deadline = Duration::from_millis(limits.wall_ms);
         let started = Instant::now();
         let mut respond = Some(respond);
+        let streaming = sink.is_some();
 
         let result = tokio::time::timeout(deadline, async {
             if self.worker.is_none() {
                 self.load_worker(code).await?;
             }
-            self.dispatch(request).await
+            self.dispatch(request, streaming).await
         })
         .await
         .unwrap_or_else(|_| {
@@ -346,12 +355,13 @@ impl Isolate {
             (Ok(_), Some(kind)) => Err(WorkerError::new(kind, kind.as_str())),
             (r, _) => r,
         };
-        let (outcome, wait_until) = match result {
-            Ok((response, wait)) => (Ok(response), wait),
-            Err(e) => (Err(self.classify(e)), None),
+        let (outcome, wait_until, pump) = match result {
+            Ok((response, wait, pump)) => (Ok(response), wait, pump),
+            Err(e) => (Err(self.classify(e)), None, None),
         };
-        if let Some(wait) = wait_until {
-            // Respond first, then let waitUntil work finish within the remaining wall time.
+        if wait_until.is_some() || pump.is_some() {
+            // Respond first (a streamed body's head), then stream the body and let waitUntil
+            // work finish, within the remaining wall time.
             let logs = self
                 .state
                 .with_invocation(|s| s.take_logs())
@@ -363,6 +373,12 @@ impl Isolate {
                     true,
                 );
             }
+        }
+        if let (Some(pump), Some(sink)) = (pump, sink) {
+            let remaining = deadline.saturating_sub(started.elapsed());
+            self.pump(pump, sink, remaining).await;
+        }
+        if let Some(wait) = wait_until {
             let remaining = deadline.saturating_sub(started.elapsed());
             let waited = tokio::time::timeout(remaining, self.await_promise(wait)).await;
             match waited {
@@ -384,10 +400,103 @@ impl Isolate {
         }
     }
 
+    /// Streams a Worker's Response body into `sink`, chunk by chunk, until it ends, fails, the
+    /// sink wants no more (the Worker's stream is cancelled) or `remaining` wall time is spent.
+    /// Every outcome ends with one [`BodyPart::End`].
+    async fn pump(&mut self, pump: StreamPump, mut sink: BodySink, remaining: Duration) {
+        let streamed = tokio::time::timeout(remaining, async {
+            loop {
+                match self.next_chunk(&pump.next).await? {
+                    Some(bytes) => {
+                        if !sink(BodyPart::Chunk(bytes)) {
+                            // The client went away: stop the Worker's stream (best effort).
+                            let _ = self.call_js(&pump.cancel).await;
+                            return Ok(());
+                        }
+                    }
+                    None => return Ok(()),
+                }
+            }
+        })
+        .await;
+        let end = match streamed {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.classify(e).message),
+            Err(_) => {
+                self.state.budget.trip(ErrorKind::WallLimit);
+                self.poisoned = true;
+                Err("the Worker's response body was cut off at the wall-clock limit".to_string())
+            }
+        };
+        if let Err(e) = &end {
+            tracing::debug!(error = %e, "a streamed response body broke off");
+        }
+        sink(BodyPart::End(end));
+    }
+
+    /// The next chunk of a streamed body (`None`: the stream is done), copied out of the isolate.
+    async fn next_chunk(
+        &mut self,
+        next: &Persistent<Function<'static>>,
+    ) -> Result<Option<Vec<u8>>, WorkerError> {
+        let state = self.state.clone();
+        let next = next.clone();
+        let fut = async_with!(self.ctx => |ctx| {
+            let run = async {
+                let next = next.restore(&ctx).map_err(internal)?;
+                let promise: Promise = next.call(()).catch(&ctx).map_err(|e| js_error(&e))?;
+                let value: Value = promise
+                    .into_future()
+                    .await
+                    .catch(&ctx)
+                    .map_err(|e| js_error(&e))?;
+                if value.is_undefined() {
+                    return Ok(None);
+                }
+                let chunk = TypedArray::<u8>::from_value(value)
+                    .map_err(|_| worker_fault("the Worker's Response stream produced a chunk that is not bytes"))?;
+                // The chunk leaves the isolate: its copy is not charged to the isolate's account.
+                Ok::<_, WorkerError>(Some(memory::untracked(|| {
+                    chunk.as_bytes().map(<[u8]>::to_vec).unwrap_or_default()
+                })))
+            };
+            run.await
+        });
+        Metered::new(Guarded::new(fut, self.panic.clone()), state).await
+    }
+
+    /// Calls a bootstrap function with no arguments and awaits what it returns.
+    async fn call_js(&mut self, f: &Persistent<Function<'static>>) -> Result<(), WorkerError> {
+        let state = self.state.clone();
+        let f = f.clone();
+        let fut = async_with!(self.ctx => |ctx| {
+            let run = async {
+                let f = f.restore(&ctx).map_err(internal)?;
+                let promise: Promise = f.call(()).catch(&ctx).map_err(|e| js_error(&e))?;
+                promise
+                    .into_future::<Value>()
+                    .await
+                    .catch(&ctx)
+                    .map_err(|e| js_error(&e))?;
+                Ok::<_, WorkerError>(())
+            };
+            run.await
+        });
+        Metered::new(Guarded::new(fut, self.panic.clone()), state).await
+    }
+
     async fn dispatch(
         &mut self,
         request: HttpRequest,
-    ) -> Result<(HttpResponse, Option<Persistent<Promise<'static>>>), WorkerError> {
+        streaming: bool,
+    ) -> Result<
+        (
+            HttpResponse,
+            Option<Persistent<Promise<'static>>>,
+            Option<StreamPump>,
+        ),
+        WorkerError,
+    > {
         let worker = self
             .worker
             .as_ref()
@@ -413,7 +522,7 @@ impl Isolate {
                         .into_value()
                 };
                 let promise: Promise = dispatch
-                    .call((handler, env, request.method, request.url, headers, body))
+                    .call((handler, env, request.method, request.url, headers, body, streaming))
                     .catch(&ctx)
                     .map_err(|e| js_error(&e))?;
                 let out: Object = promise
@@ -421,9 +530,21 @@ impl Isolate {
                     .await
                     .catch(&ctx)
                     .map_err(|e| js_error(&e))?;
-                let response = read_response(&ctx, &out)?;
+                let mut response = read_response(&ctx, &out)?;
                 let wait: Option<Promise> = out.get("waitUntil").map_err(internal)?;
-                Ok::<_, WorkerError>((response, wait.map(|p| Persistent::save(&ctx, p))))
+                let next: Option<Function> = out.get("next").map_err(internal)?;
+                let cancel: Option<Function> = out.get("cancel").map_err(internal)?;
+                let pump = match (next, cancel) {
+                    (Some(next), Some(cancel)) => {
+                        response.streamed = true;
+                        Some(StreamPump {
+                            next: Persistent::save(&ctx, next),
+                            cancel: Persistent::save(&ctx, cancel),
+                        })
+                    }
+                    _ => None,
+                };
+                Ok::<_, WorkerError>((response, wait.map(|p| Persistent::save(&ctx, p)), pump))
             };
             run.await
         });
@@ -617,13 +738,17 @@ fn read_response<'js>(_ctx: &Ctx<'js>, out: &Object<'js>) -> Result<HttpResponse
             )));
         }
     }
-    let body: TypedArray<u8> = out.get("body").map_err(unreadable)?;
+    let body: Option<TypedArray<u8>> = out.get("body").map_err(unreadable)?;
     // The body leaves the isolate: its copy is not charged to the isolate's account.
-    let body = memory::untracked(|| body.as_bytes().map(<[u8]>::to_vec).unwrap_or_default());
+    let body = memory::untracked(|| {
+        body.and_then(|b| b.as_bytes().map(<[u8]>::to_vec))
+            .unwrap_or_default()
+    });
     Ok(HttpResponse {
         status,
         headers,
         body,
+        streamed: false,
     })
 }
 
@@ -773,6 +898,12 @@ fn install<'js>(
         ),
     )?;
     host.set("maxBodyBytes", crate::wire::MAX_BODY_BYTES as f64)?;
+    // llrt_crypto's init: defines Crypto/SubtleCrypto/CryptoKey and a global `crypto`, which the
+    // bootstrap takes apart (it keeps `subtle` and the two classes, restores its own `crypto`).
+    host.set(
+        "subtle",
+        Func::from(|ctx: Ctx<'js>| llrt_crypto::init(&ctx)),
+    )?;
     let live_codecs = Rc::new(Cell::new(0usize));
     host.set(
         "codec",

@@ -61,7 +61,7 @@ async fn fetch_with(
     limits: Limits,
 ) -> (Result<HttpResponse, WorkerError>, Vec<LogEntry>) {
     let mut out = None;
-    iso.fetch(code, req, invoker(), limits, |o, _, _| out = Some(o))
+    iso.fetch(code, req, invoker(), limits, None, |o, _, _| out = Some(o))
         .await;
     out.expect("respond called")
 }
@@ -502,6 +502,194 @@ fn intl_formats_as_en_us_in_utc() {
                 "Invalid Date"
             ])
         );
+    });
+}
+
+/// Runs `src` with a body sink; returns the head, the parts the sink got and the logs.
+async fn fetch_streamed(
+    iso: &mut Isolate,
+    src: &str,
+    path: &str,
+    want: usize,
+) -> (
+    Result<HttpResponse, WorkerError>,
+    Vec<BodyPart>,
+    Vec<LogEntry>,
+) {
+    let parts = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = parts.clone();
+    let sink: BodySink = Box::new(move |part| {
+        let mut p = seen.lock().unwrap();
+        p.push(part);
+        p.len() < want
+    });
+    let mut out = None;
+    let limits = Limits {
+        wall_ms: 500,
+        ..LIMITS
+    };
+    iso.fetch(
+        &worker(src),
+        get(path),
+        invoker(),
+        limits,
+        Some(sink),
+        |o, _, _| out = Some(o),
+    )
+    .await;
+    let (res, logs) = out.expect("respond called");
+    let parts = std::mem::take(&mut *parts.lock().unwrap());
+    (res, parts, logs)
+}
+
+#[test]
+fn streamed_responses_go_to_the_sink_part_by_part() {
+    run(async {
+        let src = r#"let cancelled = "no";
+        export default { async fetch(request) {
+            const path = new URL(request.url).pathname;
+            if (path === "/cancelled") return new Response(cancelled);
+            const enc = new TextEncoder();
+            let i = 0;
+            const body = new ReadableStream({
+                async pull(c) {
+                    await new Promise((r) => setTimeout(r, 1));
+                    if (path === "/fail" && i === 1) { c.error(new Error("upstream broke")); return; }
+                    if (path === "/forever" || i < 3) c.enqueue(enc.encode("part" + i++)); else c.close();
+                },
+                cancel(reason) { cancelled = reason.message; },
+            });
+            return new Response(body, { headers: { "content-type": "text/plain" } });
+        } }"#;
+        let new = || async { Isolate::new(Arc::new(DisabledEgress)).await.unwrap() };
+        let (res, parts, _) =
+            fetch_streamed(&mut new().await, src, "http://w/ok", usize::MAX).await;
+        let head = res.unwrap();
+        assert!(head.streamed && head.body.is_empty());
+        assert_eq!(
+            head.headers,
+            vec![("content-type".to_string(), "text/plain".to_string())]
+        );
+        assert_eq!(
+            parts,
+            vec![
+                BodyPart::Chunk(b"part0".to_vec()),
+                BodyPart::Chunk(b"part1".to_vec()),
+                BodyPart::Chunk(b"part2".to_vec()),
+                BodyPart::End(Ok(())),
+            ]
+        );
+
+        let (_, parts, _) =
+            fetch_streamed(&mut new().await, src, "http://w/fail", usize::MAX).await;
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert!(
+            matches!(&parts[1], BodyPart::End(Err(e)) if e.contains("upstream broke")),
+            "{parts:?}"
+        );
+
+        // The client leaves after two chunks: the Worker's stream is cancelled.
+        let mut iso = new().await;
+        let (_, parts, _) = fetch_streamed(&mut iso, src, "http://w/forever", 2).await;
+        assert_eq!(parts.len(), 3, "{parts:?}");
+        assert_eq!(parts[2], BodyPart::End(Ok(())));
+        let (res, _, _) = fetch_streamed(&mut iso, src, "http://w/cancelled", usize::MAX).await;
+        assert_eq!(body(&res.unwrap()), "the client went away");
+
+        // A stream that never ends is cut at the wall-clock limit.
+        let (_, parts, _) =
+            fetch_streamed(&mut new().await, src, "http://w/forever", usize::MAX).await;
+        assert!(
+            matches!(parts.last(), Some(BodyPart::End(Err(e))) if e.contains("wall-clock")),
+            "{:?}",
+            parts.last()
+        );
+        assert!(parts.len() > 3);
+    });
+}
+
+#[test]
+fn subtle_crypto_works_within_bounds() {
+    run(async {
+        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let limits = Limits {
+            cpu_ms: 5_000,
+            wall_ms: 20_000,
+            memory_mb: 64,
+            ..LIMITS
+        };
+        let (res, logs) = fetch_with(&mut iso, &worker(
+            r#"export default { async fetch() {
+                const enc = new TextEncoder();
+                const hex = (b) => [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, "0")).join("");
+                const err = (p) => p.then(() => "no error", (e) => `${e.name}`);
+                const s = crypto.subtle;
+                const out = {};
+                out.shape = [s instanceof SubtleCrypto, typeof CryptoKey, typeof Crypto, typeof crypto.createHash,
+                    typeof crypto.getRandomValues, crypto.subtle === s];
+                out.sha256 = hex(await s.digest("SHA-256", enc.encode("abc")));
+                const hmac = await s.importKey("raw", enc.encode("key"), { name: "HMAC", hash: "SHA-256" }, false, ["sign", "verify"]);
+                const mac = await s.sign("HMAC", hmac, enc.encode("The quick brown fox jumps over the lazy dog"));
+                out.hmac = [hex(mac), await s.verify("HMAC", hmac, mac, enc.encode("The quick brown fox jumps over the lazy dog")),
+                    hmac instanceof CryptoKey, hmac.algorithm.name];
+                const aes = await s.generateKey({ name: "AES-GCM", length: 256 }, true, ["encrypt", "decrypt"]);
+                const iv = crypto.getRandomValues(new Uint8Array(12));
+                const sealed = await s.encrypt({ name: "AES-GCM", iv }, aes, enc.encode("secret"));
+                out.aes = new TextDecoder().decode(await s.decrypt({ name: "AES-GCM", iv }, aes, sealed));
+                const ec = await s.generateKey({ name: "ECDSA", namedCurve: "P-256" }, true, ["sign", "verify"]);
+                const sig = await s.sign({ name: "ECDSA", hash: "SHA-256" }, ec.privateKey, enc.encode("m"));
+                out.ecdsa = [await s.verify({ name: "ECDSA", hash: "SHA-256" }, ec.publicKey, sig, enc.encode("m")),
+                    (await s.exportKey("jwk", ec.publicKey)).crv];
+                const ed = await s.generateKey({ name: "Ed25519" }, true, ["sign", "verify"]);
+                out.ed25519 = await s.verify("Ed25519", ed.publicKey, await s.sign("Ed25519", ed.privateKey, enc.encode("m")), enc.encode("m"));
+                const base = await s.importKey("raw", enc.encode("pw"), "PBKDF2", false, ["deriveBits"]);
+                out.guards = [
+                    await err(s.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt: new Uint8Array(8), iterations: 2e6 }, base, 256)),
+                    await err(s.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt: new Uint8Array(8), iterations: 1000 }, base, 1e6)),
+                    await err(s.generateKey({ name: "RSASSA-PKCS1-v1_5", modulusLength: 16384, publicExponent: new Uint8Array([1, 0, 1]), hash: "SHA-256" }, true, ["sign"])),
+                    await err(s.importKey("raw", new Uint8Array(20000), { name: "HMAC", hash: "SHA-256" }, false, ["sign"])),
+                ];
+                out.pbkdf2 = hex(await s.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt: enc.encode("salt"), iterations: 1 }, base, 128)).length;
+                return Response.json(out);
+            } }"#,
+        ), get("http://w/"), limits)
+        .await;
+        let res = res.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
+        let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+        use serde_json::json;
+        assert_eq!(
+            v["shape"],
+            json!([true, "function", "undefined", "undefined", "function", true]),
+            "{v}"
+        );
+        assert_eq!(
+            v["sha256"],
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            v["hmac"],
+            json!([
+                "f7bc83f430538424b13298e6aa6fb143ef4d59a14946175997479dbc2d1a3cd8",
+                true,
+                true,
+                "HMAC"
+            ]),
+            "{v}"
+        );
+        assert_eq!(v["aes"], "secret");
+        assert_eq!(v["ecdsa"], json!([true, "P-256"]), "{v}");
+        assert_eq!(v["ed25519"], json!(true), "{v}");
+        assert_eq!(
+            v["guards"],
+            json!([
+                "OperationError",
+                "OperationError",
+                "OperationError",
+                "OperationError"
+            ]),
+            "{v}"
+        );
+        assert_eq!(v["pbkdf2"], json!(32), "{v}");
     });
 }
 
@@ -1357,6 +1545,7 @@ fn wait_until_work_added_late_is_awaited_and_a_rejection_is_logged() {
             get("http://w/"),
             invoker(),
             LIMITS,
+            None,
             |(o, l), _, _| {
                 out = Some(o);
                 logs = l;
