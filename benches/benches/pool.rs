@@ -1,6 +1,6 @@
-//! Criterion micro-benchmarks of the isolate pool, in process (no HTTP): what one isolate
-//! thread does per `load()` (start an isolate, evaluate a Worker, dispatch, discard) and per warm
-//! `get()`.
+//! Criterion micro-benchmarks of the isolate pool, in process (no HTTP): starting one isolate,
+//! what one isolate thread does per `load()` (start an isolate, evaluate a Worker, dispatch,
+//! discard) and per warm `get()`.
 //!
 //! `cargo bench -p isogate-benches --bench pool`
 
@@ -68,6 +68,15 @@ fn bench(c: &mut Criterion) {
         worker_id: None,
         invocation: 0,
     };
+    // An isolate with the Worker API installed, started and dropped (what a warm isolate costs
+    // the pool; streams, Intl and crypto.subtle load later, on first use).
+    group.bench_function("isolate_start", |b| {
+        b.iter(|| {
+            tokio::task::LocalSet::new()
+                .block_on(&rt, isogate_pool::start_and_drop_isolate())
+                .expect("isolate")
+        })
+    });
     group.bench_function("load_hello_cold_isolate", |b| {
         b.iter(|| {
             let inv = rt

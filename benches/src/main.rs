@@ -37,6 +37,9 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "bench-key";
 const HELLO: &str = r#"export default { async fetch() { return new Response("hello from isogate", { headers: { "content-type": "text/plain" } }); } }"#;
+/// A Worker that touches what an isolate loads on first use: a streamed body, crypto.subtle and
+/// Intl (for the memory cost of a cached Worker that uses them).
+const WEB_APIS: &str = r#"export default { async fetch() { const d = await crypto.subtle.digest("SHA-256", new TextEncoder().encode("x")); const s = new Intl.NumberFormat("en-US", { style: "currency", currency: "USD" }).format(d.byteLength); return new Response(new ReadableStream({ start(c) { c.enqueue(new TextEncoder().encode(s)); c.close(); } })); } }"#;
 const SNIPPET: &str = "async (env) => { const ids = [1, 2, 3]; const results = []; for (const id of ids) { results.push({ id, square: id * id }); } return { total: results.reduce((a, r) => a + r.square, 0), results }; }";
 
 /// `pool.isolation` of an isogate under test.
@@ -638,7 +641,7 @@ fn memory_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
         let mut row = format!("| {n} |");
         let mut per_worker = Vec::new();
         for &mode in &opts.isolation {
-            let m = isogate_memory(bin, mode, n);
+            let m = isogate_memory(bin, mode, n, HELLO);
             let idle = match &m {
                 Ok(m) if mode == Isolation::Process => format!(
                     "{:.1} ({:.1} gateway + {:.1} workers)",
@@ -678,6 +681,23 @@ fn memory_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
     for n in &notes {
         println!("- {n}");
     }
+    // The same for a Worker that loads streams, crypto.subtle and Intl (isogate only).
+    let n = sizes[0];
+    let mut header = String::from("\n| cached Workers N (using streams, crypto.subtle, Intl) |");
+    let mut rule = String::from("|---|");
+    let mut row = format!("| {n} |");
+    for &mode in &opts.isolation {
+        header.push_str(&format!(
+            " isogate {} RSS growth per Worker (KiB) |",
+            mode.as_str()
+        ));
+        rule.push_str("---|");
+        match isogate_memory(bin, mode, n, WEB_APIS) {
+            Ok(m) => row.push_str(&format!(" {:.0} |", m.per_worker)),
+            Err(e) => row.push_str(&format!(" error: {e} |")),
+        }
+    }
+    println!("{header}\n{rule}\n{row}");
 }
 
 /// One isogate under test: its mode and gateway.
@@ -870,14 +890,14 @@ struct Memory {
 
 /// isogate: idle RSS, and RSS growth per cached Worker after storing and calling `n` distinct
 /// Workers.
-fn isogate_memory(bin: &Path, mode: Isolation, n: usize) -> Result<Memory, String> {
+fn isogate_memory(bin: &Path, mode: Isolation, n: usize, src: &str) -> Result<Memory, String> {
     let g = Gateway::start(bin, &format!("mem{n}"), mode, n + 10);
     // Let the warm pool's refill and start-up allocations settle.
     std::thread::sleep(Duration::from_millis(300));
     let idle = g.rss_split_kib();
     let mut conn = Conn::connect(&g.ingress).map_err(|e| format!("connect: {e}"))?;
     let auth = format!("Bearer {KEY}");
-    let worker = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
+    let worker = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": src}});
     // Warm the path once so one-time allocations are not charged to the Workers.
     let warm = serde_json::to_vec(&worker).unwrap_or_default();
     let _ = conn.request(
@@ -889,7 +909,7 @@ fn isogate_memory(bin: &Path, mode: Isolation, n: usize) -> Result<Memory, Strin
     let _ = conn.request("GET", "/w/warmup/", &[("authorization", &auth)], b"");
     let before = g.rss_kib();
     for i in 0..n {
-        let code = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": format!("const id = {i}; {HELLO}")}});
+        let code = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": format!("const id = {i}; {src}")}});
         let body = serde_json::to_vec(&code).unwrap_or_default();
         let headers = [("authorization", auth.as_str())];
         match conn.request("PUT", &format!("/v1/workers/w{i}"), &headers, &body) {

@@ -31,3 +31,12 @@ pub use pool::{Hold, Pool, PoolError, PoolSettings, Reply};
 
 /// Name of the JS engine this build uses.
 pub const ENGINE: &str = engine::ENGINE_NAME;
+
+/// Starts one isolate with the whole Worker API installed (what a warm isolate costs) and drops
+/// it. For benchmarks (`benches/benches/pool.rs`, `isolate_start`); the pool does this itself.
+#[doc(hidden)]
+pub async fn start_and_drop_isolate() -> Result<(), WorkerError> {
+    let iso = engine::Isolate::new(std::sync::Arc::new(DisabledEgress)).await?;
+    drop(iso);
+    Ok(())
+}
