@@ -849,6 +849,14 @@ function installStreams(g, host, wrappers) {
     });
   }
 
+  // UTF-8 decoding of body bytes (BOM stripped), with one decoder made on first use.
+  const TextDecoderCtor = g.TextDecoder;
+  const decode = TextDecoderCtor.prototype.decode;
+  let decoder = null;
+  const utf8 = (bytes) => {
+    if (decoder === null) decoder = new TextDecoderCtor();
+    return ReflectApply(decode, decoder, [bytes]);
+  };
   // The Body mixin of Request and Response, over the native classes.
   for (const [nativeProto, what] of [[RequestProto, "Request"], [ResponseProto, "Response"]]) {
     const proto = wrappers[what].prototype;
@@ -905,15 +913,13 @@ function installStreams(g, host, wrappers) {
     defineMethod(proto, "bytes", async function bytes() {
       return read(this, "bytes");
     });
-    const decoder = new g.TextDecoder();
-    const decode = g.TextDecoder.prototype.decode;
     defineMethod(proto, "text", async function text() {
-      return ReflectApply(decode, decoder, [await read(this, "text")]);
+      return utf8(await read(this, "text"));
     });
     // `json()` is JSON.parse of the body's text (LLRT's own parser rejects what JSON allows, such
     // as escaped lone surrogates, and throws a plain Error where the standard says SyntaxError).
     defineMethod(proto, "json", async function json() {
-      return JSONParse(ReflectApply(decode, decoder, [await read(this, "json")]));
+      return JSONParse(utf8(await read(this, "json")));
     });
     const BlobCtor = g.Blob;
     defineMethod(proto, "blob", async function blob() {
@@ -924,7 +930,7 @@ function installStreams(g, host, wrappers) {
     defineMethod(proto, "formData", async function formData() {
       const type = contentType(this);
       const bytes = await read(this, "formData");
-      return formDataFrom(g, `${what}.formData`, type === null ? "" : type, bytes, (b) => ReflectApply(decode, decoder, [b]));
+      return formDataFrom(g, `${what}.formData`, type === null ? "" : type, bytes, utf8);
     });
     defineMethod(proto, "clone", function clone() {
       if (bodyUsed(this)) throw new TypeErrorCtor(`${what}.clone: the body has already been used`);
