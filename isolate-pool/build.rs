@@ -1,6 +1,7 @@
 //! Compiles the Worker-facing JS layer (`src/engine/bootstrap.js`), and the parts an isolate
 //! loads on first use — the vendored Web Streams implementation
-//! (`vendor/web-streams-polyfill/ponyfill.js`) and `Intl` (`src/engine/intl.js`) — to QuickJS
+//! (`vendor/web-streams-polyfill/ponyfill.js`), `Intl` (`src/engine/intl.js`) and the rarely used
+//! glue (`src/engine/lazy.js`) — to QuickJS
 //! bytecode at build time, so an isolate loads them with `Module::load` instead of parsing source.
 //! The bytecode is produced by the same `rquickjs-sys` (QuickJS) version the crate links, which is
 //! what makes it valid to load at run time.
@@ -11,6 +12,7 @@ use std::{env, fs, path::PathBuf};
 const BOOTSTRAP: &str = "src/engine/bootstrap.js";
 const STREAMS: &str = "vendor/web-streams-polyfill/ponyfill.js";
 const INTL: &str = "src/engine/intl.js";
+const LAZY: &str = "src/engine/lazy.js";
 
 fn compile(name: &str, source: String, out: &str) {
     let rt = Runtime::new().expect("quickjs runtime");
@@ -39,6 +41,7 @@ fn main() {
     println!("cargo:rerun-if-changed={BOOTSTRAP}");
     println!("cargo:rerun-if-changed={STREAMS}");
     println!("cargo:rerun-if-changed={INTL}");
+    println!("cargo:rerun-if-changed={LAZY}");
     let bootstrap = fs::read_to_string(BOOTSTRAP).expect("read bootstrap.js");
     compile("isogate:bootstrap", bootstrap, "bootstrap.qjsbc");
     // The UMD bundle sees `exports` and `module` and fills `exports` (it touches no global).
@@ -49,4 +52,6 @@ fn main() {
     compile("isogate:streams", streams, "streams.qjsbc");
     let intl = fs::read_to_string(INTL).expect("read intl.js");
     compile("isogate:intl", intl, "intl.qjsbc");
+    let lazy = fs::read_to_string(LAZY).expect("read lazy.js");
+    compile("isogate:lazy", lazy, "lazy.qjsbc");
 }

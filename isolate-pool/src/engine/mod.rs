@@ -37,9 +37,11 @@ use std::time::{Duration, Instant};
 /// The Worker-facing JS layer, compiled to QuickJS bytecode by `build.rs`.
 static BOOTSTRAP_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bootstrap.qjsbc"));
 /// Parts an isolate loads the first time its Worker uses them (`host.module(name)`), compiled by
-/// `build.rs`: the Web Streams implementation (vendored web-streams-polyfill) and `Intl`.
+/// `build.rs`: the Web Streams implementation (vendored web-streams-polyfill), `Intl`, and the
+/// glue only some Workers need (`lazy.js`: crypto.subtle guards, encoding/compression streams).
 static STREAMS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streams.qjsbc"));
 static INTL_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/intl.qjsbc"));
+static LAZY_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lazy.qjsbc"));
 
 /// Name of the engine, reported in build info.
 pub const ENGINE_NAME: &str = "quickjs";
@@ -886,6 +888,7 @@ fn install<'js>(
                 let bytes = match name.as_str() {
                     "streams" => STREAMS_BYTECODE,
                     "intl" => INTL_BYTECODE,
+                    "lazy" => LAZY_BYTECODE,
                     _ => return Err(Exception::throw_internal(&ctx, "unknown lazy module")),
                 };
                 // SAFETY: the bytes are QuickJS bytecode written by build.rs with the same
