@@ -1,7 +1,7 @@
 //! Compiles the Worker-facing JS layer (`src/engine/bootstrap.js`), and the parts an isolate
 //! loads on first use — the vendored Web Streams implementation
-//! (`vendor/web-streams-polyfill/ponyfill.js`), `Intl` (`src/engine/intl.js`) and the rarely used
-//! glue (`src/engine/lazy.js`) — to QuickJS
+//! (`vendor/web-streams-polyfill/ponyfill.js`), `URLPattern` (`vendor/urlpattern-polyfill/`),
+//! `Intl` (`src/engine/intl.js`) and the rarely used glue (`src/engine/lazy.js`) — to QuickJS
 //! bytecode at build time, so an isolate loads them with `Module::load` instead of parsing source.
 //! The bytecode is produced by the same `rquickjs-sys` (QuickJS) version the crate links, which is
 //! what makes it valid to load at run time.
@@ -13,6 +13,7 @@ const BOOTSTRAP: &str = "src/engine/bootstrap.js";
 const STREAMS: &str = "vendor/web-streams-polyfill/ponyfill.js";
 const INTL: &str = "src/engine/intl.js";
 const LAZY: &str = "src/engine/lazy.js";
+const URLPATTERN: &str = "vendor/urlpattern-polyfill/urlpattern.js";
 
 fn compile(name: &str, source: String, out: &str) {
     let rt = Runtime::new().expect("quickjs runtime");
@@ -42,6 +43,7 @@ fn main() {
     println!("cargo:rerun-if-changed={STREAMS}");
     println!("cargo:rerun-if-changed={INTL}");
     println!("cargo:rerun-if-changed={LAZY}");
+    println!("cargo:rerun-if-changed={URLPATTERN}");
     let bootstrap = fs::read_to_string(BOOTSTRAP).expect("read bootstrap.js");
     compile("isogate:bootstrap", bootstrap, "bootstrap.qjsbc");
     // The UMD bundle sees `exports` and `module` and fills `exports` (it touches no global).
@@ -54,4 +56,6 @@ fn main() {
     compile("isogate:intl", intl, "intl.qjsbc");
     let lazy = fs::read_to_string(LAZY).expect("read lazy.js");
     compile("isogate:lazy", lazy, "lazy.qjsbc");
+    let urlpattern = fs::read_to_string(URLPATTERN).expect("read the urlpattern-polyfill");
+    compile("isogate:urlpattern", urlpattern, "urlpattern.qjsbc");
 }

@@ -1878,6 +1878,20 @@ export function install(host) {
       }[name]);
     }
   }
+  // ---- URLPattern ------------------------------------------------------------------------------
+  // The vendored urlpattern-polyfill (WHATWG URL Pattern), loaded on first use.
+  ObjectDefineProperty(g, "URLPattern", {
+    __proto__: null,
+    get: function () {
+      define("URLPattern", host.module("urlpattern"));
+      return g.URLPattern;
+    },
+    set(value) {
+      define("URLPattern", value);
+    },
+    enumerable: false,
+    configurable: true,
+  });
   // Workers (and libraries that feature-test for a worker scope) find the global as `self`.
   define("self", g);
   installStackTraceGuard();

@@ -37,11 +37,13 @@ use std::time::{Duration, Instant};
 /// The Worker-facing JS layer, compiled to QuickJS bytecode by `build.rs`.
 static BOOTSTRAP_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bootstrap.qjsbc"));
 /// Parts an isolate loads the first time its Worker uses them (`host.module(name)`), compiled by
-/// `build.rs`: the Web Streams implementation (vendored web-streams-polyfill), `Intl`, and the
+/// `build.rs`: the Web Streams implementation (vendored web-streams-polyfill), `URLPattern`
+/// (vendored urlpattern-polyfill), `Intl`, and the
 /// glue only some Workers need (`lazy.js`: crypto.subtle guards, encoding/compression streams).
 static STREAMS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streams.qjsbc"));
 static INTL_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/intl.qjsbc"));
 static LAZY_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lazy.qjsbc"));
+static URLPATTERN_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/urlpattern.qjsbc"));
 
 /// Name of the engine, reported in build info.
 pub const ENGINE_NAME: &str = "quickjs";
@@ -885,10 +887,12 @@ fn install<'js>(
         "module",
         Func::from(
             |ctx: Ctx<'js>, name: String| -> rquickjs::Result<Value<'js>> {
-                let bytes = match name.as_str() {
-                    "streams" => STREAMS_BYTECODE,
-                    "intl" => INTL_BYTECODE,
-                    "lazy" => LAZY_BYTECODE,
+                // The bytecode, and the export the bootstrap wants.
+                let (bytes, export) = match name.as_str() {
+                    "streams" => (STREAMS_BYTECODE, "default"),
+                    "intl" => (INTL_BYTECODE, "default"),
+                    "lazy" => (LAZY_BYTECODE, "default"),
+                    "urlpattern" => (URLPATTERN_BYTECODE, "URLPattern"),
                     _ => return Err(Exception::throw_internal(&ctx, "unknown lazy module")),
                 };
                 // SAFETY: the bytes are QuickJS bytecode written by build.rs with the same
@@ -896,7 +900,7 @@ fn install<'js>(
                 let module = unsafe { Module::load(ctx.clone(), bytes)? };
                 let (module, promise) = module.eval()?;
                 promise.finish::<()>()?;
-                module.get("default")
+                module.get(export)
             },
         ),
     )?;
