@@ -412,3 +412,74 @@ fn allow_private_never_opens_cloud_metadata() {
     let e = v["error"].as_str().unwrap_or_default();
     assert!(e.contains("could not connect"), "{v}");
 }
+
+/// `fetch(url, {signal})`: aborting rejects the `fetch()` at once with the signal's reason, and
+/// the upstream request is dropped — the upstream sees its connection close while it still holds
+/// the request (in process mode across the wire: `CancelEgress`). An already-aborted signal
+/// never reaches the network.
+#[test]
+fn aborting_a_fetch_drops_the_upstream_request() {
+    use common::upstream::{read_head, RawUpstream};
+    use std::io::{BufReader, Read};
+    let (closed_tx, closed_rx) = std::sync::mpsc::channel::<String>();
+    let closed_tx = Mutex::new(closed_tx);
+    let upstream = RawUpstream::start(move |conn| {
+        let mut reader = BufReader::new(conn);
+        let Some((_, target, _)) = read_head(&mut reader) else {
+            return;
+        };
+        // Never answer: wait until the client side closes the connection.
+        let mut byte = [0u8; 1];
+        let gone = matches!(reader.read(&mut byte), Ok(0) | Err(_));
+        if gone {
+            let _ = closed_tx.lock().unwrap().send(target);
+        }
+    });
+    let egress = format!(
+        "      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          methods: [GET]\n          name: slow\n",
+        upstream.port
+    );
+    let g = Gateway::start(
+        POOL,
+        &tenant(
+            "ab",
+            KEY,
+            "cpu_ms: 200, wall_ms: 20000, memory_mb: 64, subrequests: 5",
+            &egress,
+        ),
+    );
+    let (status, v) = run(
+        &g,
+        KEY,
+        &format!(
+            r#"const ac = new AbortController();
+            const pending = fetch("{}", {{ signal: ac.signal }});
+            setTimeout(() => ac.abort(new DOMException("enough", "AbortError")), 50);
+            let outcome;
+            try {{ await pending; outcome = "resolved"; }} catch (e) {{ outcome = e.name + ": " + e.message; }}
+            let early;
+            const pre = new AbortController();
+            pre.abort();
+            try {{ await fetch("{}", {{ signal: pre.signal }}); early = "resolved"; }} catch (e) {{ early = e.name; }}
+            return Response.json({{ outcome, early }});"#,
+            upstream.url("/held"),
+            upstream.url("/never")
+        ),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(
+        v,
+        json!({"outcome": "AbortError: enough", "early": "AbortError"})
+    );
+    let closed = closed_rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the upstream saw the aborted request's connection close");
+    assert_eq!(closed, "/held");
+    assert_eq!(
+        upstream
+            .connections
+            .load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the pre-aborted fetch never connected"
+    );
+}

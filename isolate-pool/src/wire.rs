@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Version of this protocol; a worker answers a different one with an error and exits.
-pub const PROTOCOL: u32 = 4;
+pub const PROTOCOL: u32 = 5;
 
 /// Largest body (request, response, egress) that may cross the wire.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -233,6 +233,12 @@ pub enum FromWorker {
         request: EgressRequest,
         /// Subrequests left including this one.
         left: u32,
+    },
+    /// The egress call `call` is no longer wanted (the Worker aborted its `fetch()`, or the
+    /// invocation ended): the gateway drops the upstream request.
+    CancelEgress {
+        /// The call's id.
+        call: u64,
     },
     /// The answer to a [`ToWorker::Query`].
     Answered {

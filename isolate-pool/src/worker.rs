@@ -135,7 +135,7 @@ fn run(channel: Arc<UnixStream>, (confinement, complete): (String, bool)) -> Res
     });
     let egress = Arc::new(RemoteEgress {
         out: out.clone(),
-        calls: Mutex::new(HashMap::new()),
+        calls: Arc::new(Mutex::new(HashMap::new())),
         next: AtomicU64::new(1),
     });
     let pool = Arc::new(
@@ -479,8 +479,27 @@ impl Drop for Release {
 /// `fetch()` from this process: one round trip to the gateway, which runs the egress pipeline.
 struct RemoteEgress {
     out: Arc<Outbox>,
-    calls: Mutex<HashMap<u64, oneshot::Sender<Fetched>>>,
+    calls: Arc<Calls>,
     next: AtomicU64,
+}
+
+type Calls = Mutex<HashMap<u64, oneshot::Sender<Fetched>>>;
+
+/// An egress call in flight: dropped before its answer (the Worker aborted the `fetch()`, or
+/// the invocation ended), it tells the gateway to drop the upstream request. (An answered call
+/// is no longer in `calls`: `complete` took it out.)
+struct InFlight {
+    out: Arc<Outbox>,
+    calls: Arc<Calls>,
+    call: u64,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if lock(&self.calls).remove(&self.call).is_some() {
+            self.out.send(&FromWorker::CancelEgress { call: self.call });
+        }
+    }
 }
 
 impl RemoteEgress {
@@ -522,7 +541,15 @@ impl EgressPort for RemoteEgress {
             request,
             left,
         });
-        Box::pin(async move { rx.await.unwrap_or_else(|_| gone()) })
+        let in_flight = InFlight {
+            out: self.out.clone(),
+            calls: self.calls.clone(),
+            call,
+        };
+        Box::pin(async move {
+            let _in_flight = in_flight;
+            rx.await.unwrap_or_else(|_| gone())
+        })
     }
 }
 

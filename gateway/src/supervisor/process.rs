@@ -297,6 +297,9 @@ pub(super) struct Process {
     alive: AtomicBool,
     killed: Mutex<Option<Kill>>,
     queries: Mutex<HashMap<u64, oneshot::Sender<QueryAnswer>>>,
+    /// Egress calls of this worker in flight: `CancelEgress` aborts the task (dropping the
+    /// upstream request).
+    egress_calls: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
     next_query: AtomicU64,
     /// Tenants this gateway dispatched invocations of to this worker: the only tenant names a
     /// worker's events may carry into metric labels.
@@ -355,6 +358,7 @@ impl Process {
             alive: AtomicBool::new(true),
             killed: Mutex::new(None),
             queries: Mutex::new(HashMap::new()),
+            egress_calls: Mutex::new(HashMap::new()),
             next_query: AtomicU64::new(1),
             tenants: Mutex::new(HashSet::new()),
             metrics: metrics.clone(),
@@ -623,7 +627,8 @@ impl Process {
                 let invoker = self.pending().get(&invocation).map(|p| p.invoker.clone());
                 let this = self.clone();
                 let egress = egress.clone();
-                tokio::spawn(async move {
+                let mut calls = self.egress_calls.lock().unwrap_or_else(|p| p.into_inner());
+                let task = tokio::spawn(async move {
                     let fetched = match invoker {
                         Some(invoker) => egress.fetch(invoker, request, left).await,
                         None => isogate_pool::Fetched::Rejected {
@@ -631,8 +636,26 @@ impl Process {
                             charged: false,
                         },
                     };
+                    this.egress_calls
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&call);
                     let _ = this.send(ToWorker::Fetched { call, fetched });
                 });
+                // Registered under the lock the task takes to unregister: never after it.
+                if !task.is_finished() {
+                    calls.insert(call, task.abort_handle());
+                }
+            }
+            FromWorker::CancelEgress { call } => {
+                let task = self
+                    .egress_calls
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&call);
+                if let Some(task) = task {
+                    task.abort();
+                }
             }
             FromWorker::Event(event) => match event {
                 Event::IsolateStarted(kind, took) => metrics.isolate_started(kind, took),

@@ -1896,6 +1896,14 @@ export function install(host) {
   define("self", g);
   installStackTraceGuard();
   const consoleError = console.error;
+  const abortFetch = host.abortFetch;
+  let nextFetchId = 1;
+  const RequestSignal = ObjectGetOwnPropertyDescriptor(RequestProto, "signal").get;
+  const SignalProto = AbortSignal.prototype;
+  const SignalAborted = ObjectGetOwnPropertyDescriptor(SignalProto, "aborted").get;
+  const SignalReason = ObjectGetOwnPropertyDescriptor(SignalProto, "reason").get;
+  const SignalAddEventListener = SignalProto.addEventListener;
+  const SignalRemoveEventListener = SignalProto.removeEventListener;
   async function fetch(input, init) {
     const request = new checked.Request(input, init);
     const headers = [];
@@ -1910,7 +1918,32 @@ export function install(host) {
     let redirect = init !== undefined && init !== null ? init.redirect : undefined;
     if (!redirect && isRequestObject(input)) redirect = input.redirect;
     const url = ReflectApply(RequestUrl, request, []);
-    const res = await hostFetch(method, url, headers, body, StringCtor(redirect || "follow"));
+    // The request's signal (init's, else the input Request's): aborting it rejects this fetch()
+    // with the signal's reason and drops the upstream request (host.abortFetch).
+    // (init's own signal when given: the Request's is a follower LLRT aborts a step later.)
+    const initSignal = init !== undefined && init !== null ? init.signal : undefined;
+    const signal = initSignal !== undefined && initSignal !== null ? initSignal : ReflectApply(RequestSignal, request, []);
+    if (signal && ReflectApply(SignalAborted, signal, [])) throw ReflectApply(SignalReason, signal, []);
+    let res;
+    if (!signal) {
+      res = await hostFetch(method, url, headers, body, StringCtor(redirect || "follow"), 0);
+    } else {
+      const id = nextFetchId++;
+      let aborted = false;
+      const onAbort = () => {
+        aborted = true;
+        abortFetch(id);
+      };
+      ReflectApply(SignalAddEventListener, signal, ["abort", onAbort]);
+      try {
+        res = await hostFetch(method, url, headers, body, StringCtor(redirect || "follow"), id);
+      } catch (e) {
+        if (aborted) throw ReflectApply(SignalReason, signal, []);
+        throw e;
+      } finally {
+        ReflectApply(SignalRemoveEventListener, signal, ["abort", onAbort]);
+      }
+    }
     const nullBody = ReflectApply(SetHas, NULL_BODY_STATUS, [res.status]) || method === "HEAD";
     const response = ReflectConstruct(NativeResponse, [nullBody ? null : res.body, {
       __proto__: null,

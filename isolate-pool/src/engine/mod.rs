@@ -104,6 +104,9 @@ struct HostState {
     invocation: RefCell<Option<InvocationState>>,
     outbound: Cell<Outbound>,
     egress: Arc<dyn EgressPort>,
+    /// `fetch()`es a Worker may still abort (its `signal`): id → the trigger that drops the
+    /// egress future (which cancels the upstream request, also across the wire).
+    aborts: RefCell<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl HostState {
@@ -180,6 +183,7 @@ impl Isolate {
             invocation: RefCell::new(None),
             outbound: Cell::new(Outbound::Default),
             egress,
+            aborts: RefCell::new(std::collections::HashMap::new()),
         });
         let interrupt_state = state.clone();
         rt.set_interrupt_handler(Some(Box::new(move || {
@@ -924,6 +928,16 @@ fn install<'js>(
             },
         ),
     )?;
+    let abort_state = state.clone();
+    host.set(
+        "abortFetch",
+        Func::from(move |id: f64| {
+            let trigger = abort_state.aborts.borrow_mut().remove(&(id as u64));
+            if let Some(t) = trigger {
+                let _ = t.send(());
+            }
+        }),
+    )?;
     let fetch_state = state;
     host.set(
         "fetch",
@@ -933,17 +947,45 @@ fn install<'js>(
                   url: String,
                   headers: Value<'js>,
                   body: Value<'js>,
-                  redirect: String| {
+                  redirect: String,
+                  abort_id: f64| {
                 let state = fetch_state.clone();
                 let prepared = prepare_fetch(&state, method, url, headers, body, redirect);
+                // A fetch() with a signal can be aborted: the trigger drops the egress future.
+                let abort_id = abort_id as u64;
+                let aborted = (abort_id != 0).then(|| {
+                    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+                    state.aborts.borrow_mut().insert(abort_id, tx);
+                    rx
+                });
                 async move {
                     let refuse = |ctx: &Ctx<'js>, r: FetchRefusal| match r {
                         FetchRefusal::TypeError(msg) => Exception::throw_type(ctx, &msg),
                         FetchRefusal::Internal(msg) => Exception::throw_internal(ctx, &msg),
                     };
-                    let (invoker, request, left) = prepared.map_err(|r| refuse(&ctx, r))?;
+                    let (invoker, request, left) = prepared.map_err(|r| {
+                        state.aborts.borrow_mut().remove(&abort_id);
+                        refuse(&ctx, r)
+                    })?;
                     let reserved = left > 0;
-                    match state.egress.fetch(invoker, request, left).await {
+                    let sent = state.egress.fetch(invoker, request, left);
+                    let fetched = match aborted {
+                        None => sent.await,
+                        Some(rx) => {
+                            tokio::select! {
+                                f = sent => {
+                                    state.aborts.borrow_mut().remove(&abort_id);
+                                    f
+                                }
+                                // Aborted (a dropped trigger is not an abort: the isolate is
+                                // going away and the fetch with it).
+                                Ok(()) = rx => {
+                                    return Err(Exception::throw_message(&ctx, "fetch(): aborted"));
+                                }
+                            }
+                        }
+                    };
+                    match fetched {
                         Fetched::Sent(resp) => {
                             if resp.hops > 0 {
                                 charge_subrequests(&state, resp.hops)
