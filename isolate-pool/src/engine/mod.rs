@@ -839,15 +839,6 @@ fn install<'js>(
     rquickjs::Class::<llrt_fetch::response::Response>::define(&globals)?;
     rquickjs::Class::<llrt_fetch::headers::Headers>::define(&globals)?;
     rquickjs::Class::<llrt_fetch::form_data::FormData>::define(&globals)?;
-    globals.set(
-        "structuredClone",
-        Func::from(
-            |ctx: Ctx<'js>, value: Value<'js>, options: rquickjs::function::Opt<Value<'js>>| {
-                let options = text::dictionary(&ctx, options, "structuredClone")?;
-                llrt_utils::clone::structured_clone(&ctx, value, rquickjs::function::Opt(options))
-            },
-        ),
-    )?;
     install_console(ctx, &state)?;
 
     let host = Object::new(ctx.clone())?;

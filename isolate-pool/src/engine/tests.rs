@@ -733,6 +733,65 @@ fn url_pattern_matches_and_the_regexp_v_flag_is_known() {
 }
 
 #[test]
+fn structured_clone_follows_the_html_standard() {
+    run(async {
+        let (res, logs) = fetch_once(
+            r#"export default { async fetch() {
+                const err = (f) => { try { f(); return "no error"; } catch (e) { return e.name; } };
+                const cyc = { a: [1, new Number(2), new String("s"), new Boolean(false), Object(3n)] };
+                cyc.self = cyc;
+                const c = structuredClone(cyc);
+                const m = structuredClone(new Map([[{ k: 1 }, new Set([new Date(5)])]]));
+                const [[mk, mv]] = [...m];
+                const f = structuredClone(new File(["foo"], "bar", { type: "text/x", lastModified: 42 }));
+                const b = structuredClone(new Blob(["xy"], { type: "t/b" }));
+                const buf = new Uint8Array([1, 2, 3, 4]);
+                const views = structuredClone([buf.subarray(1, 3), new DataView(buf.buffer, 2)]);
+                const e = structuredClone(new RangeError("r"));
+                return Response.json({
+                    cycle: c.self === c && c !== cyc,
+                    wrappers: [typeof c.a[1], c.a[1] + 0, String(c.a[2]), c.a[3].valueOf(), typeof c.a[4], String(c.a[4])],
+                    map: [mk.k, mv.has(mv.values().next().value), [...mv][0].getTime()],
+                    file: [f instanceof File, f.name, f.type, f.lastModified, await new Response(f).text()],
+                    blob: [b instanceof Blob, b.type, await b.text()],
+                    views: [views[0].length, views[0][0], views[0].buffer === views[1].buffer, views[1].byteOffset, views[0].buffer.byteLength],
+                    error: [e instanceof RangeError, e.message],
+                    refused: [err(() => structuredClone(() => 1)), err(() => structuredClone(Symbol())), err(() => structuredClone(new Request("http://x/"))),
+                        err(() => structuredClone(Promise.resolve())), err(() => structuredClone(1, 5)), err(() => structuredClone(1, { transfer: [1] }))],
+                });
+            } }"#,
+        )
+        .await;
+        let res = res.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
+        let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
+        use serde_json::json;
+        assert_eq!(v["cycle"], json!(true), "{v}");
+        assert_eq!(
+            v["wrappers"],
+            json!(["object", 2, "s", false, "object", "3"]),
+            "{v}"
+        );
+        assert_eq!(v["map"], json!([1, true, 5]), "{v}");
+        assert_eq!(v["file"], json!([true, "bar", "text/x", 42, "foo"]), "{v}");
+        assert_eq!(v["blob"], json!([true, "t/b", "xy"]), "{v}");
+        assert_eq!(v["views"], json!([2, 2, true, 2, 4]), "{v}");
+        assert_eq!(v["error"], json!([true, "r"]), "{v}");
+        assert_eq!(
+            v["refused"],
+            json!([
+                "DataCloneError",
+                "DataCloneError",
+                "DataCloneError",
+                "DataCloneError",
+                "TypeError",
+                "DataCloneError"
+            ]),
+            "{v}"
+        );
+    });
+}
+
+#[test]
 fn bodies_are_streams_and_streams_are_bodies() {
     run(async {
         let (res, logs) = fetch_once(
