@@ -1665,7 +1665,7 @@ export function install(host) {
   // fixed-length buffer is therefore "transferred" by copying into a QuickJS-allocated buffer
   // (charged; fails as a RangeError) and the original is NOT detached (a deviation from the
   // standard: the sender keeps its bytes). Resizable buffers are only ever made by QuickJS and
-  // keep the native transfer. LLRT's structuredClone transfer calls this method too.
+  // keep the native transfer. structuredClone's transfer list follows the same rule.
   {
     const ArrayBufferCtor = ArrayBuffer;
     const proto = ArrayBufferCtor.prototype;
