@@ -694,7 +694,8 @@ function lazy() {
       __proto__: null, ReflectApply, ArrayBufferByteLength, ArrayBufferIsView, ArrayPrototype,
       DataViewLength, JSONStringify, NumberCtor, ObjectCreate, ObjectDefineProperty, ObjectFreeze,
       StringCtor, StringSlice, StringToUpperCase, TypeErrorCtor, Uint8ArrayCtor, ViewLength,
-      charCodeAt, chunkBytes, DOMExceptionCtor,
+      charCodeAt, chunkBytes, DOMExceptionCtor, ObjectGetOwnPropertyDescriptor, ObjectGetPrototypeOf,
+      ObjectPrototype, MapCtor, MapGet, MapSet, push,
     }));
   }
   return lazyParts;
@@ -1708,199 +1709,12 @@ export function install(host) {
   // platform objects are a DataCloneError. `transfer` lists ArrayBuffers; they are copied, not
   // detached (see the transfer note below). Deep nesting ends in the engine's stack limit (a
   // RangeError), never a native overflow.
-  {
-    const ArrayBufferCtor = ArrayBuffer;
-    const abProto = ArrayBufferCtor.prototype;
-    const abGetter = (name) => ObjectGetOwnPropertyDescriptor(abProto, name).get;
-    const abByteLength = abGetter("byteLength");
-    const abResizable = abGetter("resizable");
-    const abMaxByteLength = abGetter("maxByteLength");
-    const abSlice = abProto.slice;
-    const abTransfer = abProto.transfer;
-    const DateCtor = Date;
-    const dateGetTime = Date.prototype.getTime;
-    const RegExpCtor = RegExp;
-    const regexpSource = ObjectGetOwnPropertyDescriptor(RegExp.prototype, "source").get;
-    const regexpFlags = ObjectGetOwnPropertyDescriptor(RegExp.prototype, "flags").get;
-    const MapCtor2 = Map;
-    const mapForEach = Map.prototype.forEach;
-    const mapSize = ObjectGetOwnPropertyDescriptor(Map.prototype, "size").get;
-    const SetCtor2 = Set;
-    const setAdd = Set.prototype.add;
-    const setForEach = Set.prototype.forEach;
-    const setSize = ObjectGetOwnPropertyDescriptor(Set.prototype, "size").get;
-    const booleanValueOf = Boolean.prototype.valueOf;
-    const numberValueOf = Number.prototype.valueOf;
-    const stringValueOf = String.prototype.valueOf;
-    const bigintValueOf = typeof BigInt === "function" ? BigInt.prototype.valueOf : null;
-    const ObjectCtor = Object;
-    const ArrayIsArray = Array.isArray;
-    const ObjectKeys = Object.keys;
-    const DataViewCtor = DataView;
-    const ErrorCtors = { __proto__: null, Error, EvalError, RangeError, ReferenceError, SyntaxError, TypeError, URIError };
-    const errorToString = Object.prototype.toString;
-    const BlobCtor = g.Blob;
-    const FileCtor = g.File;
-    const blobSize = ObjectGetOwnPropertyDescriptor(BlobCtor.prototype, "size").get;
-    const blobType = ObjectGetOwnPropertyDescriptor(BlobCtor.prototype, "type").get;
-    const blobSlice = BlobCtor.prototype.slice;
-    const fileProto = FileCtor.prototype;
-    const fileName = ObjectGetOwnPropertyDescriptor(fileProto, "name").get;
-    const fileLastModified = ObjectGetOwnPropertyDescriptor(fileProto, "lastModified").get;
-    const fileSlice = fileProto.slice;
-    const fileSize = ObjectGetOwnPropertyDescriptor(fileProto, "size").get;
-    const fileType = ObjectGetOwnPropertyDescriptor(fileProto, "type").get;
-    const TypedArrayProto = ObjectGetPrototypeOf(Uint8Array.prototype);
-    const taBuffer = ObjectGetOwnPropertyDescriptor(TypedArrayProto, "buffer").get;
-    const taOffset = ObjectGetOwnPropertyDescriptor(TypedArrayProto, "byteOffset").get;
-    const taLength = ObjectGetOwnPropertyDescriptor(TypedArrayProto, "length").get;
-    const taTag = ObjectGetOwnPropertyDescriptor(TypedArrayProto, Symbol.toStringTag).get;
-    const dvBuffer = ObjectGetOwnPropertyDescriptor(DataView.prototype, "buffer").get;
-    const dvOffset = ObjectGetOwnPropertyDescriptor(DataView.prototype, "byteOffset").get;
-    const dvLength = ObjectGetOwnPropertyDescriptor(DataView.prototype, "byteLength").get;
-    const typedArrays = { __proto__: null };
-    for (const name of ["Int8Array", "Uint8Array", "Uint8ClampedArray", "Int16Array", "Uint16Array", "Int32Array",
-      "Uint32Array", "Float16Array", "Float32Array", "Float64Array", "BigInt64Array", "BigUint64Array"]) {
-      if (typeof g[name] === "function") typedArrays[name] = g[name];
-    }
-    const cloneError = (what) => new DOMException(`structuredClone: ${what} could not be cloned`, "DataCloneError");
-    // Brand checks: each getter throws for other objects.
-    const is = (getter, v) => {
-      try {
-        ReflectApply(getter, v, []);
-        return true;
-      } catch {
-        return false;
-      }
-    };
-    function cloneBuffer(buffer) {
-      const len = ReflectApply(abByteLength, buffer, []);
-      if (ReflectApply(abResizable, buffer, [])) {
-        const out = new ArrayBufferCtor(len, { maxByteLength: ReflectApply(abMaxByteLength, buffer, []) });
-        new Uint8ArrayCtor(out).set(new Uint8ArrayCtor(buffer));
-        return out;
-      }
-      return ReflectApply(abSlice, buffer, [0, len]);
-    }
-    function clone(value, memory) {
-      if (value === null || (typeof value !== "object" && typeof value !== "function")) {
-        if (typeof value === "symbol") throw cloneError("a Symbol");
-        return value;
-      }
-      if (typeof value === "function") throw cloneError("a function");
-      const seen = ReflectApply(MapGet, memory, [value]);
-      if (seen !== undefined) return seen;
-      const remember = (out) => {
-        ReflectApply(MapSet, memory, [value, out]);
-        return out;
-      };
-      if (is(booleanValueOf, value)) return remember(ObjectCtor(ReflectApply(booleanValueOf, value, [])));
-      if (is(numberValueOf, value)) return remember(ObjectCtor(ReflectApply(numberValueOf, value, [])));
-      if (is(stringValueOf, value)) return remember(ObjectCtor(ReflectApply(stringValueOf, value, [])));
-      if (bigintValueOf !== null && is(bigintValueOf, value)) return remember(ObjectCtor(ReflectApply(bigintValueOf, value, [])));
-      if (is(dateGetTime, value)) return remember(new DateCtor(ReflectApply(dateGetTime, value, [])));
-      if (is(regexpFlags, value) && is(regexpSource, value) && value instanceof RegExpCtor) {
-        return remember(new RegExpCtor(ReflectApply(regexpSource, value, []), ReflectApply(regexpFlags, value, [])));
-      }
-      if (is(abByteLength, value)) return remember(cloneBuffer(value));
-      if (is(taTag, value) && ReflectApply(taTag, value, []) !== undefined) {
-        const Ctor = typedArrays[ReflectApply(taTag, value, [])];
-        const buffer = clone(ReflectApply(taBuffer, value, []), memory);
-        return remember(new Ctor(buffer, ReflectApply(taOffset, value, []), ReflectApply(taLength, value, [])));
-      }
-      if (is(dvBuffer, value)) {
-        let offset;
-        let length;
-        try {
-          offset = ReflectApply(dvOffset, value, []);
-          length = ReflectApply(dvLength, value, []);
-        } catch {
-          throw cloneError("a DataView out of its buffer's bounds");
-        }
-        const buffer = clone(ReflectApply(dvBuffer, value, []), memory);
-        return remember(new DataViewCtor(buffer, offset, length));
-      }
-      if (is(fileName, value)) {
-        const bytes = ReflectApply(fileSlice, value, [0, ReflectApply(fileSize, value, [])]);
-        return remember(new FileCtor([bytes], ReflectApply(fileName, value, []), {
-          type: ReflectApply(fileType, value, []),
-          lastModified: ReflectApply(fileLastModified, value, []),
-        }));
-      }
-      if (is(blobSize, value)) {
-        return remember(ReflectApply(blobSlice, value, [0, ReflectApply(blobSize, value, []), ReflectApply(blobType, value, [])]));
-      }
-      if (is(mapSize, value)) {
-        const out = remember(new MapCtor2());
-        const entries = [];
-        ReflectApply(mapForEach, value, [(v, k) => push(entries, [k, v])]);
-        for (let i = 0; i < entries.length; i++) {
-          ReflectApply(MapSet, out, [clone(entries[i][0], memory), clone(entries[i][1], memory)]);
-        }
-        return out;
-      }
-      if (is(setSize, value)) {
-        const out = remember(new SetCtor2());
-        const items = [];
-        ReflectApply(setForEach, value, [(v) => push(items, v)]);
-        for (let i = 0; i < items.length; i++) ReflectApply(setAdd, out, [clone(items[i], memory)]);
-        return out;
-      }
-      const tag = ReflectApply(errorToString, value, []);
-      if (tag === "[object Error]") {
-        let name = value.name;
-        const Ctor = typeof name === "string" && ErrorCtors[name] !== undefined ? ErrorCtors[name] : ErrorCtors.Error;
-        // The message only if the error has its own (an inherited "" is no message).
-        const own = ObjectGetOwnPropertyDescriptor(value, "message");
-        const message = own !== undefined && "value" in own ? own.value : undefined;
-        const out = remember(message === undefined ? new Ctor() : new Ctor(StringCtor(message)));
-        const stack = value.stack;
-        if (typeof stack === "string") ObjectDefineProperty(out, "stack", { __proto__: null, value: stack, writable: true, configurable: true });
-        return out;
-      }
-      if (ArrayIsArray(value)) {
-        const out = remember(new Array(value.length));
-        const keys = ObjectKeys(value);
-        for (let i = 0; i < keys.length; i++) out[keys[i]] = clone(value[keys[i]], memory);
-        return out;
-      }
-      if (tag !== "[object Object]" || isPlatformObject(value)) throw cloneError(`a ${tag.slice(8, -1)}`);
-      const out = remember({});
-      const keys = ObjectKeys(value);
-      for (let i = 0; i < keys.length; i++) out[keys[i]] = clone(value[keys[i]], memory);
-      return out;
-    }
-    // Objects of the runtime's own classes (Request, Headers, EventTarget, ...) are not
-    // serializable; Promise/WeakMap/WeakSet/Proxy-less ordinary objects are told by their tag.
-    function isPlatformObject(value) {
-      const proto = ObjectGetPrototypeOf(value);
-      return proto !== null && proto !== ObjectPrototype && typeof value[Symbol.toStringTag] === "string";
-    }
-    define("structuredClone", function structuredClone(value, options) {
-      if (arguments.length === 0) throw new TypeErrorCtor("structuredClone: 1 argument required, but only 0 present");
-      if (options !== undefined && options !== null && typeof options !== "object" && typeof options !== "function") {
-        throw new TypeErrorCtor("structuredClone: options must be an object");
-      }
-      const memory = new MapCtor();
-      const transfer = options === undefined || options === null ? undefined : options.transfer;
-      const list = [];
-      if (transfer !== undefined) {
-        for (const item of transfer) push(list, item);
-        for (let i = 0; i < list.length; i++) {
-          if (!is(abByteLength, list[i])) throw cloneError("a transfer list item that is not an ArrayBuffer");
-          for (let j = 0; j < i; j++) if (list[j] === list[i]) throw cloneError("a transfer list with duplicates");
-          ReflectApply(MapSet, memory, [list[i], cloneBuffer(list[i])]);
-        }
-      }
-      const out = clone(value, memory);
-      // Then the transfer: a resizable buffer (always QuickJS's own memory) is detached; a
-      // fixed-length one is left as is (see ArrayBuffer.prototype.transfer above).
-      for (let i = 0; i < list.length; i++) {
-        if (ReflectApply(abResizable, list[i], [])) ReflectApply(abTransfer, list[i], []);
-      }
-      return out;
-    });
-  }
+  // The algorithm lives in lazy.js, loaded on the first call.
+  let cloneImpl = null;
+  define("structuredClone", function structuredClone(value, options) {
+    if (cloneImpl === null) cloneImpl = lazy().structuredCloneFor(g);
+    return ReflectApply(cloneImpl, undefined, arguments);
+  });
 
   // ---- timers -----------------------------------------------------------------------------
   // One host sleep per timer; a cleared timer's sleep still ends but its callback is skipped.
