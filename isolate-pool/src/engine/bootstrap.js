@@ -177,22 +177,43 @@ const FileSlice = File.prototype.slice;
 const FileSize = ObjectGetOwnPropertyDescriptor(File.prototype, "size").get;
 const FileType = ObjectGetOwnPropertyDescriptor(File.prototype, "type").get;
 function bodyInit(body) {
-  if (body === null || typeof body !== "object") return body;
-  try {
-    ReflectApply(FileNameGetter, body, []);
-  } catch {
-    return body;
-  }
+  if (body === null || typeof body !== "object" || !hasBrand(FileNameGetter, body)) return body;
   return ReflectApply(FileSlice, body, [0, ReflectApply(FileSize, body, []), ReflectApply(FileType, body, [])]);
 }
-function isRequestObject(value) {
-  if (value === null || typeof value !== "object") return false;
+/** Whether `value` is an object of a native class: that class's own getter accepts it. */
+function hasBrand(getter, value) {
   try {
-    ReflectApply(RequestMethod, value, []);
+    ReflectApply(getter, value, []);
     return true;
   } catch {
     return false;
   }
+}
+/** Defines global `name` as a plain, writable, non-enumerable value. */
+function defineGlobal(name, value) {
+  ObjectDefineProperty(globalThis, name, { __proto__: null, value, writable: true, enumerable: false, configurable: true });
+}
+/**
+ * A global made on first access: `make()` returns its value, which then replaces the accessor.
+ * The Worker may assign the global before that (it is then the Worker's).
+ */
+function lazyGlobal(name, make) {
+  ObjectDefineProperty(globalThis, name, {
+    __proto__: null,
+    get() {
+      const value = make();
+      defineGlobal(name, value);
+      return value;
+    },
+    set(value) {
+      defineGlobal(name, value);
+    },
+    enumerable: false,
+    configurable: true,
+  });
+}
+function isRequestObject(value) {
+  return value !== null && typeof value === "object" && hasBrand(RequestMethod, value);
 }
 function isHeaders(value) {
   if (value === null || typeof value !== "object") return false;
@@ -695,7 +716,7 @@ function lazy() {
       DataViewLength, JSONStringify, NumberCtor, ObjectCreate, ObjectDefineProperty, ObjectFreeze,
       StringCtor, StringSlice, StringToUpperCase, TypeErrorCtor, Uint8ArrayCtor, ViewLength,
       charCodeAt, chunkBytes, DOMExceptionCtor, ObjectGetOwnPropertyDescriptor, ObjectGetPrototypeOf,
-      ObjectPrototype, MapCtor, MapGet, MapSet, push,
+      ObjectPrototype, MapCtor, MapGet, MapSet, push, hasBrand,
     }));
   }
   return lazyParts;
@@ -723,13 +744,7 @@ async function readNative(obj, nativeArrayBuffer) {
 }
 /** Whether `value` is a ReadableStream (the polyfill's brand check, not `instanceof`). */
 function isReadableStream(value) {
-  if (streams === null || value === null || typeof value !== "object") return false;
-  try {
-    ReflectApply(streams.locked, value, []);
-    return true;
-  } catch {
-    return false;
-  }
+  return streams !== null && value !== null && typeof value === "object" && hasBrand(streams.locked, value);
 }
 /** A stream that can no longer be read: locked, or read from / cancelled ("disturbed"). */
 function isUnusable(stream) {
@@ -823,7 +838,7 @@ function lazyByteStream(read) {
 
 function installStreams(g, host, wrappers) {
   hostModule = host.module;
-  const accessors = { __proto__: null };
+  let classes = null;
   loadStreams = function load() {
     if (streams !== null) return streams;
     const ns = hostModule("streams");
@@ -842,7 +857,7 @@ function installStreams(g, host, wrappers) {
       read: readerProto.read,
       cancelReader: readerProto.cancel,
     };
-    const classes = { __proto__: null };
+    classes = { __proto__: null };
     for (const name of STREAM_GLOBALS) classes[name] = ns[name];
     const parts = lazy();
     classes.TextEncoderStream = parts.textEncoderStream(g, TS);
@@ -860,28 +875,12 @@ function installStreams(g, host, wrappers) {
         }
       }
     }
-    for (const name in classes) {
-      const desc = ObjectGetOwnPropertyDescriptor(g, name);
-      // A global the Worker assigned before the first use stays the Worker's.
-      if (desc !== undefined && desc.get !== accessors[name]) continue;
-      ObjectDefineProperty(g, name, { __proto__: null, value: classes[name], writable: true, enumerable: false, configurable: true });
-    }
     return streams;
   };
   for (const name of [...STREAM_GLOBALS, "TextEncoderStream", "TextDecoderStream", "CompressionStream", "DecompressionStream"]) {
-    const get = function () {
+    lazyGlobal(name, () => {
       loadStreams();
-      return g[name];
-    };
-    accessors[name] = get;
-    ObjectDefineProperty(g, name, {
-      __proto__: null,
-      get,
-      set(value) {
-        ObjectDefineProperty(g, name, { __proto__: null, value, writable: true, enumerable: false, configurable: true });
-      },
-      enumerable: false,
-      configurable: true,
+      return classes[name];
     });
   }
 
@@ -1558,7 +1557,7 @@ export function install(host) {
         configurable: true,
         enumerable: false,
       });
-      define(name, Wrapper);
+      defineGlobal(name, Wrapper);
     }
     function Blob(...args) {
       if (new.target === undefined) {
@@ -1633,7 +1632,7 @@ export function install(host) {
     // anything else that is not base64 is a DOMException "InvalidCharacterError".
     const ASCII_WHITESPACE = /[\t\n\f\r ]/g;
     const NOT_BASE64 = /[^A-Za-z0-9+/]/;
-    define("atob", function atob(...args) {
+    defineGlobal("atob", function atob(...args) {
       if (args.length === 0) {
         throw new TypeErrorCtor("atob: 1 argument required, but only 0 present");
       }
@@ -1649,7 +1648,7 @@ export function install(host) {
       while (s.length % 4 !== 0) s += "=";
       return ReflectApply(nativeAtob, undefined, [s]);
     });
-    define("btoa", function btoa(...args) {
+    defineGlobal("btoa", function btoa(...args) {
       if (args.length > 0) {
         args[0] = StringCtor(args[0]);
         reserve(args[0].length * 2);
@@ -1711,7 +1710,7 @@ export function install(host) {
   // RangeError), never a native overflow.
   // The algorithm lives in lazy.js, loaded on the first call.
   let cloneImpl = null;
-  define("structuredClone", function structuredClone(value, options) {
+  defineGlobal("structuredClone", function structuredClone(value, options) {
     if (cloneImpl === null) cloneImpl = lazy().structuredCloneFor(g);
     return ReflectApply(cloneImpl, undefined, arguments);
   });
@@ -1758,11 +1757,11 @@ export function install(host) {
   function clearTimer(id) {
     mapDelete(liveTimers, id);
   }
-  define("setTimeout", setTimeout);
-  define("setInterval", setInterval);
-  define("clearTimeout", clearTimer);
-  define("clearInterval", clearTimer);
-  define("queueMicrotask", function queueMicrotask(callback) {
+  defineGlobal("setTimeout", setTimeout);
+  defineGlobal("setInterval", setInterval);
+  defineGlobal("clearTimeout", clearTimer);
+  defineGlobal("clearInterval", clearTimer);
+  defineGlobal("queueMicrotask", function queueMicrotask(callback) {
     if (typeof callback !== "function") {
       throw new TypeErrorCtor("queueMicrotask: the callback must be a function");
     }
@@ -1824,22 +1823,23 @@ export function install(host) {
   // Its work is native and cannot be interrupted, so what JS asks of it is bounded first:
   // data sizes are charged (reserve), key sizes, derived lengths and PBKDF2 iterations capped.
   let subtle = null;
-  const CRYPTO_GLOBALS = ["CryptoKey", "SubtleCrypto"];
-  const cryptoAccessors = { __proto__: null };
+  let cryptoClasses = null;
   const loadSubtle = () => {
     if (subtle !== null) return subtle;
+    // llrt_crypto's init defines `crypto`, `Crypto`, `CryptoKey` and `SubtleCrypto` globals: the
+    // classes are kept aside and every global put back as it was.
+    const saved = { __proto__: null };
+    for (const name of ["CryptoKey", "SubtleCrypto"]) saved[name] = ObjectGetOwnPropertyDescriptor(g, name);
     host.subtle();
-    const native = g.crypto;
-    const nativeSubtle = native.subtle;
-    const classes = { __proto__: null, CryptoKey: g.CryptoKey, SubtleCrypto: g.SubtleCrypto };
-    define("crypto", ourCrypto);
+    const nativeSubtle = g.crypto.subtle;
+    cryptoClasses = { __proto__: null, CryptoKey: g.CryptoKey, SubtleCrypto: g.SubtleCrypto };
+    defineGlobal("crypto", ourCrypto);
     delete g.Crypto;
-    for (const name of CRYPTO_GLOBALS) {
-      const desc = ObjectGetOwnPropertyDescriptor(g, name);
-      if (desc !== undefined && desc.get !== undefined && desc.get !== cryptoAccessors[name]) continue;
-      define(name, classes[name]);
+    for (const name in saved) {
+      if (saved[name] === undefined) delete g[name];
+      else ObjectDefineProperty(g, name, saved[name]);
     }
-    subtle = lazy().guardedSubtle(nativeSubtle, classes.SubtleCrypto, host.reserve);
+    subtle = lazy().guardedSubtle(nativeSubtle, cryptoClasses.SubtleCrypto, host.reserve);
     return subtle;
   };
   const ourCrypto = ObjectFreeze(
@@ -1849,21 +1849,11 @@ export function install(host) {
       subtle: { get: function subtle() { return loadSubtle(); }, enumerable: true },
     }),
   );
-  define("crypto", ourCrypto);
-  for (const name of CRYPTO_GLOBALS) {
-    const get = function () {
+  defineGlobal("crypto", ourCrypto);
+  for (const name of ["CryptoKey", "SubtleCrypto"]) {
+    lazyGlobal(name, () => {
       loadSubtle();
-      return g[name];
-    };
-    cryptoAccessors[name] = get;
-    ObjectDefineProperty(g, name, {
-      __proto__: null,
-      get,
-      set(value) {
-        define(name, value);
-      },
-      enumerable: false,
-      configurable: true,
+      return cryptoClasses[name];
     });
   }
 
@@ -1873,7 +1863,7 @@ export function install(host) {
   installStreams(g, host, checked);
   installEvents(g);
   // navigator, as in Workers: who is running the code.
-  define("navigator", ObjectFreeze({ __proto__: null, userAgent: "isogate", hardwareConcurrency: 1, language: "en-US", languages: ObjectFreeze(["en-US"]) }));
+  defineGlobal("navigator", ObjectFreeze({ __proto__: null, userAgent: "isogate", hardwareConcurrency: 1, language: "en-US", languages: ObjectFreeze(["en-US"]) }));
   // ---- Intl ------------------------------------------------------------------------------------
   // engine/intl.js (en-US formatting, UTC), loaded on first use of `Intl` or a toLocale* method.
   {
@@ -1882,19 +1872,7 @@ export function install(host) {
       if (intl === null) intl = host.module("intl");
       return intl;
     };
-    const intlGetter = function () {
-      define("Intl", loadIntl().Intl);
-      return g.Intl;
-    };
-    ObjectDefineProperty(g, "Intl", {
-      __proto__: null,
-      get: intlGetter,
-      set(value) {
-        define("Intl", value);
-      },
-      enumerable: false,
-      configurable: true,
-    });
+    lazyGlobal("Intl", () => loadIntl().Intl);
     const numberValue = Number.prototype.valueOf;
     defineMethod(Number.prototype, "toLocaleString", function toLocaleString(locales, options) {
       return loadIntl().locale.number(ReflectApply(numberValue, this, []), locales, options);
@@ -1915,20 +1893,9 @@ export function install(host) {
   }
   // ---- URLPattern ------------------------------------------------------------------------------
   // The vendored urlpattern-polyfill (WHATWG URL Pattern), loaded on first use.
-  ObjectDefineProperty(g, "URLPattern", {
-    __proto__: null,
-    get: function () {
-      define("URLPattern", host.module("urlpattern"));
-      return g.URLPattern;
-    },
-    set(value) {
-      define("URLPattern", value);
-    },
-    enumerable: false,
-    configurable: true,
-  });
+  lazyGlobal("URLPattern", () => host.module("urlpattern"));
   // Workers (and libraries that feature-test for a worker scope) find the global as `self`.
-  define("self", g);
+  defineGlobal("self", g);
   installStackTraceGuard();
   const consoleError = console.error;
   const abortFetch = host.abortFetch;
@@ -1993,7 +1960,7 @@ export function install(host) {
     ObjectDefineProperty(response, "redirected", { __proto__: null, value: res.redirected, enumerable: false });
     return response;
   }
-  define("fetch", fetch);
+  defineGlobal("fetch", fetch);
 
   // ---- dispatch -----------------------------------------------------------------------------
   function describe(value) {
@@ -2125,9 +2092,6 @@ export function install(host) {
     return ObjectFreeze(JSONParse(json));
   }
 
-  function define(name, value) {
-    Object.defineProperty(g, name, { value, writable: true, configurable: true, enumerable: false });
-  }
 
   return {
     __proto__: null,

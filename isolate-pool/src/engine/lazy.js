@@ -341,7 +341,7 @@ export default function make(h) {
   // structuredClone per the HTML standard (see bootstrap.js, "structuredClone"): made on the first
   // call, from the globals of that moment (`g`).
   function structuredCloneFor(g) {
-    const { ObjectGetOwnPropertyDescriptor, ObjectGetPrototypeOf, ObjectPrototype, MapCtor, MapGet, MapSet, push } = h;
+    const { ObjectGetOwnPropertyDescriptor, ObjectGetPrototypeOf, ObjectPrototype, MapCtor, MapGet, MapSet, push, hasBrand } = h;
       const ArrayBufferCtor = ArrayBuffer;
       const abProto = ArrayBufferCtor.prototype;
       const abGetter = (name) => ObjectGetOwnPropertyDescriptor(abProto, name).get;
@@ -398,14 +398,7 @@ export default function make(h) {
       }
       const cloneError = (what) => new DOMExceptionCtor(`structuredClone: ${what} could not be cloned`, "DataCloneError");
       // Brand checks: each getter throws for other objects.
-      const is = (getter, v) => {
-        try {
-          ReflectApply(getter, v, []);
-          return true;
-        } catch {
-          return false;
-        }
-      };
+      const is = hasBrand;
       function cloneBuffer(buffer) {
         const len = ReflectApply(abByteLength, buffer, []);
         if (ReflectApply(abResizable, buffer, [])) {

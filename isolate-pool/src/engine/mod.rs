@@ -417,8 +417,9 @@ impl Isolate {
                 match self.next_chunk(&pump.next).await? {
                     Some(bytes) => {
                         if !sink(BodyPart::Chunk(bytes)) {
-                            // The client went away: stop the Worker's stream (best effort).
-                            let _ = self.call_js(&pump.cancel).await;
+                            // The client went away: stop the Worker's stream (best effort;
+                            // `cancel` resolves to nothing).
+                            let _ = self.next_chunk(&pump.cancel).await;
                             return Ok(());
                         }
                     }
@@ -442,7 +443,8 @@ impl Isolate {
         sink(BodyPart::End(end));
     }
 
-    /// The next chunk of a streamed body (`None`: the stream is done), copied out of the isolate.
+    /// Calls `next` and awaits it: the next chunk of a streamed body (`None`: the stream is done,
+    /// or `next` resolved to nothing), copied out of the isolate.
     async fn next_chunk(
         &mut self,
         next: &Persistent<Function<'static>>,
@@ -467,26 +469,6 @@ impl Isolate {
                 Ok::<_, WorkerError>(Some(memory::untracked(|| {
                     chunk.as_bytes().map(<[u8]>::to_vec).unwrap_or_default()
                 })))
-            };
-            run.await
-        });
-        Metered::new(Guarded::new(fut, self.panic.clone()), state).await
-    }
-
-    /// Calls a bootstrap function with no arguments and awaits what it returns.
-    async fn call_js(&mut self, f: &Persistent<Function<'static>>) -> Result<(), WorkerError> {
-        let state = self.state.clone();
-        let f = f.clone();
-        let fut = async_with!(self.ctx => |ctx| {
-            let run = async {
-                let f = f.restore(&ctx).map_err(internal)?;
-                let promise: Promise = f.call(()).catch(&ctx).map_err(|e| js_error(&e))?;
-                promise
-                    .into_future::<Value>()
-                    .await
-                    .catch(&ctx)
-                    .map_err(|e| js_error(&e))?;
-                Ok::<_, WorkerError>(())
             };
             run.await
         });

@@ -71,6 +71,18 @@ async fn fetch_once(src: &str) -> (Result<HttpResponse, WorkerError>, Vec<LogEnt
     fetch_with(&mut iso, &worker(src), get("http://w/path?q=1"), LIMITS).await
 }
 
+/// One request with room for work a debug build does slowly (5 s CPU, 128 MiB).
+async fn fetch_roomy(code: &WorkerCode) -> (Result<HttpResponse, WorkerError>, Vec<LogEntry>) {
+    let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+    let limits = Limits {
+        cpu_ms: 5_000,
+        wall_ms: 20_000,
+        memory_mb: 128,
+        ..LIMITS
+    };
+    fetch_with(&mut iso, code, get("http://w/"), limits).await
+}
+
 fn body(r: &HttpResponse) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
@@ -363,14 +375,7 @@ fn transferring_rust_made_array_buffers_is_safe() {
 #[test]
 fn compression_streams_round_trip_and_refuse_bad_input() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
-        let limits = Limits {
-            cpu_ms: 5_000,
-            wall_ms: 20_000,
-            memory_mb: 128,
-            ..LIMITS
-        };
-        let (res, logs) = fetch_with(&mut iso, &worker(
+        let (res, logs) = fetch_roomy(&worker(
             r#"export default { async fetch() {
                 const out = {};
                 const pipe = (bytes, stream) => new Response(new Blob([bytes]).stream().pipeThrough(stream));
@@ -400,7 +405,7 @@ fn compression_streams_round_trip_and_refuse_bad_input() {
                 out.cap = await err((async () => { for (let i = 0; i < 17; i++) held.push(new CompressionStream("gzip")); })());
                 return Response.json(out);
             } }"#,
-        ), get("http://w/"), limits)
+        ))
         .await;
         let res = res.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
         let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
@@ -524,8 +529,11 @@ async fn fetch_streamed(
         p.len() < want
     });
     let mut out = None;
+    // The wall-clock limit is what cuts a stream that never ends (CPU has room: a debug build
+    // pulls hundreds of chunks in that time).
     let limits = Limits {
         wall_ms: 500,
+        cpu_ms: 5_000,
         ..LIMITS
     };
     iso.fetch(
@@ -611,14 +619,7 @@ fn streamed_responses_go_to_the_sink_part_by_part() {
 #[test]
 fn subtle_crypto_works_within_bounds() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
-        let limits = Limits {
-            cpu_ms: 5_000,
-            wall_ms: 20_000,
-            memory_mb: 64,
-            ..LIMITS
-        };
-        let (res, logs) = fetch_with(&mut iso, &worker(
+        let (res, logs) = fetch_roomy(&worker(
             r#"export default { async fetch() {
                 const enc = new TextEncoder();
                 const hex = (b) => [...new Uint8Array(b)].map((x) => x.toString(16).padStart(2, "0")).join("");
@@ -652,7 +653,7 @@ fn subtle_crypto_works_within_bounds() {
                 out.pbkdf2 = hex(await s.deriveBits({ name: "PBKDF2", hash: "SHA-256", salt: enc.encode("salt"), iterations: 1 }, base, 128)).length;
                 return Response.json(out);
             } }"#,
-        ), get("http://w/"), limits)
+        ))
         .await;
         let res = res.unwrap_or_else(|e| panic!("{e:?} {logs:?}"));
         let v: serde_json::Value = serde_json::from_slice(&res.body).unwrap();
