@@ -193,24 +193,38 @@ function hasBrand(getter, value) {
 function defineGlobal(name, value) {
   ObjectDefineProperty(globalThis, name, { __proto__: null, value, writable: true, enumerable: false, configurable: true });
 }
+/** The getters lazyGlobal installed (to tell them from a Worker's own accessor). */
+const LAZY_GETTERS = new WeakSet();
 /**
  * A global made on first access: `make()` returns its value, which then replaces the accessor.
  * The Worker may assign the global before that (it is then the Worker's).
  */
 function lazyGlobal(name, make) {
+  const get = function () {
+    const value = make();
+    defineGlobal(name, value);
+    return value;
+  };
+  ReflectApply(WeakSetAdd, LAZY_GETTERS, [get]);
   ObjectDefineProperty(globalThis, name, {
     __proto__: null,
-    get() {
-      const value = make();
-      defineGlobal(name, value);
-      return value;
-    },
+    get,
     set(value) {
       defineGlobal(name, value);
     },
     enumerable: false,
     configurable: true,
   });
+}
+/** Replaces the globals in `values` that are still lazyGlobal accessors by their values (a part
+ * that loads several globals settles them all at once). */
+function settleLazyGlobals(values) {
+  for (const name in values) {
+    const desc = ObjectGetOwnPropertyDescriptor(globalThis, name);
+    if (desc !== undefined && desc.get !== undefined && ReflectApply(WeakSetHas, LAZY_GETTERS, [desc.get])) {
+      defineGlobal(name, values[name]);
+    }
+  }
 }
 function isRequestObject(value) {
   return value !== null && typeof value === "object" && hasBrand(RequestMethod, value);
@@ -875,6 +889,7 @@ function installStreams(g, host, wrappers) {
         }
       }
     }
+    settleLazyGlobals(classes);
     return streams;
   };
   for (const name of [...STREAM_GLOBALS, "TextEncoderStream", "TextDecoderStream", "CompressionStream", "DecompressionStream"]) {
@@ -1839,6 +1854,7 @@ export function install(host) {
       if (saved[name] === undefined) delete g[name];
       else ObjectDefineProperty(g, name, saved[name]);
     }
+    settleLazyGlobals(cryptoClasses);
     subtle = lazy().guardedSubtle(nativeSubtle, cryptoClasses.SubtleCrypto, host.reserve);
     return subtle;
   };
