@@ -405,3 +405,143 @@ fn streamed_responses_reach_the_client_before_the_worker_ends() {
         "closed without the terminating chunk"
     );
 }
+
+/// Requests to one cached Worker interleave at their await points (as on workerd): four at once,
+/// each waiting on an upstream that answers only when all four have arrived, all complete. One
+/// at a time, each would wait alone until the upstream gives up on it.
+#[test]
+fn requests_to_one_cached_worker_run_concurrently() {
+    use std::sync::{Arc, Condvar, Mutex};
+    use std::time::Duration;
+    const TOGETHER: usize = 4;
+    let arrived = Arc::new((Mutex::new(0usize), Condvar::new()));
+    let barrier = arrived.clone();
+    let upstream = Upstream::start(move |_| {
+        let (count, all_in) = &*barrier;
+        let mut n = count.lock().unwrap();
+        *n += 1;
+        all_in.notify_all();
+        let (n, timeout) = all_in
+            .wait_timeout_while(n, Duration::from_secs(20), |n| *n < TOGETHER)
+            .unwrap();
+        drop(n);
+        Answer::json(200, &json!({"together": !timeout.timed_out()}))
+    });
+    let tenants = format!(
+        "  - name: alpha\n    api_keys:\n      - sha256: \"{}\"\n    limits: {{ cpu_ms: 500, memory_mb: 64, wall_ms: 30000, subrequests: 5 }}\n    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          methods: [GET]\n          name: barrier\n",
+        common::sha256_hex(ALPHA_KEY),
+        upstream.port
+    );
+    let g = Gateway::start(POOL, &tenants);
+    let src = format!(
+        r#"export default {{ async fetch(request) {{
+            const id = new URL(request.url).searchParams.get("id");
+            console.log("request " + id);
+            const r = await fetch("{}");
+            return Response.json({{ id, together: (await r.json()).together }});
+        }} }}"#,
+        upstream.url("/barrier")
+    );
+    assert_eq!(g.put(ALPHA_KEY, "shared", &src), 201);
+    let answers: Vec<Value> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..TOGETHER)
+            .map(|i| {
+                let g = &g;
+                s.spawn(move || get(g, "shared", &format!("?id={i}"), &[]).json::<Value>())
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().unwrap().unwrap())
+            .collect()
+    });
+    for (i, answer) in answers.iter().enumerate() {
+        assert_eq!(answer, &json!({"id": i.to_string(), "together": true}));
+    }
+}
+
+/// `limits.max_concurrent_requests` bounds how many requests one cached Worker runs at once;
+/// the others wait for a turn and then run.
+#[test]
+fn max_concurrent_requests_bounds_a_workers_interleaving() {
+    let limits =
+        "cpu_ms: 500, memory_mb: 64, wall_ms: 10000, subrequests: 5, max_concurrent_requests: 2";
+    let g = Gateway::start(POOL, &common::tenant_yaml("alpha", ALPHA_KEY, limits));
+    let src = r#"let inside = 0, peak = 0;
+        export default { async fetch() {
+            inside++;
+            peak = Math.max(peak, inside);
+            await new Promise((r) => setTimeout(r, 300));
+            inside--;
+            return new Response(String(peak));
+        } }"#;
+    assert_eq!(g.put(ALPHA_KEY, "bounded", src), 201);
+    let peaks: Vec<u32> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let g = &g;
+                s.spawn(move || {
+                    let r = get(g, "bounded", "", &[]);
+                    assert_eq!(r.status(), 200);
+                    r.text().unwrap().parse::<u32>().unwrap()
+                })
+            })
+            .collect();
+        calls.into_iter().map(|c| c.join().unwrap()).collect()
+    });
+    assert_eq!(peaks.iter().max(), Some(&2), "{peaks:?}");
+}
+
+/// A limit breach by one request discards the isolate it shares with others: they end at once
+/// with `503 isolate_discarded` (retry), not at their own limits; the next request loads the
+/// Worker afresh.
+#[test]
+fn a_breach_discards_the_shared_isolate_and_fails_the_others_with_a_retryable_error() {
+    use std::sync::{mpsc, Mutex};
+    let (arrived_tx, arrived) = mpsc::channel::<()>();
+    let (release, held) = mpsc::channel::<()>();
+    let (arrived_tx, held) = (Mutex::new(arrived_tx), Mutex::new(held));
+    let upstream = Upstream::start(move |_| {
+        let _ = arrived_tx.lock().unwrap().send(());
+        let _ = held.lock().unwrap().recv();
+        Answer::json(200, &json!({}))
+    });
+    let tenants = format!(
+        "  - name: alpha\n    api_keys:\n      - sha256: \"{}\"\n    limits: {{ cpu_ms: 100, memory_mb: 64, wall_ms: 30000, subrequests: 5 }}\n    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          methods: [GET]\n          name: held\n",
+        common::sha256_hex(ALPHA_KEY),
+        upstream.port
+    );
+    let g = Gateway::start(POOL, &tenants);
+    let src = format!(
+        r#"let served = 0;
+        export default {{ async fetch(request) {{
+            served++;
+            const path = new URL(request.url).pathname;
+            if (path === "/spin") {{ for (;;) {{}} }}
+            if (path === "/wait") {{ await fetch("{}"); }}
+            return new Response("served " + served);
+        }} }}"#,
+        upstream.url("/held")
+    );
+    assert_eq!(g.put(ALPHA_KEY, "shared", &src), 201);
+    let (waited, spun) = std::thread::scope(|s| {
+        let waiting = s.spawn(|| get(&g, "shared", "wait", &[]));
+        // The waiting request is in the isolate (its upstream call arrived) before one spins.
+        arrived
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("the waiting request reached its upstream");
+        let spun = get(&g, "shared", "spin", &[]);
+        (waiting.join().unwrap(), spun)
+    });
+    assert_eq!(spun.status(), 503);
+    assert_eq!(spun.json::<Value>().unwrap()["error"]["kind"], "cpu_limit");
+    assert_eq!(waited.status(), 503);
+    assert_eq!(header(&waited, "retry-after"), "1");
+    let v: Value = waited.json().unwrap();
+    assert_eq!(v["error"]["kind"], "isolate_discarded", "{v}");
+    drop(release);
+    // The Worker's next request loads it into a new isolate (the old one served two).
+    let r = get(&g, "shared", "", &[]);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "served 1");
+}

@@ -49,6 +49,7 @@ const LIMITS: Limits = Limits {
     memory_mb: 64,
     wall_ms: 10_000,
     subrequests: 10,
+    worker_concurrency: 32,
 };
 
 fn bench(c: &mut Criterion) {

@@ -726,6 +726,17 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
                 )
                 .expect("put worker");
             assert!(status == 201 || status == 200, "PUT hello: {status}");
+            let sleepy =
+                serde_json::json!({"mainModule": "w.js", "modules": {"w.js": peer::SLEEPY}});
+            let (status, _) = conn
+                .request(
+                    "PUT",
+                    "/v1/workers/sleepy",
+                    &[("authorization", &auth)],
+                    &serde_json::to_vec(&sleepy).unwrap_or_default(),
+                )
+                .expect("put worker");
+            assert!(status == 201 || status == 200, "PUT sleepy: {status}");
             Side { mode, g }
         })
         .collect();
@@ -739,6 +750,11 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
         path: "/w/hello/".into(),
         body: Vec::new(),
     };
+    let get_sleepy = Req {
+        method: "GET",
+        path: "/w/sleepy/".into(),
+        body: Vec::new(),
+    };
     let exec = Req {
         method: "POST",
         path: "/v1/execute".into(),
@@ -750,6 +766,7 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
         body: Vec::new(),
     };
     let (wd_load, wd_get) = (peer_get("/load"), peer_get("/get"));
+    let wd_get_sleepy = peer_get("/get-sleepy");
     let wd_load_once = peer_get("/load-once");
 
     let both = sides.len() == 2;
@@ -793,6 +810,12 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
             Some(&wd_load_once),
         ),
         ("get", "warm get() hello", &get, Some(&wd_get)),
+        (
+            "get",
+            "get() of a Worker that awaits 20 ms (one cached Worker)",
+            &get_sleepy,
+            Some(&wd_get_sleepy),
+        ),
         ("execute", "execute snippet (isogate only)", &exec, None),
     ] {
         if !opts.wants(tag) {

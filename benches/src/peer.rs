@@ -241,13 +241,19 @@ impl Drop for Workerd {
     }
 }
 
+/// An I/O-bound Worker: every request waits 20 ms (a timer, as if on an upstream) before it
+/// answers. Served as the cached Worker `sleepy` on both sides.
+pub const SLEEPY: &str = r#"export default { async fetch() { await new Promise((r) => setTimeout(r, 20)); return new Response("slept"); } }"#;
+
 /// The parent Worker. `hello` is embedded as a JSON string literal (valid JavaScript), so the
 /// loaded Workers run exactly the source isogate runs; `/mem/<i>` prepends `const id = <i>; `
 /// as isogate's memory scenario does.
 fn parent_worker(hello: &str) -> String {
     let hello = serde_json::to_string(hello).unwrap_or_default();
+    let sleepy = serde_json::to_string(SLEEPY).unwrap_or_default();
     format!(
         r#"const HELLO = {hello};
+const SLEEPY = {sleepy};
 const code = (source) => () => ({{
   compatibilityDate: "{COMPAT_DATE}",
   mainModule: "w.js",
@@ -263,6 +269,8 @@ export default {{
       worker = env.LOADER.load(code(HELLO)());
     }} else if (path === "/get") {{
       worker = env.LOADER.get("hello", code(HELLO));
+    }} else if (path === "/get-sleepy") {{
+      worker = env.LOADER.get("sleepy", code(SLEEPY));
     }} else if (path.startsWith("/mem/") && /^[0-9]+$/.test(path.slice(5))) {{
       const i = Number(path.slice(5));
       worker = env.LOADER.get(`w${{i}}`, code(`const id = ${{i}}; ${{HELLO}}`));

@@ -307,6 +307,11 @@ pub struct LimitsConfig {
     pub subrequests: u32,
     /// Invocations that may run concurrently. Default 16.
     pub max_concurrency: u32,
+    /// Requests one cached Worker (`get()`) serves at the same time in its isolate,
+    /// interleaved at their await points like workerd; further requests to it wait for a
+    /// turn. A limit breach by one discards the isolate and fails the others with
+    /// `isolate_discarded`. 1 serves a Worker's requests one at a time. Default 32.
+    pub max_concurrent_requests: u32,
     /// Compiled workers of this tenant kept in the cache. Default 100.
     pub max_cached_workers: u32,
     /// Maximum request body size, in bytes. Default 1048576 (1 MiB).
@@ -326,6 +331,7 @@ impl Default for LimitsConfig {
             wall_ms: 30_000,
             subrequests: 50,
             max_concurrency: 16,
+            max_concurrent_requests: 32,
             max_cached_workers: 100,
             max_body_bytes: 1_048_576,
             max_queue: 64,
@@ -342,6 +348,7 @@ impl From<LimitsConfig> for TenantLimits {
             wall_ms: l.wall_ms,
             subrequests: l.subrequests,
             max_concurrency: l.max_concurrency,
+            max_concurrent_requests: l.max_concurrent_requests,
             max_cached_workers: l.max_cached_workers,
             max_body_bytes: l.max_body_bytes,
             max_queue: l.max_queue,

@@ -124,6 +124,7 @@ fn example_document_parses_with_the_right_values() {
             wall_ms: 10_000,
             subrequests: 20,
             max_concurrency: 16,
+            max_concurrent_requests: 32,
             max_cached_workers: 100,
             max_body_bytes: 1_048_576,
             // Not in the document: defaults.
@@ -245,8 +246,8 @@ fn unknown_limits_field_is_rejected_with_full_message() {
     assert_eq!(
         message,
         "unknown field `cpu_mss`, expected one of `cpu_ms`, `memory_mb`, `wall_ms`, \
-         `subrequests`, `max_concurrency`, `max_cached_workers`, `max_body_bytes`, \
-         `max_queue`, `queue_timeout_ms`"
+         `subrequests`, `max_concurrency`, `max_concurrent_requests`, `max_cached_workers`, \
+         `max_body_bytes`, `max_queue`, `queue_timeout_ms`"
     );
     assert_eq!((*line, *column), (Some(5), Some(15)));
     assert_eq!(
@@ -655,6 +656,7 @@ fn policy_lowering() {
             wall_ms: 10_000,
             subrequests: 20,
             max_concurrency: 16,
+            max_concurrent_requests: 32,
             max_cached_workers: 100,
             max_body_bytes: 1_048_576,
             max_queue: 64,

@@ -79,6 +79,10 @@ pub(crate) const BOUNDS: &[Bound] = &[
     bound("LimitsConfig", "wall_ms", 1, None),
     bound("LimitsConfig", "subrequests", 0, None),
     bound("LimitsConfig", "max_concurrency", 1, None),
+    Bound {
+        between: true,
+        ..bound("LimitsConfig", "max_concurrent_requests", 1, Some(1024))
+    },
     bound("LimitsConfig", "max_cached_workers", 1, None),
     // A body crosses the worker channel whole (isogate_pool::wire::MAX_BODY_BYTES).
     bound("LimitsConfig", "max_body_bytes", 1, Some(32 << 20)),
@@ -363,12 +367,16 @@ fn check_tenants(
 
 fn check_limits(at: &str, tenant: &TenantConfig, errors: &mut Errors) {
     let l = &tenant.limits;
-    let numeric: [(&str, u64); 9] = [
+    let numeric: [(&str, u64); 10] = [
         ("cpu_ms", l.cpu_ms),
         ("memory_mb", l.memory_mb),
         ("wall_ms", l.wall_ms),
         ("subrequests", u64::from(l.subrequests)),
         ("max_concurrency", u64::from(l.max_concurrency)),
+        (
+            "max_concurrent_requests",
+            u64::from(l.max_concurrent_requests),
+        ),
         ("max_cached_workers", u64::from(l.max_cached_workers)),
         ("max_body_bytes", l.max_body_bytes),
         ("max_queue", u64::from(l.max_queue)),

@@ -79,6 +79,7 @@ mod tests {
             memory_mb: 1,
             wall_ms: 1,
             subrequests: 1,
+            max_concurrent_requests: 32,
             max_concurrency: concurrency,
             max_cached_workers: 1,
             max_body_bytes: 1,

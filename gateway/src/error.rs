@@ -57,7 +57,7 @@ impl ApiError {
             ApiError::Conflict(_) => 409,
             ApiError::TooManyRequests { .. } => 429,
             ApiError::Overloaded | ApiError::Draining | ApiError::MemoryBudget(_) => 503,
-            ApiError::Worker(e) if e.kind.is_limit() || e.kind == ErrorKind::WorkerCrashed => 503,
+            ApiError::Worker(e) if e.kind.is_limit() || e.kind.is_retryable() => 503,
             ApiError::Worker(_) => 500,
             ApiError::Internal(_) => 500,
         }
@@ -120,7 +120,7 @@ impl ApiError {
                 vec![("retry-after", retry_after_s.to_string())]
             }
             ApiError::Overloaded | ApiError::MemoryBudget(_) => vec![("retry-after", "1".into())],
-            ApiError::Worker(e) if e.kind == ErrorKind::WorkerCrashed => {
+            ApiError::Worker(e) if e.kind.is_retryable() => {
                 vec![("retry-after", "1".into())]
             }
             ApiError::Draining => vec![("retry-after", "1".into()), ("connection", "close".into())],

@@ -627,6 +627,7 @@ fn limits_for(
         memory_mb: l.memory_mb,
         wall_ms: l.wall_ms,
         subrequests: l.subrequests,
+        worker_concurrency: tenant.limits.max_concurrent_requests,
     }
 }
 

@@ -214,6 +214,10 @@ pub struct Limits {
     pub wall_ms: u64,
     /// Number of outbound `fetch()` calls.
     pub subrequests: u32,
+    /// For `get()`: how many invocations the cached Worker's isolate runs at once, interleaved
+    /// at their await points (more wait for a turn). Set from the tenant's
+    /// `max_concurrent_requests`; read when a request reaches the Worker's isolate.
+    pub worker_concurrency: u32,
 }
 
 /// An HTTP request handed to a Worker's `fetch` handler.
@@ -303,6 +307,10 @@ pub enum ErrorKind {
     /// The worker process running the invocation died (killed by the watchdog for another
     /// invocation's overrun, a crash, or a fatal signal); the invocation may be retried.
     WorkerCrashed,
+    /// Another invocation running in the same isolate (requests to one cached Worker interleave
+    /// in its isolate) breached a limit: the isolate was discarded with this invocation in it;
+    /// the invocation may be retried.
+    IsolateDiscarded,
     /// A fault in isogate itself (never caused by user input).
     Internal,
 }
@@ -318,8 +326,15 @@ impl ErrorKind {
             ErrorKind::WallLimit => "wall_limit",
             ErrorKind::SubrequestLimit => "subrequest_limit",
             ErrorKind::WorkerCrashed => "worker_crashed",
+            ErrorKind::IsolateDiscarded => "isolate_discarded",
             ErrorKind::Internal => "internal",
         }
+    }
+
+    /// Whether the invocation failed through no fault of its own and may be retried: its worker
+    /// process died or its isolate was discarded for another invocation's breach.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::WorkerCrashed | ErrorKind::IsolateDiscarded)
     }
 
     /// Whether this is a resource-limit breach (as opposed to a bug in user code).

@@ -578,10 +578,27 @@ fn janitor_main(
     }
 }
 
-/// A cached Worker on its thread: one invocation at a time (its budget and logs are exact).
+/// A cached Worker on its thread: one isolate, running up to `turns` invocations at once
+/// (interleaved at their await points); a condemned isolate is replaced once its last
+/// invocation has ended.
 struct Slot {
     digest: CodeDigest,
-    isolate: tokio::sync::Mutex<Option<Isolate>>,
+    isolate: RefCell<Option<Rc<Isolate>>>,
+    /// One isolate start at a time for this Worker.
+    starting: tokio::sync::Mutex<()>,
+    /// Invocations that may run in the isolate at once (`Limits::worker_concurrency`).
+    turns: tokio::sync::Semaphore,
+}
+
+impl Slot {
+    /// The Worker's isolate if it may take another invocation.
+    fn live(&self) -> Option<Rc<Isolate>> {
+        self.isolate
+            .borrow()
+            .as_ref()
+            .filter(|iso| iso.is_reusable())
+            .cloned()
+    }
 }
 
 struct ThreadState {
@@ -743,8 +760,7 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
         } => {
             hold.started();
             let hold = HeldUntil::new(hold);
-            let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
-            else {
+            let Some((iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await else {
                 return;
             };
             let held = hold.clone();
@@ -775,8 +791,7 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             mut hold,
         } => {
             hold.started();
-            let Some((mut iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await
-            else {
+            let Some((iso, cold, reply)) = state.take_or_fail(StartKind::Load, reply).await else {
                 return;
             };
             let (outcome, logs, cpu, _) = iso.execute(&source, &env, invoker, limits).await;
@@ -821,28 +836,41 @@ async fn run_get(
             _ => {
                 let slot = Rc::new(Slot {
                     digest,
-                    isolate: tokio::sync::Mutex::new(None),
+                    isolate: RefCell::new(None),
+                    starting: tokio::sync::Mutex::new(()),
+                    turns: tokio::sync::Semaphore::new(limits.worker_concurrency.max(1) as usize),
                 });
                 cached.insert(key.clone(), slot.clone());
                 slot
             }
         }
     };
-    let mut guard = slot.isolate.lock().await;
+    // The semaphore is never closed.
+    let Ok(_turn) = slot.turns.acquire().await else {
+        return;
+    };
     let mut cold = false;
-    if guard.is_none() {
-        match state.take_isolate(StartKind::GetMiss).await {
-            Ok((iso, _)) => {
-                *guard = Some(iso);
-                cold = true;
-            }
-            Err(e) => {
-                reply.send(Invocation::failed(e));
-                return;
+    let iso = match slot.live() {
+        Some(iso) => iso,
+        None => {
+            let _starting = slot.starting.lock().await;
+            match slot.live() {
+                Some(iso) => iso,
+                None => match state.take_isolate(StartKind::GetMiss).await {
+                    Ok((iso, _)) => {
+                        let iso = Rc::new(iso);
+                        *slot.isolate.borrow_mut() = Some(iso.clone());
+                        cold = true;
+                        iso
+                    }
+                    Err(e) => {
+                        reply.send(Invocation::failed(e));
+                        return;
+                    }
+                },
             }
         }
-    }
-    let Some(iso) = guard.as_mut() else { return };
+    };
     let mut reply = reply;
     let sink = reply.take_body();
     iso.fetch(
@@ -858,18 +886,26 @@ async fn run_get(
     )
     .await;
     if !iso.is_reusable() {
-        // A breached limit discards the isolate; the next request recreates the Worker.
-        *guard = None;
-        drop(guard);
-        let mut cached = state.cached.borrow_mut();
-        if cached.get(&key).is_some_and(|s| Rc::ptr_eq(s, &slot)) {
-            cached.remove(&key);
-        }
-        drop(cached);
-        let removed = state.shared.index().remove_if(&key, digest);
-        if removed {
-            let n = state.shared.index().tenant_len(&key.tenant);
-            state.shared.observer.cached_workers(&key.tenant, n);
+        // A breached limit discards the isolate (the invocations still on it end with
+        // `isolate_discarded`, and it is freed after the last); the next request recreates the
+        // Worker.
+        let ours = slot
+            .isolate
+            .borrow()
+            .as_ref()
+            .is_some_and(|live| Rc::ptr_eq(live, &iso));
+        if ours {
+            *slot.isolate.borrow_mut() = None;
+            let mut cached = state.cached.borrow_mut();
+            if cached.get(&key).is_some_and(|s| Rc::ptr_eq(s, &slot)) {
+                cached.remove(&key);
+            }
+            drop(cached);
+            let removed = state.shared.index().remove_if(&key, digest);
+            if removed {
+                let n = state.shared.index().tenant_len(&key.tenant);
+                state.shared.observer.cached_workers(&key.tenant, n);
+            }
         }
     }
 }

@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Version of this protocol; a worker answers a different one with an error and exits.
-pub const PROTOCOL: u32 = 5;
+pub const PROTOCOL: u32 = 6;
 
 /// Largest body (request, response, egress) that may cross the wire.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -395,6 +395,7 @@ mod tests {
             memory_mb: 2,
             wall_ms: 3,
             subrequests: 4,
+            worker_concurrency: 32,
         };
         roundtrip(ToWorker::Get {
             id: 9,

@@ -693,6 +693,7 @@ const LIMITS: Limits = Limits {
     memory_mb: 32,
     wall_ms: 5_000,
     subrequests: 3,
+    worker_concurrency: 32,
 };
 
 fn settings() -> PoolSettings {
@@ -802,9 +803,11 @@ async fn exercise(pool: &Pool) {
         .iter()
         .any(|l| l.message.contains("hello from a confined worker")));
 
-    // get(): a cached Worker; ctx.waitUntil work of the first call is seen by the second.
+    // get(): a cached Worker; ctx.waitUntil work of the first call (it has ended once the
+    // call's hold is released) is seen by the second.
     let sealed = SealedCode::new(code(EVERYTHING));
     for expected in [0, 1] {
+        let (held, released) = tokio::sync::oneshot::channel::<()>();
         let inv = pool
             .get(
                 invoker(Some("w1")),
@@ -812,12 +815,13 @@ async fn exercise(pool: &Pool) {
                 request(),
                 LIMITS,
                 8,
-                Hold::none(),
+                Hold::new(held),
             )
             .await
             .expect("get");
         let out: serde_json::Value = serde_json::from_slice(&inv.outcome.unwrap().body).unwrap();
         assert_eq!(out["seenBackground"], expected);
+        assert!(released.await.is_err(), "the hold is dropped, never used");
     }
 
     // execute(): Code Mode.

@@ -197,6 +197,9 @@ pub struct TenantLimits {
     pub subrequests: u32,
     /// Invocations of this tenant that may run at the same time.
     pub max_concurrency: u32,
+    /// Invocations one cached Worker runs at the same time in its isolate (interleaved at
+    /// their await points).
+    pub max_concurrent_requests: u32,
     /// Compiled workers of this tenant kept in the cache.
     pub max_cached_workers: u32,
     /// Maximum request body size, in bytes.
@@ -365,6 +368,7 @@ mod tests {
             wall_ms: 30_000,
             subrequests: 50,
             max_concurrency: 16,
+            max_concurrent_requests: 32,
             max_cached_workers: 100,
             max_body_bytes: 1 << 20,
             max_queue: 64,

@@ -1732,12 +1732,17 @@ export function install(host) {
 
   // ---- timers -----------------------------------------------------------------------------
   // One host sleep per timer; a cleared timer's sleep still ends but its callback is skipped.
+  // The host refuses a timer set by work whose request has ended: it never fires.
   let nextTimerId = 1;
   const liveTimers = new MapCtor();
   function schedule(id, ms, fire) {
-    promiseThen(sleep(ms), () => {
-      if (mapHas(liveTimers, id)) fire();
-    });
+    promiseThen(
+      sleep(ms),
+      () => {
+        if (mapHas(liveTimers, id)) fire();
+      },
+      () => mapDelete(liveTimers, id),
+    );
   }
   function toDelay(ms) {
     const n = NumberCtor(ms);

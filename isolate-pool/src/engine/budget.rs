@@ -1,31 +1,58 @@
-//! Per-invocation accounting that the interrupt handler enforces: CPU time of the invocation
-//! (not wall time), the wall-clock deadline, the isolate's memory account (QuickJS heap + native
+//! Per-invocation accounting that the interrupt handler enforces: CPU time of each invocation
+//! (not wall time), its wall-clock deadline, the isolate's memory account (QuickJS heap + native
 //! bytes, [`super::memory`]) and limits tripped by host calls.
 //!
-//! An isolate thread interleaves many invocations, so CPU time is the thread's CPU clock summed
-//! over the polls of *this* invocation's future ([`Metered`]); the interrupt handler adds the
-//! time of the poll in progress.
+//! Several invocations of one cached Worker run in one isolate at once, interleaved at their
+//! await points. Each has a *run* id, which is also its QuickJS async context: the patched QuickJS
+//! carries it from where a promise reaction or job was made to where it runs
+//! (`vendor/rquickjs-sys/SOURCE.md`) and reports every change to [`Budget::switch_to`]. So an
+//! invocation's CPU time is the thread's CPU clock summed over the stretches in which *its* code
+//! ran, and a host call knows whose it is ([`Budget::current`]).
+//!
+//! A breach by one invocation trips the whole isolate: it is discarded once every invocation on
+//! it has ended; the one that breached gets its limit error, the others
+//! [`ErrorKind::IsolateDiscarded`] ([`Budget::outcome`]).
 
 use super::memory::{self, AccountId};
 use super::HostState;
 use crate::api::{ErrorKind, Limits};
 use cpu_time::ThreadTime;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+/// An invocation's id within its isolate, and its QuickJS async context (0: none).
+pub(super) type RunId = u64;
+
+struct Run {
+    invocation: u64,
+    cpu_limit: Duration,
+    cpu_used: Duration,
+    wall_deadline: Instant,
+}
+
+/// The breach that condemned the isolate, and whose it was.
+#[derive(Clone, Copy)]
+struct Trip {
+    kind: ErrorKind,
+    run: RunId,
+}
+
 pub(super) struct Budget {
     account: AccountId,
-    active: Cell<bool>,
-    invocation: Cell<u64>,
-    cpu_limit: Cell<Duration>,
-    cpu_used: Cell<Duration>,
-    poll_started: Cell<Option<Duration>>,
-    wall_deadline: Cell<Option<Instant>>,
-    tripped: Cell<Option<ErrorKind>>,
+    runs: RefCell<HashMap<RunId, Run>>,
+    next_run: Cell<RunId>,
+    /// The async context whose code runs now (the runtime's, kept in step by `switch_to`).
+    current: Cell<RunId>,
+    /// Thread CPU clock when `current` started running within the poll in progress.
+    since: Cell<Option<Duration>>,
+    tripped: Cell<Option<Trip>>,
+    /// Woken when the isolate trips, so that invocations waiting on I/O end at once.
+    discarded: tokio::sync::Notify,
 }
 
 fn thread_cpu() -> Duration {
@@ -36,13 +63,12 @@ impl Budget {
     pub(super) fn new(account: AccountId) -> Budget {
         Budget {
             account,
-            active: Cell::new(false),
-            invocation: Cell::new(0),
-            cpu_limit: Cell::new(Duration::ZERO),
-            cpu_used: Cell::new(Duration::ZERO),
-            poll_started: Cell::new(None),
-            wall_deadline: Cell::new(None),
+            runs: RefCell::new(HashMap::new()),
+            next_run: Cell::new(1),
+            current: Cell::new(0),
+            since: Cell::new(None),
             tripped: Cell::new(None),
+            discarded: tokio::sync::Notify::new(),
         }
     }
 
@@ -51,51 +77,114 @@ impl Budget {
         self.account
     }
 
-    /// Starts accounting for an invocation.
-    pub(super) fn start(&self, invocation: u64, limits: Limits, now: Instant) {
-        self.invocation.set(invocation);
-        self.account
-            .reset(limits.memory_mb.saturating_mul(1024 * 1024));
-        self.active.set(true);
-        self.cpu_limit.set(Duration::from_millis(limits.cpu_ms));
-        self.cpu_used.set(Duration::ZERO);
-        self.poll_started.set(None);
-        self.wall_deadline
-            .set(Some(now + Duration::from_millis(limits.wall_ms)));
-        self.tripped.set(None);
+    /// Starts accounting for an invocation and returns its run id. The memory limit is the
+    /// isolate's, set by the invocation that finds the isolate idle.
+    pub(super) fn start(&self, invocation: u64, limits: Limits, now: Instant) -> RunId {
+        let run = self.next_run.get();
+        self.next_run.set(run + 1);
+        let mut runs = self.runs.borrow_mut();
+        if runs.is_empty() {
+            self.account
+                .reset(limits.memory_mb.saturating_mul(1024 * 1024));
+        }
+        runs.insert(
+            run,
+            Run {
+                invocation,
+                cpu_limit: Duration::from_millis(limits.cpu_ms),
+                cpu_used: Duration::ZERO,
+                wall_deadline: now + Duration::from_millis(limits.wall_ms),
+            },
+        );
+        run
     }
 
-    /// Stops accounting; returns the CPU seconds used.
-    pub(super) fn stop(&self) -> f64 {
-        self.observe_memory();
-        self.active.set(false);
-        self.wall_deadline.set(None);
-        self.cpu_used.get().as_secs_f64()
+    /// Stops accounting for `run`; returns the CPU seconds it used.
+    pub(super) fn stop(&self, run: RunId) -> f64 {
+        self.observe_memory(run);
+        self.runs
+            .borrow_mut()
+            .remove(&run)
+            .map_or(0.0, |r| r.cpu_used.as_secs_f64())
     }
 
-    pub(super) fn used_seconds(&self) -> f64 {
-        self.cpu_used.get().as_secs_f64()
+    pub(super) fn used_seconds(&self, run: RunId) -> f64 {
+        self.runs
+            .borrow()
+            .get(&run)
+            .map_or(0.0, |r| r.cpu_used.as_secs_f64())
     }
 
+    /// The invocation whose code runs now: `None` outside invocations, and for work left behind
+    /// by one that has ended.
+    pub(super) fn current(&self) -> Option<RunId> {
+        let run = self.current.get();
+        self.runs.borrow().contains_key(&run).then_some(run)
+    }
+
+    /// Trips `kind`, charged to the invocation whose code runs now.
     pub(super) fn trip(&self, kind: ErrorKind) {
+        self.trip_run(kind, self.current.get());
+    }
+
+    /// Trips `kind`, charged to `run`: the isolate is condemned.
+    pub(super) fn trip_run(&self, kind: ErrorKind, run: RunId) {
         if self.tripped.get().is_none() {
-            self.tripped.set(Some(kind));
+            self.tripped.set(Some(Trip { kind, run }));
+            self.discarded.notify_waiters();
         }
     }
 
-    pub(super) fn tripped(&self) -> Option<ErrorKind> {
-        self.observe_memory();
-        self.tripped.get()
+    /// Whether a limit was breached on this isolate (it must not be reused).
+    pub(super) fn tripped(&self) -> bool {
+        self.observe_memory(self.current.get());
+        self.tripped.get().is_some()
     }
 
-    /// A breached memory account trips `MemoryLimit` (the isolate is then discarded).
-    fn observe_memory(&self) {
-        if self.active.get() && self.account.breached() {
-            self.trip(ErrorKind::MemoryLimit);
+    /// How the isolate's trip ends `run`: with its own limit, or discarded for another's breach.
+    pub(super) fn outcome(&self, run: RunId) -> Option<ErrorKind> {
+        self.observe_memory(run);
+        let trip = self.tripped.get()?;
+        Some(if trip.run == run {
+            trip.kind
+        } else {
+            ErrorKind::IsolateDiscarded
+        })
+    }
+
+    /// Resolves once the isolate has tripped.
+    pub(super) async fn discarded(&self) {
+        loop {
+            // Created before the check, so a trip in between still wakes it.
+            let woken = self.discarded.notified();
+            if self.tripped() {
+                return;
+            }
+            woken.await;
         }
     }
 
-    /// Checks that `bytes` more fit in the invocation's memory budget before a native allocation
+    /// A breached memory account trips `MemoryLimit` (the isolate is then discarded), charged
+    /// to the invocation whose code runs, else to `asking`'s.
+    fn observe_memory(&self, asking: RunId) {
+        if self.tripped.get().is_some() || !self.account.breached() {
+            return;
+        }
+        let runs = self.runs.borrow();
+        if runs.is_empty() {
+            return;
+        }
+        let current = self.current.get();
+        let run = if runs.contains_key(&current) {
+            current
+        } else {
+            asking
+        };
+        drop(runs);
+        self.trip_run(ErrorKind::MemoryLimit, run);
+    }
+
+    /// Checks that `bytes` more fit in the isolate's memory budget before a native allocation
     /// of that size; if not, breaches the account and trips `MemoryLimit`.
     pub(super) fn reserve(&self, bytes: f64) -> bool {
         if bytes <= self.account.remaining() as f64 {
@@ -106,65 +195,109 @@ impl Budget {
         false
     }
 
+    /// While a poll runs: charges the CPU since the last stretch began to `current`, restarts
+    /// the clock and returns its reading.
+    fn charge_current(&self) -> Option<Duration> {
+        let since = self.since.get()?;
+        let now = thread_cpu();
+        self.since.set(Some(now));
+        let run = self.current.get();
+        let over = self.runs.borrow_mut().get_mut(&run).is_some_and(|r| {
+            r.cpu_used += now.saturating_sub(since);
+            r.cpu_used > r.cpu_limit
+        });
+        if over {
+            self.trip_run(ErrorKind::CpuLimit, run);
+        }
+        Some(now)
+    }
+
+    /// Tells the activity record (read by the watchdog) whose code runs from `now` on.
+    fn publish(&self, now: Duration) {
+        match self.runs.borrow().get(&self.current.get()) {
+            Some(r) => crate::activity::poll_started(r.invocation, r.cpu_used, now),
+            None => crate::activity::poll_ended(),
+        }
+    }
+
+    /// Called (through the runtime's async context hook) whenever the context changes: the CPU
+    /// since the last change goes to the context that had it.
+    pub(super) fn switch_to(&self, to: RunId) {
+        let now = self.charge_current();
+        self.current.set(to);
+        if let Some(now) = now {
+            self.publish(now);
+        }
+    }
+
+    /// A poll begins: the clock starts (unless a poll is already running).
     fn begin_poll(&self) -> bool {
-        if self.poll_started.get().is_some() {
+        if self.since.get().is_some() {
             return false;
         }
         let now = thread_cpu();
-        self.poll_started.set(Some(now));
-        crate::activity::poll_started(self.invocation.get(), self.cpu_used.get(), now);
+        self.since.set(Some(now));
+        self.publish(now);
         true
     }
 
     fn end_poll(&self) {
-        if let Some(start) = self.poll_started.take() {
+        if self.charge_current().is_some() {
+            self.since.set(None);
             crate::activity::poll_ended();
-            let spent = thread_cpu().saturating_sub(start);
-            self.cpu_used.set(self.cpu_used.get() + spent);
-            if self.active.get() && self.cpu_used.get() > self.cpu_limit.get() {
-                self.trip(ErrorKind::CpuLimit);
-            }
         }
     }
 
     /// Called by QuickJS's interrupt handler while JS runs: `true` stops the JS.
     pub(super) fn should_interrupt(&self) -> bool {
-        if !self.active.get() {
+        let run = self.current.get();
+        if run == 0 {
+            // The bootstrap, outside any invocation.
             return false;
         }
-        self.observe_memory();
+        self.observe_memory(run);
         if self.tripped.get().is_some() {
             return true;
         }
-        if let Some(start) = self.poll_started.get() {
-            let used = self.cpu_used.get() + thread_cpu().saturating_sub(start);
-            if used > self.cpu_limit.get() {
-                self.trip(ErrorKind::CpuLimit);
-                return true;
-            }
-        }
-        if let Some(deadline) = self.wall_deadline.get() {
-            if Instant::now() >= deadline {
-                self.trip(ErrorKind::WallLimit);
-                return true;
-            }
-        }
-        false
+        let runs = self.runs.borrow();
+        let Some(r) = runs.get(&run) else {
+            // Work an ended invocation left behind (a timer, a dangling promise) does not run
+            // on another invocation's time.
+            return true;
+        };
+        let used = r.cpu_used
+            + self
+                .since
+                .get()
+                .map_or(Duration::ZERO, |s| thread_cpu().saturating_sub(s));
+        let kind = if used > r.cpu_limit {
+            ErrorKind::CpuLimit
+        } else if Instant::now() >= r.wall_deadline {
+            ErrorKind::WallLimit
+        } else {
+            return false;
+        };
+        drop(runs);
+        self.trip_run(kind, run);
+        true
     }
 }
 
-/// Wraps an invocation's future and charges the CPU time of each of its polls to the isolate's
-/// budget, and the allocations made during each poll to the isolate's memory account.
+/// Wraps an invocation's future: each poll runs in the invocation's async context, its CPU time
+/// is charged to the invocations whose code ran, and its allocations to the isolate's memory
+/// account.
 pub(super) struct Metered<F> {
     inner: Pin<Box<F>>,
     state: Rc<HostState>,
+    run: RunId,
 }
 
 impl<F> Metered<F> {
-    pub(super) fn new(inner: F, state: Rc<HostState>) -> Self {
+    pub(super) fn new(inner: F, state: Rc<HostState>, run: RunId) -> Self {
         Metered {
             inner: Box::pin(inner),
             state,
+            run,
         }
     }
 }
@@ -173,12 +306,16 @@ impl<F: Future> Future for Metered<F> {
     type Output = F::Output;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        // The context first: outside a poll, switching it reads no clock.
+        let outer = self.state.contexts.entered();
+        self.state.contexts.enter(self.run);
         let owner = self.state.budget.begin_poll();
         let _account = memory::enter(self.state.budget.account());
         let out = self.inner.as_mut().poll(cx);
         if owner {
             self.state.budget.end_poll();
         }
+        self.state.contexts.enter(outer);
         out
     }
 }

@@ -10,6 +10,7 @@
 mod budget;
 mod bytecode;
 mod codec;
+mod context;
 mod loader;
 mod memory;
 mod panics;
@@ -20,7 +21,7 @@ use crate::api::{
     ModuleSource, Outbound, WorkerCode, WorkerError,
 };
 use crate::egress::{EgressPort, EgressRequest, EgressResponse, Fetched, NETWORK_DISABLED};
-use budget::{Budget, Metered};
+use budget::{Budget, Metered, RunId};
 use loader::{ModuleMap, WorkerLoader, WorkerResolver};
 use panics::{Guarded, PanicFlag};
 use rquickjs::{
@@ -30,6 +31,7 @@ use rquickjs::{
     Object, Persistent, Promise, TypedArray, Value,
 };
 use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant};
@@ -101,17 +103,25 @@ impl InvocationState {
 /// Host-side state of one isolate, shared by its host functions.
 struct HostState {
     budget: Budget,
-    invocation: RefCell<Option<InvocationState>>,
+    contexts: context::Contexts,
+    /// The invocations running on the isolate, by run id (their async context).
+    invocations: RefCell<HashMap<RunId, InvocationState>>,
     outbound: Cell<Outbound>,
     egress: Arc<dyn EgressPort>,
     /// `fetch()`es a Worker may still abort (its `signal`): id → the trigger that drops the
     /// egress future (which cancels the upstream request, also across the wire).
-    aborts: RefCell<std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+    aborts: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
 }
 
 impl HostState {
+    /// Runs `f` on the state of the invocation whose code runs now (`None` outside one).
     fn with_invocation<R>(&self, f: impl FnOnce(&mut InvocationState) -> R) -> Option<R> {
-        self.invocation.borrow_mut().as_mut().map(f)
+        let run = self.budget.current()?;
+        self.invocations.borrow_mut().get_mut(&run).map(f)
+    }
+
+    fn with_run<R>(&self, run: RunId, f: impl FnOnce(&mut InvocationState) -> R) -> Option<R> {
+        self.invocations.borrow_mut().get_mut(&run).map(f)
     }
 }
 
@@ -135,16 +145,25 @@ pub(crate) fn untracked<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// One QuickJS runtime + context with the Worker API installed.
+///
+/// A cached Worker's isolate runs several invocations at once ([`Isolate::fetch`] takes `&self`):
+/// they interleave at their await points, each with its own budget, logs and subrequests (see
+/// [`budget`]). A limit breach by one condemns the isolate: the others end with
+/// [`ErrorKind::IsolateDiscarded`] and the isolate is never reused.
 pub struct Isolate {
     // Field order matters for drop: JS handles before the context before the runtime.
-    worker: Option<LoadedWorker>,
+    worker: RefCell<Option<LoadedWorker>>,
     entry: Persistent<Object<'static>>,
     ctx: AsyncContext,
     _rt: AsyncRuntime,
     modules: ModuleMap,
     state: Rc<HostState>,
+    /// One Worker load at a time; invocations that arrive meanwhile wait for it.
+    loading: tokio::sync::Mutex<()>,
+    /// Why the Worker's modules failed to load (then every invocation fails with it).
+    load_error: RefCell<Option<WorkerError>>,
     /// Set once an invocation breached a limit or the isolate is otherwise unfit for reuse.
-    poisoned: bool,
+    poisoned: Cell<bool>,
     /// Set once a host function panicked while this isolate ran (never reused afterwards).
     panic: Rc<PanicFlag>,
     /// The isolate's memory account (QuickJS heap + native bytes); released last, after the
@@ -155,8 +174,19 @@ pub struct Isolate {
 /// Output of [`Isolate::fetch`] once the Worker produced its response.
 pub type FetchOutput = (Result<HttpResponse, WorkerError>, Vec<LogEntry>);
 
+/// What [`Isolate::dispatch`] gets back: the response head, `waitUntil` work, a streamed body.
+type Dispatched = (
+    HttpResponse,
+    Option<Persistent<Promise<'static>>>,
+    Option<StreamPump>,
+);
+
 fn internal(msg: impl std::fmt::Display) -> WorkerError {
     WorkerError::new(ErrorKind::Internal, msg.to_string())
+}
+
+fn wall_limit() -> WorkerError {
+    WorkerError::new(ErrorKind::WallLimit, "wall-clock limit")
 }
 
 impl Isolate {
@@ -180,10 +210,11 @@ impl Isolate {
         .await;
         let state = Rc::new(HostState {
             budget: Budget::new(account.id()),
-            invocation: RefCell::new(None),
+            contexts: context::Contexts::new(),
+            invocations: RefCell::new(HashMap::new()),
             outbound: Cell::new(Outbound::Default),
             egress,
-            aborts: RefCell::new(std::collections::HashMap::new()),
+            aborts: RefCell::new(HashMap::new()),
         });
         let interrupt_state = state.clone();
         rt.set_interrupt_handler(Some(Box::new(move || {
@@ -195,19 +226,22 @@ impl Isolate {
         // The Web API modules and the bootstrap are our code with no user input: their Rust
         // allocations are not charged to the account (QuickJS's heap is, always).
         let installing = ctx.with(|ctx| -> Result<Persistent<Object<'static>>, WorkerError> {
+            context::Contexts::bind(&host_state, &ctx);
             install(&ctx, host_state)
                 .catch(&ctx)
                 .map_err(|e| internal(format!("isolate bootstrap failed: {e}")))
         });
         let entry = Guarded::new(installing, panic.clone()).await?;
         Ok(Isolate {
-            worker: None,
+            worker: RefCell::new(None),
             entry,
             ctx,
             _rt: rt,
             modules,
             state,
-            poisoned: false,
+            loading: tokio::sync::Mutex::new(()),
+            load_error: RefCell::new(None),
+            poisoned: Cell::new(false),
             panic,
             _account: account,
         })
@@ -215,64 +249,132 @@ impl Isolate {
 
     /// Whether the isolate may serve another invocation.
     pub fn is_reusable(&self) -> bool {
-        !self.poisoned && !self.panic.is_set()
+        !self.poisoned.get() && !self.panic.is_set() && !self.state.budget.tripped()
     }
 
-    fn begin(&self, invoker: Invoker, limits: Limits) {
-        self.state
+    fn begin(&self, invoker: Invoker, limits: Limits) -> RunId {
+        let run = self
+            .state
             .budget
             .start(invoker.invocation, limits, Instant::now());
-        *self.state.invocation.borrow_mut() = Some(InvocationState {
-            invoker,
-            limits,
-            subrequests: 0,
-            logs: Vec::new(),
-            log_bytes: 0,
-            dropped_logs: 0,
-        });
+        self.state.invocations.borrow_mut().insert(
+            run,
+            InvocationState {
+                invoker,
+                limits,
+                subrequests: 0,
+                logs: Vec::new(),
+                log_bytes: 0,
+                dropped_logs: 0,
+            },
+        );
+        run
     }
 
     /// Ends the invocation, returns its logs and CPU seconds; a limit breach poisons the isolate.
-    fn finish(&mut self) -> (Vec<LogEntry>, f64, u32) {
-        let cpu = self.state.budget.stop();
-        if self.state.budget.tripped().is_some() {
-            self.poisoned = true;
+    fn finish(&self, run: RunId) -> (Vec<LogEntry>, f64, u32) {
+        let cpu = self.state.budget.stop(run);
+        if self.state.budget.tripped() {
+            self.poisoned.set(true);
         }
         let (logs, subrequests) = self
             .state
-            .invocation
+            .invocations
             .borrow_mut()
-            .take()
+            .remove(&run)
             .map(|mut s| (s.take_logs(), s.subrequests))
             .unwrap_or_default();
         (logs, cpu, subrequests)
     }
 
-    /// Classifies a failure, giving a breached limit precedence over what the JS saw.
-    fn classify(&mut self, err: WorkerError) -> WorkerError {
-        let limits = self.state.with_invocation(|s| s.limits);
-        if let (Some(kind), Some(limits)) = (self.state.budget.tripped(), limits) {
-            self.poisoned = true;
-            return limit_error(kind, &limits);
+    /// Classifies a failure of `run`, giving a breached limit precedence over what the JS saw.
+    /// A memory breach or a fault of isogate condemns the isolate (the other invocations on it
+    /// end with `IsolateDiscarded`).
+    fn classify(&self, run: RunId, err: WorkerError) -> WorkerError {
+        let limits = self.state.with_run(run, |s| s.limits);
+        match (self.state.budget.outcome(run), limits) {
+            (Some(ErrorKind::Internal), _) | (None, _) => {}
+            (Some(kind), Some(limits)) => {
+                self.poisoned.set(true);
+                return limit_error(kind, &limits);
+            }
+            (Some(kind), None) => {
+                self.poisoned.set(true);
+                return WorkerError::new(kind, kind.as_str());
+            }
         }
         if err.kind == ErrorKind::MemoryLimit {
-            self.poisoned = true;
+            self.poisoned.set(true);
+            self.state.budget.trip_run(ErrorKind::MemoryLimit, run);
             if let Some(limits) = limits {
                 return limit_error(ErrorKind::MemoryLimit, &limits);
             }
         }
         if err.kind == ErrorKind::Internal {
-            self.poisoned = true;
+            self.poisoned.set(true);
+            self.state.budget.trip_run(ErrorKind::Internal, run);
         }
         err
     }
 
-    /// Evaluates a Worker's modules and keeps its default export. Runs under the current
-    /// invocation's budget (module top-level code counts).
-    async fn load_worker(&mut self, code: &WorkerCode) -> Result<(), WorkerError> {
+    /// Runs `work` for `run` within `remaining` wall time: a timeout trips the wall limit (the
+    /// isolate is condemned), and a trip by any invocation on the isolate ends it at once.
+    async fn bounded<T>(
+        &self,
+        run: RunId,
+        remaining: Duration,
+        work: impl std::future::Future<Output = Result<T, WorkerError>>,
+    ) -> Result<T, WorkerError> {
+        tokio::select! {
+            biased;
+            done = tokio::time::timeout(remaining, work) => done.unwrap_or_else(|_| {
+                self.state.budget.trip_run(ErrorKind::WallLimit, run);
+                Err(wall_limit())
+            }),
+            () = self.state.budget.discarded() => {
+                let kind = self.state.budget.outcome(run).unwrap_or(ErrorKind::IsolateDiscarded);
+                Err(WorkerError::new(kind, kind.as_str()))
+            }
+        }
+    }
+
+    /// Loads the Worker unless it is loaded; invocations arriving during a load wait for it and
+    /// share its outcome.
+    async fn ensure_loaded(&self, code: &WorkerCode, run: RunId) -> Result<(), WorkerError> {
+        if self.worker.borrow().is_some() {
+            return Ok(());
+        }
+        let _loading = self.loading.lock().await;
+        if self.worker.borrow().is_some() {
+            return Ok(());
+        }
+        if let Some(e) = self.load_error.borrow().clone() {
+            return Err(e);
+        }
+        match self.load_worker(code, run).await {
+            Ok(worker) => {
+                *self.worker.borrow_mut() = Some(worker);
+                Ok(())
+            }
+            Err(e) => {
+                // A Worker whose modules failed to evaluate leaves the isolate half-initialised.
+                self.poisoned.set(true);
+                *self.load_error.borrow_mut() = Some(e.clone());
+                Err(e)
+            }
+        }
+    }
+
+    /// Evaluates a Worker's modules and returns its default export. Runs under the invocation's
+    /// budget (module top-level code counts).
+    async fn load_worker(
+        &self,
+        code: &WorkerCode,
+        run: RunId,
+    ) -> Result<LoadedWorker, WorkerError> {
         let tenant = self
             .state
-            .with_invocation(|i| i.invoker.tenant.clone())
+            .with_run(run, |i| i.invoker.tenant.clone())
             .unwrap_or_default();
         self.modules.set(code.modules.clone(), &tenant);
         self.state.outbound.set(code.global_outbound);
@@ -317,9 +419,7 @@ impl Isolate {
             };
             loaded.await
         });
-        let worker = Metered::new(Guarded::new(fut, self.panic.clone()), state).await?;
-        self.worker = Some(worker);
-        Ok(())
+        Metered::new(Guarded::new(fut, self.panic.clone()), state, run).await
     }
 
     /// Runs one request through the Worker's `fetch` handler. Loads `code` first if no Worker is
@@ -327,8 +427,10 @@ impl Isolate {
     /// to `ctx.waitUntil` are awaited (within the wall-clock limit) before this returns, with
     /// `respond` already called. `respond`'s last argument says whether work is still pending
     /// (waitUntil): when it is `false`, the invocation has ended entirely.
+    ///
+    /// Other invocations may run on the same isolate meanwhile (`&self`).
     pub async fn fetch(
-        &mut self,
+        &self,
         code: &WorkerCode,
         request: HttpRequest,
         invoker: Invoker,
@@ -336,73 +438,57 @@ impl Isolate {
         sink: Option<BodySink>,
         respond: impl FnOnce(FetchOutput, f64, bool),
     ) {
-        self.begin(invoker, limits);
+        let run = self.begin(invoker, limits);
         let deadline = Duration::from_millis(limits.wall_ms);
         let started = Instant::now();
         let mut respond = Some(respond);
         let streaming = sink.is_some();
 
-        let result = tokio::time::timeout(deadline, async {
-            if self.worker.is_none() {
-                self.load_worker(code).await?;
-            }
-            self.dispatch(request, streaming).await
-        })
-        .await
-        .unwrap_or_else(|_| {
-            self.state.budget.trip(ErrorKind::WallLimit);
-            Err(WorkerError::new(ErrorKind::WallLimit, "wall-clock limit"))
-        });
-
-        if self.worker.is_none() {
-            // A Worker whose modules failed to evaluate leaves the isolate half-initialised.
-            self.poisoned = true;
-        }
-        let result = match (result, self.state.budget.tripped()) {
+        let result = self
+            .bounded(run, deadline, async {
+                self.ensure_loaded(code, run).await?;
+                self.dispatch(run, request, streaming).await
+            })
+            .await;
+        let result = match (result, self.state.budget.outcome(run)) {
             // A limit tripped by a host call fails the invocation even if the JS caught it.
             (Ok(_), Some(kind)) => Err(WorkerError::new(kind, kind.as_str())),
             (r, _) => r,
         };
         let (outcome, wait_until, pump) = match result {
             Ok((response, wait, pump)) => (Ok(response), wait, pump),
-            Err(e) => (Err(self.classify(e)), None, None),
+            Err(e) => (Err(self.classify(run, e)), None, None),
         };
         if wait_until.is_some() || pump.is_some() {
             // Respond first (a streamed body's head), then stream the body and let waitUntil
             // work finish, within the remaining wall time.
             let logs = self
                 .state
-                .with_invocation(|s| s.take_logs())
+                .with_run(run, |s| s.take_logs())
                 .unwrap_or_default();
             if let Some(r) = respond.take() {
                 r(
                     (outcome.clone(), logs),
-                    self.state.budget.used_seconds(),
+                    self.state.budget.used_seconds(run),
                     true,
                 );
             }
         }
         if let (Some(pump), Some(sink)) = (pump, sink) {
             let remaining = deadline.saturating_sub(started.elapsed());
-            self.pump(pump, sink, remaining).await;
+            self.pump(run, pump, sink, remaining).await;
         }
         if let Some(wait) = wait_until {
             let remaining = deadline.saturating_sub(started.elapsed());
-            let waited = tokio::time::timeout(remaining, self.await_promise(wait)).await;
-            match waited {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    let e = self.classify(e);
-                    tracing::debug!(error = %e, "ctx.waitUntil work failed");
-                }
-                Err(_) => {
-                    self.state.budget.trip(ErrorKind::WallLimit);
-                    self.poisoned = true;
-                    tracing::debug!("ctx.waitUntil work cut off at the wall-clock limit");
-                }
+            if let Err(e) = self
+                .bounded(run, remaining, self.await_promise(run, wait))
+                .await
+            {
+                let e = self.classify(run, e);
+                tracing::debug!(error = %e, "ctx.waitUntil work failed");
             }
         }
-        let (logs, cpu, _) = self.finish();
+        let (logs, cpu, _) = self.finish(run);
         if let Some(r) = respond.take() {
             r((outcome, logs), cpu, false);
         }
@@ -411,31 +497,31 @@ impl Isolate {
     /// Streams a Worker's Response body into `sink`, chunk by chunk, until it ends, fails, the
     /// sink wants no more (the Worker's stream is cancelled) or `remaining` wall time is spent.
     /// Every outcome ends with one [`BodyPart::End`].
-    async fn pump(&mut self, pump: StreamPump, mut sink: BodySink, remaining: Duration) {
-        let streamed = tokio::time::timeout(remaining, async {
-            loop {
-                match self.next_chunk(&pump.next).await? {
-                    Some(bytes) => {
-                        if !sink(BodyPart::Chunk(bytes)) {
-                            // The client went away: stop the Worker's stream (best effort;
-                            // `cancel` resolves to nothing).
-                            let _ = self.next_chunk(&pump.cancel).await;
-                            return Ok(());
+    async fn pump(&self, run: RunId, pump: StreamPump, mut sink: BodySink, remaining: Duration) {
+        let streamed = self
+            .bounded(run, remaining, async {
+                loop {
+                    match self.next_chunk(run, &pump.next).await? {
+                        Some(bytes) => {
+                            if !sink(BodyPart::Chunk(bytes)) {
+                                // The client went away: stop the Worker's stream (best effort;
+                                // `cancel` resolves to nothing).
+                                let _ = self.next_chunk(run, &pump.cancel).await;
+                                return Ok(());
+                            }
                         }
+                        None => return Ok(()),
                     }
-                    None => return Ok(()),
                 }
-            }
-        })
-        .await;
+            })
+            .await;
         let end = match streamed {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(self.classify(e).message),
-            Err(_) => {
-                self.state.budget.trip(ErrorKind::WallLimit);
-                self.poisoned = true;
+            Ok(()) => Ok(()),
+            Err(e) if e.kind == ErrorKind::WallLimit => {
+                self.poisoned.set(true);
                 Err("the Worker's response body was cut off at the wall-clock limit".to_string())
             }
+            Err(e) => Err(self.classify(run, e).message),
         };
         if let Err(e) = &end {
             tracing::debug!(error = %e, "a streamed response body broke off");
@@ -446,7 +532,8 @@ impl Isolate {
     /// Calls `next` and awaits it: the next chunk of a streamed body (`None`: the stream is done,
     /// or `next` resolved to nothing), copied out of the isolate.
     async fn next_chunk(
-        &mut self,
+        &self,
+        run: RunId,
         next: &Persistent<Function<'static>>,
     ) -> Result<Option<Vec<u8>>, WorkerError> {
         let state = self.state.clone();
@@ -472,27 +559,22 @@ impl Isolate {
             };
             run.await
         });
-        Metered::new(Guarded::new(fut, self.panic.clone()), state).await
+        Metered::new(Guarded::new(fut, self.panic.clone()), state, run).await
     }
 
     async fn dispatch(
-        &mut self,
+        &self,
+        run: RunId,
         request: HttpRequest,
         streaming: bool,
-    ) -> Result<
-        (
-            HttpResponse,
-            Option<Persistent<Promise<'static>>>,
-            Option<StreamPump>,
-        ),
-        WorkerError,
-    > {
-        let worker = self
-            .worker
-            .as_ref()
-            .ok_or_else(|| internal("no Worker loaded"))?;
-        let handler = worker.handler.clone();
-        let env = worker.env.clone();
+    ) -> Result<Dispatched, WorkerError> {
+        let (handler, env) = {
+            let worker = self.worker.borrow();
+            let worker = worker
+                .as_ref()
+                .ok_or_else(|| internal("no Worker loaded"))?;
+            (worker.handler.clone(), worker.env.clone())
+        };
         let entry = self.entry.clone();
         let state = self.state.clone();
         let fut = async_with!(self.ctx => |ctx| {
@@ -538,11 +620,12 @@ impl Isolate {
             };
             run.await
         });
-        Metered::new(Guarded::new(fut, self.panic.clone()), state).await
+        Metered::new(Guarded::new(fut, self.panic.clone()), state, run).await
     }
 
     async fn await_promise(
-        &mut self,
+        &self,
+        run: RunId,
         promise: Persistent<Promise<'static>>,
     ) -> Result<(), WorkerError> {
         let state = self.state.clone();
@@ -558,12 +641,12 @@ impl Isolate {
             };
             run.await
         });
-        Metered::new(Guarded::new(fut, self.panic.clone()), state).await
+        Metered::new(Guarded::new(fut, self.panic.clone()), state, run).await
     }
 
     /// Runs a Code Mode snippet (an async function taking `env`) and returns its result as JSON.
     pub async fn execute(
-        &mut self,
+        &self,
         source: &str,
         env: &serde_json::Value,
         invoker: Invoker,
@@ -574,7 +657,7 @@ impl Isolate {
         f64,
         u32,
     ) {
-        self.begin(invoker, limits);
+        let run = self.begin(invoker, limits);
         let deadline = Duration::from_millis(limits.wall_ms);
         // The snippet becomes the default export of a one-module Worker; nothing else is
         // importable.
@@ -608,28 +691,30 @@ impl Isolate {
             };
             run.await
         });
-        let result = tokio::time::timeout(
-            deadline,
-            Metered::new(Guarded::new(fut, self.panic.clone()), state),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            self.state.budget.trip(ErrorKind::WallLimit);
-            Err(WorkerError::new(ErrorKind::WallLimit, "wall-clock limit"))
-        })
-        .and_then(|json| match self.state.budget.tripped() {
-            Some(kind) => Err(WorkerError::new(kind, kind.as_str())),
-            None => Ok(json),
-        })
-        .and_then(|json| {
-            serde_json::from_str(&json)
-                .map_err(|e| internal(format!("result is not valid JSON: {e}")))
-        })
-        .map_err(|e| self.classify(e));
-        let (logs, cpu, subrequests) = self.finish();
+        let result = self
+            .bounded(
+                run,
+                deadline,
+                Metered::new(Guarded::new(fut, self.panic.clone()), state, run),
+            )
+            .await
+            .and_then(|json| match self.state.budget.outcome(run) {
+                Some(kind) => Err(WorkerError::new(kind, kind.as_str())),
+                None => Ok(json),
+            })
+            .and_then(|json| {
+                serde_json::from_str(&json)
+                    .map_err(|e| internal(format!("result is not valid JSON: {e}")))
+            })
+            .map_err(|e| self.classify(run, e));
+        let (logs, cpu, subrequests) = self.finish(run);
         (result, logs, cpu, subrequests)
     }
 }
+
+/// The error of an invocation cut short because another one on its isolate breached a limit.
+const ISOLATE_DISCARDED: &str = "another request to this Worker breached a limit while this one \
+     ran in the same isolate; the isolate was discarded with both requests (retry this one)";
 
 fn limit_error(kind: ErrorKind, limits: &Limits) -> WorkerError {
     let message = match kind {
@@ -649,6 +734,7 @@ fn limit_error(kind: ErrorKind, limits: &Limits) -> WorkerError {
             "the Worker exceeded its limit of {} subrequests (outbound fetch calls) and was stopped",
             limits.subrequests
         ),
+        ErrorKind::IsolateDiscarded => ISOLATE_DISCARDED.to_string(),
         other => other.as_str().to_string(),
     };
     WorkerError::new(kind, message)
@@ -827,10 +913,19 @@ fn install<'js>(
     let sleep_state = state.clone();
     host.set(
         "sleep",
-        Func::from(Async(move |ms: f64| {
-            let _keep = sleep_state.clone();
+        Func::from(Async(move |ctx: Ctx<'js>, ms: f64| {
+            // A timer set by work an ended invocation left behind never fires: that work stops
+            // at its next timer instead of running on later invocations' turns.
+            let live = sleep_state.budget.current().is_some();
             async move {
+                if !live {
+                    return Err(Exception::throw_message(
+                        &ctx,
+                        "the request that set this timer has ended",
+                    ));
+                }
                 tokio::time::sleep(Duration::from_secs_f64((ms / 1000.0).max(0.0))).await;
+                Ok(())
             }
         })),
     )?;
@@ -936,7 +1031,7 @@ fn install<'js>(
                         FetchRefusal::TypeError(msg) => Exception::throw_type(ctx, &msg),
                         FetchRefusal::Internal(msg) => Exception::throw_internal(ctx, &msg),
                     };
-                    let (invoker, request, left) = prepared.map_err(|r| {
+                    let (run, invoker, request, left) = prepared.map_err(|r| {
                         state.aborts.borrow_mut().remove(&abort_id);
                         refuse(&ctx, r)
                     })?;
@@ -961,25 +1056,25 @@ fn install<'js>(
                     match fetched {
                         Fetched::Sent(resp) => {
                             if resp.hops > 0 {
-                                charge_subrequests(&state, resp.hops)
+                                charge_subrequests(&state, run, resp.hops)
                                     .map_err(|r| refuse(&ctx, r))?;
                             }
                             response_object(&ctx, resp)
                         }
                         Fetched::Answered(resp) => {
                             if reserved {
-                                refund_subrequest(&state);
+                                refund_subrequest(&state, run);
                             }
                             response_object(&ctx, resp)
                         }
                         Fetched::Rejected { message, charged } => {
                             if reserved && !charged {
-                                refund_subrequest(&state);
+                                refund_subrequest(&state, run);
                             }
                             Err(Exception::throw_type(&ctx, &message))
                         }
                         Fetched::SubrequestLimit { redirecting } => {
-                            state.budget.trip(ErrorKind::SubrequestLimit);
+                            state.budget.trip_run(ErrorKind::SubrequestLimit, run);
                             Err(Exception::throw_type(
                                 &ctx,
                                 if redirecting {
@@ -1014,7 +1109,10 @@ const SUBREQUESTS_SPENT: &str =
     "subrequest limit exceeded: this invocation may not make more outbound requests";
 
 /// The isolate-side steps of an outbound request: network disabled, the request read from JS
-/// (identity from host state), and one subrequest reserved — returned as `left`, the budget
+/// (identity from host state: `run`, the invocation whose code calls; its subrequests are charged
+/// to it even when the response arrives while another invocation's code runs), and one
+/// subrequest reserved —
+/// returned as `left`, the budget
 /// *including* this request (0: spent; the egress still authorizes it, see [`EgressPort`]).
 /// Reserving before the egress runs keeps concurrent `fetch()`es of one invocation within the
 /// budget; a request the egress answers or refuses without sending gets its subrequest back.
@@ -1025,12 +1123,15 @@ fn prepare_fetch(
     headers: Value<'_>,
     body: Value<'_>,
     redirect: String,
-) -> Result<(Invoker, EgressRequest, u32), FetchRefusal> {
+) -> Result<(RunId, Invoker, EgressRequest, u32), FetchRefusal> {
     if state.outbound.get() == Outbound::Disabled || !state.egress.enabled() {
         return Err(FetchRefusal::TypeError(NETWORK_DISABLED.to_string()));
     }
+    let run = state.budget.current().ok_or_else(|| {
+        FetchRefusal::TypeError("fetch(): the request that made this call has ended".into())
+    })?;
     let invoker = state
-        .with_invocation(|s| s.invoker.clone())
+        .with_run(run, |s| s.invoker.clone())
         .ok_or_else(|| FetchRefusal::Internal("fetch() outside of a request".into()))?;
     let headers = read_headers(headers)
         .map_err(|e| FetchRefusal::TypeError(format!("fetch(): invalid request headers: {e}")))?;
@@ -1051,7 +1152,7 @@ fn prepare_fetch(
         budget: 0,
     };
     let left = state
-        .with_invocation(|s| {
+        .with_run(run, |s| {
             let left = s.limits.subrequests.saturating_sub(s.subrequests);
             if left > 0 {
                 s.subrequests += 1;
@@ -1059,24 +1160,24 @@ fn prepare_fetch(
             left
         })
         .unwrap_or(0);
-    Ok((invoker, request, left))
+    Ok((run, invoker, request, left))
 }
 
 /// Gives back a subrequest reserved by [`prepare_fetch`] that was not spent.
-fn refund_subrequest(state: &HostState) {
-    state.with_invocation(|s| s.subrequests = s.subrequests.saturating_sub(1));
+fn refund_subrequest(state: &HostState, run: RunId) {
+    state.with_run(run, |s| s.subrequests = s.subrequests.saturating_sub(1));
 }
 
-/// Charges `n` subrequests to the invocation; returns how many remain, or trips the limit.
-fn charge_subrequests(state: &HostState, n: u32) -> Result<u32, FetchRefusal> {
+/// Charges `n` subrequests to `run`; returns how many remain, or trips the limit.
+fn charge_subrequests(state: &HostState, run: RunId, n: u32) -> Result<u32, FetchRefusal> {
     let remaining = state
-        .with_invocation(|s| {
+        .with_run(run, |s| {
             s.subrequests = s.subrequests.saturating_add(n);
             s.limits.subrequests.checked_sub(s.subrequests)
         })
         .flatten();
     remaining.ok_or_else(|| {
-        state.budget.trip(ErrorKind::SubrequestLimit);
+        state.budget.trip_run(ErrorKind::SubrequestLimit, run);
         FetchRefusal::TypeError(SUBREQUESTS_SPENT.into())
     })
 }

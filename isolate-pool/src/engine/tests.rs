@@ -13,6 +13,7 @@ const LIMITS: Limits = Limits {
     memory_mb: 16,
     wall_ms: 2_000,
     subrequests: 3,
+    worker_concurrency: 32,
 };
 
 fn worker(src: &str) -> WorkerCode {
@@ -55,7 +56,7 @@ fn run<F: std::future::Future>(f: F) -> F::Output {
 }
 
 async fn fetch_with(
-    iso: &mut Isolate,
+    iso: &Isolate,
     code: &WorkerCode,
     req: HttpRequest,
     limits: Limits,
@@ -67,20 +68,20 @@ async fn fetch_with(
 }
 
 async fn fetch_once(src: &str) -> (Result<HttpResponse, WorkerError>, Vec<LogEntry>) {
-    let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
-    fetch_with(&mut iso, &worker(src), get("http://w/path?q=1"), LIMITS).await
+    let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+    fetch_with(&iso, &worker(src), get("http://w/path?q=1"), LIMITS).await
 }
 
 /// One request with room for work a debug build does slowly (5 s CPU, 128 MiB).
 async fn fetch_roomy(code: &WorkerCode) -> (Result<HttpResponse, WorkerError>, Vec<LogEntry>) {
-    let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+    let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
     let limits = Limits {
         cpu_ms: 5_000,
         wall_ms: 20_000,
         memory_mb: 128,
         ..LIMITS
     };
-    fetch_with(&mut iso, code, get("http://w/"), limits).await
+    fetch_with(&iso, code, get("http://w/"), limits).await
 }
 
 fn body(r: &HttpResponse) -> String {
@@ -109,7 +110,7 @@ fn hello_worker_returns_its_response() {
 #[test]
 fn request_fields_and_json_reach_the_worker() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let code = worker(
             r#"export default { async fetch(request) {
                 const url = new URL(request.url);
@@ -127,7 +128,7 @@ fn request_fields_and_json_reach_the_worker() {
             ],
             body: br#"{"n":1}"#.to_vec(),
         };
-        let (res, _) = fetch_with(&mut iso, &code, req, LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, req, LIMITS).await;
         let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
         assert_eq!(
             v,
@@ -512,7 +513,7 @@ fn intl_formats_as_en_us_in_utc() {
 
 /// Runs `src` with a body sink; returns the head, the parts the sink got and the logs.
 async fn fetch_streamed(
-    iso: &mut Isolate,
+    iso: &Isolate,
     src: &str,
     path: &str,
     want: usize,
@@ -570,8 +571,7 @@ fn streamed_responses_go_to_the_sink_part_by_part() {
             return new Response(body, { headers: { "content-type": "text/plain" } });
         } }"#;
         let new = || async { Isolate::new(Arc::new(DisabledEgress)).await.unwrap() };
-        let (res, parts, _) =
-            fetch_streamed(&mut new().await, src, "http://w/ok", usize::MAX).await;
+        let (res, parts, _) = fetch_streamed(&new().await, src, "http://w/ok", usize::MAX).await;
         let head = res.unwrap();
         assert!(head.streamed && head.body.is_empty());
         assert_eq!(
@@ -588,8 +588,7 @@ fn streamed_responses_go_to_the_sink_part_by_part() {
             ]
         );
 
-        let (_, parts, _) =
-            fetch_streamed(&mut new().await, src, "http://w/fail", usize::MAX).await;
+        let (_, parts, _) = fetch_streamed(&new().await, src, "http://w/fail", usize::MAX).await;
         assert_eq!(parts.len(), 2, "{parts:?}");
         assert!(
             matches!(&parts[1], BodyPart::End(Err(e)) if e.contains("upstream broke")),
@@ -597,16 +596,15 @@ fn streamed_responses_go_to_the_sink_part_by_part() {
         );
 
         // The client leaves after two chunks: the Worker's stream is cancelled.
-        let mut iso = new().await;
-        let (_, parts, _) = fetch_streamed(&mut iso, src, "http://w/forever", 2).await;
+        let iso = new().await;
+        let (_, parts, _) = fetch_streamed(&iso, src, "http://w/forever", 2).await;
         assert_eq!(parts.len(), 3, "{parts:?}");
         assert_eq!(parts[2], BodyPart::End(Ok(())));
-        let (res, _, _) = fetch_streamed(&mut iso, src, "http://w/cancelled", usize::MAX).await;
+        let (res, _, _) = fetch_streamed(&iso, src, "http://w/cancelled", usize::MAX).await;
         assert_eq!(body(&res.unwrap()), "the client went away");
 
         // A stream that never ends is cut at the wall-clock limit.
-        let (_, parts, _) =
-            fetch_streamed(&mut new().await, src, "http://w/forever", usize::MAX).await;
+        let (_, parts, _) = fetch_streamed(&new().await, src, "http://w/forever", usize::MAX).await;
         assert!(
             matches!(parts.last(), Some(BodyPart::End(Err(e))) if e.contains("wall-clock")),
             "{:?}",
@@ -903,8 +901,8 @@ fn a_large_module_loaded_again_comes_from_bytecode_and_behaves_the_same() {
         let code = worker(&src);
         let digest: [u8; 32] = sha2::Sha256::digest(src.as_bytes()).into();
         assert!(!super::bytecode::is_cached("t", "w.js", &src));
-        let mut first = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
-        let (a, _) = fetch_with(&mut first, &code, get("http://w/"), LIMITS).await;
+        let first = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (a, _) = fetch_with(&first, &code, get("http://w/"), LIMITS).await;
         assert!(
             super::bytecode::is_cached("t", "w.js", &src),
             "not cached after a load"
@@ -914,8 +912,8 @@ fn a_large_module_loaded_again_comes_from_bytecode_and_behaves_the_same() {
             "shared across tenants"
         );
         drop(first);
-        let mut second = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
-        let (b, _) = fetch_with(&mut second, &code, get("http://w/"), LIMITS).await;
+        let second = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (b, _) = fetch_with(&second, &code, get("http://w/"), LIMITS).await;
         assert!(
             super::bytecode::LOADED.lock().unwrap().contains(&digest),
             "the second load parsed the source again"
@@ -992,8 +990,8 @@ fn own_modules_import_including_data_modules() {
                 text: "it's \"text\"\n".into(),
             },
         );
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
         assert_eq!(v, serde_json::json!({"v": 42, "txt": "it's \"text\"\n"}));
     });
@@ -1023,9 +1021,9 @@ fn syntax_errors_and_exceptions_are_classified() {
 #[test]
 fn cpu_bomb_is_stopped_at_its_cpu_limit_and_isolate_is_poisoned() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let code = worker("export default { async fetch() { while (true) {} } }");
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         let e = res.unwrap_err();
         assert_eq!(e.kind, ErrorKind::CpuLimit, "{e:?}");
         assert!(e.message.contains("50 ms"), "{e:?}");
@@ -1059,7 +1057,7 @@ fn cpu_limit_counts_cpu_not_wall_time() {
 #[test]
 fn memory_bomb_is_stopped_and_isolate_is_poisoned() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let code = worker(
             r#"export default { async fetch() { const hog = []; while (true) hog.push("x".repeat(1 << 16) + Math.random()); } }"#,
         );
@@ -1067,7 +1065,7 @@ fn memory_bomb_is_stopped_and_isolate_is_poisoned() {
             cpu_ms: 5_000,
             ..LIMITS
         };
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), limits).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), limits).await;
         let e = res.unwrap_err();
         assert_eq!(e.kind, ErrorKind::MemoryLimit, "{e:?}");
         assert!(e.message.contains("16 MiB"), "{e:?}");
@@ -1078,13 +1076,13 @@ fn memory_bomb_is_stopped_and_isolate_is_poisoned() {
 #[test]
 fn wall_limit_stops_a_never_settling_promise() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let code = worker("export default { fetch() { return new Promise(() => {}); } }");
         let limits = Limits {
             wall_ms: 100,
             ..LIMITS
         };
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), limits).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), limits).await;
         assert_eq!(res.unwrap_err().kind, ErrorKind::WallLimit);
         assert!(!iso.is_reusable());
     });
@@ -1121,12 +1119,12 @@ fn microtask_loop_is_stopped_by_the_cpu_limit() {
 #[test]
 fn module_state_persists_across_invocations_of_a_loaded_worker() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let code = worker(
             "let count = 0; export default { async fetch() { count += 1; return Response.json({ count }); } }",
         );
         for expected in 1..=3 {
-            let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+            let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
             let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
             assert_eq!(v["count"], expected);
         }
@@ -1169,6 +1167,7 @@ impl Egress for CountingEgress {
                 status: 200,
                 headers: vec![
                     ("x-tenant".into(), invoker.tenant),
+                    ("x-invocation".into(), invoker.invocation.to_string()),
                     ("x-budget".into(), request.budget.to_string()),
                 ],
                 body: request.url.into_bytes(),
@@ -1183,7 +1182,7 @@ impl Egress for CountingEgress {
 fn denied_and_rate_limited_fetches_cost_no_subrequest() {
     run(async {
         let egress = Arc::new(CountingEgress(Default::default()));
-        let mut iso = Isolate::new(egress.clone()).await.unwrap();
+        let iso = Isolate::new(egress.clone()).await.unwrap();
         let code = worker(
             r#"export default { async fetch() {
                 const out = [];
@@ -1197,7 +1196,7 @@ fn denied_and_rate_limited_fetches_cost_no_subrequest() {
                 return Response.json(out);
             } }"#,
         );
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
         assert_eq!(v[0], "TypeError: denied by test policy");
         assert_eq!(v[1], "429 1");
@@ -1211,7 +1210,7 @@ fn denied_and_rate_limited_fetches_cost_no_subrequest() {
 fn fetch_goes_through_egress_with_host_identity_and_budget() {
     run(async {
         let egress = Arc::new(CountingEgress(Default::default()));
-        let mut iso = Isolate::new(egress.clone()).await.unwrap();
+        let iso = Isolate::new(egress.clone()).await.unwrap();
         let code = worker(
             r#"export default { async fetch() {
                 const r = await fetch("https://api.example.com/x?y=1", { headers: { "x-tenant": "other" } });
@@ -1221,20 +1220,20 @@ fn fetch_goes_through_egress_with_host_identity_and_budget() {
                 return Response.json({ out, errs });
             } }"#,
         );
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         let e = res.unwrap_err();
         assert_eq!(e.kind, ErrorKind::SubrequestLimit, "{e:?}");
         assert!(e.message.contains("3 subrequests"), "{e:?}");
         assert_eq!(egress.0.load(std::sync::atomic::Ordering::SeqCst), 3);
 
-        let mut iso = Isolate::new(egress.clone()).await.unwrap();
+        let iso = Isolate::new(egress.clone()).await.unwrap();
         let code = worker(
             r#"export default { async fetch() {
                 const r = await fetch("https://api.example.com/x?y=1");
                 return Response.json([r.status, r.headers.get("x-tenant"), await r.text()]);
             } }"#,
         );
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
         assert_eq!(
             v,
@@ -1247,7 +1246,7 @@ fn fetch_goes_through_egress_with_host_identity_and_budget() {
 fn global_outbound_null_disables_fetch_even_with_egress() {
     run(async {
         let egress = Arc::new(CountingEgress(Default::default()));
-        let mut iso = Isolate::new(egress.clone()).await.unwrap();
+        let iso = Isolate::new(egress.clone()).await.unwrap();
         let mut code = worker(
             r#"export default { async fetch() {
                 try { await fetch("https://api.example.com/"); return new Response("sent"); }
@@ -1255,7 +1254,7 @@ fn global_outbound_null_disables_fetch_even_with_egress() {
             } }"#,
         );
         code.global_outbound = Outbound::Disabled;
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         assert_eq!(
             body(&res.unwrap()),
             format!("TypeError: {NETWORK_DISABLED}")
@@ -1267,7 +1266,7 @@ fn global_outbound_null_disables_fetch_even_with_egress() {
 #[test]
 fn execute_returns_json_and_logs() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let (res, logs, _, _) = iso
             .execute(
                 "async (env) => { console.log('looking up', env.n); return { total: env.n * 2, list: [1, 2] }; }",
@@ -1283,12 +1282,12 @@ fn execute_returns_json_and_logs() {
         assert_eq!(logs.len(), 1);
         assert_eq!(logs[0].message, "looking up 21");
 
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let (res, ..) = iso
             .execute("async () => {", &serde_json::json!({}), invoker(), LIMITS)
             .await;
         assert_eq!(res.unwrap_err().kind, ErrorKind::Syntax);
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let (res, ..) = iso
             .execute("42", &serde_json::json!({}), invoker(), LIMITS)
             .await;
@@ -1296,7 +1295,7 @@ fn execute_returns_json_and_logs() {
             .unwrap_err()
             .message
             .contains("must evaluate to a function"));
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let (res, ..) = iso
             .execute(
                 "async () => { while(true) {} }",
@@ -1325,7 +1324,7 @@ fn console_output_is_bounded_per_invocation() {
 #[test]
 fn wait_until_work_finishes_after_the_response() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let code = worker(
             r#"let done = [];
             export default { async fetch(request, env, ctx) {
@@ -1334,10 +1333,10 @@ fn wait_until_work_finishes_after_the_response() {
                 return Response.json(seen);
             } }"#,
         );
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         assert_eq!(body(&res.unwrap()), "[]");
         // fetch() returned only after the waitUntil promise settled.
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         assert_eq!(body(&res.unwrap()), r#"["background"]"#);
     });
 }
@@ -1361,7 +1360,7 @@ async fn add_panicking_host_fn(iso: &Isolate) {
 #[test]
 fn a_panicking_host_function_fails_the_invocation_and_the_isolate_is_never_reused() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         add_panicking_host_fn(&iso).await;
         let code = worker(
             r#"let n = 0;
@@ -1375,10 +1374,10 @@ fn a_panicking_host_function_fails_the_invocation_and_the_isolate_is_never_reuse
                 return new Response(String(n));
             } }"#,
         );
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         assert_eq!(body(&res.unwrap()), "1");
         assert!(iso.is_reusable());
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/panic"), LIMITS).await;
+        let (res, _) = fetch_with(&iso, &code, get("http://w/panic"), LIMITS).await;
         let err = res.unwrap_err();
         assert_eq!(err.kind, ErrorKind::Internal, "{err}");
         assert_eq!(err.message, panics::PANIC_MESSAGE);
@@ -1387,18 +1386,18 @@ fn a_panicking_host_function_fails_the_invocation_and_the_isolate_is_never_reuse
             "an isolate that panicked must be discarded"
         );
         // Even if a caller ignored is_reusable, nothing runs in it any more.
-        let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
-        assert_eq!(res.unwrap_err().message, panics::PANIC_MESSAGE);
+        let (res, _) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
+        assert_eq!(res.unwrap_err().kind, ErrorKind::IsolateDiscarded);
     });
 }
 
 #[test]
 fn a_panic_that_unwinds_out_of_the_engine_is_caught_too() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         add_panicking_host_fn(&iso).await;
         let (res, _) = fetch_with(
-            &mut iso,
+            &iso,
             &worker(
                 r#"export default { async fetch() { __hostPanic(); return new Response("x"); } }"#,
             ),
@@ -1624,7 +1623,7 @@ fn a_handler_returning_a_non_response_or_invalid_output_is_an_exception() {
 #[test]
 fn wait_until_work_added_late_is_awaited_and_a_rejection_is_logged() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let code = worker(
             r#"let done = [];
             export default { async fetch(request, env, ctx) {
@@ -1652,7 +1651,7 @@ fn wait_until_work_added_late_is_awaited_and_a_rejection_is_logged() {
         )
         .await;
         assert_eq!(body(&out.unwrap().unwrap()), "[]");
-        let (res, logs2) = fetch_with(&mut iso, &code, get("http://w/"), LIMITS).await;
+        let (res, logs2) = fetch_with(&iso, &code, get("http://w/"), LIMITS).await;
         assert_eq!(body(&res.unwrap()), r#"["late"]"#);
         let all: Vec<_> = logs
             .iter()
@@ -1675,7 +1674,7 @@ fn code_mode_with_poisoned_intrinsics_is_never_internal() {
             "async () => { JSON.stringify = () => 42; Object.freeze = null; return [1, 2]; }",
             "async () => { Object.defineProperty(Promise.prototype, 'constructor', { get() { throw new Error('ctor'); } }); return 1; }",
         ] {
-            let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+            let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
             let (res, _, _, _) = iso
                 .execute(code, &serde_json::json!({}), invoker(), LIMITS)
                 .await;
@@ -1684,7 +1683,7 @@ fn code_mode_with_poisoned_intrinsics_is_never_internal() {
             }
         }
         // The replaced `then` must not stall the invocation until its wall limit.
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let (res, _, _, _) = iso
             .execute(
                 "async () => { Promise.prototype.then = function () {}; await null; return 'done'; }",
@@ -1704,10 +1703,11 @@ const MEM64: Limits = Limits {
     memory_mb: 64,
     wall_ms: 10_000,
     subrequests: 3,
+    worker_concurrency: 32,
 };
 
 async fn execute_with(src: &str, limits: Limits) -> Result<serde_json::Value, WorkerError> {
-    let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+    let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
     let (res, ..) = iso
         .execute(src, &serde_json::json!({}), invoker(), limits)
         .await;
@@ -1801,7 +1801,7 @@ fn guarded_apis_keep_their_behaviour() {
 #[test]
 fn blobs_kept_by_a_cached_worker_count_against_its_memory_limit() {
     run(async {
-        let mut iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let code = worker(
             r#"const keep = [];
             export default { async fetch() {
@@ -1812,7 +1812,7 @@ fn blobs_kept_by_a_cached_worker_count_against_its_memory_limit() {
         let mut served = 0;
         let mut failure = None;
         for _ in 0..64 {
-            let (res, _) = fetch_with(&mut iso, &code, get("http://w/"), MEM64).await;
+            let (res, _) = fetch_with(&iso, &code, get("http://w/"), MEM64).await;
             match res {
                 Ok(_) => served += 1,
                 Err(e) => {
@@ -1836,7 +1836,7 @@ fn blobs_kept_by_a_cached_worker_count_against_its_memory_limit() {
 #[test]
 fn alloc_unsafe_is_zeroed_after_another_isolate_freed_marked_buffers() {
     run(async {
-        let mut a = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let a = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let (res, ..) = a
             .execute(
                 r#"async () => {
@@ -1894,5 +1894,246 @@ fn quickjs_heap_and_native_bytes_share_one_budget() {
         )
         .await;
         assert_eq!(ok.unwrap(), serde_json::json!(40 << 20));
+    });
+}
+
+// ---- concurrent invocations in one isolate ---------------------------------------------------
+
+/// One invocation's outcome, logs and reported CPU seconds.
+type Ran = (Result<HttpResponse, WorkerError>, Vec<LogEntry>, f64);
+
+async fn fetch_cpu(iso: &Isolate, code: &WorkerCode, url: &str, limits: Limits) -> Ran {
+    let mut out = None;
+    iso.fetch(
+        code,
+        get(url),
+        invoker(),
+        limits,
+        None,
+        |(r, logs), cpu, _| out = Some((r, logs, cpu)),
+    )
+    .await;
+    out.expect("respond called")
+}
+
+/// Requests wait at a gate that opens only when three are inside: run one at a time, they
+/// would never get past it (the wall limit would end them).
+const GATED: &str = r#"
+let waiting = [];
+export default {
+  async fetch(request) {
+    const id = new URL(request.url).searchParams.get("id");
+    console.log("start " + id);
+    await new Promise((open) => {
+      waiting.push(open);
+      if (waiting.length === 3) waiting.splice(0).forEach((o) => o());
+    });
+    await null;
+    console.log("end " + id);
+    return new Response(id);
+  },
+};
+"#;
+
+#[test]
+fn invocations_of_one_worker_interleave_and_keep_their_own_logs() {
+    run(async {
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(GATED);
+        let (a, b, c) = tokio::join!(
+            fetch_cpu(&iso, &code, "http://w/?id=a", LIMITS),
+            fetch_cpu(&iso, &code, "http://w/?id=b", LIMITS),
+            fetch_cpu(&iso, &code, "http://w/?id=c", LIMITS),
+        );
+        for (id, (res, logs, _)) in [("a", a), ("b", b), ("c", c)] {
+            assert_eq!(body(&res.unwrap()), id);
+            // The third request opened the gate, yet each continuation ran (and logged) as the
+            // request that awaited it.
+            let messages: Vec<_> = logs.iter().map(|l| l.message.as_str()).collect();
+            assert_eq!(messages, [format!("start {id}"), format!("end {id}")]);
+        }
+        assert!(iso.is_reusable());
+    });
+}
+
+/// Spends CPU on a fixed amount of work after the gate of [`GATED`].
+const GATED_WORK: &str = r#"
+let waiting = [];
+export default {
+  async fetch(request) {
+    const n = Number(new URL(request.url).searchParams.get("n"));
+    const together = Number(new URL(request.url).searchParams.get("together"));
+    await new Promise((open) => {
+      waiting.push(open);
+      if (waiting.length === together) waiting.splice(0).forEach((o) => o());
+    });
+    let x = 0;
+    for (let i = 0; i < n; i++) { x = (x * 31 + i) % 1000003; if (i % 1000 === 0) await null; }
+    return new Response(String(x));
+  },
+};
+"#;
+
+#[test]
+fn cpu_time_is_charged_to_the_invocation_whose_code_ran() {
+    run(async {
+        let roomy = Limits {
+            cpu_ms: 10_000,
+            wall_ms: 60_000,
+            ..LIMITS
+        };
+        let n = 300_000;
+        // Alone: what the work costs.
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(GATED_WORK);
+        let (res, _, alone) =
+            fetch_cpu(&iso, &code, &format!("http://w/?n={n}&together=1"), roomy).await;
+        res.unwrap();
+        assert!(alone > 0.0);
+        // Three at once, interleaved at every 1000th iteration, under a CPU limit that one fits
+        // in twice but all three together do not: each is charged only its own work.
+        let limits = Limits {
+            cpu_ms: ((alone * 2.0 * 1000.0) as u64).max(5),
+            ..roomy
+        };
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let url = format!("http://w/?n={n}&together=3");
+        let (a, b, c) = tokio::join!(
+            fetch_cpu(&iso, &code, &url, limits),
+            fetch_cpu(&iso, &code, &url, limits),
+            fetch_cpu(&iso, &code, &url, limits),
+        );
+        let mut total = 0.0;
+        for (res, _, cpu) in [a, b, c] {
+            res.unwrap();
+            assert!(
+                cpu < alone * 2.0,
+                "{cpu} s charged for work that costs {alone} s"
+            );
+            total += cpu;
+        }
+        assert!(
+            total > alone * 2.0,
+            "{total} s for three times {alone} s of work"
+        );
+    });
+}
+
+#[test]
+fn a_breach_fails_the_others_on_the_isolate_with_a_typed_error_and_discards_it() {
+    run(async {
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(
+            r#"export default {
+              async fetch(request) {
+                if (request.url.endsWith("/spin")) { while (true) {} }
+                await new Promise(() => {}); // waits for ever (for a wall limit far away)
+              },
+            }"#,
+        );
+        let limits = Limits {
+            wall_ms: 60_000,
+            ..LIMITS
+        };
+        let (waiting, spinning) = tokio::join!(
+            fetch_cpu(&iso, &code, "http://w/wait", limits),
+            fetch_cpu(&iso, &code, "http://w/spin", limits),
+        );
+        assert_eq!(spinning.0.unwrap_err().kind, ErrorKind::CpuLimit);
+        let e = waiting.0.unwrap_err();
+        assert_eq!(e.kind, ErrorKind::IsolateDiscarded, "{e:?}");
+        assert!(e.message.contains("retry"), "{e:?}");
+        assert!(!iso.is_reusable());
+    });
+}
+
+#[test]
+fn work_left_behind_by_an_ended_invocation_does_not_run_on_another_ones_time() {
+    run(async {
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let code = worker(
+            r#"let ticks = 0;
+            export default {
+              async fetch(request) {
+                if (request.url.endsWith("/leave")) {
+                  // Not passed to waitUntil: abandoned when the response is out.
+                  (async () => {
+                    for (;;) {
+                      await new Promise((r) => setTimeout(r, 1));
+                      ticks++;
+                      console.log("left behind");
+                    }
+                  })();
+                  return new Response("left");
+                }
+                await new Promise((r) => setTimeout(r, 30));
+                return new Response(String(ticks));
+              },
+            }"#,
+        );
+        let (res, _, _) = fetch_cpu(&iso, &code, "http://w/leave", LIMITS).await;
+        assert_eq!(body(&res.unwrap()), "left");
+        let (res, logs, _) = fetch_cpu(&iso, &code, "http://w/count", LIMITS).await;
+        let ticks: u64 = body(&res.unwrap()).parse().unwrap();
+        // At most the tick whose timer was set while the first request ran.
+        assert!(ticks <= 1, "the abandoned loop kept running: {ticks} ticks");
+        assert!(logs.is_empty(), "{logs:?}");
+        assert!(iso.is_reusable());
+    });
+}
+
+#[test]
+fn interleaved_invocations_fetch_as_themselves_within_their_own_subrequest_budgets() {
+    run(async {
+        let egress = Arc::new(CountingEgress(Default::default()));
+        let iso = Isolate::new(egress.clone()).await.unwrap();
+        // Three requests in step: each makes its three fetches (the whole budget, LIMITS) only
+        // after all three have started, so their fetches interleave.
+        let code = worker(
+            r#"let waiting = [];
+            export default { async fetch() {
+                await new Promise((open) => {
+                  waiting.push(open);
+                  if (waiting.length === 3) waiting.splice(0).forEach((o) => o());
+                });
+                const seen = [];
+                for (let i = 0; i < 3; i++) {
+                  const r = await fetch("https://api.example.com/" + i);
+                  seen.push(r.headers.get("x-invocation") + "/" + r.headers.get("x-budget"));
+                }
+                return Response.json(seen);
+            } }"#,
+        );
+        let call = |invocation: u64| {
+            let iso = &iso;
+            let code = &code;
+            async move {
+                let mut out = None;
+                let invoker = Invoker {
+                    invocation,
+                    ..invoker()
+                };
+                iso.fetch(
+                    code,
+                    get("http://w/"),
+                    invoker,
+                    LIMITS,
+                    None,
+                    |(r, _), _, _| out = Some(r),
+                )
+                .await;
+                out.expect("respond called")
+            }
+        };
+        let (a, b, c) = tokio::join!(call(11), call(12), call(13));
+        for (id, res) in [(11, a), (12, b), (13, c)] {
+            let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+            assert_eq!(
+                v,
+                serde_json::json!([format!("{id}/2"), format!("{id}/1"), format!("{id}/0")])
+            );
+        }
+        assert_eq!(egress.0.load(std::sync::atomic::Ordering::SeqCst), 9);
+        assert!(iso.is_reusable());
     });
 }
