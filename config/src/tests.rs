@@ -510,6 +510,20 @@ fn rule_memory_at_most_4096_mb() {
 }
 
 #[test]
+fn rule_max_concurrent_requests_between_1_and_1024() {
+    let config = load_ok(&doc_with_limits("{ max_concurrent_requests: 1 }"));
+    assert_eq!(config.tenants[0].limits.max_concurrent_requests, 1);
+    load_ok(&doc_with_limits("{ max_concurrent_requests: 1024 }"));
+    for bad in [0, 1025] {
+        let message = single_error_at(
+            &doc_with_limits(&format!("{{ max_concurrent_requests: {bad} }}")),
+            "tenants[0].limits.max_concurrent_requests",
+        );
+        assert_eq!(message, format!("must be between 1 and 1024, got {bad}"));
+    }
+}
+
+#[test]
 fn rule_cpu_at_most_wall() {
     load_ok(&doc_with_limits("{ cpu_ms: 100, wall_ms: 100 }"));
     let message = single_error_at(
