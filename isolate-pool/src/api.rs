@@ -216,7 +216,8 @@ pub struct Limits {
     pub subrequests: u32,
     /// For `get()`: how many invocations the cached Worker's isolate runs at once, interleaved
     /// at their await points (more wait for a turn). Set from the tenant's
-    /// `max_concurrent_requests`; read when a request reaches the Worker's isolate.
+    /// `max_concurrent_requests`; each request brings the Worker's bound to its value (a
+    /// lowered value takes effect as busy turns end).
     pub worker_concurrency: u32,
 }
 

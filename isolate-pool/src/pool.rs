@@ -14,7 +14,7 @@ use crate::cache::{CacheIndex, EvictReason, Eviction, WorkerKey};
 use crate::egress::EgressPort;
 use crate::engine::Isolate;
 use crate::observe::{CacheEvent, PoolObserver, StartKind};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
@@ -588,9 +588,24 @@ struct Slot {
     starting: tokio::sync::Mutex<()>,
     /// Invocations that may run in the isolate at once (`Limits::worker_concurrency`).
     turns: tokio::sync::Semaphore,
+    /// How many turns there are (the semaphore's size).
+    capacity: Cell<usize>,
 }
 
 impl Slot {
+    /// Follows a changed `worker_concurrency` (a config reload): adds turns at once, takes
+    /// away free ones (busy ones as later requests find them free).
+    fn resize(&self, want: usize) {
+        let have = self.capacity.get();
+        if want > have {
+            self.turns.add_permits(want - have);
+            self.capacity.set(want);
+        } else if want < have {
+            let taken = self.turns.forget_permits(have - want);
+            self.capacity.set(have - taken);
+        }
+    }
+
     /// The Worker's isolate if it may take another invocation.
     fn live(&self) -> Option<Rc<Isolate>> {
         self.isolate
@@ -834,17 +849,20 @@ async fn run_get(
         match cached.get(&key) {
             Some(slot) if slot.digest == digest => slot.clone(),
             _ => {
+                let turns = limits.worker_concurrency.max(1) as usize;
                 let slot = Rc::new(Slot {
                     digest,
                     isolate: RefCell::new(None),
                     starting: tokio::sync::Mutex::new(()),
-                    turns: tokio::sync::Semaphore::new(limits.worker_concurrency.max(1) as usize),
+                    turns: tokio::sync::Semaphore::new(turns),
+                    capacity: Cell::new(turns),
                 });
                 cached.insert(key.clone(), slot.clone());
                 slot
             }
         }
     };
+    slot.resize(limits.worker_concurrency.max(1) as usize);
     // The semaphore is never closed.
     let Ok(_turn) = slot.turns.acquire().await else {
         return;
@@ -907,5 +925,33 @@ async fn run_get(
                 state.shared.observer.cached_workers(&key.tenant, n);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_workers_turns_follow_a_changed_bound() {
+        let slot = Slot {
+            digest: CodeDigest([0; 32]),
+            isolate: RefCell::new(None),
+            starting: tokio::sync::Mutex::new(()),
+            turns: tokio::sync::Semaphore::new(2),
+            capacity: Cell::new(2),
+        };
+        slot.resize(5);
+        assert_eq!(slot.turns.available_permits(), 5);
+        // Lowered while three turns are busy: the two free ones go at once, the third when a
+        // later request finds it free.
+        let busy = slot.turns.try_acquire_many(3).unwrap();
+        slot.resize(1);
+        assert_eq!(slot.turns.available_permits(), 0);
+        assert_eq!(slot.capacity.get(), 3);
+        drop(busy);
+        slot.resize(1);
+        assert_eq!(slot.turns.available_permits(), 1);
+        assert_eq!(slot.capacity.get(), 1);
     }
 }
