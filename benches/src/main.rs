@@ -36,6 +36,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const KEY: &str = "bench-key";
+/// The key of the tenant `serial`, whose Workers serve one request at a time
+/// (`max_concurrent_requests: 1`, how a cached Worker behaved before issue 10).
+const SERIAL_KEY: &str = "bench-serial-key";
 const HELLO: &str = r#"export default { async fetch() { return new Response("hello from isogate", { headers: { "content-type": "text/plain" } }); } }"#;
 /// A Worker that touches what an isolate loads on first use: a streamed body, crypto.subtle and
 /// Intl (for the memory cost of a cached Worker that uses them).
@@ -340,6 +343,8 @@ struct Req {
     method: &'static str,
     path: String,
     body: Vec<u8>,
+    /// The API key it is sent with (its tenant).
+    key: &'static str,
 }
 
 struct Outcome {
@@ -374,7 +379,7 @@ fn drive(
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(warmup);
     let end = measure_from + Duration::from_secs_f64(seconds);
-    let auth = format!("Bearer {KEY}");
+    let auth = format!("Bearer {}", req.key);
     let new_hist = || {
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).map_err(|e| format!("histogram: {e}"))
     };
@@ -715,7 +720,12 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
         .isolation
         .iter()
         .map(|&mode| {
-            let g = Gateway::start(bin, "main", mode, 1000);
+            let serial = format!(
+                "  - name: serial\n    api_keys: [{{ sha256: \"{}\" }}]\n    \
+                 limits: {{ cpu_ms: 1000, wall_ms: 10000, max_concurrency: 64, max_queue: 1024, max_concurrent_requests: 1 }}\n",
+                sha256_hex(SERIAL_KEY)
+            );
+            let g = Gateway::start_with(bin, "main", mode, 1000, &serial, &[]);
             let mut conn = Conn::connect(&g.ingress).expect("connect");
             let (status, _) = conn
                 .request(
@@ -737,6 +747,15 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
                 )
                 .expect("put worker");
             assert!(status == 201 || status == 200, "PUT sleepy: {status}");
+            let (status, _) = conn
+                .request(
+                    "PUT",
+                    "/v1/workers/sleepy",
+                    &[("authorization", &format!("Bearer {SERIAL_KEY}"))],
+                    &serde_json::to_vec(&sleepy).unwrap_or_default(),
+                )
+                .expect("put worker");
+            assert!(status == 201 || status == 200, "PUT serial sleepy: {status}");
             Side { mode, g }
         })
         .collect();
@@ -744,26 +763,35 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
         method: "POST",
         path: "/v1/load".into(),
         body: serde_json::to_vec(&serde_json::json!({ "code": worker })).unwrap_or_default(),
+        key: KEY,
     };
     let get = Req {
         method: "GET",
         path: "/w/hello/".into(),
         body: Vec::new(),
+        key: KEY,
     };
     let get_sleepy = Req {
         method: "GET",
         path: "/w/sleepy/".into(),
         body: Vec::new(),
+        key: KEY,
+    };
+    let get_sleepy_serial = Req {
+        key: SERIAL_KEY,
+        ..get_sleepy.clone()
     };
     let exec = Req {
         method: "POST",
         path: "/v1/execute".into(),
         body: serde_json::to_vec(&serde_json::json!({ "code": SNIPPET })).unwrap_or_default(),
+        key: KEY,
     };
     let peer_get = |path: &str| Req {
         method: "GET",
         path: path.into(),
         body: Vec::new(),
+        key: KEY,
     };
     let (wd_load, wd_get) = (peer_get("/load"), peer_get("/get"));
     let wd_get_sleepy = peer_get("/get-sleepy");
@@ -815,6 +843,12 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
             "get() of a Worker that awaits 20 ms (one cached Worker)",
             &get_sleepy,
             Some(&wd_get_sleepy),
+        ),
+        (
+            "get",
+            "the same, max_concurrent_requests: 1 (isogate only; before issue 10)",
+            &get_sleepy_serial,
+            None,
         ),
         ("execute", "execute snippet (isogate only)", &exec, None),
     ] {
@@ -1012,6 +1046,7 @@ fn egress_scenario(bin: &Path, mode: Isolation, opts: &Opts) {
         method: "GET",
         path: format!("/w/{id}/"),
         body: Vec::new(),
+        key: KEY,
     };
     let through = drive(&g.ingress, &get("fetcher"), 1, opts.warmup, opts.seconds);
     let plain = drive(&g.ingress, &get("hello"), 1, opts.warmup, opts.seconds);

@@ -202,9 +202,13 @@ impl Budget {
         let now = thread_cpu();
         self.since.set(Some(now));
         let run = self.current.get();
-        let over = self.runs.borrow_mut().get_mut(&run).is_some_and(|r| {
-            r.cpu_used += now.saturating_sub(since);
-            r.cpu_used > r.cpu_limit
+        // `try_`: this runs inside the runtime's hook, where a panic would abort the process
+        // (no caller holds the map while JS runs, so it is always free).
+        let over = self.runs.try_borrow_mut().is_ok_and(|mut runs| {
+            runs.get_mut(&run).is_some_and(|r| {
+                r.cpu_used += now.saturating_sub(since);
+                r.cpu_used > r.cpu_limit
+            })
         });
         if over {
             self.trip_run(ErrorKind::CpuLimit, run);
@@ -214,7 +218,10 @@ impl Budget {
 
     /// Tells the activity record (read by the watchdog) whose code runs from `now` on.
     fn publish(&self, now: Duration) {
-        match self.runs.borrow().get(&self.current.get()) {
+        let Ok(runs) = self.runs.try_borrow() else {
+            return;
+        };
+        match runs.get(&self.current.get()) {
             Some(r) => crate::activity::poll_started(r.invocation, r.cpu_used, now),
             None => crate::activity::poll_ended(),
         }
