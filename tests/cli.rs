@@ -1,5 +1,7 @@
 //! The `isogate` command line on good and bad input.
 
+mod common;
+
 use std::process::Command;
 
 fn isogate(args: &[&str]) -> (i32, String, String) {
@@ -438,4 +440,145 @@ fn explain_the_gateways_own_listener_is_refused() {
         "{out}"
     );
     assert!(out.contains("verdict:   refused"), "{out}");
+}
+
+/// Runs `isogate serve` on free ports through `wrap` (a command line prefix, e.g. `script` for a
+/// terminal) and returns the log lines up to and including "isogate starting", with terminal
+/// colours removed; then stops it (SIGTERM; the config has no grace period).
+fn serve_log(wrap: &[&str], extra_args: &[&str]) -> Vec<String> {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!(
+        "isogate-cli-log-{}-{}",
+        std::process::id(),
+        extra_args.len() + wrap.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ingress, admin) = common::free_loopback_pair();
+    let config = dir.join("isogate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\nstate_dir: \"{}\"\n\
+             pool: {{ isolation: thread, threads: 1, warm_isolates: 1 }}\n\
+             shutdown: {{ grace_period_s: 0, drain_timeout_s: 0 }}\ntenants:\n{}",
+            dir.join("state").display(),
+            common::tenant_yaml("alpha", common::ALPHA_KEY, "cpu_ms: 50")
+        ),
+    )
+    .unwrap();
+    let bin = env!("CARGO_BIN_EXE_isogate");
+    let mut line = vec![bin.to_string()];
+    line.extend(extra_args.iter().map(|a| a.to_string()));
+    line.extend([
+        "serve".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ]);
+    let mut cmd = match wrap {
+        [] => Command::new(bin),
+        [program, args @ ..] => {
+            let mut c = Command::new(program);
+            c.args(args).arg(line.join(" ")).arg("/dev/null");
+            c
+        }
+    };
+    if wrap.is_empty() {
+        cmd.args(&line[1..]);
+    }
+    // `script` writes the terminal's output (the gateway's stderr) to its stdout.
+    let mut child = cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start isogate");
+    let out = if wrap.is_empty() {
+        Box::new(child.stderr.take().unwrap()) as Box<dyn std::io::Read + Send>
+    } else {
+        Box::new(child.stdout.take().unwrap())
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines() {
+            let Ok(l) = l else { break };
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        let l = rx
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("no \"isogate starting\" line; got {lines:#?}"));
+        let plain = strip_ansi(&l);
+        let done = plain.contains("isogate starting");
+        lines.push(plain);
+        if done {
+            break;
+        }
+    }
+    // The gateway: the child itself, or the process `script` runs (found by its config path).
+    let pids: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| {
+            let pid = e.ok()?.file_name().into_string().ok()?;
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (cmdline.starts_with(bin) && cmdline.contains(&config.display().to_string()))
+                .then_some(pid)
+        })
+        .collect();
+    assert!(!pids.is_empty(), "the gateway's process is not found");
+    for pid in pids {
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    }
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    lines
+}
+
+/// Removes ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else if c != '\r' {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Logs are for people at a terminal and for machines otherwise; `--log-format` wins; pingora's
+/// own start-up lines stay below the default level.
+#[test]
+fn logs_are_human_readable_at_a_terminal_and_json_otherwise() {
+    let starting = |lines: &[String]| lines.last().cloned().unwrap();
+
+    let piped = serve_log(&[], &[]);
+    let v: serde_json::Value = serde_json::from_str(&starting(&piped)).expect("a JSON line");
+    assert_eq!(v["fields"]["message"], "isogate starting", "{v}");
+    assert!(
+        piped.iter().all(|l| !l.contains("pingora_core")),
+        "pingora's info lines at the default level: {piped:#?}"
+    );
+
+    // A terminal: `script` gives the gateway a pseudo-terminal as stderr.
+    let terminal = serve_log(&["script", "-qfec"], &[]);
+    let line = starting(&terminal);
+    assert!(!line.trim_start().starts_with('{'), "{line}");
+    assert!(line.contains(" INFO "), "{line}");
+    assert!(line.contains("isogate_gateway"), "{line}");
+
+    let asked = serve_log(&["script", "-qfec"], &["--log-format", "json"]);
+    let line = starting(&asked);
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON line");
+    assert_eq!(v["level"], "INFO", "{v}");
 }

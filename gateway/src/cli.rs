@@ -11,9 +11,9 @@ use std::process::ExitCode;
 #[derive(Debug, Parser)]
 #[command(name = "isogate", version, about)]
 pub struct Cli {
-    /// Log format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json)]
-    pub log_format: LogFormat,
+    /// Log format (default: `pretty` when stderr is a terminal, else `json`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -84,9 +84,23 @@ Examples:
     },
 }
 
+/// What `RUST_LOG` defaults to: isogate's lines from `info`, pingora's (its start-up and
+/// service chatter) from `warn`.
+pub const DEFAULT_LOG_FILTER: &str = "info,pingora=warn,pingora_core=warn,pingora_proxy=warn";
+
+/// The format when none is asked for: for people at a terminal, for machines otherwise.
+fn default_log_format() -> LogFormat {
+    use std::io::IsTerminal;
+    if std::io::stderr().is_terminal() {
+        LogFormat::Pretty
+    } else {
+        LogFormat::Json
+    }
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -190,7 +204,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Serve { config } => {
-            init_logging(cli.log_format);
+            init_logging(cli.log_format.unwrap_or_else(default_log_format));
             let path = config;
             let loaded = match &path {
                 Some(path) => {
