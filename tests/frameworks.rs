@@ -471,7 +471,7 @@ fn max_concurrent_requests_bounds_a_workers_interleaving() {
         export default { async fetch() {
             inside++;
             peak = Math.max(peak, inside);
-            await new Promise((r) => setTimeout(r, 300));
+            await new Promise((r) => setTimeout(r, 1000));
             inside--;
             return new Response(String(peak));
         } }"#;

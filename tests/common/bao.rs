@@ -57,17 +57,10 @@ pub struct Bao {
     _dir: tempfile::TempDir,
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 impl Bao {
     /// Starts a dev server on a free loopback port.
     pub fn start() -> Bao {
-        Bao::start_on(free_port())
+        Bao::start_on(super::free_port())
     }
 
     /// Starts a dev server on `port` (e.g. the port of a server that was killed).

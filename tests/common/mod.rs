@@ -69,11 +69,22 @@ pub fn free_loopback_pair() -> (String, String) {
     (first, second)
 }
 
+/// A port nothing listens on now and that this test process has not handed out before: the
+/// tests of one binary run at once, and two gateways given the same port would share it
+/// (pingora listens with `SO_REUSEPORT`), each answering the other's requests.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("free port");
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+        if !handed_out.contains(&port) {
+            handed_out.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running gateway. Stopped (SIGTERM, then killed) when dropped.

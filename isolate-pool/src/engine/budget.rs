@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 /// An invocation's id within its isolate, and its QuickJS async context (0: none).
@@ -53,6 +53,8 @@ pub(super) struct Budget {
     tripped: Cell<Option<Trip>>,
     /// Woken when the isolate trips, so that invocations waiting on I/O end at once.
     discarded: tokio::sync::Notify,
+    /// The tasks of invocations whose futures wait on the runtime, by run (see [`Metered`]).
+    parked: RefCell<HashMap<RunId, Waker>>,
 }
 
 fn thread_cpu() -> Duration {
@@ -69,6 +71,7 @@ impl Budget {
             since: Cell::new(None),
             tripped: Cell::new(None),
             discarded: tokio::sync::Notify::new(),
+            parked: RefCell::new(HashMap::new()),
         }
     }
 
@@ -293,10 +296,18 @@ impl Budget {
 /// Wraps an invocation's future: each poll runs in the invocation's async context, its CPU time
 /// is charged to the invocations whose code ran, and its allocations to the isolate's memory
 /// account.
+///
+/// It also keeps the runtime driven while several invocations wait on it: rquickjs wakes only
+/// the task that polled the runtime last when a host future it spawned (a `fetch()`, a timer)
+/// makes progress, whichever invocation that future belongs to. When that task's invocation
+/// ends, the wake-up would be lost and the others would wait until their wall limit. So a
+/// future that finishes (or is dropped) wakes the tasks of the other waiting invocations, and the
+/// next to poll takes the runtime's wake-ups over.
 pub(super) struct Metered<F> {
     inner: Pin<Box<F>>,
     state: Rc<HostState>,
     run: RunId,
+    finished: bool,
 }
 
 impl<F> Metered<F> {
@@ -305,6 +316,7 @@ impl<F> Metered<F> {
             inner: Box::pin(inner),
             state,
             run,
+            finished: false,
         }
     }
 }
@@ -323,6 +335,48 @@ impl<F: Future> Future for Metered<F> {
             self.state.budget.end_poll();
         }
         self.state.contexts.enter(outer);
+        match out {
+            Poll::Pending => self.state.budget.park(self.run, cx.waker()),
+            Poll::Ready(_) => {
+                self.finished = true;
+                self.state.budget.unpark(self.run);
+            }
+        }
         out
+    }
+}
+
+impl<F> Drop for Metered<F> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state.budget.unpark(self.run);
+        }
+    }
+}
+
+impl Budget {
+    /// `run`'s task waits on the runtime.
+    fn park(&self, run: RunId, waker: &Waker) {
+        let mut parked = self.parked.borrow_mut();
+        match parked.get_mut(&run) {
+            Some(w) if w.will_wake(waker) => {}
+            Some(w) => w.clone_from(waker),
+            None => {
+                parked.insert(run, waker.clone());
+            }
+        }
+    }
+
+    /// `run`'s task no longer waits on the runtime: the others' tasks are woken, so that one of
+    /// them polls the runtime (and receives its wake-ups) from now on.
+    fn unpark(&self, run: RunId) {
+        let others: Vec<Waker> = {
+            let mut parked = self.parked.borrow_mut();
+            parked.remove(&run);
+            parked.values().cloned().collect()
+        };
+        for waker in others {
+            waker.wake();
+        }
     }
 }

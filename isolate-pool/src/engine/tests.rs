@@ -1983,12 +1983,16 @@ fn cpu_time_is_charged_to_the_invocation_whose_code_ran() {
             ..LIMITS
         };
         let n = 300_000;
-        // Alone: what the work costs.
+        // Alone: what the work costs (the cheapest of three runs).
         let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
         let code = worker(GATED_WORK);
-        let (res, _, alone) =
-            fetch_cpu(&iso, &code, &format!("http://w/?n={n}&together=1"), roomy).await;
-        res.unwrap();
+        let mut alone = f64::MAX;
+        for _ in 0..3 {
+            let (res, _, cpu) =
+                fetch_cpu(&iso, &code, &format!("http://w/?n={n}&together=1"), roomy).await;
+            res.unwrap();
+            alone = alone.min(cpu);
+        }
         assert!(alone > 0.0);
         // Three at once, interleaved at every 1000th iteration, under a CPU limit that one fits
         // in twice but all three together do not: each is charged only its own work.
@@ -2075,8 +2079,9 @@ fn work_left_behind_by_an_ended_invocation_does_not_run_on_another_ones_time() {
         assert_eq!(body(&res.unwrap()), "left");
         let (res, logs, _) = fetch_cpu(&iso, &code, "http://w/count", LIMITS).await;
         let ticks: u64 = body(&res.unwrap()).parse().unwrap();
-        // At most the tick whose timer was set while the first request ran.
-        assert!(ticks <= 1, "the abandoned loop kept running: {ticks} ticks");
+        // At most the ticks whose timers were set while the first request ran (one, or two if
+        // its first timer fired before it ended); left running, 1 ms ticks over 30 ms.
+        assert!(ticks <= 2, "the abandoned loop kept running: {ticks} ticks");
         assert!(logs.is_empty(), "{logs:?}");
         assert!(iso.is_reusable());
     });
@@ -2135,5 +2140,84 @@ fn interleaved_invocations_fetch_as_themselves_within_their_own_subrequest_budge
         }
         assert_eq!(egress.0.load(std::sync::atomic::Ordering::SeqCst), 9);
         assert!(iso.is_reusable());
+    });
+}
+
+/// An egress that answers 200 once the test releases it, and says when it was called.
+struct GateEgress {
+    called: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl Egress for GateEgress {
+    fn authorize(&self, _invoker: &Invoker, _request: &EgressRequest) -> Verdict {
+        Verdict::Proceed(Authorization {
+            rule: None,
+            report_only: false,
+        })
+    }
+
+    fn send(
+        &self,
+        _invoker: Invoker,
+        _request: EgressRequest,
+        _authorization: Authorization,
+    ) -> BoxFuture<'static, Result<EgressResponse, EgressError>> {
+        self.called.notify_one();
+        let release = self.release.clone();
+        Box::pin(async move {
+            release.notified().await;
+            Ok(EgressResponse {
+                status: 200,
+                headers: vec![],
+                body: vec![],
+                hops: 0,
+                url: String::new(),
+            })
+        })
+    }
+}
+
+/// rquickjs wakes only the task that polled the runtime last when a host future (here the
+/// egress call of A) makes progress. B polls last and ends before A's upstream answers: A must
+/// still be woken (it would otherwise wait for its wall limit, a minute here).
+#[test]
+fn an_invocation_waiting_on_io_is_woken_after_the_one_that_polled_last_has_ended() {
+    run(async {
+        let called = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let egress = Arc::new(GateEgress {
+            called: called.clone(),
+            release: release.clone(),
+        });
+        let iso = Rc::new(Isolate::new(egress).await.unwrap());
+        let code = Rc::new(worker(
+            r#"export default { async fetch(request) {
+                if (request.url.endsWith("/io")) {
+                  const r = await fetch("https://api.example.com/");
+                  return new Response("io " + r.status);
+                }
+                return new Response("quick");
+            } }"#,
+        ));
+        let limits = Limits {
+            wall_ms: 60_000,
+            ..LIMITS
+        };
+        let call = |url: &'static str| {
+            let (iso, code) = (iso.clone(), code.clone());
+            tokio::task::spawn_local(async move { fetch_cpu(&iso, &code, url, limits).await })
+        };
+        let a = call("http://w/io");
+        // A's fetch() is with the egress; A's task waits on the runtime.
+        called.notified().await;
+        let (res, _, _) = call("http://w/quick").await.unwrap();
+        assert_eq!(body(&res.unwrap()), "quick");
+        release.notify_one();
+        let (res, _, _) = tokio::time::timeout(Duration::from_secs(20), a)
+            .await
+            .expect("the waiting invocation was never woken")
+            .unwrap();
+        assert_eq!(body(&res.unwrap()), "io 200");
     });
 }
