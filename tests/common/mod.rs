@@ -70,8 +70,8 @@ pub fn free_loopback_pair() -> (String, String) {
 }
 
 /// A port nothing listens on now and that this test process has not handed out before: the
-/// tests of one binary run at once, and two gateways given the same port would share it
-/// (pingora listens with `SO_REUSEPORT`), each answering the other's requests.
+/// tests of one binary run at once, and the probe releases the port, so two gateways could be
+/// handed the same one (CI saw a test's requests refused on its gateway's port).
 fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     loop {
