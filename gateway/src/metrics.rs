@@ -637,7 +637,7 @@ mod tests {
         );
     }
 
-    fn touch_all(m: &Metrics) {
+    pub(super) fn touch_all(m: &Metrics) {
         m.request("t", "execute", 200, Duration::from_millis(1));
         m.in_flight.set(0);
         m.isolate_started(StartKind::Load, Duration::from_micros(400));
@@ -664,6 +664,66 @@ mod tests {
         m.vault_up.with_label_values(&["v"]).set(1);
         m.config_reloads.with_label_values(&["ok"]).inc();
         m.config_last_success.set(1.0);
+    }
+
+    /// The families README's metric table documents, with the label names of each (its rows:
+    /// `| families | labels | values and notes |`, labels as backticked names or `–`).
+    fn readme_table() -> std::collections::BTreeMap<String, Vec<String>> {
+        let readme = include_str!("../../README.md");
+        let backticked = |cell: &str| -> Vec<String> {
+            cell.split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        };
+        let mut table = std::collections::BTreeMap::new();
+        for row in readme.lines().filter(|l| l.starts_with("| `isogate_")) {
+            let cells: Vec<&str> = row.split(" | ").collect();
+            assert!(
+                cells.len() >= 3,
+                "a metric row without a labels column: {row}"
+            );
+            let mut labels = backticked(cells[1]);
+            assert!(
+                !labels.is_empty() || cells[1].trim() == "–",
+                "labels are backticked names or –: {row}"
+            );
+            labels.sort();
+            for family in backticked(cells[0]) {
+                assert!(
+                    table.insert(family.clone(), labels.clone()).is_none(),
+                    "{family} is in two rows"
+                );
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn readme_metric_table_matches_the_registered_families_and_labels() {
+        let m = Metrics::new();
+        touch_all(&m);
+        let registered: std::collections::BTreeMap<String, Vec<String>> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| {
+                let mut labels: Vec<String> = f
+                    .get_metric()
+                    .first()
+                    .map(|s| s.get_label().iter().map(|l| l.name().to_string()).collect())
+                    .unwrap_or_default();
+                labels.sort();
+                (f.name().to_string(), labels)
+            })
+            .collect();
+        assert_eq!(
+            registered.len(),
+            CATALOGUE.len(),
+            "every family has a sample"
+        );
+        assert_eq!(readme_table(), registered);
     }
 
     #[test]
