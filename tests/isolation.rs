@@ -6,6 +6,7 @@
 //!
 //! Every gateway here names `isolation: process` (or `thread`) itself, so this file means the
 //! same under `ISOGATE_TEST_ISOLATION=thread`.
+#![allow(unsafe_code)] // reading and signalling worker processes in tests (OS APIs); each block has a `// SAFETY:` line
 
 mod common;
 

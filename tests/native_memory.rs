@@ -2,6 +2,7 @@
 //! native (Rust) allocations end that invocation with `memory_limit` instead of aborting the
 //! process; memory handed to a Worker never carries another tenant's bytes; bytes held by native
 //! objects (Blob, Buffer, ...) count against `memory_mb`.
+#![allow(unsafe_code)] // OS APIs in tests; each block has a `// SAFETY:` line
 
 mod common;
 

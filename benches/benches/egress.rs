@@ -3,6 +3,7 @@
 //! and parsing the example config.
 //!
 //! `cargo bench -p isogate-benches --bench egress`
+#![allow(unreachable_pub, missing_docs)] // a benchmark binary (criterion_group! defines undocumented items)
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use isogate_config::{Config, Injection};

@@ -3,6 +3,7 @@
 //! discard) and per warm `get()`.
 //!
 //! `cargo bench -p isogate-benches --bench pool`
+#![allow(unreachable_pub, missing_docs)] // a benchmark binary (criterion_group! defines undocumented items)
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use isogate_pool::{

@@ -7,6 +7,7 @@
 //! pieces of the secrets' forms, so the automaton runs over all of it).
 //!
 //! `cargo bench -p isogate-benches --bench scrub` — the budget is ≤ 2 ms per 1 MiB body.
+#![allow(unreachable_pub, missing_docs)] // a benchmark binary (criterion_group! defines undocumented items)
 
 use base64::Engine;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};

@@ -20,6 +20,7 @@
 //!     [--only load|get|execute|egress|memory] [--isolation both|process|thread]
 //!     [--processes N]
 //! ```
+#![allow(unreachable_pub)] // a binary
 
 mod client;
 mod peer;

@@ -7,6 +7,7 @@
 //! poll and the thread's CPU clock at the poll's start. A watchdog on another thread (the worker
 //! process's heartbeat, read by the gateway's supervisor) adds the CPU the thread spent since
 //! and sees an overrun while it happens.
+#![allow(unsafe_code)] // reading another thread's CPU clock (an OS API); each block has a `// SAFETY:` line
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex};

@@ -20,6 +20,7 @@
 //!
 //! Linux only (x86_64 and aarch64 for seccomp); elsewhere [`confine`] fails with
 //! [`ConfineError::Unsupported`].
+#![allow(unsafe_code)] // prctl, seccomp, rlimits and fds (OS APIs); each block has a `// SAFETY:` line
 
 use std::fmt;
 

@@ -21,6 +21,7 @@
 //! with the next frame that goes out anyway.
 //!
 //! The worker exits when the channel closes; the gateway kills it when it misbehaves.
+#![allow(unsafe_code)] // the worker's inherited channel fd (an OS API); each block has a `// SAFETY:` line
 
 use crate::api::{ErrorKind, HttpResponse, Invocation, Invoker, SealedCode, WorkerError};
 use crate::cache::WorkerKey;

@@ -5,7 +5,8 @@
 //!
 //! Debugging a SIGSYS (a syscall the allowlist lacks): run the failing parent test under
 //! `strace -f -o /tmp/trace`; the killed thread's last, unfinished syscall is the one.
-
+#![allow(unreachable_pub)] // a test crate
+#![allow(unsafe_code)] // pidfds, signals and rlimits of test processes (OS APIs); each block has a `// SAFETY:` line
 #![cfg(all(
     target_os = "linux",
     any(target_arch = "x86_64", target_arch = "aarch64")

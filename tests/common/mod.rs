@@ -1,6 +1,7 @@
 //! Test harness: starts the real `isogate` binary on free loopback ports with a config written
 //! to a temporary directory, waits for `/readyz`, and gives an HTTP client for it.
 #![allow(dead_code)]
+#![allow(unreachable_pub)] // the harness is shared by test crates (binaries): nothing is reachable from outside
 
 use reqwest::blocking::{Client, Response};
 use serde_json::{json, Value};

@@ -1,5 +1,6 @@
 //! One worker process as the gateway sees it: the child, its channel, the invocations in flight
 //! on it, and what its heartbeats said.
+#![allow(unsafe_code)] // spawning and signalling worker processes (an OS API); each block has a `// SAFETY:` line
 
 use crate::metrics::Metrics;
 use futures::StreamExt;

@@ -7,6 +7,7 @@
 //! Bounded to [`MAX_TOTAL_BYTES`] per process (least recently used out); the bytes are not
 //! charged to any isolate (they outlive it). An isolate that loads bytecode keeps the bytes
 //! alive until its runtime is gone ([`Keep`]): QuickJS reads modules in place.
+#![allow(unsafe_code)] // loading QuickJS bytecode (an engine API); each block has a `// SAFETY:` line
 
 use rquickjs::module::{Declared, WriteOptions};
 use rquickjs::{Ctx, Module, Result};

@@ -22,9 +22,9 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 use rquickjs::{Ctx, Exception, Result, TypedArray};
 
 /// The most bytes one `next()` call returns.
-pub const OUTPUT_CHUNK: usize = 64 * 1024;
+pub(super) const OUTPUT_CHUNK: usize = 64 * 1024;
 /// The most codecs an isolate may hold at once (each owns native zlib state).
-pub const MAX_LIVE_CODECS: usize = 16;
+pub(super) const MAX_LIVE_CODECS: usize = 16;
 /// zlib's window: 2^15 bytes (what the formats use).
 const WINDOW_BITS: u8 = 15;
 

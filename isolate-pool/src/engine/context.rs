@@ -4,6 +4,7 @@
 //! AsyncContext proposal and V8's continuation-preserved embedder data. isogate's number is the
 //! invocation's run id ([`super::budget::RunId`]), so interleaved invocations in one isolate
 //! keep their own CPU time, logs and subrequests.
+#![allow(unsafe_code)] // the engine's async context FFI; each block has a `// SAFETY:` line
 
 use super::HostState;
 use rquickjs::{qjs, Ctx};

@@ -21,6 +21,7 @@
 //! `memory_limit` at the next interrupt check and when the invocation ends. Sizes that JS hands to
 //! a native allocation are additionally checked before allocating, at the JS boundary
 //! (bootstrap.js, "native memory guards", through the `reserve` host call).
+#![allow(unsafe_code)] // the global allocator and QuickJS's allocator hook; each block has a `// SAFETY:` line
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -340,7 +341,7 @@ fn map(base: Layout) -> *mut u8 {
 }
 
 /// The process's allocator: `System` plus per-isolate accounting and zeroing (module docs).
-pub struct TrackingAllocator;
+pub(super) struct TrackingAllocator;
 
 impl TrackingAllocator {
     #[inline]

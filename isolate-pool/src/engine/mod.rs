@@ -6,6 +6,7 @@
 //! (fetch, console, timers, randomness) are installed here and take the caller's identity from
 //! host state ([`HostState`]), never from JS arguments. A second engine (deno_core/V8) would be a
 //! sibling of this module implementing the same `Isolate` surface.
+#![allow(unsafe_code)] // loading our own QuickJS bytecode (an engine API); each block has a `// SAFETY:` line
 
 mod budget;
 mod bytecode;
@@ -48,7 +49,7 @@ static LAZY_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lazy.qjs
 static URLPATTERN_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/urlpattern.qjsbc"));
 
 /// Name of the engine, reported in build info.
-pub const ENGINE_NAME: &str = "quickjs";
+pub(crate) const ENGINE_NAME: &str = "quickjs";
 
 /// QuickJS's native stack budget for JS recursion inside one isolate.
 const MAX_STACK_BYTES: usize = 512 * 1024;
@@ -150,7 +151,7 @@ pub(crate) fn untracked<R>(f: impl FnOnce() -> R) -> R {
 /// they interleave at their await points, each with its own budget, logs and subrequests (see
 /// [`budget`]). A limit breach by one condemns the isolate: the others end with
 /// [`ErrorKind::IsolateDiscarded`] and the isolate is never reused.
-pub struct Isolate {
+pub(crate) struct Isolate {
     // Field order matters for drop: JS handles before the context before the runtime.
     worker: RefCell<Option<LoadedWorker>>,
     entry: Persistent<Object<'static>>,
@@ -172,7 +173,7 @@ pub struct Isolate {
 }
 
 /// Output of [`Isolate::fetch`] once the Worker produced its response.
-pub type FetchOutput = (Result<HttpResponse, WorkerError>, Vec<LogEntry>);
+pub(crate) type FetchOutput = (Result<HttpResponse, WorkerError>, Vec<LogEntry>);
 
 /// What [`Isolate::dispatch`] gets back: the response head, `waitUntil` work, a streamed body.
 type Dispatched = (
@@ -191,7 +192,7 @@ fn wall_limit() -> WorkerError {
 
 impl Isolate {
     /// Starts an isolate: runtime, context, LLRT Web APIs and isogate's Worker API.
-    pub async fn new(egress: Arc<dyn EgressPort>) -> Result<Isolate, WorkerError> {
+    pub(crate) async fn new(egress: Arc<dyn EgressPort>) -> Result<Isolate, WorkerError> {
         static TIME_INIT: Once = Once::new();
         TIME_INIT.call_once(llrt_utils::time::init);
         panics::install_hook();
@@ -248,7 +249,7 @@ impl Isolate {
     }
 
     /// Whether the isolate may serve another invocation.
-    pub fn is_reusable(&self) -> bool {
+    pub(crate) fn is_reusable(&self) -> bool {
         !self.poisoned.get() && !self.panic.is_set() && !self.state.budget.tripped()
     }
 
@@ -429,7 +430,7 @@ impl Isolate {
     /// (waitUntil): when it is `false`, the invocation has ended entirely.
     ///
     /// Other invocations may run on the same isolate meanwhile (`&self`).
-    pub async fn fetch(
+    pub(crate) async fn fetch(
         &self,
         code: &WorkerCode,
         request: HttpRequest,
@@ -645,7 +646,7 @@ impl Isolate {
     }
 
     /// Runs a Code Mode snippet (an async function taking `env`) and returns its result as JSON.
-    pub async fn execute(
+    pub(crate) async fn execute(
         &self,
         source: &str,
         env: &serde_json::Value,

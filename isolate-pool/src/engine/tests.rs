@@ -1,5 +1,6 @@
 //! Containment and Worker-API tests against real QuickJS isolates (one named test per runaway
 //! pattern, each asserting the limit fires and the isolate's host survives).
+#![allow(unsafe_code)] // tests of the engine APIs above; each block has a `// SAFETY:` line
 
 use super::*;
 use crate::api::{ModuleSource, Outbound};
