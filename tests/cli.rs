@@ -582,3 +582,33 @@ fn logs_are_human_readable_at_a_terminal_and_json_otherwise() {
     let v: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON line");
     assert_eq!(v["level"], "INFO", "{v}");
 }
+
+/// An ingress address that is taken fails `serve` at once, naming the field (pingora alone would
+/// retry it in the background while the admin port reported ready).
+#[test]
+fn serve_refuses_a_listen_address_that_is_taken() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ingress = taken.local_addr().unwrap();
+    let (_, admin) = common::free_loopback_pair();
+    let dir = std::env::temp_dir().join(format!("isogate-cli-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("isogate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\nstate_dir: \"{}\"\n\
+             pool: {{ isolation: thread, threads: 1, warm_isolates: 1 }}\ntenants:\n{}",
+            dir.join("state").display(),
+            common::tenant_yaml("alpha", common::ALPHA_KEY, "cpu_ms: 50")
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = isogate(&["serve", "--config", config.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("listen.ingress: cannot listen on {ingress}")),
+        "{err}"
+    );
+    drop(taken);
+}

@@ -1,5 +1,5 @@
 //! The admin listener: `GET /healthz` (200 while the process serves) and `GET /readyz` (200 once
-//! the warm pool has been filled).
+//! the warm pool has been filled and the ingress accepts connections).
 //!
 //! Test-only: with `ISOGATE_TEST_PROBES=1` in the gateway's environment (never in production),
 //! `POST /debug/probe/{socket|open|exhaust|garbage|oversized}?tenant=NAME` makes the worker
@@ -12,17 +12,51 @@ use crate::state::AppState;
 use async_trait::async_trait;
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// The admin app.
 pub struct Admin {
     state: Arc<AppState>,
+    /// Where to reach the ingress listener (its address; loopback for an unspecified one).
+    ingress: SocketAddr,
+    /// Set once the ingress was seen accepting a connection.
+    ingress_up: AtomicBool,
 }
 
 impl Admin {
-    /// Builds the app.
-    pub fn new(state: Arc<AppState>) -> Self {
-        Admin { state }
+    /// Builds the app for a gateway whose ingress listens on `ingress`.
+    pub fn new(state: Arc<AppState>, ingress: SocketAddr) -> Self {
+        let mut probe = ingress;
+        if probe.ip().is_unspecified() {
+            probe.set_ip(match probe {
+                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        Admin {
+            state,
+            ingress: probe,
+            ingress_up: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the ingress accepts connections. pingora binds its listeners in the background
+    /// and keeps retrying an address that is taken, so being started does not mean listening.
+    async fn ingress_listening(&self) -> bool {
+        if self.ingress_up.load(Ordering::Relaxed) {
+            return true;
+        }
+        let connect = tokio::net::TcpStream::connect(self.ingress);
+        let up = matches!(
+            tokio::time::timeout(std::time::Duration::from_millis(500), connect).await,
+            Ok(Ok(_))
+        );
+        if up {
+            self.ingress_up.store(true, Ordering::Relaxed);
+        }
+        up
     }
 }
 
@@ -49,6 +83,11 @@ impl ServeHttp for Admin {
                     Reply::json(
                         503,
                         &serde_json::json!({"status": "draining", "warm_isolates": warm}),
+                    )
+                } else if !self.ingress_listening().await {
+                    Reply::json(
+                        503,
+                        &serde_json::json!({"status": "starting", "reason": "the ingress is not listening yet", "warm_isolates": warm}),
                     )
                 } else if self.state.pool.is_ready() {
                     Reply::json(

@@ -58,6 +58,16 @@ fn local_interface_ips() -> Vec<IpAddr> {
 /// Starts the gateway on `config` (lowered once into `lowered` by `Config::lower`) and blocks
 /// until it is shut down (SIGTERM drains gracefully, SIGINT stops fast).
 pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    // pingora retries a listener whose address is taken, silently, for as long as it runs: say
+    // so at once instead (the address may still be taken between this check and pingora's
+    // bind; `/readyz` waits for the ingress to accept, see `admin.rs`).
+    for (field, addr) in [
+        ("listen.ingress", config.listen.ingress),
+        ("listen.admin", config.listen.admin),
+    ] {
+        std::net::TcpListener::bind(addr)
+            .with_context(|| format!("{field}: cannot listen on {addr}"))?;
+    }
     // Before any egress client exists: Workers can never reach the gateway's own listeners.
     client::set_self_listeners(self_listeners(&lowered.listeners));
     let store = Arc::new(WorkerStore::open(&config.state_dir).context("opening the worker store")?);
@@ -126,7 +136,10 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
 
     let mut ingress = Service::new("isogate ingress".to_string(), Ingress::new(state.clone()));
     ingress.add_tcp(&config.listen.ingress.to_string());
-    let mut admin = Service::new("isogate admin".to_string(), Admin::new(state.clone()));
+    let mut admin = Service::new(
+        "isogate admin".to_string(),
+        Admin::new(state.clone(), config.listen.ingress),
+    );
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(ingress);
     server.add_service(admin);

@@ -70,22 +70,37 @@ pub fn free_loopback_pair() -> (String, String) {
     (first, second)
 }
 
-/// A port nothing listens on now and that this test process has not handed out before: the
-/// tests of one binary run at once, and the probe releases the port, so two gateways could be
-/// handed the same one (CI saw a test's requests refused on its gateway's port).
+/// A port nothing listens on now and that this test process has not handed out before. It is
+/// drawn *below* the kernel's ephemeral range, where neither `bind(…:0)` (the upstream servers)
+/// nor an outgoing connection's local port can take it between this probe and the gateway's bind
+/// (CI saw a gateway's ingress port taken that way); the tests of one binary run at once, so a
+/// port is handed out once.
 fn free_port() -> u16 {
     static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
-    loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("free port");
-        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
-        if !handed_out.contains(&port) {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u16, ephemeral_low.max(10_001));
+    // A per-process start, then linear probing: processes running at once start apart.
+    let mut next = low + (std::process::id() as u16).wrapping_mul(7919) % (high - low);
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..(high - low) {
+        let port = next;
+        next = if next + 1 >= high { low } else { next + 1 };
+        if handed_out.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             handed_out.push(port);
             return port;
         }
     }
+    // No free port below the ephemeral range: any free one.
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A running gateway. Stopped (SIGTERM, then killed) when dropped.
