@@ -603,9 +603,27 @@ fn serve_refuses_a_listen_address_that_is_taken() {
         ),
     )
     .unwrap();
-    let (code, _, err) = isogate(&["serve", "--config", config.to_str().unwrap()]);
+    // Without the check the gateway would keep running (pingora retrying the address): bounded.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_isogate"))
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run isogate");
+    let pid = child.id().to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err);
+        let _ = tx.send((child.wait().unwrap(), err));
+    });
+    let ended = rx.recv_timeout(std::time::Duration::from_secs(30));
+    if ended.is_err() {
+        let _ = Command::new("kill").args(["-KILL", &pid]).status();
+    }
     let _ = std::fs::remove_dir_all(&dir);
-    assert_ne!(code, 0, "{err}");
+    let (status, err) = ended.expect("serve kept running on a taken address");
+    assert!(!status.success(), "{err}");
     assert!(
         err.contains(&format!("listen.ingress: cannot listen on {ingress}")),
         "{err}"

@@ -22,6 +22,15 @@ fn gateway() -> Gateway {
     Gateway::start(POOL, &common::tenant_yaml("alpha", ALPHA_KEY, limits))
 }
 
+/// Tenant `alpha` with `limits` and one egress rule `name` for GET to the loopback `port` (a
+/// test's upstream).
+fn tenant_with_upstream(limits: &str, port: u16, name: &str) -> String {
+    format!(
+        "{}    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{port}]\n          allow_private: true\n          methods: [GET]\n          name: {name}\n",
+        common::tenant_yaml("alpha", ALPHA_KEY, limits)
+    )
+}
+
 /// `GET /w/{id}/{path}` with extra headers.
 fn get(g: &Gateway, id: &str, path: &str, headers: &[(&str, &str)]) -> reqwest::blocking::Response {
     let mut req = g
@@ -302,10 +311,10 @@ fn streamed_responses_reach_the_client_before_the_worker_ends() {
         let _ = gate.lock().unwrap().recv();
         Answer::json(200, &json!({"go": true}))
     });
-    let tenants = format!(
-        "  - name: alpha\n    api_keys:\n      - sha256: \"{}\"\n    limits: {{ cpu_ms: 500, memory_mb: 64, wall_ms: 20000, subrequests: 5 }}\n    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          methods: [GET]\n          name: gate\n",
-        common::sha256_hex(ALPHA_KEY),
-        upstream.port
+    let tenants = tenant_with_upstream(
+        "cpu_ms: 500, memory_mb: 64, wall_ms: 20000, subrequests: 5",
+        upstream.port,
+        "gate",
     );
     let g = Gateway::start(POOL, &tenants);
     let src = format!(
@@ -427,10 +436,10 @@ fn requests_to_one_cached_worker_run_concurrently() {
         drop(n);
         Answer::json(200, &json!({"together": !timeout.timed_out()}))
     });
-    let tenants = format!(
-        "  - name: alpha\n    api_keys:\n      - sha256: \"{}\"\n    limits: {{ cpu_ms: 500, memory_mb: 64, wall_ms: 30000, subrequests: 5 }}\n    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          methods: [GET]\n          name: barrier\n",
-        common::sha256_hex(ALPHA_KEY),
-        upstream.port
+    let tenants = tenant_with_upstream(
+        "cpu_ms: 500, memory_mb: 64, wall_ms: 30000, subrequests: 5",
+        upstream.port,
+        "barrier",
     );
     let g = Gateway::start(POOL, &tenants);
     let src = format!(
@@ -506,10 +515,10 @@ fn a_breach_discards_the_shared_isolate_and_fails_the_others_with_a_retryable_er
         let _ = held.lock().unwrap().recv();
         Answer::json(200, &json!({}))
     });
-    let tenants = format!(
-        "  - name: alpha\n    api_keys:\n      - sha256: \"{}\"\n    limits: {{ cpu_ms: 100, memory_mb: 64, wall_ms: 30000, subrequests: 5 }}\n    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          methods: [GET]\n          name: held\n",
-        common::sha256_hex(ALPHA_KEY),
-        upstream.port
+    let tenants = tenant_with_upstream(
+        "cpu_ms: 100, memory_mb: 64, wall_ms: 30000, subrequests: 5",
+        upstream.port,
+        "held",
     );
     let g = Gateway::start(POOL, &tenants);
     let src = format!(

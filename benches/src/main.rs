@@ -716,7 +716,6 @@ struct Side {
 /// workerd run back to back for each scenario and concurrency.
 fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
     let worker = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
-    let auth = format!("Bearer {KEY}");
     let sides: Vec<Side> = opts
         .isolation
         .iter()
@@ -728,35 +727,23 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
             );
             let g = Gateway::start_with(bin, "main", mode, 1000, &serial, &[]);
             let mut conn = Conn::connect(&g.ingress).expect("connect");
-            let (status, _) = conn
-                .request(
-                    "PUT",
-                    "/v1/workers/hello",
-                    &[("authorization", &auth)],
-                    &serde_json::to_vec(&worker).unwrap_or_default(),
-                )
-                .expect("put worker");
-            assert!(status == 201 || status == 200, "PUT hello: {status}");
             let sleepy =
                 serde_json::json!({"mainModule": "w.js", "modules": {"w.js": peer::SLEEPY}});
-            let (status, _) = conn
-                .request(
-                    "PUT",
-                    "/v1/workers/sleepy",
-                    &[("authorization", &auth)],
-                    &serde_json::to_vec(&sleepy).unwrap_or_default(),
-                )
-                .expect("put worker");
-            assert!(status == 201 || status == 200, "PUT sleepy: {status}");
-            let (status, _) = conn
-                .request(
-                    "PUT",
-                    "/v1/workers/sleepy",
-                    &[("authorization", &format!("Bearer {SERIAL_KEY}"))],
-                    &serde_json::to_vec(&sleepy).unwrap_or_default(),
-                )
-                .expect("put worker");
-            assert!(status == 201 || status == 200, "PUT serial sleepy: {status}");
+            for (key, id, code) in [
+                (KEY, "hello", &worker),
+                (KEY, "sleepy", &sleepy),
+                (SERIAL_KEY, "sleepy", &sleepy),
+            ] {
+                let (status, _) = conn
+                    .request(
+                        "PUT",
+                        &format!("/v1/workers/{id}"),
+                        &[("authorization", &format!("Bearer {key}"))],
+                        &serde_json::to_vec(code).unwrap_or_default(),
+                    )
+                    .expect("put worker");
+                assert!(status == 201 || status == 200, "PUT {id} ({key}): {status}");
+            }
             Side { mode, g }
         })
         .collect();
