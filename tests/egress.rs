@@ -483,3 +483,96 @@ fn aborting_a_fetch_drops_the_upstream_request() {
         "the pre-aborted fetch never connected"
     );
 }
+
+/// A fetch() response body streams: an upstream that sends part of its body and then waits
+/// (chunked) is read by the Worker, proxied to the client, and the client has the first part
+/// while the upstream still holds the rest (in process mode across the wire, paced by the
+/// Worker's reads). The injected credential, echoed by the upstream split across its two
+/// chunks, is still scrubbed whole; the audit line counts the bytes once the body has ended.
+#[test]
+fn a_fetch_body_streams_from_the_upstream_and_is_scrubbed_across_chunks() {
+    use common::upstream::{read_head, RawUpstream};
+    use std::io::{BufReader, Read, Write};
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let go_rx = Mutex::new(go_rx);
+    let filler = "x".repeat(400);
+    let first = format!("{filler}|Bearer {}", &TOKEN[..10]);
+    let second = format!("{}|end", &TOKEN[10..]);
+    let raw_bytes = first.len() + second.len();
+    let upstream = RawUpstream::start(move |conn| {
+        let mut writer = conn.try_clone().unwrap();
+        let mut reader = BufReader::new(conn);
+        if read_head(&mut reader).is_none() {
+            return;
+        }
+        let chunk = |s: &str| format!("{:x}\r\n{s}\r\n", s.len());
+        let head =
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ntransfer-encoding: chunked\r\n\r\n";
+        let _ = writer.write_all(format!("{head}{}", chunk(&first)).as_bytes());
+        let _ = writer.flush();
+        // The rest only once the client has the first part.
+        if go_rx
+            .lock()
+            .unwrap()
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .is_ok()
+        {
+            let _ = writer.write_all(format!("{}0\r\n\r\n", chunk(&second)).as_bytes());
+        }
+    });
+    let egress = format!(
+        "      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          credential: local-test\n          name: streaming\n",
+        upstream.port
+    );
+    let g = Gateway::start_with(
+        POOL,
+        &tenant(
+            "st",
+            KEY,
+            "cpu_ms: 500, wall_ms: 30000, memory_mb: 64, subrequests: 5",
+            &egress,
+        ),
+        "credentials:\n  - name: local-test\n    source: { env: ISOGATE_TEST_TOKEN }\n    inject: { header: Authorization, value: \"Bearer ${secret}\" }\n",
+        &[("ISOGATE_TEST_TOKEN", TOKEN)],
+    );
+    let code = worker(&format!(
+        r#"export default {{ fetch() {{ return fetch("{}"); }} }}"#,
+        upstream.url("/stream")
+    ));
+    let mut r = g.load(KEY, &code, None);
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers().get("content-length").is_none(),
+        "a scrubbed, streamed body has no known length"
+    );
+    // Read until the first part (less the tail the scrubber holds back) has arrived.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while got.len() < 300 {
+        let n = r.read(&mut buf).expect("read the first part");
+        assert!(
+            n > 0,
+            "the body ended early: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.iter().all(|&b| b == b'x'),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    go_tx.send(()).unwrap();
+    r.read_to_end(&mut got).unwrap();
+    let text = String::from_utf8(got).unwrap();
+    assert_eq!(text, format!("{filler}|Bearer [REDACTED]|end"));
+    assert!(g.metric(r#"isogate_secrets_redacted_total{credential="local-test"}"#) >= 1.0);
+    let log = g.log();
+    let expected_bytes = format!("\"bytes\":{raw_bytes}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("/stream") && l.contains(&expected_bytes)),
+        "no audit line with {expected_bytes}:\n{log}"
+    );
+    assert!(!log.contains(TOKEN));
+}

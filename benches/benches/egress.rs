@@ -71,6 +71,7 @@ fn bench(c: &mut Criterion) {
                 status: 200,
                 headers: vec![("content-type".into(), "application/json".into())],
                 body: body.clone(),
+                streamed: false,
                 hops: 0,
                 url: String::new(),
             };

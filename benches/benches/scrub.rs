@@ -11,7 +11,10 @@
 
 use base64::Engine;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use isogate_gateway::egress::{redact, scrub::Scrubber};
+use isogate_gateway::egress::{
+    redact,
+    scrub::{Scrubber, StreamScrub},
+};
 use isogate_pool::EgressResponse;
 use secrecy::SecretString;
 
@@ -109,6 +112,7 @@ fn bench(c: &mut Criterion) {
         status: 200,
         headers: vec![("content-type".into(), "application/json".into())],
         body,
+        streamed: false,
         hops: 0,
         url: String::new(),
     };
@@ -132,6 +136,18 @@ fn bench(c: &mut Criterion) {
             b.iter(|| black_box(redact::scrub_with(response.clone(), &scrubber, |_| {})))
         });
     }
+    // The live path scrubs a body as it arrives, in the egress's 16 KiB reads.
+    let shared = std::sync::Arc::new(Scrubber::new(&injected));
+    c.bench_function("scrub_1mib_3_secrets_streamed_16k_chunks", |b| {
+        b.iter(|| {
+            let mut scrub = StreamScrub::new(shared.clone());
+            let mut n = 0;
+            for chunk in response.body.chunks(16 * 1024) {
+                n += scrub.push(chunk).len();
+            }
+            black_box(n + scrub.finish().len())
+        })
+    });
     c.bench_function("scrubber_build_3_secrets", |b| {
         b.iter(|| black_box(Scrubber::new(black_box(&injected))))
     });

@@ -10,9 +10,11 @@
 //! first; only a request it lets through costs a subrequest; then [`Egress::send`] does the I/O
 //! (SSRF-checked resolution, credential injection, redirects, response scrubbing).
 
-use crate::api::Invoker;
+use crate::api::{BodyPart, Invoker};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use tokio::sync::{mpsc, Semaphore};
 
 /// What the Worker asked for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,9 +64,12 @@ pub struct EgressResponse {
     pub status: u16,
     /// Response headers.
     pub headers: Vec<(String, String)>,
-    /// Body bytes.
+    /// Body bytes: the whole body, or (when `streamed`) what of it arrived with the head.
     #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+    /// More of the body follows through the [`BodyStream`] handed over with this response.
+    #[serde(default)]
+    pub streamed: bool,
     /// Redirect hops followed (each is one more subrequest).
     pub hops: u32,
     /// The URL of the response (after redirects), as the Worker would have written it: never
@@ -106,13 +111,182 @@ pub trait Egress: Send + Sync + 'static {
     ) {
     }
 
-    /// Performs an authorized request.
+    /// Performs an authorized request. A response whose body is still arriving comes with the
+    /// [`BodyStream`] of the rest (and `streamed` set).
     fn send(
         &self,
         invoker: Invoker,
         request: EgressRequest,
         authorization: Authorization,
-    ) -> BoxFuture<'static, Result<EgressResponse, EgressError>>;
+    ) -> BoxFuture<'static, Result<Delivered, EgressError>>;
+}
+
+/// A response as the egress hands it over: its head with what of the body has arrived, and the
+/// rest of the body when it is still arriving.
+pub type Delivered = (EgressResponse, Option<BodyStream>);
+
+/// What one `fetch()` came to, and the rest of a streamed response body ([`Fetched::Sent`]
+/// with `streamed` set).
+pub type FetchReply = (Fetched, Option<BodyStream>);
+
+/// Bytes of a streamed body that may be on their way to a reader that has not taken them yet:
+/// a producer waits for the reader before sending more (so a slow Worker holds back a fast
+/// upstream instead of buffering its body).
+pub const BODY_WINDOW: usize = 256 * 1024;
+
+/// The window share of one chunk: what a producer waits for before sending it and a reader
+/// gives back on taking it (a chunk larger than the window takes all of it).
+fn window_share(len: usize) -> u32 {
+    len.clamp(1, BODY_WINDOW) as u32
+}
+
+/// The rest of a response body, as it arrives: chunks, then its end. Dropping it tells the
+/// producer to stop (an in-process producer sees its channel closed; across the process wall
+/// the drop guard cancels the gateway's side).
+pub struct BodyStream {
+    parts: mpsc::UnboundedReceiver<BodyPart>,
+    credit: Box<dyn Fn(u32) + Send + Sync>,
+    ended: bool,
+    _guard: Option<Box<dyn Send + Sync>>,
+}
+
+impl std::fmt::Debug for BodyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyStream")
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyStream {
+    /// A stream fed by `parts`; `credit(n)` is called with each chunk's window share as the
+    /// reader takes it; `guard` is dropped with the stream.
+    pub fn new(
+        parts: mpsc::UnboundedReceiver<BodyPart>,
+        credit: impl Fn(u32) + Send + Sync + 'static,
+        guard: Option<Box<dyn Send + Sync>>,
+    ) -> BodyStream {
+        BodyStream {
+            parts,
+            credit: Box::new(credit),
+            ended: false,
+            _guard: guard,
+        }
+    }
+
+    /// The next chunk; `None` at the end; `Err` when the body broke off (the producer went
+    /// away without an end counts as broken off).
+    pub async fn next(&mut self) -> Option<Result<Vec<u8>, String>> {
+        if self.ended {
+            return None;
+        }
+        match self.parts.recv().await {
+            Some(BodyPart::Chunk(bytes)) => {
+                (self.credit)(window_share(bytes.len()));
+                Some(Ok(bytes))
+            }
+            Some(BodyPart::End(Ok(()))) => {
+                self.ended = true;
+                None
+            }
+            Some(BodyPart::End(Err(e))) => {
+                self.ended = true;
+                Some(Err(e))
+            }
+            None => {
+                self.ended = true;
+                Some(Err("the response body broke off".into()))
+            }
+        }
+    }
+}
+
+/// The producing end of an in-process [`BodyStream`] (see [`body_channel`]).
+#[derive(Debug)]
+pub struct BodyWriter {
+    parts: mpsc::UnboundedSender<BodyPart>,
+    window: Arc<Semaphore>,
+}
+
+impl BodyWriter {
+    /// Sends a chunk once the window has room for it; false when the reader is gone.
+    pub async fn chunk(&mut self, bytes: Vec<u8>) -> bool {
+        if bytes.is_empty() {
+            return !self.parts.is_closed();
+        }
+        tokio::select! {
+            permit = self.window.acquire_many(window_share(bytes.len())) => match permit {
+                Ok(permit) => permit.forget(),
+                Err(_) => return false,
+            },
+            // The reader went away while the window was full.
+            () = self.parts.closed() => return false,
+        }
+        self.parts.send(BodyPart::Chunk(bytes)).is_ok()
+    }
+
+    /// Ends the body: complete (`Ok`) or broken off with a message (never a secret).
+    pub fn end(self, result: Result<(), String>) {
+        let _ = self.parts.send(BodyPart::End(result));
+    }
+
+    /// Whether the reader dropped its stream.
+    pub fn is_closed(&self) -> bool {
+        self.parts.is_closed()
+    }
+
+    /// Resolves when the reader dropped its stream.
+    pub async fn closed(&self) {
+        self.parts.closed().await
+    }
+}
+
+/// A window of [`BODY_WINDOW`] bytes that a reader refills: `give` adds back at most what
+/// was taken, whatever a (possibly hostile) peer claims.
+#[derive(Debug, Clone)]
+pub struct Window(Arc<Semaphore>);
+
+impl Default for Window {
+    fn default() -> Self {
+        Window(Arc::new(Semaphore::new(BODY_WINDOW)))
+    }
+}
+
+impl Window {
+    /// Waits until `len` bytes' share is free and takes it; false once closed.
+    pub async fn take(&self, len: usize) -> bool {
+        match self.0.acquire_many(window_share(len)).await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Gives back `n` bytes' share, never beyond the window.
+    pub fn give(&self, n: u32) {
+        let room = BODY_WINDOW.saturating_sub(self.0.available_permits());
+        let n = (n as usize).min(room);
+        if n > 0 {
+            self.0.add_permits(n);
+        }
+    }
+}
+
+/// An in-process body channel with a [`BODY_WINDOW`] of bytes in flight.
+pub fn body_channel() -> (BodyWriter, BodyStream) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let window = Window::default();
+    let giver = window.clone();
+    let stream = BodyStream::new(rx, move |n| giver.give(n), None);
+    (
+        BodyWriter {
+            parts: tx,
+            window: window.0,
+        },
+        stream,
+    )
 }
 
 /// What one `fetch()` came to, after the whole pipeline ([`EgressPort::fetch`]).
@@ -155,7 +329,7 @@ pub trait EgressPort: Send + Sync + 'static {
         invoker: Invoker,
         request: EgressRequest,
         left: u32,
-    ) -> BoxFuture<'static, Fetched>;
+    ) -> BoxFuture<'static, FetchReply>;
 }
 
 impl<E: Egress + ?Sized> EgressPort for E {
@@ -168,35 +342,39 @@ impl<E: Egress + ?Sized> EgressPort for E {
         invoker: Invoker,
         mut request: EgressRequest,
         left: u32,
-    ) -> BoxFuture<'static, Fetched> {
+    ) -> BoxFuture<'static, FetchReply> {
+        let ready = |fetched| -> BoxFuture<'static, FetchReply> {
+            Box::pin(std::future::ready((fetched, None)))
+        };
         let authorization = match self.authorize(&invoker, &request) {
             Verdict::Proceed(a) => a,
-            Verdict::Respond(response) => {
-                return Box::pin(std::future::ready(Fetched::Answered(response)))
-            }
+            Verdict::Respond(response) => return ready(Fetched::Answered(response)),
             Verdict::Reject(message) => {
-                return Box::pin(std::future::ready(Fetched::Rejected {
+                return ready(Fetched::Rejected {
                     message,
                     charged: false,
-                }))
+                })
             }
         };
         if left == 0 {
             self.abandoned(&invoker, &request, &authorization);
-            return Box::pin(std::future::ready(Fetched::SubrequestLimit {
-                redirecting: false,
-            }));
+            return ready(Fetched::SubrequestLimit { redirecting: false });
         }
         request.budget = left - 1;
         let sent = self.send(invoker, request, authorization);
         Box::pin(async move {
             match sent.await {
-                Ok(response) => Fetched::Sent(response),
-                Err(EgressError::Rejected(message)) => Fetched::Rejected {
-                    message,
-                    charged: true,
-                },
-                Err(EgressError::SubrequestLimit) => Fetched::SubrequestLimit { redirecting: true },
+                Ok((response, rest)) => (Fetched::Sent(response), rest),
+                Err(EgressError::Rejected(message)) => (
+                    Fetched::Rejected {
+                        message,
+                        charged: true,
+                    },
+                    None,
+                ),
+                Err(EgressError::SubrequestLimit) => {
+                    (Fetched::SubrequestLimit { redirecting: true }, None)
+                }
             }
         })
     }
@@ -223,7 +401,7 @@ impl Egress for DisabledEgress {
         _invoker: Invoker,
         _request: EgressRequest,
         _authorization: Authorization,
-    ) -> BoxFuture<'static, Result<EgressResponse, EgressError>> {
+    ) -> BoxFuture<'static, Result<Delivered, EgressError>> {
         Box::pin(async { Err(EgressError::Rejected(NETWORK_DISABLED.to_string())) })
     }
 }

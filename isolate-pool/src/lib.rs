@@ -23,8 +23,9 @@ pub use api::{
     WorkerCode, WorkerError,
 };
 pub use egress::{
-    Authorization, DisabledEgress, Egress, EgressError, EgressPort, EgressRequest, EgressResponse,
-    Fetched, Verdict, NETWORK_DISABLED,
+    body_channel, Authorization, BodyStream, BodyWriter, Delivered, DisabledEgress, Egress,
+    EgressError, EgressPort, EgressRequest, EgressResponse, FetchReply, Fetched, Verdict, Window,
+    BODY_WINDOW, NETWORK_DISABLED,
 };
 pub use observe::{CacheEvent, NoopObserver, PoolObserver, StartKind};
 pub use pool::{Hold, Pool, PoolError, PoolSettings, Reply};

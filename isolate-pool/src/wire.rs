@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Version of this protocol; a worker answers a different one with an error and exits.
-pub const PROTOCOL: u32 = 6;
+pub const PROTOCOL: u32 = 7;
 
 /// Largest body (request, response, egress) that may cross the wire.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -124,6 +124,15 @@ pub enum ToWorker {
         call: u64,
         /// What came of it.
         fetched: Fetched,
+    },
+    /// A part of a streamed `fetch()` response body (after its `Fetched` with `streamed` set;
+    /// the last one is an `End`). The gateway sends at most [`crate::BODY_WINDOW`] bytes ahead
+    /// of the worker's [`FromWorker::FetchCredit`]s.
+    FetchedBody {
+        /// The call it belongs to.
+        call: u64,
+        /// The part.
+        part: BodyPart,
     },
     /// Test-only: make the worker attempt something its confinement must stop. Ignored unless
     /// [`WorkerSettings::test_probes`].
@@ -239,6 +248,14 @@ pub enum FromWorker {
     CancelEgress {
         /// The call's id.
         call: u64,
+    },
+    /// The Worker took `bytes` (window shares) of a streamed `fetch()` body: the gateway may
+    /// send that much more.
+    FetchCredit {
+        /// The call.
+        call: u64,
+        /// Window shares given back.
+        bytes: u32,
     },
     /// The answer to a [`ToWorker::Query`].
     Answered {
@@ -419,10 +436,20 @@ mod tests {
                 status: 200,
                 headers: vec![],
                 body: vec![0; 10],
+                streamed: true,
                 hops: 1,
                 url: String::new(),
             }),
         });
+        roundtrip(ToWorker::FetchedBody {
+            call: 3,
+            part: BodyPart::Chunk(vec![1, 2, 3]),
+        });
+        roundtrip(ToWorker::FetchedBody {
+            call: 3,
+            part: BodyPart::End(Err("broke".into())),
+        });
+        roundtrip(FromWorker::FetchCredit { call: 3, bytes: 7 });
         roundtrip(FromWorker::Done {
             id: 2,
             answer: Ok(Answer::Json(Invocation {

@@ -23,9 +23,9 @@
 //! The worker exits when the channel closes; the gateway kills it when it misbehaves.
 #![allow(unsafe_code)] // the worker's inherited channel fd (an OS API); each block has a `// SAFETY:` line
 
-use crate::api::{ErrorKind, HttpResponse, Invocation, Invoker, SealedCode, WorkerError};
+use crate::api::{BodyPart, ErrorKind, HttpResponse, Invocation, Invoker, SealedCode, WorkerError};
 use crate::cache::WorkerKey;
-use crate::egress::{EgressPort, EgressRequest, Fetched};
+use crate::egress::{BodyStream, EgressPort, EgressRequest, FetchReply, Fetched};
 use crate::observe::{CacheEvent, PoolObserver, StartKind};
 use crate::pool::{Hold, Pool, PoolError, PoolSettings, Reply};
 use crate::wire::{
@@ -40,7 +40,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Decoder;
 
 /// Confines the process (`confinement`: before any thread exists, so that every thread is
@@ -284,6 +284,7 @@ fn dispatch(
             out.send(&FromWorker::Answered { call, answer });
         }
         ToWorker::Fetched { call, fetched } => egress.complete(call, fetched),
+        ToWorker::FetchedBody { call, part } => egress.body(call, part),
         ToWorker::Probe(probe) if settings.test_probes => run_probe(probe),
         ToWorker::Probe(_) => tracing::warn!("worker: ignoring a probe (probes are disabled)"),
     }
@@ -477,18 +478,26 @@ impl Drop for Release {
     }
 }
 
-/// `fetch()` from this process: one round trip to the gateway, which runs the egress pipeline.
+/// `fetch()` from this process: one round trip to the gateway, which runs the egress pipeline;
+/// a streamed response body follows as [`ToWorker::FetchedBody`] frames, paced by the
+/// [`FromWorker::FetchCredit`]s this side sends as the Worker reads.
 struct RemoteEgress {
     out: Arc<Outbox>,
     calls: Arc<Calls>,
     next: AtomicU64,
 }
 
-type Calls = Mutex<HashMap<u64, oneshot::Sender<Fetched>>>;
+/// An egress call of this worker: waiting for its answer, or streaming its response body.
+enum Call {
+    Waiting(oneshot::Sender<FetchReply>),
+    Streaming(mpsc::UnboundedSender<BodyPart>),
+}
+
+type Calls = Mutex<HashMap<u64, Call>>;
 
 /// An egress call in flight: dropped before its answer (the Worker aborted the `fetch()`, or
 /// the invocation ended), it tells the gateway to drop the upstream request. (An answered call
-/// is no longer in `calls`: `complete` took it out.)
+/// is no longer waiting: `complete` took it out.)
 struct InFlight {
     out: Arc<Outbox>,
     calls: Arc<Calls>,
@@ -497,16 +506,74 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if lock(&self.calls).remove(&self.call).is_some() {
-            self.out.send(&FromWorker::CancelEgress { call: self.call });
-        }
+        cancel_if(&self.out, &self.calls, self.call, |c| {
+            matches!(c, Call::Waiting(_))
+        });
+    }
+}
+
+/// A streamed body's reader went away (the Worker cancelled it, or its invocation ended)
+/// before the end: the gateway stops reading the upstream.
+struct StreamGuard {
+    out: Arc<Outbox>,
+    calls: Arc<Calls>,
+    call: u64,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        cancel_if(&self.out, &self.calls, self.call, |c| {
+            matches!(c, Call::Streaming(_))
+        });
+    }
+}
+
+/// Removes `call` if it is in the state `which` accepts and tells the gateway to drop it.
+fn cancel_if(out: &Outbox, calls: &Calls, call: u64, which: impl Fn(&Call) -> bool) {
+    let mut calls = lock(calls);
+    if calls.get(&call).is_some_and(which) {
+        calls.remove(&call);
+        drop(calls);
+        out.send(&FromWorker::CancelEgress { call });
     }
 }
 
 impl RemoteEgress {
     fn complete(&self, call: u64, fetched: Fetched) {
-        if let Some(w) = lock(&self.calls).remove(&call) {
-            let _ = w.send(fetched);
+        let Some(Call::Waiting(waiter)) = lock(&self.calls).remove(&call) else {
+            return;
+        };
+        let rest = match &fetched {
+            Fetched::Sent(response) if response.streamed => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                lock(&self.calls).insert(call, Call::Streaming(tx));
+                let out = self.out.clone();
+                let guard = StreamGuard {
+                    out: self.out.clone(),
+                    calls: self.calls.clone(),
+                    call,
+                };
+                Some(BodyStream::new(
+                    rx,
+                    move |bytes| out.send(&FromWorker::FetchCredit { call, bytes }),
+                    Some(Box::new(guard)),
+                ))
+            }
+            _ => None,
+        };
+        // A waiter that went away drops the stream with its guard (which cancels the call).
+        let _ = waiter.send((fetched, rest));
+    }
+
+    /// A part of a streamed body; its `End` retires the call.
+    fn body(&self, call: u64, part: BodyPart) {
+        let mut calls = lock(&self.calls);
+        if let Some(Call::Streaming(tx)) = calls.get(&call) {
+            let end = matches!(part, BodyPart::End(_));
+            let _ = tx.send(part);
+            if end {
+                calls.remove(&call);
+            }
         }
     }
 }
@@ -522,20 +589,23 @@ impl EgressPort for RemoteEgress {
         invoker: Invoker,
         request: EgressRequest,
         left: u32,
-    ) -> BoxFuture<'static, Fetched> {
+    ) -> BoxFuture<'static, FetchReply> {
         if request.body.len() > MAX_BODY_BYTES {
             let message = format!(
                 "fetch(): request body of {} bytes exceeds the limit of {MAX_BODY_BYTES} bytes",
                 request.body.len()
             );
-            return Box::pin(std::future::ready(Fetched::Rejected {
-                message,
-                charged: false,
-            }));
+            return Box::pin(std::future::ready((
+                Fetched::Rejected {
+                    message,
+                    charged: false,
+                },
+                None,
+            )));
         }
         let call = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.calls).insert(call, tx);
+        lock(&self.calls).insert(call, Call::Waiting(tx));
         self.out.send(&FromWorker::Egress {
             call,
             invocation: invoker.invocation,
@@ -549,7 +619,7 @@ impl EgressPort for RemoteEgress {
         };
         Box::pin(async move {
             let _in_flight = in_flight;
-            rx.await.unwrap_or_else(|_| gone())
+            rx.await.unwrap_or_else(|_| (gone(), None))
         })
     }
 }

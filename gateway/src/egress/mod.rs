@@ -22,6 +22,7 @@
 //! response, and [`Inner::emit`] writes the hop's audit line and its counters together, in one
 //! place, for every hop and every refusal.
 
+pub mod body;
 pub mod client;
 pub mod decode;
 pub mod limits;
@@ -44,11 +45,12 @@ use isogate_policy::{
     check_address, parse_target, DenyReason, EgressPlan, PlanVerdict, Target, TargetHost,
 };
 use isogate_pool::{
-    Authorization, Egress, EgressError, EgressRequest, EgressResponse, Invoker, Verdict,
-    NETWORK_DISABLED,
+    body_channel, Authorization, BodyWriter, Delivered, Egress, EgressError, EgressRequest,
+    EgressResponse, Invoker, Verdict, BODY_WINDOW, NETWORK_DISABLED,
 };
 use pools::{PoolKey, SentBody, Watch};
 use secrecy::{ExposeSecret, SecretString};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,7 +58,7 @@ use std::time::{Duration, Instant};
 const MAX_REDIRECTS: u32 = 10;
 /// Largest upstream response body handed to a Worker (also the bound of a decoded body).
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
-/// Time allowed for an upstream to deliver its whole response.
+/// Time allowed for an upstream to deliver its response head, and then its whole body.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The gateway's [`Egress`].
@@ -408,9 +410,22 @@ struct Run {
 
 /// How a hop continues.
 enum Next {
-    Answer(EgressResponse),
+    /// The response; with the rest of its body when it is still arriving.
+    Answer(EgressResponse, Option<Tail>),
     RateLimited(EgressResponse),
     Follow,
+}
+
+/// The rest of a response body still arriving, streamed to the Worker by [`Inner::stream`].
+struct Tail {
+    source: body::Source,
+    /// Raw bytes read so far (for the audit line).
+    raw: Arc<AtomicUsize>,
+    /// Credentials already found in the head (headers, URL).
+    scrubbed: Vec<String>,
+    /// The in-flight budget held while the body streams: the window and a read.
+    permit: InflightPermit,
+    deadline: tokio::time::Instant,
 }
 
 /// The credential step's result.
@@ -481,6 +496,7 @@ impl Inner {
             ],
             body: format!("isogate: egress rate limit exceeded for {host}; retry after {retry} s")
                 .into_bytes(),
+            streamed: false,
             hops: 0,
             url: String::new(),
         })
@@ -590,7 +606,7 @@ impl Egress for GatewayEgress {
         invoker: Invoker,
         request: EgressRequest,
         authorization: Authorization,
-    ) -> BoxFuture<'static, Result<EgressResponse, EgressError>> {
+    ) -> BoxFuture<'static, Result<Delivered, EgressError>> {
         let inner = self.inner.clone();
         let task = self
             .inner
@@ -691,11 +707,11 @@ fn budget_failure(host: &str) -> impl FnOnce(InflightError) -> Failure + '_ {
 
 impl Inner {
     async fn send(
-        &self,
+        self: Arc<Self>,
         invoker: Invoker,
         request: EgressRequest,
         authorization: Authorization,
-    ) -> Result<EgressResponse, EgressError> {
+    ) -> Result<Delivered, EgressError> {
         // One snapshot for every hop of this request.
         let snapshot = self.snapshot.load_full();
         let mut run = Run {
@@ -719,13 +735,21 @@ impl Inner {
                 .await;
             match result {
                 Ok(Next::Follow) => self.emit(&invoker, &record, Ending::Answered),
-                Ok(Next::Answer(response)) => {
+                Ok(Next::Answer(response, None)) => {
                     self.emit(&invoker, &record, Ending::Answered);
-                    return Ok(response);
+                    return Ok((response, None));
+                }
+                Ok(Next::Answer(response, Some(tail))) => {
+                    // The hop's audit line is written when its body has been streamed.
+                    let (writer, stream) = body_channel();
+                    let inner = self.clone();
+                    self.runtime
+                        .spawn(async move { inner.stream(invoker, record, tail, writer).await });
+                    return Ok((response, Some(stream)));
                 }
                 Ok(Next::RateLimited(response)) => {
                     self.emit(&invoker, &record, Ending::RateLimited);
-                    return Ok(response);
+                    return Ok((response, None));
                 }
                 Err(failure) => {
                     self.emit(&invoker, &record, Ending::Failed(&failure));
@@ -795,17 +819,23 @@ impl Inner {
             .iter()
             .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
             .collect();
-        let body = Self::read_body(response, &mut run.permit, &host).await?;
-        record.bytes = body.len();
-        let body = self.decode(&mut headers, body, run, &host).await?;
-        strip_hop_by_hop(&mut headers);
+        let declared = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
+            return Err(Failure::ResponseTooLarge { host });
+        }
 
-        // Step: redirect.
+        // Step: redirect (the body of a redirect that is followed is read and dropped).
         let location = headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case("location"))
             .map(|(_, v)| v.clone());
         if is_redirect(status) && location.is_some() && run.redirect != "manual" {
+            let body = Self::read_body(response, &mut run.permit, &host).await?;
+            record.bytes = body.len();
             self.redirect(
                 run,
                 &origin,
@@ -816,31 +846,169 @@ impl Inner {
             return Ok(Next::Follow);
         }
 
-        // Step: scrub.
+        // Step: the body, decoded and scrubbed as it arrives; what is ready goes with the head.
+        let deadline = tokio::time::Instant::now() + RESPONSE_TIMEOUT;
+        let codings = self.codings(&mut headers, run, &host)?;
+        strip_hop_by_hop(&mut headers);
+        let scrubber = (!run.injected.is_empty()).then(|| self.scrubbers.get(&run.injected));
+        let raw = Arc::new(AtomicUsize::new(0));
+        let reader = body::raw_reader(response.into_body(), raw.clone());
+        let opened = body::Source::open(reader, &codings, scrubber.clone(), &host);
+        let ready = async {
+            let mut source = opened.await?;
+            let ready = source.ready()?;
+            Ok::<_, Failure>((source, ready))
+        };
+        let outcome = tokio::time::timeout_at(deadline, ready).await;
+        record.bytes = raw.load(Ordering::Relaxed);
+        let (source, (ready, complete)) =
+            outcome.map_err(|_| Failure::Timeout { host: host.clone() })??;
+
+        // Step: scrub the head (headers, URL); the body was scrubbed by `source`.
         let mut response = EgressResponse {
             status,
             headers,
-            body,
+            body: Vec::new(),
+            streamed: !complete,
             hops: run.hops,
             url: run.url.clone(),
         };
-        if !run.injected.is_empty() {
-            let scrubber = self.scrubbers.get(&run.injected);
-            response = redact::scrub_with(response, &scrubber, |credential| {
-                self.metrics
-                    .secrets_redacted
-                    .with_label_values(&[credential])
-                    .inc();
+        let mut scrubbed: Vec<String> = Vec::new();
+        if let Some(scrubber) = &scrubber {
+            response = redact::scrub_with(response, scrubber, |credential| {
+                scrubbed.push(credential.to_string());
             });
         }
-        set_content_length(
-            &mut response.headers,
-            &run.method,
-            status,
-            response.body.len(),
-            !run.injected.is_empty(),
-        );
-        Ok(Next::Answer(response))
+        response.body = ready;
+        run.permit.shrink_to(0);
+        if complete {
+            for credential in source.scrubbed() {
+                if !scrubbed.contains(&credential) {
+                    scrubbed.push(credential);
+                }
+            }
+            self.count_scrubbed(&scrubbed);
+            set_content_length(
+                &mut response.headers,
+                &run.method,
+                status,
+                response.body.len(),
+                scrubber.is_some(),
+            );
+            return Ok(Next::Answer(response, None));
+        }
+        if scrubber.is_some() || !codings.is_empty() {
+            // The length of what the Worker gets is not known before the end.
+            response
+                .headers
+                .retain(|(k, _)| !k.eq_ignore_ascii_case("content-length"));
+        }
+        let mut permit = std::mem::replace(&mut run.permit, self.inflight.permit(&invoker.tenant));
+        permit
+            .grow(BODY_WINDOW + body::HEAD_BYTES)
+            .await
+            .map_err(budget_failure(&host))?;
+        Ok(Next::Answer(
+            response,
+            Some(Tail {
+                source,
+                raw,
+                scrubbed,
+                permit,
+                deadline,
+            }),
+        ))
+    }
+
+    /// The codings the gateway undoes for this response (their headers removed: the Worker
+    /// gets the decoded body). A coding it cannot undo passes through untouched only when no
+    /// secret was injected (nothing to scrub).
+    fn codings(
+        &self,
+        headers: &mut Vec<(String, String)>,
+        run: &Run,
+        host: &str,
+    ) -> Result<Vec<String>, Failure> {
+        let codings = decode::codings(headers);
+        if codings.is_empty() {
+            return Ok(codings);
+        }
+        if let Err(error) = decode::supported(&codings) {
+            if run.injected.is_empty() {
+                return Ok(Vec::new());
+            }
+            return Err(Failure::UnsupportedEncoding {
+                host: host.to_string(),
+                error,
+            });
+        }
+        headers.retain(|(k, _)| {
+            !k.eq_ignore_ascii_case("content-encoding") && !k.eq_ignore_ascii_case("content-length")
+        });
+        Ok(codings)
+    }
+
+    fn count_scrubbed(&self, credentials: &[String]) {
+        for credential in credentials {
+            self.metrics
+                .secrets_redacted
+                .with_label_values(&[credential])
+                .inc();
+        }
+    }
+
+    /// Streams the rest of a body to the Worker, at the pace it reads, until the end, a
+    /// failure, the deadline, or the Worker's going away; then writes the hop's audit line.
+    async fn stream(
+        self: Arc<Self>,
+        invoker: Invoker,
+        mut record: Record,
+        mut tail: Tail,
+        mut writer: BodyWriter,
+    ) {
+        let host = record
+            .target
+            .as_ref()
+            .map(|t| t.host.to_string())
+            .unwrap_or_default();
+        let source = &mut tail.source;
+        let pumped = tokio::time::timeout_at(tail.deadline, async {
+            loop {
+                let next = tokio::select! {
+                    next = source.next() => next?,
+                    () = writer.closed() => return Ok(()),
+                };
+                match next {
+                    Some(bytes) => {
+                        if !writer.chunk(bytes).await {
+                            return Ok(());
+                        }
+                    }
+                    None => return Ok(()),
+                }
+            }
+        })
+        .await
+        .unwrap_or(Err(Failure::Timeout { host }));
+        record.bytes = tail.raw.load(Ordering::Relaxed);
+        for credential in tail.source.scrubbed() {
+            if !tail.scrubbed.contains(&credential) {
+                tail.scrubbed.push(credential);
+            }
+        }
+        self.count_scrubbed(&tail.scrubbed);
+        drop(tail.permit);
+        // The audit line first: when the Worker sees the end, the line is written.
+        match pumped {
+            Ok(()) => {
+                self.emit(&invoker, &record, Ending::Answered);
+                writer.end(Ok(()));
+            }
+            Err(failure) => {
+                self.emit(&invoker, &record, Ending::Failed(&failure));
+                writer.end(Err(failure.message()));
+            }
+        }
     }
 
     /// SSRF guard for IP literals, with the port (names are checked by the guarded connector,
@@ -1043,60 +1211,6 @@ impl Inner {
             .map_err(|_| Failure::Timeout {
                 host: host.to_string(),
             })?
-    }
-
-    /// Undoes Content-Encoding (charged to the in-flight budget); the Worker gets the decoded
-    /// body without `Content-Encoding`. A coding the gateway cannot undo passes through only
-    /// when no secret was injected (nothing to scrub).
-    async fn decode(
-        &self,
-        headers: &mut Vec<(String, String)>,
-        body: Vec<u8>,
-        run: &mut Run,
-        host: &str,
-    ) -> Result<Vec<u8>, Failure> {
-        let codings = decode::codings(headers);
-        if codings.is_empty() {
-            return Ok(body);
-        }
-        if let Err(error) = decode::supported(&codings) {
-            if run.injected.is_empty() {
-                return Ok(body);
-            }
-            return Err(Failure::UnsupportedEncoding {
-                host: host.to_string(),
-                error,
-            });
-        }
-        let raw = body.len();
-        let decoded = if body.len() > 64 * 1024 {
-            tokio::task::spawn_blocking(move || decode::decode(body, &codings, MAX_RESPONSE_BYTES))
-                .await
-                .map_err(|_| Failure::ResponseRead {
-                    host: host.to_string(),
-                })?
-        } else {
-            decode::decode(body, &codings, MAX_RESPONSE_BYTES)
-        };
-        let decoded = decoded.map_err(|error| match error {
-            decode::DecodeError::TooLarge { .. } => Failure::DecodedTooLarge {
-                host: host.to_string(),
-            },
-            error => Failure::CorruptEncoding {
-                host: host.to_string(),
-                error,
-            },
-        })?;
-        run.permit
-            .grow(decoded.len())
-            .await
-            .map_err(budget_failure(host))?;
-        let held = run.permit.bytes();
-        run.permit.shrink_to(held.saturating_sub(raw));
-        headers.retain(|(k, _)| {
-            !k.eq_ignore_ascii_case("content-encoding") && !k.eq_ignore_ascii_case("content-length")
-        });
-        Ok(decoded)
     }
 
     /// Prepares the next hop, or refuses to follow.

@@ -114,6 +114,7 @@ mod tests {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             body: body.as_bytes().to_vec(),
+            streamed: false,
             hops: 0,
             url: String::new(),
         }

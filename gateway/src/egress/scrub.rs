@@ -492,6 +492,80 @@ impl Scrubber {
     pub fn names(&self) -> &[String] {
         &self.names
     }
+
+    /// The longest pattern: a match is never longer.
+    pub fn reach(&self) -> usize {
+        self.sieve.reach
+    }
+}
+
+/// The longest run of matches a [`StreamScrub`] holds back to rescan with the next chunk.
+const MAX_HELD: usize = 4096;
+
+/// Scrubbing a body that arrives in chunks: each chunk is scanned together with the tail of
+/// the bytes before it that could still begin a match (fewer than [`Scrubber::reach`] bytes, or
+/// a match found across the cut), so a secret split across chunks is found as in the whole body.
+/// What it emits is what [`redact`] of the whole body gives, except that two matches meeting
+/// exactly at a cut become two `[REDACTED]` instead of one.
+pub struct StreamScrub {
+    scrubber: Arc<Scrubber>,
+    /// Bytes not yet emitted: they may begin a match that the next chunk completes.
+    carry: Vec<u8>,
+    /// Per credential: found so far.
+    found: Vec<bool>,
+}
+
+impl StreamScrub {
+    /// A scrub of one body with `scrubber`.
+    pub fn new(scrubber: Arc<Scrubber>) -> StreamScrub {
+        let found = vec![false; scrubber.names().len()];
+        StreamScrub {
+            scrubber,
+            carry: Vec::new(),
+            found,
+        }
+    }
+
+    /// Takes the next chunk; returns the scrubbed bytes that can be emitted now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.carry.extend_from_slice(chunk);
+        let spans = self.scrubber.spans(&self.carry, &mut self.found);
+        // A match not complete in `carry` starts in its last `reach - 1` bytes; a match found
+        // across that cut is kept whole for the next scan.
+        let mut cut = self
+            .carry
+            .len()
+            .saturating_sub(self.scrubber.reach().saturating_sub(1));
+        if let Some(&(s, e)) = spans.iter().find(|&&(s, e)| s < cut && e > cut) {
+            // Every byte of a found span is covered by matches: a long run (a body dense with
+            // the secret's forms) is emitted redacted instead of being rescanned with every
+            // chunk; only a match of the run still open at its end can go on beyond it, and
+            // what it leaves is shorter than a pattern — a piece of fewer than `WINDOW` secret
+            // bytes, which the matcher never catches anyway.
+            cut = if cut - s <= MAX_HELD { s } else { e };
+        }
+        let emitted: Vec<Span> = spans.into_iter().filter(|&(_, e)| e <= cut).collect();
+        let out = redact(&self.carry[..cut], &emitted);
+        self.carry.drain(..cut);
+        out
+    }
+
+    /// The end of the body: the rest, scrubbed.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let carry = std::mem::take(&mut self.carry);
+        let spans = self.scrubber.spans(&carry, &mut self.found);
+        redact(&carry, &spans)
+    }
+
+    /// Names of the credentials found so far.
+    pub fn found(&self) -> impl Iterator<Item = &str> {
+        self.scrubber
+            .names()
+            .iter()
+            .zip(&self.found)
+            .filter(|(_, hit)| **hit)
+            .map(|(name, _)| name.as_str())
+    }
 }
 
 /// Replaces each span of `haystack` with [`REDACTED`].

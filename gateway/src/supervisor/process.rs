@@ -8,8 +8,8 @@ use isogate_pool::wire::{
     self, Answer, Event, FromWorker, Query, QueryAnswer, ToWorker, WorkerSettings,
 };
 use isogate_pool::{
-    BodyPart, BodySink, EgressPort, ErrorKind, Hold, Invocation, Invoker, Limits, PoolError,
-    PoolObserver, WorkerCode, WorkerError,
+    BodyPart, BodySink, BodyStream, EgressPort, ErrorKind, Hold, Invocation, Invoker, Limits,
+    PoolError, PoolObserver, Window, WorkerCode, WorkerError,
 };
 use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
@@ -287,6 +287,13 @@ struct Beat {
 }
 
 /// A running worker process.
+/// An egress call of a worker being answered.
+struct EgressCall {
+    task: tokio::task::AbortHandle,
+    /// What of a streamed body the worker may still be sent before it reads more.
+    window: Window,
+}
+
 pub(super) struct Process {
     pub(super) pid: u32,
     index: usize,
@@ -298,9 +305,10 @@ pub(super) struct Process {
     alive: AtomicBool,
     killed: Mutex<Option<Kill>>,
     queries: Mutex<HashMap<u64, oneshot::Sender<QueryAnswer>>>,
-    /// Egress calls of this worker in flight: `CancelEgress` aborts the task (dropping the
-    /// upstream request).
-    egress_calls: Mutex<HashMap<u64, tokio::task::AbortHandle>>,
+    /// Egress calls of this worker in flight, until their answer and any streamed body are
+    /// sent: `CancelEgress` aborts the task (dropping the upstream request); `FetchCredit`
+    /// refills the body's window.
+    egress_calls: Mutex<HashMap<u64, EgressCall>>,
     next_query: AtomicU64,
     /// Tenants this gateway dispatched invocations of to this worker: the only tenant names a
     /// worker's events may carry into metric labels.
@@ -395,6 +403,15 @@ impl Process {
             waiter_proc.alive.store(false, Ordering::SeqCst);
             reader.abort();
             drainer.abort();
+            // Its egress calls (answers, streamed bodies) have no one left to go to.
+            for (_, call) in waiter_proc
+                .egress_calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain()
+            {
+                call.task.abort();
+            }
             let killed = *waiter_proc.killed.lock().unwrap_or_else(|p| p.into_inner());
             let cause = match (killed, status) {
                 (Some(k), _) => ExitCause::Killed(k),
@@ -431,6 +448,27 @@ impl Process {
 
     pub(super) fn send(&self, message: ToWorker) -> Result<(), PoolError> {
         self.send_shared(Arc::new(message))
+    }
+
+    /// Forwards the rest of a streamed `fetch()` body to the worker, never more than the
+    /// window ahead of what the worker has read; ends with its `End`.
+    async fn send_body(&self, call: u64, mut rest: BodyStream, window: &Window) {
+        loop {
+            let part = match rest.next().await {
+                Some(Ok(bytes)) => {
+                    if !window.take(bytes.len()).await {
+                        return;
+                    }
+                    BodyPart::Chunk(bytes)
+                }
+                Some(Err(e)) => BodyPart::End(Err(e)),
+                None => BodyPart::End(Ok(())),
+            };
+            let end = matches!(part, BodyPart::End(_));
+            if self.send(ToWorker::FetchedBody { call, part }).is_err() || end {
+                return;
+            }
+        }
     }
 
     /// Encodes `message` on the calling thread and writes it (see [`Outgoing`]). A message too
@@ -628,24 +666,39 @@ impl Process {
                 let invoker = self.pending().get(&invocation).map(|p| p.invoker.clone());
                 let this = self.clone();
                 let egress = egress.clone();
+                let window = Window::default();
+                let paced = window.clone();
                 let mut calls = self.egress_calls.lock().unwrap_or_else(|p| p.into_inner());
                 let task = tokio::spawn(async move {
-                    let fetched = match invoker {
+                    let (fetched, rest) = match invoker {
                         Some(invoker) => egress.fetch(invoker, request, left).await,
-                        None => isogate_pool::Fetched::Rejected {
-                            message: "fetch(): the invocation has ended".into(),
-                            charged: false,
-                        },
+                        None => (
+                            isogate_pool::Fetched::Rejected {
+                                message: "fetch(): the invocation has ended".into(),
+                                charged: false,
+                            },
+                            None,
+                        ),
                     };
+                    if this.send(ToWorker::Fetched { call, fetched }).is_ok() {
+                        if let Some(rest) = rest {
+                            this.send_body(call, rest, &paced).await;
+                        }
+                    }
                     this.egress_calls
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .remove(&call);
-                    let _ = this.send(ToWorker::Fetched { call, fetched });
                 });
                 // Registered under the lock the task takes to unregister: never after it.
                 if !task.is_finished() {
-                    calls.insert(call, task.abort_handle());
+                    calls.insert(
+                        call,
+                        EgressCall {
+                            task: task.abort_handle(),
+                            window,
+                        },
+                    );
                 }
             }
             FromWorker::CancelEgress { call } => {
@@ -654,8 +707,19 @@ impl Process {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .remove(&call);
-                if let Some(task) = task {
-                    task.abort();
+                if let Some(call) = task {
+                    call.task.abort();
+                }
+            }
+            FromWorker::FetchCredit { call, bytes } => {
+                // Credit for a call that has ended, or more than was taken, changes nothing.
+                if let Some(call) = self
+                    .egress_calls
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&call)
+                {
+                    call.window.give(bytes);
                 }
             }
             FromWorker::Event(event) => match event {

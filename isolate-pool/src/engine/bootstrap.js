@@ -1927,6 +1927,34 @@ export function install(host) {
   const SignalReason = ObjectGetOwnPropertyDescriptor(SignalProto, "reason").get;
   const SignalAddEventListener = SignalProto.addEventListener;
   const SignalRemoveEventListener = SignalProto.removeEventListener;
+  const readFetchBody = host.readFetchBody;
+  const cancelFetchBody = host.cancelFetchBody;
+  /**
+   * A streamed fetch() response body: the bytes that came with the head, then the rest as the
+   * upstream sends it (`readFetchBody`, paced by the reads); cancelling it drops the upstream.
+   */
+  function fetchBodyStream(first, id) {
+    loadStreams();
+    let head = first.length > 0 ? first : null;
+    return new streams.ReadableStream({
+      type: "bytes",
+      async pull(controller) {
+        let chunk = head;
+        head = null;
+        if (chunk === null) chunk = await readFetchBody(id);
+        if (chunk === undefined) {
+          controller.close();
+          const request = controller.byobRequest;
+          if (request) request.respond(0);
+          return;
+        }
+        controller.enqueue(chunk);
+      },
+      cancel() {
+        cancelFetchBody(id);
+      },
+    });
+  }
   async function fetch(input, init) {
     const request = new checked.Request(input, init);
     const headers = [];
@@ -1968,12 +1996,15 @@ export function install(host) {
       }
     }
     const nullBody = ReflectApply(SetHas, NULL_BODY_STATUS, [res.status]) || method === "HEAD";
-    const response = ReflectConstruct(NativeResponse, [nullBody ? null : res.body, {
+    const streamed = res.stream !== undefined;
+    if (streamed && nullBody) cancelFetchBody(res.stream);
+    const response = ReflectConstruct(NativeResponse, [nullBody || streamed ? null : res.body, {
       __proto__: null,
       status: res.status,
       headers: res.headers,
     }], checked.Response);
     if (nullBody) markNullBody(response);
+    else if (streamed) setStreamBody(response, fetchBodyStream(res.body, res.stream));
     // The response's URL (after redirects) and whether a redirect was followed; LLRT's class
     // has no way to set them, so they are own read-only properties of the response.
     const finalUrl = res.url === "" ? url : res.url;

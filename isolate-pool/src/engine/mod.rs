@@ -21,7 +21,9 @@ use crate::api::{
     BodyPart, BodySink, ErrorKind, HttpRequest, HttpResponse, Invoker, Limits, LogEntry,
     ModuleSource, Outbound, WorkerCode, WorkerError,
 };
-use crate::egress::{EgressPort, EgressRequest, EgressResponse, Fetched, NETWORK_DISABLED};
+use crate::egress::{
+    BodyStream, EgressPort, EgressRequest, EgressResponse, Fetched, NETWORK_DISABLED,
+};
 use budget::{Budget, Metered, RunId};
 use loader::{ModuleMap, WorkerLoader, WorkerResolver};
 use panics::{Guarded, PanicFlag};
@@ -112,6 +114,17 @@ struct HostState {
     /// `fetch()`es a Worker may still abort (its `signal`): id → the trigger that drops the
     /// egress future (which cancels the upstream request, also across the wire).
     aborts: RefCell<HashMap<u64, tokio::sync::oneshot::Sender<()>>>,
+    /// Streamed `fetch()` response bodies being read, by id: the invocation that made the
+    /// fetch (its bodies are dropped when it ends, which stops the upstream) and the stream.
+    bodies: RefCell<HashMap<u64, FetchBody>>,
+    /// The id of the next streamed body.
+    next_body: Cell<u64>,
+}
+
+/// A streamed `fetch()` response body: whose it is, and the rest of it (one read at a time).
+struct FetchBody {
+    run: RunId,
+    stream: Rc<tokio::sync::Mutex<BodyStream>>,
 }
 
 impl HostState {
@@ -216,6 +229,8 @@ impl Isolate {
             outbound: Cell::new(Outbound::Default),
             egress,
             aborts: RefCell::new(HashMap::new()),
+            bodies: RefCell::new(HashMap::new()),
+            next_body: Cell::new(1),
         });
         let interrupt_state = state.clone();
         rt.set_interrupt_handler(Some(Box::new(move || {
@@ -285,6 +300,8 @@ impl Isolate {
             .remove(&run)
             .map(|mut s| (s.take_logs(), s.subrequests))
             .unwrap_or_default();
+        // Its unread fetch() bodies go with it (the upstream requests are dropped).
+        self.state.bodies.borrow_mut().retain(|_, b| b.run != run);
         (logs, cpu, subrequests)
     }
 
@@ -1007,6 +1024,48 @@ fn install<'js>(
             }
         }),
     )?;
+    let read_state = state.clone();
+    host.set(
+        "readFetchBody",
+        Func::from(Async(move |ctx: Ctx<'js>, id: f64| {
+            let id = id as u64;
+            let state = read_state.clone();
+            let stream = state.bodies.borrow().get(&id).map(|b| b.stream.clone());
+            async move {
+                let Some(stream) = stream else {
+                    return Err(Exception::throw_type(
+                        &ctx,
+                        "fetch(): the response body is gone (cancelled, or the request that made the fetch has ended)",
+                    ));
+                };
+                let next = stream.lock().await.next().await;
+                match next {
+                    Some(Ok(mut bytes)) => {
+                        memory::adopt(&mut bytes);
+                        Ok(TypedArray::<u8>::new(ctx.clone(), bytes)?.into_value())
+                    }
+                    None => {
+                        state.bodies.borrow_mut().remove(&id);
+                        Ok(Value::new_undefined(ctx.clone()))
+                    }
+                    Some(Err(e)) => {
+                        state.bodies.borrow_mut().remove(&id);
+                        Err(Exception::throw_type(
+                            &ctx,
+                            &format!("fetch(): the response body broke off: {e}"),
+                        ))
+                    }
+                }
+            }
+        })),
+    )?;
+    let cancel_state = state.clone();
+    host.set(
+        "cancelFetchBody",
+        Func::from(move |id: f64| {
+            cancel_state.bodies.borrow_mut().remove(&(id as u64));
+        }),
+    )?;
     let fetch_state = state;
     host.set(
         "fetch",
@@ -1038,7 +1097,7 @@ fn install<'js>(
                     })?;
                     let reserved = left > 0;
                     let sent = state.egress.fetch(invoker, request, left);
-                    let fetched = match aborted {
+                    let (fetched, rest) = match aborted {
                         None => sent.await,
                         Some(rx) => {
                             tokio::select! {
@@ -1060,13 +1119,23 @@ fn install<'js>(
                                 charge_subrequests(&state, run, resp.hops)
                                     .map_err(|r| refuse(&ctx, r))?;
                             }
-                            response_object(&ctx, resp)
+                            let body = rest.map(|stream| {
+                                let id = state.next_body.get();
+                                state.next_body.set(id + 1);
+                                let stream = Rc::new(tokio::sync::Mutex::new(stream));
+                                state
+                                    .bodies
+                                    .borrow_mut()
+                                    .insert(id, FetchBody { run, stream });
+                                id
+                            });
+                            response_object(&ctx, resp, body)
                         }
                         Fetched::Answered(resp) => {
                             if reserved {
                                 refund_subrequest(&state, run);
                             }
-                            response_object(&ctx, resp)
+                            response_object(&ctx, resp, None)
                         }
                         Fetched::Rejected { message, charged } => {
                             if reserved && !charged {
@@ -1183,7 +1252,13 @@ fn charge_subrequests(state: &HostState, run: RunId, n: u32) -> Result<u32, Fetc
     })
 }
 
-fn response_object<'js>(ctx: &Ctx<'js>, mut resp: EgressResponse) -> rquickjs::Result<Object<'js>> {
+/// The host's answer to a `fetch()`: status, headers, the body bytes that came with the head,
+/// and `stream`, the id of the rest of a streamed body (`readFetchBody`), when there is one.
+fn response_object<'js>(
+    ctx: &Ctx<'js>,
+    mut resp: EgressResponse,
+    stream: Option<u64>,
+) -> rquickjs::Result<Object<'js>> {
     memory::adopt(&mut resp.body);
     let out = Object::new(ctx.clone())?;
     out.set("status", resp.status)?;
@@ -1193,6 +1268,9 @@ fn response_object<'js>(ctx: &Ctx<'js>, mut resp: EgressResponse) -> rquickjs::R
     out.set("body", TypedArray::<u8>::new(ctx.clone(), resp.body)?)?;
     out.set("url", resp.url)?;
     out.set("redirected", resp.hops > 0)?;
+    if let Some(id) = stream {
+        out.set("stream", id)?;
+    }
     Ok(out)
 }
 

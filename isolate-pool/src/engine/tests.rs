@@ -4,8 +4,12 @@
 
 use super::*;
 use crate::api::{ModuleSource, Outbound};
-use crate::egress::{Authorization, DisabledEgress, Egress, EgressError, EgressResponse, Verdict};
+use crate::egress::{
+    body_channel, Authorization, BodyWriter, Delivered, DisabledEgress, Egress, EgressError,
+    EgressResponse, Verdict, BODY_WINDOW,
+};
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use sha2::Digest;
 use std::collections::BTreeMap;
 
@@ -615,6 +619,194 @@ fn streamed_responses_go_to_the_sink_part_by_part() {
     });
 }
 
+/// An egress whose responses stream: `https://up/…` answers a head with `first|` and hands the
+/// test the writer of the rest; `https://gate/` answers once the test releases it.
+struct StreamEgress {
+    writers: tokio::sync::mpsc::UnboundedSender<BodyWriter>,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+impl Egress for StreamEgress {
+    fn authorize(&self, _invoker: &Invoker, _request: &EgressRequest) -> Verdict {
+        Verdict::Proceed(Authorization {
+            rule: None,
+            report_only: false,
+        })
+    }
+
+    fn send(
+        &self,
+        _invoker: Invoker,
+        request: EgressRequest,
+        _authorization: Authorization,
+    ) -> BoxFuture<'static, Result<Delivered, EgressError>> {
+        let head = |body: &[u8], streamed| EgressResponse {
+            status: 200,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: body.to_vec(),
+            streamed,
+            hops: 0,
+            url: String::new(),
+        };
+        if request.url.starts_with("https://gate/") {
+            let gate = self.gate.clone();
+            return Box::pin(async move {
+                gate.notified().await;
+                Ok((head(b"gate", false), None))
+            });
+        }
+        let (writer, stream) = body_channel();
+        let _ = self.writers.send(writer);
+        Box::pin(std::future::ready(Ok((
+            head(b"first|", true),
+            Some(stream),
+        ))))
+    }
+}
+
+fn stream_egress() -> (
+    Arc<StreamEgress>,
+    tokio::sync::mpsc::UnboundedReceiver<BodyWriter>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let egress = StreamEgress {
+        writers: tx,
+        gate: Arc::new(tokio::sync::Notify::new()),
+    };
+    (Arc::new(egress), rx)
+}
+
+#[test]
+fn a_fetch_body_streams_into_the_worker_as_the_upstream_sends_it() {
+    run(async {
+        let (egress, mut writers) = stream_egress();
+        let iso = Isolate::new(egress).await.unwrap();
+        // The Worker proxies the upstream's response: each part reaches the client before the
+        // upstream sends the next (the test writes the next only once the sink has the last).
+        let parts = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let (seen, ping) = (parts.clone(), arrived.clone());
+        let sink: BodySink = Box::new(move |part| {
+            seen.lock().unwrap().push(part);
+            ping.notify_one();
+            true
+        });
+        let src = r#"export default { fetch() { return fetch("https://up/x"); } }"#;
+        let code = worker(src);
+        let mut out = None;
+        let invocation = iso.fetch(
+            &code,
+            get("http://w/"),
+            invoker(),
+            LIMITS,
+            Some(sink),
+            |o, _, _| out = Some(o),
+        );
+        let upstream = async {
+            let mut writer = writers.recv().await.unwrap();
+            for (sent, next) in ["second", "third"].into_iter().enumerate() {
+                // The client has every part sent so far (the head's included) before the next.
+                while parts.lock().unwrap().len() <= sent {
+                    arrived.notified().await;
+                }
+                assert!(writer.chunk(next.as_bytes().to_vec()).await);
+            }
+            while parts.lock().unwrap().len() < 3 {
+                arrived.notified().await;
+            }
+            writer.end(Ok(()));
+        };
+        tokio::join!(invocation, upstream);
+        let (res, _) = out.unwrap();
+        assert!(res.unwrap().streamed);
+        assert_eq!(
+            *parts.lock().unwrap(),
+            vec![
+                BodyPart::Chunk(b"first|".to_vec()),
+                BodyPart::Chunk(b"second".to_vec()),
+                BodyPart::Chunk(b"third".to_vec()),
+                BodyPart::End(Ok(())),
+            ]
+        );
+    });
+}
+
+#[test]
+fn a_fetch_body_is_paced_by_the_worker_and_dropped_with_its_invocation() {
+    run(async {
+        let (egress, mut writers) = stream_egress();
+        let gate = egress.gate.clone();
+        let iso = Isolate::new(egress).await.unwrap();
+        // The Worker reads nothing until the gate opens: the upstream's writer may get only a
+        // window ahead; the invocation's end drops the body (the upstream request with it).
+        let code = worker(
+            r#"export default { async fetch() {
+                const r = await fetch("https://up/x");
+                await fetch("https://gate/");
+                return new Response(String(r.bodyUsed));
+            } }"#,
+        );
+        let invocation = fetch_with(&iso, &code, get("http://w/"), LIMITS);
+        let upstream = async {
+            let mut writer = writers.recv().await.unwrap();
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while writer.chunk(chunk.clone()).now_or_never() == Some(true) {
+                sent += chunk.len();
+                assert!(sent <= BODY_WINDOW, "the window did not hold");
+            }
+            assert_eq!(sent, BODY_WINDOW);
+            gate.notify_one();
+            writer.closed().await;
+        };
+        let ((res, _), ()) = tokio::join!(invocation, upstream);
+        assert_eq!(body(&res.unwrap()), "false");
+    });
+}
+
+#[test]
+fn a_fetch_body_that_breaks_off_or_is_cancelled() {
+    run(async {
+        let (egress, mut writers) = stream_egress();
+        let gate = egress.gate.clone();
+        let iso = Isolate::new(egress).await.unwrap();
+        let code = worker(
+            r#"export default { async fetch(request) {
+                const r = await fetch("https://up/x");
+                if (request.url.endsWith("/cancel")) {
+                    await r.body.cancel();
+                    await fetch("https://gate/");
+                    return new Response("cancelled");
+                }
+                try { await r.text(); return new Response("read"); }
+                catch (e) { return new Response(e.name + ": " + e.message); }
+            } }"#,
+        );
+        let invocation = fetch_with(&iso, &code, get("http://w/broken"), LIMITS);
+        let upstream = async {
+            let mut writer = writers.recv().await.unwrap();
+            assert!(writer.chunk(b"partial".to_vec()).await);
+            writer.end(Err("fetch to up failed: connection error".into()));
+        };
+        let ((res, _), ()) = tokio::join!(invocation, upstream);
+        assert_eq!(
+            body(&res.unwrap()),
+            "TypeError: fetch(): the response body broke off: fetch to up failed: connection error"
+        );
+
+        // Cancelling the body drops the upstream while the invocation goes on (the gate opens
+        // only once the writer saw it).
+        let invocation = fetch_with(&iso, &code, get("http://w/cancel"), LIMITS);
+        let upstream = async {
+            let writer = writers.recv().await.unwrap();
+            writer.closed().await;
+            gate.notify_one();
+        };
+        let ((res, _), ()) = tokio::join!(invocation, upstream);
+        assert_eq!(body(&res.unwrap()), "cancelled");
+    });
+}
+
 #[test]
 fn subtle_crypto_works_within_bounds() {
     run(async {
@@ -1146,6 +1338,7 @@ impl Egress for CountingEgress {
                 status: 429,
                 headers: vec![("retry-after".into(), "1".into())],
                 body: vec![],
+                streamed: false,
                 hops: 0,
                 url: String::new(),
             });
@@ -1161,20 +1354,24 @@ impl Egress for CountingEgress {
         invoker: Invoker,
         request: EgressRequest,
         _authorization: Authorization,
-    ) -> BoxFuture<'static, Result<EgressResponse, EgressError>> {
+    ) -> BoxFuture<'static, Result<Delivered, EgressError>> {
         self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
-            Ok(EgressResponse {
-                status: 200,
-                headers: vec![
-                    ("x-tenant".into(), invoker.tenant),
-                    ("x-invocation".into(), invoker.invocation.to_string()),
-                    ("x-budget".into(), request.budget.to_string()),
-                ],
-                body: request.url.into_bytes(),
-                hops: 0,
-                url: String::new(),
-            })
+            Ok((
+                EgressResponse {
+                    status: 200,
+                    headers: vec![
+                        ("x-tenant".into(), invoker.tenant),
+                        ("x-invocation".into(), invoker.invocation.to_string()),
+                        ("x-budget".into(), request.budget.to_string()),
+                    ],
+                    body: request.url.into_bytes(),
+                    streamed: false,
+                    hops: 0,
+                    url: String::new(),
+                },
+                None,
+            ))
         })
     }
 }
@@ -2163,18 +2360,22 @@ impl Egress for GateEgress {
         _invoker: Invoker,
         _request: EgressRequest,
         _authorization: Authorization,
-    ) -> BoxFuture<'static, Result<EgressResponse, EgressError>> {
+    ) -> BoxFuture<'static, Result<Delivered, EgressError>> {
         self.called.notify_one();
         let release = self.release.clone();
         Box::pin(async move {
             release.notified().await;
-            Ok(EgressResponse {
-                status: 200,
-                headers: vec![],
-                body: vec![],
-                hops: 0,
-                url: String::new(),
-            })
+            Ok((
+                EgressResponse {
+                    status: 200,
+                    headers: vec![],
+                    body: vec![],
+                    streamed: false,
+                    hops: 0,
+                    url: String::new(),
+                },
+                None,
+            ))
         })
     }
 }
