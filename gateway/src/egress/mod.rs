@@ -411,7 +411,7 @@ struct Run {
 /// How a hop continues.
 enum Next {
     /// The response; with the rest of its body when it is still arriving.
-    Answer(EgressResponse, Option<Tail>),
+    Answer(EgressResponse, Option<Box<Tail>>),
     RateLimited(EgressResponse),
     Follow,
 }
@@ -910,13 +910,13 @@ impl Inner {
             .map_err(budget_failure(&host))?;
         Ok(Next::Answer(
             response,
-            Some(Tail {
+            Some(Box::new(Tail {
                 source,
                 raw,
                 scrubbed,
                 permit,
                 deadline,
-            }),
+            })),
         ))
     }
 
@@ -963,7 +963,7 @@ impl Inner {
         self: Arc<Self>,
         invoker: Invoker,
         mut record: Record,
-        mut tail: Tail,
+        mut tail: Box<Tail>,
         mut writer: BodyWriter,
     ) {
         let host = record
