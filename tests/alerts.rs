@@ -159,3 +159,43 @@ fn test_case_scanner_counts_firing_and_silent_cases() {
         BTreeSet::from(["X".to_string(), "Y".to_string()])
     );
 }
+
+/// Every alert carries `runbook_url: "RUNBOOK.md#<name in lower case>"`, and RUNBOOK.md has that
+/// section (a `## Name` heading, whose anchor is the lower-cased name).
+#[test]
+fn every_alert_links_its_runbook_section() {
+    let rules = read("deploy/prometheus/alerts.yaml");
+    let runbook = read("RUNBOOK.md");
+    let headings: BTreeSet<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|h| h.trim().to_string())
+        .collect();
+    let names = alert_names(&rules);
+    assert!(names.len() >= 15, "{names:?}");
+    let links: Vec<String> = rules
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("runbook_url:"))
+        .map(|v| v.trim().trim_matches('"').to_string())
+        .collect();
+    assert_eq!(
+        links.len(),
+        names.len(),
+        "one runbook_url per alert: {links:?}"
+    );
+    for name in &names {
+        let link = format!("RUNBOOK.md#{}", name.to_lowercase());
+        assert!(links.contains(&link), "{name} has no runbook_url {link}");
+        assert!(
+            headings.contains(name),
+            "RUNBOOK.md has no section \"## {name}\""
+        );
+    }
+    // No section for an alert that does not exist.
+    for heading in &headings {
+        assert!(
+            names.contains(heading),
+            "RUNBOOK.md section {heading} has no alert"
+        );
+    }
+}

@@ -91,6 +91,19 @@ fn metrics_move_with_real_traffic() {
         1.0
     );
     assert_eq!(m(r#"isogate_cached_workers{tenant="alpha"}"#), 1.0);
+    // Error answers by whose failure they are: the tenant's code, the client; none of isogate's.
+    assert_eq!(
+        m(r#"isogate_request_failures_total{fault="tenant",kind="cpu_limit"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"isogate_request_failures_total{fault="client",kind="unauthorized"}"#),
+        1.0
+    );
+    for kind in ["internal", "worker_crashed", "overloaded", "memory_budget"] {
+        let sample = format!(r#"isogate_request_failures_total{{fault="platform",kind="{kind}"}}"#);
+        assert_eq!(m(&sample), 0.0, "{sample}");
+    }
     assert!(m(r#"isogate_isolate_starts_total{kind="warm_refill"}"#) >= 2.0);
     assert!(m("isogate_invocation_cpu_seconds_count{tenant=\"alpha\"}") >= 5.0);
     assert_eq!(m(r#"isogate_config_reloads_total{result="ok"}"#), 1.0);
@@ -123,6 +136,7 @@ fn metrics_move_with_real_traffic() {
     wait_for("a 429", || g.execute_status(ALPHA_KEY) == 429);
     assert_eq!(holder.join().unwrap().unwrap(), 200);
     assert!(m(r#"isogate_tenant_rejections_total{reason="concurrency",tenant="alpha"}"#) >= 1.0);
+    assert!(m(r#"isogate_request_failures_total{fault="tenant",kind="too_many_requests"}"#) >= 1.0);
 }
 
 /// Sends requests as tenant `alpha` until stopped; counts successes and failures.

@@ -5,6 +5,55 @@
 
 use isogate_pool::{ErrorKind, WorkerError};
 
+/// Whose failure an error answer is: the `fault` label of `isogate_request_failures_total`, so
+/// that alerts on the gateway failing are not set off by tenants' code or their clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// The request itself: malformed, unauthenticated, too large, no such route or Worker.
+    Client,
+    /// The tenant's code or the tenant's own limits: an exception, a limit breach, its
+    /// concurrency exhausted, an isolate discarded for another of its requests' breach.
+    Tenant,
+    /// isogate: overloaded, out of its memory budget, shutting down, a crashed worker process,
+    /// a fault of its own.
+    Platform,
+}
+
+impl Fault {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::Client => "client",
+            Fault::Tenant => "tenant",
+            Fault::Platform => "platform",
+        }
+    }
+}
+
+/// Every `kind` an error answer can have, with its [`Fault`] (the counter's series, created
+/// at 0).
+pub const ERROR_KINDS: &[(&str, Fault)] = &[
+    ("bad_request", Fault::Client),
+    ("unauthorized", Fault::Client),
+    ("payload_too_large", Fault::Client),
+    ("not_found", Fault::Client),
+    ("method_not_allowed", Fault::Client),
+    ("conflict", Fault::Client),
+    ("too_many_requests", Fault::Tenant),
+    ("exception", Fault::Tenant),
+    ("syntax", Fault::Tenant),
+    ("cpu_limit", Fault::Tenant),
+    ("memory_limit", Fault::Tenant),
+    ("wall_limit", Fault::Tenant),
+    ("subrequest_limit", Fault::Tenant),
+    ("isolate_discarded", Fault::Tenant),
+    ("overloaded", Fault::Platform),
+    ("draining", Fault::Platform),
+    ("memory_budget", Fault::Platform),
+    ("worker_crashed", Fault::Platform),
+    ("internal", Fault::Platform),
+];
+
 /// An error answered to the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiError {
@@ -60,6 +109,35 @@ impl ApiError {
             ApiError::Worker(e) if e.kind.is_limit() || e.kind.is_retryable() => 503,
             ApiError::Worker(_) => 500,
             ApiError::Internal(_) => 500,
+        }
+    }
+
+    /// Whose failure this is (see [`Fault`]). A Worker's exception or limit breach is the
+    /// tenant's; a worker process that crashed under it is isogate's (a Worker's own overrun is
+    /// answered with its limit kind instead).
+    pub fn fault(&self) -> Fault {
+        match self {
+            ApiError::BadRequest(_)
+            | ApiError::Unauthorized
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::NotFound(_)
+            | ApiError::MethodNotAllowed { .. }
+            | ApiError::Conflict(_) => Fault::Client,
+            ApiError::TooManyRequests { .. } => Fault::Tenant,
+            ApiError::Overloaded
+            | ApiError::Draining
+            | ApiError::MemoryBudget(_)
+            | ApiError::Internal(_) => Fault::Platform,
+            ApiError::Worker(e) => match e.kind {
+                ErrorKind::WorkerCrashed | ErrorKind::Internal => Fault::Platform,
+                ErrorKind::Exception
+                | ErrorKind::Syntax
+                | ErrorKind::CpuLimit
+                | ErrorKind::MemoryLimit
+                | ErrorKind::WallLimit
+                | ErrorKind::SubrequestLimit
+                | ErrorKind::IsolateDiscarded => Fault::Tenant,
+            },
         }
     }
 
@@ -169,5 +247,52 @@ mod tests {
             ApiError::Unauthorized.body()["error"]["kind"],
             "unauthorized"
         );
+    }
+
+    #[test]
+    fn every_error_has_its_kind_and_fault_listed() {
+        let mut all = vec![
+            ApiError::BadRequest("m".into()),
+            ApiError::Unauthorized,
+            ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::NotFound("m".into()),
+            ApiError::MethodNotAllowed { allow: "GET" },
+            ApiError::Conflict("m".into()),
+            ApiError::TooManyRequests {
+                retry_after_s: 1,
+                message: "m".into(),
+            },
+            ApiError::Overloaded,
+            ApiError::Draining,
+            ApiError::MemoryBudget("m".into()),
+            ApiError::Internal("m".into()),
+        ];
+        for kind in [
+            ErrorKind::Exception,
+            ErrorKind::Syntax,
+            ErrorKind::CpuLimit,
+            ErrorKind::MemoryLimit,
+            ErrorKind::WallLimit,
+            ErrorKind::SubrequestLimit,
+            ErrorKind::WorkerCrashed,
+            ErrorKind::IsolateDiscarded,
+            ErrorKind::Internal,
+        ] {
+            all.push(ApiError::from(WorkerError::new(kind, "m")));
+        }
+        for e in &all {
+            assert!(
+                ERROR_KINDS.contains(&(e.kind(), e.fault())),
+                "{} / {:?} is not listed",
+                e.kind(),
+                e.fault()
+            );
+        }
+        // The gateway failing is the platform's; the tenant's code failing is not.
+        let crashed = ApiError::from(WorkerError::new(ErrorKind::WorkerCrashed, "m"));
+        assert_eq!(crashed.fault(), Fault::Platform);
+        let thrown = ApiError::from(WorkerError::new(ErrorKind::Exception, "m"));
+        assert_eq!((thrown.status(), thrown.fault()), (500, Fault::Tenant));
+        assert_eq!(ERROR_KINDS.len(), 19);
     }
 }

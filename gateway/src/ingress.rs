@@ -352,6 +352,7 @@ impl Ingress {
         let mut seen = Seen::default();
         if self.state.refusing.load(Ordering::SeqCst) {
             seen.close = true;
+            self.state.metrics.request_failure(&ApiError::Draining);
             return (Reply::error(&ApiError::Draining), seen);
         }
         let _in_flight = InFlight::enter(&self.state);
@@ -364,6 +365,7 @@ impl Ingress {
                     _ => {}
                 }
                 seen.close = e.closes_connection();
+                self.state.metrics.request_failure(&e);
                 Reply::error(&e)
             }
         };
@@ -865,10 +867,12 @@ impl Ingress {
             Err(e) if e.kind == isogate_pool::ErrorKind::Internal => {
                 return Err(ApiError::Internal(e.message))
             }
-            Err(e) => (
-                serde_json::Value::Null,
-                serde_json::json!({"kind": e.kind.as_str(), "message": e.message}),
-            ),
+            Err(e) => {
+                // Answered 200 with the error in the body, and still a failed request.
+                let error = serde_json::json!({"kind": e.kind.as_str(), "message": e.message});
+                self.state.metrics.request_failure(&ApiError::from(e));
+                (serde_json::Value::Null, error)
+            }
         };
         Ok(Reply::json(
             200,

@@ -13,6 +13,7 @@ use std::time::Duration;
 /// Every metric name, in one place (dashboards and alerts are checked against it by a test).
 pub const CATALOGUE: &[&str] = &[
     "isogate_requests_total",
+    "isogate_request_failures_total",
     "isogate_request_duration_seconds",
     "isogate_requests_in_flight",
     "isogate_isolate_starts_total",
@@ -81,6 +82,8 @@ pub struct Metrics {
     registry: Registry,
     /// `isogate_requests_total{tenant,route,status_class}`.
     pub requests: IntCounterVec,
+    /// `isogate_request_failures_total{kind,fault}`: error answers, by whose failure they are.
+    pub request_failures: IntCounterVec,
     /// `isogate_request_duration_seconds{tenant,route}`.
     pub request_duration: HistogramVec,
     /// `isogate_requests_in_flight`.
@@ -220,6 +223,12 @@ impl Metrics {
                 "isogate_requests_total",
                 "Ingress requests by tenant, route and status class.",
                 &["tenant", "route", "status_class"],
+            ),
+            request_failures: counter(
+                &r,
+                "isogate_request_failures_total",
+                "Error answers by kind and by whose failure they are (client, tenant, platform).",
+                &["kind", "fault"],
             ),
             request_duration: histogram(
                 &r,
@@ -450,6 +459,11 @@ impl Metrics {
         for result in ["ok", "rejected"] {
             m.config_reloads.with_label_values(&[result]).inc_by(0);
         }
+        for (kind, fault) in crate::error::ERROR_KINDS {
+            m.request_failures
+                .with_label_values(&[kind, fault.as_str()])
+                .inc_by(0);
+        }
         for source in ["env", "file", "vault"] {
             m.secret_fetch_errors.with_label_values(&[source]).inc_by(0);
         }
@@ -498,6 +512,13 @@ impl Metrics {
         self.request_duration
             .with_label_values(&[tenant, route])
             .observe(took.as_secs_f64());
+    }
+
+    /// Counts an error answer.
+    pub fn request_failure(&self, error: &crate::error::ApiError) {
+        self.request_failures
+            .with_label_values(&[error.kind(), error.fault().as_str()])
+            .inc();
     }
 
     /// Records a finished invocation.
@@ -593,6 +614,8 @@ mod tests {
             r#"isogate_secret_fetch_errors_total{source="env"} 0"#,
             r#"isogate_isolate_starts_total{kind="load"} 0"#,
             r#"isogate_worker_restarts_total{cause="seccomp"} 0"#,
+            r#"isogate_request_failures_total{fault="platform",kind="internal"} 0"#,
+            r#"isogate_request_failures_total{fault="tenant",kind="exception"} 0"#,
         ] {
             assert!(text.contains(sample), "missing {sample}");
         }
