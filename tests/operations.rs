@@ -91,6 +91,16 @@ fn metrics_move_with_real_traffic() {
         1.0
     );
     assert_eq!(m(r#"isogate_cached_workers{tenant="alpha"}"#), 1.0);
+    // The stored Worker was one write to the store, which now takes room in state_dir.
+    assert_eq!(
+        m(r#"isogate_store_writes_total{op="put",result="ok"}"#),
+        1.0
+    );
+    assert_eq!(
+        m(r#"isogate_store_writes_total{op="put",result="error"}"#),
+        0.0
+    );
+    assert!(m("isogate_state_dir_bytes") > 0.0);
     // Error answers by whose failure they are: the tenant's code, the client; none of isogate's.
     assert_eq!(
         m(r#"isogate_request_failures_total{fault="tenant",kind="cpu_limit"}"#),

@@ -932,10 +932,17 @@ impl Ingress {
         check_code(&code)?;
         let store = self.state.store.clone();
         let (t, i) = (tenant.name.as_str().to_string(), id.to_string());
-        let outcome = tokio::task::spawn_blocking(move || store.put(&t, &i, code))
-            .await
-            .map_err(|e| ApiError::Internal(format!("worker store task failed: {e}")))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (outcome, disk) = tokio::task::spawn_blocking(move || {
+            let outcome = store.put(&t, &i, code);
+            (outcome, store.disk_bytes())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker store task failed: {e}")))?;
+        self.state.metrics.store_write("put", outcome.is_ok(), disk);
+        if let Err(e) = &outcome {
+            tracing::error!(tenant = %tenant.name.as_str(), op = "put", error = %e, "stored-Worker write failed");
+        }
+        let outcome = outcome.map_err(|e| ApiError::Internal(e.to_string()))?;
         match outcome {
             PutOutcome::Created => Ok(Reply::json(201, &serde_json::json!({"id": id, "created": true}))),
             PutOutcome::Unchanged => Ok(Reply::json(200, &serde_json::json!({"id": id, "created": false}))),
@@ -948,10 +955,19 @@ impl Ingress {
     async fn delete(&self, tenant: &TenantPolicy, id: &str) -> Result<Reply, ApiError> {
         let store = self.state.store.clone();
         let (t, i) = (tenant.name.as_str().to_string(), id.to_string());
-        let existed = tokio::task::spawn_blocking(move || store.delete(&t, &i))
-            .await
-            .map_err(|e| ApiError::Internal(format!("worker store task failed: {e}")))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let (existed, disk) = tokio::task::spawn_blocking(move || {
+            let existed = store.delete(&t, &i);
+            (existed, store.disk_bytes())
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("worker store task failed: {e}")))?;
+        self.state
+            .metrics
+            .store_write("delete", existed.is_ok(), disk);
+        if let Err(e) = &existed {
+            tracing::error!(tenant = %tenant.name.as_str(), op = "delete", error = %e, "stored-Worker write failed");
+        }
+        let existed = existed.map_err(|e| ApiError::Internal(e.to_string()))?;
         let evicted = self.state.pool.evict(tenant.name.as_str(), id).await > 0;
         if !existed {
             return Err(ApiError::NotFound(format!(

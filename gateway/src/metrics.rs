@@ -36,6 +36,8 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_secrets_redacted_total",
     "isogate_vault_read_duration_seconds",
     "isogate_vault_up",
+    "isogate_store_writes_total",
+    "isogate_state_dir_bytes",
     "isogate_config_reloads_total",
     "isogate_config_last_reload_success_timestamp_seconds",
     "isogate_build_info",
@@ -100,6 +102,10 @@ pub struct Metrics {
     pub cache_events: IntCounterVec,
     /// `isogate_invocations_total{tenant,outcome}`.
     pub invocations: IntCounterVec,
+    /// `isogate_store_writes_total{op,result}`: writes to the stored-Worker database.
+    pub store_writes: IntCounterVec,
+    /// `isogate_state_dir_bytes`: what the stored-Worker database takes in `state_dir`.
+    pub state_dir_bytes: IntGauge,
     /// `isogate_invocation_cpu_seconds{tenant}`.
     pub invocation_cpu: HistogramVec,
     /// `isogate_tenant_queue_depth{tenant}`.
@@ -288,6 +294,20 @@ impl Metrics {
                 "Worker invocations by outcome.",
                 &["tenant", "outcome"],
             ),
+            store_writes: counter(
+                &r,
+                "isogate_store_writes_total",
+                "Writes to the stored-Worker database (PUT, DELETE) by result.",
+                &["op", "result"],
+            ),
+            state_dir_bytes: register(
+                &r,
+                IntGauge::new(
+                    "isogate_state_dir_bytes",
+                    "Bytes the stored-Worker database (with its write-ahead log) takes in state_dir.",
+                )
+                .expect("valid metric"),
+            ),
             invocation_cpu: histogram(
                 &r,
                 "isogate_invocation_cpu_seconds",
@@ -459,6 +479,11 @@ impl Metrics {
         for result in ["ok", "rejected"] {
             m.config_reloads.with_label_values(&[result]).inc_by(0);
         }
+        for op in ["put", "delete"] {
+            for result in ["ok", "error"] {
+                m.store_writes.with_label_values(&[op, result]).inc_by(0);
+            }
+        }
         for (kind, fault) in crate::error::ERROR_KINDS {
             m.request_failures
                 .with_label_values(&[kind, fault.as_str()])
@@ -519,6 +544,14 @@ impl Metrics {
         self.request_failures
             .with_label_values(&[error.kind(), error.fault().as_str()])
             .inc();
+    }
+
+    /// Counts a write to the worker store and records the store's size after it.
+    pub fn store_write(&self, op: &str, ok: bool, disk_bytes: u64) {
+        let result = if ok { "ok" } else { "error" };
+        self.store_writes.with_label_values(&[op, result]).inc();
+        self.state_dir_bytes
+            .set(i64::try_from(disk_bytes).unwrap_or(i64::MAX));
     }
 
     /// Records a finished invocation.
@@ -616,6 +649,7 @@ mod tests {
             r#"isogate_worker_restarts_total{cause="seccomp"} 0"#,
             r#"isogate_request_failures_total{fault="platform",kind="internal"} 0"#,
             r#"isogate_request_failures_total{fault="tenant",kind="exception"} 0"#,
+            r#"isogate_store_writes_total{op="put",result="error"} 0"#,
         ] {
             assert!(text.contains(sample), "missing {sample}");
         }

@@ -72,6 +72,9 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     client::set_self_listeners(self_listeners(&lowered.listeners));
     let store = Arc::new(WorkerStore::open(&config.state_dir).context("opening the worker store")?);
     let metrics = Arc::new(Metrics::new());
+    metrics
+        .state_dir_bytes
+        .set(i64::try_from(store.disk_bytes()).unwrap_or(i64::MAX));
     // Outbound I/O (Worker fetches, vault reads) runs on its own runtime so that a Worker busy
     // with CPU never stalls another Worker's upstream connection.
     let egress_runtime = tokio::runtime::Builder::new_multi_thread()

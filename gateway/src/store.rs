@@ -53,6 +53,8 @@ type Key = (String, String);
 pub struct WorkerStore {
     conn: Mutex<Connection>,
     cache: RwLock<HashMap<Key, SealedCode>>,
+    /// The database file (its `-wal` and `-shm` files sit beside it).
+    path: PathBuf,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,7 +68,8 @@ impl WorkerStore {
             path: state_dir.to_path_buf(),
             source,
         })?;
-        let conn = Connection::open(state_dir.join("workers.sqlite3"))?;
+        let path = state_dir.join("workers.sqlite3");
+        let conn = Connection::open(&path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // FULL: a 201 means the code is on disk.
         conn.pragma_update(None, "synchronous", "FULL")?;
@@ -104,7 +107,22 @@ impl WorkerStore {
         Ok(WorkerStore {
             conn: Mutex::new(conn),
             cache: RwLock::new(cache),
+            path,
         })
+    }
+
+    /// Bytes the store takes in `state_dir`: the database and its write-ahead log (blocking:
+    /// file metadata).
+    pub fn disk_bytes(&self) -> u64 {
+        ["", "-wal", "-shm"]
+            .iter()
+            .filter_map(|suffix| {
+                let mut name = self.path.clone().into_os_string();
+                name.push(suffix);
+                std::fs::metadata(name).ok()
+            })
+            .map(|m| m.len())
+            .sum()
     }
 
     /// The stored code of `tenant`/`id`.
@@ -199,6 +217,8 @@ mod tests {
     fn put_is_idempotent_for_identical_code_and_conflicts_otherwise() {
         let dir = tempfile::tempdir().unwrap();
         let store = WorkerStore::open(dir.path()).unwrap();
+        let empty = store.disk_bytes();
+        assert!(empty > 0);
         assert_eq!(
             store.put("a", "w1", code("x")).unwrap(),
             PutOutcome::Created
@@ -218,6 +238,8 @@ mod tests {
         assert_eq!(store.ids("a"), vec!["w1"]);
         assert!(store.get("a", "w1").is_some());
         assert!(store.get("c", "w1").is_none());
+        // The write-ahead log holds the writes: the store's footprint grew.
+        assert!(store.disk_bytes() > empty);
     }
 
     #[test]
