@@ -24,11 +24,10 @@
 
 mod client;
 mod peer;
-#[path = "../../tests/common/upstream.rs"]
-mod upstream;
 
 use client::Conn;
 use hdrhistogram::Histogram;
+use isogate_testkit::upstream;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

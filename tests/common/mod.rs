@@ -452,7 +452,9 @@ pub fn worker(src: &str) -> Value {
 }
 
 pub mod bao;
-pub mod upstream;
+/// Loopback HTTP servers (shared with the benchmark runner: the `isogate-testkit` crate).
+#[allow(unused_imports)] // not every test binary starts an upstream
+pub use isogate_testkit::upstream;
 
 /// The project's own Worker fixtures (the cases agents write).
 pub mod fixtures {

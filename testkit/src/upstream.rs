@@ -1,6 +1,6 @@
-//! Real HTTP/1.1 servers on loopback for egress tests: each connection on its own thread,
-//! keep-alive, bodies framed by Content-Length. A handler maps a request to a response.
-#![allow(dead_code)]
+//! Real HTTP/1.1 servers on loopback for egress tests and benchmarks: each connection on its
+//! own thread, keep-alive, bodies framed by Content-Length. A handler maps a request to a
+//! response.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -11,22 +11,28 @@ use std::sync::Arc;
 /// A request as the upstream saw it.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// The request method.
     pub method: String,
     /// Path with query, as sent.
     pub target: String,
     /// Header names lower-cased.
     pub headers: BTreeMap<String, String>,
+    /// The request body.
     pub body: Vec<u8>,
 }
 
 /// A response to send.
 pub struct Answer {
+    /// Status code.
     pub status: u16,
+    /// Headers (besides `content-length`, which is added).
     pub headers: Vec<(String, String)>,
+    /// Body.
     pub body: Vec<u8>,
 }
 
 impl Answer {
+    /// A JSON answer.
     pub fn json(status: u16, v: &serde_json::Value) -> Answer {
         Answer {
             status,
@@ -35,6 +41,7 @@ impl Answer {
         }
     }
 
+    /// A redirect to `location`.
     pub fn redirect(status: u16, location: &str) -> Answer {
         Answer {
             status,
@@ -48,11 +55,13 @@ type Handler = dyn Fn(&Seen) -> Answer + Send + Sync;
 
 /// A running upstream; stops accepting when dropped.
 pub struct Upstream {
+    /// Its loopback port.
     pub port: u16,
     stop: Arc<AtomicBool>,
 }
 
 impl Upstream {
+    /// Starts serving on a free loopback port.
     pub fn start(handler: impl Fn(&Seen) -> Answer + Send + Sync + 'static) -> Upstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let port = listener.local_addr().unwrap().port();
@@ -72,6 +81,7 @@ impl Upstream {
         Upstream { port, stop }
     }
 
+    /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }
@@ -176,12 +186,15 @@ pub fn echo() -> Upstream {
 /// A loopback server that hands each accepted connection to `serve` on its own thread (for
 /// upstreams that misbehave on purpose: answering early, stalling mid-body). Counts connections.
 pub struct RawUpstream {
+    /// Its loopback port.
     pub port: u16,
+    /// Connections accepted so far.
     pub connections: Arc<std::sync::atomic::AtomicUsize>,
     stop: Arc<AtomicBool>,
 }
 
 impl RawUpstream {
+    /// Starts accepting on a free loopback port.
     pub fn start(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> RawUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind upstream");
         let port = listener.local_addr().unwrap().port();
@@ -207,6 +220,7 @@ impl RawUpstream {
         }
     }
 
+    /// `http://127.0.0.1:PORT{path}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{}", self.port, path)
     }

@@ -1,0 +1,5 @@
+//! The test harness shared by the integration tests (`tests/`) and the benchmark runner
+//! (`benches/`), in one place instead of copies: real HTTP/1.1 servers on loopback that play a
+//! Worker's upstream ([`upstream`]).
+
+pub mod upstream;
