@@ -461,3 +461,79 @@ fn dot_worker_ids_are_refused_with_400() {
     // Dots inside an id stay valid.
     assert_eq!(g.put(ALPHA_KEY, "v1.2..3", common::fixtures::HELLO), 201);
 }
+
+/// A client that stops reading a streamed response holds the Worker's stream back: the Worker
+/// produces a bounded amount ahead of the client (the gateway's windows and the kernel's socket
+/// buffers), not its whole body into the gateway's memory. When the client goes away, the
+/// Worker's stream is cancelled (in process mode across the wire: `BodyCancel`).
+#[test]
+fn a_client_that_stops_reading_holds_a_streamed_response_back() {
+    let limits = "cpu_ms: 5000, memory_mb: 64, wall_ms: 30000, max_concurrency: 16";
+    let g = Gateway::start(POOL, &common::tenant_yaml("alpha", ALPHA_KEY, limits));
+    let src = r#"let produced = 0, cancelled = false;
+        export default { async fetch(request) {
+            if (new URL(request.url).pathname.endsWith("/count")) return Response.json({ produced, cancelled });
+            const chunk = new Uint8Array(65536).fill(120);
+            return new Response(new ReadableStream({
+                pull(c) {
+                    if (produced >= 24 * 1048576) { c.close(); return; }
+                    produced += chunk.length;
+                    c.enqueue(chunk.slice());
+                },
+                cancel() { cancelled = true; },
+            }));
+        } }"#;
+    assert_eq!(g.put(ALPHA_KEY, "flood", src), 201);
+    let count = || -> Value { g.get_worker(ALPHA_KEY, "flood", "count").json().unwrap() };
+
+    let mut client = connect(&g);
+    client
+        .write_all(head("GET", "/w/flood/stream", ALPHA_KEY, "").as_bytes())
+        .unwrap();
+    // The head and the first bytes of the body, then no more reading.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = client.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the connection closed: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // No signal says "the Worker is held back": poll its count until it stops moving.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut last, mut steady) = (-1.0, 0);
+    while steady < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the Worker never stopped producing: {last}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let produced = count()["produced"].as_f64().unwrap();
+        steady = if produced == last { steady + 1 } else { 0 };
+        last = produced;
+    }
+    assert!(last > 0.0);
+    assert!(
+        last < (12 << 20) as f64,
+        "the Worker produced {last} bytes for a client that read none (24 MiB unpaced)"
+    );
+    assert_eq!(count()["cancelled"], false);
+
+    // The client leaves: the Worker's stream is cancelled.
+    drop(client);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while count()["cancelled"] != true {
+        assert!(Instant::now() < deadline, "the stream was not cancelled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(count()["produced"].as_f64().unwrap() < (24 << 20) as f64);
+}

@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use isogate_policy::{LimitOverrides as PolicyOverrides, TenantPolicy};
 use isogate_pool::{
     BodyPart, BodySink, Hold, HttpRequest, HttpResponse, Invocation, Invoker, LimitOverrides,
-    Limits, WorkerCode,
+    Limits, Window, WorkerCode,
 };
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
@@ -68,14 +68,42 @@ pub(crate) struct Reply {
     headers: Vec<(String, String)>,
     body: Vec<u8>,
     /// A Worker's streamed body: its parts, written to the client as they come (chunked).
-    stream: Option<mpsc::UnboundedReceiver<BodyPart>>,
+    stream: Option<BodyParts>,
+}
+
+/// The receiving end of a Worker's streamed response body: the parts, and the window that
+/// paces the Worker (room is given back as parts are written to the client's socket, so a
+/// slow client holds the Worker's stream back; dropping this closes it, which cancels the
+/// stream).
+pub(crate) struct BodyParts {
+    parts: mpsc::UnboundedReceiver<BodyPart>,
+    window: Window,
+}
+
+impl BodyParts {
+    async fn recv(&mut self) -> Option<BodyPart> {
+        self.parts.recv().await
+    }
+
+    /// `n` bytes were written to the client: the Worker may send that much more.
+    fn written(&self, n: usize) {
+        self.window.give(u32::try_from(n).unwrap_or(u32::MAX));
+    }
+}
+
+impl Drop for BodyParts {
+    fn drop(&mut self) {
+        self.window.close();
+    }
 }
 
 /// A sink for a Worker's streamed response body and the receiving end the ingress writes from.
 /// The sink says the body is no longer wanted once the receiver is gone (the client left).
-fn body_channel() -> (BodySink, mpsc::UnboundedReceiver<BodyPart>) {
+fn body_channel() -> (BodySink, BodyParts) {
     let (tx, rx) = mpsc::unbounded_channel();
-    (Box::new(move |part| tx.send(part).is_ok()), rx)
+    let window = Window::default();
+    let sink = BodySink::new(move |part| tx.send(part).is_ok(), window.clone());
+    (sink, BodyParts { parts: rx, window })
 }
 
 impl Reply {
@@ -95,7 +123,7 @@ impl Reply {
         r
     }
 
-    fn from_worker(resp: HttpResponse, stream: mpsc::UnboundedReceiver<BodyPart>) -> Reply {
+    fn from_worker(resp: HttpResponse, stream: BodyParts) -> Reply {
         Reply {
             status: resp.status,
             headers: resp.headers,
@@ -121,13 +149,7 @@ impl Reply {
 
     /// [`Reply::into_http_for`], and a streamed body's parts apart (the response then has
     /// `Transfer-Encoding: chunked` and an empty body, unless it carries no content).
-    fn split_for(
-        mut self,
-        head: bool,
-    ) -> (
-        http::Response<Vec<u8>>,
-        Option<mpsc::UnboundedReceiver<BodyPart>>,
-    ) {
+    fn split_for(mut self, head: bool) -> (http::Response<Vec<u8>>, Option<BodyParts>) {
         let stream = self.stream.take();
         let status = http::StatusCode::from_u16(self.status)
             .ok()
@@ -641,7 +663,7 @@ fn check_code(code: &WorkerCode) -> Result<(), ApiError> {
 fn worker_reply(
     inv: Invocation<HttpResponse>,
     tenant: &str,
-    stream: mpsc::UnboundedReceiver<BodyPart>,
+    stream: BodyParts,
 ) -> Result<Reply, ApiError> {
     log_console(tenant, &inv);
     match inv.outcome {
@@ -652,20 +674,19 @@ fn worker_reply(
 
 /// Writes a Worker's streamed body as it comes, then ends the chunked body. Whether it ended
 /// cleanly (else the caller drops the connection without the terminating chunk).
-async fn write_streamed(
-    session: &mut ServerSession,
-    mut parts: mpsc::UnboundedReceiver<BodyPart>,
-) -> bool {
+async fn write_streamed(session: &mut ServerSession, mut parts: BodyParts) -> bool {
     loop {
         match parts.recv().await {
             Some(BodyPart::Chunk(bytes)) => {
                 if bytes.is_empty() {
                     continue;
                 }
+                let n = bytes.len();
                 if let Err(e) = session.write_response_body(bytes.into(), false).await {
                     tracing::debug!(error = %e, "cannot write a streamed body chunk");
                     return false;
                 }
+                parts.written(n);
             }
             Some(BodyPart::End(Ok(()))) => break,
             Some(BodyPart::End(Err(e))) => {

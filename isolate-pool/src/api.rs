@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::egress::Window;
+
 /// Worker code as a client submits it; mirrors Cloudflare's Worker Loader `WorkerCode`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -261,9 +263,46 @@ pub enum BodyPart {
 }
 
 /// Where a streamed response body goes, part by part, on the isolate thread that runs the
-/// invocation. It answers whether more is wanted (`false`: the client went away; the isolate
-/// cancels the Worker's stream).
-pub type BodySink = Box<dyn FnMut(BodyPart) -> bool + Send>;
+/// invocation, paced by its consumer: before each chunk the isolate waits for room in the
+/// sink's [`Window`] (the consumer gives room back as it passes bytes on, e.g. writes them to
+/// the client's socket), so a slow client holds the Worker's stream back instead of the
+/// gateway queueing its body. Sending answers whether more is wanted (`false`: the client went
+/// away; the isolate cancels the Worker's stream).
+pub struct BodySink {
+    send: Box<dyn FnMut(BodyPart) -> bool + Send>,
+    window: Window,
+}
+
+impl BodySink {
+    /// A sink that passes parts to `send` once `window` has room for them.
+    pub fn new(send: impl FnMut(BodyPart) -> bool + Send + 'static, window: Window) -> BodySink {
+        BodySink {
+            send: Box::new(send),
+            window,
+        }
+    }
+
+    /// A sink that is never full (tests, and consumers bounded by other means).
+    pub fn unpaced(send: impl FnMut(BodyPart) -> bool + Send + 'static) -> BodySink {
+        BodySink::new(send, Window::unbounded())
+    }
+
+    /// Waits until the consumer has room for `len` more bytes; false once it is gone.
+    pub async fn room(&mut self, len: usize) -> bool {
+        self.window.take(len).await
+    }
+
+    /// Passes a part on; false when the consumer wants no more.
+    pub fn send(&mut self, part: BodyPart) -> bool {
+        (self.send)(part)
+    }
+}
+
+impl std::fmt::Debug for BodySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodySink").finish_non_exhaustive()
+    }
+}
 
 /// Which tenant (and Worker) an invocation runs for. Host calls read identity from here, never
 /// from JS arguments.

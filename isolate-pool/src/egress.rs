@@ -205,7 +205,7 @@ impl BodyStream {
 #[derive(Debug)]
 pub struct BodyWriter {
     parts: mpsc::UnboundedSender<BodyPart>,
-    window: Arc<Semaphore>,
+    window: Window,
 }
 
 impl BodyWriter {
@@ -215,9 +215,8 @@ impl BodyWriter {
             return !self.parts.is_closed();
         }
         tokio::select! {
-            permit = self.window.acquire_many(window_share(bytes.len())) => match permit {
-                Ok(permit) => permit.forget(),
-                Err(_) => return false,
+            room = self.window.take(bytes.len()) => if !room {
+                return false;
             },
             // The reader went away while the window was full.
             () = self.parts.closed() => return false,
@@ -242,20 +241,29 @@ impl BodyWriter {
 }
 
 /// A window of [`BODY_WINDOW`] bytes that a reader refills: `give` adds back at most what
-/// was taken, whatever a (possibly hostile) peer claims.
+/// was taken, whatever a (possibly hostile) peer claims. Closing it (the reader is gone) makes
+/// every `take` answer false at once.
 #[derive(Debug, Clone)]
-pub struct Window(Arc<Semaphore>);
+pub struct Window(Option<Arc<Semaphore>>);
 
 impl Default for Window {
     fn default() -> Self {
-        Window(Arc::new(Semaphore::new(BODY_WINDOW)))
+        Window(Some(Arc::new(Semaphore::new(BODY_WINDOW))))
     }
 }
 
 impl Window {
+    /// A window that is never full.
+    pub fn unbounded() -> Window {
+        Window(None)
+    }
+
     /// Waits until `len` bytes' share is free and takes it; false once closed.
     pub async fn take(&self, len: usize) -> bool {
-        match self.0.acquire_many(window_share(len)).await {
+        let Some(semaphore) = &self.0 else {
+            return true;
+        };
+        match semaphore.acquire_many(window_share(len)).await {
             Ok(permit) => {
                 permit.forget();
                 true
@@ -266,10 +274,20 @@ impl Window {
 
     /// Gives back `n` bytes' share, never beyond the window.
     pub fn give(&self, n: u32) {
-        let room = BODY_WINDOW.saturating_sub(self.0.available_permits());
+        let Some(semaphore) = &self.0 else {
+            return;
+        };
+        let room = BODY_WINDOW.saturating_sub(semaphore.available_permits());
         let n = (n as usize).min(room);
         if n > 0 {
-            self.0.add_permits(n);
+            semaphore.add_permits(n);
+        }
+    }
+
+    /// The reader is gone: every `take`, waiting or later, answers false.
+    pub fn close(&self) {
+        if let Some(semaphore) = &self.0 {
+            semaphore.close();
         }
     }
 }
@@ -280,13 +298,7 @@ pub fn body_channel() -> (BodyWriter, BodyStream) {
     let window = Window::default();
     let giver = window.clone();
     let stream = BodyStream::new(rx, move |n| giver.give(n), None);
-    (
-        BodyWriter {
-            parts: tx,
-            window: window.0,
-        },
-        stream,
-    )
+    (BodyWriter { parts: tx, window }, stream)
 }
 
 /// What one `fetch()` came to, after the whole pipeline ([`EgressPort::fetch`]).

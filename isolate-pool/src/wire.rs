@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Version of this protocol; a worker answers a different one with an error and exits.
-pub const PROTOCOL: u32 = 7;
+pub const PROTOCOL: u32 = 8;
 
 /// Largest body (request, response, egress) that may cross the wire.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -133,6 +133,20 @@ pub enum ToWorker {
         call: u64,
         /// The part.
         part: BodyPart,
+    },
+    /// The gateway passed `bytes` (window shares) of invocation `id`'s streamed response body
+    /// on to the client: the worker may send that much more.
+    BodyCredit {
+        /// Invocation id.
+        id: u64,
+        /// Window shares given back.
+        bytes: u32,
+    },
+    /// The client of invocation `id`'s streamed response went away: cancel the Worker's
+    /// stream.
+    BodyCancel {
+        /// Invocation id.
+        id: u64,
     },
     /// Test-only: make the worker attempt something its confinement must stop. Ignored unless
     /// [`WorkerSettings::test_probes`].
@@ -450,6 +464,8 @@ mod tests {
             part: BodyPart::End(Err("broke".into())),
         });
         roundtrip(FromWorker::FetchCredit { call: 3, bytes: 7 });
+        roundtrip(ToWorker::BodyCredit { id: 4, bytes: 9 });
+        roundtrip(ToWorker::BodyCancel { id: 4 });
         roundtrip(FromWorker::Done {
             id: 2,
             answer: Ok(Answer::Json(Invocation {

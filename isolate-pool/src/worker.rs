@@ -23,9 +23,11 @@
 //! The worker exits when the channel closes; the gateway kills it when it misbehaves.
 #![allow(unsafe_code)] // the worker's inherited channel fd (an OS API); each block has a `// SAFETY:` line
 
-use crate::api::{BodyPart, ErrorKind, HttpResponse, Invocation, Invoker, SealedCode, WorkerError};
+use crate::api::{
+    BodyPart, BodySink, ErrorKind, HttpResponse, Invocation, Invoker, SealedCode, WorkerError,
+};
 use crate::cache::WorkerKey;
-use crate::egress::{BodyStream, EgressPort, EgressRequest, FetchReply, Fetched};
+use crate::egress::{BodyStream, EgressPort, EgressRequest, FetchReply, Fetched, Window};
 use crate::observe::{CacheEvent, PoolObserver, StartKind};
 use crate::pool::{Hold, Pool, PoolError, PoolSettings, Reply};
 use crate::wire::{
@@ -133,6 +135,7 @@ fn run(channel: Arc<UnixStream>, (confinement, complete): (String, bool)) -> Res
         channel,
         write: Mutex::new(()),
         events: Mutex::new(Events::default()),
+        bodies: Mutex::new(HashMap::new()),
     });
     let egress = Arc::new(RemoteEgress {
         out: out.clone(),
@@ -285,6 +288,16 @@ fn dispatch(
         }
         ToWorker::Fetched { call, fetched } => egress.complete(call, fetched),
         ToWorker::FetchedBody { call, part } => egress.body(call, part),
+        ToWorker::BodyCredit { id, bytes } => {
+            if let Some(window) = lock(&out.bodies).get(&id) {
+                window.give(bytes);
+            }
+        }
+        ToWorker::BodyCancel { id } => {
+            if let Some(window) = lock(&out.bodies).remove(&id) {
+                window.close();
+            }
+        }
         ToWorker::Probe(probe) if settings.test_probes => run_probe(probe),
         ToWorker::Probe(_) => tracing::warn!("worker: ignoring a probe (probes are disabled)"),
     }
@@ -301,6 +314,9 @@ struct Outbox {
     channel: Arc<UnixStream>,
     write: Mutex<()>,
     events: Mutex<Events>,
+    /// Streamed response bodies being sent, by invocation id: the window the gateway refills
+    /// with [`ToWorker::BodyCredit`] (closed by [`ToWorker::BodyCancel`]).
+    bodies: Mutex<HashMap<u64, Window>>,
 }
 
 /// Observer events not yet sent.
@@ -445,12 +461,24 @@ fn ending<T: 'static>(
 
 /// A `load()`/`get()` reply whose streamed response body goes to the gateway as
 /// [`FromWorker::Body`] frames, written by the isolate thread (between `Done` and `Released`).
+/// A streamed response body goes out as [`FromWorker::Body`] frames, never more than a window
+/// ahead of what the gateway has passed on to the client ([`ToWorker::BodyCredit`]); a client
+/// that went away closes the window ([`ToWorker::BodyCancel`]), which cancels the stream.
 fn streamed(reply: Reply<HttpResponse>, out: &Arc<Outbox>, id: u64) -> Reply<HttpResponse> {
+    let window = Window::default();
+    lock(&out.bodies).insert(id, window.clone());
     let out = out.clone();
-    reply.with_body(Box::new(move |part| {
-        out.send(&FromWorker::Body { id, part });
-        true
-    }))
+    reply.with_body(BodySink::new(
+        move |part| {
+            let end = matches!(part, BodyPart::End(_));
+            out.send(&FromWorker::Body { id, part });
+            if end {
+                lock(&out.bodies).remove(&id);
+            }
+            true
+        },
+        window,
+    ))
 }
 
 /// A response too large for the wire becomes the Worker's error, not a broken channel.
@@ -712,6 +740,7 @@ mod tests {
             channel: Arc::new(ours),
             write: Mutex::new(()),
             events: Mutex::new(Events::default()),
+            bodies: Mutex::new(HashMap::new()),
         });
         let frames = Frames {
             channel: Arc::new(theirs),

@@ -17,7 +17,7 @@ use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 /// Where an invocation's answer goes.
 pub(super) enum Reply {
@@ -63,6 +63,9 @@ pub(super) struct Pending {
     /// Where a streamed response body goes (`FromWorker::Body`); dropped at its `End` (or with
     /// the invocation: the receiver then sees the body break off).
     pub(super) body: Option<BodySink>,
+    /// Once the body streams: the parts on their way to the task that passes them to `body`
+    /// at the client's pace ([`Process::forward_body`]).
+    forward: Option<mpsc::UnboundedSender<BodyPart>>,
 }
 
 impl Pending {
@@ -86,6 +89,7 @@ impl Pending {
             attempts: 0,
             done: false,
             body: None,
+            forward: None,
         }
     }
 
@@ -450,6 +454,38 @@ impl Process {
         self.send_shared(Arc::new(message))
     }
 
+    /// Passes a worker's streamed response body to the client's sink as the client takes it:
+    /// each chunk waits for room in the sink's window, then its share goes back to the worker
+    /// ([`ToWorker::BodyCredit`]), so at most a window waits here and another in the sink. A
+    /// client that went away cancels the Worker's stream ([`ToWorker::BodyCancel`]).
+    fn forward_body(
+        self: &Arc<Self>,
+        id: u64,
+        mut sink: BodySink,
+    ) -> mpsc::UnboundedSender<BodyPart> {
+        let (tx, mut rx) = mpsc::unbounded_channel::<BodyPart>();
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some(part) = rx.recv().await {
+                match part {
+                    BodyPart::Chunk(bytes) => {
+                        let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                        if !sink.room(bytes.len()).await || !sink.send(BodyPart::Chunk(bytes)) {
+                            let _ = this.send(ToWorker::BodyCancel { id });
+                            return;
+                        }
+                        let _ = this.send(ToWorker::BodyCredit { id, bytes: n });
+                    }
+                    end => {
+                        sink.send(end);
+                        return;
+                    }
+                }
+            }
+        });
+        tx
+    }
+
     /// Forwards the rest of a streamed `fetch()` body to the worker, never more than the
     /// window ahead of what the worker has read; ends with its `End`.
     async fn send_body(&self, call: u64, mut rest: BodyStream, window: &Window) {
@@ -601,11 +637,16 @@ impl Process {
                     return;
                 };
                 let end = matches!(part, BodyPart::End(_));
-                if let Some(sink) = p.body.as_mut() {
-                    sink(part);
+                if p.forward.is_none() {
+                    if let Some(sink) = p.body.take() {
+                        p.forward = Some(self.forward_body(id, sink));
+                    }
+                }
+                if let Some(forward) = &p.forward {
+                    let _ = forward.send(part);
                 }
                 if end {
-                    p.body = None;
+                    p.forward = None;
                 }
             }
             FromWorker::Released { id } => {

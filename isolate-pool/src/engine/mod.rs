@@ -521,7 +521,8 @@ impl Isolate {
                 loop {
                     match self.next_chunk(run, &pump.next).await? {
                         Some(bytes) => {
-                            if !sink(BodyPart::Chunk(bytes)) {
+                            // A slow client holds the stream back here (within wall_ms).
+                            if !sink.room(bytes.len()).await || !sink.send(BodyPart::Chunk(bytes)) {
                                 // The client went away: stop the Worker's stream (best effort;
                                 // `cancel` resolves to nothing).
                                 let _ = self.next_chunk(run, &pump.cancel).await;
@@ -544,7 +545,7 @@ impl Isolate {
         if let Err(e) = &end {
             tracing::debug!(error = %e, "a streamed response body broke off");
         }
-        sink(BodyPart::End(end));
+        sink.send(BodyPart::End(end));
     }
 
     /// Calls `next` and awaits it: the next chunk of a streamed body (`None`: the stream is done,

@@ -529,7 +529,7 @@ async fn fetch_streamed(
 ) {
     let parts = Arc::new(std::sync::Mutex::new(Vec::new()));
     let seen = parts.clone();
-    let sink: BodySink = Box::new(move |part| {
+    let sink = BodySink::unpaced(move |part| {
         let mut p = seen.lock().unwrap();
         p.push(part);
         p.len() < want
@@ -686,7 +686,7 @@ fn a_fetch_body_streams_into_the_worker_as_the_upstream_sends_it() {
         let parts = Arc::new(std::sync::Mutex::new(Vec::new()));
         let arrived = Arc::new(tokio::sync::Notify::new());
         let (seen, ping) = (parts.clone(), arrived.clone());
-        let sink: BodySink = Box::new(move |part| {
+        let sink = BodySink::unpaced(move |part| {
             seen.lock().unwrap().push(part);
             ping.notify_one();
             true
