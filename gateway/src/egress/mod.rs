@@ -1169,23 +1169,16 @@ impl Inner {
         }
     }
 
-    /// The whole body, bounded and charged to the in-flight budget as it arrives.
+    /// The whole body of a redirect, bounded and charged to the in-flight budget as it arrives.
     async fn read_body(
         response: http::Response<hyper::body::Incoming>,
         permit: &mut InflightPermit,
         host: &str,
     ) -> Result<Vec<u8>, Failure> {
+        // The declared length was checked by the hop, for every response.
         let too_large = || Failure::ResponseTooLarge {
             host: host.to_string(),
         };
-        let declared = response
-            .headers()
-            .get(http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > MAX_RESPONSE_BYTES as u64) {
-            return Err(too_large());
-        }
         let mut body = response.into_body();
         let read = async {
             let mut out: Vec<u8> = Vec::new();
