@@ -29,6 +29,7 @@ const MathTrunc = Math.trunc;
 const MathMax = Math.max;
 const MathMin = Math.min;
 const SymbolIterator = Symbol.iterator;
+const SymbolToStringTag = Symbol.toStringTag;
 const JSONStringify = JSON.stringify;
 const JSONParse = JSON.parse;
 const PromiseCtor = Promise;
@@ -57,6 +58,7 @@ const TypeErrorCtor = TypeError;
 const RangeErrorCtor = RangeError;
 const ErrorCtor = Error;
 const URLCtor = URL;
+const TextEncoderCtor = TextEncoder;
 const RESOLVED = Promise.resolve();
 
 /** `then` that does not consult a replaceable `Promise.prototype.then`. */
@@ -388,6 +390,7 @@ function installFetchChecks(g) {
     }
     const response = ReflectConstruct(NativeResponse, [bodyInit(body), opts], new.target);
     if (!hasBody) markNullBody(response);
+    else if (typeof body === "string") setProvidedText(response, body);
     return response;
   }
   function Request(input, init) {
@@ -474,7 +477,9 @@ function installFetchChecks(g) {
     }
     if (!typed) push(pairs, ["content-type", "application/json"]);
     opts.headers = pairs;
-    return ReflectConstruct(NativeResponse, [body, opts], Response);
+    const response = ReflectConstruct(NativeResponse, [body, opts], Response);
+    setProvidedText(response, body);
+    return response;
   });
   const nativeError = NativeResponse.error;
   defineMethod(Response, "error", function error() {
@@ -687,6 +692,7 @@ const CRLF_BYTES = new Uint8ArrayCtor([CR, LF]);
 const WeakMapCtor = WeakMap;
 const WeakMapGet = WeakMap.prototype.get;
 const WeakMapSet = WeakMap.prototype.set;
+const WeakMapDelete = WeakMap.prototype.delete;
 const WeakSetCtor = WeakSet;
 const WeakSetHas = WeakSet.prototype.has;
 const WeakSetAdd = WeakSet.prototype.add;
@@ -747,6 +753,28 @@ function isNullBody(obj) {
 }
 function markNullBody(obj) {
   ReflectApply(WeakSetAdd, NULL_BODIES, [obj]);
+}
+/**
+ * Bodies given as a string (`new Response("...")`, `Response.json(...)`): the string, so that
+ * reading the body encodes it here (UTF-8, lone surrogates as U+FFFD) instead of a round trip
+ * through LLRT's asynchronous arrayBuffer(), the larger part of a small Worker's response cost.
+ * LLRT keeps the same string as the native body (read natively by clone()s and `.body`).
+ */
+const PROVIDED_TEXT = new WeakMapCtor();
+const TextEncoderEncode = TextEncoder.prototype.encode;
+let utf8Encoder = null;
+function setProvidedText(obj, text) {
+  ReflectApply(WeakMapSet, PROVIDED_TEXT, [obj, text]);
+}
+/** The body's bytes if it was given as a string and is unread (then marked used), else undefined. */
+function takeProvidedText(obj) {
+  const text = ReflectApply(WeakMapGet, PROVIDED_TEXT, [obj]);
+  if (text === undefined) return undefined;
+  ReflectApply(WeakMapDelete, PROVIDED_TEXT, [obj]);
+  ReflectApply(WeakSetAdd, USED_BODIES, [obj]);
+  if (utf8Encoder === null) utf8Encoder = new TextEncoderCtor();
+  const usv = ReflectApply(StringIsWellFormed, text, []) ? text : ReflectApply(StringToWellFormed, text, []);
+  return ReflectApply(TextEncoderEncode, utf8Encoder, [usv]);
 }
 function isUsedNative(obj, nativeUsed) {
   return ReflectApply(WeakSetHas, USED_BODIES, [obj]) || ReflectApply(nativeUsed, obj, []);
@@ -832,7 +860,8 @@ async function bodyBytes(obj, nativeArrayBuffer, nativeUsed, limit, what) {
   if (stream !== undefined) return readStream(stream, limit, what);
   if (isUsedNative(obj, nativeUsed)) throw new TypeErrorCtor(`${what}: the body has already been used`);
   if (isNullBody(obj)) return new Uint8ArrayCtor(0);
-  const bytes = await readNative(obj, nativeArrayBuffer);
+  const provided = takeProvidedText(obj);
+  const bytes = provided !== undefined ? provided : await readNative(obj, nativeArrayBuffer);
   if (bytes.length > limit) throw new RangeErrorCtor(`${what}: the body exceeds the limit of ${limit} bytes`);
   return bytes;
 }
@@ -991,6 +1020,8 @@ function installStreams(g, host, wrappers) {
       const copy = ReflectApply(nativeClone, this, []);
       ObjectSetPrototypeOf(copy, ObjectGetPrototypeOf(this));
       if (isNullBody(this)) markNullBody(copy);
+      const text = ReflectApply(WeakMapGet, PROVIDED_TEXT, [this]);
+      if (text !== undefined) setProvidedText(copy, text);
       if (stream !== undefined) {
         // The standard tees with the second branch's chunks cloned, so that neither reader can
         // change the bytes the other sees.
@@ -1281,78 +1312,88 @@ function installStackTraceGuard() {
   const desc = ObjectGetOwnPropertyDescriptor(ErrorCtor, "prepareStackTrace");
   if (!desc || typeof desc.set !== "function") return;
   const nativeSet = desc.set;
+  const limit = ObjectGetOwnPropertyDescriptor(ErrorCtor, "stackTraceLimit");
   let userPrepare = undefined;
-  let site = null;
-  // One real CallSite, to read its methods.
-  ReflectApply(nativeSet, ErrorCtor, [
-    (_e, sites) => {
-      site = sites.length ? sites[0] : null;
-      return "";
-    },
-  ]);
-  new ErrorCtor("probe").stack;
-  ReflectApply(nativeSet, ErrorCtor, [undefined]);
-  if (site === null) return;
-  const siteProto = Object.getPrototypeOf(site);
-  const getFileName = siteProto.getFileName;
-  const getFunctionName = siteProto.getFunctionName;
-  const getLineNumber = siteProto.getLineNumber;
-  const getColumnNumber = siteProto.getColumnNumber;
-  const isNative = siteProto.isNative;
-  site = null;
-  const fields = new WeakMap();
-  const WeakMapGet = WeakMap.prototype.get;
-  const WeakMapSet = WeakMap.prototype.set;
-  const field = (cs) => ReflectApply(WeakMapGet, fields, [cs]);
-  const SafeCallSite = ObjectCreate(null);
-  const methods = {
-    getFileName() { const f = field(this); return f ? f.file : null; },
-    getFunctionName() { const f = field(this); return f ? f.name : null; },
-    getMethodName() { return null; },
-    getTypeName() { return null; },
-    getLineNumber() { const f = field(this); return f ? f.line : null; },
-    getColumnNumber() { const f = field(this); return f ? f.column : null; },
-    getScriptNameOrSourceURL() { const f = field(this); return f ? f.file : null; },
-    getEvalOrigin() { return undefined; },
-    getFunction() { return undefined; },
-    getThis() { return undefined; },
-    getPromiseIndex() { return null; },
-    isNative() { const f = field(this); return f ? f.native : false; },
-    isToplevel() { return false; },
-    isEval() { return false; },
-    isConstructor() { return false; },
-    isAsync() { return false; },
-    isPromiseAll() { return false; },
-    toString() {
-      const f = field(this);
-      if (!f) return "<unknown>";
-      const where = f.native ? "native" : `${f.file}:${f.line}:${f.column}`;
-      return f.name ? `${f.name} (${where})` : where;
-    },
-  };
-  for (const key of ReflectOwnKeys(methods)) defineMethod(SafeCallSite, key, methods[key]);
-  ObjectDefineProperty(SafeCallSite, Symbol.toStringTag, { __proto__: null, value: "CallSite", configurable: true });
-  ObjectFreeze(SafeCallSite);
-  function sanitize(error, sites) {
-    const user = userPrepare;
-    const safe = [];
-    for (let i = 0; i < sites.length; i++) {
-      const cs = sites[i];
-      const entry = ObjectFreeze(ObjectCreate(SafeCallSite));
-      ReflectApply(WeakMapSet, fields, [
-        entry,
-        {
-          __proto__: null,
-          file: ReflectApply(getFileName, cs, []),
-          name: ReflectApply(getFunctionName, cs, []),
-          line: ReflectApply(getLineNumber, cs, []),
-          column: ReflectApply(getColumnNumber, cs, []),
-          native: ReflectApply(isNative, cs, []),
-        },
-      ]);
-      push(safe, entry);
+  // `sanitize`, made the first time the Worker sets a function (most never do).
+  let sanitize = null;
+  function makeSanitize() {
+    // One real CallSite, to read its methods (with the native limit at 10 for the probe, whatever
+    // the Worker set it to).
+    let site = null;
+    const savedLimit = limit ? ReflectApply(limit.get, ErrorCtor, []) : undefined;
+    if (limit) ReflectApply(limit.set, ErrorCtor, [10]);
+    ReflectApply(nativeSet, ErrorCtor, [
+      (_e, sites) => {
+        site = sites.length ? sites[0] : null;
+        return "";
+      },
+    ]);
+    try {
+      new ErrorCtor("probe").stack;
+    } finally {
+      ReflectApply(nativeSet, ErrorCtor, [undefined]);
+      if (limit) ReflectApply(limit.set, ErrorCtor, [savedLimit]);
     }
-    return ReflectApply(user, ErrorCtor, [error, safe]);
+    if (site === null) throw new TypeErrorCtor("Error.prepareStackTrace is not available");
+    const siteProto = ObjectGetPrototypeOf(site);
+    const getFileName = siteProto.getFileName;
+    const getFunctionName = siteProto.getFunctionName;
+    const getLineNumber = siteProto.getLineNumber;
+    const getColumnNumber = siteProto.getColumnNumber;
+    const isNative = siteProto.isNative;
+    site = null;
+    const fields = new WeakMapCtor();
+    const field = (cs) => ReflectApply(WeakMapGet, fields, [cs]);
+    const SafeCallSite = ObjectCreate(null);
+    const methods = {
+      getFileName() { const f = field(this); return f ? f.file : null; },
+      getFunctionName() { const f = field(this); return f ? f.name : null; },
+      getMethodName() { return null; },
+      getTypeName() { return null; },
+      getLineNumber() { const f = field(this); return f ? f.line : null; },
+      getColumnNumber() { const f = field(this); return f ? f.column : null; },
+      getScriptNameOrSourceURL() { const f = field(this); return f ? f.file : null; },
+      getEvalOrigin() { return undefined; },
+      getFunction() { return undefined; },
+      getThis() { return undefined; },
+      getPromiseIndex() { return null; },
+      isNative() { const f = field(this); return f ? f.native : false; },
+      isToplevel() { return false; },
+      isEval() { return false; },
+      isConstructor() { return false; },
+      isAsync() { return false; },
+      isPromiseAll() { return false; },
+      toString() {
+        const f = field(this);
+        if (!f) return "<unknown>";
+        const where = f.native ? "native" : `${f.file}:${f.line}:${f.column}`;
+        return f.name ? `${f.name} (${where})` : where;
+      },
+    };
+    for (const key of ReflectOwnKeys(methods)) defineMethod(SafeCallSite, key, methods[key]);
+    ObjectDefineProperty(SafeCallSite, SymbolToStringTag, { __proto__: null, value: "CallSite", configurable: true });
+    ObjectFreeze(SafeCallSite);
+    return function sanitize(error, sites) {
+      const user = userPrepare;
+      const safe = [];
+      for (let i = 0; i < sites.length; i++) {
+        const cs = sites[i];
+        const entry = ObjectFreeze(ObjectCreate(SafeCallSite));
+        ReflectApply(WeakMapSet, fields, [
+          entry,
+          {
+            __proto__: null,
+            file: ReflectApply(getFileName, cs, []),
+            name: ReflectApply(getFunctionName, cs, []),
+            line: ReflectApply(getLineNumber, cs, []),
+            column: ReflectApply(getColumnNumber, cs, []),
+            native: ReflectApply(isNative, cs, []),
+          },
+        ]);
+        push(safe, entry);
+      }
+      return ReflectApply(user, ErrorCtor, [error, safe]);
+    };
   }
   ObjectDefineProperty(ErrorCtor, "prepareStackTrace", {
     __proto__: null,
@@ -1360,6 +1401,7 @@ function installStackTraceGuard() {
       return userPrepare;
     },
     set: function prepareStackTrace(value) {
+      if (typeof value === "function" && sanitize === null) sanitize = makeSanitize();
       userPrepare = value;
       ReflectApply(nativeSet, ErrorCtor, [typeof value === "function" ? sanitize : value]);
     },
@@ -1824,8 +1866,7 @@ export function install(host) {
     new Uint8ArrayCtor(array.buffer, array.byteOffset, array.byteLength).set(randomBytes(array.byteLength));
     return array;
   }
-  const hex = [];
-  for (let i = 0; i < 256; i++) hex.push((i + 0x100).toString(16).slice(1));
+  const HEX = "0123456789abcdef";
   function randomUUID() {
     const b = randomBytes(16);
     b[6] = (b[6] & 0x0f) | 0x40;
@@ -1833,7 +1874,7 @@ export function install(host) {
     let s = "";
     for (let i = 0; i < 16; i++) {
       if (i === 4 || i === 6 || i === 8 || i === 10) s += "-";
-      s += hex[b[i]];
+      s += HEX[b[i] >> 4] + HEX[b[i] & 15];
     }
     return s;
   }

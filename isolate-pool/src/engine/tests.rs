@@ -1686,6 +1686,63 @@ fn stack_trace_callsites_hand_out_no_functions() {
     });
 }
 
+/// A body given as a string is read without LLRT's asynchronous arrayBuffer(): the bytes are
+/// the string's UTF-8 (lone surrogates as U+FFFD, as for any USVString body), read once; clones
+/// and `.body` still see the same bytes.
+#[test]
+fn string_bodies_read_as_utf8_once_and_clone() {
+    run(async {
+        let (res, _) = fetch_once(
+            r#"export default { async fetch() {
+                const r = new Response("h\uD800\u00e9");
+                const c = r.clone();
+                const bytes = [...new Uint8Array(await r.arrayBuffer())];
+                let again; try { await r.text(); again = "read twice"; } catch (e) { again = e.name; }
+                const cloned = await c.text();
+                const viaStream = await new Response(new Response("xyz").body).text();
+                const json = await Response.json({ a: "\u00e9" }).json();
+                return Response.json({ bytes, again, used: r.bodyUsed, cloned, viaStream, json });
+            } }"#,
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"bytes": [104, 239, 191, 189, 195, 169], "again": "TypeError",
+                "used": true, "cloned": "h\u{fffd}\u{e9}", "viaStream": "xyz", "json": {"a": "\u{e9}"}})
+        );
+    });
+}
+
+/// The CallSite guard is made on the first `Error.prepareStackTrace = fn`: a Worker that zeroed
+/// `Error.stackTraceLimit` before that still gets guarded sites (and its limit back) afterwards.
+#[test]
+fn the_stack_trace_guard_holds_when_made_after_the_limit_was_zeroed() {
+    run(async {
+        let (res, _) = fetch_once(
+            r#"export default { async fetch() {
+                Error.stackTraceLimit = 0;
+                const found = [];
+                Error.prepareStackTrace = (_e, sites) => {
+                    for (const s of sites) if (s.getFunction() !== undefined) found.push("fn");
+                    return "sites:" + sites.length;
+                };
+                const zero = new Error("z").stack;
+                const limitAfter = Error.stackTraceLimit;
+                Error.stackTraceLimit = 5;
+                const some = new Error("s").stack;
+                return Response.json({ zero, limitAfter, some, found });
+            } }"#,
+        )
+        .await;
+        let v: serde_json::Value = serde_json::from_slice(&res.unwrap().body).unwrap();
+        assert_eq!(v["zero"], "sites:0", "{v}");
+        assert_eq!(v["limitAfter"], 0, "{v}");
+        assert_ne!(v["some"], "sites:0", "{v}");
+        assert_eq!(v["found"], serde_json::json!([]), "{v}");
+    });
+}
+
 #[test]
 fn header_injection_and_bad_statuses_are_errors_the_worker_can_catch() {
     run(async {
