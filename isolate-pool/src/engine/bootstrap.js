@@ -2101,13 +2101,16 @@ export function install(host) {
     );
   }
 
+  // What every request's ctx shares (both frozen): only waitUntil is the request's own.
+  const passThroughOnException = { passThroughOnException() {} }.passThroughOnException;
+  const NO_PROPS = ObjectFreeze({});
   function makeCtx(waits) {
     return ObjectFreeze({
       waitUntil(promise) {
         trackWait(waits, promise);
       },
-      passThroughOnException() {},
-      props: ObjectFreeze({}),
+      passThroughOnException,
+      props: NO_PROPS,
     });
   }
 
@@ -2126,10 +2129,8 @@ export function install(host) {
         `the fetch handler must return a Response, it returned ${describe(response)}`,
       );
     }
-    const outHeaders = [];
-    ReflectApply(HeadersForEach, ReflectApply(ResponseHeaders, response, []), [
-      (value, name) => push(outHeaders, [name, value]),
-    ]);
+    // The Headers object itself: the engine reads its pairs natively.
+    const outHeaders = ReflectApply(ResponseHeaders, response, []);
     const what = "the Worker's Response";
     const stream = streamBody(response);
     if (streaming && stream !== undefined) {
@@ -2160,7 +2161,13 @@ export function install(host) {
         waitUntil: waitsDone(waits),
       };
     }
-    const bytes = await bodyBytes(response, ResponseArrayBuffer, ResponseBodyUsed, maxBodyBytes, what);
+    // A body given as a string is ready now (no await); anything else is read.
+    let bytes = stream === undefined && !isUsedNative(response, ResponseBodyUsed) ? takeProvidedText(response) : undefined;
+    if (bytes === undefined) {
+      bytes = await bodyBytes(response, ResponseArrayBuffer, ResponseBodyUsed, maxBodyBytes, what);
+    } else if (bytes.length > maxBodyBytes) {
+      throw new RangeErrorCtor(`${what}: the body exceeds the limit of ${maxBodyBytes} bytes`);
+    }
     return {
       __proto__: null,
       status,

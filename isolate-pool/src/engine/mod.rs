@@ -788,7 +788,17 @@ fn header_array<'js>(
     Ok(array.into_value())
 }
 
+/// Header pairs from JS: a `Headers` object (read natively, no call back into JS) or an array of
+/// `[name, value]` pairs.
 fn read_headers<'js>(value: Value<'js>) -> rquickjs::Result<Vec<(String, String)>> {
+    if let Some(headers) = rquickjs::Class::<llrt_fetch::headers::Headers>::from_value(&value).ok()
+    {
+        let headers = headers.try_borrow()?;
+        return Ok(headers
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect());
+    }
     let array = rquickjs::Array::from_value(value)?;
     let mut out = Vec::with_capacity(array.len());
     for pair in array.iter::<rquickjs::Array>() {

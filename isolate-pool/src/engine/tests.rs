@@ -1714,6 +1714,24 @@ fn string_bodies_read_as_utf8_once_and_clone() {
     });
 }
 
+/// The response size limit holds for every kind of body the Worker returns, the string bodies
+/// read without an await included.
+#[test]
+fn a_response_body_over_the_limit_is_refused_whatever_its_kind() {
+    run(async {
+        for body in [r#""x".repeat(33 << 20)"#, r#"new Uint8Array(33 << 20)"#] {
+            let src =
+                format!("export default {{ async fetch() {{ return new Response({body}); }} }}");
+            let (res, _) = fetch_roomy(&worker(&src)).await;
+            let err = res.expect_err(body);
+            assert!(
+                err.message.contains("exceeds the limit of 33554432 bytes"),
+                "{body}: {err:?}"
+            );
+        }
+    });
+}
+
 /// The CallSite guard is made on the first `Error.prepareStackTrace = fn`: a Worker that zeroed
 /// `Error.stackTraceLimit` before that still gets guarded sites (and its limit back) afterwards.
 #[test]
