@@ -791,8 +791,7 @@ fn header_array<'js>(
 /// Header pairs from JS: a `Headers` object (read natively, no call back into JS) or an array of
 /// `[name, value]` pairs.
 fn read_headers<'js>(value: Value<'js>) -> rquickjs::Result<Vec<(String, String)>> {
-    if let Some(headers) = rquickjs::Class::<llrt_fetch::headers::Headers>::from_value(&value).ok()
-    {
+    if let Ok(headers) = rquickjs::Class::<llrt_fetch::headers::Headers>::from_value(&value) {
         let headers = headers.try_borrow()?;
         return Ok(headers
             .iter()
