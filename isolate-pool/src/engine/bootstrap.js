@@ -836,7 +836,7 @@ async function readStream(stream, limit, what) {
     const bytes = chunkBytes(step.value, what);
     total += bytes.length;
     if (total > limit) {
-      const err = new RangeErrorCtor(`${what}: the body exceeds the limit of ${limit} bytes`);
+      const err = overLimit(what, limit);
       ReflectApply(streams.cancelReader, reader, [err]);
       throw err;
     }
@@ -858,12 +858,27 @@ async function readStream(stream, limit, what) {
 async function bodyBytes(obj, nativeArrayBuffer, nativeUsed, limit, what) {
   const stream = streamBody(obj);
   if (stream !== undefined) return readStream(stream, limit, what);
+  const ready = bodyBytesNow(obj, nativeUsed, limit, what);
+  if (ready !== undefined) return ready;
+  const bytes = await readNative(obj, nativeArrayBuffer);
+  if (bytes.length > limit) throw overLimit(what, limit);
+  return bytes;
+}
+/**
+ * The part of `bodyBytes` that needs no await: the bytes of a null body or of a body given as a
+ * string (consuming it), the same errors for a used body or one over `limit`; undefined when the
+ * body must be read (a stream, or bytes LLRT holds).
+ */
+function bodyBytesNow(obj, nativeUsed, limit, what) {
+  if (streamBody(obj) !== undefined) return undefined;
   if (isUsedNative(obj, nativeUsed)) throw new TypeErrorCtor(`${what}: the body has already been used`);
   if (isNullBody(obj)) return new Uint8ArrayCtor(0);
-  const provided = takeProvidedText(obj);
-  const bytes = provided !== undefined ? provided : await readNative(obj, nativeArrayBuffer);
-  if (bytes.length > limit) throw new RangeErrorCtor(`${what}: the body exceeds the limit of ${limit} bytes`);
+  const bytes = takeProvidedText(obj);
+  if (bytes !== undefined && bytes.length > limit) throw overLimit(what, limit);
   return bytes;
+}
+function overLimit(what, limit) {
+  return new RangeErrorCtor(`${what}: the body exceeds the limit of ${limit} bytes`);
 }
 /** A byte stream with one chunk, produced by `read()` on the first pull (never before). */
 function lazyByteStream(read) {
@@ -2149,7 +2164,7 @@ export function install(host) {
           const bytes = chunkBytes(step.value, what);
           total += bytes.length;
           if (total > maxBodyBytes) {
-            const err = new RangeErrorCtor(`${what}: the body exceeds the limit of ${maxBodyBytes} bytes`);
+            const err = overLimit(what, maxBodyBytes);
             ReflectApply(streams.cancelReader, reader, [err]);
             throw err;
           }
@@ -2161,12 +2176,10 @@ export function install(host) {
         waitUntil: waitsDone(waits),
       };
     }
-    // A body given as a string is ready now (no await); anything else is read.
-    let bytes = stream === undefined && !isUsedNative(response, ResponseBodyUsed) ? takeProvidedText(response) : undefined;
+    // A null or string body is ready now (no await); anything else is read.
+    let bytes = bodyBytesNow(response, ResponseBodyUsed, maxBodyBytes, what);
     if (bytes === undefined) {
       bytes = await bodyBytes(response, ResponseArrayBuffer, ResponseBodyUsed, maxBodyBytes, what);
-    } else if (bytes.length > maxBodyBytes) {
-      throw new RangeErrorCtor(`${what}: the body exceeds the limit of ${maxBodyBytes} bytes`);
     }
     return {
       __proto__: null,
