@@ -42,7 +42,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use isogate_policy::{Policy, TenantLimits};
+use isogate_policy::{HostPattern, Policy, TenantLimits};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -88,6 +88,42 @@ pub struct Config {
     /// The gateway-wide budget for body bytes held in flight.
     #[serde(default)]
     pub inflight: InflightConfig,
+    /// TLS on the ingress (`listen.ingress_tls`): certificates chosen by SNI.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// TLS termination on `listen.ingress_tls`. Certificates are read at start, on SIGHUP and when
+/// their files change; a set that fails to load keeps the last good one serving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates (PEM chain and private key). For each handshake the one whose subject
+    /// alternative names match the SNI name is chosen (exact names before wildcards); the first
+    /// one serves clients that send no SNI or an unknown name.
+    pub certificates: Vec<CertificateConfig>,
+    /// The port clients reach the TLS listener on (behind a load balancer it may differ from
+    /// `listen.ingress_tls`), for redirects from plain HTTP (1..=65535). Default 443.
+    pub https_port: u32,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            certificates: Vec::new(),
+            https_port: 443,
+        }
+    }
+}
+
+/// One certificate: PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// The certificate chain (leaf first), PEM.
+    pub cert_file: PathBuf,
+    /// The private key of the leaf certificate (PKCS#8, PKCS#1 or SEC1), PEM.
+    pub key_file: PathBuf,
 }
 
 /// The gateway-wide budget for body bytes held in flight (Worker request and response bodies,
@@ -160,6 +196,21 @@ pub struct Listen {
     /// Address of the admin listener (deployments, metrics). Default
     /// `127.0.0.1:9090`. Must differ from `ingress`.
     pub admin: SocketAddr,
+    /// Address of the TLS ingress listener (same routes as `ingress`); needs
+    /// `tls.certificates`. Default: none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ingress_tls: Option<SocketAddr>,
+    /// Hosts that serve the tenant API (`/v1/…`, `/w/…`): domains, `*.` wildcards or IP
+    /// addresses (for clients that call the gateway by address). Default
+    /// (empty): any host that no route claims. When set, a host that is neither an API host nor
+    /// claimed by a route gets 404. Reloadable.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub api_hosts: Vec<String>,
+    /// Proxies (IP addresses or CIDR ranges) in front of the gateway whose `X-Forwarded-For`,
+    /// `-Proto` and `-Host` headers are kept and believed; from any other peer they are
+    /// replaced. Default: none. Reloadable.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Listen {
@@ -167,7 +218,17 @@ impl Default for Listen {
         Self {
             ingress: SocketAddr::from((Ipv4Addr::LOCALHOST, 8080)),
             admin: SocketAddr::from((Ipv4Addr::LOCALHOST, 9090)),
+            ingress_tls: None,
+            api_hosts: Vec::new(),
+            trusted_proxies: Vec::new(),
         }
+    }
+}
+
+impl Listen {
+    /// The settings that take effect only at start (sockets), without the reloadable ones.
+    pub fn sockets(&self) -> (SocketAddr, SocketAddr, Option<SocketAddr>) {
+        (self.ingress, self.admin, self.ingress_tls)
     }
 }
 
@@ -281,6 +342,73 @@ pub struct TenantConfig {
     /// every outbound request is denied.
     #[serde(default)]
     pub egress: EgressConfig,
+    /// Public routes: requests to these hosts (and path prefixes) go to the tenant's stored
+    /// Workers without an API key, unchanged (all headers, `Authorization` and cookies
+    /// included).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One public route of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The host: a domain (`app.example.com`) or `*.` + a domain for its subdomains at any
+    /// depth. A host belongs to one tenant. No scheme, port or path.
+    pub host: String,
+    /// Path prefix (segment boundary: `/api` matches `/api` and `/api/x`, not `/apix`); the
+    /// longest matching prefix of a host wins. Default `/`.
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    /// The id of the tenant's stored Worker that answers.
+    pub worker: String,
+    /// Name for metrics and logs, unique within the tenant. Default: host + path prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Rate limit per client IP address (IPv6: per /64), GCRA. Default 50/s, burst 100.
+    #[serde(default = "default_client_rate_limit")]
+    pub client_rate_limit: RateLimitConfig,
+    /// Largest request head (request line and headers), in bytes; more is answered 431.
+    /// Default 32768.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: u64,
+    /// Largest request body, in bytes; at most the tenant's `limits.max_body_bytes`, which is
+    /// the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
+    /// On the plain-HTTP listener, answer `308` to the same URL on HTTPS (`tls.https_port`)
+    /// instead of running the Worker. Needs `listen.ingress_tls`. Default `false`.
+    #[serde(default)]
+    pub https_redirect: bool,
+}
+
+impl RouteConfig {
+    /// The route's effective name: [`name`](Self::name), else host + path prefix.
+    pub fn effective_name(&self) -> String {
+        match &self.name {
+            Some(name) => name.clone(),
+            None => {
+                let host = HostPattern::parse(&self.host)
+                    .map_or_else(|_| self.host.clone(), |p| p.to_string());
+                format!("{host}{}", self.path_prefix)
+            }
+        }
+    }
+}
+
+fn default_path_prefix() -> String {
+    "/".into()
+}
+
+fn default_client_rate_limit() -> RateLimitConfig {
+    RateLimitConfig {
+        per_second: 50,
+        burst: 100,
+    }
+}
+
+fn default_max_header_bytes() -> u64 {
+    32 << 10
 }
 
 /// One API key, configured by its digest only.
@@ -362,8 +490,9 @@ impl From<LimitsConfig> for TenantLimits {
 pub struct Lowered {
     /// The tenants: keys, limits, egress policies.
     pub policy: Policy,
-    /// The gateway's own listening sockets (`listen.ingress`, `listen.admin`), which no Worker
-    /// may ever reach (see [`isogate_policy::SelfListeners`]).
+    /// The gateway's own listening sockets (`listen.ingress`, `listen.admin`,
+    /// `listen.ingress_tls`), which no Worker may ever reach (see
+    /// [`isogate_policy::SelfListeners`]).
     pub listeners: Vec<SocketAddr>,
 }
 

@@ -1127,8 +1127,148 @@ fn bound_doc(def: &str, field: &str, value: u64) -> (String, String) {
             doc(&format!("pool: {{ quarantine: {{ {field}: {value} }} }}\n")),
             format!("pool.quarantine.{field}"),
         ),
+        "RouteConfig" => (
+            format!(
+                "{}    limits: {{ max_body_bytes: 33554432 }}\n    routes: [{{ host: a.test, worker: w, {field}: {value} }}]\n",
+                doc("")
+            ),
+            format!("tenants[0].routes[0].{field}"),
+        ),
+        "TlsConfig" => (
+            doc(&format!(
+                "listen: {{ ingress_tls: \"127.0.0.1:8443\" }}\ntls: {{ {field}: {value}, certificates: [{{ cert_file: a.pem, key_file: a.key }}] }}\n"
+            )),
+            format!("tls.{field}"),
+        ),
         other => panic!("no test document for {other}"),
     }
+}
+
+/// Routes: hosts, prefixes, worker ids and names are checked with their YAML paths; a host
+/// belongs to one tenant (both paths named); lowering yields the route table.
+#[test]
+fn routes_are_validated_and_lowered() {
+    let two = |a: &str, b: &str| {
+        format!(
+            "tenants:\n{}    routes: [{a}]\n{}    routes: [{b}]\n",
+            tenant("acme", "k1"),
+            tenant("beta", "k2")
+        )
+    };
+    let message = single_error_at(
+        &two(
+            "{ host: app.example.com, worker: w }",
+            "{ host: APP.example.com., worker: w }",
+        ),
+        "tenants[1].routes[0].host",
+    );
+    assert!(
+        message.contains("tenants[0].routes[0].host") && message.contains("app.example.com"),
+        "{message}"
+    );
+    // Same host, two prefixes, one tenant: fine; the same prefix twice is not.
+    load_ok(&two(
+        "{ host: a.test, worker: w }, { host: a.test, path_prefix: /api, worker: v }",
+        "{ host: b.test, worker: w }",
+    ));
+    let message = single_error_at(
+        &two(
+            "{ host: a.test, worker: w, name: one }, { host: a.test, worker: v, name: two }",
+            "{ host: b.test, worker: w }",
+        ),
+        "tenants[0].routes[1].path_prefix",
+    );
+    assert!(message.contains("tenants[0].routes[0]"), "{message}");
+    for (route, path) in [
+        ("{ host: 10.0.0.1, worker: w }", "tenants[0].routes[0].host"),
+        (
+            "{ host: \"https://a.test\", worker: w }",
+            "tenants[0].routes[0].host",
+        ),
+        (
+            "{ host: a.test, path_prefix: api, worker: w }",
+            "tenants[0].routes[0].path_prefix",
+        ),
+        (
+            "{ host: a.test, worker: \"../x\" }",
+            "tenants[0].routes[0].worker",
+        ),
+        (
+            "{ host: a.test, worker: w, max_body_bytes: 2097152 }",
+            "tenants[0].routes[0].max_body_bytes",
+        ),
+        (
+            "{ host: a.test, worker: w, client_rate_limit: { per_second: 0, burst: 1 } }",
+            "tenants[0].routes[0].client_rate_limit.per_second",
+        ),
+    ] {
+        single_error_at(&two(route, "{ host: b.test, worker: w }"), path);
+    }
+    let (_, lowered) = Config::from_yaml_str_lowered(
+        &format!(
+            "{}listen: {{ api_hosts: [api.example.com], trusted_proxies: [10.0.0.0/8, \"::1\"] }}\n",
+            two("{ host: \"*.apps.test\", worker: w, max_body_bytes: 1000 }", "{ host: b.test, path_prefix: /x, worker: v, name: bx }")
+        ),
+        "t",
+    )
+    .expect("valid");
+    let routes = lowered.policy.routes();
+    match routes.resolve(Some("u1.apps.test"), "/") {
+        isogate_policy::RouteMatch::Route(r) => {
+            assert_eq!(
+                (r.tenant.as_str(), r.worker.as_str(), r.name.as_str()),
+                ("acme", "w", "*.apps.test/")
+            );
+            assert_eq!(r.max_body_bytes, 1000);
+            assert_eq!(
+                (r.client_rate_limit.per_second, r.client_rate_limit.burst),
+                (50, 100)
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        matches!(routes.resolve(Some("b.test"), "/x/y"), isogate_policy::RouteMatch::Route(r) if r.name == "bx")
+    );
+    assert_eq!(
+        routes.resolve(Some("api.example.com"), "/v1/load"),
+        isogate_policy::RouteMatch::Api
+    );
+    assert_eq!(
+        routes.resolve(Some("other.test"), "/"),
+        isogate_policy::RouteMatch::NoRoute
+    );
+    assert!(lowered.policy.is_trusted_proxy("10.1.2.3".parse().unwrap()));
+    assert!(lowered.policy.is_trusted_proxy("::1".parse().unwrap()));
+    assert!(!lowered.policy.is_trusted_proxy("11.0.0.1".parse().unwrap()));
+}
+
+#[test]
+fn ingress_and_tls_settings_are_validated() {
+    for (extra, path) in [
+        ("listen: { api_hosts: [\"a..b\"] }\n", "listen.api_hosts[0]"),
+        ("listen: { trusted_proxies: [\"10.0.0.0/33\"] }\n", "listen.trusted_proxies[0]"),
+        ("listen: { ingress_tls: \"127.0.0.1:8443\" }\n", "tls.certificates"),
+        ("tls: { certificates: [{ cert_file: a, key_file: b }] }\n", "listen.ingress_tls"),
+        ("listen: { ingress_tls: \"127.0.0.1:8080\" }\ntls: { certificates: [{ cert_file: a, key_file: b }] }\n", "listen.ingress_tls"),
+        ("listen: { ingress_tls: \"127.0.0.1:8443\" }\ntls: { certificates: [{ cert_file: \"\", key_file: b }] }\n", "tls.certificates[0].cert_file"),
+    ] {
+        single_error_at(&doc(extra), path);
+    }
+    let (yaml, _) = (
+        format!(
+            "{}    routes: [{{ host: a.test, worker: w, https_redirect: true }}]\n",
+            doc("")
+        ),
+        (),
+    );
+    single_error_at(&yaml, "tenants[0].routes[0].https_redirect");
+    let (_, lowered) = Config::from_yaml_str_lowered(
+        &doc("listen: { ingress_tls: \"127.0.0.1:8443\" }\ntls: { certificates: [{ cert_file: a, key_file: b }] }\n"),
+        "t",
+    )
+    .expect("valid");
+    assert_eq!(lowered.listeners.len(), 3);
 }
 
 /// The validator and the JSON schema agree on every numeric bound, and every integer field of

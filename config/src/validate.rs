@@ -14,9 +14,10 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use isogate_policy::egress::DEFAULT_PORTS;
+use isogate_policy::routes::check_path_prefix;
 use isogate_policy::{
-    parse_target, ApiKeyHash, EgressPolicy, EgressRule, HostPattern, PathMatcher, Policy,
-    TenantName, TenantPolicy,
+    check_worker_id, parse_target, ApiKeyHash, EgressPolicy, EgressRule, HostPattern, PathMatcher,
+    Policy, PublicRoute, TenantName, TenantPolicy,
 };
 
 use crate::{
@@ -107,6 +108,15 @@ pub(crate) const BOUNDS: &[Bound] = &[
         ..bound("InflightConfig", "tenant_share_percent", 1, Some(100))
     },
     bound("InflightConfig", "wait_ms", 0, Some(60000)),
+    Bound {
+        between: true,
+        ..bound("RouteConfig", "max_header_bytes", 1024, Some(1 << 20))
+    },
+    bound("RouteConfig", "max_body_bytes", 1, Some(32 << 20)),
+    Bound {
+        between: true,
+        ..bound("TlsConfig", "https_port", 1, Some(65535))
+    },
 ];
 
 /// The bound of `def.field`.
@@ -161,6 +171,7 @@ const CLIENT_MANAGED_HEADERS: [&str; 9] = [
 pub(crate) fn lower(config: &Config) -> Result<Lowered, Vec<ValidationError>> {
     let mut errors = Errors::default();
     check_listen(&config.listen, &mut errors);
+    let (api_hosts, trusted_proxies) = check_ingress(config, &mut errors);
     if config.state_dir.as_os_str().is_empty() {
         errors.push("state_dir", "must not be empty");
     }
@@ -170,7 +181,12 @@ pub(crate) fn lower(config: &Config) -> Result<Lowered, Vec<ValidationError>> {
         .iter()
         .map(|credential| credential.name.as_str())
         .collect();
-    let tenants = check_tenants(&config.tenants, &credentials, &mut errors);
+    let tls = config
+        .listen
+        .ingress_tls
+        .is_some()
+        .then_some(config.tls.https_port);
+    let tenants = check_tenants(&config.tenants, &credentials, tls, &mut errors);
     let vaults: HashSet<&str> = config
         .vaults
         .iter()
@@ -211,9 +227,11 @@ pub(crate) fn lower(config: &Config) -> Result<Lowered, Vec<ValidationError>> {
         inflight.wait_ms,
     );
     if errors.0.is_empty() {
+        let mut listeners = vec![config.listen.ingress, config.listen.admin];
+        listeners.extend(config.listen.ingress_tls);
         Ok(Lowered {
-            policy: Policy::new(tenants),
-            listeners: vec![config.listen.ingress, config.listen.admin],
+            policy: Policy::new(tenants).with_ingress(api_hosts, trusted_proxies),
+            listeners,
         })
     } else {
         Err(errors.0)
@@ -238,6 +256,80 @@ fn check_listen(listen: &Listen, errors: &mut Errors) {
                 listen.ingress
             ),
         );
+    }
+    if let Some(tls) = listen.ingress_tls {
+        for (field, other) in [("ingress", listen.ingress), ("admin", listen.admin)] {
+            if listeners_conflict(tls, other) {
+                errors.push(
+                    "listen.ingress_tls",
+                    format!("must not use the same address as listen.{field} ({other})"),
+                );
+            }
+        }
+    }
+}
+
+/// Checks `listen.api_hosts`, `listen.trusted_proxies` and `tls`, and lowers the first two.
+fn check_ingress(config: &Config, errors: &mut Errors) -> (Vec<HostPattern>, Vec<ipnet::IpNet>) {
+    let listen = &config.listen;
+    let mut api_hosts = Vec::new();
+    for (i, host) in listen.api_hosts.iter().enumerate() {
+        match HostPattern::parse(host) {
+            Ok(p) => api_hosts.push(p),
+            Err(message) => errors.push(format!("listen.api_hosts[{i}]"), message),
+        }
+    }
+    let mut proxies = Vec::new();
+    for (i, text) in listen.trusted_proxies.iter().enumerate() {
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => proxies.push(net.trunc()),
+            Err(_) => errors.push(
+                format!("listen.trusted_proxies[{i}]"),
+                format!("{text:?} is not an IP address or CIDR range (e.g. 10.0.0.0/8)"),
+            ),
+        }
+    }
+    let tls = &config.tls;
+    errors.bounded(
+        "tls.https_port",
+        "TlsConfig",
+        "https_port",
+        u64::from(tls.https_port),
+    );
+    match (listen.ingress_tls.is_some(), tls.certificates.is_empty()) {
+        (true, true) => errors.push(
+            "tls.certificates",
+            "listen.ingress_tls is set: at least one certificate is required",
+        ),
+        (false, false) => errors.push(
+            "listen.ingress_tls",
+            "tls.certificates are given but no TLS listener is set",
+        ),
+        _ => {}
+    }
+    for (i, c) in tls.certificates.iter().enumerate() {
+        for (field, path) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
+            if path.as_os_str().is_empty() {
+                errors.push(
+                    format!("tls.certificates[{i}].{field}"),
+                    "must not be empty",
+                );
+            }
+        }
+    }
+    (api_hosts, proxies)
+}
+
+/// A route or API host: a domain or `*.` wildcard, never an IP address.
+fn route_host(host: &str) -> Result<HostPattern, String> {
+    match HostPattern::parse(host)? {
+        HostPattern::Ip(_) => Err(format!(
+            "{host:?} is an IP address; routes and API hosts name domains (or `*.` + a domain)"
+        )),
+        p => Ok(p),
     }
 }
 
@@ -287,6 +379,7 @@ fn check_pool(pool: &PoolConfig, errors: &mut Errors) {
 fn check_tenants(
     tenants: &[TenantConfig],
     credentials: &HashSet<&str>,
+    tls: Option<u32>,
     errors: &mut Errors,
 ) -> Vec<TenantPolicy> {
     let mut lowered = Vec::with_capacity(tenants.len());
@@ -299,6 +392,8 @@ fn check_tenants(
     let mut names: HashMap<&str, usize> = HashMap::new();
     let mut keys: HashMap<[u8; 32], String> = HashMap::new();
     let empty_key = ApiKeyHash::of_key("");
+    // Host pattern -> YAML path of its first claim, for uniqueness across tenants.
+    let mut hosts: HashMap<String, String> = HashMap::new();
 
     for (t, tenant) in tenants.iter().enumerate() {
         let at = format!("tenants[{t}]");
@@ -355,11 +450,137 @@ fn check_tenants(
 
         check_limits(&at, tenant, errors);
         let egress = check_egress(&format!("{at}.egress"), &tenant.egress, credentials, errors);
+        let routes = check_routes(&at, tenant, tls, &mut hosts, errors);
         lowered.push(TenantPolicy {
             name: TenantName::new(tenant.name.as_str()),
             api_keys,
             limits: tenant.limits.into(),
             egress,
+            routes,
+        });
+    }
+    lowered
+}
+
+/// Checks and lowers a tenant's `routes`; `hosts` holds the hosts claimed so far (by any
+/// tenant), so that a host claimed by two tenants is reported with both paths.
+fn check_routes(
+    tenant_at: &str,
+    tenant: &TenantConfig,
+    tls: Option<u32>,
+    hosts: &mut HashMap<String, String>,
+    errors: &mut Errors,
+) -> Vec<PublicRoute> {
+    let mut names: HashMap<String, String> = HashMap::new();
+    let mut claimed: HashMap<(String, String), String> = HashMap::new();
+    let mut lowered = Vec::new();
+    for (r, route) in tenant.routes.iter().enumerate() {
+        let at = format!("{tenant_at}.routes[{r}]");
+        let host = match route_host(&route.host) {
+            Ok(p) => Some(p),
+            Err(message) => {
+                errors.push(format!("{at}.host"), message);
+                None
+            }
+        };
+        if let Err(message) = check_path_prefix(&route.path_prefix) {
+            errors.push(format!("{at}.path_prefix"), message);
+        }
+        if let Err(message) = check_worker_id(&route.worker) {
+            errors.push(format!("{at}.worker"), message);
+        }
+        let name = route.effective_name();
+        if route.name.is_some() && !is_valid_rule_name(&name) {
+            errors.push(
+                format!("{at}.name"),
+                format!(
+                    "invalid route name {name:?}: must be 1 to {MAX_RULE_NAME_LEN} visible \
+                     ASCII characters"
+                ),
+            );
+        }
+        if let Some(first) = names.insert(name.clone(), at.clone()) {
+            errors.push(
+                format!("{at}.name"),
+                format!("duplicate route name {name:?} (already used at {first}); name the routes"),
+            );
+        }
+        check_rate_limit(
+            &format!("{at}.client_rate_limit"),
+            &route.client_rate_limit,
+            errors,
+        );
+        errors.bounded(
+            format!("{at}.max_header_bytes"),
+            "RouteConfig",
+            "max_header_bytes",
+            route.max_header_bytes,
+        );
+        let max_body_bytes = match route.max_body_bytes {
+            None => tenant.limits.max_body_bytes,
+            Some(bytes) => {
+                errors.bounded(
+                    format!("{at}.max_body_bytes"),
+                    "RouteConfig",
+                    "max_body_bytes",
+                    bytes,
+                );
+                let in_bounds = bound_of("RouteConfig", "max_body_bytes")
+                    .max
+                    .is_none_or(|max| bytes <= max);
+                if in_bounds && bytes > tenant.limits.max_body_bytes {
+                    errors.push(
+                        format!("{at}.max_body_bytes"),
+                        format!(
+                            "must not exceed the tenant's limits.max_body_bytes ({bytes} > {})",
+                            tenant.limits.max_body_bytes
+                        ),
+                    );
+                }
+                bytes
+            }
+        };
+        let https_port = tls.unwrap_or(443);
+        if route.https_redirect && tls.is_none() {
+            errors.push(
+                format!("{at}.https_redirect"),
+                "needs a TLS listener (listen.ingress_tls)",
+            );
+        }
+        let Some(host) = host else { continue };
+        let key = host.to_string();
+        if let Some(first) = claimed.insert((key.clone(), route.path_prefix.clone()), at.clone()) {
+            errors.push(
+                format!("{at}.path_prefix"),
+                format!(
+                    "host {key:?} with path prefix {:?} is already routed at {first}",
+                    route.path_prefix
+                ),
+            );
+        }
+        match hosts.get(&key) {
+            Some(first) if !first.starts_with(&format!("{tenant_at}.")) => errors.push(
+                format!("{at}.host"),
+                format!(
+                    "host {key:?} is already claimed by another tenant at {first}; a host \
+                     belongs to one tenant"
+                ),
+            ),
+            Some(_) => {}
+            None => {
+                hosts.insert(key, format!("{at}.host"));
+            }
+        }
+        lowered.push(PublicRoute {
+            name,
+            tenant: TenantName::new(tenant.name.as_str()),
+            host,
+            path_prefix: route.path_prefix.clone(),
+            worker: route.worker.clone(),
+            client_rate_limit: route.client_rate_limit.into(),
+            max_header_bytes: route.max_header_bytes,
+            max_body_bytes,
+            https_redirect: route.https_redirect.then_some(https_port),
         });
     }
     lowered

@@ -36,6 +36,8 @@ pub const ERROR_KINDS: &[(&str, Fault)] = &[
     ("bad_request", Fault::Client),
     ("unauthorized", Fault::Client),
     ("payload_too_large", Fault::Client),
+    ("headers_too_large", Fault::Client),
+    ("rate_limited", Fault::Client),
     ("not_found", Fault::Client),
     ("method_not_allowed", Fault::Client),
     ("conflict", Fault::Client),
@@ -65,6 +67,16 @@ pub enum ApiError {
     PayloadTooLarge {
         /// The limit that was exceeded.
         limit: u64,
+    },
+    /// Request head larger than a public route's `max_header_bytes`.
+    HeadersTooLarge {
+        /// The limit that was exceeded.
+        limit: u64,
+    },
+    /// A client over a public route's per-client rate limit.
+    RateLimited {
+        /// Seconds the client should wait.
+        retry_after_s: u64,
     },
     /// No such route or Worker.
     NotFound(String),
@@ -101,6 +113,8 @@ impl ApiError {
             ApiError::BadRequest(_) => 400,
             ApiError::Unauthorized => 401,
             ApiError::PayloadTooLarge { .. } => 413,
+            ApiError::HeadersTooLarge { .. } => 431,
+            ApiError::RateLimited { .. } => 429,
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
@@ -120,6 +134,8 @@ impl ApiError {
             ApiError::BadRequest(_)
             | ApiError::Unauthorized
             | ApiError::PayloadTooLarge { .. }
+            | ApiError::HeadersTooLarge { .. }
+            | ApiError::RateLimited { .. }
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed { .. }
             | ApiError::Conflict(_) => Fault::Client,
@@ -147,6 +163,8 @@ impl ApiError {
             ApiError::BadRequest(_) => "bad_request",
             ApiError::Unauthorized => "unauthorized",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
@@ -169,6 +187,12 @@ impl ApiError {
             ApiError::PayloadTooLarge { limit } => {
                 format!("request body exceeds this tenant's limit of {limit} bytes")
             }
+            ApiError::HeadersTooLarge { limit } => {
+                format!("request headers exceed this route's limit of {limit} bytes")
+            }
+            ApiError::RateLimited { retry_after_s } => {
+                format!("too many requests from this client; retry after {retry_after_s} s")
+            }
             ApiError::MethodNotAllowed { allow } => format!("method not allowed; use {allow}"),
             ApiError::TooManyRequests { message, .. } => message.clone(),
             ApiError::Overloaded => "the isolate pool is overloaded; retry shortly".into(),
@@ -183,6 +207,23 @@ impl ApiError {
         serde_json::json!({ "error": { "kind": self.kind(), "message": self.message() } })
     }
 
+    /// The JSON body for a public route's client (the tenant's end user): the kind, and the
+    /// message only where it is about the request itself; a Worker's exception, a tenant's
+    /// limits and the gateway's internals are not told to the public.
+    pub fn public_body(&self) -> serde_json::Value {
+        let message = match self {
+            ApiError::BadRequest(_)
+            | ApiError::PayloadTooLarge { .. }
+            | ApiError::HeadersTooLarge { .. }
+            | ApiError::RateLimited { .. }
+            | ApiError::Overloaded
+            | ApiError::Draining => self.message(),
+            ApiError::NotFound(_) => "not found".into(),
+            _ => "the application could not answer this request".into(),
+        };
+        serde_json::json!({ "error": { "kind": self.kind(), "message": message } })
+    }
+
     /// Whether the answer ends the connection (the client sent more than it may, or the gateway
     /// is going away); a body left unread is then discarded up to a bound before closing.
     pub fn closes_connection(&self) -> bool {
@@ -194,7 +235,8 @@ impl ApiError {
         match self {
             ApiError::Unauthorized => vec![("www-authenticate", "Bearer".into())],
             ApiError::MethodNotAllowed { allow } => vec![("allow", (*allow).to_string())],
-            ApiError::TooManyRequests { retry_after_s, .. } => {
+            ApiError::TooManyRequests { retry_after_s, .. }
+            | ApiError::RateLimited { retry_after_s } => {
                 vec![("retry-after", retry_after_s.to_string())]
             }
             ApiError::Overloaded | ApiError::MemoryBudget(_) => vec![("retry-after", "1".into())],
@@ -255,6 +297,8 @@ mod tests {
             ApiError::BadRequest("m".into()),
             ApiError::Unauthorized,
             ApiError::PayloadTooLarge { limit: 1 },
+            ApiError::HeadersTooLarge { limit: 1 },
+            ApiError::RateLimited { retry_after_s: 1 },
             ApiError::NotFound("m".into()),
             ApiError::MethodNotAllowed { allow: "GET" },
             ApiError::Conflict("m".into()),
@@ -293,6 +337,10 @@ mod tests {
         assert_eq!(crashed.fault(), Fault::Platform);
         let thrown = ApiError::from(WorkerError::new(ErrorKind::Exception, "m"));
         assert_eq!((thrown.status(), thrown.fault()), (500, Fault::Tenant));
-        assert_eq!(ERROR_KINDS.len(), 19);
+        assert_eq!(ERROR_KINDS.len(), 21);
+        // A public client learns nothing of the Worker's failure but its kind.
+        let body = thrown.public_body();
+        assert_eq!(body["error"]["kind"], "exception");
+        assert!(!body.to_string().contains("\"m\""), "{body}");
     }
 }

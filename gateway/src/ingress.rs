@@ -15,13 +15,22 @@
 //! | `GET /v1/workers` | the tenant's ids with warm/cold state |
 //! | `DELETE /v1/workers/{id}` | evict and forget |
 //! | `ANY /w/{id}/{rest}` | `get(id)`: dispatch to the cached Worker |
+//!
+//! Before any of these, the request's `Host` and path choose between the API and a tenant's
+//! public route (`isogate_policy::RouteTable::resolve`): a route dispatches the request,
+//! unchanged and without an API key, to the tenant's stored Worker, under the route's header,
+//! body and per-client rate limits and the tenant's limits; its errors tell the public client
+//! the kind only (`ApiError::public_body`).
 
 use crate::admission::TenantGate;
 use crate::error::ApiError;
+use crate::public::{head_bytes, https_location, Forwarded, Scheme};
 use crate::state::{AppState, Snapshot};
 use crate::store::PutOutcome;
 use async_trait::async_trait;
-use isogate_policy::{LimitOverrides as PolicyOverrides, TenantPolicy};
+use isogate_policy::{
+    check_worker_id, LimitOverrides as PolicyOverrides, PublicRoute, RouteMatch, TenantPolicy,
+};
 use isogate_pool::{
     BodyPart, BodySink, Hold, HttpRequest, HttpResponse, Invocation, Invoker, LimitOverrides,
     Limits, Window, WorkerCode,
@@ -50,15 +59,21 @@ pub const DISCARD_TIME: Duration = Duration::from_secs(5);
 /// Seconds an idle keep-alive connection stays open (pingora's default for `ServeHttp` apps).
 const KEEPALIVE_S: u64 = 60;
 
-/// The ingress app.
+/// The ingress app (one per listener: plain HTTP and TLS).
 pub struct Ingress {
     state: Arc<AppState>,
+    scheme: Scheme,
 }
 
 impl Ingress {
-    /// Builds the app over shared state.
+    /// Builds the plain-HTTP app over shared state.
     pub fn new(state: Arc<AppState>) -> Self {
-        Ingress { state }
+        Self::with_scheme(state, Scheme::Http)
+    }
+
+    /// Builds the app of the listener that speaks `scheme`.
+    pub fn with_scheme(state: Arc<AppState>, scheme: Scheme) -> Self {
+        Ingress { state, scheme }
     }
 }
 
@@ -117,10 +132,29 @@ impl Reply {
     }
 
     pub(crate) fn error(e: &ApiError) -> Reply {
-        let mut r = Reply::json(e.status(), &e.body());
+        Reply::error_with(e, e.body())
+    }
+
+    /// An error for a public route's client ([`ApiError::public_body`]).
+    fn public_error(e: &ApiError) -> Reply {
+        Reply::error_with(e, e.public_body())
+    }
+
+    fn error_with(e: &ApiError, body: serde_json::Value) -> Reply {
+        let mut r = Reply::json(e.status(), &body);
         r.headers
             .extend(e.headers().into_iter().map(|(k, v)| (k.to_string(), v)));
         r
+    }
+
+    /// A permanent redirect that keeps the method (308).
+    fn redirect(location: String) -> Reply {
+        Reply {
+            status: 308,
+            headers: vec![("location".into(), location)],
+            body: Vec::new(),
+            stream: None,
+        }
     }
 
     fn from_worker(resp: HttpResponse, stream: BodyParts) -> Reply {
@@ -388,13 +422,22 @@ impl Ingress {
                 }
                 seen.close = e.closes_connection();
                 self.state.metrics.request_failure(&e);
-                Reply::error(&e)
+                if seen.public {
+                    Reply::public_error(&e)
+                } else {
+                    Reply::error(&e)
+                }
             }
         };
         let tenant = seen.tenant.as_deref().unwrap_or(crate::metrics::NO_TENANT);
         self.state
             .metrics
             .request(tenant, seen.route, reply.status, started.elapsed());
+        if let Some(route) = &seen.route_name {
+            self.state
+                .metrics
+                .route_request(tenant, route, reply.status);
+        }
         tracing::debug!(
             method,
             tenant,
@@ -435,6 +478,11 @@ struct Seen {
     continued: bool,
     /// The answer closes the connection.
     close: bool,
+    /// The request is public traffic (a route, or a host no route claims): errors tell the
+    /// kind only.
+    public: bool,
+    /// The public route's name.
+    route_name: Option<String>,
 }
 
 impl Default for Seen {
@@ -445,6 +493,8 @@ impl Default for Seen {
             max_body_bytes: None,
             continued: false,
             close: false,
+            public: false,
+            route_name: None,
         }
     }
 }
@@ -488,25 +538,19 @@ fn parse_route(path: &str) -> Result<Route, ApiError> {
     Err(not_found())
 }
 
-/// Worker ids: 1–128 characters of `A-Z a-z 0-9 . _ - @ : + ~`, not made of dots only (`.` and
-/// `..` are path segments that clients and proxies rewrite, so such an id names no one thing).
+/// Worker ids: the one rule of `isogate_policy::check_worker_id`.
 fn valid_id(id: &str) -> Result<&str, ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= 128
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"._-@:+~".contains(&b));
-    if !ok {
-        return Err(ApiError::BadRequest(format!(
-            "invalid worker id {id:?}: use 1-128 characters of A-Z a-z 0-9 . _ - @ : + ~"
-        )));
-    }
-    if id.bytes().all(|b| b == b'.') {
-        return Err(ApiError::BadRequest(format!(
-            "invalid worker id {id:?}: an id made only of dots is a path segment (`.`, `..`), not a name"
-        )));
-    }
+    check_worker_id(id).map_err(ApiError::BadRequest)?;
     Ok(id)
+}
+
+/// The host a request names: its `Host` header, else the authority of an absolute-form target.
+fn request_host(header: &pingora::http::RequestHeader) -> Option<&str> {
+    header
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| header.uri.authority().map(|a| a.as_str()))
 }
 
 fn bearer_key(session: &ServerSession) -> Option<&str> {
@@ -730,7 +774,21 @@ impl Ingress {
         session: &mut ServerSession,
         seen: &mut Seen,
     ) -> Result<Reply, ApiError> {
+        let snapshot = self.state.snapshot();
         let path = session.req_header().uri.path().to_string();
+        let host = request_host(session.req_header()).map(str::to_string);
+        match snapshot.policy.routes().resolve(host.as_deref(), &path) {
+            RouteMatch::Api => {}
+            RouteMatch::NoRoute => {
+                seen.route = "no_route";
+                seen.public = true;
+                return Err(ApiError::NotFound("not found".into()));
+            }
+            RouteMatch::Route(route) => {
+                let host = host.unwrap_or_default();
+                return self.public(session, seen, &snapshot, route, &host).await;
+            }
+        }
         let route = parse_route(&path)?;
         let method = session.req_header().method.clone();
         seen.route = match &route {
@@ -741,7 +799,6 @@ impl Ingress {
             Route::Worker(_) => "put_worker",
             Route::Dispatch { .. } => "dispatch",
         };
-        let snapshot = self.state.snapshot();
         let tenant = bearer_key(session)
             .and_then(|key| snapshot.policy.authenticate(key))
             .cloned()
@@ -770,12 +827,9 @@ impl Ingress {
                 return Err(unknown_worker(id));
             }
         }
-        // Worker request and response bodies are charged to the gateway's in-flight budget
-        // while this request holds them.
-        let mut held = self.state.inflight.permit(tenant.name.as_str());
-        let body = read_body(session, tenant.limits.max_body_bytes, seen, &mut held)
-            .await
-            .inspect_err(|e| self.budget_refused(e, tenant.name.as_str()))?;
+        let (body, held) = self
+            .read_charged(session, seen, &tenant, tenant.limits.max_body_bytes)
+            .await?;
         let reply = match route {
             Route::Execute => self.execute(&snapshot, &tenant, &body).await,
             Route::Load => self.load(&snapshot, &tenant, &body).await,
@@ -787,11 +841,115 @@ impl Ingress {
                 self.dispatch(&snapshot, &tenant, &id, request).await
             }
         }?;
+        self.charge_reply(held, &reply, &tenant).await?;
+        Ok(reply)
+    }
+
+    /// Reads the body (at most `limit` bytes), charging it to the gateway's in-flight budget:
+    /// Worker request and response bodies are charged while the request holds them.
+    async fn read_charged(
+        &self,
+        session: &mut ServerSession,
+        seen: &mut Seen,
+        tenant: &TenantPolicy,
+        limit: u64,
+    ) -> Result<(Vec<u8>, crate::inflight::InflightPermit), ApiError> {
+        let mut held = self.state.inflight.permit(tenant.name.as_str());
+        let body = read_body(session, limit, seen, &mut held)
+            .await
+            .inspect_err(|e| self.budget_refused(e, tenant.name.as_str()))?;
+        Ok((body, held))
+    }
+
+    /// Charges a buffered reply's body to the permit that held the request.
+    async fn charge_reply(
+        &self,
+        mut held: crate::inflight::InflightPermit,
+        reply: &Reply,
+        tenant: &TenantPolicy,
+    ) -> Result<(), ApiError> {
         held.grow(reply.body.len()).await.map_err(|e| {
             let e = ApiError::MemoryBudget(e.to_string());
             self.budget_refused(&e, tenant.name.as_str());
             e
-        })?;
+        })
+    }
+
+    /// A request on a public route: no API key; the route's header, rate and body limits, then
+    /// the tenant's admission and limits, and the request as the client sent it (forwarding
+    /// headers set) to the route's Worker.
+    async fn public(
+        &self,
+        session: &mut ServerSession,
+        seen: &mut Seen,
+        snapshot: &Snapshot,
+        route: &PublicRoute,
+        host: &str,
+    ) -> Result<Reply, ApiError> {
+        seen.route = "public";
+        seen.public = true;
+        seen.route_name = Some(route.name.clone());
+        seen.tenant = Some(route.tenant.as_str().to_string());
+        seen.max_body_bytes = Some(route.max_body_bytes);
+        let tenant = snapshot
+            .policy
+            .tenant(route.tenant.as_str())
+            .cloned()
+            .ok_or_else(|| ApiError::Internal("a route names an unknown tenant".into()))?;
+        if head_bytes(session.req_header()) > route.max_header_bytes {
+            return Err(ApiError::HeadersTooLarge {
+                limit: route.max_header_bytes,
+            });
+        }
+        if let (Scheme::Http, Some(port)) = (self.scheme, route.https_redirect) {
+            let target = session
+                .req_header()
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str());
+            return Ok(Reply::redirect(https_location(host, port, target)));
+        }
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |a| a.ip());
+        let forwarded = Forwarded::of(
+            &snapshot.policy,
+            peer,
+            self.scheme,
+            host,
+            &session.req_header().headers,
+        );
+        let key = (tenant.name.as_str().to_string(), route.name.clone());
+        if let Some(limiter) = snapshot.clients.get(&key) {
+            if let Err(wait) = limiter.check(forwarded.client) {
+                self.state
+                    .metrics
+                    .route_rate_limited
+                    .with_label_values(&[key.0.as_str(), key.1.as_str()])
+                    .inc();
+                return Err(ApiError::RateLimited {
+                    retry_after_s: wait.as_secs_f64().ceil().max(1.0) as u64,
+                });
+            }
+        }
+        // Before the body is read: a route whose Worker is not stored takes no upload.
+        if self
+            .state
+            .store
+            .get(tenant.name.as_str(), &route.worker)
+            .is_none()
+        {
+            return Err(ApiError::NotFound("not found".into()));
+        }
+        let (body, held) = self
+            .read_charged(session, seen, &tenant, route.max_body_bytes)
+            .await?;
+        let request = public_request(session.req_header(), &forwarded, host, body);
+        let reply = self
+            .dispatch(snapshot, &tenant, &route.worker, request)
+            .await?;
+        self.charge_reply(held, &reply, &tenant).await?;
         Ok(reply)
     }
 
@@ -1081,6 +1239,52 @@ impl Ingress {
             .await?;
         self.observe(tenant, &inv);
         worker_reply(inv, tenant.name.as_str(), stream)
+    }
+}
+
+/// The request a public route's Worker sees: as the client sent it (method, path, query, body,
+/// every header including `Authorization` and cookies), without hop-by-hop headers, with the
+/// gateway's `X-Forwarded-*`.
+fn public_request(
+    header: &pingora::http::RequestHeader,
+    forwarded: &Forwarded,
+    host: &str,
+    body: Vec<u8>,
+) -> HttpRequest {
+    let target = header.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    let host = if !host.is_empty() && host.bytes().all(|b| b.is_ascii_graphic()) {
+        host
+    } else {
+        "localhost"
+    };
+    // Headers the client named in `Connection` are hop-by-hop too (RFC 9110, 7.6.1).
+    let connection: Vec<String> = header
+        .headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .collect();
+    let mut headers: Vec<(String, String)> = header
+        .headers
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            !is_hop_by_hop(name)
+                && !forwarded.replaces(name)
+                && !connection.iter().any(|c| c == name)
+        })
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_string(), value.to_str().ok()?.to_string()))
+        })
+        .collect();
+    headers.extend(forwarded.headers());
+    HttpRequest {
+        method: header.method.to_string(),
+        url: format!("{}://{host}{target}", forwarded.proto),
+        headers,
+        body,
     }
 }
 

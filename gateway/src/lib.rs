@@ -12,6 +12,7 @@ pub mod inflight;
 pub mod ingress;
 pub mod lifecycle;
 pub mod metrics;
+pub mod public;
 pub mod server;
 pub mod state;
 pub mod store;

@@ -3,8 +3,8 @@
 //! **Reload** parses and validates the whole file, then swaps the reloadable [`Snapshot`]
 //! atomically; requests in flight finish under the snapshot they started with. An invalid file
 //! is rejected (logged, counted) and the last good configuration keeps serving. Tenants, keys,
-//! limits, egress rules, credentials and vaults reload; `listen`, `state_dir`, `pool` and
-//! `shutdown` need a restart (a reload that changes them says so in the log). Cached Workers of a
+//! limits, egress rules, public routes, `listen.api_hosts`/`trusted_proxies`, credentials and
+//! vaults reload; the listening sockets, `state_dir`, `pool` and `shutdown` need a restart (a reload that changes them says so in the log). Cached Workers of a
 //! tenant that left the configuration are evicted.
 //!
 //! **Shutdown** on SIGTERM: `/readyz` answers 503 at once while the gateway keeps serving for
@@ -80,7 +80,10 @@ impl Reloader {
         };
         let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
         for (field, changed) in [
-            ("listen", config.listen != current.listen),
+            (
+                "listen",
+                config.listen.sockets() != current.listen.sockets(),
+            ),
             ("state_dir", config.state_dir != current.state_dir),
             ("pool", config.pool != current.pool),
             ("shutdown", config.shutdown != current.shutdown),

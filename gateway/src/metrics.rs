@@ -47,7 +47,20 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_cordoned_tenants",
     "isogate_worker_round_trip_seconds",
     "isogate_worker_invocations_in_flight",
+    "isogate_route_requests_total",
+    "isogate_route_rate_limited_total",
 ];
+
+/// The `status_class` label of a status.
+fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
 
 /// Label value for "no rule matched" (report-mode passes, refusals before a rule).
 pub const NO_RULE: &str = "none";
@@ -159,6 +172,10 @@ pub struct Metrics {
     /// `isogate_worker_invocations_in_flight`: invocations dispatched to worker processes and
     /// not yet ended (the channels' queue depth).
     pub worker_in_flight: IntGauge,
+    /// `isogate_route_requests_total{tenant, route, status_class}`.
+    pub route_requests: IntCounterVec,
+    /// `isogate_route_rate_limited_total{tenant, route}`.
+    pub route_rate_limited: IntCounterVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -466,6 +483,18 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            route_requests: counter(
+                &r,
+                "isogate_route_requests_total",
+                "Requests on public routes (tenants' hostnames, no API key) by tenant, route name and status class.",
+                &["tenant", "route", "status_class"],
+            ),
+            route_rate_limited: counter(
+                &r,
+                "isogate_route_rate_limited_total",
+                "Requests on public routes refused by the route's per-client rate limit.",
+                &["tenant", "route"],
+            ),
             registry: r,
         };
         for cause in crate::supervisor::RESTART_CAUSES {
@@ -524,19 +553,58 @@ impl Metrics {
 
     /// Records one ingress request.
     pub fn request(&self, tenant: &str, route: &str, status: u16, took: Duration) {
-        let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
-        };
+        let class = status_class(status);
         self.requests
             .with_label_values(&[tenant, route, class])
             .inc();
         self.request_duration
             .with_label_values(&[tenant, route])
             .observe(took.as_secs_f64());
+    }
+
+    /// Records one request on a public route (named in the configuration).
+    pub fn route_request(&self, tenant: &str, route: &str, status: u16) {
+        self.route_requests
+            .with_label_values(&[tenant, route, status_class(status)])
+            .inc();
+    }
+
+    /// Creates the series of the configured public routes at 0 (at start and on reload), and
+    /// forgets those of routes no longer configured.
+    pub fn routes_configured(&self, routes: &[(String, String)]) {
+        let wanted: std::collections::HashSet<(&str, &str)> = routes
+            .iter()
+            .map(|(t, r)| (t.as_str(), r.as_str()))
+            .collect();
+        for family in [&self.route_requests, &self.route_rate_limited] {
+            let stale: Vec<Vec<String>> = prometheus::core::Collector::collect(family)
+                .iter()
+                .flat_map(|f| f.get_metric())
+                .map(|m| {
+                    m.get_label()
+                        .iter()
+                        .map(|l| l.value().to_string())
+                        .collect::<Vec<_>>()
+                })
+                .filter(|labels: &Vec<String>| {
+                    labels.len() >= 2 && !wanted.contains(&(labels[0].as_str(), labels[1].as_str()))
+                })
+                .collect();
+            for labels in stale {
+                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+                let _ = family.remove_label_values(&refs);
+            }
+        }
+        for (tenant, route) in routes {
+            for class in ["2xx", "4xx", "5xx"] {
+                self.route_requests
+                    .with_label_values(&[tenant, route, class])
+                    .inc_by(0);
+            }
+            self.route_rate_limited
+                .with_label_values(&[tenant, route])
+                .inc_by(0);
+        }
     }
 
     /// Counts an error answer.
@@ -721,6 +789,8 @@ mod tests {
         m.vault_up.with_label_values(&["v"]).set(1);
         m.config_reloads.with_label_values(&["ok"]).inc();
         m.config_last_success.set(1.0);
+        m.routes_configured(&[("t".into(), "r".into())]);
+        m.route_request("t", "r", 200);
     }
 
     /// The families README's metric table documents, with the label names of each (its rows:

@@ -5,6 +5,7 @@ use crate::admission::TenantGate;
 use crate::egress::TenantLimiters;
 use crate::inflight::InflightBudget;
 use crate::metrics::Metrics;
+use crate::public::ClientLimiter;
 use crate::store::WorkerStore;
 use crate::supervisor::Workers;
 use crate::vault::Secrets;
@@ -24,6 +25,8 @@ pub struct Snapshot {
     pub limiters: HashMap<String, Arc<TenantLimiters>>,
     /// Credentials and their secret sources.
     pub secrets: Arc<Secrets>,
+    /// Per-client rate limiters of the public routes, by (tenant, route name).
+    pub clients: HashMap<(String, String), Arc<ClientLimiter>>,
 }
 
 impl Snapshot {
@@ -56,11 +59,23 @@ impl Snapshot {
             gates.insert(name.to_string(), gate);
             limiters.insert(name.to_string(), limiter);
         }
+        let mut clients = HashMap::new();
+        for route in policy.routes().routes() {
+            let key = (route.tenant.as_str().to_string(), route.name.clone());
+            // A route whose limit did not change keeps its clients' state.
+            let limiter = previous
+                .and_then(|p| p.clients.get(&key))
+                .filter(|l| l.limit() == route.client_rate_limit)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(ClientLimiter::new(route.client_rate_limit)));
+            clients.insert(key, limiter);
+        }
         Snapshot {
             policy,
             gates,
             limiters,
             secrets,
+            clients,
         }
     }
 }
@@ -92,6 +107,7 @@ impl AppState {
         store: Arc<WorkerStore>,
         metrics: Arc<Metrics>,
     ) -> AppState {
+        metrics.routes_configured(&snapshot.load().clients.keys().cloned().collect::<Vec<_>>());
         AppState {
             snapshot,
             pool,
@@ -104,8 +120,11 @@ impl AppState {
         }
     }
 
-    /// Makes `snapshot` current; requests in flight keep the one they loaded.
+    /// Makes `snapshot` current; requests in flight keep the one they loaded. The public
+    /// routes' metric series follow the configuration.
     pub fn swap(&self, snapshot: Snapshot) {
+        self.metrics
+            .routes_configured(&snapshot.clients.keys().cloned().collect::<Vec<_>>());
         self.snapshot.store(Arc::new(snapshot));
     }
 

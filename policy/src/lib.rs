@@ -19,6 +19,7 @@
 //! configuration file, but can be constructed directly (e.g. in tests).
 
 pub mod egress;
+pub mod routes;
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ pub use egress::{
     PlannedLimiters, RateLimit, SelfListeners, Target, TargetError, TargetHost, METADATA_ENDPOINTS,
     METADATA_NAMES,
 };
+pub use routes::{check_worker_id, PublicRoute, RouteMatch, RouteTable};
 
 /// The name of a tenant.
 ///
@@ -283,6 +285,8 @@ pub struct TenantPolicy {
     /// Which outbound requests the tenant's Workers may make. The default
     /// denies all of them.
     pub egress: EgressPolicy,
+    /// Public routes to the tenant's Workers (no API key).
+    pub routes: Vec<PublicRoute>,
 }
 
 /// The set of tenants, indexed by name and by API key digest.
@@ -293,6 +297,10 @@ pub struct Policy {
     by_name: HashMap<TenantName, usize>,
     /// Key digest -> (tenant index, key index within that tenant).
     by_key: HashMap<[u8; HASH_LEN], (usize, usize)>,
+    /// Public routes of all tenants, and the API hosts.
+    routes: RouteTable,
+    /// Peers whose `X-Forwarded-*` headers are believed.
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Policy {
@@ -310,11 +318,80 @@ impl Policy {
                 by_key.entry(*key.as_bytes()).or_insert((t, k));
             }
         }
+        let routes = RouteTable::new(
+            tenants
+                .iter()
+                .flat_map(|t| t.routes.iter().cloned())
+                .collect(),
+            Vec::new(),
+        );
         Policy {
             tenants,
             by_name,
             by_key,
+            routes,
+            trusted_proxies: Vec::new(),
         }
+    }
+
+    /// The same policy with the hosts that serve the API (`listen.api_hosts`; empty: any host
+    /// no route claims) and the proxies whose forwarded headers are believed.
+    pub fn with_ingress(
+        mut self,
+        api_hosts: Vec<HostPattern>,
+        trusted_proxies: Vec<ipnet::IpNet>,
+    ) -> Policy {
+        let routes = self
+            .tenants
+            .iter()
+            .flat_map(|t| t.routes.iter().cloned())
+            .collect();
+        self.routes = RouteTable::new(routes, api_hosts);
+        self.trusted_proxies = trusted_proxies;
+        self
+    }
+
+    /// The public routes and API hosts.
+    pub fn routes(&self) -> &RouteTable {
+        &self.routes
+    }
+
+    /// Whether `peer` is a proxy whose `X-Forwarded-*` headers are kept.
+    pub fn is_trusted_proxy(&self, peer: std::net::IpAddr) -> bool {
+        let peer = match peer {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(peer, std::net::IpAddr::V4),
+            v4 => v4,
+        };
+        self.trusted_proxies.iter().any(|net| net.contains(&peer))
+    }
+
+    /// The client a request comes from: the TCP peer, or — when the peer is a trusted proxy —
+    /// the right-most address of `X-Forwarded-For` (all its values, in order) that is not a
+    /// trusted proxy itself. An entry that is not an IP address ends the walk at the last
+    /// address believed, so a client cannot choose its own identity.
+    pub fn client_ip<'a>(
+        &self,
+        peer: std::net::IpAddr,
+        forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    ) -> std::net::IpAddr {
+        let mut client = peer;
+        if !self.is_trusted_proxy(client) {
+            return client;
+        }
+        for value in forwarded_for.rev() {
+            for entry in value.rsplit(',') {
+                match entry.trim().parse::<std::net::IpAddr>() {
+                    Ok(ip) => {
+                        client = ip;
+                        if !self.is_trusted_proxy(ip) {
+                            return client;
+                        }
+                    }
+                    Err(_) => return client,
+                }
+            }
+        }
+        client
     }
 
     /// All tenants, in the order they were given to [`Policy::new`].
@@ -382,6 +459,7 @@ mod tests {
             api_keys: keys.iter().map(|k| ApiKeyHash::of_key(k)).collect(),
             limits: limits(),
             egress: EgressPolicy::default(),
+            routes: Vec::new(),
         }
     }
 
@@ -390,6 +468,35 @@ mod tests {
             tenant("alpha", &["alpha-key-1", "alpha-key-2"]),
             tenant("beta", &["beta-key"]),
         ])
+    }
+
+    #[test]
+    fn the_client_is_the_peer_unless_a_trusted_proxy_forwarded_it() {
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let p = policy().with_ingress(vec![], vec!["10.0.0.0/8".parse().unwrap()]);
+        // An untrusted peer's header is ignored.
+        assert_eq!(
+            p.client_ip(ip("203.0.113.9"), ["1.2.3.4"].into_iter()),
+            ip("203.0.113.9")
+        );
+        // A trusted peer: the right-most untrusted entry, across header lines.
+        assert_eq!(
+            p.client_ip(ip("10.0.0.2"), ["6.6.6.6, 1.2.3.4", "10.1.1.1"].into_iter()),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            p.client_ip(ip("::ffff:10.0.0.2"), ["1.2.3.4"].into_iter()),
+            ip("1.2.3.4")
+        );
+        // Garbage stops the walk at the last believed address.
+        assert_eq!(
+            p.client_ip(ip("10.0.0.2"), ["1.2.3.4, junk"].into_iter()),
+            ip("10.0.0.2")
+        );
+        assert_eq!(
+            p.client_ip(ip("10.0.0.2"), std::iter::empty()),
+            ip("10.0.0.2")
+        );
     }
 
     #[test]

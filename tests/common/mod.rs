@@ -138,6 +138,25 @@ impl Gateway {
         g
     }
 
+    /// Starts a gateway with more `listen` settings (see [`Gateway::start_listening`]) in a
+    /// temporary directory.
+    pub fn start_listen(listen_extra: &str, pool: &str, tenants: &str, extra: &str) -> Gateway {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (ingress, admin) = free_loopback_pair();
+        let mut g = Gateway::start_listening(
+            tmp.path(),
+            &ingress,
+            &admin,
+            listen_extra,
+            pool,
+            tenants,
+            extra,
+            &[],
+        );
+        g._tmp = Some(tmp);
+        g
+    }
+
     /// The most general start.
     pub fn start_full(
         dir: &Path,
@@ -160,6 +179,22 @@ impl Gateway {
         extra: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
+        Gateway::start_listening(dir, ingress, admin, "", pool, tenants, extra, env)
+    }
+
+    /// [`Gateway::start_at`] with more `listen` settings (`listen_extra`: YAML flow-mapping
+    /// entries, e.g. `api_hosts: [api.test]`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_listening(
+        dir: &Path,
+        ingress: &str,
+        admin: &str,
+        listen_extra: &str,
+        pool: &str,
+        tenants: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let (ingress, admin) = (ingress.to_string(), admin.to_string());
         // Tests stop gateways often: no not-ready grace period unless a test asks for one.
         let extra = if extra.contains("shutdown:") {
@@ -168,8 +203,13 @@ impl Gateway {
             format!("{extra}shutdown: {{ grace_period_s: 0, drain_timeout_s: 10 }}\n")
         };
         let pool = pool_for_mode(pool);
+        let listen_extra = if listen_extra.is_empty() {
+            String::new()
+        } else {
+            format!(", {listen_extra}")
+        };
         let config = format!(
-            "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\nstate_dir: \"{}\"\npool: {{ {pool} }}\ntenants:\n{tenants}{extra}",
+            "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\"{listen_extra} }}\nstate_dir: \"{}\"\npool: {{ {pool} }}\ntenants:\n{tenants}{extra}",
             dir.join("state").display()
         );
         let config_path = dir.join("isogate.yaml");
