@@ -34,7 +34,7 @@ fn example() -> String {
 fn check_accepts_the_example_config() {
     let (code, out, err) = isogate(&["check", "--config", &example()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ok (1 tenant)"), "{out}");
+    assert!(out.contains("ok (1 tenant, 0 public routes)"), "{out}");
 }
 
 #[test]
@@ -94,7 +94,7 @@ fn egress_example() -> String {
 fn check_accepts_the_egress_example() {
     let (code, out, err) = isogate(&["check", "--config", &egress_example()]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("ok (1 tenant)"), "{out}");
+    assert!(out.contains("ok (1 tenant, 0 public routes)"), "{out}");
 }
 
 #[test]

@@ -366,3 +366,346 @@ fn a_host_claimed_by_two_tenants_is_refused_by_check_naming_both() {
         "{stderr}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS on the ingress.
+
+use common::certs::{Ca, Leaf};
+use rustls::pki_types::{CertificateDer, ServerName};
+use std::sync::Arc;
+
+/// A gateway with a TLS listener serving `leaves` (in order), alpha's routes `alpha_routes`.
+struct TlsGateway {
+    g: Gateway,
+    tls: String,
+    ca: Ca,
+    dir: tempfile::TempDir,
+}
+
+fn tls_gateway(alpha_routes: &str, names: &[(&str, &[&str])]) -> (TlsGateway, Vec<Leaf>) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let leaves: Vec<Leaf> = names
+        .iter()
+        .map(|(file, sans)| ca.leaf(dir.path(), file, sans, None))
+        .collect();
+    let tls = common::free_loopback_addr();
+    let port = tls.rsplit_once(':').unwrap().1.to_string();
+    let certificates: Vec<String> = leaves
+        .iter()
+        .map(|l| {
+            format!(
+                "{{ cert_file: \"{}\", key_file: \"{}\" }}",
+                l.cert_file.display(),
+                l.key_file.display()
+            )
+        })
+        .collect();
+    let g = Gateway::start_listen(
+        &format!("ingress_tls: \"{tls}\""),
+        POOL,
+        &tenants(alpha_routes, ""),
+        &format!(
+            "tls: {{ https_port: {port}, certificates: [{}] }}\n",
+            certificates.join(", ")
+        ),
+    );
+    (TlsGateway { g, tls, ca, dir }, leaves)
+}
+
+/// A TLS connection to the gateway, as `sni`, trusting only the test CA.
+struct TlsConn {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+}
+
+impl TlsConn {
+    fn open(addr: &str, sni: &str, ca: &Ca) -> TlsConn {
+        TlsConn::try_open(addr, sni, ca).unwrap_or_else(|e| panic!("TLS handshake as {sni}: {e}"))
+    }
+
+    fn try_open(addr: &str, sni: &str, ca: &Ca) -> Result<TlsConn, rustls::Error> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(ca.der())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let name = ServerName::try_from(sni.to_string()).unwrap();
+        let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut stream = rustls::StreamOwned::new(conn, tcp);
+        // Complete the handshake (it fails here if the certificate does not verify).
+        while stream.conn.is_handshaking() {
+            if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
+                return Err(e
+                    .into_inner()
+                    .and_then(|inner| inner.downcast::<rustls::Error>().ok())
+                    .map_or(rustls::Error::General("handshake I/O".into()), |b| *b));
+            }
+        }
+        Ok(TlsConn { stream })
+    }
+
+    /// The leaf certificate the server presented.
+    fn leaf(&self) -> Vec<u8> {
+        self.stream.conn.peer_certificates().unwrap()[0].to_vec()
+    }
+
+    /// One keep-alive GET; the answer's status and body (`Content-Length` framed).
+    fn get(&mut self, host: &str, target: &str) -> (u16, String) {
+        write!(self.stream, "GET {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").unwrap();
+        self.stream.flush().unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.stream.read_exact(&mut byte).expect("answer head");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-length")
+                    .then(|| v.trim().parse().ok())?
+            })
+            .unwrap_or_else(|| panic!("no content-length in {head}"));
+        let mut body = vec![0; length];
+        self.stream.read_exact(&mut body).unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+#[test]
+fn tls_picks_the_certificate_by_sni_and_serves_routes_and_the_api() {
+    let (t, leaves) = tls_gateway(
+        "{ host: app.test, worker: echo }, { host: \"*.apps.test\", worker: echo }",
+        &[
+            ("app", &["app.test"]),
+            ("apps", &["*.apps.test", "shop.test"]),
+        ],
+    );
+    assert_eq!(t.g.put(ALPHA_KEY, "echo", ECHO), 201);
+    let mut app = TlsConn::open(&t.tls, "app.test", &t.ca);
+    assert_eq!(app.leaf(), leaves[0].der);
+    let (status, body) = app.get("app.test", "/hello?x=1");
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let port = t.tls.rsplit_once(':').unwrap().1;
+    assert_eq!(v["url"], "https://app.test/hello?x=1");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    // Keep-alive: a second request on the same connection.
+    assert_eq!(app.get("app.test", "/again").0, 200);
+
+    let mut wild = TlsConn::open(&t.tls, "u1.apps.test", &t.ca);
+    assert_eq!(wild.leaf(), leaves[1].der);
+    assert_eq!(wild.get("u1.apps.test", "/").0, 200);
+    assert_eq!(
+        TlsConn::open(&t.tls, "shop.test", &t.ca).leaf(),
+        leaves[1].der
+    );
+    // A wildcard covers one label only: this name gets the default (first) certificate,
+    // which does not name it, so the handshake fails verification.
+    match TlsConn::try_open(&t.tls, "a.b.apps.test", &t.ca) {
+        Err(rustls::Error::InvalidCertificate(_)) => {}
+        Err(other) => panic!("unexpected handshake error: {other}"),
+        Ok(_) => panic!("a two-label name was served by a wildcard certificate"),
+    }
+
+    // curl, as a user would run it: HTTP/1.1 and HTTP/2 (ALPN h2).
+    let ca_file = t.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, t.ca.pem()).unwrap();
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = Command::new("curl")
+            .args(["-sS", flag, "--cacert"])
+            .arg(&ca_file)
+            .args([
+                "--resolve",
+                &format!("app.test:{port}:127.0.0.1"),
+                "-H",
+                "Authorization: Bearer user-token",
+                "-w",
+                "\n%{http_version} %{http_code}",
+                &format!("https://app.test:{port}/curl?q=1"),
+            ])
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "curl {flag}: {text} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (json, tail) = text.rsplit_once('\n').unwrap();
+        assert_eq!(tail, format!("{version} 200"), "{text}");
+        let v: Value = serde_json::from_str(json).unwrap();
+        assert_eq!(v["url"], format!("https://app.test:{port}/curl?q=1"));
+        assert_eq!(v["headers"]["authorization"], "Bearer user-token");
+    }
+
+    // The API over TLS, on an unclaimed host.
+    let mut api = TlsConn::open(&t.tls, "app.test", &t.ca);
+    let (status, _) = api.get("api.other.test", "/v1/workers");
+    assert_eq!(
+        status, 401,
+        "the API answers on unclaimed hosts over TLS too"
+    );
+}
+
+#[test]
+fn a_rotated_certificate_is_served_after_reload_without_dropping_connections() {
+    let (t, leaves) = tls_gateway(
+        "{ host: app.test, worker: echo }",
+        &[("app", &["app.test"])],
+    );
+    assert_eq!(t.g.put(ALPHA_KEY, "echo", ECHO), 201);
+    let mut before = TlsConn::open(&t.tls, "app.test", &t.ca);
+    assert_eq!(before.leaf(), leaves[0].der);
+    assert_eq!(before.get("app.test", "/").0, 200);
+    let reloads = |outcome: &str| {
+        t.g.metric(&format!(
+            r#"isogate_tls_reloads_total{{outcome="{outcome}"}}"#
+        ))
+    };
+    assert_eq!(reloads("ok"), 0.0);
+
+    // A key that does not belong to the certificate is refused; the old pair keeps serving.
+    let other = t.ca.leaf(t.dir.path(), "other", &["app.test"], None);
+    std::fs::copy(&other.key_file, &leaves[0].key_file).unwrap();
+    wait_for(
+        || reloads("rejected") >= 1.0,
+        "the mismatched key to be rejected",
+    );
+    assert_eq!(
+        TlsConn::open(&t.tls, "app.test", &t.ca).leaf(),
+        leaves[0].der
+    );
+
+    // Rotation: new certificate and key in place (written as a deploy tool would).
+    let rotated = t.ca.leaf(t.dir.path(), "rotated", &["app.test"], None);
+    std::fs::copy(&rotated.key_file, &leaves[0].key_file).unwrap();
+    std::fs::copy(&rotated.cert_file, &leaves[0].cert_file).unwrap();
+    wait_for(|| reloads("ok") >= 1.0, "the rotated certificate to load");
+    let mut after = TlsConn::open(&t.tls, "app.test", &t.ca);
+    assert_eq!(after.leaf(), rotated.der);
+    assert_eq!(after.get("app.test", "/").0, 200);
+    // The connection made before the rotation still works.
+    assert_eq!(before.get("app.test", "/still").0, 200);
+    let metrics = t.g.metrics();
+    assert!(
+        metrics.contains(
+            r#"isogate_tls_certificate_expiry_timestamp_seconds{certificate="app.test"}"#
+        ),
+        "{metrics}"
+    );
+
+    // SIGHUP reloads too.
+    let again = t.ca.leaf(t.dir.path(), "again", &["app.test"], None);
+    std::fs::copy(&again.key_file, &leaves[0].key_file).unwrap();
+    std::fs::copy(&again.cert_file, &leaves[0].cert_file).unwrap();
+    let _ = Command::new("kill")
+        .args(["-HUP", &t.g.pid().to_string()])
+        .status();
+    wait_for(|| reloads("ok") >= 2.0, "the certificate to reload");
+    assert_eq!(TlsConn::open(&t.tls, "app.test", &t.ca).leaf(), again.der);
+}
+
+#[test]
+fn plain_http_redirects_to_https_where_a_route_says_so() {
+    let (t, _) = tls_gateway(
+        "{ host: app.test, worker: echo, https_redirect: true }, { host: open.test, worker: echo }",
+        &[("app", &["app.test", "open.test"])],
+    );
+    assert_eq!(t.g.put(ALPHA_KEY, "echo", ECHO), 201);
+    let port = t.tls.rsplit_once(':').unwrap().1;
+    let w = send(
+        &t.g.ingress,
+        "POST",
+        "/pay?x=1",
+        &["Host: app.test:8080"],
+        b"{}",
+    );
+    assert_eq!(w.status, 308);
+    assert_eq!(
+        w.header("location").unwrap(),
+        format!("https://app.test:{port}/pay?x=1")
+    );
+    assert_eq!(get(&t.g.ingress, "open.test", "/", &[]).status, 200);
+    // Over TLS the route runs the Worker.
+    let mut c = TlsConn::open(&t.tls, "app.test", &t.ca);
+    assert_eq!(c.get("app.test", "/pay").0, 200);
+}
+
+#[test]
+fn check_validates_certificates_and_reports_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new();
+    let good = ca.leaf(dir.path(), "good", &["app.test", "*.app.test"], None);
+    let expired = ca.leaf(
+        dir.path(),
+        "old",
+        &["old.test"],
+        Some(((2019, 1, 1), (2020, 1, 1))),
+    );
+    let stranger = ca.leaf(dir.path(), "stranger", &["x.test"], None);
+    let check = |cert: &Leaf, key: &std::path::Path| {
+        let path = dir.path().join("isogate.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "listen: {{ ingress_tls: \"127.0.0.1:8443\" }}\ntls: {{ certificates: [{{ cert_file: \"{}\", key_file: \"{}\" }}] }}\ntenants:\n{}",
+                cert.cert_file.display(),
+                key.display(),
+                tenants("", "")
+            ),
+        )
+        .unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_isogate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    let (ok, text) = check(&good, &good.key_file);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("app.test, *.app.test (key matches)") && text.contains("expires in"),
+        "{text}"
+    );
+    let (ok, text) = check(&good, &stranger.key_file);
+    assert!(
+        !ok && text.contains("tls.certificates[0].key_file") && text.contains("is not the key"),
+        "{text}"
+    );
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    let (ok, text) = check(&expired, &expired.key_file);
+    assert!(!ok && text.contains("EXPIRED"), "{text}");
+    let (ok, text) = check(&good, &dir.path().join("missing.key"));
+    assert!(
+        !ok && text.contains("tls.certificates[0].key_file"),
+        "{text}"
+    );
+}
+
+/// Polls `done` (a readiness signal read off the gateway) for up to 30 s.
+fn wait_for(done: impl Fn() -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

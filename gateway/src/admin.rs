@@ -19,40 +19,50 @@ use std::sync::Arc;
 /// The admin app.
 pub struct Admin {
     state: Arc<AppState>,
-    /// Where to reach the ingress listener (its address; loopback for an unspecified one).
-    ingress: SocketAddr,
+    /// Where to reach the ingress listeners (plain and TLS; loopback for an unspecified
+    /// address).
+    ingress: Vec<SocketAddr>,
     /// Set once the ingress was seen accepting a connection.
     ingress_up: AtomicBool,
 }
 
 impl Admin {
-    /// Builds the app for a gateway whose ingress listens on `ingress`.
-    pub fn new(state: Arc<AppState>, ingress: SocketAddr) -> Self {
-        let mut probe = ingress;
-        if probe.ip().is_unspecified() {
-            probe.set_ip(match probe {
-                SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-                SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-            });
-        }
+    /// Builds the app for a gateway whose ingress listens on `ingress` (every address).
+    pub fn new(state: Arc<AppState>, ingress: &[SocketAddr]) -> Self {
+        let probes = ingress
+            .iter()
+            .map(|&addr| {
+                let mut probe = addr;
+                if probe.ip().is_unspecified() {
+                    probe.set_ip(match probe {
+                        SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+                        SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+                    });
+                }
+                probe
+            })
+            .collect();
         Admin {
             state,
-            ingress: probe,
+            ingress: probes,
             ingress_up: AtomicBool::new(false),
         }
     }
 
-    /// Whether the ingress accepts connections. pingora binds its listeners in the background
+    /// Whether every ingress listener accepts connections. pingora binds its listeners in the background
     /// and keeps retrying an address that is taken, so being started does not mean listening.
     async fn ingress_listening(&self) -> bool {
         if self.ingress_up.load(Ordering::Relaxed) {
             return true;
         }
-        let connect = tokio::net::TcpStream::connect(self.ingress);
-        let up = matches!(
-            tokio::time::timeout(std::time::Duration::from_millis(500), connect).await,
-            Ok(Ok(_))
-        );
+        let mut up = true;
+        for &addr in &self.ingress {
+            let connect = tokio::net::TcpStream::connect(addr);
+            up &= matches!(
+                tokio::time::timeout(std::time::Duration::from_millis(500), connect).await,
+                Ok(Ok(_))
+            );
+        }
         if up {
             self.ingress_up.store(true, Ordering::Relaxed);
         }

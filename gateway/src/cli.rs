@@ -160,11 +160,28 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load_lowered(&config) {
             Ok((c, _)) => {
+                // The certificates are read as `serve` reads them (paths relative to the working
+                // directory): their keys must match and they must be valid now.
+                let now = crate::server::unix_now() as i64;
+                let (lines, certs_ok) = crate::tls::report(&c.tls.certificates, now);
+                for line in &lines {
+                    if certs_ok {
+                        println!("{line}");
+                    } else {
+                        eprintln!("{}: {line}", config.display());
+                    }
+                }
+                if !certs_ok {
+                    return ExitCode::from(1);
+                }
+                let routes: usize = c.tenants.iter().map(|t| t.routes.len()).sum();
+                let plural = |n: usize| if n == 1 { "" } else { "s" };
                 println!(
-                    "{}: ok ({} tenant{})",
+                    "{}: ok ({} tenant{}, {routes} public route{})",
                     config.display(),
                     c.tenants.len(),
-                    if c.tenants.len() == 1 { "" } else { "s" }
+                    plural(c.tenants.len()),
+                    plural(routes)
                 );
                 ExitCode::SUCCESS
             }

@@ -7,6 +7,10 @@
 //! vaults reload; the listening sockets, `state_dir`, `pool` and `shutdown` need a restart (a reload that changes them says so in the log). Cached Workers of a
 //! tenant that left the configuration are evicted.
 //!
+//! The ingress TLS certificates reload the same way: on SIGHUP, with the configuration, and
+//! when the contents of their files change (checked every second); a set that does not load is
+//! refused and the last good one keeps serving (`tls.rs`).
+//!
 //! **Shutdown** on SIGTERM: `/readyz` answers 503 at once while the gateway keeps serving for
 //! `shutdown.grace_period_s` (load balancers stop routing to it); then new requests are refused
 //! with 503 and the gateway waits up to `shutdown.drain_timeout_s` for requests in flight; then
@@ -15,6 +19,7 @@
 
 use crate::egress::client::HttpClient;
 use crate::state::{AppState, Snapshot};
+use crate::tls::CertStore;
 use crate::vault::Secrets;
 use async_trait::async_trait;
 use isogate_config::{Config, ShutdownConfig};
@@ -34,6 +39,7 @@ pub struct Reloader {
     client: HttpClient,
     runtime: tokio::runtime::Handle,
     current: Mutex<Config>,
+    certs: Option<Arc<CertStore>>,
 }
 
 /// How a reload ended.
@@ -53,6 +59,7 @@ impl Reloader {
         state: Arc<AppState>,
         client: HttpClient,
         runtime: tokio::runtime::Handle,
+        certs: Option<Arc<CertStore>>,
     ) -> Reloader {
         Reloader {
             path,
@@ -60,6 +67,7 @@ impl Reloader {
             client,
             runtime,
             current: Mutex::new(current),
+            certs,
         }
     }
 
@@ -125,6 +133,9 @@ impl Reloader {
                 "tenant removed; its cached Workers were evicted"
             );
         }
+        if let Some(certs) = &self.certs {
+            certs.reload(Some(&config.tls.certificates), why);
+        }
         *current = config;
         metrics.config_reloads.with_label_values(&["ok"]).inc();
         metrics.config_last_success.set(crate::server::unix_now());
@@ -163,6 +174,9 @@ impl Reloader {
                     if now.is_some() && now != last {
                         last = now;
                         self.reload("file change");
+                    }
+                    if let Some(certs) = &self.certs {
+                        certs.reload(None, "certificate file change");
                     }
                 }
             }

@@ -49,6 +49,8 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_worker_invocations_in_flight",
     "isogate_route_requests_total",
     "isogate_route_rate_limited_total",
+    "isogate_tls_certificate_expiry_timestamp_seconds",
+    "isogate_tls_reloads_total",
 ];
 
 /// The `status_class` label of a status.
@@ -176,6 +178,10 @@ pub struct Metrics {
     pub route_requests: IntCounterVec,
     /// `isogate_route_rate_limited_total{tenant, route}`.
     pub route_rate_limited: IntCounterVec,
+    /// `isogate_tls_certificate_expiry_timestamp_seconds{certificate}`.
+    pub tls_certificate_expiry: prometheus::GaugeVec,
+    /// `isogate_tls_reloads_total{outcome}`.
+    pub tls_reloads: IntCounterVec,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -495,6 +501,23 @@ impl Metrics {
                 "Requests on public routes refused by the route's per-client rate limit.",
                 &["tenant", "route"],
             ),
+            tls_certificate_expiry: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "isogate_tls_certificate_expiry_timestamp_seconds",
+                        "End of validity of each ingress TLS certificate serving now (label: its first DNS name).",
+                    ),
+                    &["certificate"],
+                )
+                .expect("valid metric"),
+            ),
+            tls_reloads: counter(
+                &r,
+                "isogate_tls_reloads_total",
+                "Reloads of the ingress TLS certificates (file change, SIGHUP, configuration) by outcome.",
+                &["outcome"],
+            ),
             registry: r,
         };
         for cause in crate::supervisor::RESTART_CAUSES {
@@ -507,6 +530,7 @@ impl Metrics {
         // event (a rejected reload, a failed secret fetch) instead of a series appearing at 1.
         for result in ["ok", "rejected"] {
             m.config_reloads.with_label_values(&[result]).inc_by(0);
+            m.tls_reloads.with_label_values(&[result]).inc_by(0);
         }
         for op in ["put", "delete"] {
             for result in ["ok", "error"] {
@@ -791,6 +815,9 @@ mod tests {
         m.config_last_success.set(1.0);
         m.routes_configured(&[("t".into(), "r".into())]);
         m.route_request("t", "r", 200);
+        m.tls_certificate_expiry
+            .with_label_values(&["a.test"])
+            .set(1.0);
     }
 
     /// The families README's metric table documents, with the label names of each (its rows:

@@ -6,10 +6,12 @@ use crate::inflight::InflightBudget;
 use crate::ingress::Ingress;
 use crate::lifecycle::{DrainingShutdown, Reloader};
 use crate::metrics::Metrics;
+use crate::public::Scheme;
 use crate::state::{AppState, Snapshot};
 use crate::store::WorkerStore;
 use crate::supervisor::cordon::CordonSettings;
 use crate::supervisor::{Supervisor, SupervisorSettings, Workers};
+use crate::tls::CertStore;
 use crate::vault::Secrets;
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -18,6 +20,7 @@ use isogate_config::{Config, Lowered};
 use isogate_policy::SelfListeners;
 use isogate_pool::wire::{self, WorkerSettings};
 use isogate_pool::{EgressPort, Pool, PoolSettings};
+use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::listening::Service;
@@ -61,10 +64,14 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     // pingora retries a listener whose address is taken, silently, for as long as it runs: say
     // so at once instead (the address may still be taken between this check and pingora's
     // bind; `/readyz` waits for the ingress to accept, see `admin.rs`).
+    let tls_listener = config.listen.ingress_tls.map(|a| ("listen.ingress_tls", a));
     for (field, addr) in [
         ("listen.ingress", config.listen.ingress),
         ("listen.admin", config.listen.admin),
-    ] {
+    ]
+    .into_iter()
+    .chain(tls_listener)
+    {
         std::net::TcpListener::bind(addr)
             .with_context(|| format!("{field}: cannot listen on {addr}"))?;
     }
@@ -72,6 +79,14 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     client::set_self_listeners(self_listeners(&lowered.listeners));
     let store = Arc::new(WorkerStore::open(&config.state_dir).context("opening the worker store")?);
     let metrics = Arc::new(Metrics::new());
+    // Certificates load before anything starts: a bad file stops `serve`, naming it.
+    let certs = match config.listen.ingress_tls {
+        Some(_) => Some(Arc::new(
+            CertStore::open(&config.tls.certificates, metrics.clone())
+                .context("loading the TLS certificates")?,
+        )),
+        None => None,
+    };
     metrics
         .state_dir_bytes
         .set(i64::try_from(store.disk_bytes()).unwrap_or(i64::MAX));
@@ -141,11 +156,30 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     ingress.add_tcp(&config.listen.ingress.to_string());
     let mut admin = Service::new(
         "isogate admin".to_string(),
-        Admin::new(state.clone(), config.listen.ingress),
+        Admin::new(
+            state.clone(),
+            &[Some(config.listen.ingress), config.listen.ingress_tls]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+        ),
     );
     admin.add_tcp(&config.listen.admin.to_string());
     server.add_service(ingress);
     server.add_service(admin);
+    if let (Some(addr), Some(certs)) = (config.listen.ingress_tls, &certs) {
+        let mut tls = Service::new(
+            "isogate ingress tls".to_string(),
+            Ingress::with_scheme(state.clone(), Scheme::Https),
+        );
+        let mut settings =
+            TlsSettings::intermediate("", "").context("TLS settings of listen.ingress_tls")?;
+        settings.set_cert_resolver(certs.clone());
+        // ALPN: h2, then http/1.1.
+        settings.enable_h2();
+        tls.add_tls_with_settings(&addr.to_string(), None, settings);
+        server.add_service(tls);
+    }
 
     tracing::info!(
         ingress = %config.listen.ingress,
@@ -164,6 +198,7 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
             state.clone(),
             client::open_client(),
             egress_runtime.handle().clone(),
+            certs.clone(),
         ));
         egress_runtime.spawn(reloader.watch());
     }

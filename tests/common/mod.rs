@@ -562,3 +562,80 @@ export default {
   },
 };"#;
 }
+
+/// Test certificates made with `rcgen`: a CA and leaf certificates it signs, written as PEM.
+pub mod certs {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    use std::path::{Path, PathBuf};
+
+    /// A date: (year, month, day).
+    pub type Ymd = (i32, u8, u8);
+
+    /// A test certificate authority.
+    pub struct Ca {
+        cert: rcgen::Certificate,
+        key: KeyPair,
+    }
+
+    /// A leaf certificate's files.
+    pub struct Leaf {
+        pub cert_file: PathBuf,
+        pub key_file: PathBuf,
+        /// The leaf's DER (to recognise it in a handshake).
+        pub der: Vec<u8>,
+    }
+
+    impl Ca {
+        pub fn new() -> Ca {
+            let key = KeyPair::generate().expect("CA key");
+            let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "isogate test CA");
+            let cert = params.self_signed(&key).expect("CA certificate");
+            Ca { cert, key }
+        }
+
+        /// The CA certificate, PEM.
+        pub fn pem(&self) -> String {
+            self.cert.pem()
+        }
+
+        /// The CA certificate, DER.
+        pub fn der(&self) -> Vec<u8> {
+            self.cert.der().to_vec()
+        }
+
+        /// Writes `name.pem`/`name.key` in `dir`: a leaf for `names`, valid over
+        /// `validity` ((year, month, day) from, to) or rcgen's default (1975-4096).
+        pub fn leaf(
+            &self,
+            dir: &Path,
+            name: &str,
+            names: &[&str],
+            validity: Option<(Ymd, Ymd)>,
+        ) -> Leaf {
+            let key = KeyPair::generate().expect("leaf key");
+            let mut params =
+                CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                    .expect("leaf params");
+            if let Some(((y0, m0, d0), (y1, m1, d1))) = validity {
+                params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+                params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+            }
+            let cert = params
+                .signed_by(&key, &self.cert, &self.key)
+                .expect("leaf certificate");
+            let cert_file = dir.join(format!("{name}.pem"));
+            let key_file = dir.join(format!("{name}.key"));
+            std::fs::write(&cert_file, cert.pem()).expect("write cert");
+            std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+            Leaf {
+                cert_file,
+                key_file,
+                der: cert.der().to_vec(),
+            }
+        }
+    }
+}
