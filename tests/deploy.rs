@@ -131,8 +131,12 @@ fn block_after<'a>(text: &'a str, header: &str, prefix: bool) -> Vec<&'a str> {
 
 /// The `isogate.yaml: |` literal block of the ConfigMap, dedented.
 fn configmap_config() -> String {
-    let text = read("deploy/kubernetes/configmap.yaml");
-    let block = block_after(&text, "isogate.yaml: |", false);
+    config_of(&read("deploy/kubernetes/base/configmap.yaml"))
+}
+
+/// The `isogate.yaml: |` literal block of a ConfigMap's text, dedented.
+fn config_of(text: &str) -> String {
+    let block = block_after(text, "isogate.yaml: |", false);
     let strip = block
         .iter()
         .filter(|l| !l.trim().is_empty())
@@ -482,7 +486,7 @@ fn configmap_config_passes_isogate_check() {
     );
     run_check(
         &config,
-        "the isogate.yaml of deploy/kubernetes/configmap.yaml",
+        "the isogate.yaml of deploy/kubernetes/base/configmap.yaml",
     );
 }
 
@@ -543,7 +547,7 @@ fn the_container_healthcheck_probes_healthz() {
 #[test]
 fn deployment_matches_configmap() {
     let config = configmap_config();
-    let deployment = read("deploy/kubernetes/deployment.yaml");
+    let deployment = read("deploy/kubernetes/base/deployment.yaml");
 
     let ingress = port_of(value_of(&config, "ingress").expect("listen.ingress"));
     let admin = port_of(value_of(&config, "admin").expect("listen.admin"));
@@ -585,17 +589,81 @@ fn deployment_matches_configmap() {
     );
 }
 
+/// The TLS overlay builds with kustomize (kubectl's, as `kubectl apply -k` runs it) and exposes
+/// the TLS listener: Service port 443 to the container's `https` port, which is the config's
+/// `listen.ingress_tls`; the certificate Secret is mounted where the config reads it, and the
+/// config passes `isogate check` with real certificate files in those places.
+#[test]
+fn the_tls_overlay_exposes_the_tls_port_and_its_config_checks() {
+    let out = Command::new("kubectl")
+        .args(["kustomize"])
+        .arg(repo_root().join("deploy/kubernetes/overlays/tls"))
+        .output()
+        .expect("kubectl (with kustomize) is on the machine image");
+    assert!(
+        out.status.success(),
+        "kustomize failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let built = String::from_utf8_lossy(&out.stdout).into_owned();
+    let config = config_of(&built);
+    let tls_port = port_of(value_of(&config, "ingress_tls").expect("listen.ingress_tls"));
+    assert_eq!(tls_port, 8443);
+    // kustomize writes keys in order: `- containerPort: N` then `name: https`.
+    let lines: Vec<&str> = built.lines().map(str::trim).collect();
+    let https_port = lines
+        .windows(2)
+        .find(|w| w[1] == "name: https" && w[0].starts_with("- containerPort:"))
+        .map(|w| number_of(w[0], "containerPort") as u16);
+    assert_eq!(https_port, Some(tls_port), "the container's https port");
+    let service = built
+        .split("\n---\n")
+        .find(|doc| doc.contains("kind: Service\n"))
+        .expect("a Service");
+    let https = block_after(service, "- name: https", true).join("\n");
+    assert!(
+        service.contains("port: 443") && https.contains("targetPort: https"),
+        "{service}"
+    );
+    assert!(
+        built.contains("secretName: isogate-tls") && built.contains("mountPath: /etc/isogate-tls")
+    );
+    // The base's manifests are all there (namespace, PDB, monitor...).
+    for kind in [
+        "Namespace",
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "ServiceMonitor",
+    ] {
+        assert!(built.contains(&format!("kind: {kind}\n")), "{kind} missing");
+    }
+
+    // `isogate check` with a real certificate and key where the Secret is mounted.
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("tls.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("tls.key"), key.serialize_pem()).unwrap();
+    assert!(config.contains("/etc/isogate-tls/tls.crt"), "{config}");
+    let local = config.replace("/etc/isogate-tls", &dir.path().display().to_string());
+    run_check(&local, "the isogate.yaml of the TLS overlay");
+}
+
 #[test]
 fn kustomization_lists_every_manifest() {
-    let dir = repo_root().join("deploy/kubernetes");
-    let text = read("deploy/kubernetes/kustomization.yaml");
+    let dir = repo_root().join("deploy/kubernetes/base");
+    let text = read("deploy/kubernetes/base/kustomization.yaml");
     let listed: BTreeSet<String> = block_after(&text, "resources:", false)
         .iter()
         .filter_map(|l| l.trim().strip_prefix("- "))
         .map(|l| l.split('#').next().unwrap_or("").trim().to_string())
         .collect();
     let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
-        .expect("deploy/kubernetes")
+        .expect("deploy/kubernetes/base")
         .map(|e| {
             e.expect("dir entry")
                 .file_name()
@@ -625,7 +693,7 @@ const GATEWAY_BASE_MIB: u64 = 44;
 #[test]
 fn deployment_memory_limit_fits_the_worker_processes() {
     let config = configmap_config();
-    let deployment = read("deploy/kubernetes/deployment.yaml");
+    let deployment = read("deploy/kubernetes/base/deployment.yaml");
     assert_eq!(
         value_of(&config, "isolation"),
         Some("process"),

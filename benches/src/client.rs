@@ -1,15 +1,22 @@
 //! A minimal keep-alive HTTP/1.1 client for the load generator: one request at a time on one
-//! connection, response bodies framed by `Content-Length` (isogate always sends it) or
-//! `Transfer-Encoding: chunked` (which workerd may use).
+//! connection (plain TCP or TLS with rustls), response bodies framed by `Content-Length`
+//! (isogate always sends it) or `Transfer-Encoding: chunked` (which workerd may use).
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
+use std::sync::Arc;
+
+/// A byte stream a connection runs on.
+pub trait Stream: Read + Write + Send {}
+impl<T: Read + Write + Send> Stream for T {}
 
 /// One keep-alive connection.
 pub struct Conn {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
+    /// Reads are buffered; writes go to the stream underneath (`get_mut`), one whole request
+    /// at a time.
+    reader: BufReader<Box<dyn Stream>>,
     out: Vec<u8>,
+    host: String,
 }
 
 fn invalid(msg: &str) -> io::Error {
@@ -21,11 +28,32 @@ impl Conn {
     pub fn connect(addr: &str) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr)?;
         stream.set_nodelay(true)?;
-        Ok(Conn {
-            reader: BufReader::with_capacity(64 * 1024, stream.try_clone()?),
-            writer: stream,
+        Ok(Conn::over(Box::new(stream)))
+    }
+
+    /// Connects to `addr` with TLS as `sni`, and completes the handshake.
+    pub fn connect_tls(
+        addr: &str,
+        sni: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> io::Result<Conn> {
+        let mut tls = handshake(addr, sni, config)?;
+        tls.flush()?;
+        Ok(Conn::over(Box::new(tls)).with_host(sni))
+    }
+
+    fn over(stream: Box<dyn Stream>) -> Conn {
+        Conn {
+            reader: BufReader::with_capacity(64 * 1024, stream),
             out: Vec::with_capacity(4096),
-        })
+            host: "bench".into(),
+        }
+    }
+
+    /// The `Host` header its requests carry (default `bench`).
+    pub fn with_host(mut self, host: &str) -> Conn {
+        self.host = host.to_string();
+        self
     }
 
     /// Sends one request and reads the whole response: `(status, body)`.
@@ -39,7 +67,8 @@ impl Conn {
         self.out.clear();
         write!(
             self.out,
-            "{method} {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: {}\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\ncontent-length: {}\r\n",
+            self.host,
             body.len()
         )?;
         for (k, v) in headers {
@@ -47,7 +76,9 @@ impl Conn {
         }
         self.out.extend_from_slice(b"\r\n");
         self.out.extend_from_slice(body);
-        self.writer.write_all(&self.out)?;
+        let stream = self.reader.get_mut();
+        stream.write_all(&self.out)?;
+        stream.flush()?;
 
         let mut line = String::new();
         if self.reader.read_line(&mut line)? == 0 {
@@ -120,4 +151,22 @@ impl Conn {
             self.reader.read_line(&mut line)?;
         }
     }
+}
+
+/// A TLS client stream to `addr` as `sni` whose handshake is complete.
+pub fn handshake(
+    addr: &str,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> io::Result<rustls::StreamOwned<rustls::ClientConnection, TcpStream>> {
+    let tcp = TcpStream::connect(addr)?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string())
+        .map_err(|_| invalid("bad server name"))?;
+    let conn = rustls::ClientConnection::new(config, name).map_err(io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        tls.conn.complete_io(&mut tls.sock)?;
+    }
+    Ok(tls)
 }

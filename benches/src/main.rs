@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! cargo run --release -p isogate-benches -- [--quick] [--seconds N] [--no-workerd]
-//!     [--only load|get|execute|egress|memory] [--isolation both|process|thread]
+//!     [--only load|get|execute|egress|memory|tls] [--isolation both|process|thread]
 //!     [--processes N]
 //! ```
 #![allow(unreachable_pub)] // a binary
@@ -217,6 +217,19 @@ impl Gateway {
         tenant_extra: &str,
         env: &[(&str, &str)],
     ) -> Gateway {
+        Gateway::start_listening(bin, tag, isolation, max_cached, "", tenant_extra, env)
+    }
+
+    /// [`Gateway::start_with`] with more `listen` settings (flow-mapping entries).
+    fn start_listening(
+        bin: &Path,
+        tag: &str,
+        isolation: Isolation,
+        max_cached: usize,
+        listen_extra: &str,
+        tenant_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let mode = isolation.as_str();
         let dir = tempfile_dir::Dir::new(&format!("{tag}-{mode}"));
         let ingress = format!("127.0.0.1:{}", free_port());
@@ -230,7 +243,7 @@ impl Gateway {
         };
         let pool_cached = max_cached * PROCESSES.get().copied().unwrap_or(cores()).max(2);
         let config = format!(
-            "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\" }}\n\
+            "listen: {{ ingress: \"{ingress}\", admin: \"{admin}\"{listen_extra} }}\n\
              state_dir: \"{}\"\n\
              pool: {{ isolation: {mode}, {processes}warm_isolates: 32, max_cached_workers: {pool_cached}, idle_ttl_s: 3600 }}\n\
              tenants:\n  - name: bench\n    api_keys: [{{ sha256: \"{sha}\" }}]\n    \
@@ -375,6 +388,23 @@ fn drive(
     warmup: f64,
     seconds: f64,
 ) -> Result<Outcome, String> {
+    let to = addr.to_string();
+    let connector: Connector = Arc::new(move || Conn::connect(&to));
+    drive_on(addr, connector, req, concurrency, warmup, seconds)
+}
+
+/// Opens one keep-alive connection of a load generator.
+type Connector = Arc<dyn Fn() -> std::io::Result<Conn> + Send + Sync>;
+
+/// [`drive`] over connections that `connector` opens (plain or TLS); `addr` names them in errors.
+fn drive_on(
+    addr: &str,
+    connector: Connector,
+    req: &Req,
+    concurrency: usize,
+    warmup: f64,
+    seconds: f64,
+) -> Result<Outcome, String> {
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
     let measure_from = start + Duration::from_secs_f64(warmup);
@@ -385,13 +415,18 @@ fn drive(
     };
     let handles: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (addr, req, stop, auth) =
-                (addr.to_string(), req.clone(), stop.clone(), auth.clone());
+            let (addr, req, stop, auth, connector) = (
+                addr.to_string(),
+                req.clone(),
+                stop.clone(),
+                auth.clone(),
+                connector.clone(),
+            );
             std::thread::spawn(move || {
                 let mut hist = new_hist()?;
                 let (mut n, mut errors, mut first_error) = (0u64, 0u64, None);
                 let connect = |stop: &AtomicBool| {
-                    Conn::connect(&addr).map_err(|e| {
+                    connector().map_err(|e| {
                         stop.store(true, Ordering::Relaxed);
                         format!("connect {addr}: {e}")
                     })
@@ -600,6 +635,10 @@ fn main() {
 
     if opts.wants("memory") {
         memory_table(&bin, install.as_ref(), &opts);
+    }
+
+    if opts.wants("tls") {
+        tls_scenario(&bin, &opts);
     }
 }
 
@@ -1071,6 +1110,162 @@ fn egress_scenario(bin: &Path, mode: Isolation, opts: &Opts) {
             o_sub(through, plain, direct, 0.99)
         );
     }
+}
+
+/// Scenario: warm get() of the hello Worker through a public route, over plain HTTP and over
+/// TLS (keep-alive, c=16, runs alternated), and the rate of full TLS handshakes (no session
+/// resumption) the ingress completes. isogate only: the peer's TLS is not configured.
+fn tls_scenario(bin: &Path, opts: &Opts) {
+    let mode = *opts.isolation.last().unwrap_or(&Isolation::Process);
+    let certs = tempfile_dir::Dir::new("tls-certs");
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf = rcgen::CertificateParams::new(vec!["bench.test".to_string()])
+        .expect("leaf")
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .expect("leaf certificate");
+    let (cert_file, key_file) = (
+        certs.path().join("bench.pem"),
+        certs.path().join("bench.key"),
+    );
+    std::fs::write(&cert_file, leaf.pem()).expect("write cert");
+    std::fs::write(&key_file, leaf_key.serialize_pem()).expect("write key");
+    let tls_addr = format!("127.0.0.1:{}", free_port());
+    let g = Gateway::start_listening(
+        bin,
+        "tls",
+        mode,
+        100,
+        &format!(", ingress_tls: \"{tls_addr}\""),
+        &format!(
+            "    routes: [{{ host: bench.test, worker: hello, client_rate_limit: {{ per_second: 1000000, burst: 1000000 }} }}]\n\
+             tls: {{ certificates: [{{ cert_file: \"{}\", key_file: \"{}\" }}] }}\n",
+            cert_file.display(),
+            key_file.display()
+        ),
+        &[],
+    );
+    let hello = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
+    let (s, _) = Conn::connect(&g.ingress)
+        .expect("connect")
+        .request(
+            "PUT",
+            "/v1/workers/hello",
+            &[("authorization", &format!("Bearer {KEY}"))],
+            &serde_json::to_vec(&hello).unwrap_or_default(),
+        )
+        .expect("put");
+    assert!(s == 201 || s == 200, "PUT hello: {s}");
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.der().clone()).expect("CA root");
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let client = |resume: bool| {
+        let mut c = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        c.alpn_protocols = vec![b"http/1.1".to_vec()];
+        if !resume {
+            c.resumption = rustls::client::Resumption::disabled();
+        }
+        Arc::new(c)
+    };
+    let keepalive = client(true);
+    let plain_addr = g.ingress.clone();
+    let plain: Connector =
+        Arc::new(move || Conn::connect(&plain_addr).map(|c| c.with_host("bench.test")));
+    let tls_to = tls_addr.clone();
+    let tls: Connector =
+        Arc::new(move || Conn::connect_tls(&tls_to, "bench.test", keepalive.clone()));
+    let req = Req {
+        method: "GET",
+        path: "/".into(),
+        body: Vec::new(),
+        key: KEY,
+    };
+    let rounds = if opts.quick { 1 } else { 2 };
+    let c = 16;
+    println!(
+        "\n| warm get() through a public route (c={c}, keep-alive), isolation: {} | req/s | p50 ms | p99 ms | errors |",
+        mode.as_str()
+    );
+    println!("|---|---|---|---|---|");
+    let (mut plain_rps, mut tls_rps) = (Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        for (name, connector, into) in [
+            ("plain HTTP", plain.clone(), &mut plain_rps),
+            ("TLS 1.3", tls.clone(), &mut tls_rps),
+        ] {
+            match drive_on(&g.ingress, connector, &req, c, opts.warmup, opts.seconds) {
+                Ok(o) => {
+                    into.push(o.rps());
+                    println!(
+                        "| {name} (run {round}) | {:.0} | {:.3} | {:.3} | {} |",
+                        o.rps(),
+                        o.p(0.5),
+                        o.p(0.99),
+                        o.errors
+                    );
+                }
+                Err(e) => println!("| {name} (run {round}) | error: {e} | | | |"),
+            }
+        }
+    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    if let (Some(p), Some(t)) = (mean(&plain_rps), mean(&tls_rps)) {
+        println!(
+            "| **TLS / plain throughput (mean of the runs)** | {:.2}× | | | |",
+            t / p
+        );
+    }
+
+    // Full handshakes: fresh TCP connection, TLS 1.3 handshake without resumption, close.
+    let fresh = client(false);
+    let stop = Arc::new(AtomicBool::new(false));
+    let threads = 8;
+    let start = Instant::now();
+    let warm_end = start + Duration::from_secs_f64(opts.warmup);
+    let end = warm_end + Duration::from_secs_f64(opts.seconds);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (addr, config, stop) = (tls_addr.clone(), fresh.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut n, mut errors) = (0u64, 0u64);
+                while !stop.load(Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    if t0 >= end {
+                        break;
+                    }
+                    let ok = client::handshake(&addr, "bench.test", config.clone()).is_ok();
+                    if t0 >= warm_end {
+                        if ok {
+                            n += 1;
+                        } else {
+                            errors += 1;
+                        }
+                    }
+                }
+                (n, errors)
+            })
+        })
+        .collect();
+    let (mut n, mut errors) = (0, 0);
+    for h in handles {
+        if let Ok((a, b)) = h.join() {
+            n += a;
+            errors += b;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    println!(
+        "\nfull TLS 1.3 handshakes (ECDSA P-256 certificate, X25519, no resumption; {threads} client threads on the same machine): {:.0}/s, {errors} errors",
+        n as f64 / opts.seconds
+    );
 }
 
 fn o_sub(a: &Outcome, b: &Outcome, c: &Outcome, q: f64) -> f64 {

@@ -19,19 +19,20 @@ use std::sync::Arc;
 /// The admin app.
 pub struct Admin {
     state: Arc<AppState>,
-    /// Where to reach the ingress listeners (plain and TLS; loopback for an unspecified
-    /// address).
-    ingress: Vec<SocketAddr>,
+    /// Where to reach the ingress listeners (loopback for an unspecified address), and whether
+    /// each speaks TLS.
+    ingress: Vec<(SocketAddr, bool)>,
     /// Set once the ingress was seen accepting a connection.
     ingress_up: AtomicBool,
 }
 
 impl Admin {
-    /// Builds the app for a gateway whose ingress listens on `ingress` (every address).
-    pub fn new(state: Arc<AppState>, ingress: &[SocketAddr]) -> Self {
+    /// Builds the app for a gateway whose ingress listens on `ingress` (every address, and
+    /// whether it speaks TLS).
+    pub fn new(state: Arc<AppState>, ingress: &[(SocketAddr, bool)]) -> Self {
         let probes = ingress
             .iter()
-            .map(|&addr| {
+            .map(|&(addr, tls)| {
                 let mut probe = addr;
                 if probe.ip().is_unspecified() {
                     probe.set_ip(match probe {
@@ -39,7 +40,7 @@ impl Admin {
                         SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
                     });
                 }
-                probe
+                (probe, tls)
             })
             .collect();
         Admin {
@@ -56,12 +57,24 @@ impl Admin {
             return true;
         }
         let mut up = true;
-        for &addr in &self.ingress {
+        for &(addr, tls) in &self.ingress {
             let connect = tokio::net::TcpStream::connect(addr);
-            up &= matches!(
-                tokio::time::timeout(std::time::Duration::from_millis(500), connect).await,
-                Ok(Ok(_))
-            );
+            let stream =
+                match tokio::time::timeout(std::time::Duration::from_millis(500), connect).await {
+                    Ok(Ok(stream)) => stream,
+                    _ => return false,
+                };
+            if tls {
+                up &= match stream.into_std() {
+                    Ok(std) => {
+                        let _ = std.set_nonblocking(false);
+                        tokio::task::spawn_blocking(move || tls_handshake(std, addr))
+                            .await
+                            .unwrap_or(false)
+                    }
+                    Err(_) => false,
+                };
+            }
         }
         if up {
             self.ingress_up.store(true, Ordering::Relaxed);
@@ -160,5 +173,86 @@ impl Admin {
             Some(Ok(pid)) => Reply::json(200, &serde_json::json!({"probe": what, "pid": pid})),
             Some(Err(_)) => Reply::error(&ApiError::Overloaded),
         }
+    }
+}
+
+/// Completes a TLS handshake with the listener at `addr` (any certificate is accepted: the
+/// probe asks whether the listener serves, not who it is), so that the readiness check is an
+/// ordinary client: pingora logs a connection that ends mid-handshake as an error.
+fn tls_handshake(stream: std::net::TcpStream, addr: SocketAddr) -> bool {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(builder) = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let Ok(conn) = rustls::ClientConnection::new(Arc::new(config), name) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(std::time::Duration::from_millis(500)));
+    let _ = stream.set_write_timeout(Some(std::time::Duration::from_millis(500)));
+    let mut tls = rustls::StreamOwned::new(conn, stream);
+    while tls.conn.is_handshaking() {
+        if tls.conn.complete_io(&mut tls.sock).is_err() {
+            return false;
+        }
+    }
+    tls.conn.send_close_notify();
+    let _ = tls.conn.complete_io(&mut tls.sock);
+    true
+}
+
+/// A certificate verifier that accepts any certificate (signatures are still checked), for the
+/// readiness probe of the gateway's own TLS listener only.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }

@@ -515,8 +515,8 @@ impl Metrics {
             tls_reloads: counter(
                 &r,
                 "isogate_tls_reloads_total",
-                "Reloads of the ingress TLS certificates (file change, SIGHUP, configuration) by outcome.",
-                &["outcome"],
+                "Reloads of the ingress TLS certificates (file change, SIGHUP, configuration) by result.",
+                &["result"],
             ),
             registry: r,
         };

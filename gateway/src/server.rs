@@ -158,10 +158,13 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         "isogate admin".to_string(),
         Admin::new(
             state.clone(),
-            &[Some(config.listen.ingress), config.listen.ingress_tls]
-                .into_iter()
-                .flatten()
-                .collect::<Vec<_>>(),
+            &[
+                Some((config.listen.ingress, false)),
+                config.listen.ingress_tls.map(|a| (a, true)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>(),
         ),
     );
     admin.add_tcp(&config.listen.admin.to_string());
