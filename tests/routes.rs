@@ -424,11 +424,20 @@ impl TlsConn {
     }
 
     fn try_open(addr: &str, sni: &str, ca: &Ca) -> Result<TlsConn, rustls::Error> {
+        TlsConn::try_open_with(addr, sni, ca, rustls::DEFAULT_VERSIONS)
+    }
+
+    fn try_open_with(
+        addr: &str,
+        sni: &str,
+        ca: &Ca,
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> Result<TlsConn, rustls::Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(ca.der())).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
+            .with_protocol_versions(versions)
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
@@ -493,6 +502,18 @@ fn tls_picks_the_certificate_by_sni_and_serves_routes_and_the_api() {
     assert_eq!(t.g.put(ALPHA_KEY, "echo", ECHO), 201);
     let mut app = TlsConn::open(&t.tls, "app.test", &t.ca);
     assert_eq!(app.leaf(), leaves[0].der);
+    assert_eq!(
+        app.stream.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    // TLS 1.2 is still offered (1.0 and 1.1 are not: rustls has neither).
+    let mut v12 =
+        TlsConn::try_open_with(&t.tls, "app.test", &t.ca, &[&rustls::version::TLS12]).unwrap();
+    assert_eq!(
+        v12.stream.conn.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    assert_eq!(v12.get("app.test", "/").0, 200);
     let (status, body) = app.get("app.test", "/hello?x=1");
     assert_eq!(status, 200, "{body}");
     let v: Value = serde_json::from_str(&body).unwrap();

@@ -1179,6 +1179,8 @@ fn tls_scenario(bin: &Path, opts: &Opts) {
     let plain_addr = g.ingress.clone();
     let plain: Connector =
         Arc::new(move || Conn::connect(&plain_addr).map(|c| c.with_host("bench.test")));
+    let api_addr = g.ingress.clone();
+    let api: Connector = Arc::new(move || Conn::connect(&api_addr));
     let tls_to = tls_addr.clone();
     let tls: Connector =
         Arc::new(move || Conn::connect_tls(&tls_to, "bench.test", keepalive.clone()));
@@ -1195,13 +1197,23 @@ fn tls_scenario(bin: &Path, opts: &Opts) {
         mode.as_str()
     );
     println!("|---|---|---|---|---|");
-    let (mut plain_rps, mut tls_rps) = (Vec::new(), Vec::new());
+    let through_api = Req {
+        path: "/w/hello/".into(),
+        ..req.clone()
+    };
+    let (mut plain_rps, mut tls_rps, mut api_rps) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds {
-        for (name, connector, into) in [
-            ("plain HTTP", plain.clone(), &mut plain_rps),
-            ("TLS 1.3", tls.clone(), &mut tls_rps),
+        for (name, connector, into, req) in [
+            ("route, plain HTTP", plain.clone(), &mut plain_rps, &req),
+            ("route, TLS 1.3", tls.clone(), &mut tls_rps, &req),
+            (
+                "API `/w/hello/` (key), plain HTTP",
+                api.clone(),
+                &mut api_rps,
+                &through_api,
+            ),
         ] {
-            match drive_on(&g.ingress, connector, &req, c, opts.warmup, opts.seconds) {
+            match drive_on(&g.ingress, connector, req, c, opts.warmup, opts.seconds) {
                 Ok(o) => {
                     into.push(o.rps());
                     println!(
@@ -1221,6 +1233,12 @@ fn tls_scenario(bin: &Path, opts: &Opts) {
         println!(
             "| **TLS / plain throughput (mean of the runs)** | {:.2}× | | | |",
             t / p
+        );
+    }
+    if let (Some(p), Some(a)) = (mean(&plain_rps), mean(&api_rps)) {
+        println!(
+            "| **route / API throughput, plain (mean of the runs)** | {:.2}× | | | |",
+            p / a
         );
     }
 

@@ -186,7 +186,9 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
 
     tracing::info!(
         ingress = %config.listen.ingress,
+        ingress_tls = ?config.listen.ingress_tls,
         admin = %config.listen.admin,
+        public_routes = state.snapshot().policy.routes().routes().len(),
         pool_threads = config.pool_threads(),
         isolation = ?config.pool.isolation,
         worker_processes = if config.pool.isolation == Isolation::Process { config.pool_processes() } else { 0 },
