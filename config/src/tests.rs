@@ -1134,6 +1134,12 @@ fn bound_doc(def: &str, field: &str, value: u64) -> (String, String) {
             ),
             format!("tenants[0].routes[0].{field}"),
         ),
+        "RedisConfig" => (
+            doc(&format!(
+                "shared: {{ redis: {{ url: \"redis://127.0.0.1:6379/0\", {field}: {value} }} }}\n"
+            )),
+            format!("shared.redis.{field}"),
+        ),
         "TlsConfig" => (
             doc(&format!(
                 "listen: {{ ingress_tls: \"127.0.0.1:8443\" }}\ntls: {{ {field}: {value}, certificates: [{{ cert_file: a.pem, key_file: a.key }}] }}\n"
@@ -1241,6 +1247,28 @@ fn routes_are_validated_and_lowered() {
     assert!(lowered.policy.is_trusted_proxy("10.1.2.3".parse().unwrap()));
     assert!(lowered.policy.is_trusted_proxy("::1".parse().unwrap()));
     assert!(!lowered.policy.is_trusted_proxy("11.0.0.1".parse().unwrap()));
+}
+
+#[test]
+fn shared_redis_is_validated() {
+    load_ok(&doc("shared: { redis: { url: \"rediss://redis.internal:6380/2\", password: { env: REDIS_PASSWORD } } }\n"));
+    for (redis, path) in [
+        ("{ url: \"http://x:6379\" }", "shared.redis.url"),
+        ("{ url: \"redis://:hunter2@x:6379\" }", "shared.redis.url"),
+        ("{ url: \"redis://x:6379/abc\" }", "shared.redis.url"),
+        ("{ url: \"not a url\" }", "shared.redis.url"),
+        (
+            "{ url: \"redis://x\", password: { env: \"1BAD\" } }",
+            "shared.redis.password.env",
+        ),
+        (
+            "{ url: \"redis://x\", key_prefix: \"a{b}\" }",
+            "shared.redis.key_prefix",
+        ),
+    ] {
+        let message = single_error_at(&doc(&format!("shared: {{ redis: {redis} }}\n")), path);
+        assert!(!message.contains("hunter2"), "{message}");
+    }
 }
 
 #[test]

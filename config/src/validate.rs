@@ -117,6 +117,14 @@ pub(crate) const BOUNDS: &[Bound] = &[
         between: true,
         ..bound("TlsConfig", "https_port", 1, Some(65535))
     },
+    Bound {
+        between: true,
+        ..bound("RedisConfig", "connect_timeout_ms", 1, Some(60_000))
+    },
+    Bound {
+        between: true,
+        ..bound("RedisConfig", "command_timeout_ms", 1, Some(60_000))
+    },
 ];
 
 /// The bound of `def.field`.
@@ -194,6 +202,9 @@ pub(crate) fn lower(config: &Config) -> Result<Lowered, Vec<ValidationError>> {
         .collect();
     check_credentials(&config.credentials, &vaults, &mut errors);
     check_vaults(&config.vaults, &mut errors);
+    if let Some(redis) = &config.shared.redis {
+        check_redis(redis, &mut errors);
+    }
     let shutdown = &config.shutdown;
     errors.bounded(
         "shutdown.grace_period_s",
@@ -321,6 +332,66 @@ fn check_ingress(config: &Config, errors: &mut Errors) -> (Vec<HostPattern>, Vec
         }
     }
     (api_hosts, proxies)
+}
+
+/// Checks `shared.redis`.
+fn check_redis(redis: &crate::RedisConfig, errors: &mut Errors) {
+    let at = "shared.redis";
+    match url::Url::parse(&redis.url) {
+        Err(e) => errors.push(
+            format!("{at}.url"),
+            format!("{:?} is not a URL: {e}", redis.url),
+        ),
+        Ok(u) if !matches!(u.scheme(), "redis" | "rediss") => errors.push(
+            format!("{at}.url"),
+            format!("scheme {:?}: use redis:// or rediss:// (TLS)", u.scheme()),
+        ),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => {
+            errors.push(format!("{at}.url"), "names no host")
+        }
+        Ok(u) if u.password().is_some() => errors.push(
+            format!("{at}.url"),
+            "holds a password: put it in shared.redis.password ({ env: NAME } or { file: PATH }) \
+             so that it never appears in the configuration",
+        ),
+        Ok(u)
+            if !u.path().trim_start_matches('/').is_empty()
+                && u.path().trim_start_matches('/').parse::<u16>().is_err() =>
+        {
+            errors.push(
+                format!("{at}.url"),
+                "the path must be a database number, e.g. /0",
+            )
+        }
+        Ok(_) => {}
+    }
+    match &redis.password {
+        Some(TokenSource::Env { env }) => {
+            check_env_name(&format!("{at}.password.env"), env, errors)
+        }
+        Some(TokenSource::File { file }) if file.as_os_str().is_empty() => {
+            errors.push(format!("{at}.password.file"), "must not be empty")
+        }
+        _ => {}
+    }
+    let prefix = &redis.key_prefix;
+    if prefix.is_empty()
+        || prefix.len() > 64
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}')
+    {
+        errors.push(
+            format!("{at}.key_prefix"),
+            "must be 1 to 64 visible ASCII characters without `{` and `}`",
+        );
+    }
+    for (field, value) in [
+        ("connect_timeout_ms", redis.connect_timeout_ms),
+        ("command_timeout_ms", redis.command_timeout_ms),
+    ] {
+        errors.bounded(format!("{at}.{field}"), "RedisConfig", field, value);
+    }
 }
 
 /// A route or API host: a domain or `*.` wildcard, never an IP address.

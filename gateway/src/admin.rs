@@ -113,10 +113,19 @@ impl ServeHttp for Admin {
                         &serde_json::json!({"status": "starting", "reason": "the ingress is not listening yet", "warm_isolates": warm}),
                     )
                 } else if self.state.pool.is_ready() {
-                    Reply::json(
-                        200,
-                        &serde_json::json!({"status": "ready", "warm_isolates": warm}),
-                    )
+                    // A shared store that is down degrades the replica without failing it:
+                    // cached Workers keep serving, and a Redis blip must not take every pod
+                    // out of its Service at once.
+                    match self.state.store.shared() {
+                        Some(shared) if !shared.is_up() => Reply::json(
+                            200,
+                            &serde_json::json!({"status": "degraded", "reason": "the shared store (Redis) is unreachable", "warm_isolates": warm}),
+                        ),
+                        _ => Reply::json(
+                            200,
+                            &serde_json::json!({"status": "ready", "warm_isolates": warm}),
+                        ),
+                    }
                 } else {
                     Reply::json(
                         503,

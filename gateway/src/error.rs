@@ -52,6 +52,7 @@ pub const ERROR_KINDS: &[(&str, Fault)] = &[
     ("overloaded", Fault::Platform),
     ("draining", Fault::Platform),
     ("memory_budget", Fault::Platform),
+    ("store_unavailable", Fault::Platform),
     ("worker_crashed", Fault::Platform),
     ("internal", Fault::Platform),
 ];
@@ -100,6 +101,8 @@ pub enum ApiError {
     Draining,
     /// The gateway-wide in-flight body budget has no room (the message says why).
     MemoryBudget(String),
+    /// The shared store (Redis) cannot be reached now.
+    StoreUnavailable(String),
     /// The Worker failed (limit breach → 503, exception/syntax → 500).
     Worker(WorkerError),
     /// A fault in isogate.
@@ -119,7 +122,10 @@ impl ApiError {
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
             ApiError::TooManyRequests { .. } => 429,
-            ApiError::Overloaded | ApiError::Draining | ApiError::MemoryBudget(_) => 503,
+            ApiError::Overloaded
+            | ApiError::Draining
+            | ApiError::MemoryBudget(_)
+            | ApiError::StoreUnavailable(_) => 503,
             ApiError::Worker(e) if e.kind.is_limit() || e.kind.is_retryable() => 503,
             ApiError::Worker(_) => 500,
             ApiError::Internal(_) => 500,
@@ -143,6 +149,7 @@ impl ApiError {
             ApiError::Overloaded
             | ApiError::Draining
             | ApiError::MemoryBudget(_)
+            | ApiError::StoreUnavailable(_)
             | ApiError::Internal(_) => Fault::Platform,
             ApiError::Worker(e) => match e.kind {
                 ErrorKind::WorkerCrashed | ErrorKind::Internal => Fault::Platform,
@@ -172,6 +179,7 @@ impl ApiError {
             ApiError::Overloaded => "overloaded",
             ApiError::Draining => "draining",
             ApiError::MemoryBudget(_) => "memory_budget",
+            ApiError::StoreUnavailable(_) => "store_unavailable",
             ApiError::Worker(e) => e.kind.as_str(),
             ApiError::Internal(_) => "internal",
         }
@@ -199,6 +207,9 @@ impl ApiError {
             ApiError::Draining => "the gateway is shutting down; retry on another replica".into(),
             ApiError::Worker(e) => e.message.clone(),
             ApiError::Internal(m) | ApiError::MemoryBudget(m) => m.clone(),
+            ApiError::StoreUnavailable(m) => {
+                format!("{m}; stored Workers cannot be changed or read for the first time now, retry shortly")
+            }
         }
     }
 
@@ -239,7 +250,9 @@ impl ApiError {
             | ApiError::RateLimited { retry_after_s } => {
                 vec![("retry-after", retry_after_s.to_string())]
             }
-            ApiError::Overloaded | ApiError::MemoryBudget(_) => vec![("retry-after", "1".into())],
+            ApiError::Overloaded | ApiError::MemoryBudget(_) | ApiError::StoreUnavailable(_) => {
+                vec![("retry-after", "1".into())]
+            }
             ApiError::Worker(e) if e.kind.is_retryable() => {
                 vec![("retry-after", "1".into())]
             }
@@ -255,6 +268,15 @@ impl From<isogate_pool::PoolError> for ApiError {
         match e {
             isogate_pool::PoolError::Overloaded => ApiError::Overloaded,
             isogate_pool::PoolError::Unavailable => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::StoredError> for ApiError {
+    fn from(e: crate::store::StoredError) -> Self {
+        match e {
+            crate::store::StoredError::Unavailable(m) => ApiError::StoreUnavailable(m),
+            crate::store::StoredError::Failed(m) => ApiError::Internal(m),
         }
     }
 }
@@ -309,6 +331,7 @@ mod tests {
             ApiError::Overloaded,
             ApiError::Draining,
             ApiError::MemoryBudget("m".into()),
+            ApiError::StoreUnavailable("m".into()),
             ApiError::Internal("m".into()),
         ];
         for kind in [
@@ -337,7 +360,7 @@ mod tests {
         assert_eq!(crashed.fault(), Fault::Platform);
         let thrown = ApiError::from(WorkerError::new(ErrorKind::Exception, "m"));
         assert_eq!((thrown.status(), thrown.fault()), (500, Fault::Tenant));
-        assert_eq!(ERROR_KINDS.len(), 21);
+        assert_eq!(ERROR_KINDS.len(), 22);
         // A public client learns nothing of the Worker's failure but its kind.
         let body = thrown.public_body();
         assert_eq!(body["error"]["kind"], "exception");

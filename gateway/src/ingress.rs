@@ -33,7 +33,7 @@ use isogate_policy::{
 };
 use isogate_pool::{
     BodyPart, BodySink, Hold, HttpRequest, HttpResponse, Invocation, Invoker, LimitOverrides,
-    Limits, Window, WorkerCode,
+    Limits, SealedCode, Window, WorkerCode,
 };
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora::http::ResponseHeader;
@@ -821,24 +821,32 @@ impl Ingress {
             )?,
             Route::Dispatch { .. } => {}
         }
-        if let Route::Dispatch { id, .. } = &route {
-            // Before the body is read: an unknown Worker is refused without taking the upload.
-            if self.state.store.get(tenant.name.as_str(), id).is_none() {
-                return Err(unknown_worker(id));
-            }
-        }
+        // Before the body is read: an unknown Worker is refused without taking the upload.
+        let stored = match &route {
+            Route::Dispatch { id, .. } => Some(
+                self.state
+                    .store
+                    .get(tenant.name.as_str(), id)
+                    .await?
+                    .ok_or_else(|| unknown_worker(id))?,
+            ),
+            _ => None,
+        };
         let (body, held) = self
             .read_charged(session, seen, &tenant, tenant.limits.max_body_bytes)
             .await?;
         let reply = match route {
             Route::Execute => self.execute(&snapshot, &tenant, &body).await,
             Route::Load => self.load(&snapshot, &tenant, &body).await,
-            Route::Workers => Ok(self.list(&tenant).await),
+            Route::Workers => self.list(&tenant).await,
             Route::Worker(id) if method == http::Method::PUT => self.put(&tenant, &id, &body).await,
             Route::Worker(id) => self.delete(&tenant, &id).await,
             Route::Dispatch { id, rest } => {
                 let request = self.forwarded_request(session, &rest, body);
-                self.dispatch(&snapshot, &tenant, &id, request).await
+                match stored {
+                    Some(code) => self.dispatch(&snapshot, &tenant, &id, code, request).await,
+                    None => Err(unknown_worker(&id)),
+                }
             }
         }?;
         self.charge_reply(held, &reply, &tenant).await?;
@@ -934,20 +942,18 @@ impl Ingress {
             }
         }
         // Before the body is read: a route whose Worker is not stored takes no upload.
-        if self
+        let code = self
             .state
             .store
             .get(tenant.name.as_str(), &route.worker)
-            .is_none()
-        {
-            return Err(ApiError::NotFound("not found".into()));
-        }
+            .await?
+            .ok_or_else(|| ApiError::NotFound("not found".into()))?;
         let (body, held) = self
             .read_charged(session, seen, &tenant, route.max_body_bytes)
             .await?;
         let request = public_request(session.req_header(), &forwarded, host, body);
         let reply = self
-            .dispatch(snapshot, &tenant, &route.worker, request)
+            .dispatch(snapshot, &tenant, &route.worker, code, request)
             .await?;
         self.charge_reply(held, &reply, &tenant).await?;
         Ok(reply)
@@ -1109,19 +1115,8 @@ impl Ingress {
     async fn put(&self, tenant: &TenantPolicy, id: &str, body: &[u8]) -> Result<Reply, ApiError> {
         let code: WorkerCode = parse_json(body, "WorkerCode")?;
         check_code(&code)?;
-        let store = self.state.store.clone();
-        let (t, i) = (tenant.name.as_str().to_string(), id.to_string());
-        let (outcome, disk) = tokio::task::spawn_blocking(move || {
-            let outcome = store.put(&t, &i, code);
-            (outcome, store.disk_bytes())
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("worker store task failed: {e}")))?;
-        self.state.metrics.store_write("put", outcome.is_ok(), disk);
-        if let Err(e) = &outcome {
-            tracing::error!(tenant = %tenant.name.as_str(), op = "put", error = %e, "stored-Worker write failed");
-        }
-        let outcome = outcome.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let outcome = self.state.store.put(tenant.name.as_str(), id, code).await;
+        let outcome = self.stored_write(tenant, "put", outcome).await?;
         match outcome {
             PutOutcome::Created => Ok(Reply::json(201, &serde_json::json!({"id": id, "created": true}))),
             PutOutcome::Unchanged => Ok(Reply::json(200, &serde_json::json!({"id": id, "created": false}))),
@@ -1132,21 +1127,8 @@ impl Ingress {
     }
 
     async fn delete(&self, tenant: &TenantPolicy, id: &str) -> Result<Reply, ApiError> {
-        let store = self.state.store.clone();
-        let (t, i) = (tenant.name.as_str().to_string(), id.to_string());
-        let (existed, disk) = tokio::task::spawn_blocking(move || {
-            let existed = store.delete(&t, &i);
-            (existed, store.disk_bytes())
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("worker store task failed: {e}")))?;
-        self.state
-            .metrics
-            .store_write("delete", existed.is_ok(), disk);
-        if let Err(e) = &existed {
-            tracing::error!(tenant = %tenant.name.as_str(), op = "delete", error = %e, "stored-Worker write failed");
-        }
-        let existed = existed.map_err(|e| ApiError::Internal(e.to_string()))?;
+        let existed = self.state.store.delete(tenant.name.as_str(), id).await;
+        let existed = self.stored_write(tenant, "delete", existed).await?;
         let evicted = self.state.pool.evict(tenant.name.as_str(), id).await > 0;
         if !existed {
             return Err(ApiError::NotFound(format!(
@@ -1159,21 +1141,37 @@ impl Ingress {
         ))
     }
 
-    async fn list(&self, tenant: &TenantPolicy) -> Reply {
+    /// Counts a write to the stored Workers (and the store's size after it) and logs a failure.
+    async fn stored_write<T>(
+        &self,
+        tenant: &TenantPolicy,
+        op: &'static str,
+        result: Result<T, crate::store::StoredError>,
+    ) -> Result<T, ApiError> {
+        let store = self.state.store.clone();
+        let disk = tokio::task::spawn_blocking(move || store.disk_bytes())
+            .await
+            .unwrap_or(0);
+        self.state.metrics.store_write(op, result.is_ok(), disk);
+        if let Err(e) = &result {
+            tracing::error!(tenant = %tenant.name.as_str(), op, error = %e, "stored-Worker write failed");
+        }
+        Ok(result?)
+    }
+
+    async fn list(&self, tenant: &TenantPolicy) -> Result<Reply, ApiError> {
         let name = tenant.name.as_str();
+        let ids = self.state.store.ids(name).await?;
         let warm: std::collections::HashSet<String> =
             self.state.pool.cached_ids(name).await.into_iter().collect();
-        let workers: Vec<serde_json::Value> = self
-            .state
-            .store
-            .ids(name)
+        let workers: Vec<serde_json::Value> = ids
             .into_iter()
             .map(|id| {
                 let state = if warm.contains(&id) { "warm" } else { "cold" };
                 serde_json::json!({"id": id, "state": state})
             })
             .collect();
-        Reply::json(200, &serde_json::json!({ "workers": workers }))
+        Ok(Reply::json(200, &serde_json::json!({ "workers": workers })))
     }
 
     /// The request as the Worker sees it: path `/{rest}`, the query, the headers (without the
@@ -1214,13 +1212,9 @@ impl Ingress {
         snapshot: &Snapshot,
         tenant: &TenantPolicy,
         id: &str,
+        code: SealedCode,
         request: HttpRequest,
     ) -> Result<Reply, ApiError> {
-        let code = self
-            .state
-            .store
-            .get(tenant.name.as_str(), id)
-            .ok_or_else(|| unknown_worker(id))?;
         let limits = limits_for(tenant, code.code().limits.as_ref(), None);
         let permit = self.admit(snapshot, tenant).await?;
         let (sink, stream) = body_channel();

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod admission;
 pub mod cli;
+pub mod cluster;
 pub mod egress;
 pub mod error;
 pub mod explain;

@@ -51,6 +51,7 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_route_rate_limited_total",
     "isogate_tls_certificate_expiry_timestamp_seconds",
     "isogate_tls_reloads_total",
+    "isogate_shared_store_up",
 ];
 
 /// The `status_class` label of a status.
@@ -180,8 +181,10 @@ pub struct Metrics {
     pub route_rate_limited: IntCounterVec,
     /// `isogate_tls_certificate_expiry_timestamp_seconds{certificate}`.
     pub tls_certificate_expiry: prometheus::GaugeVec,
-    /// `isogate_tls_reloads_total{outcome}`.
+    /// `isogate_tls_reloads_total{result}`.
     pub tls_reloads: IntCounterVec,
+    /// `isogate_shared_store_up`.
+    pub shared_store_up: IntGauge,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -517,6 +520,14 @@ impl Metrics {
                 "isogate_tls_reloads_total",
                 "Reloads of the ingress TLS certificates (file change, SIGHUP, configuration) by result.",
                 &["result"],
+            ),
+            shared_store_up: register(
+                &r,
+                IntGauge::new(
+                    "isogate_shared_store_up",
+                    "1 while the shared store (shared.redis) answered the last exchange, 0 while it does not; absent without shared.redis.",
+                )
+                .expect("valid metric"),
             ),
             registry: r,
         };

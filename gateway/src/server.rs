@@ -1,6 +1,7 @@
 //! Wiring: config → policy, store, pool → pingora services → run until a shutdown signal.
 
 use crate::admin::Admin;
+use crate::cluster::Shared;
 use crate::egress::{client, GatewayEgress};
 use crate::inflight::InflightBudget;
 use crate::ingress::Ingress;
@@ -8,7 +9,7 @@ use crate::lifecycle::{DrainingShutdown, Reloader};
 use crate::metrics::Metrics;
 use crate::public::Scheme;
 use crate::state::{AppState, Snapshot};
-use crate::store::WorkerStore;
+use crate::store::{Stored, WorkerStore};
 use crate::supervisor::cordon::CordonSettings;
 use crate::supervisor::{Supervisor, SupervisorSettings, Workers};
 use crate::tls::CertStore;
@@ -77,7 +78,6 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     }
     // Before any egress client exists: Workers can never reach the gateway's own listeners.
     client::set_self_listeners(self_listeners(&lowered.listeners));
-    let store = Arc::new(WorkerStore::open(&config.state_dir).context("opening the worker store")?);
     let metrics = Arc::new(Metrics::new());
     // Certificates load before anything starts: a bad file stops `serve`, naming it.
     let certs = match config.listen.ingress_tls {
@@ -87,9 +87,6 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         )),
         None => None,
     };
-    metrics
-        .state_dir_bytes
-        .set(i64::try_from(store.disk_bytes()).unwrap_or(i64::MAX));
     // Outbound I/O (Worker fetches, vault reads) runs on its own runtime so that a Worker busy
     // with CPU never stalls another Worker's upstream connection.
     let egress_runtime = tokio::runtime::Builder::new_multi_thread()
@@ -98,6 +95,10 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         .enable_all()
         .build()
         .context("starting the egress runtime")?;
+    let store = open_store(&config, &metrics, &egress_runtime)?;
+    metrics
+        .state_dir_bytes
+        .set(i64::try_from(store.disk_bytes()).unwrap_or(i64::MAX));
     let secrets = {
         let _guard = egress_runtime.enter();
         Arc::new(Secrets::new(
@@ -136,6 +137,16 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         metrics.clone(),
         &egress_runtime,
     )?);
+    if let Some(shared) = store.shared() {
+        // Deletions on other replicas evict this replica's warm copies.
+        let workers = pool.clone();
+        egress_runtime.spawn(shared.clone().follow(move |tenant, id| {
+            let workers = workers.clone();
+            async move {
+                workers.evict(&tenant, &id).await;
+            }
+        }));
+    }
     metrics.config_reloads.with_label_values(&["ok"]).inc();
     metrics.config_last_success.set(unix_now());
     let mut state = AppState::new(snapshot, pool.clone(), store, metrics);
@@ -215,6 +226,28 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     egress_runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     tracing::info!("isogate stopped");
     Ok(())
+}
+
+/// The stored Workers: SQLite under `state_dir` for one replica, or the Redis of
+/// `shared.redis` for every replica (its client lives on `runtime`).
+fn open_store(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    runtime: &tokio::runtime::Runtime,
+) -> anyhow::Result<Arc<Stored>> {
+    let Some(redis) = &config.shared.redis else {
+        let local = WorkerStore::open(&config.state_dir).context("opening the worker store")?;
+        return Ok(Arc::new(Stored::Local(Arc::new(local))));
+    };
+    let password = redis
+        .password
+        .as_ref()
+        .map(|p| crate::vault::read_secret(p, "shared.redis.password"))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let _guard = runtime.enter();
+    let shared = Shared::open(redis, password, metrics.clone()).map_err(anyhow::Error::msg)?;
+    Ok(Arc::new(Stored::Shared(Arc::new(shared))))
 }
 
 /// Seconds since the Unix epoch.

@@ -6,7 +6,7 @@ use crate::egress::TenantLimiters;
 use crate::inflight::InflightBudget;
 use crate::metrics::Metrics;
 use crate::public::ClientLimiter;
-use crate::store::WorkerStore;
+use crate::store::Stored;
 use crate::supervisor::Workers;
 use crate::vault::Secrets;
 use arc_swap::ArcSwap;
@@ -86,7 +86,7 @@ pub struct AppState {
     /// The isolate runner (worker processes, or in-process threads).
     pub pool: Arc<Workers>,
     /// Stored WorkerCode.
-    pub store: Arc<WorkerStore>,
+    pub store: Arc<Stored>,
     /// The metrics catalogue.
     pub metrics: Arc<Metrics>,
     /// Shutdown has begun: `/readyz` answers 503.
@@ -104,7 +104,7 @@ impl AppState {
     pub fn new(
         snapshot: Arc<ArcSwap<Snapshot>>,
         pool: Arc<Workers>,
-        store: Arc<WorkerStore>,
+        store: Arc<Stored>,
         metrics: Arc<Metrics>,
     ) -> AppState {
         metrics.routes_configured(&snapshot.load().clients.keys().cloned().collect::<Vec<_>>());

@@ -3,12 +3,15 @@
 //!
 //! Ids are immutable: storing different code under an existing id is a conflict (clients use
 //! versioned ids).
+//!
+//! [`Stored`] is what the ingress uses: this store for one replica, or the Redis store of
+//! [`crate::cluster`] shared by every replica (`shared.redis`).
 
 use isogate_pool::{CodeDigest, SealedCode, WorkerCode};
 use rusqlite::{params, Connection, OptionalExtension};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +37,102 @@ pub enum StoreError {
         /// What is wrong.
         message: String,
     },
+}
+
+/// The stored Workers of this gateway: local to the replica (SQLite) or shared by every
+/// replica (Redis).
+pub enum Stored {
+    /// `state_dir/workers.sqlite3`.
+    Local(Arc<WorkerStore>),
+    /// `shared.redis`.
+    Shared(Arc<crate::cluster::Shared>),
+}
+
+/// Why a stored-Worker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoredError {
+    /// The shared store cannot be reached now: retry.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Anything else (a disk or database fault, corrupt data).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<crate::cluster::SharedError> for StoredError {
+    fn from(e: crate::cluster::SharedError) -> Self {
+        match e {
+            crate::cluster::SharedError::Unavailable(_) => StoredError::Unavailable(e.to_string()),
+            crate::cluster::SharedError::Corrupt { .. } => StoredError::Failed(e.to_string()),
+        }
+    }
+}
+
+impl Stored {
+    /// The stored code of `tenant`/`id`.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Option<SealedCode>, StoredError> {
+        match self {
+            Stored::Local(store) => Ok(store.get(tenant, id)),
+            Stored::Shared(shared) => Ok(shared.get(tenant, id).await?),
+        }
+    }
+
+    /// Stores `code` under a free id (see [`PutOutcome`]).
+    pub async fn put(
+        &self,
+        tenant: &str,
+        id: &str,
+        code: WorkerCode,
+    ) -> Result<PutOutcome, StoredError> {
+        match self {
+            Stored::Local(store) => {
+                let (store, t, i) = (store.clone(), tenant.to_string(), id.to_string());
+                tokio::task::spawn_blocking(move || store.put(&t, &i, code))
+                    .await
+                    .map_err(|e| StoredError::Failed(format!("worker store task failed: {e}")))?
+                    .map_err(|e| StoredError::Failed(e.to_string()))
+            }
+            Stored::Shared(shared) => Ok(shared.put(tenant, id, code).await?),
+        }
+    }
+
+    /// Forgets `tenant`/`id`; whether it existed.
+    pub async fn delete(&self, tenant: &str, id: &str) -> Result<bool, StoredError> {
+        match self {
+            Stored::Local(store) => {
+                let (store, t, i) = (store.clone(), tenant.to_string(), id.to_string());
+                tokio::task::spawn_blocking(move || store.delete(&t, &i))
+                    .await
+                    .map_err(|e| StoredError::Failed(format!("worker store task failed: {e}")))?
+                    .map_err(|e| StoredError::Failed(e.to_string()))
+            }
+            Stored::Shared(shared) => Ok(shared.delete(tenant, id).await?),
+        }
+    }
+
+    /// The ids stored for `tenant`, sorted.
+    pub async fn ids(&self, tenant: &str) -> Result<Vec<String>, StoredError> {
+        match self {
+            Stored::Local(store) => Ok(store.ids(tenant)),
+            Stored::Shared(shared) => Ok(shared.ids(tenant).await?),
+        }
+    }
+
+    /// Bytes the store takes in `state_dir` (blocking: file metadata); 0 for the shared store.
+    pub fn disk_bytes(&self) -> u64 {
+        match self {
+            Stored::Local(store) => store.disk_bytes(),
+            Stored::Shared(_) => 0,
+        }
+    }
+
+    /// The shared store, if this replica uses one.
+    pub fn shared(&self) -> Option<&Arc<crate::cluster::Shared>> {
+        match self {
+            Stored::Shared(shared) => Some(shared),
+            Stored::Local(_) => None,
+        }
+    }
 }
 
 /// What [`WorkerStore::put`] did.

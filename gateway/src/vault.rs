@@ -215,13 +215,18 @@ pub struct Vault {
 }
 
 fn read_token(source: &TokenSource) -> Result<SecretString, String> {
+    read_secret(source, "vault token")
+}
+
+/// Reads a secret named by `source` (`what` says which, in errors; never the value).
+pub(crate) fn read_secret(source: &TokenSource, what: &str) -> Result<SecretString, String> {
     match source {
         TokenSource::Env { env } => std::env::var(env)
             .map(SecretString::from)
-            .map_err(|_| format!("vault token variable {env} is not set")),
+            .map_err(|_| format!("{what} variable {env} is not set")),
         TokenSource::File { file } => std::fs::read_to_string(file)
             .map(|t| SecretString::from(t.trim().to_string()))
-            .map_err(|e| format!("cannot read vault token file {}: {e}", file.display())),
+            .map_err(|e| format!("cannot read {what} file {}: {e}", file.display())),
     }
 }
 

@@ -492,6 +492,7 @@ pub fn worker(src: &str) -> Value {
 }
 
 pub mod bao;
+pub mod redis;
 /// Loopback HTTP servers (shared with the benchmark runner: the `isogate-testkit` crate).
 #[allow(unused_imports)] // not every test binary starts an upstream
 pub use isogate_testkit::upstream;
