@@ -180,3 +180,74 @@ fn a_redis_outage_keeps_cached_workers_serving_and_fails_writes_fast() {
     assert_eq!(a.metric("isogate_shared_store_up"), 1.0);
     assert!(a.log().contains("the shared store (Redis) is reachable"));
 }
+
+#[test]
+fn an_egress_burst_is_one_budget_across_replicas() {
+    use common::upstream::{Answer, Upstream};
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let seen = hits.clone();
+    let upstream = Upstream::start(move |_| {
+        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Answer::json(200, &serde_json::json!({"ok": true}))
+    });
+    let mut redis = Redis::start();
+    let tenant = format!(
+        "{}    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          name: up\n          rate_limit: {{ per_second: 1, burst: 5 }}\n",
+        tenants(),
+        upstream.port
+    );
+    let start = |_| {
+        Gateway::start_with(
+            POOL,
+            &tenant,
+            &format!("shared: {{ redis: {{ url: \"{}\" }} }}\n", redis.url()),
+            &[],
+        )
+    };
+    let replicas: Vec<Gateway> = (0..3).map(start).collect();
+    let fetcher = format!(
+        "export default {{ async fetch() {{ const r = await fetch('http://127.0.0.1:{}/x'); return new Response(String(r.status)); }} }};",
+        upstream.port
+    );
+    assert_eq!(replicas[0].put(ALPHA_KEY, "fetcher", &fetcher), 201);
+    let t0 = Instant::now();
+    let statuses: Vec<String> = (0..15)
+        .map(|i| {
+            replicas[i % 3]
+                .get_worker(ALPHA_KEY, "fetcher", "")
+                .text()
+                .unwrap()
+        })
+        .collect();
+    let elapsed = t0.elapsed().as_secs();
+    let allowed = statuses.iter().filter(|s| *s == "200").count() as u64;
+    let limited = statuses.iter().filter(|s| *s == "429").count() as u64;
+    assert_eq!(allowed + limited, 15, "{statuses:?}");
+    // One burst of 5 for all three replicas (plus what refilled at 1/s meanwhile); each
+    // replica on its own would have let 15 through.
+    assert!(
+        (5..=5 + elapsed).contains(&allowed),
+        "{allowed} allowed in {elapsed} s: {statuses:?}"
+    );
+    assert_eq!(
+        hits.load(std::sync::atomic::Ordering::SeqCst),
+        allowed,
+        "the upstream saw what was allowed"
+    );
+
+    // Redis gone: each replica falls back to its own limits (said by a metric and a log
+    // line), and fetches go on.
+    redis.kill();
+    let r = replicas[1]
+        .get_worker(ALPHA_KEY, "fetcher", "")
+        .text()
+        .unwrap();
+    assert!(r == "200" || r == "429", "{r}");
+    assert_eq!(
+        replicas[1].metric("isogate_egress_rate_limit_fallback"),
+        1.0
+    );
+    assert!(replicas[1]
+        .log()
+        .contains("each replica enforces its own limits"));
+}

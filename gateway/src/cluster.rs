@@ -77,6 +77,32 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 ";
 
+/// GCRA over every key at once (the rule's and the tenant's): a request passes only if every
+/// limit has room, and then takes a cell from each. Per key: ARGV = emission interval and
+/// burst tolerance in microseconds. Time is the server's (`TIME`), so replicas' clocks do not
+/// matter. Returns 0, or the microseconds to wait. The same semantics as redis-cell's
+/// `CL.THROTTLE key burst-1 rate 1 1` and governor's GCRA.
+const THROTTLE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local tats = {}
+local wait = 0
+for i, key in ipairs(KEYS) do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local tolerance = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', key) or now)
+  if tat < now then tat = now end
+  local over = tat - now - tolerance
+  if over > 0 and over > wait then wait = over end
+  tats[i] = tat + interval
+end
+if wait > 0 then return wait end
+for i, key in ipairs(KEYS) do
+  redis.call('SET', key, tats[i], 'PX', math.ceil((tats[i] - now) / 1000) + 1)
+end
+return 0
+";
+
 /// The shared Redis and this replica's view of it.
 pub struct Shared {
     manager: ConnectionManager,
@@ -89,6 +115,7 @@ pub struct Shared {
     cache: RwLock<HashMap<(String, String), SealedCode>>,
     put: redis::Script,
     delete: redis::Script,
+    throttle: redis::Script,
 }
 
 impl Shared {
@@ -132,6 +159,7 @@ impl Shared {
             cache: RwLock::new(HashMap::new()),
             put: redis::Script::new(PUT),
             delete: redis::Script::new(DELETE),
+            throttle: redis::Script::new(THROTTLE),
         })
     }
 
@@ -287,6 +315,33 @@ impl Shared {
             .await?;
         self.forget(tenant, id);
         Ok(existed == 1)
+    }
+
+    /// Takes one cell from each of `limits` (named within the tenant: `tenant`, `rule:NAME`)
+    /// for every replica at once, in one round trip (EVALSHA): `Ok(Err(wait))` when one of them
+    /// has no room (nothing is taken then).
+    pub async fn throttle(
+        &self,
+        tenant: &str,
+        limits: &[(String, isogate_policy::RateLimit)],
+    ) -> Result<Result<(), Duration>, SharedError> {
+        let mut invocation = self.throttle.prepare_invoke();
+        for (name, limit) in limits {
+            let per_second = u64::from(limit.per_second.max(1));
+            let interval = 1_000_000 / per_second;
+            let tolerance = interval * u64::from(limit.burst.max(1) - 1);
+            invocation
+                .key(format!("{}{{{tenant}}}:rl:{name}", self.prefix))
+                .arg(interval)
+                .arg(tolerance);
+        }
+        let mut con = self.manager.clone();
+        let wait: i64 = self.run(invocation.invoke_async(&mut con)).await?;
+        Ok(if wait > 0 {
+            Err(Duration::from_micros(wait as u64))
+        } else {
+            Ok(())
+        })
     }
 
     /// The ids stored for `tenant`, sorted.

@@ -52,6 +52,7 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_tls_certificate_expiry_timestamp_seconds",
     "isogate_tls_reloads_total",
     "isogate_shared_store_up",
+    "isogate_egress_rate_limit_fallback",
 ];
 
 /// The `status_class` label of a status.
@@ -185,6 +186,8 @@ pub struct Metrics {
     pub tls_reloads: IntCounterVec,
     /// `isogate_shared_store_up`.
     pub shared_store_up: IntGauge,
+    /// `isogate_egress_rate_limit_fallback`.
+    pub egress_rate_limit_fallback: IntGauge,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -526,6 +529,14 @@ impl Metrics {
                 IntGauge::new(
                     "isogate_shared_store_up",
                     "1 while the shared store (shared.redis) answered the last exchange, 0 while it does not; absent without shared.redis.",
+                )
+                .expect("valid metric"),
+            ),
+            egress_rate_limit_fallback: register(
+                &r,
+                IntGauge::new(
+                    "isogate_egress_rate_limit_fallback",
+                    "1 while egress rate limits fall back to this replica's own because the shared store does not answer.",
                 )
                 .expect("valid metric"),
             ),

@@ -130,6 +130,7 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
             egress_runtime.handle().clone(),
             inflight.clone(),
         )
+        .with_shared(store.shared().cloned())
     };
     let pool = Arc::new(start_workers(
         &config,

@@ -88,6 +88,11 @@ pub enum EgressError {
     /// Following redirects would exceed the invocation's subrequest budget.
     #[error("subrequest limit exceeded while following redirects")]
     SubrequestLimit,
+    /// Answered by the gateway without sending anything (a rate limit checked only once the
+    /// request was on its way, e.g. against a shared store): like [`Verdict::Respond`], the
+    /// subrequest is not charged.
+    #[error("answered by the gateway (status {})", .0.status)]
+    Answered(EgressResponse),
 }
 
 /// The gateway's egress pipeline, as the pool sees it.
@@ -387,6 +392,7 @@ impl<E: Egress + ?Sized> EgressPort for E {
                 Err(EgressError::SubrequestLimit) => {
                     (Fetched::SubrequestLimit { redirecting: true }, None)
                 }
+                Err(EgressError::Answered(response)) => (Fetched::Answered(response), None),
             }
         })
     }

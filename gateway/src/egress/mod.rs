@@ -73,6 +73,10 @@ struct Inner {
     inflight: Arc<InflightBudget>,
     metrics: Arc<Metrics>,
     runtime: tokio::runtime::Handle,
+    /// The shared store whose rate limits hold across replicas (`shared.redis`).
+    shared: Option<Arc<crate::cluster::Shared>>,
+    /// Falling back to per-replica rate limits because the shared store did not answer.
+    falling_back: std::sync::atomic::AtomicBool,
 }
 
 impl GatewayEgress {
@@ -101,8 +105,19 @@ impl GatewayEgress {
                 inflight,
                 metrics,
                 runtime,
+                shared: None,
+                falling_back: std::sync::atomic::AtomicBool::new(false),
             }),
         }
+    }
+
+    /// The same pipeline with its rate limits in the shared store, for every replica at once
+    /// (per-replica limits while the store does not answer). Call before the pipeline is shared.
+    pub fn with_shared(mut self, shared: Option<Arc<crate::cluster::Shared>>) -> GatewayEgress {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.shared = shared;
+        }
+        self
     }
 }
 
@@ -476,7 +491,7 @@ impl Inner {
         }
     }
 
-    /// The rule's and the tenant's rate limits: a synthetic 429 when over.
+    /// The rule's and the tenant's rate limits, this replica's: a synthetic 429 when over.
     fn rate_limit(
         &self,
         snapshot: &Snapshot,
@@ -485,9 +500,64 @@ impl Inner {
     ) -> Option<EgressResponse> {
         let limiters = snapshot.limiters.get(&invoker.tenant)?;
         let wait = limiters.check(plan.egress.limiters.rule).err()?;
+        Some(Self::limited(plan, wait))
+    }
+
+    /// The rate limits wherever they live: in the shared store (one budget for every replica;
+    /// this replica's limiters while the store does not answer, with a metric and one log line
+    /// per change), else this replica's.
+    async fn rate_limit_anywhere(
+        &self,
+        snapshot: &Snapshot,
+        invoker: &Invoker,
+        plan: &Plan,
+    ) -> Option<EgressResponse> {
+        let Some(shared) = &self.shared else {
+            return self.rate_limit(snapshot, invoker, plan);
+        };
+        let tenant = snapshot.policy.tenant(&invoker.tenant)?;
+        let mut limits = Vec::with_capacity(2);
+        if let Some(rule) = plan.egress.limiters.rule {
+            if let Some(r) = tenant.egress.rules.get(rule) {
+                if let Some(limit) = r.rate_limit {
+                    limits.push((format!("rule:{}", r.name), limit));
+                }
+            }
+        }
+        if let Some(limit) = tenant.egress.rate_limit {
+            limits.push(("tenant".to_string(), limit));
+        }
+        if limits.is_empty() {
+            return None;
+        }
+        let result = shared.throttle(&invoker.tenant, &limits).await;
+        let fallback = result.is_err();
+        if self
+            .falling_back
+            .swap(fallback, std::sync::atomic::Ordering::Relaxed)
+            != fallback
+        {
+            self.metrics
+                .egress_rate_limit_fallback
+                .set(i64::from(fallback));
+            if fallback {
+                tracing::error!("egress rate limits: the shared store does not answer; each replica enforces its own limits until it does (a tenant may get N× its budget meanwhile)");
+            } else {
+                tracing::info!("egress rate limits: shared across replicas again");
+            }
+        }
+        match result {
+            Ok(Ok(())) => None,
+            Ok(Err(wait)) => Some(Self::limited(plan, wait)),
+            Err(_) => self.rate_limit(snapshot, invoker, plan),
+        }
+    }
+
+    /// The synthetic 429 of a rate limit.
+    fn limited(plan: &Plan, wait: Duration) -> EgressResponse {
         let retry = wait.as_secs_f64().ceil().max(1.0) as u64;
         let host = plan.target.host.to_string();
-        Some(EgressResponse {
+        EgressResponse {
             status: 429,
             headers: vec![
                 ("retry-after".into(), retry.to_string()),
@@ -499,7 +569,7 @@ impl Inner {
             streamed: false,
             hops: 0,
             url: String::new(),
-        })
+        }
     }
 
     /// Writes the hop's audit line and counts it: the only place either happens.
@@ -575,7 +645,12 @@ impl Egress for GatewayEgress {
             }
             Ok(plan) => {
                 record.rule = plan.audited_rule();
-                match inner.rate_limit(&snapshot, invoker, &plan) {
+                // Shared limits need a round trip: checked on the way out (first hop).
+                let limited = match inner.shared {
+                    Some(_) => None,
+                    None => inner.rate_limit(&snapshot, invoker, &plan),
+                };
+                match limited {
                     Some(response) => {
                         record.status = Some(429);
                         inner.emit(invoker, &record, Ending::RateLimited);
@@ -749,6 +824,10 @@ impl Inner {
                 }
                 Ok(Next::RateLimited(response)) => {
                     self.emit(&invoker, &record, Ending::RateLimited);
+                    if run.hops == 0 {
+                        // Refused before anything was sent: not a subrequest.
+                        return Err(EgressError::Answered(response));
+                    }
                     return Ok((response, None));
                 }
                 Err(failure) => {
@@ -775,11 +854,17 @@ impl Inner {
         let plan = self.plan(snapshot, invoker, &run.method, &run.url, record)?;
         record.rule = plan.audited_rule();
         record.report_only = plan.report_only();
-        if run.hops == 0 {
-            if plan.rule != authorization.rule || plan.report_only() != authorization.report_only {
-                return Err(Failure::PolicyChanged);
-            }
-        } else if let Some(mut response) = self.rate_limit(snapshot, invoker, &plan) {
+        if run.hops == 0
+            && (plan.rule != authorization.rule || plan.report_only() != authorization.report_only)
+        {
+            return Err(Failure::PolicyChanged);
+        }
+        // The first hop's local limits were checked when it was authorized.
+        let limited = match (run.hops, &self.shared) {
+            (0, None) => None,
+            _ => self.rate_limit_anywhere(snapshot, invoker, &plan).await,
+        };
+        if let Some(mut response) = limited {
             record.status = Some(429);
             response.hops = run.hops;
             response.url = run.url.clone();
