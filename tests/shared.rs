@@ -60,6 +60,16 @@ fn replicas_serve_workers_stored_through_any_of_them() {
     assert_eq!(d.count(ALPHA_KEY, "counter"), 1);
     assert_eq!(status(d.get_worker(ALPHA_KEY, "nowhere", "")), 404);
     assert_eq!(d.metric("isogate_shared_store_up"), 1.0);
+    // Every replica counts the four that share the Redis (heartbeats every 2 s).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while a.metric("isogate_replicas_seen") != 4.0 {
+        assert!(
+            Instant::now() < deadline,
+            "replicas seen: {}",
+            a.metric("isogate_replicas_seen")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

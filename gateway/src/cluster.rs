@@ -423,6 +423,60 @@ impl Shared {
     }
 }
 
+/// How often a replica says it is alive, and how long that lasts.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+const HEARTBEAT_TTL: Duration = Duration::from_secs(6);
+
+impl Shared {
+    /// Says every [`HEARTBEAT`] that this replica (`replica`: unique per process) is alive, and
+    /// counts the replicas that did within [`HEARTBEAT_TTL`] (`isogate_replicas_seen`), so that
+    /// operators can reason about what stays per replica (N× the concurrency).
+    pub async fn heartbeat(self: Arc<Self>, replica: String) {
+        let key = format!("{}replicas:{replica}", self.prefix);
+        let pattern = format!("{}replicas:*", self.prefix);
+        let mut tick = tokio::time::interval(HEARTBEAT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let mut con = self.manager.clone();
+            let mut set = redis::cmd("SET");
+            set.arg(&key)
+                .arg(1)
+                .arg("PX")
+                .arg(HEARTBEAT_TTL.as_millis() as u64);
+            if self.run(set.query_async::<()>(&mut con)).await.is_err() {
+                continue;
+            }
+            let mut cursor: u64 = 0;
+            let mut seen = 0usize;
+            loop {
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000);
+                match self
+                    .run(scan.query_async::<(u64, Vec<String>)>(&mut con))
+                    .await
+                {
+                    Ok((next, keys)) => {
+                        seen += keys.len();
+                        cursor = next;
+                        if cursor == 0 {
+                            self.metrics
+                                .replicas_seen
+                                .set(i64::try_from(seen).unwrap_or(i64::MAX));
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
 /// The payload of a deletion event: `del`, tenant and id, tab-separated (tenant names and
 /// Worker ids have no tabs).
 fn event(tenant: &str, id: &str) -> String {

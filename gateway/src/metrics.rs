@@ -53,6 +53,7 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_tls_reloads_total",
     "isogate_shared_store_up",
     "isogate_egress_rate_limit_fallback",
+    "isogate_replicas_seen",
 ];
 
 /// The `status_class` label of a status.
@@ -188,6 +189,8 @@ pub struct Metrics {
     pub shared_store_up: IntGauge,
     /// `isogate_egress_rate_limit_fallback`.
     pub egress_rate_limit_fallback: IntGauge,
+    /// `isogate_replicas_seen`.
+    pub replicas_seen: IntGauge,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
@@ -540,6 +543,14 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            replicas_seen: register(
+                &r,
+                IntGauge::new(
+                    "isogate_replicas_seen",
+                    "Replicas sharing this gateway's Redis that sent a heartbeat in the last 6 s (1 without shared.redis).",
+                )
+                .expect("valid metric"),
+            ),
             registry: r,
         };
         for cause in crate::supervisor::RESTART_CAUSES {
@@ -575,6 +586,7 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION"), isogate_pool::ENGINE])
             .set(1);
+        m.replicas_seen.set(1);
         m
     }
 

@@ -139,6 +139,15 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         &egress_runtime,
     )?);
     if let Some(shared) = store.shared() {
+        let mut nonce = [0u8; 8];
+        let _ = getrandom::getrandom(&mut nonce);
+        let replica = format!(
+            "{}-{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_default(),
+            std::process::id(),
+            hex::encode(nonce)
+        );
+        egress_runtime.spawn(shared.clone().heartbeat(replica));
         // Deletions on other replicas evict this replica's warm copies.
         let workers = pool.clone();
         egress_runtime.spawn(shared.clone().follow(move |tenant, id| {
