@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! cargo run --release -p isogate-benches -- [--quick] [--seconds N] [--no-workerd]
-//!     [--only load|get|execute|egress|memory|tls] [--isolation both|process|thread]
+//!     [--only load|get|execute|egress|memory|tls|shared] [--isolation both|process|thread]
 //!     [--processes N]
 //! ```
 #![allow(unreachable_pub)] // a binary
@@ -639,6 +639,10 @@ fn main() {
 
     if opts.wants("tls") {
         tls_scenario(&bin, &opts);
+    }
+
+    if opts.wants("shared") {
+        shared_scenario(&bin, &opts);
     }
 }
 
@@ -1284,6 +1288,157 @@ fn tls_scenario(bin: &Path, opts: &Opts) {
         "\nfull TLS 1.3 handshakes (ECDSA P-256 certificate, X25519, no resumption; {threads} client threads on the same machine): {:.0}/s, {errors} errors",
         n as f64 / opts.seconds
     );
+}
+
+/// A redis-server on a free loopback port (no persistence), killed when dropped.
+struct RedisServer(Child, u16);
+
+impl RedisServer {
+    fn start() -> Result<RedisServer, String> {
+        let port = free_port();
+        let bin = std::env::var("ISOGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+        let child = Command::new(&bin)
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {bin}: {e} (apt-get install redis-server)"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                return Err("redis-server did not listen".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(RedisServer(child, port))
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Scenario: what sharing state through Redis costs (`shared.redis` against a single replica's
+/// SQLite store and in-process limiters): warm get() at c=16 (the code is held in memory after
+/// the first request), and the egress hop at c=1 with a rule rate limit checked in Redis (one
+/// EVALSHA round trip) against one checked in process. Runs alternated; process mode.
+fn shared_scenario(bin: &Path, opts: &Opts) {
+    let redis = match RedisServer::start() {
+        Ok(r) => r,
+        Err(e) => {
+            println!("\nshared-state scenario skipped: {e}");
+            return;
+        }
+    };
+    let upstream = upstream::Upstream::start(|_| {
+        upstream::Answer::json(200, &serde_json::json!({"ok": true, "items": [1, 2, 3]}))
+    });
+    let port = upstream.port;
+    let egress = format!(
+        "    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{port}]\n          allow_private: true\n          rate_limit: {{ per_second: 1000000, burst: 1000000 }}\n"
+    );
+    let mode = *opts.isolation.last().unwrap_or(&Isolation::Process);
+    let local = Gateway::start_with(bin, "local", mode, 100, &egress, &[]);
+    let shared = Gateway::start_with(
+        bin,
+        "shared",
+        mode,
+        100,
+        &format!(
+            "{egress}shared: {{ redis: {{ url: \"redis://127.0.0.1:{}/0\" }} }}\n",
+            redis.1
+        ),
+        &[],
+    );
+    let fetcher = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": format!(
+        "export default {{ async fetch() {{ const r = await fetch(\"http://127.0.0.1:{port}/items\"); return new Response(await r.text()); }} }}"
+    )}});
+    let hello = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
+    for g in [&local, &shared] {
+        let mut conn = Conn::connect(&g.ingress).expect("connect");
+        for (id, code) in [("fetcher", &fetcher), ("hello", &hello)] {
+            let (s, _) = conn
+                .request(
+                    "PUT",
+                    &format!("/v1/workers/{id}"),
+                    &[("authorization", &format!("Bearer {KEY}"))],
+                    &serde_json::to_vec(code).unwrap_or_default(),
+                )
+                .expect("put");
+            assert!(s == 201 || s == 200, "PUT {id}: {s}");
+        }
+    }
+    let get = |id: &str| Req {
+        method: "GET",
+        path: format!("/w/{id}/"),
+        body: Vec::new(),
+        key: KEY,
+    };
+    let rounds = if opts.quick { 1 } else { 2 };
+    println!(
+        "\n| shared state (Redis) vs one replica, isolation: {} | req/s | p50 ms | p99 ms | errors |",
+        mode.as_str()
+    );
+    println!("|---|---|---|---|---|");
+    let mut p50 = std::collections::BTreeMap::<&str, Vec<f64>>::new();
+    let mut rps = std::collections::BTreeMap::<&str, Vec<f64>>::new();
+    for round in 1..=rounds {
+        for (name, g, id, c) in [
+            ("warm get() c=16, local store", &local, "hello", 16),
+            ("warm get() c=16, shared store", &shared, "hello", 16),
+            ("egress hop c=1, local limiter", &local, "fetcher", 1),
+            ("egress hop c=1, shared limiter", &shared, "fetcher", 1),
+        ] {
+            match drive(&g.ingress, &get(id), c, opts.warmup, opts.seconds) {
+                Ok(o) => {
+                    p50.entry(name).or_default().push(o.p(0.5));
+                    rps.entry(name).or_default().push(o.rps());
+                    println!(
+                        "| {name} (run {round}) | {:.0} | {:.3} | {:.3} | {} |",
+                        o.rps(),
+                        o.p(0.5),
+                        o.p(0.99),
+                        o.errors
+                    );
+                }
+                Err(e) => println!("| {name} (run {round}) | error: {e} | | | |"),
+            }
+        }
+    }
+    let mean = |v: Option<&Vec<f64>>| {
+        v.filter(|v| !v.is_empty())
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    if let (Some(l), Some(s)) = (
+        mean(rps.get("warm get() c=16, local store")),
+        mean(rps.get("warm get() c=16, shared store")),
+    ) {
+        println!(
+            "| **warm get(): shared / local throughput** | {:.2}× | | | |",
+            s / l
+        );
+    }
+    if let (Some(l), Some(s)) = (
+        mean(p50.get("egress hop c=1, local limiter")),
+        mean(p50.get("egress hop c=1, shared limiter")),
+    ) {
+        println!(
+            "| **egress: added by the shared limiter (p50)** | | {:.0} µs | | |",
+            (s - l) * 1000.0
+        );
+    }
 }
 
 fn o_sub(a: &Outcome, b: &Outcome, c: &Outcome, q: f64) -> f64 {
