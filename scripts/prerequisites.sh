@@ -105,3 +105,32 @@ ensure_redis() {
   echo "the shared-state tests need redis-server: run \`apt-get install redis-server\` (or set ISOGATE_REDIS_SERVER), then this command again" >&2
   exit 1
 }
+
+# kubernetes-validate, for tests/deploy.rs (the kustomize overlays validated against the
+# Kubernetes schemas with --strict): PyPI's `kubernetes-validate`, under target/tools/;
+# ISOGATE_KUBERNETES_VALIDATE names another executable.
+ensure_kubernetes_validate() {
+  if [ -n "${ISOGATE_KUBERNETES_VALIDATE:-}" ]; then return 0; fi
+  if command -v kubernetes-validate >/dev/null 2>&1; then
+    ISOGATE_KUBERNETES_VALIDATE=$(command -v kubernetes-validate)
+    export ISOGATE_KUBERNETES_VALIDATE
+    return 0
+  fi
+  local private="$PWD/target/tools/kubernetes-validate"
+  if ! PYTHONPATH="$private" python3 -m kubernetes_validate --version >/dev/null 2>&1; then
+    echo "kubernetes-validate is missing: installing it from PyPI under target/tools/" >&2
+    python3 -m pip install --quiet --disable-pip-version-check --target "$private" \
+      kubernetes-validate >&2 || true
+  fi
+  if PYTHONPATH="$private" python3 -m kubernetes_validate --version >/dev/null 2>&1; then
+    cat > "$private/run" <<RUN
+#!/bin/sh
+PYTHONPATH="$private" exec python3 -m kubernetes_validate "\$@"
+RUN
+    chmod +x "$private/run"
+    export ISOGATE_KUBERNETES_VALIDATE="$private/run"
+    return 0
+  fi
+  echo "the deployment tests need kubernetes-validate: run \`pip install kubernetes-validate\` (or set ISOGATE_KUBERNETES_VALIDATE), then this command again" >&2
+  exit 1
+}

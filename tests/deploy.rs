@@ -653,6 +653,115 @@ fn the_tls_overlay_exposes_the_tls_port_and_its_config_checks() {
     run_check(&local, "the isogate.yaml of the TLS overlay");
 }
 
+/// `kubectl kustomize` of a folder of `deploy/kubernetes`.
+fn kustomize(folder: &str) -> String {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(repo_root().join("deploy/kubernetes").join(folder))
+        .output()
+        .expect("kubectl (with kustomize) is on the machine image");
+    assert!(
+        out.status.success(),
+        "kustomize {folder}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The `kubernetes-validate` executable (`ISOGATE_KUBERNETES_VALIDATE`, set by
+/// `scripts/prerequisites.sh`, else on `PATH`).
+fn kubernetes_validate() -> String {
+    std::env::var("ISOGATE_KUBERNETES_VALIDATE")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| "kubernetes-validate".into())
+}
+
+/// Every way to deploy (the base and each overlay) renders with kustomize and validates against
+/// the Kubernetes schemas with `--strict` (unknown fields are errors); the Prometheus Operator's
+/// ServiceMonitor has no schema there (a warning, not a pass); each one's config passes
+/// `isogate check`.
+#[test]
+fn every_overlay_renders_and_validates_strictly() {
+    let dir = tempfile::tempdir().unwrap();
+    for folder in [
+        "base",
+        "overlays/single-replica",
+        "overlays/replicas-with-redis",
+        "overlays/tls",
+    ] {
+        let built = kustomize(folder);
+        let file = dir
+            .path()
+            .join(format!("{}.yaml", folder.replace('/', "-")));
+        std::fs::write(&file, &built).unwrap();
+        let out = Command::new(kubernetes_validate())
+            .arg("--strict")
+            .arg(&file)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("cannot run kubernetes-validate ({e}); `pip install kubernetes-validate` or set ISOGATE_KUBERNETES_VALIDATE")
+            });
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{folder}:\n{report}");
+        let passed = report.matches(" passed for resource ").count();
+        let kinds = built.matches("\nkind: ").count() + usize::from(built.starts_with("kind: "));
+        let unchecked = report
+            .matches("Couldn't find schema for kind ServiceMonitor")
+            .count();
+        assert_eq!(
+            passed + unchecked,
+            kinds,
+            "{folder}: every resource validated:\n{report}"
+        );
+        if folder != "overlays/tls" {
+            run_check(&config_of(&built), folder);
+        }
+    }
+}
+
+/// The multi-replica overlay: the replicas reach the Redis it deploys (URL, password from the
+/// same Secret), Redis keeps an append-only file, an autoscaler owns the replica count, and the
+/// network policy keeps the admin port to the monitoring namespace and Redis to isogate.
+#[test]
+fn the_redis_overlay_wires_replicas_to_a_persistent_redis() {
+    let built = kustomize("overlays/replicas-with-redis");
+    let config = config_of(&built);
+    assert!(
+        config.contains("url: \"redis://isogate-redis.isogate.svc.cluster.local:6379/0\"")
+            && config.contains("password: { env: REDIS_PASSWORD }"),
+        "{config}"
+    );
+    assert!(built.contains("kind: StatefulSet") && built.contains("name: isogate-redis"));
+    for arg in [
+        "- --appendonly",
+        "- \"yes\"",
+        "- --appendfsync",
+        "- everysec",
+        "- $(REDIS_PASSWORD)",
+    ] {
+        assert!(built.contains(arg), "redis args lack {arg}");
+    }
+    assert!(
+        built.matches("name: isogate-redis\n").count() >= 2
+            && built.matches("key: REDIS_PASSWORD").count() >= 2,
+        "both isogate and Redis read the password from the isogate-redis Secret"
+    );
+    assert!(built.contains("kind: HorizontalPodAutoscaler") && built.contains("minReplicas: 2"));
+    let policy = built
+        .split("\n---\n")
+        .find(|d| d.contains("kind: NetworkPolicy") && d.contains("name: isogate\n"))
+        .expect("the gateway's NetworkPolicy");
+    assert!(
+        policy.contains("kubernetes.io/metadata.name: monitoring") && policy.contains("port: 9090"),
+        "{policy}"
+    );
+}
+
 #[test]
 fn kustomization_lists_every_manifest() {
     let dir = repo_root().join("deploy/kubernetes/base");
