@@ -710,9 +710,14 @@ fn every_overlay_renders_and_validates_strictly() {
         assert!(out.status.success(), "{folder}:\n{report}");
         let passed = report.matches(" passed for resource ").count();
         let kinds = built.matches("\nkind: ").count() + usize::from(built.starts_with("kind: "));
-        let unchecked = report
-            .matches("Couldn't find schema for kind ServiceMonitor")
-            .count();
+        let unchecked = ["ServiceMonitor", "PrometheusRule"]
+            .iter()
+            .map(|kind| {
+                report
+                    .matches(&format!("Couldn't find schema for kind {kind} "))
+                    .count()
+            })
+            .sum::<usize>();
         assert_eq!(
             passed + unchecked,
             kinds,
@@ -760,6 +765,31 @@ fn the_redis_overlay_wires_replicas_to_a_persistent_redis() {
         policy.contains("kubernetes.io/metadata.name: monitoring") && policy.contains("port: 9090"),
         "{policy}"
     );
+}
+
+/// The PrometheusRule object is `deploy/prometheus/alerts.yaml`'s groups, as
+/// `scripts/prometheusrule.sh` writes them (one source of the alerts).
+#[test]
+fn the_prometheus_rule_object_holds_the_alerts_file() {
+    let alerts = read("deploy/prometheus/alerts.yaml");
+    let rule = read("deploy/kubernetes/base/prometheusrule.yaml");
+    let groups = &alerts[alerts.find("\ngroups:").expect("groups:") + 1..];
+    let indented: String = groups
+        .lines()
+        .map(|l| {
+            if l.is_empty() {
+                "\n".to_string()
+            } else {
+                format!("  {l}\n")
+            }
+        })
+        .collect();
+    let spec = &rule[rule.find("\nspec:\n").expect("spec:") + "\nspec:\n".len()..];
+    assert!(
+        spec == indented,
+        "deploy/kubernetes/base/prometheusrule.yaml is out of date: run scripts/prometheusrule.sh"
+    );
+    assert!(rule.contains("kind: PrometheusRule"));
 }
 
 #[test]
