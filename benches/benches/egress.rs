@@ -1,6 +1,7 @@
 //! Criterion micro-benchmarks of the egress hot paths: the policy decision (URL parse + rule
 //! match + SSRF address check), a rate-limit check, credential injection + response scrubbing,
-//! and parsing the example config.
+//! parsing the example config, and the shared (Redis) rate-limit check against a local
+//! `redis-server` (skipped, saying so, when there is none).
 //!
 //! `cargo bench -p isogate-benches --bench egress`
 #![allow(unreachable_pub, missing_docs)] // a benchmark binary (criterion_group! defines undocumented items)
@@ -52,6 +53,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| black_box(limiters.check(None)))
     });
 
+    shared_rate_limit(c);
+
     let inject = Injection::Header {
         header: "Authorization".into(),
         value: "Bearer ${secret}".into(),
@@ -83,6 +86,74 @@ fn bench(c: &mut Criterion) {
     c.bench_function("config_parse_example", |b| {
         b.iter(|| black_box(Config::from_yaml_str(black_box(&text), "isogate.yaml").is_ok()))
     });
+}
+
+/// The shared limiter's check: one EVALSHA round trip to a `redis-server` on loopback (the
+/// rule's and the tenant's GCRA cells), through the gateway's own client.
+fn shared_rate_limit(c: &mut Criterion) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let server = std::process::Command::new(
+        std::env::var("ISOGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
+    )
+    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    .stdout(std::process::Stdio::null())
+    .spawn();
+    let Ok(mut server) = server else {
+        eprintln!("shared_rate_limit_check: skipped (no redis-server; apt-get install redis-server)");
+        return;
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "redis-server did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let config: isogate_config::RedisConfig = serde_json::from_value(serde_json::json!({
+        "url": format!("redis://127.0.0.1:{port}/0"),
+    }))
+    .expect("redis config");
+    let shared = {
+        let _guard = runtime.enter();
+        isogate_gateway::cluster::Shared::open(
+            &config,
+            None,
+            std::sync::Arc::new(isogate_gateway::metrics::Metrics::new()),
+        )
+        .expect("client")
+    };
+    let limits = [
+        (
+            "rule:api".to_string(),
+            RateLimit {
+                per_second: 1_000_000,
+                burst: 1_000_000,
+            },
+        ),
+        (
+            "tenant".to_string(),
+            RateLimit {
+                per_second: 1_000_000,
+                burst: 1_000_000,
+            },
+        ),
+    ];
+    c.bench_function("shared_rate_limit_check", |b| {
+        b.iter(|| {
+            let verdict = runtime
+                .block_on(shared.throttle("bench", &limits))
+                .expect("redis answers");
+            black_box(verdict)
+        })
+    });
+    let _ = server.kill();
+    let _ = server.wait();
 }
 
 criterion_group!(benches, bench);
