@@ -98,16 +98,30 @@ fn shared_rate_limit(c: &mut Criterion) {
     let server = std::process::Command::new(
         std::env::var("ISOGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
     )
-    .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+    .args([
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ])
     .stdout(std::process::Stdio::null())
     .spawn();
     let Ok(mut server) = server else {
-        eprintln!("shared_rate_limit_check: skipped (no redis-server; apt-get install redis-server)");
+        eprintln!(
+            "shared_rate_limit_check: skipped (no redis-server; apt-get install redis-server)"
+        );
         return;
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "redis-server did not listen");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "redis-server did not listen"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
