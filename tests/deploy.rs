@@ -472,6 +472,9 @@ fn alerts_are_complete() {
         "IsogateWorkersDown",
         "IsogateTenantQuarantined",
         "IsogateWatchdogKillsSpiking",
+        "IsogateTlsCertificateExpiresSoon",
+        "IsogateTlsReloadRejected",
+        "IsogateSharedStoreDown",
     ] {
         assert!(names.contains(expected), "alert {expected} is missing");
     }
