@@ -91,46 +91,20 @@ fn bench(c: &mut Criterion) {
 /// The shared limiter's check: one EVALSHA round trip to a `redis-server` on loopback (the
 /// rule's and the tenant's GCRA cells), through the gateway's own client.
 fn shared_rate_limit(c: &mut Criterion) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let server = std::process::Command::new(
-        std::env::var("ISOGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into()),
-    )
-    .args([
-        "--port",
-        &port.to_string(),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ])
-    .stdout(std::process::Stdio::null())
-    .spawn();
-    let Ok(mut server) = server else {
-        eprintln!(
-            "shared_rate_limit_check: skipped (no redis-server; apt-get install redis-server)"
-        );
-        return;
+    let server = match isogate_testkit::redis::RedisServer::start() {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("shared_rate_limit_check: skipped ({e})");
+            return;
+        }
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "redis-server did not listen"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");
     let config: isogate_config::RedisConfig = serde_json::from_value(serde_json::json!({
-        "url": format!("redis://127.0.0.1:{port}/0"),
+        "url": server.url(),
     }))
     .expect("redis config");
     let shared = {
@@ -166,8 +140,7 @@ fn shared_rate_limit(c: &mut Criterion) {
             black_box(verdict)
         })
     });
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 criterion_group!(benches, bench);

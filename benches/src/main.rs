@@ -27,6 +27,7 @@ mod peer;
 
 use client::Conn;
 use hdrhistogram::Histogram;
+use isogate_testkit::redis as upstream_redis;
 use isogate_testkit::upstream;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -1055,23 +1056,11 @@ fn egress_scenario(bin: &Path, mode: Isolation, opts: &Opts) {
         &egress,
         &[("BENCH_UPSTREAM_TOKEN", "bench-secret-token-0123456789")],
     );
-    let auth = format!("Bearer {KEY}");
-    let mut conn = Conn::connect(&g.ingress).expect("connect");
     let fetcher = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": format!(
         "export default {{ async fetch() {{ const r = await fetch(\"http://127.0.0.1:{port}/items\"); return new Response(await r.text()); }} }}"
     )}});
     let hello = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
-    for (id, code) in [("fetcher", &fetcher), ("hello", &hello)] {
-        let (s, _) = conn
-            .request(
-                "PUT",
-                &format!("/v1/workers/{id}"),
-                &[("authorization", &auth)],
-                &serde_json::to_vec(code).unwrap_or_default(),
-            )
-            .expect("put");
-        assert!(s == 201 || s == 200, "PUT {id}: {s}");
-    }
+    put_workers(&g.ingress, &[("fetcher", &fetcher), ("hello", &hello)]);
     let get = |id: &str| Req {
         method: "GET",
         path: format!("/w/{id}/"),
@@ -1153,16 +1142,7 @@ fn tls_scenario(bin: &Path, opts: &Opts) {
         &[],
     );
     let hello = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
-    let (s, _) = Conn::connect(&g.ingress)
-        .expect("connect")
-        .request(
-            "PUT",
-            "/v1/workers/hello",
-            &[("authorization", &format!("Bearer {KEY}"))],
-            &serde_json::to_vec(&hello).unwrap_or_default(),
-        )
-        .expect("put");
-    assert!(s == 201 || s == 200, "PUT hello: {s}");
+    put_workers(&g.ingress, &[("hello", &hello)]);
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).expect("CA root");
@@ -1290,52 +1270,12 @@ fn tls_scenario(bin: &Path, opts: &Opts) {
     );
 }
 
-/// A redis-server on a free loopback port (no persistence), killed when dropped.
-struct RedisServer(Child, u16);
-
-impl RedisServer {
-    fn start() -> Result<RedisServer, String> {
-        let port = free_port();
-        let bin = std::env::var("ISOGATE_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot start {bin}: {e} (apt-get install redis-server)"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("redis-server did not listen".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(RedisServer(child, port))
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Scenario: what sharing state through Redis costs (`shared.redis` against a single replica's
 /// SQLite store and in-process limiters): warm get() at c=16 (the code is held in memory after
 /// the first request), and the egress hop at c=1 with a rule rate limit checked in Redis (one
 /// EVALSHA round trip) against one checked in process. Runs alternated; process mode.
 fn shared_scenario(bin: &Path, opts: &Opts) {
-    let redis = match RedisServer::start() {
+    let redis = match upstream_redis::RedisServer::start() {
         Ok(r) => r,
         Err(e) => {
             println!("\nshared-state scenario skipped: {e}");
@@ -1357,8 +1297,8 @@ fn shared_scenario(bin: &Path, opts: &Opts) {
         mode,
         100,
         &format!(
-            "{egress}shared: {{ redis: {{ url: \"redis://127.0.0.1:{}/0\" }} }}\n",
-            redis.1
+            "{egress}shared: {{ redis: {{ url: \"{}\" }} }}\n",
+            redis.url()
         ),
         &[],
     );
@@ -1367,18 +1307,7 @@ fn shared_scenario(bin: &Path, opts: &Opts) {
     )}});
     let hello = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
     for g in [&local, &shared] {
-        let mut conn = Conn::connect(&g.ingress).expect("connect");
-        for (id, code) in [("fetcher", &fetcher), ("hello", &hello)] {
-            let (s, _) = conn
-                .request(
-                    "PUT",
-                    &format!("/v1/workers/{id}"),
-                    &[("authorization", &format!("Bearer {KEY}"))],
-                    &serde_json::to_vec(code).unwrap_or_default(),
-                )
-                .expect("put");
-            assert!(s == 201 || s == 200, "PUT {id}: {s}");
-        }
+        put_workers(&g.ingress, &[("fetcher", &fetcher), ("hello", &hello)]);
     }
     let get = |id: &str| Req {
         method: "GET",
@@ -1438,6 +1367,23 @@ fn shared_scenario(bin: &Path, opts: &Opts) {
             "| **egress: added by the shared limiter (p50)** | | {:.0} µs | | |",
             (s - l) * 1000.0
         );
+    }
+}
+
+/// Stores each `(id, WorkerCode)` through the API of the gateway at `addr`.
+fn put_workers(addr: &str, workers: &[(&str, &serde_json::Value)]) {
+    let mut conn = Conn::connect(addr).expect("connect");
+    let auth = format!("Bearer {KEY}");
+    for (id, code) in workers {
+        let (s, _) = conn
+            .request(
+                "PUT",
+                &format!("/v1/workers/{id}"),
+                &[("authorization", &auth)],
+                &serde_json::to_vec(code).unwrap_or_default(),
+            )
+            .expect("put");
+        assert!(s == 201 || s == 200, "PUT {id}: {s}");
     }
 }
 
