@@ -134,3 +134,33 @@ RUN
   echo "the deployment tests need kubernetes-validate: run \`pip install kubernetes-validate\` (or set ISOGATE_KUBERNETES_VALIDATE), then this command again" >&2
   exit 1
 }
+
+# The Prometheus Operator's schemas, for tests/deploy.rs (the overlays' ServiceMonitor and
+# PrometheusRule, which kubernetes-validate has no schema for): tests/crd's pinned npm packages
+# (package-lock.json), installed with `npm ci` under target/tools/crd-validator; the tests' node
+# script (tests/crd/validate.mjs) loads them from ISOGATE_CRD_MODULES (the folder holding
+# node_modules). Needs Node.js and npm (Debian's nodejs and npm when neither is there).
+ensure_crd_validator() {
+  if [ -n "${ISOGATE_CRD_MODULES:-}" ]; then return 0; fi
+  if ! command -v node >/dev/null 2>&1 && ! command -v npm >/dev/null 2>&1; then
+    echo "Node.js is missing: installing Debian's nodejs and npm" >&2
+    _apt_install nodejs npm || true
+  fi
+  local private="$PWD/target/tools/crd-validator"
+  _crd_validator_ok() {
+    ISOGATE_CRD_MODULES="$private" node tests/crd/validate.mjs --check >/dev/null 2>&1
+  }
+  if command -v npm >/dev/null 2>&1 \
+    && { ! cmp -s tests/crd/package-lock.json "$private/package-lock.json" || ! _crd_validator_ok; }; then
+    echo "installing tests/crd's npm packages (npm ci) under target/tools/crd-validator" >&2
+    rm -rf "$private" && mkdir -p "$private"
+    cp tests/crd/package.json tests/crd/package-lock.json "$private/"
+    (cd "$private" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2) || true
+  fi
+  if command -v node >/dev/null 2>&1 && _crd_validator_ok; then
+    export ISOGATE_CRD_MODULES="$private"
+    return 0
+  fi
+  echo "the deployment tests need Node.js and tests/crd's npm packages: run \`npm ci --prefix tests/crd\` (Node.js and npm: \`apt-get install nodejs npm\`), or set ISOGATE_CRD_MODULES, then this command again" >&2
+  exit 1
+}

@@ -680,19 +680,23 @@ fn kubernetes_validate() -> String {
         .unwrap_or_else(|| "kubernetes-validate".into())
 }
 
+/// Every way to deploy: the base and each overlay of `deploy/kubernetes`.
+const DEPLOYMENTS: [&str; 4] = [
+    "base",
+    "overlays/single-replica",
+    "overlays/replicas-with-redis",
+    "overlays/tls",
+];
+
 /// Every way to deploy (the base and each overlay) renders with kustomize and validates against
 /// the Kubernetes schemas with `--strict` (unknown fields are errors); the Prometheus Operator's
-/// ServiceMonitor has no schema there (a warning, not a pass); each one's config passes
-/// `isogate check`.
+/// ServiceMonitor and PrometheusRule have no schema there (a warning, not a pass: they are
+/// validated by `prometheus_operator_objects_validate_against_the_operator_schemas`); each
+/// one's config passes `isogate check`.
 #[test]
 fn every_overlay_renders_and_validates_strictly() {
     let dir = tempfile::tempdir().unwrap();
-    for folder in [
-        "base",
-        "overlays/single-replica",
-        "overlays/replicas-with-redis",
-        "overlays/tls",
-    ] {
+    for folder in DEPLOYMENTS {
         let built = kustomize(folder);
         let file = dir
             .path()
@@ -728,6 +732,294 @@ fn every_overlay_renders_and_validates_strictly() {
         );
         if folder != "overlays/tls" {
             run_check(&config_of(&built), folder);
+        }
+    }
+}
+
+/// Runs `tests/crd/validate.mjs` (node, with the Prometheus Operator's schemas from npm's
+/// `@kubernetes-models/prometheus-operator`, pinned in `tests/crd/package-lock.json`) on YAML
+/// files: whether every ServiceMonitor and PrometheusRule in them passed, and its report. The
+/// packages come from `ISOGATE_CRD_MODULES` (set by `scripts/prerequisites.sh`'s
+/// `ensure_crd_validator`, which `.ci/run` calls), else `npm ci --prefix tests/crd`. Panics, saying
+/// how to install them, when node or the packages are missing.
+fn crd_validate(files: &[PathBuf]) -> (bool, String) {
+    const INSTALL: &str = "the Prometheus Operator schema checks need Node.js (`apt-get install \
+        nodejs npm`) and tests/crd's npm packages: run `. scripts/prerequisites.sh && \
+        ensure_crd_validator` (sets ISOGATE_CRD_MODULES) or `npm ci --prefix tests/crd`";
+    let out = Command::new("node")
+        .arg(repo_root().join("tests/crd/validate.mjs"))
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run node ({e}); {INSTALL}"));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match out.status.code() {
+        Some(0) => (true, report),
+        Some(1) => (false, report),
+        _ => panic!(
+            "the Prometheus Operator schema validator did not run ({}); {INSTALL}:\n{report}",
+            out.status
+        ),
+    }
+}
+
+/// The number of documents of `kind` in a rendered manifest.
+fn count_kind(built: &str, kind: &str) -> usize {
+    built
+        .lines()
+        .filter(|l| *l == format!("kind: {kind}"))
+        .count()
+}
+
+/// The ServiceMonitor and PrometheusRule of every way to deploy validate against the Prometheus
+/// Operator's schemas (kubernetes-validate has none): types, required fields, patterns, and no
+/// field the schema does not know.
+#[test]
+fn prometheus_operator_objects_validate_against_the_operator_schemas() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let mut expected = 0;
+    for folder in DEPLOYMENTS {
+        let built = kustomize(folder);
+        let monitors = count_kind(&built, "ServiceMonitor");
+        let rules = count_kind(&built, "PrometheusRule");
+        assert!(
+            monitors == 1 && rules == 1,
+            "{folder}: {monitors} ServiceMonitors, {rules} PrometheusRules"
+        );
+        expected += monitors + rules;
+        let file = dir
+            .path()
+            .join(format!("{}.yaml", folder.replace('/', "-")));
+        std::fs::write(&file, &built).unwrap();
+        files.push(file);
+    }
+    let (passed, report) = crd_validate(&files);
+    assert!(passed, "Prometheus Operator schema errors:\n{report}");
+    assert_eq!(
+        report.lines().filter(|l| l.starts_with("ok: ")).count(),
+        expected,
+        "every ServiceMonitor and PrometheusRule was validated:\n{report}"
+    );
+    assert!(
+        report.contains(&format!("checked {expected} objects (")),
+        "{report}"
+    );
+}
+
+/// The schema validator is no rubber stamp: the base's own ServiceMonitor and PrometheusRule,
+/// broken one way at a time (a wrong type, a bad duration, a missing required field, a
+/// misspelled or unknown field), each fail with an error naming the field.
+#[test]
+fn the_operator_schema_validator_rejects_broken_objects() {
+    let built = kustomize("base");
+    let monitoring: Vec<&str> = built
+        .split("\n---\n")
+        .filter(|d| d.contains("apiVersion: monitoring.coreos.com/v1\n"))
+        .collect();
+    assert_eq!(monitoring.len(), 2, "a ServiceMonitor and a PrometheusRule");
+    let original = monitoring.join("\n---\n");
+    let dir = tempfile::tempdir().unwrap();
+    let run = |text: &str, name: &str| {
+        let file = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        crd_validate(&[file])
+    };
+    let (passed, report) = run(&original, "original");
+    assert!(passed, "the unbroken objects pass:\n{report}");
+
+    let monitor = "ServiceMonitor isogate/isogate";
+    let rule = "PrometheusRule isogate/isogate";
+    // (what is changed, into what, the object, the errors it must report)
+    let cases: [(&str, &str, &str, &[&str]); 6] = [
+        (
+            "\n  - interval: 15s\n",
+            "\n  - interval: 15\n",
+            monitor,
+            &["spec.endpoints[0].interval: must be string"],
+        ),
+        (
+            "\n    scrapeTimeout: 10s\n",
+            "\n    scrapeTimeout: 10 seconds\n",
+            monitor,
+            &["spec.endpoints[0].scrapeTimeout: must match pattern"],
+        ),
+        (
+            "\n  endpoints:\n",
+            "\n  endpoint:\n",
+            monitor,
+            &[
+                "spec: must have required property 'endpoints'",
+                "spec.endpoint: unknown field",
+            ],
+        ),
+        (
+            "\n      expr: ",
+            "\n      exp: ",
+            rule,
+            &[
+                "spec.groups[0].rules[0]: must have required property 'expr'",
+                "spec.groups[0].rules[0].exp: unknown field",
+            ],
+        ),
+        (
+            "\n      for: 5m\n",
+            "\n      for: 5m\n      keepFiringFor: 5m\n",
+            rule,
+            &["spec.groups[0].rules[0].keepFiringFor: unknown field"],
+        ),
+        (
+            "\n    - alert: IsogateDown\n",
+            "\n    - alert: 42\n",
+            rule,
+            &["spec.groups[0].rules[0].alert: must be string"],
+        ),
+    ];
+    for (i, (from, to, object, errors)) in cases.iter().enumerate() {
+        assert!(original.contains(from), "the rendered base has {from:?}");
+        let broken = original.replacen(from, to, 1);
+        let (passed, report) = run(&broken, &format!("broken-{i}"));
+        assert!(!passed, "{from:?} -> {to:?} passed:\n{report}");
+        for error in *errors {
+            assert!(
+                report
+                    .lines()
+                    .any(|l| l.starts_with(&format!("error: {object} (")) && l.contains(error)),
+                "{from:?} -> {to:?}: no `{error}` for {object}:\n{report}"
+            );
+        }
+        assert!(
+            report.contains("checked 2 objects (") && report.contains(", 1 with errors"),
+            "only the broken object fails:\n{report}"
+        );
+    }
+}
+
+/// Every container and initContainer of a rendered manifest (kustomize's layout: list items at
+/// the key's indentation, `- ` then the item's keys two columns deeper): its `image`, if any.
+fn container_images(built: &str) -> Vec<Option<String>> {
+    let lines: Vec<&str> = built.lines().filter(|l| !l.trim().is_empty()).collect();
+    let mut images = Vec::new();
+    for (i, header) in lines.iter().enumerate() {
+        let t = header.trim();
+        if t != "containers:" && t != "initContainers:" {
+            continue;
+        }
+        let Some(first) = lines.get(i + 1) else {
+            continue;
+        };
+        let items = indent(first);
+        assert!(
+            items >= indent(header) && first.trim_start().starts_with("- "),
+            "unexpected layout after {t:?}: {first:?}"
+        );
+        let mut current: Option<Option<String>> = None;
+        for line in &lines[i + 1..] {
+            let at = indent(line);
+            let text = line.trim_start();
+            if at < items || (at == items && !text.starts_with("- ")) {
+                break;
+            }
+            let key_line = if at == items {
+                images.extend(current.take());
+                current = Some(None);
+                &text[2..]
+            } else if at == items + 2 {
+                text
+            } else {
+                continue;
+            };
+            if let Some(image) = key_line.strip_prefix("image:") {
+                current = Some(Some(image.trim().trim_matches('"').to_string()));
+            }
+        }
+        images.extend(current);
+    }
+    images
+}
+
+/// `name[:tag]@sha256:<64 lowercase hex>`.
+fn pinned_by_digest(image: &str) -> bool {
+    let Some((name, digest)) = image.rsplit_once('@') else {
+        return false;
+    };
+    let hex = digest.strip_prefix("sha256:").unwrap_or("");
+    !name.is_empty()
+        && !name.contains(char::is_whitespace)
+        && hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[test]
+fn digest_pinning_is_recognised() {
+    let digest = "sha256:ba8af28227224b9a73b59aa7df25b09781b8d6b23b72adcc4c58fb9019d81fa2";
+    assert!(pinned_by_digest(&format!("redis@{digest}")));
+    assert!(pinned_by_digest(&format!("redis:7.0.15@{digest}")));
+    assert!(pinned_by_digest(&format!(
+        "registry.example.com:5000/a/b@{digest}"
+    )));
+    assert!(!pinned_by_digest("redis:7.0.15"));
+    assert!(!pinned_by_digest(&format!("@{digest}")));
+    assert!(!pinned_by_digest("redis@sha256:ba8af282"));
+    assert!(!pinned_by_digest(&format!(
+        "redis@{}",
+        digest.to_uppercase()
+    )));
+    assert!(!pinned_by_digest(&format!(
+        "redis@{}",
+        digest.replace("sha256", "sha512")
+    )));
+    let built = "spec:\n  initContainers:\n  - image: a@x\n    name: init\n  containers:\n  - args:\n    - x\n    image: b\n    name: main\n  - name: sidecar\n  volumes: []\n";
+    assert_eq!(
+        container_images(built),
+        [Some("a@x".to_string()), Some("b".to_string()), None]
+    );
+}
+
+/// Every container and initContainer image of every way to deploy is referenced by digest, so
+/// what the kubelet runs cannot change under the same name: Redis by the official image's
+/// digest, isogate through the base's `images:` transformer (a placeholder digest: no image is
+/// published; README, "Deploy").
+#[test]
+fn every_container_image_is_pinned_by_digest() {
+    for folder in DEPLOYMENTS {
+        let built = kustomize(folder);
+        let images = container_images(&built);
+        let workloads = count_kind(&built, "Deployment") + count_kind(&built, "StatefulSet");
+        assert!(
+            images.len() >= workloads && workloads >= 1,
+            "{folder}: {} containers in {workloads} workloads",
+            images.len()
+        );
+        for image in &images {
+            let image = image
+                .as_deref()
+                .unwrap_or_else(|| panic!("{folder}: a container without an image"));
+            assert!(
+                pinned_by_digest(image),
+                "{folder}: image {image:?} is not `name@sha256:<64 hex>`"
+            );
+        }
+        assert!(
+            images
+                .iter()
+                .flatten()
+                .any(|i| i.starts_with("ghcr.io/example/isogate@sha256:")),
+            "{folder}: the isogate image is set by the base's `images:` ({images:?})"
+        );
+        if folder == "overlays/replicas-with-redis" {
+            assert!(
+                images
+                    .iter()
+                    .flatten()
+                    .any(|i| i.starts_with("redis:7.0.15@sha256:")),
+                "{images:?}"
+            );
         }
     }
 }
