@@ -164,3 +164,39 @@ ensure_crd_validator() {
   echo "the deployment tests need Node.js and tests/crd's npm packages: run \`npm ci --prefix tests/crd\` (Node.js and npm: \`apt-get install nodejs npm\`), or set ISOGATE_CRD_MODULES, then this command again" >&2
   exit 1
 }
+
+# The real MCP servers and clients of tests/apis.rs: npm packages pinned in tests/mcp (under
+# target/tools/mcp; ISOGATE_MCP_MODULES), and the Python `mcp` SDK (pinned here).
+MCP_PYTHON_SDK="mcp==2.3.0"
+ensure_mcp() {
+  if ! command -v node >/dev/null 2>&1 && ! command -v npm >/dev/null 2>&1; then
+    echo "Node.js is missing: installing Debian's nodejs and npm" >&2
+    _apt_install nodejs npm || true
+  fi
+  local private="$PWD/target/tools/mcp"
+  if [ -z "${ISOGATE_MCP_MODULES:-}" ]; then
+    if command -v npm >/dev/null 2>&1 \
+      && { ! cmp -s tests/mcp/package-lock.json "$private/package-lock.json" \
+           || [ ! -f "$private/node_modules/@modelcontextprotocol/server-everything/dist/index.js" ]; }; then
+      echo "installing tests/mcp's npm packages (npm ci) under target/tools/mcp" >&2
+      rm -rf "$private" && mkdir -p "$private"
+      cp tests/mcp/package.json tests/mcp/package-lock.json "$private/"
+      (cd "$private" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2) || true
+    fi
+    if [ -f "$private/node_modules/@modelcontextprotocol/server-everything/dist/index.js" ]; then
+      export ISOGATE_MCP_MODULES="$private"
+    else
+      echo "the API tests need Node.js and tests/mcp's npm packages: run \`npm ci\` in a copy of tests/mcp and set ISOGATE_MCP_MODULES, then this command again" >&2
+      exit 1
+    fi
+  fi
+  local python="${ISOGATE_PYTHON:-python3}"
+  if ! "$python" -c 'import importlib.metadata as m, sys; sys.exit(m.version("mcp") != "2.3.0")' >/dev/null 2>&1; then
+    echo "installing the Python MCP SDK ($MCP_PYTHON_SDK)" >&2
+    "$python" -m pip install --quiet --disable-pip-version-check "$MCP_PYTHON_SDK" >&2 || true
+  fi
+  if ! "$python" -c 'import mcp.server.mcpserver' >/dev/null 2>&1; then
+    echo "the API tests need the Python MCP SDK: \`pip install $MCP_PYTHON_SDK\`, then this command again" >&2
+    exit 1
+  fi
+}

@@ -69,6 +69,7 @@ fn bench(c: &mut Criterion) {
         tenant: "bench".into(),
         worker_id: None,
         invocation: 0,
+        apis: Vec::new(),
     };
     // An isolate with the Worker API installed, started and dropped (what a warm isolate costs
     // the pool; streams, Intl and crypto.subtle load later, on first use).
@@ -101,6 +102,7 @@ fn bench(c: &mut Criterion) {
         tenant: "bench".into(),
         worker_id: Some("hello".into()),
         invocation: 0,
+        apis: Vec::new(),
     };
     group.bench_function("get_hello_warm", |b| {
         b.iter(|| {

@@ -396,6 +396,58 @@ pub struct TenantConfig {
     /// included).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<RouteConfig>,
+    /// Upstream APIs (MCP servers, OpenAPI documents) the tenant's code calls as
+    /// `env.<name>.<tool>(args)`. Their hosts must be allowed by `egress`, whose credentials are
+    /// attached to the calls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apis: Vec<ApiConfig>,
+}
+
+/// One upstream API of a tenant: exactly one of `mcp` and `openapi`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Its name in `env`: a JS identifier, unique within the tenant.
+    pub name: String,
+    /// An MCP server (Streamable HTTP transport).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mcp: Option<McpApiConfig>,
+    /// An OpenAPI 3.x document; each operation is a tool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openapi: Option<OpenApiConfig>,
+    /// Seconds between two fetches of the tool list (or spec). Default 300.
+    #[serde(default = "default_api_refresh_s")]
+    pub refresh_s: u64,
+    /// Milliseconds allowed for one upstream exchange. Default 10000.
+    #[serde(default = "default_api_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// An MCP server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpApiConfig {
+    /// The server's endpoint, `http(s)://…`.
+    pub url: String,
+}
+
+/// An OpenAPI document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OpenApiConfig {
+    /// The document (JSON or YAML): a file path, or an `http(s)` URL fetched through the
+    /// tenant's egress.
+    pub spec: String,
+    /// The URL the operations' paths are appended to, `http(s)://…`.
+    pub base_url: String,
+}
+
+fn default_api_refresh_s() -> u64 {
+    300
+}
+
+fn default_api_timeout_ms() -> u64 {
+    10_000
 }
 
 /// One public route of a tenant.

@@ -1146,6 +1146,13 @@ fn bound_doc(def: &str, field: &str, value: u64) -> (String, String) {
             )),
             format!("tls.{field}"),
         ),
+        "ApiConfig" => (
+            format!(
+                "{}    egress: {{ allow: [{{ host: mcp.example.com }}] }}\n    apis: [{{ name: x, mcp: {{ url: \"https://mcp.example.com/mcp\" }}, {field}: {value} }}]\n",
+                doc("")
+            ),
+            format!("tenants[0].apis[0].{field}"),
+        ),
         other => panic!("no test document for {other}"),
     }
 }

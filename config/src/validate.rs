@@ -123,6 +123,14 @@ pub(crate) const BOUNDS: &[Bound] = &[
     },
     Bound {
         between: true,
+        ..bound("ApiConfig", "refresh_s", 10, Some(86_400))
+    },
+    Bound {
+        between: true,
+        ..bound("ApiConfig", "timeout_ms", 100, Some(300_000))
+    },
+    Bound {
+        between: true,
         ..bound("RedisConfig", "command_timeout_ms", 1, Some(60_000))
     },
 ];
@@ -522,13 +530,112 @@ fn check_tenants(
         check_limits(&at, tenant, errors);
         let egress = check_egress(&format!("{at}.egress"), &tenant.egress, credentials, errors);
         let routes = check_routes(&at, tenant, tls, &mut hosts, errors);
+        let apis = check_apis(&at, tenant, &egress, errors);
         lowered.push(TenantPolicy {
             name: TenantName::new(tenant.name.as_str()),
             api_keys,
             limits: tenant.limits.into(),
             egress,
             routes,
+            apis,
         });
+    }
+    lowered
+}
+
+/// Checks and lowers a tenant's `apis`: names, exactly one source, URLs the tenant's egress
+/// rules allow (the same plan the live path makes).
+fn check_apis(
+    tenant_at: &str,
+    tenant: &TenantConfig,
+    egress: &isogate_policy::EgressPolicy,
+    errors: &mut Errors,
+) -> Vec<isogate_policy::TenantApi> {
+    use isogate_policy::{ApiSource, SpecSource, TenantApi};
+    let mut names: HashMap<&str, String> = HashMap::new();
+    let mut lowered = Vec::new();
+    for (a, api) in tenant.apis.iter().enumerate() {
+        let at = format!("{tenant_at}.apis[{a}]");
+        if let Err(message) = isogate_policy::apis::check_api_name(&api.name) {
+            errors.push(format!("{at}.name"), message);
+        }
+        if let Some(first) = names.insert(&api.name, at.clone()) {
+            errors.push(
+                format!("{at}.name"),
+                format!(
+                    "duplicate API name {:?} (already used at {first})",
+                    api.name
+                ),
+            );
+        }
+        errors.bounded(
+            format!("{at}.refresh_s"),
+            "ApiConfig",
+            "refresh_s",
+            api.refresh_s,
+        );
+        errors.bounded(
+            format!("{at}.timeout_ms"),
+            "ApiConfig",
+            "timeout_ms",
+            api.timeout_ms,
+        );
+        let mut allowed =
+            |path: String, url: &str, method: &str| match isogate_policy::parse_target(url) {
+                Err(e) => errors.push(path, format!("invalid URL {url:?}: {e}")),
+                Ok(target) => {
+                    if let isogate_policy::PlanVerdict::Deny(reason) =
+                        egress.plan(method, &target).verdict
+                    {
+                        errors.push(
+                            path,
+                            format!(
+                                "{method} {url} is not allowed by the tenant's egress rules \
+                                 ({reason}): add a rule for host {:?}",
+                                target.host.to_string()
+                            ),
+                        );
+                    }
+                }
+            };
+        let source = match (&api.mcp, &api.openapi) {
+            (Some(mcp), None) => {
+                allowed(format!("{at}.mcp.url"), &mcp.url, "POST");
+                Some(ApiSource::Mcp {
+                    url: mcp.url.clone(),
+                })
+            }
+            (None, Some(openapi)) => {
+                allowed(format!("{at}.openapi.base_url"), &openapi.base_url, "GET");
+                let spec = if openapi.spec.starts_with("http://")
+                    || openapi.spec.starts_with("https://")
+                {
+                    allowed(format!("{at}.openapi.spec"), &openapi.spec, "GET");
+                    SpecSource::Url(openapi.spec.clone())
+                } else if openapi.spec.is_empty() {
+                    errors.push(format!("{at}.openapi.spec"), "must name a file or a URL");
+                    SpecSource::File(String::new())
+                } else {
+                    SpecSource::File(openapi.spec.clone())
+                };
+                Some(ApiSource::OpenApi {
+                    spec,
+                    base_url: openapi.base_url.clone(),
+                })
+            }
+            _ => {
+                errors.push(at.clone(), "needs exactly one of `mcp` and `openapi`");
+                None
+            }
+        };
+        if let Some(source) = source {
+            lowered.push(TenantApi {
+                name: api.name.clone(),
+                source,
+                refresh: std::time::Duration::from_secs(api.refresh_s),
+                timeout: std::time::Duration::from_millis(api.timeout_ms),
+            });
+        }
     }
     lowered
 }

@@ -1017,6 +1017,7 @@ impl Ingress {
             tenant: tenant.name.as_str().to_string(),
             worker_id: worker_id.map(str::to_string),
             invocation: next_invocation(),
+            apis: tenant.apis.iter().map(|a| a.name.clone()).collect(),
         }
     }
 

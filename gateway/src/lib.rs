@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod admission;
+pub mod apis;
 pub mod cli;
 pub mod cluster;
 pub mod egress;

@@ -54,7 +54,39 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_shared_store_up",
     "isogate_egress_rate_limit_fallback",
     "isogate_replicas_seen",
+    "isogate_api_calls_total",
+    "isogate_api_call_duration_seconds",
 ];
+
+/// Removes the series of `families` whose first two labels are not one of `wanted`.
+fn forget_pairs_but<T: prometheus::core::MetricVecBuilder>(
+    families: &[&prometheus::core::MetricVec<T>],
+    wanted: &[(String, String)],
+) {
+    let wanted: std::collections::HashSet<(&str, &str)> = wanted
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    for family in families {
+        let stale: Vec<Vec<String>> = prometheus::core::Collector::collect(*family)
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| {
+                m.get_label()
+                    .iter()
+                    .map(|l| l.value().to_string())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|labels: &Vec<String>| {
+                labels.len() >= 2 && !wanted.contains(&(labels[0].as_str(), labels[1].as_str()))
+            })
+            .collect();
+        for labels in stale {
+            let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let _ = family.remove_label_values(&refs);
+        }
+    }
+}
 
 /// The `status_class` label of a status.
 fn status_class(status: u16) -> &'static str {
@@ -181,6 +213,11 @@ pub struct Metrics {
     pub route_requests: IntCounterVec,
     /// `isogate_route_rate_limited_total{tenant, route}`.
     pub route_rate_limited: IntCounterVec,
+    /// `isogate_api_calls_total{tenant, api, outcome}`: tenant API calls by outcome (`ok` or
+    /// the error code, lower-case).
+    pub api_calls: IntCounterVec,
+    /// `isogate_api_call_duration_seconds{tenant, api}`.
+    pub api_call_duration: HistogramVec,
     /// `isogate_tls_certificate_expiry_timestamp_seconds{certificate}`.
     pub tls_certificate_expiry: prometheus::GaugeVec,
     /// `isogate_tls_reloads_total{result}`.
@@ -510,6 +547,19 @@ impl Metrics {
                 "Requests on public routes refused by the route's per-client rate limit.",
                 &["tenant", "route"],
             ),
+            api_calls: counter(
+                &r,
+                "isogate_api_calls_total",
+                "Calls of tenant APIs (env.<api>.<tool>) by outcome: ok, or the error code the code saw.",
+                &["tenant", "api", "outcome"],
+            ),
+            api_call_duration: histogram(
+                &r,
+                "isogate_api_call_duration_seconds",
+                "Duration of tenant API calls as the gateway handled them (checks and upstream exchange).",
+                &["tenant", "api"],
+                duration_buckets(),
+            ),
             tls_certificate_expiry: register(
                 &r,
                 prometheus::GaugeVec::new(
@@ -630,29 +680,7 @@ impl Metrics {
     /// Creates the series of the configured public routes at 0 (at start and on reload), and
     /// forgets those of routes no longer configured.
     pub fn routes_configured(&self, routes: &[(String, String)]) {
-        let wanted: std::collections::HashSet<(&str, &str)> = routes
-            .iter()
-            .map(|(t, r)| (t.as_str(), r.as_str()))
-            .collect();
-        for family in [&self.route_requests, &self.route_rate_limited] {
-            let stale: Vec<Vec<String>> = prometheus::core::Collector::collect(family)
-                .iter()
-                .flat_map(|f| f.get_metric())
-                .map(|m| {
-                    m.get_label()
-                        .iter()
-                        .map(|l| l.value().to_string())
-                        .collect::<Vec<_>>()
-                })
-                .filter(|labels: &Vec<String>| {
-                    labels.len() >= 2 && !wanted.contains(&(labels[0].as_str(), labels[1].as_str()))
-                })
-                .collect();
-            for labels in stale {
-                let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
-                let _ = family.remove_label_values(&refs);
-            }
-        }
+        forget_pairs_but(&[&self.route_requests, &self.route_rate_limited], routes);
         for (tenant, route) in routes {
             for class in ["2xx", "4xx", "5xx"] {
                 self.route_requests
@@ -663,6 +691,33 @@ impl Metrics {
                 .with_label_values(&[tenant, route])
                 .inc_by(0);
         }
+    }
+
+    /// Creates the series of the configured tenant APIs (tenant, API name) at 0 (at start and
+    /// on reload), and forgets those of APIs no longer configured.
+    pub fn apis_configured(&self, apis: &[(String, String)]) {
+        forget_pairs_but(&[&self.api_calls], apis);
+        forget_pairs_but(&[&self.api_call_duration], apis);
+        for (tenant, api) in apis {
+            for outcome in ["ok", "subrequest_limit"]
+                .into_iter()
+                .chain(isogate_pool::ApiErrorCode::ALL.iter().map(|c| c.label()))
+            {
+                self.api_calls
+                    .with_label_values(&[tenant, api, outcome])
+                    .inc_by(0);
+            }
+        }
+    }
+
+    /// Records one tenant API call.
+    pub fn api_call(&self, tenant: &str, api: &str, outcome: &str, took: std::time::Duration) {
+        self.api_calls
+            .with_label_values(&[tenant, api, outcome])
+            .inc();
+        self.api_call_duration
+            .with_label_values(&[tenant, api])
+            .observe(took.as_secs_f64());
     }
 
     /// Counts an error answer.
@@ -849,6 +904,8 @@ mod tests {
         m.config_last_success.set(1.0);
         m.routes_configured(&[("t".into(), "r".into())]);
         m.route_request("t", "r", 200);
+        m.apis_configured(&[("t".into(), "a".into())]);
+        m.api_call("t", "a", "ok", Duration::from_millis(1));
         m.tls_certificate_expiry
             .with_label_values(&["a.test"])
             .set(1.0);

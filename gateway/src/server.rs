@@ -132,9 +132,20 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         )
         .with_shared(store.shared().cloned())
     };
+    let egress: Arc<dyn EgressPort> = Arc::new(egress);
+    let apis = crate::apis::Apis::new(
+        egress.clone(),
+        snapshot.clone(),
+        egress_runtime.handle().clone(),
+        metrics.clone(),
+    );
+    let outbound = crate::apis::Outbound {
+        egress,
+        apis: apis.clone(),
+    };
     let pool = Arc::new(start_workers(
         &config,
-        Arc::new(egress),
+        Arc::new(outbound),
         metrics.clone(),
         &egress_runtime,
     )?);

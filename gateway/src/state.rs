@@ -30,6 +30,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// (tenant, API name) of every configured tenant API.
+    pub fn apis(&self) -> Vec<(String, String)> {
+        self.policy
+            .tenants()
+            .iter()
+            .flat_map(|t| {
+                t.apis
+                    .iter()
+                    .map(move |a| (t.name.as_str().to_string(), a.name.clone()))
+            })
+            .collect()
+    }
+
     /// Builds a snapshot with a fresh gate and fresh egress rate limiters per tenant.
     pub fn new(policy: Policy, secrets: Arc<Secrets>) -> Snapshot {
         Snapshot::build(policy, secrets, None)
@@ -108,6 +121,7 @@ impl AppState {
         metrics: Arc<Metrics>,
     ) -> AppState {
         metrics.routes_configured(&snapshot.load().clients.keys().cloned().collect::<Vec<_>>());
+        metrics.apis_configured(&snapshot.load().apis());
         AppState {
             snapshot,
             pool,
@@ -125,6 +139,7 @@ impl AppState {
     pub fn swap(&self, snapshot: Snapshot) {
         self.metrics
             .routes_configured(&snapshot.clients.keys().cloned().collect::<Vec<_>>());
+        self.metrics.apis_configured(&snapshot.apis());
         self.snapshot.store(Arc::new(snapshot));
     }
 

@@ -306,7 +306,7 @@ impl std::fmt::Debug for BodySink {
 
 /// Which tenant (and Worker) an invocation runs for. Host calls read identity from here, never
 /// from JS arguments.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Invoker {
     /// Tenant name from the authenticated API key.
     pub tenant: String,
@@ -317,6 +317,10 @@ pub struct Invoker {
     /// Worker or the worker process, decides which tenant an id belongs to.
     #[serde(default)]
     pub invocation: u64,
+    /// The names of the tenant's APIs at dispatch (`env.<name>` in the Worker): which bindings
+    /// the isolate builds. Which calls are allowed is decided again by the gateway per call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apis: Vec<String>,
 }
 
 /// One captured `console.*` call.

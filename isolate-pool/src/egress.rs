@@ -347,6 +347,16 @@ pub trait EgressPort: Send + Sync + 'static {
         request: EgressRequest,
         left: u32,
     ) -> BoxFuture<'static, FetchReply>;
+
+    /// Calls a tenant API (`env.<api>.<tool>(args)`). `left` as for [`EgressPort::fetch`]: the
+    /// call is checked first (API, tool, arguments) and a refused call costs nothing.
+    fn api(&self, invoker: Invoker, call: ApiCall, left: u32) -> BoxFuture<'static, ApiAnswer> {
+        let _ = (invoker, call, left);
+        Box::pin(std::future::ready(ApiAnswer::Failed {
+            failure: ApiFailure::new(ApiErrorCode::ApiNotFound, NO_APIS),
+            charged: false,
+        }))
+    }
 }
 
 impl<E: Egress + ?Sized> EgressPort for E {
@@ -397,6 +407,164 @@ impl<E: Egress + ?Sized> EgressPort for E {
         })
     }
 }
+
+/// A call of a tenant API from a Worker: `await env.<api>.<tool>(args)`. The gateway finds the
+/// API among the tenant's (by the invocation it dispatched, never by anything the Worker says),
+/// checks `args` against the tool's schema and sends one upstream request through the egress
+/// pipeline, so the tenant's egress rules, credentials, rate limits and scrubbing apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiCall {
+    /// The API's name (`env.<api>`).
+    pub api: String,
+    /// The tool's name as the Worker wrote it (a JS property name).
+    pub tool: String,
+    /// The argument object as JSON text (at most [`MAX_API_ARGS_BYTES`]).
+    pub args: String,
+}
+
+/// Largest argument object of one API call, as JSON text.
+pub const MAX_API_ARGS_BYTES: usize = 4 * 1024 * 1024;
+
+/// What an API call came to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ApiAnswer {
+    /// The tool's result as JSON text. Costs one subrequest.
+    Done(String),
+    /// The call failed: the promise rejects with an `ApiError` carrying these fields.
+    /// `charged`: a request was sent upstream (it cost its subrequest).
+    Failed {
+        /// What went wrong.
+        failure: ApiFailure,
+        /// Whether the subrequest was spent.
+        charged: bool,
+    },
+    /// The invocation's subrequest budget was spent: nothing was sent.
+    SubrequestLimit,
+}
+
+/// What went wrong with an API call: `e.code` in JS, and the `outcome` label of
+/// `isogate_api_calls_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ApiErrorCode {
+    /// The tenant has no API of that name.
+    ApiNotFound,
+    /// The API has no tool of that name.
+    ToolNotFound,
+    /// The arguments do not match the tool's input schema (nothing was sent).
+    InvalidArguments,
+    /// The tool's input schema cannot be compiled, so no arguments can be checked.
+    InvalidSchema,
+    /// The tenant's egress policy refused the upstream request.
+    EgressDenied,
+    /// The gateway answered without sending (a status other than 429).
+    EgressAnswered,
+    /// An egress rate limit refused the call.
+    RateLimited,
+    /// The upstream answered with an error (HTTP status, JSON-RPC error, bad answer).
+    UpstreamError,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The upstream could not be reached (connection, TLS, SSRF guard).
+    UpstreamUnreachable,
+    /// The tool ran and reported an error (MCP `isError`).
+    ToolError,
+    /// The API's tool list could not be loaded, or the call could not be made at all.
+    ApiUnavailable,
+}
+
+impl ApiErrorCode {
+    /// Every code, in a stable order (metrics are initialised with them).
+    pub const ALL: &'static [ApiErrorCode] = &[
+        ApiErrorCode::ApiNotFound,
+        ApiErrorCode::ToolNotFound,
+        ApiErrorCode::InvalidArguments,
+        ApiErrorCode::InvalidSchema,
+        ApiErrorCode::EgressDenied,
+        ApiErrorCode::EgressAnswered,
+        ApiErrorCode::RateLimited,
+        ApiErrorCode::UpstreamError,
+        ApiErrorCode::UpstreamTimeout,
+        ApiErrorCode::UpstreamUnreachable,
+        ApiErrorCode::ToolError,
+        ApiErrorCode::ApiUnavailable,
+    ];
+
+    /// The code as a metric label (`egress_denied`).
+    pub fn label(self) -> &'static str {
+        match self {
+            ApiErrorCode::ApiNotFound => "api_not_found",
+            ApiErrorCode::ToolNotFound => "tool_not_found",
+            ApiErrorCode::InvalidArguments => "invalid_arguments",
+            ApiErrorCode::InvalidSchema => "invalid_schema",
+            ApiErrorCode::EgressDenied => "egress_denied",
+            ApiErrorCode::EgressAnswered => "egress_answered",
+            ApiErrorCode::RateLimited => "rate_limited",
+            ApiErrorCode::UpstreamError => "upstream_error",
+            ApiErrorCode::UpstreamTimeout => "upstream_timeout",
+            ApiErrorCode::UpstreamUnreachable => "upstream_unreachable",
+            ApiErrorCode::ToolError => "tool_error",
+            ApiErrorCode::ApiUnavailable => "api_unavailable",
+        }
+    }
+
+    /// The code as JS sees it (`EGRESS_DENIED`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ApiErrorCode::ApiNotFound => "API_NOT_FOUND",
+            ApiErrorCode::ToolNotFound => "TOOL_NOT_FOUND",
+            ApiErrorCode::InvalidArguments => "INVALID_ARGUMENTS",
+            ApiErrorCode::InvalidSchema => "INVALID_SCHEMA",
+            ApiErrorCode::EgressDenied => "EGRESS_DENIED",
+            ApiErrorCode::EgressAnswered => "EGRESS_ANSWERED",
+            ApiErrorCode::RateLimited => "RATE_LIMITED",
+            ApiErrorCode::UpstreamError => "UPSTREAM_ERROR",
+            ApiErrorCode::UpstreamTimeout => "UPSTREAM_TIMEOUT",
+            ApiErrorCode::UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
+            ApiErrorCode::ToolError => "TOOL_ERROR",
+            ApiErrorCode::ApiUnavailable => "API_UNAVAILABLE",
+        }
+    }
+}
+
+/// Why an API call failed, as the Worker's code sees it (`e.code`, `e.message`, …). Never a
+/// secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiFailure {
+    /// What kind of failure it is.
+    pub code: ApiErrorCode,
+    /// What happened, for a person or an agent.
+    pub message: String,
+    /// The egress rule that decided, when one did.
+    #[serde(default)]
+    pub rule: Option<String>,
+    /// The machine-readable reason of a denial (the egress audit reason).
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// What the operator would have to change to allow the call, when that is known.
+    #[serde(default)]
+    pub hint: Option<String>,
+    /// The upstream's HTTP status, when there was one.
+    #[serde(default)]
+    pub status: Option<u16>,
+}
+
+impl ApiFailure {
+    /// A failure with a code and a message and nothing else.
+    pub fn new(code: ApiErrorCode, message: impl Into<String>) -> ApiFailure {
+        ApiFailure {
+            code,
+            message: message.into(),
+            rule: None,
+            reason: None,
+            hint: None,
+            status: None,
+        }
+    }
+}
+
+/// The message of an API call when the gateway serves no APIs.
+pub const NO_APIS: &str = "this gateway serves no tenant APIs";
 
 /// The message `fetch()` rejects with when a Worker has no network access.
 pub const NETWORK_DISABLED: &str = "network access is disabled for this Worker";

@@ -15,7 +15,7 @@
 use crate::api::{
     BodyPart, CodeDigest, HttpRequest, HttpResponse, Invocation, Invoker, Limits, WorkerCode,
 };
-use crate::egress::{EgressRequest, Fetched};
+use crate::egress::{ApiAnswer, ApiCall, EgressRequest, Fetched};
 use crate::observe::{CacheEvent, StartKind};
 use crate::pool::PoolError;
 use serde::de::DeserializeOwned;
@@ -124,6 +124,13 @@ pub enum ToWorker {
         call: u64,
         /// What came of it.
         fetched: Fetched,
+    },
+    /// The answer to [`FromWorker::Api`].
+    ApiAnswered {
+        /// The call it answers.
+        call: u64,
+        /// What came of it.
+        answer: ApiAnswer,
     },
     /// A part of a streamed `fetch()` response body (after its `Fetched` with `streamed` set;
     /// the last one is an `End`). The gateway sends at most [`crate::BODY_WINDOW`] bytes ahead
@@ -257,7 +264,19 @@ pub enum FromWorker {
         /// Subrequests left including this one.
         left: u32,
     },
-    /// The egress call `call` is no longer wanted (the Worker aborted its `fetch()`, or the
+    /// A tenant API call of a running invocation (`env.<api>.<tool>(args)`); its call id shares
+    /// the egress calls' numbering, so [`FromWorker::CancelEgress`] withdraws it too.
+    Api {
+        /// Call id, echoed by [`ToWorker::ApiAnswered`].
+        call: u64,
+        /// The invocation making it (the gateway decides whose it is).
+        invocation: u64,
+        /// The call.
+        api: ApiCall,
+        /// Subrequests left including this one.
+        left: u32,
+    },
+    /// The egress or API call `call` is no longer wanted (the Worker aborted its `fetch()`, or the
     /// invocation ended): the gateway drops the upstream request.
     CancelEgress {
         /// The call's id.
@@ -414,6 +433,7 @@ mod tests {
             tenant: "t".into(),
             worker_id: Some("w".into()),
             invocation: 9,
+            apis: Vec::new(),
         };
         let request = HttpRequest {
             method: "POST".into(),

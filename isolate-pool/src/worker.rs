@@ -27,7 +27,10 @@ use crate::api::{
     BodyPart, BodySink, ErrorKind, HttpResponse, Invocation, Invoker, SealedCode, WorkerError,
 };
 use crate::cache::WorkerKey;
-use crate::egress::{BodyStream, EgressPort, EgressRequest, FetchReply, Fetched, Window};
+use crate::egress::{
+    ApiAnswer, ApiCall, ApiFailure, BodyStream, EgressPort, EgressRequest, FetchReply, Fetched,
+    Window, MAX_API_ARGS_BYTES,
+};
 use crate::observe::{CacheEvent, PoolObserver, StartKind};
 use crate::pool::{Hold, Pool, PoolError, PoolSettings, Reply};
 use crate::wire::{
@@ -287,6 +290,7 @@ fn dispatch(
             out.send(&FromWorker::Answered { call, answer });
         }
         ToWorker::Fetched { call, fetched } => egress.complete(call, fetched),
+        ToWorker::ApiAnswered { call, answer } => egress.answered(call, answer),
         ToWorker::FetchedBody { call, part } => egress.body(call, part),
         ToWorker::BodyCredit { id, bytes } => {
             if let Some(window) = lock(&out.bodies).get(&id) {
@@ -519,6 +523,8 @@ struct RemoteEgress {
 enum Call {
     Waiting(oneshot::Sender<FetchReply>),
     Streaming(mpsc::UnboundedSender<BodyPart>),
+    /// An API call waiting for its answer.
+    Api(oneshot::Sender<ApiAnswer>),
 }
 
 type Calls = Mutex<HashMap<u64, Call>>;
@@ -535,7 +541,7 @@ struct InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         cancel_if(&self.out, &self.calls, self.call, |c| {
-            matches!(c, Call::Waiting(_))
+            matches!(c, Call::Waiting(_) | Call::Api(_))
         });
     }
 }
@@ -593,6 +599,12 @@ impl RemoteEgress {
         let _ = waiter.send((fetched, rest));
     }
 
+    fn answered(&self, call: u64, answer: ApiAnswer) {
+        if let Some(Call::Api(waiter)) = lock(&self.calls).remove(&call) {
+            let _ = waiter.send(answer);
+        }
+    }
+
     /// A part of a streamed body; its `End` retires the call.
     fn body(&self, call: u64, part: BodyPart) {
         let mut calls = lock(&self.calls);
@@ -648,6 +660,51 @@ impl EgressPort for RemoteEgress {
         Box::pin(async move {
             let _in_flight = in_flight;
             rx.await.unwrap_or_else(|_| (gone(), None))
+        })
+    }
+
+    fn api(&self, invoker: Invoker, call: ApiCall, left: u32) -> BoxFuture<'static, ApiAnswer> {
+        self.call_api(invoker, call, left)
+    }
+}
+
+impl RemoteEgress {
+    fn call_api(&self, invoker: Invoker, api: ApiCall, left: u32) -> BoxFuture<'static, ApiAnswer> {
+        if api.args.len() > MAX_API_ARGS_BYTES {
+            return Box::pin(std::future::ready(ApiAnswer::Failed {
+                failure: ApiFailure::new(
+                    crate::egress::ApiErrorCode::InvalidArguments,
+                    format!(
+                        "the arguments are {} bytes of JSON, more than the limit of {MAX_API_ARGS_BYTES}",
+                        api.args.len()
+                    ),
+                ),
+                charged: false,
+            }));
+        }
+        let call = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        lock(&self.calls).insert(call, Call::Api(tx));
+        self.out.send(&FromWorker::Api {
+            call,
+            invocation: invoker.invocation,
+            api,
+            left,
+        });
+        let in_flight = InFlight {
+            out: self.out.clone(),
+            calls: self.calls.clone(),
+            call,
+        };
+        Box::pin(async move {
+            let _in_flight = in_flight;
+            rx.await.unwrap_or_else(|_| ApiAnswer::Failed {
+                failure: ApiFailure::new(
+                    crate::egress::ApiErrorCode::ApiUnavailable,
+                    "the gateway did not answer",
+                ),
+                charged: false,
+            })
         })
     }
 }

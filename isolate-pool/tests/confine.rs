@@ -730,6 +730,7 @@ fn invoker(worker_id: Option<&str>) -> Invoker {
         tenant: "t".into(),
         worker_id: worker_id.map(str::to_string),
         invocation: 1,
+        apis: Vec::new(),
     }
 }
 

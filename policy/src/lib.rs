@@ -18,6 +18,7 @@
 //! Policies are normally built by the `isogate-config` crate from a validated
 //! configuration file, but can be constructed directly (e.g. in tests).
 
+pub mod apis;
 pub mod egress;
 pub mod routes;
 
@@ -30,6 +31,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+pub use apis::{ApiSource, SpecSource, TenantApi};
 pub use egress::{
     check_address, check_name, classify_ip, metadata_endpoint, parse_target, AddressRefusal,
     AddressScope, BlockedRange, Decision, DenyReason, Destination, EgressMode, EgressPlan,
@@ -287,6 +289,8 @@ pub struct TenantPolicy {
     pub egress: EgressPolicy,
     /// Public routes to the tenant's Workers (no API key).
     pub routes: Vec<PublicRoute>,
+    /// The upstream APIs the tenant's code calls through `env` (names unique).
+    pub apis: Vec<apis::TenantApi>,
 }
 
 /// The set of tenants, indexed by name and by API key digest.
@@ -460,6 +464,7 @@ mod tests {
             limits: limits(),
             egress: EgressPolicy::default(),
             routes: Vec::new(),
+            apis: Vec::new(),
         }
     }
 

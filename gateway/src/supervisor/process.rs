@@ -742,6 +742,44 @@ impl Process {
                     );
                 }
             }
+            FromWorker::Api {
+                call,
+                invocation,
+                api,
+                left,
+            } => {
+                // Whose call it is comes from the invocation this gateway dispatched.
+                let invoker = self.pending().get(&invocation).map(|p| p.invoker.clone());
+                let this = self.clone();
+                let egress = egress.clone();
+                let mut calls = self.egress_calls.lock().unwrap_or_else(|p| p.into_inner());
+                let task = tokio::spawn(async move {
+                    let answer = match invoker {
+                        Some(invoker) => egress.api(invoker, api, left).await,
+                        None => isogate_pool::ApiAnswer::Failed {
+                            failure: isogate_pool::ApiFailure::new(
+                                isogate_pool::ApiErrorCode::ApiUnavailable,
+                                "the invocation has ended",
+                            ),
+                            charged: false,
+                        },
+                    };
+                    let _ = this.send(ToWorker::ApiAnswered { call, answer });
+                    this.egress_calls
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&call);
+                });
+                if !task.is_finished() {
+                    calls.insert(
+                        call,
+                        EgressCall {
+                            task: task.abort_handle(),
+                            window: Window::default(),
+                        },
+                    );
+                }
+            }
             FromWorker::CancelEgress { call } => {
                 let task = self
                     .egress_calls

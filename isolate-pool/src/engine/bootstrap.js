@@ -22,6 +22,8 @@ const ObjectGetPrototypeOf = Object.getPrototypeOf;
 const ObjectSetPrototypeOf = Object.setPrototypeOf;
 const ObjectPrototype = Object.prototype;
 const ArrayPrototype = Array.prototype;
+const ArrayIsArray = Array.isArray;
+const ArrayJoin = Array.prototype.join;
 const StringCtor = String;
 const NumberCtor = Number;
 const NumberIsFinite = Number.isFinite;
@@ -2129,6 +2131,113 @@ export function install(host) {
     });
   }
 
+  // ---- tenant APIs: `await env.<api>.<tool>(args)` -------------------------------------------
+  // Each API is a binding object whose every property is a tool function; the gateway decides
+  // per call whether the API and tool exist and checks the arguments. `then` is never a tool, so
+  // that `await env.<api>` does not call one.
+  const hostApi = host.api;
+  const ProxyCtor = Proxy;
+  const API_ERROR_FIELDS = ObjectFreeze(["code", "api", "tool", "rule", "reason", "hint", "status"]);
+  function ApiError(message, fields) {
+    const error = ReflectConstruct(ErrorCtor, [message], new.target || ApiError);
+    ObjectDefineProperty(error, "name", { __proto__: null, value: "ApiError", writable: true, configurable: true });
+    const keys = API_ERROR_FIELDS;
+    for (let i = 0; i < keys.length; i++) {
+      const key = keys[i];
+      const value = fields[key];
+      if (value !== undefined && value !== null) {
+        ObjectDefineProperty(error, key, { __proto__: null, value, writable: true, enumerable: true, configurable: true });
+      }
+    }
+    return error;
+  }
+  ObjectSetPrototypeOf(ApiError.prototype, ErrorCtor.prototype);
+  ObjectSetPrototypeOf(ApiError, ErrorCtor);
+  ObjectDefineProperty(globalThis, "ApiError", { __proto__: null, value: ApiError, writable: true, configurable: true });
+
+  async function callApi(api, tool, args) {
+    const what = `env.${api}.${tool}()`;
+    if (args === undefined) args = {};
+    if (args === null || typeof args !== "object" || ArrayIsArray(args)) {
+      throw new TypeErrorCtor(`${what} takes one object of arguments, it was given ${describe(args)}`);
+    }
+    let json;
+    try {
+      json = JSONStringify(args);
+    } catch (e) {
+      throw new TypeErrorCtor(`${what}: the arguments cannot be sent as JSON (${e && e.message})`);
+    }
+    const out = await hostApi(api, tool, json);
+    const error = out.error;
+    if (error !== undefined) {
+      throw new ApiError(`${what}: ${error.message}`, {
+        __proto__: null,
+        code: error.code,
+        api,
+        tool,
+        rule: error.rule,
+        reason: error.reason,
+        hint: error.hint,
+        status: error.status,
+      });
+    }
+    return JSONParse(out.value);
+  }
+
+  function apiBinding(api) {
+    const tools = new MapCtor();
+    return new ProxyCtor(ObjectCreate(null), {
+      __proto__: null,
+      get(_, tool) {
+        if (typeof tool !== "string" || tool === "then") return undefined;
+        let fn = ReflectApply(MapGet, tools, [tool]);
+        if (fn === undefined) {
+          fn = (args) => callApi(api, tool, args);
+          ReflectApply(MapSet, tools, [tool, fn]);
+        }
+        return fn;
+      },
+      has(_, tool) {
+        return typeof tool === "string" && tool !== "then";
+      },
+      set() {
+        return false;
+      },
+      defineProperty() {
+        return false;
+      },
+      deleteProperty() {
+        return false;
+      },
+    });
+  }
+
+  // The env of the last call, by the Worker's own env and the tenant's API names: a cached
+  // Worker keeps one env object while its tenant's APIs stay the same.
+  let apisBase = null;
+  let apisKey = "";
+  let apisEnv = null;
+  function withApis(env, apis) {
+    if (apis.length === 0) return env;
+    const key = ReflectApply(ArrayJoin, apis, ["\n"]);
+    if (env === apisBase && key === apisKey) return apisEnv;
+    const out = { __proto__: ObjectGetPrototypeOf(env) };
+    const keys = ReflectOwnKeys(env);
+    for (let i = 0; i < keys.length; i++) {
+      const d = ObjectGetOwnPropertyDescriptor(env, keys[i]);
+      ObjectSetPrototypeOf(d, null);
+      ObjectDefineProperty(out, keys[i], d);
+    }
+    for (let i = 0; i < apis.length; i++) {
+      ObjectDefineProperty(out, apis[i], { __proto__: null, value: apiBinding(apis[i]), enumerable: true });
+    }
+    ObjectFreeze(out);
+    apisBase = env;
+    apisKey = key;
+    apisEnv = out;
+    return out;
+  }
+
   async function dispatch(handler, env, method, url, headers, body, streaming) {
     const waits = { __proto__: null, pending: 0, resolve: null };
     const init = { __proto__: null, method, headers };
@@ -2210,6 +2319,7 @@ export function install(host) {
     __proto__: null,
     dispatch: (...args) => protect(ReflectApply(dispatch, undefined, args)),
     execute: (fn, env) => protect(execute(fn, env)),
+    withApis,
     workerHandler,
     parseEnv,
     protect,

@@ -22,7 +22,8 @@ use crate::api::{
     ModuleSource, Outbound, WorkerCode, WorkerError,
 };
 use crate::egress::{
-    BodyStream, EgressPort, EgressRequest, EgressResponse, Fetched, NETWORK_DISABLED,
+    ApiAnswer, ApiCall, BodyStream, EgressPort, EgressRequest, EgressResponse, Fetched,
+    MAX_API_ARGS_BYTES, NETWORK_DISABLED,
 };
 use budget::{Budget, Metered, RunId};
 use loader::{ModuleMap, WorkerLoader, WorkerResolver};
@@ -285,6 +286,13 @@ impl Isolate {
             },
         );
         run
+    }
+
+    /// The tenant API names of invocation `run` (its `env` bindings).
+    fn apis_of(&self, run: RunId) -> Vec<String> {
+        self.state
+            .with_run(run, |s| s.invoker.apis.clone())
+            .unwrap_or_default()
     }
 
     /// Ends the invocation, returns its logs and CPU seconds; a limit breach poisons the isolate.
@@ -594,6 +602,7 @@ impl Isolate {
                 .ok_or_else(|| internal("no Worker loaded"))?;
             (worker.handler.clone(), worker.env.clone())
         };
+        let apis = self.apis_of(run);
         let entry = self.entry.clone();
         let state = self.state.clone();
         let fut = async_with!(self.ctx => |ctx| {
@@ -602,6 +611,7 @@ impl Isolate {
                 let dispatch: Function = entry.get("dispatch").map_err(internal)?;
                 let handler = handler.restore(&ctx).map_err(internal)?;
                 let env = env.restore(&ctx).map_err(internal)?;
+                let env = with_apis(&ctx, &entry, env, apis)?;
                 let headers = header_array(&ctx, &request.headers)?;
                 let mut request_body = request.body;
                 let body: Value = if request_body.is_empty() {
@@ -676,6 +686,7 @@ impl Isolate {
         f64,
         u32,
     ) {
+        let apis = invoker.apis.clone();
         let run = self.begin(invoker, limits);
         let deadline = Duration::from_millis(limits.wall_ms);
         // The snippet becomes the default export of a one-module Worker; nothing else is
@@ -696,6 +707,7 @@ impl Isolate {
                 promise.into_future::<()>().await.catch(&ctx).map_err(|e| js_error(&e))?;
                 let function: Value = module.get("default").catch(&ctx).map_err(|e| js_error(&e))?;
                 let env: Value = call1(&ctx, &entry, "parseEnv", env_json)?;
+                let env = with_apis(&ctx, &entry, env, apis)?;
                 let execute: Function = entry.get("execute").map_err(internal)?;
                 let promise: Promise = execute
                     .call((function, env))
@@ -1076,6 +1088,37 @@ fn install<'js>(
             cancel_state.bodies.borrow_mut().remove(&(id as u64));
         }),
     )?;
+    let api_state = state.clone();
+    host.set(
+        "api",
+        Func::from(Async(
+            move |ctx: Ctx<'js>, api: String, tool: String, args: String| {
+                let state = api_state.clone();
+                let prepared = prepare_api(&state, api, tool, args);
+                async move {
+                    let (run, invoker, call, left) = match prepared {
+                        Ok(p) => p,
+                        Err(failure) => return api_outcome(&ctx, Err(*failure)),
+                    };
+                    let reserved = left > 0;
+                    let answer = state.egress.api(invoker, call, left).await;
+                    match answer {
+                        ApiAnswer::Done(json) => api_outcome(&ctx, Ok(json)),
+                        ApiAnswer::Failed { failure, charged } => {
+                            if reserved && !charged {
+                                refund_subrequest(&state, run);
+                            }
+                            api_outcome(&ctx, Err(failure))
+                        }
+                        ApiAnswer::SubrequestLimit => {
+                            state.budget.trip_run(ErrorKind::SubrequestLimit, run);
+                            Err(Exception::throw_type(&ctx, SUBREQUESTS_SPENT))
+                        }
+                    }
+                }
+            },
+        )),
+    )?;
     let fetch_state = state;
     host.set(
         "fetch",
@@ -1241,6 +1284,94 @@ fn prepare_fetch(
         })
         .unwrap_or(0);
     Ok((run, invoker, request, left))
+}
+
+/// The isolate-side steps of an API call: identity from host state (the invocation whose code
+/// calls), the argument size bounded, one subrequest reserved as for `fetch()`.
+fn prepare_api(
+    state: &HostState,
+    api: String,
+    tool: String,
+    args: String,
+) -> Result<(RunId, Invoker, ApiCall, u32), Box<crate::egress::ApiFailure>> {
+    use crate::egress::ApiFailure;
+    let run = state.budget.current().ok_or_else(|| {
+        Box::new(ApiFailure::new(
+            crate::egress::ApiErrorCode::ApiUnavailable,
+            "the request that made this call has ended",
+        ))
+    })?;
+    let invoker = state.with_run(run, |s| s.invoker.clone()).ok_or_else(|| {
+        Box::new(ApiFailure::new(
+            crate::egress::ApiErrorCode::ApiUnavailable,
+            "API call outside of a request",
+        ))
+    })?;
+    if !invoker.apis.contains(&api) {
+        return Err(Box::new(ApiFailure::new(
+            crate::egress::ApiErrorCode::ApiNotFound,
+            format!("env.{api} is not an API of this tenant"),
+        )));
+    }
+    if args.len() > MAX_API_ARGS_BYTES {
+        return Err(Box::new(ApiFailure::new(
+            crate::egress::ApiErrorCode::InvalidArguments,
+            format!(
+                "the arguments are {} bytes of JSON, more than the limit of {MAX_API_ARGS_BYTES}",
+                args.len()
+            ),
+        )));
+    }
+    let left = state
+        .with_run(run, |s| {
+            let left = s.limits.subrequests.saturating_sub(s.subrequests);
+            if left > 0 {
+                s.subrequests += 1;
+            }
+            left
+        })
+        .unwrap_or(0);
+    Ok((run, invoker, ApiCall { api, tool, args }, left))
+}
+
+/// The Worker's `env` with a binding for each tenant API (the same object while they are the
+/// same).
+fn with_apis<'js>(
+    ctx: &Ctx<'js>,
+    entry: &Object<'js>,
+    env: Value<'js>,
+    apis: Vec<String>,
+) -> Result<Value<'js>, WorkerError> {
+    if apis.is_empty() {
+        return Ok(env);
+    }
+    let with: Function = entry.get("withApis").map_err(internal)?;
+    with.call((env, apis)).catch(ctx).map_err(|e| js_error(&e))
+}
+
+/// What `host.api` resolves to: `{ value: <JSON text> }`, or `{ error: {code, message, …} }`
+/// which the bootstrap turns into a thrown `ApiError`.
+fn api_outcome<'js>(
+    ctx: &Ctx<'js>,
+    outcome: Result<String, crate::egress::ApiFailure>,
+) -> rquickjs::Result<Object<'js>> {
+    let out = Object::new(ctx.clone())?;
+    out.set_prototype(None)?;
+    match outcome {
+        Ok(json) => out.set("value", json)?,
+        Err(f) => {
+            let error = Object::new(ctx.clone())?;
+            error.set_prototype(None)?;
+            error.set("code", f.code.as_str())?;
+            error.set("message", f.message)?;
+            error.set("rule", f.rule)?;
+            error.set("reason", f.reason)?;
+            error.set("hint", f.hint)?;
+            error.set("status", f.status)?;
+            out.set("error", error)?;
+        }
+    }
+    Ok(out)
 }
 
 /// Gives back a subrequest reserved by [`prepare_fetch`] that was not spent.

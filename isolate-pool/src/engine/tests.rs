@@ -49,6 +49,7 @@ fn invoker() -> Invoker {
         tenant: "t".into(),
         worker_id: None,
         invocation: 1,
+        apis: Vec::new(),
     }
 }
 

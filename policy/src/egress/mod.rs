@@ -338,6 +338,28 @@ impl DenyReason {
 }
 
 impl DenyReason {
+    /// What the operator would have to allow for the request to pass (shown to the code that
+    /// was refused, so an agent can say what to ask for). `rule_name` names rule indexes.
+    pub fn hint(&self, rule_name: impl Fn(usize) -> String) -> String {
+        match self {
+            DenyReason::NoRules { host } | DenyReason::NoRule { host } => {
+                format!("an operator must add an egress rule for host {host} to the tenant's egress.rules")
+            }
+            DenyReason::Port { port, rule, .. } => format!(
+                "an operator must add port {port} to the ports of egress rule {:?}",
+                rule_name(*rule)
+            ),
+            DenyReason::Method { method, rule, .. } => format!(
+                "an operator must add method {method} to the methods of egress rule {:?}",
+                rule_name(*rule)
+            ),
+            DenyReason::Path { path, rule, .. } => format!(
+                "an operator must allow path {path} in egress rule {:?}",
+                rule_name(*rule)
+            ),
+        }
+    }
+
     /// Index of the rule that matched host **and** port but not the method or path; the only
     /// rule whose `allow_private` a report-mode pass may use ([`EgressPolicy::plan`]).
     pub const fn host_port_rule(&self) -> Option<usize> {
