@@ -244,6 +244,48 @@ fn workers_and_snippets_call_mcp_tools_with_the_credential_injected_and_never_se
     assert!(!g.log().contains(TOKEN));
 }
 
+fn declarations(g: &Gateway, key: Option<&str>) -> (u16, String) {
+    let mut request = reqwest::blocking::Client::new().get(g.url("/v1/apis.d.ts"));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let r = request.send().unwrap();
+    let status = r.status().as_u16();
+    if status == 200 {
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/typescript"));
+    }
+    (status, r.text().unwrap())
+}
+
+#[test]
+fn declarations_describe_each_tenants_apis_from_their_schemas() {
+    let (checked, everything) = (checked_server(), everything_server());
+    let g = gateway(&checked, &everything, "subrequests: 5");
+    let (status, dts) = declarations(&g, Some(KEY));
+    assert_eq!(status, 200, "{dts}");
+    assert!(dts.starts_with("interface Env{\nchecked:{\n"), "{dts}");
+    for expected in [
+        "/** Adds two integers. */\nadd(args:{a:number;b:number}):Promise<{result:number}>;\n",
+        "/** `get-weather`: The weather in a city. */\nget_weather(args:{city:string}):Promise<",
+        "everything:{\n",
+        "`get-sum`",
+        "get_sum(args:{a:number;b:number}):Promise<",
+    ] {
+        assert!(dts.contains(expected), "{expected:?} missing from:\n{dts}");
+    }
+    assert!(!dts.contains("  "), "compact: {dts}");
+    // The same text twice (stable order), and nothing of another tenant's.
+    assert_eq!(declarations(&g, Some(KEY)).1, dts);
+    assert_eq!(
+        declarations(&g, Some(OTHER_KEY)),
+        (200, "interface Env{\n}\n".to_string())
+    );
+    assert_eq!(declarations(&g, None).0, 401);
+}
+
 #[test]
 fn failed_calls_are_typed_errors_the_code_can_act_on() {
     let (checked, everything) = (checked_server(), everything_server());
@@ -532,4 +574,66 @@ fn openapi_operations_are_tools_called_with_the_credential() {
         .iter()
         .any(|(m, t, _, b)| m == "POST" && t == "/v1/pets" && b.contains("Tom")));
     assert!(!out.to_string().contains(TOKEN));
+}
+
+#[test]
+fn denied_fetches_and_rate_limited_calls_say_what_to_do() {
+    let store = Upstream::start(|s| match s.target.as_str() {
+        "/openapi.json" => Answer::json(200, &pet_spec()),
+        t => Answer::json(200, &json!({ "name": "Rex", "at": t })),
+    });
+    let alpha = tenant(
+        "alpha",
+        KEY,
+        "subrequests: 10",
+        &format!(
+            "    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          name: store\n          rate_limit: {{ per_second: 1, burst: 1 }}\n    apis:\n      - name: pets\n        openapi: {{ spec: \"http://127.0.0.1:{}/openapi.json\", base_url: \"http://127.0.0.1:{}/v1\" }}\n",
+            store.port, store.port, store.port,
+        ),
+    );
+    let g = Gateway::start(POOL, &alpha);
+    let out = execute(
+        &g,
+        KEY,
+        &format!(
+            r#"async (env) => {{
+                const attempt = async (f) => {{
+                    try {{ await f(); return "sent"; }}
+                    catch (e) {{ return {{ name: e.name, code: e.code, rule: e.rule, reason: e.reason, hint: e.hint, status: e.status }}; }}
+                }};
+                return {{
+                    host: await attempt(() => fetch("https://api.example.com/x")),
+                    port: await attempt(() => fetch("http://127.0.0.1:{}/x")),
+                    first: await attempt(() => env.pets.getPet({{ petId: 1 }})),
+                    second: await attempt(() => env.pets.getPet({{ petId: 2 }})),
+                }};
+            }}"#,
+            store.port + 1
+        ),
+    );
+    let r = &out["result"];
+    assert_eq!(r["host"]["name"], "TypeError", "{out}");
+    assert_eq!(r["host"]["code"], "EGRESS_DENIED", "{out}");
+    assert_eq!(r["host"]["reason"], "no_rule");
+    assert!(
+        r["host"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains("api.example.com"),
+        "{out}"
+    );
+    assert_eq!(r["port"]["code"], "EGRESS_DENIED", "{out}");
+    assert_eq!(r["port"]["reason"], "port");
+    assert_eq!(r["port"]["rule"], "store");
+    assert!(
+        r["port"]["hint"]
+            .as_str()
+            .unwrap()
+            .contains(&(store.port + 1).to_string()),
+        "{out}"
+    );
+    // The catalogue fetch took the rule's one token this second or not: the calls after it
+    // meet the limit either way, and the refusal says so.
+    assert_eq!(r["second"]["code"], "RATE_LIMITED", "{out}");
+    assert_eq!(r["second"]["status"], 429, "{out}");
 }

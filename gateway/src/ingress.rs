@@ -14,6 +14,7 @@
 //! | `PUT /v1/workers/{id}` | store WorkerCode under an immutable id |
 //! | `GET /v1/workers` | the tenant's ids with warm/cold state |
 //! | `DELETE /v1/workers/{id}` | evict and forget |
+//! | `GET /v1/apis.d.ts` | TypeScript declarations of the tenant's APIs (`env.<api>.<tool>`) |
 //! | `ANY /w/{id}/{rest}` | `get(id)`: dispatch to the cached Worker |
 //!
 //! Before any of these, the request's `Host` and path choose between the API and a tenant's
@@ -515,6 +516,7 @@ enum Route {
     Workers,
     Worker(String),
     Dispatch { id: String, rest: String },
+    ApiDeclarations,
 }
 
 fn parse_route(path: &str) -> Result<Route, ApiError> {
@@ -523,6 +525,7 @@ fn parse_route(path: &str) -> Result<Route, ApiError> {
         "/v1/execute" => return Ok(Route::Execute),
         "/v1/load" => return Ok(Route::Load),
         "/v1/workers" | "/v1/workers/" => return Ok(Route::Workers),
+        "/v1/apis.d.ts" => return Ok(Route::ApiDeclarations),
         _ => {}
     }
     if let Some(id) = path.strip_prefix("/v1/workers/") {
@@ -798,6 +801,7 @@ impl Ingress {
             Route::Worker(_) if method == http::Method::DELETE => "delete_worker",
             Route::Worker(_) => "put_worker",
             Route::Dispatch { .. } => "dispatch",
+            Route::ApiDeclarations => "api_declarations",
         };
         let tenant = bearer_key(session)
             .and_then(|key| snapshot.policy.authenticate(key))
@@ -814,7 +818,7 @@ impl Ingress {
         };
         match &route {
             Route::Execute | Route::Load => allow(method == http::Method::POST, "POST")?,
-            Route::Workers => allow(method == http::Method::GET, "GET")?,
+            Route::Workers | Route::ApiDeclarations => allow(method == http::Method::GET, "GET")?,
             Route::Worker(_) => allow(
                 method == http::Method::PUT || method == http::Method::DELETE,
                 "PUT, DELETE",
@@ -839,6 +843,7 @@ impl Ingress {
             Route::Execute => self.execute(&snapshot, &tenant, &body).await,
             Route::Load => self.load(&snapshot, &tenant, &body).await,
             Route::Workers => self.list(&tenant).await,
+            Route::ApiDeclarations => Ok(self.api_declarations(&tenant).await),
             Route::Worker(id) if method == http::Method::PUT => self.put(&tenant, &id, &body).await,
             Route::Worker(id) => self.delete(&tenant, &id).await,
             Route::Dispatch { id, rest } => {
@@ -1158,6 +1163,24 @@ impl Ingress {
             tracing::error!(tenant = %tenant.name.as_str(), op, error = %e, "stored-Worker write failed");
         }
         Ok(result?)
+    }
+
+    /// `GET /v1/apis.d.ts`: the declarations of the tenant's APIs (an API whose tools cannot
+    /// be loaded now is declared `unknown` with the reason in a comment).
+    async fn api_declarations(&self, tenant: &TenantPolicy) -> Reply {
+        let text = match &self.state.apis {
+            Some(apis) => apis.declarations(tenant).await,
+            None => crate::apis::dts::declarations(&[]),
+        };
+        Reply {
+            status: 200,
+            headers: vec![(
+                "content-type".into(),
+                "application/typescript; charset=utf-8".into(),
+            )],
+            body: text.into_bytes(),
+            stream: None,
+        }
     }
 
     async fn list(&self, tenant: &TenantPolicy) -> Result<Reply, ApiError> {

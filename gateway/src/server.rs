@@ -172,6 +172,7 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     metrics.config_last_success.set(unix_now());
     let mut state = AppState::new(snapshot, pool.clone(), store, metrics);
     state.inflight = inflight;
+    state.apis = Some(apis);
     let state = Arc::new(state);
 
     let conf = ServerConf {

@@ -110,6 +110,8 @@ pub struct AppState {
     pub in_flight: AtomicUsize,
     /// The budget for body bytes in flight (shared with egress).
     pub inflight: Arc<InflightBudget>,
+    /// The tenant APIs (declarations, search).
+    pub apis: Option<Arc<crate::apis::Apis>>,
 }
 
 impl AppState {
@@ -131,6 +133,7 @@ impl AppState {
             refusing: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             inflight: InflightBudget::unlimited(),
+            apis: None,
         }
     }
 

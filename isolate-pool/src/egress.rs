@@ -45,6 +45,9 @@ pub enum Verdict {
     Respond(EgressResponse),
     /// `fetch()` rejects with a `TypeError` carrying this message.
     Reject(String),
+    /// `fetch()` rejects with a `TypeError` carrying the failure's message and, as properties
+    /// the code can act on, its `code`, `rule`, `reason` and `hint` (a policy denial).
+    Refuse(Box<ApiFailure>),
 }
 
 /// What [`Egress::authorize`] decided, handed back to [`Egress::send`].
@@ -321,6 +324,9 @@ pub enum Fetched {
         message: String,
         /// Whether the subrequest was spent.
         charged: bool,
+        /// What the code can act on (`e.code`, `e.rule`, `e.reason`, `e.hint`), for a denial.
+        #[serde(default)]
+        detail: Option<Box<ApiFailure>>,
     },
     /// The invocation's subrequest budget was spent: before sending (`redirecting: false`) or
     /// while following redirects.
@@ -380,6 +386,14 @@ impl<E: Egress + ?Sized> EgressPort for E {
                 return ready(Fetched::Rejected {
                     message,
                     charged: false,
+                    detail: None,
+                })
+            }
+            Verdict::Refuse(failure) => {
+                return ready(Fetched::Rejected {
+                    message: failure.message.clone(),
+                    charged: false,
+                    detail: Some(failure),
                 })
             }
         };
@@ -396,6 +410,7 @@ impl<E: Egress + ?Sized> EgressPort for E {
                     Fetched::Rejected {
                         message,
                         charged: true,
+                        detail: None,
                     },
                     None,
                 ),

@@ -639,6 +639,7 @@ impl EgressPort for RemoteEgress {
                 Fetched::Rejected {
                     message,
                     charged: false,
+                    detail: None,
                 },
                 None,
             )));
@@ -713,6 +714,7 @@ fn gone() -> Fetched {
     Fetched::Rejected {
         message: "fetch failed: the gateway did not answer".into(),
         charged: false,
+        detail: None,
     }
 }
 

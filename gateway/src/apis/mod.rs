@@ -11,6 +11,7 @@
 //! and the audit line apply as they do to `fetch()`. Catalogue fetches go through the same
 //! pipeline for the tenant (not charged to any invocation).
 
+pub mod dts;
 pub mod mcp;
 pub mod openapi;
 pub mod transport;
@@ -325,6 +326,24 @@ impl Apis {
         self.catalogue(tenant, &entry).await
     }
 
+    /// The TypeScript declarations of `tenant`'s APIs (catalogues loaded as needed, at once).
+    pub async fn declarations(&self, tenant: &isogate_policy::TenantPolicy) -> String {
+        let name = tenant.name.as_str();
+        let loaded =
+            futures::future::join_all(tenant.apis.iter().map(|api| self.catalogue_of(name, api)))
+                .await;
+        let declared: Vec<dts::Declared<'_>> = tenant
+            .apis
+            .iter()
+            .zip(&loaded)
+            .map(|(api, c)| dts::Declared {
+                name: &api.name,
+                catalogue: c.as_deref().map_err(Clone::clone),
+            })
+            .collect();
+        dts::declarations(&declared)
+    }
+
     /// One API call of an invocation: see the module documentation. Counted (by outcome) and
     /// timed when the tenant has the API.
     pub async fn call(&self, invoker: Invoker, call: ApiCall, left: u32) -> ApiAnswer {
@@ -475,56 +494,7 @@ impl Apis {
         match outcome {
             Ok(value) => ApiAnswer::Done(value.to_string()),
             Err(Refused::Budget) => ApiAnswer::SubrequestLimit,
-            Err(Refused::Failed {
-                mut failure,
-                charged,
-            }) => {
-                if failure.code == ApiErrorCode::EgressDenied {
-                    self.explain_denial(&snapshot, &invoker.tenant, config, tool, &mut failure);
-                }
-                ApiAnswer::Failed { failure, charged }
-            }
-        }
-    }
-
-    /// Fills a denial's rule, reason and hint from the same plan the egress made.
-    fn explain_denial(
-        &self,
-        snapshot: &Snapshot,
-        tenant: &str,
-        config: &TenantApi,
-        tool: &Tool,
-        failure: &mut ApiFailure,
-    ) {
-        let Some(tenant) = snapshot.policy.tenant(tenant) else {
-            return;
-        };
-        let (method, url) = match (&config.source, &tool.operation) {
-            (ApiSource::Mcp { url }, _) => ("POST", url.clone()),
-            (ApiSource::OpenApi { base_url, .. }, Some(op)) => (
-                op.method.as_str(),
-                format!("{}{}", base_url.trim_end_matches('/'), op.path),
-            ),
-            _ => return,
-        };
-        let Ok(target) = isogate_policy::parse_target(&url) else {
-            return;
-        };
-        let plan = tenant.egress.plan(method, &target);
-        if let isogate_policy::PlanVerdict::Deny(reason) = &plan.verdict {
-            failure.reason = Some(reason.kind().to_string());
-            failure.rule = reason
-                .host_port_rule()
-                .and_then(|r| tenant.egress.rules.get(r))
-                .map(|r| r.name.clone());
-            failure.hint = Some(reason.hint(|i| {
-                tenant
-                    .egress
-                    .rules
-                    .get(i)
-                    .map(|r| r.name.clone())
-                    .unwrap_or_default()
-            }));
+            Err(Refused::Failed { failure, charged }) => ApiAnswer::Failed { failure, charged },
         }
     }
 

@@ -92,15 +92,23 @@ pub async fn exchange(
                 charged: false,
             })
         }
-        Fetched::Rejected { message, charged } => Err(Refused::Failed {
-            failure: ApiFailure::new(
-                if charged {
-                    ApiErrorCode::UpstreamUnreachable
-                } else {
-                    ApiErrorCode::EgressDenied
-                },
-                message,
-            ),
+        Fetched::Rejected {
+            message,
+            charged,
+            detail,
+        } => Err(Refused::Failed {
+            // A policy denial comes with its rule, reason and hint; other refusals (the SSRF
+            // guard, a connection that failed) with their message.
+            failure: detail.map(|d| *d).unwrap_or_else(|| {
+                ApiFailure::new(
+                    if charged {
+                        ApiErrorCode::UpstreamUnreachable
+                    } else {
+                        ApiErrorCode::EgressDenied
+                    },
+                    message,
+                )
+            }),
             charged,
         }),
         Fetched::SubrequestLimit { .. } => Err(Refused::Budget),

@@ -132,7 +132,7 @@ pub enum Failure {
     /// The tenant has no egress rules.
     NetworkDisabled,
     /// No rule allows the request.
-    Denied(String),
+    Denied(Box<Denial>),
     /// A reload changed the rule that authorized the request before it was sent.
     PolicyChanged,
     /// The destination address is not allowed.
@@ -229,7 +229,62 @@ pub enum Failure {
     SubrequestLimit,
 }
 
+/// A policy denial, as the refused code sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denial {
+    /// Why, for a person (`no egress rule allows host …`).
+    pub reason: String,
+    /// The reason's stable identifier (`no_rules`, `no_rule`, `port`, `method`, `path`).
+    pub kind: &'static str,
+    /// The rule that matched the host but not the rest, if one did.
+    pub rule: Option<String>,
+    /// What an operator would have to allow.
+    pub hint: String,
+}
+
+impl Denial {
+    /// The denial of `reason` under `egress` (rules named by their configured names).
+    pub fn of(
+        reason: &isogate_policy::DenyReason,
+        egress: &isogate_policy::EgressPolicy,
+    ) -> Denial {
+        let name = |i: usize| {
+            egress
+                .rules
+                .get(i)
+                .map(|r| r.name.clone())
+                .unwrap_or_default()
+        };
+        Denial {
+            reason: reason.to_string(),
+            kind: reason.kind(),
+            rule: match reason {
+                isogate_policy::DenyReason::Port { rule, .. }
+                | isogate_policy::DenyReason::Method { rule, .. }
+                | isogate_policy::DenyReason::Path { rule, .. } => Some(name(*rule)),
+                _ => None,
+            },
+            hint: reason.hint(name),
+        }
+    }
+}
+
 impl Failure {
+    /// What the code can act on: a policy denial's code, reason, rule and hint.
+    pub fn detail(&self) -> Option<isogate_pool::ApiFailure> {
+        match self {
+            Failure::Denied(denial) => Some(isogate_pool::ApiFailure {
+                code: isogate_pool::ApiErrorCode::EgressDenied,
+                message: self.message(),
+                rule: denial.rule.clone(),
+                reason: Some(denial.kind.to_string()),
+                hint: Some(denial.hint.clone()),
+                status: None,
+            }),
+            _ => None,
+        }
+    }
+
     /// The audit/metric label.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -290,7 +345,7 @@ impl Failure {
             Failure::InvalidUrl(e) => format!("fetch refused: {e}"),
             Failure::TenantGone => "fetch refused: the tenant is no longer configured".into(),
             Failure::NetworkDisabled => format!("{NETWORK_DISABLED} (the tenant has no egress rules)"),
-            Failure::Denied(reason) => format!("fetch denied: {reason}"),
+            Failure::Denied(denial) => format!("fetch denied: {}", denial.reason),
             Failure::PolicyChanged => {
                 "fetch refused: the tenant's egress policy changed while the request was in flight"
                     .into()
@@ -469,7 +524,10 @@ impl Inner {
         let egress = tenant.egress.plan(method, &target);
         match &egress.verdict {
             PlanVerdict::Deny(DenyReason::NoRules { .. }) => Err(Failure::NetworkDisabled),
-            PlanVerdict::Deny(reason) => Err(Failure::Denied(reason.to_string())),
+            PlanVerdict::Deny(reason) => Err(Failure::Denied(Box::new(Denial::of(
+                reason,
+                &tenant.egress,
+            )))),
             PlanVerdict::ReportDeny(reason) => {
                 // Logged once per hop: at authorize for the first, here for redirects.
                 if !record.authorized {
@@ -641,7 +699,10 @@ impl Egress for GatewayEgress {
         ) {
             Err(failure) => {
                 inner.emit(invoker, &record, Ending::Failed(&failure));
-                Verdict::Reject(failure.message())
+                match failure.detail() {
+                    Some(detail) => Verdict::Refuse(Box::new(detail)),
+                    None => Verdict::Reject(failure.message()),
+                }
             }
             Ok(plan) => {
                 record.rule = plan.audited_rule();

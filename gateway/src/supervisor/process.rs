@@ -717,6 +717,7 @@ impl Process {
                             isogate_pool::Fetched::Rejected {
                                 message: "fetch(): the invocation has ended".into(),
                                 charged: false,
+                                detail: None,
                             },
                             None,
                         ),

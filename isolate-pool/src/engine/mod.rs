@@ -1190,11 +1190,15 @@ fn install<'js>(
                             }
                             response_object(&ctx, resp, None)
                         }
-                        Fetched::Rejected { message, charged } => {
+                        Fetched::Rejected {
+                            message,
+                            charged,
+                            detail,
+                        } => {
                             if reserved && !charged {
                                 refund_subrequest(&state, run);
                             }
-                            Err(Exception::throw_type(&ctx, &message))
+                            Err(throw_detailed(&ctx, &message, detail.as_deref()))
                         }
                         Fetched::SubrequestLimit { redirecting } => {
                             state.budget.trip_run(ErrorKind::SubrequestLimit, run);
@@ -1332,6 +1336,33 @@ fn prepare_api(
         })
         .unwrap_or(0);
     Ok((run, invoker, ApiCall { api, tool, args }, left))
+}
+
+/// Throws a `TypeError` with `message` and, for a denial, the properties the code can act on:
+/// `code`, `rule`, `reason`, `hint`.
+fn throw_detailed(
+    ctx: &Ctx<'_>,
+    message: &str,
+    detail: Option<&crate::egress::ApiFailure>,
+) -> rquickjs::Error {
+    let thrown = Exception::throw_type(ctx, message);
+    let Some(detail) = detail else {
+        return thrown;
+    };
+    let error = ctx.catch();
+    if let Some(object) = error.as_object() {
+        let _ = object.set("code", detail.code.as_str());
+        for (key, value) in [
+            ("rule", &detail.rule),
+            ("reason", &detail.reason),
+            ("hint", &detail.hint),
+        ] {
+            if let Some(value) = value {
+                let _ = object.set(key, value.as_str());
+            }
+        }
+    }
+    ctx.throw(error)
 }
 
 /// The Worker's `env` with a binding for each tenant API (the same object while they are the
