@@ -637,3 +637,111 @@ fn denied_fetches_and_rate_limited_calls_say_what_to_do() {
     assert_eq!(r["second"]["code"], "RATE_LIMITED", "{out}");
     assert_eq!(r["second"]["status"], 429, "{out}");
 }
+
+/// Runs an SDK client script (`py_client.py` or `ts_client.mjs`) against the gateway's `/mcp`:
+/// its JSON output, or its failure.
+fn sdk_client(
+    script: &str,
+    g: &Gateway,
+    key: &str,
+    calls: &[(&str, Value)],
+) -> Result<Value, String> {
+    let path = repo_root().join("tests/mcp").join(script);
+    let mut c = if script.ends_with(".py") {
+        Command::new(std::env::var("ISOGATE_PYTHON").unwrap_or_else(|_| "python3".into()))
+    } else {
+        Command::new("node")
+    };
+    let modules = std::env::var("ISOGATE_MCP_MODULES")
+        .unwrap_or_else(|_| repo_root().join("target/tools/mcp").display().to_string());
+    c.arg(path)
+        .arg(g.url("/mcp"))
+        .arg(key)
+        .env("ISOGATE_MCP_MODULES", modules);
+    for (tool, args) in calls {
+        c.arg(tool).arg(args.to_string());
+    }
+    let out = c
+        .output()
+        .map_err(|e| format!("cannot run {script}: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn the_mcp_endpoint_serves_search_and_execute_to_the_official_sdks() {
+    let (checked, everything) = (checked_server(), everything_server());
+    let g = gateway(&checked, &everything, "subrequests: 20");
+    let calls = [
+        ("search", json!({ "query": "weather city", "limit": 3 })),
+        (
+            "execute",
+            json!({ "code": "async (env) => { console.log('hello'); return (await env.checked.add({ a: 2, b: 40 })).result; }" }),
+        ),
+        (
+            "execute",
+            json!({ "code": "async (env) => { throw new Error('boom'); }" }),
+        ),
+    ];
+    for script in ["py_client.py", "ts_client.mjs"] {
+        let out = sdk_client(script, &g, KEY, &calls).unwrap_or_else(|e| panic!("{script}: {e}"));
+        let names: Vec<&str> = out["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["search", "execute"], "{script}: {out}");
+        assert!(
+            out["tools"].to_string().len() < 2_500,
+            "tools/list stays small"
+        );
+        let search = &out["calls"][0]["structuredContent"];
+        assert_eq!(
+            search["results"][0]["call"], "env.checked.get_weather",
+            "{script}: {out}"
+        );
+        assert!(search["results"][0]["signature"]
+            .as_str()
+            .unwrap()
+            .contains("get_weather(args:{city:string})"));
+        let run = &out["calls"][1];
+        assert_eq!(run["isError"], false, "{script}: {out}");
+        assert_eq!(run["structuredContent"]["result"], 42, "{script}: {out}");
+        assert_eq!(run["structuredContent"]["logs"][0]["message"], "hello");
+        let failed = &out["calls"][2];
+        assert_eq!(failed["isError"], true, "{script}: {out}");
+        assert!(failed["structuredContent"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("boom"));
+    }
+    // Another tenant's key sees none of alpha's APIs; no key is refused.
+    let out = sdk_client(
+        "py_client.py",
+        &g,
+        OTHER_KEY,
+        &[("search", json!({ "query": "weather" }))],
+    )
+    .unwrap();
+    assert_eq!(out["calls"][0]["structuredContent"]["results"], json!([]));
+    assert!(sdk_client("ts_client.mjs", &g, "wrong-key", &[]).is_err());
+    let r = reqwest::blocking::Client::new()
+        .post(g.url("/mcp"))
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    // A page of another site cannot drive it through the tenant's browser (DNS rebinding).
+    let r = reqwest::blocking::Client::new()
+        .post(g.url("/mcp"))
+        .bearer_auth(KEY)
+        .header("origin", "http://evil.example")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+}

@@ -15,6 +15,7 @@
 //! | `GET /v1/workers` | the tenant's ids with warm/cold state |
 //! | `DELETE /v1/workers/{id}` | evict and forget |
 //! | `GET /v1/apis.d.ts` | TypeScript declarations of the tenant's APIs (`env.<api>.<tool>`) |
+//! | `POST /mcp` | the MCP endpoint for agents: tools `search` and `execute` ([`crate::mcp`]) |
 //! | `ANY /w/{id}/{rest}` | `get(id)`: dispatch to the cached Worker |
 //!
 //! Before any of these, the request's `Host` and path choose between the API and a tenant's
@@ -517,6 +518,7 @@ enum Route {
     Worker(String),
     Dispatch { id: String, rest: String },
     ApiDeclarations,
+    Mcp,
 }
 
 fn parse_route(path: &str) -> Result<Route, ApiError> {
@@ -526,6 +528,7 @@ fn parse_route(path: &str) -> Result<Route, ApiError> {
         "/v1/load" => return Ok(Route::Load),
         "/v1/workers" | "/v1/workers/" => return Ok(Route::Workers),
         "/v1/apis.d.ts" => return Ok(Route::ApiDeclarations),
+        "/mcp" => return Ok(Route::Mcp),
         _ => {}
     }
     if let Some(id) = path.strip_prefix("/v1/workers/") {
@@ -802,6 +805,7 @@ impl Ingress {
             Route::Worker(_) => "put_worker",
             Route::Dispatch { .. } => "dispatch",
             Route::ApiDeclarations => "api_declarations",
+            Route::Mcp => "mcp",
         };
         let tenant = bearer_key(session)
             .and_then(|key| snapshot.policy.authenticate(key))
@@ -817,7 +821,9 @@ impl Ingress {
             }
         };
         match &route {
-            Route::Execute | Route::Load => allow(method == http::Method::POST, "POST")?,
+            Route::Execute | Route::Load | Route::Mcp => {
+                allow(method == http::Method::POST, "POST")?
+            }
             Route::Workers | Route::ApiDeclarations => allow(method == http::Method::GET, "GET")?,
             Route::Worker(_) => allow(
                 method == http::Method::PUT || method == http::Method::DELETE,
@@ -844,6 +850,7 @@ impl Ingress {
             Route::Load => self.load(&snapshot, &tenant, &body).await,
             Route::Workers => self.list(&tenant).await,
             Route::ApiDeclarations => Ok(self.api_declarations(&tenant).await),
+            Route::Mcp => self.mcp(session, &snapshot, &tenant, &body).await,
             Route::Worker(id) if method == http::Method::PUT => self.put(&tenant, &id, &body).await,
             Route::Worker(id) => self.delete(&tenant, &id).await,
             Route::Dispatch { id, rest } => {
@@ -1038,7 +1045,28 @@ impl Ingress {
                 "malformed execute request: env: must be a JSON object".into(),
             ));
         }
-        let limits = limits_for(tenant, None, req.limits.as_ref());
+        let answer = self
+            .run_execute(snapshot, tenant, req.code, req.env, req.limits.as_ref())
+            .await?;
+        Ok(Reply::json(200, &answer))
+    }
+
+    /// Runs a Code Mode snippet under the tenant's admission and limits: `{result, logs,
+    /// error}` (a failure of the code is in `error`; the gateway's own is an `ApiError`).
+    async fn run_execute(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &TenantPolicy,
+        code: String,
+        env: serde_json::Value,
+        overrides: Option<&LimitOverrides>,
+    ) -> Result<serde_json::Value, ApiError> {
+        let req = ExecuteBody {
+            code,
+            env,
+            limits: None,
+        };
+        let limits = limits_for(tenant, None, overrides);
         let permit = self.admit(snapshot, tenant).await?;
         let inv = self
             .state
@@ -1065,10 +1093,71 @@ impl Ingress {
                 (serde_json::Value::Null, error)
             }
         };
-        Ok(Reply::json(
-            200,
-            &serde_json::json!({"result": result, "logs": logs, "error": error}),
-        ))
+        Ok(serde_json::json!({"result": result, "logs": logs, "error": error}))
+    }
+
+    /// `POST /mcp`: one JSON-RPC message of the MCP endpoint (see [`crate::mcp`]).
+    async fn mcp(
+        &self,
+        session: &ServerSession,
+        snapshot: &Snapshot,
+        tenant: &TenantPolicy,
+        body: &[u8],
+    ) -> Result<Reply, ApiError> {
+        use crate::mcp::{self as m, Message};
+        let headers = &session.req_header().headers;
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if !m::origin_allowed(header("origin"), header("host")) {
+            return Err(ApiError::BadRequest(
+                "the Origin header does not match the host (MCP requests from other sites are refused)".into(),
+            ));
+        }
+        let reply = |status: u16, value: serde_json::Value| Ok(Reply::json(status, &value));
+        match m::parse(body, header("mcp-protocol-version")) {
+            Message::Accepted => Ok(Reply {
+                status: 202,
+                headers: Vec::new(),
+                body: Vec::new(),
+                stream: None,
+            }),
+            Message::Initialize { id, version } => {
+                reply(200, m::result(id, m::initialized(&version)))
+            }
+            Message::Ping { id } => reply(200, m::result(id, serde_json::json!({}))),
+            Message::ListTools { id } => reply(200, m::result(id, m::tools())),
+            Message::Search { id, query, limit } => {
+                let found = match &self.state.apis {
+                    Some(apis) => apis.search(tenant, &query, limit).await,
+                    None => serde_json::json!({"results": [], "matched": 0, "unavailable": []}),
+                };
+                reply(200, m::result(id, m::tool_result(found, false)))
+            }
+            Message::Execute { id, code } => {
+                let (value, failed) = match self
+                    .run_execute(snapshot, tenant, code, serde_json::json!({}), None)
+                    .await
+                {
+                    Ok(answer) => {
+                        let failed = !answer["error"].is_null();
+                        (answer, failed)
+                    }
+                    // Refused by the gateway (admission, overload): the tool's error too.
+                    Err(e) => (
+                        serde_json::json!({"result": null, "logs": [], "error": {"kind": e.kind(), "message": e.message()}}),
+                        true,
+                    ),
+                };
+                reply(200, m::result(id, m::tool_result(value, failed)))
+            }
+            Message::Error { id, code, message } => {
+                let status = if code == m::METHOD_NOT_FOUND || code == m::INVALID_PARAMS {
+                    200
+                } else {
+                    400
+                };
+                reply(status, m::rpc_error(id, code, &message))
+            }
+        }
     }
 
     async fn load(

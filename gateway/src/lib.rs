@@ -13,6 +13,7 @@ pub mod explain;
 pub mod inflight;
 pub mod ingress;
 pub mod lifecycle;
+pub mod mcp;
 pub mod metrics;
 pub mod public;
 pub mod server;

@@ -344,6 +344,81 @@ impl Apis {
         dts::declarations(&declared)
     }
 
+    /// The tenant's API functions that match `query` (each word in the API's name, the tool's
+    /// names or its description; names weigh more), best first, at most `limit`, with their
+    /// signatures. APIs whose tools cannot be loaded are named in `unavailable`.
+    pub async fn search(
+        &self,
+        tenant: &isogate_policy::TenantPolicy,
+        query: &str,
+        limit: usize,
+    ) -> Value {
+        let name = tenant.name.as_str();
+        let words: Vec<String> = query
+            .split(|c: char| !c.is_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .take(32)
+            .map(str::to_lowercase)
+            .collect();
+        let loaded =
+            futures::future::join_all(tenant.apis.iter().map(|api| self.catalogue_of(name, api)))
+                .await;
+        let mut hits: Vec<(u32, usize, &str, &Tool)> = Vec::new();
+        let mut unavailable = Vec::new();
+        let mut order = 0usize;
+        for (api, catalogue) in tenant.apis.iter().zip(&loaded) {
+            let catalogue = match catalogue {
+                Ok(c) => c,
+                Err(e) => {
+                    unavailable.push(serde_json::json!({"api": api.name, "error": e}));
+                    continue;
+                }
+            };
+            for tool in &catalogue.tools {
+                order += 1;
+                let names = format!("{} {} {}", api.name, tool.js_name, tool.name).to_lowercase();
+                let description = tool.description.as_deref().unwrap_or("").to_lowercase();
+                let score: u32 = words
+                    .iter()
+                    .map(|w| {
+                        let in_name = if names.contains(w.as_str()) { 3 } else { 0 };
+                        let in_description = if description.contains(w.as_str()) {
+                            1
+                        } else {
+                            0
+                        };
+                        in_name + in_description
+                    })
+                    .sum();
+                if score > 0 || words.is_empty() {
+                    hits.push((score, order, &api.name, tool));
+                }
+            }
+        }
+        hits.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let total = hits.len();
+        let results: Vec<Value> = hits
+            .into_iter()
+            .take(limit)
+            .map(|(_, _, api, tool)| {
+                let signature = dts::signature(
+                    &tool.js_name,
+                    &tool.name,
+                    None,
+                    &tool.input_schema,
+                    tool.output_schema.as_ref(),
+                );
+                serde_json::json!({
+                    "call": format!("env.{api}.{}", tool.js_name),
+                    "name": tool.name,
+                    "signature": signature.trim_end(),
+                    "description": tool.description.as_deref().map(|d| d.chars().take(400).collect::<String>()),
+                })
+            })
+            .collect();
+        serde_json::json!({"results": results, "matched": total, "unavailable": unavailable})
+    }
+
     /// One API call of an invocation: see the module documentation. Counted (by outcome) and
     /// timed when the tenant has the API.
     pub async fn call(&self, invoker: Invoker, call: ApiCall, left: u32) -> ApiAnswer {
