@@ -745,3 +745,105 @@ fn the_mcp_endpoint_serves_search_and_execute_to_the_official_sdks() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 400);
 }
+
+#[test]
+fn receipts_list_what_the_code_did_without_secrets_or_queries() {
+    let store = Upstream::start(|s| {
+        if s.headers.get("authorization").map(String::as_str) != Some(&format!("Bearer {TOKEN}")) {
+            return Answer::json(401, &json!({}));
+        }
+        match s.target.as_str() {
+            "/openapi.json" => Answer::json(200, &pet_spec()),
+            t => Answer::json(200, &json!({ "name": "Rex", "at": t })),
+        }
+    });
+    let rule = rule("store", store.port, Some("mcp-token"));
+    let alpha = tenant(
+        "alpha",
+        KEY,
+        "subrequests: 10",
+        &format!(
+            "    egress:\n      allow:\n{rule}    apis:\n      - name: pets\n        openapi: {{ spec: \"http://127.0.0.1:{}/openapi.json\", base_url: \"http://127.0.0.1:{}/v1\" }}\n",
+            store.port, store.port,
+        ),
+    );
+    let beta = tenant("beta", OTHER_KEY, "subrequests: 10", "");
+    let g = Gateway::start_with(
+        POOL,
+        &(alpha + &beta),
+        CREDENTIALS,
+        &[("ISOGATE_TEST_MCP_TOKEN", TOKEN)],
+    );
+    let code = format!(
+        r#"async (env) => {{
+            await env.pets.getPet({{ petId: 7, verbose: true }});
+            await fetch("http://127.0.0.1:{}/v1/raw?token=abc");
+            try {{ await fetch("https://denied.example/x"); }} catch {{}}
+            return "done";
+        }}"#,
+        store.port
+    );
+    let out = execute(&g, KEY, &code);
+    let receipt = &out["receipt"];
+    assert_eq!(receipt["outcome"], "completed", "{out}");
+    let entries = receipt["entries"].as_array().unwrap();
+    let base = format!("http://127.0.0.1:{}", store.port);
+    let api = entries
+        .iter()
+        .find(|e| e["type"] == "api")
+        .unwrap_or_else(|| panic!("{out}"));
+    assert_eq!(api["api"], "pets");
+    assert_eq!(api["tool"], "getPet");
+    assert_eq!(api["outcome"], "ok");
+    let targets: Vec<(&str, &str, u64)> = entries
+        .iter()
+        .filter(|e| e["type"] == "fetch")
+        .map(|e| {
+            (
+                e["target"].as_str().unwrap(),
+                e["decision"].as_str().unwrap(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            (format!("{base}/v1/pets/7").as_str(), "allow", 200),
+            (format!("{base}/v1/raw").as_str(), "allow", 200),
+            ("https://denied.example:443/x", "deny", 0),
+        ],
+        "{out}"
+    );
+    assert!(entries
+        .iter()
+        .filter(|e| e["decision"] == "allow")
+        .all(|e| e["rule"] == "store"));
+    let text = receipt.to_string();
+    assert!(
+        !text.contains(TOKEN) && !text.contains("verbose") && !text.contains("token=abc"),
+        "{text}"
+    );
+
+    // load() and get() leave their receipt behind a header, for the tenant only.
+    let src = r#"export default { async fetch(request, env) {
+        const pet = await env.pets.getPet({ petId: 3 });
+        throw new Error("after " + pet.name);
+    } }"#;
+    let r = g.load(KEY, &worker(src), None);
+    assert_eq!(r.status().as_u16(), 500);
+    let id = r.headers()["isogate-receipt"].to_str().unwrap().to_string();
+    let get = |key: &str| {
+        reqwest::blocking::Client::new()
+            .get(g.url(&format!("/v1/receipts/{id}")))
+            .bearer_auth(key)
+            .send()
+            .unwrap()
+    };
+    let r = get(KEY);
+    assert_eq!(r.status().as_u16(), 200);
+    let receipt: Value = r.json().unwrap();
+    assert_eq!(receipt["outcome"], "threw", "{receipt}");
+    assert_eq!(receipt["entries"].as_array().unwrap().len(), 2, "{receipt}");
+    assert_eq!(get(OTHER_KEY).status().as_u16(), 404);
+}

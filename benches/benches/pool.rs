@@ -70,6 +70,7 @@ fn bench(c: &mut Criterion) {
         worker_id: None,
         invocation: 0,
         apis: Vec::new(),
+        trace: 0,
     };
     // An isolate with the Worker API installed, started and dropped (what a warm isolate costs
     // the pool; streams, Intl and crypto.subtle load later, on first use).
@@ -103,6 +104,7 @@ fn bench(c: &mut Criterion) {
         worker_id: Some("hello".into()),
         invocation: 0,
         apis: Vec::new(),
+        trace: 0,
     };
     group.bench_function("get_hello_warm", |b| {
         b.iter(|| {

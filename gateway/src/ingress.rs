@@ -15,6 +15,7 @@
 //! | `GET /v1/workers` | the tenant's ids with warm/cold state |
 //! | `DELETE /v1/workers/{id}` | evict and forget |
 //! | `GET /v1/apis.d.ts` | TypeScript declarations of the tenant's APIs (`env.<api>.<tool>`) |
+//! | `GET /v1/receipts/{id}` | the receipt of a `load()`/`get()` (`isogate-receipt` header) |
 //! | `POST /mcp` | the MCP endpoint for agents: tools `search` and `execute` ([`crate::mcp`]) |
 //! | `ANY /w/{id}/{rest}` | `get(id)`: dispatch to the cached Worker |
 //!
@@ -27,6 +28,7 @@
 use crate::admission::TenantGate;
 use crate::error::ApiError;
 use crate::public::{head_bytes, https_location, Forwarded, Scheme};
+use crate::receipts::Trace;
 use crate::state::{AppState, Snapshot};
 use crate::store::PutOutcome;
 use async_trait::async_trait;
@@ -431,6 +433,10 @@ impl Ingress {
                 }
             }
         };
+        let mut reply = reply;
+        if let Some(id) = &seen.receipt {
+            reply.headers.push((RECEIPT_HEADER.to_string(), id.clone()));
+        }
         let tenant = seen.tenant.as_deref().unwrap_or(crate::metrics::NO_TENANT);
         self.state
             .metrics
@@ -473,6 +479,8 @@ impl Drop for InFlight<'_> {
 /// What the request turned out to be, for metrics and logs (bounded values only).
 struct Seen {
     tenant: Option<String>,
+    /// The id of the request's receipt (`load()`, `get()`), sent as `isogate-receipt`.
+    receipt: Option<String>,
     route: &'static str,
     /// The tenant's `max_body_bytes`, once the tenant is known.
     max_body_bytes: Option<u64>,
@@ -490,6 +498,7 @@ struct Seen {
 impl Default for Seen {
     fn default() -> Self {
         Seen {
+            receipt: None,
             tenant: None,
             route: "unknown",
             max_body_bytes: None,
@@ -519,6 +528,7 @@ enum Route {
     Dispatch { id: String, rest: String },
     ApiDeclarations,
     Mcp,
+    Receipt(String),
 }
 
 fn parse_route(path: &str) -> Result<Route, ApiError> {
@@ -530,6 +540,12 @@ fn parse_route(path: &str) -> Result<Route, ApiError> {
         "/v1/apis.d.ts" => return Ok(Route::ApiDeclarations),
         "/mcp" => return Ok(Route::Mcp),
         _ => {}
+    }
+    if let Some(id) = path.strip_prefix("/v1/receipts/") {
+        if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(Route::Receipt(id.to_string()));
+        }
+        return Err(not_found());
     }
     if let Some(id) = path.strip_prefix("/v1/workers/") {
         return Ok(Route::Worker(valid_id(id)?.to_string()));
@@ -710,6 +726,18 @@ fn check_code(code: &WorkerCode) -> Result<(), ApiError> {
         .map_err(|e| ApiError::BadRequest(format!("invalid WorkerCode: {e}")))
 }
 
+/// The response header naming the receipt of a `load()` or `get()`.
+pub const RECEIPT_HEADER: &str = "isogate-receipt";
+
+/// How an invocation ended, as its receipt says: `completed`, `threw`, or the error kind.
+fn outcome_label<T>(outcome: &Result<T, isogate_pool::WorkerError>) -> &'static str {
+    match outcome {
+        Ok(_) => "completed",
+        Err(e) if e.kind == isogate_pool::ErrorKind::Exception => "threw",
+        Err(e) => e.kind.as_str(),
+    }
+}
+
 fn worker_reply(
     inv: Invocation<HttpResponse>,
     tenant: &str,
@@ -806,6 +834,7 @@ impl Ingress {
             Route::Dispatch { .. } => "dispatch",
             Route::ApiDeclarations => "api_declarations",
             Route::Mcp => "mcp",
+            Route::Receipt(_) => "receipt",
         };
         let tenant = bearer_key(session)
             .and_then(|key| snapshot.policy.authenticate(key))
@@ -824,7 +853,9 @@ impl Ingress {
             Route::Execute | Route::Load | Route::Mcp => {
                 allow(method == http::Method::POST, "POST")?
             }
-            Route::Workers | Route::ApiDeclarations => allow(method == http::Method::GET, "GET")?,
+            Route::Workers | Route::ApiDeclarations | Route::Receipt(_) => {
+                allow(method == http::Method::GET, "GET")?
+            }
             Route::Worker(_) => allow(
                 method == http::Method::PUT || method == http::Method::DELETE,
                 "PUT, DELETE",
@@ -847,16 +878,24 @@ impl Ingress {
             .await?;
         let reply = match route {
             Route::Execute => self.execute(&snapshot, &tenant, &body).await,
-            Route::Load => self.load(&snapshot, &tenant, &body).await,
+            Route::Load => {
+                self.load(&snapshot, &tenant, &body, &mut seen.receipt)
+                    .await
+            }
             Route::Workers => self.list(&tenant).await,
             Route::ApiDeclarations => Ok(self.api_declarations(&tenant).await),
             Route::Mcp => self.mcp(session, &snapshot, &tenant, &body).await,
+            Route::Receipt(id) => self.receipt(&tenant, &id),
             Route::Worker(id) if method == http::Method::PUT => self.put(&tenant, &id, &body).await,
             Route::Worker(id) => self.delete(&tenant, &id).await,
             Route::Dispatch { id, rest } => {
                 let request = self.forwarded_request(session, &rest, body);
                 match stored {
-                    Some(code) => self.dispatch(&snapshot, &tenant, &id, code, request).await,
+                    Some(code) => {
+                        let receipt = Some(&mut seen.receipt);
+                        self.dispatch(&snapshot, &tenant, &id, code, request, receipt)
+                            .await
+                    }
                     None => Err(unknown_worker(&id)),
                 }
             }
@@ -965,7 +1004,7 @@ impl Ingress {
             .await?;
         let request = public_request(session.req_header(), &forwarded, host, body);
         let reply = self
-            .dispatch(snapshot, &tenant, &route.worker, code, request)
+            .dispatch(snapshot, &tenant, &route.worker, code, request, None)
             .await?;
         self.charge_reply(held, &reply, &tenant).await?;
         Ok(reply)
@@ -1030,6 +1069,7 @@ impl Ingress {
             worker_id: worker_id.map(str::to_string),
             invocation: next_invocation(),
             apis: tenant.apis.iter().map(|a| a.name.clone()).collect(),
+            trace: 0,
         }
     }
 
@@ -1067,19 +1107,15 @@ impl Ingress {
             limits: None,
         };
         let limits = limits_for(tenant, None, overrides);
+        let (invoker, trace) = self.traced(tenant, None);
         let permit = self.admit(snapshot, tenant).await?;
         let inv = self
             .state
             .pool
-            .execute(
-                Self::invoker(tenant, None),
-                req.code,
-                req.env,
-                limits,
-                Hold::new(permit),
-            )
+            .execute(invoker, req.code, req.env, limits, Hold::new(permit))
             .await?;
         self.observe(tenant, &inv);
+        let receipt = trace.close(outcome_label(&inv.outcome));
         let logs = serde_json::to_value(&inv.logs).unwrap_or_default();
         let (result, error) = match inv.outcome {
             Ok(v) => (v, serde_json::Value::Null),
@@ -1093,7 +1129,7 @@ impl Ingress {
                 (serde_json::Value::Null, error)
             }
         };
-        Ok(serde_json::json!({"result": result, "logs": logs, "error": error}))
+        Ok(serde_json::json!({"result": result, "logs": logs, "error": error, "receipt": receipt}))
     }
 
     /// `POST /mcp`: one JSON-RPC message of the MCP endpoint (see [`crate::mcp`]).
@@ -1165,6 +1201,7 @@ impl Ingress {
         snapshot: &Snapshot,
         tenant: &TenantPolicy,
         body: &[u8],
+        receipt: &mut Option<String>,
     ) -> Result<Reply, ApiError> {
         let req: LoadBody = parse_json(body, "load request")?;
         check_code(&req.code)?;
@@ -1191,11 +1228,12 @@ impl Ingress {
         // included) has ended, not only until the response.
         let permit = self.admit(snapshot, tenant).await?;
         let (sink, stream) = body_channel();
+        let (invoker, trace) = self.traced(tenant, None);
         let inv = self
             .state
             .pool
             .load(
-                Self::invoker(tenant, None),
+                invoker,
                 Arc::new(req.code),
                 request,
                 limits,
@@ -1204,6 +1242,7 @@ impl Ingress {
             )
             .await?;
         self.observe(tenant, &inv);
+        *receipt = Some(self.keep_receipt(tenant, trace, &inv.outcome));
         worker_reply(inv, tenant.name.as_str(), stream)
     }
 
@@ -1327,15 +1366,23 @@ impl Ingress {
         id: &str,
         code: SealedCode,
         request: HttpRequest,
+        receipt: Option<&mut Option<String>>,
     ) -> Result<Reply, ApiError> {
         let limits = limits_for(tenant, code.code().limits.as_ref(), None);
         let permit = self.admit(snapshot, tenant).await?;
         let (sink, stream) = body_channel();
+        // A public route's client is not the tenant: it gets no receipt.
+        let (invoker, trace) = if receipt.is_some() {
+            let (invoker, trace) = self.traced(tenant, Some(id));
+            (invoker, Some(trace))
+        } else {
+            (Self::invoker(tenant, Some(id)), None)
+        };
         let inv = self
             .state
             .pool
             .get(
-                Self::invoker(tenant, Some(id)),
+                invoker,
                 code,
                 request,
                 limits,
@@ -1345,7 +1392,43 @@ impl Ingress {
             )
             .await?;
         self.observe(tenant, &inv);
+        if let (Some(trace), Some(slot)) = (trace, receipt) {
+            *slot = Some(self.keep_receipt(tenant, trace, &inv.outcome));
+        }
         worker_reply(inv, tenant.name.as_str(), stream)
+    }
+
+    /// An invoker whose outbound calls are collected in a new receipt, and the receipt.
+    fn traced(&self, tenant: &TenantPolicy, worker_id: Option<&str>) -> (Invoker, Trace) {
+        let mut invoker = Self::invoker(tenant, worker_id);
+        let trace = self.state.receipts.open();
+        invoker.trace = trace.id;
+        (invoker, trace)
+    }
+
+    /// Closes the receipt `trace` and keeps it for `GET /v1/receipts/{id}`: its id.
+    fn keep_receipt<T>(
+        &self,
+        tenant: &TenantPolicy,
+        trace: Trace,
+        outcome: &Result<T, isogate_pool::WorkerError>,
+    ) -> String {
+        let receipt = trace.close(outcome_label(outcome));
+        self.state.receipts.keep(tenant.name.as_str(), receipt)
+    }
+
+    /// `GET /v1/receipts/{id}`: a receipt the tenant's `load()` or `get()` left.
+    fn receipt(&self, tenant: &TenantPolicy, id: &str) -> Result<Reply, ApiError> {
+        match self.state.receipts.get(tenant.name.as_str(), id) {
+            Some(receipt) => Ok(Reply::json(
+                200,
+                &serde_json::to_value(receipt).unwrap_or_default(),
+            )),
+            None => Err(ApiError::NotFound(format!(
+                "no receipt {id:?} for this tenant (receipts are kept {} s)",
+                crate::receipts::KEEP.as_secs()
+            ))),
+        }
     }
 }
 

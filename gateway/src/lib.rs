@@ -16,6 +16,7 @@ pub mod lifecycle;
 pub mod mcp;
 pub mod metrics;
 pub mod public;
+pub mod receipts;
 pub mod server;
 pub mod state;
 pub mod store;

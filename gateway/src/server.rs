@@ -122,6 +122,7 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     metrics
         .inflight_budget_bytes
         .set(i64::try_from(config.inflight.budget_bytes()).unwrap_or(i64::MAX));
+    let receipts: Arc<crate::receipts::Receipts> = Arc::default();
     let egress = {
         let _guard = egress_runtime.enter();
         GatewayEgress::with_inflight(
@@ -131,6 +132,7 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
             inflight.clone(),
         )
         .with_shared(store.shared().cloned())
+        .with_receipts(receipts.clone())
     };
     let egress: Arc<dyn EgressPort> = Arc::new(egress);
     let apis = crate::apis::Apis::new(
@@ -138,6 +140,7 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         snapshot.clone(),
         egress_runtime.handle().clone(),
         metrics.clone(),
+        receipts.clone(),
     );
     let outbound = crate::apis::Outbound {
         egress,
@@ -173,6 +176,7 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     let mut state = AppState::new(snapshot, pool.clone(), store, metrics);
     state.inflight = inflight;
     state.apis = Some(apis);
+    state.receipts = receipts;
     let state = Arc::new(state);
 
     let conf = ServerConf {

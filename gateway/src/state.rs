@@ -112,6 +112,8 @@ pub struct AppState {
     pub inflight: Arc<InflightBudget>,
     /// The tenant APIs (declarations, search).
     pub apis: Option<Arc<crate::apis::Apis>>,
+    /// Execution receipts (shared with the egress pipeline and the APIs).
+    pub receipts: Arc<crate::receipts::Receipts>,
 }
 
 impl AppState {
@@ -134,6 +136,7 @@ impl AppState {
             in_flight: AtomicUsize::new(0),
             inflight: InflightBudget::unlimited(),
             apis: None,
+            receipts: Arc::default(),
         }
     }
 

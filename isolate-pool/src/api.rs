@@ -321,6 +321,15 @@ pub struct Invoker {
     /// the isolate builds. Which calls are allowed is decided again by the gateway per call.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub apis: Vec<String>,
+    /// The gateway's id of the request this invocation serves (its receipt collects the
+    /// invocation's outbound calls under it; 0: none). Unlike `invocation`, it stays the same
+    /// when the invocation is dispatched again.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub trace: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One captured `console.*` call.

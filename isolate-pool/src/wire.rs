@@ -434,6 +434,7 @@ mod tests {
             worker_id: Some("w".into()),
             invocation: 9,
             apis: Vec::new(),
+            trace: 0,
         };
         let request = HttpRequest {
             method: "POST".into(),

@@ -731,6 +731,7 @@ fn invoker(worker_id: Option<&str>) -> Invoker {
         worker_id: worker_id.map(str::to_string),
         invocation: 1,
         apis: Vec::new(),
+        trace: 0,
     }
 }
 

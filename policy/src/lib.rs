@@ -465,6 +465,7 @@ mod tests {
             egress: EgressPolicy::default(),
             routes: Vec::new(),
             apis: Vec::new(),
+            trace: 0,
         }
     }
 

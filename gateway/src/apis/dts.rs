@@ -1,7 +1,8 @@
 //! TypeScript declarations of a tenant's APIs (`GET /v1/apis.d.ts`), generated from the tools'
 //! JSON Schemas: one `interface Env` member per API, one method per tool with its description
 //! (and upstream name, when the JS name differs) as a doc comment. Compact (no indentation),
-//! in a stable order (APIs as configured, tools as the upstream lists them).
+//! in a stable order (APIs as configured, tools as the upstream lists them, properties by
+//! name).
 
 use super::Catalogue;
 use serde_json::Value;
@@ -230,7 +231,7 @@ mod tests {
         let s = json!({"type":"object","properties":{"a":{"type":"integer"},"tags":{"type":"array","items":{"type":["string","null"]}},"mode":{"enum":["x","y"]},"odd-name":{"type":"boolean"}},"required":["a"]});
         assert_eq!(
             ts_type(&s, 0),
-            r#"{a:number;tags?:(string|null)[];mode?:"x"|"y";"odd-name"?:boolean}"#
+            r#"{a:number;mode?:"x"|"y";"odd-name"?:boolean;tags?:(string|null)[]}"#
         );
         assert_eq!(ts_type(&json!({}), 0), "unknown");
         assert_eq!(

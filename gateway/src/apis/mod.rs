@@ -106,6 +106,7 @@ pub struct Apis {
     entries: Mutex<(usize, Entries)>,
     runtime: tokio::runtime::Handle,
     metrics: Arc<crate::metrics::Metrics>,
+    receipts: Arc<crate::receipts::Receipts>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,6 +128,7 @@ impl Apis {
         snapshot: Arc<ArcSwap<Snapshot>>,
         runtime: tokio::runtime::Handle,
         metrics: Arc<crate::metrics::Metrics>,
+        receipts: Arc<crate::receipts::Receipts>,
     ) -> Arc<Apis> {
         Arc::new_cyclic(|me| Apis {
             me: me.clone(),
@@ -135,6 +137,7 @@ impl Apis {
             entries: Mutex::new((0, HashMap::new())),
             runtime,
             metrics,
+            receipts,
         })
     }
 
@@ -423,7 +426,12 @@ impl Apis {
     /// timed when the tenant has the API.
     pub async fn call(&self, invoker: Invoker, call: ApiCall, left: u32) -> ApiAnswer {
         let started = Instant::now();
-        let (tenant, api) = (invoker.tenant.clone(), call.api.clone());
+        let (tenant, api, tool, trace) = (
+            invoker.tenant.clone(),
+            call.api.clone(),
+            call.tool.clone(),
+            invoker.trace,
+        );
         let answer = self.call_checked(invoker, call, left).await;
         let configured = self
             .snapshot
@@ -439,6 +447,15 @@ impl Apis {
             };
             self.metrics
                 .api_call(&tenant, &api, outcome, started.elapsed());
+            self.receipts.record(
+                trace,
+                crate::receipts::Entry::Api {
+                    api,
+                    tool: tool.chars().take(128).collect(),
+                    outcome,
+                    duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+                },
+            );
         }
         answer
     }

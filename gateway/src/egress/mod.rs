@@ -77,6 +77,8 @@ struct Inner {
     shared: Option<Arc<crate::cluster::Shared>>,
     /// Falling back to per-replica rate limits because the shared store did not answer.
     falling_back: std::sync::atomic::AtomicBool,
+    /// Where each hop is also recorded for its invocation's receipt.
+    receipts: Option<Arc<crate::receipts::Receipts>>,
 }
 
 impl GatewayEgress {
@@ -107,8 +109,18 @@ impl GatewayEgress {
                 runtime,
                 shared: None,
                 falling_back: std::sync::atomic::AtomicBool::new(false),
+                receipts: None,
             }),
         }
+    }
+
+    /// The same pipeline, recording each hop in its invocation's receipt. Call before the
+    /// pipeline is shared.
+    pub fn with_receipts(mut self, receipts: Arc<crate::receipts::Receipts>) -> GatewayEgress {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.receipts = Some(receipts);
+        }
+        self
     }
 
     /// The same pipeline with its rate limits in the shared store, for every replica at once
@@ -664,6 +676,25 @@ impl Inner {
             ),
             None => (String::new(), String::new(), 0, ""),
         };
+        if let Some(receipts) = &self.receipts {
+            receipts.record(
+                invoker.trace,
+                crate::receipts::Entry::Fetch {
+                    method: record.method.clone(),
+                    target: if scheme.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{scheme}://{host}:{port}{path}")
+                    },
+                    decision: decision.as_str(),
+                    rule: rule.map(str::to_string),
+                    reason,
+                    status: record.status.unwrap_or(0),
+                    bytes: record.bytes,
+                    duration_ms: record.started.elapsed().as_secs_f64() * 1000.0,
+                },
+            );
+        }
         tracing::info!(
             target: "isogate::egress",
             tenant = %invoker.tenant,

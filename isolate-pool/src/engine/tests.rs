@@ -50,6 +50,7 @@ fn invoker() -> Invoker {
         worker_id: None,
         invocation: 1,
         apis: Vec::new(),
+        trace: 0,
     }
 }
 
