@@ -17,7 +17,7 @@
 //!
 //! ```text
 //! cargo run --release -p isogate-benches -- [--quick] [--seconds N] [--no-workerd]
-//!     [--only load|get|execute|egress|memory|tls|shared] [--isolation both|process|thread]
+//!     [--only load|get|execute|egress|memory|tls|shared|apis] [--isolation both|process|thread]
 //!     [--processes N]
 //! ```
 #![allow(unreachable_pub)] // a binary
@@ -644,6 +644,10 @@ fn main() {
 
     if opts.wants("shared") {
         shared_scenario(&bin, &opts);
+    }
+
+    if opts.wants("apis") {
+        apis_scenario(&bin, &opts);
     }
 }
 
@@ -1368,6 +1372,148 @@ fn shared_scenario(bin: &Path, opts: &Opts) {
             (s - l) * 1000.0
         );
     }
+}
+
+/// What a tenant API call costs through the gateway (issue 12): a Worker that calls
+/// `env.calc.sum(...)` (an OpenAPI operation on a loopback upstream) against the same Worker
+/// without the call, and against calling the upstream directly. Added by the gateway =
+/// p50(with the call) − p50(without) − p50(direct). Also the size of `/mcp`'s `tools/list`.
+fn apis_scenario(bin: &Path, opts: &Opts) {
+    let spec = serde_json::json!({
+        "openapi": "3.0.3",
+        "info": {"title": "calc", "version": "1"},
+        "paths": {"/sum": {"post": {
+            "operationId": "sum",
+            "requestBody": {"required": true, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["a", "b"],
+                "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}
+            }}}},
+            "responses": {"200": {"description": "the sum"}}
+        }}}
+    });
+    let upstream = upstream::Upstream::start(move |seen| match seen.target.as_str() {
+        "/openapi.json" => upstream::Answer::json(200, &spec),
+        _ => upstream::Answer::json(200, &serde_json::json!({"sum": 3})),
+    });
+    let port = upstream.port;
+    let tenant = format!(
+        "    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{port}]\n          allow_private: true\n    apis:\n      - name: calc\n        openapi: {{ spec: \"http://127.0.0.1:{port}/openapi.json\", base_url: \"http://127.0.0.1:{port}\" }}\n"
+    );
+    let mode = *opts.isolation.last().unwrap_or(&Isolation::Process);
+    let g = Gateway::start_with(bin, "apis", mode, 100, &tenant, &[]);
+    let caller = serde_json::json!({"mainModule": "w.js", "modules": {"w.js":
+        "export default { async fetch(request, env) { return Response.json(await env.calc.sum({ body: { a: 1, b: 2 } })); } }"
+    }});
+    let fetcher = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": format!(
+        "export default {{ async fetch() {{ const r = await fetch(\"http://127.0.0.1:{port}/sum\", {{ method: \"POST\", body: '{{\"a\":1,\"b\":2}}' }}); return Response.json(await r.json()); }} }}"
+    )}});
+    let hello = serde_json::json!({"mainModule": "w.js", "modules": {"w.js": HELLO}});
+    put_workers(
+        &g.ingress,
+        &[
+            ("caller", &caller),
+            ("fetcher", &fetcher),
+            ("hello", &hello),
+        ],
+    );
+    let get = |id: &str| Req {
+        method: "GET",
+        path: format!("/w/{id}/"),
+        body: Vec::new(),
+        key: KEY,
+    };
+    let direct = Req {
+        method: "POST",
+        path: "/sum".into(),
+        body: br#"{"a":1,"b":2}"#.to_vec(),
+        key: KEY,
+    };
+    let upstream_addr = format!("127.0.0.1:{port}");
+    println!(
+        "\n| tenant API call (OpenAPI, loopback upstream), c=1, isolation: {} | req/s | p50 ms | p99 ms | errors |",
+        mode.as_str()
+    );
+    println!("|---|---|---|---|---|");
+    let rounds = if opts.quick { 1 } else { 2 };
+    let mut p50 = std::collections::BTreeMap::<&str, Vec<f64>>::new();
+    for round in 1..=rounds {
+        for (name, addr, req) in [
+            (
+                "get() of a Worker that calls env.calc.sum",
+                g.ingress.as_str(),
+                get("caller"),
+            ),
+            (
+                "get() of a Worker that fetch()es the same URL",
+                g.ingress.as_str(),
+                get("fetcher"),
+            ),
+            (
+                "get() of the hello Worker (no call)",
+                g.ingress.as_str(),
+                get("hello"),
+            ),
+            (
+                "the upstream called directly",
+                upstream_addr.as_str(),
+                direct.clone(),
+            ),
+        ] {
+            match drive(addr, &req, 1, opts.warmup, opts.seconds) {
+                Ok(o) => {
+                    p50.entry(name).or_default().push(o.p(0.5));
+                    println!(
+                        "| {name} (run {round}) | {:.0} | {:.3} | {:.3} | {} |",
+                        o.rps(),
+                        o.p(0.5),
+                        o.p(0.99),
+                        o.errors
+                    );
+                }
+                Err(e) => println!("| {name} (run {round}) | error: {e} | | | |"),
+            }
+        }
+    }
+    let mean = |k: &str| {
+        p50.get(k)
+            .filter(|v| !v.is_empty())
+            .map(|v| v.iter().sum::<f64>() / v.len() as f64)
+    };
+    if let (Some(with), Some(without), Some(direct)) = (
+        mean("get() of a Worker that calls env.calc.sum"),
+        mean("get() of the hello Worker (no call)"),
+        mean("the upstream called directly"),
+    ) {
+        println!(
+            "| **added by the gateway to an API call (p50)** | | {:.0} µs | | |",
+            (with - without - direct) * 1000.0
+        );
+        if let Some(fetched) = mean("get() of a Worker that fetch()es the same URL") {
+            println!(
+                "| **added by a `fetch()` of the same URL (p50), for comparison** | | {:.0} µs | | |",
+                (fetched - without - direct) * 1000.0
+            );
+        }
+    }
+    // The size of the MCP endpoint's tool list (what an agent's context pays for it).
+    let mut conn = Conn::connect(&g.ingress).expect("connect");
+    let auth = format!("Bearer {KEY}");
+    let (status, body) = conn
+        .request(
+            "POST",
+            "/mcp",
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        )
+        .expect("tools/list");
+    println!(
+        "| **`/mcp` tools/list** (HTTP {status}) | | {} bytes, ~{} tokens | | |",
+        body.len(),
+        body.len().div_ceil(4)
+    );
 }
 
 /// Stores each `(id, WorkerCode)` through the API of the gateway at `addr`.

@@ -695,6 +695,10 @@ fn embedded_default_is_valid_and_authenticates_dev_key() {
     assert_eq!(config.tenants[0].name, "dev");
 
     let policy = config.policy();
+    // The demo API of Code Mode, allowed by the tenant's egress rules.
+    let apis = &policy.tenant("dev").expect("dev").apis;
+    assert_eq!(apis.len(), 1);
+    assert_eq!(apis[0].name, "petstore");
     let dev = policy
         .authenticate("dev-key")
         .expect("dev-key authenticates");

@@ -465,7 +465,6 @@ mod tests {
             egress: EgressPolicy::default(),
             routes: Vec::new(),
             apis: Vec::new(),
-            trace: 0,
         }
     }
 

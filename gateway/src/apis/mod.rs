@@ -761,6 +761,11 @@ impl EgressPort for Outbound {
 
     fn api(&self, invoker: Invoker, call: ApiCall, left: u32) -> BoxFuture<'static, ApiAnswer> {
         let apis = self.apis.clone();
+        // Already on the egress runtime (a worker process's call, read there): no hand-off.
+        let here = tokio::runtime::Handle::try_current().map(|h| h.id());
+        if here.as_ref().ok() == Some(&self.apis.runtime.id()) {
+            return Box::pin(async move { apis.call(invoker, call, left).await });
+        }
         let task = self
             .apis
             .runtime
