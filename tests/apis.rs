@@ -307,6 +307,7 @@ fn failed_calls_are_typed_errors_the_code_can_act_on() {
                 notObject: await attempt(() => env.checked.add(5)),
                 toolError: await attempt(() => env.checked.fail({ message: "it broke" })),
                 noTool: await attempt(() => env.checked.subtract({})),
+                hugeName: await attempt(() => env.checked["x".repeat(1 << 20)]({})),
                 timeout: await attempt(() => env.checked.slow({ ms: 5000 })),
                 noApi: typeof env.github,
                 then: typeof env.checked.then,
@@ -338,6 +339,7 @@ fn failed_calls_are_typed_errors_the_code_can_act_on() {
         "{out}"
     );
     assert_eq!(r["noTool"]["code"], "TOOL_NOT_FOUND", "{out}");
+    assert_eq!(r["hugeName"]["code"], "TOOL_NOT_FOUND", "{out}");
     assert!(
         r["noTool"]["hint"]
             .as_str()

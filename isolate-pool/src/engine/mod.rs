@@ -1290,6 +1290,9 @@ fn prepare_fetch(
     Ok((run, invoker, request, left))
 }
 
+/// Longest tool name an API call may carry (upstream names are bounded lower still).
+const MAX_TOOL_NAME_BYTES: usize = 1024;
+
 /// The isolate-side steps of an API call: identity from host state (the invocation whose code
 /// calls), the argument size bounded, one subrequest reserved as for `fetch()`.
 fn prepare_api(
@@ -1315,6 +1318,12 @@ fn prepare_api(
         return Err(Box::new(ApiFailure::new(
             crate::egress::ApiErrorCode::ApiNotFound,
             format!("env.{api} is not an API of this tenant"),
+        )));
+    }
+    if tool.len() > MAX_TOOL_NAME_BYTES {
+        return Err(Box::new(ApiFailure::new(
+            crate::egress::ApiErrorCode::ToolNotFound,
+            format!("env.{api} has no tool with a {}-byte name", tool.len()),
         )));
     }
     if args.len() > MAX_API_ARGS_BYTES {
