@@ -29,7 +29,7 @@ use crate::api::{
 use crate::cache::WorkerKey;
 use crate::egress::{
     ApiAnswer, ApiCall, ApiFailure, BodyStream, EgressPort, EgressRequest, FetchReply, Fetched,
-    Window, MAX_API_ARGS_BYTES,
+    Window,
 };
 use crate::observe::{CacheEvent, PoolObserver, StartKind};
 use crate::pool::{Hold, Pool, PoolError, PoolSettings, Reply};
@@ -573,6 +573,19 @@ fn cancel_if(out: &Outbox, calls: &Calls, call: u64, which: impl Fn(&Call) -> bo
 }
 
 impl RemoteEgress {
+    /// Registers a new call waiting in `state` and sends the message `ask` makes for its id;
+    /// the guard withdraws the call if it is dropped before its answer.
+    fn start(&self, state: Call, ask: impl FnOnce(u64) -> FromWorker) -> InFlight {
+        let call = self.next.fetch_add(1, Ordering::Relaxed);
+        lock(&self.calls).insert(call, state);
+        self.out.send(&ask(call));
+        InFlight {
+            out: self.out.clone(),
+            calls: self.calls.clone(),
+            call,
+        }
+    }
+
     fn complete(&self, call: u64, fetched: Fetched) {
         let Some(Call::Waiting(waiter)) = lock(&self.calls).remove(&call) else {
             return;
@@ -644,59 +657,28 @@ impl EgressPort for RemoteEgress {
                 None,
             )));
         }
-        let call = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        lock(&self.calls).insert(call, Call::Waiting(tx));
-        self.out.send(&FromWorker::Egress {
+        let in_flight = self.start(Call::Waiting(tx), |call| FromWorker::Egress {
             call,
             invocation: invoker.invocation,
             request,
             left,
         });
-        let in_flight = InFlight {
-            out: self.out.clone(),
-            calls: self.calls.clone(),
-            call,
-        };
         Box::pin(async move {
             let _in_flight = in_flight;
             rx.await.unwrap_or_else(|_| (gone(), None))
         })
     }
 
-    fn api(&self, invoker: Invoker, call: ApiCall, left: u32) -> BoxFuture<'static, ApiAnswer> {
-        self.call_api(invoker, call, left)
-    }
-}
-
-impl RemoteEgress {
-    fn call_api(&self, invoker: Invoker, api: ApiCall, left: u32) -> BoxFuture<'static, ApiAnswer> {
-        if api.args.len() > MAX_API_ARGS_BYTES {
-            return Box::pin(std::future::ready(ApiAnswer::Failed {
-                failure: ApiFailure::new(
-                    crate::egress::ApiErrorCode::InvalidArguments,
-                    format!(
-                        "the arguments are {} bytes of JSON, more than the limit of {MAX_API_ARGS_BYTES}",
-                        api.args.len()
-                    ),
-                ),
-                charged: false,
-            }));
-        }
-        let call = self.next.fetch_add(1, Ordering::Relaxed);
+    /// The engine has checked the API name and bounded the arguments and tool name.
+    fn api(&self, invoker: Invoker, api: ApiCall, left: u32) -> BoxFuture<'static, ApiAnswer> {
         let (tx, rx) = oneshot::channel();
-        lock(&self.calls).insert(call, Call::Api(tx));
-        self.out.send(&FromWorker::Api {
+        let in_flight = self.start(Call::Api(tx), |call| FromWorker::Api {
             call,
             invocation: invoker.invocation,
             api,
             left,
         });
-        let in_flight = InFlight {
-            out: self.out.clone(),
-            calls: self.calls.clone(),
-            call,
-        };
         Box::pin(async move {
             let _in_flight = in_flight;
             rx.await.unwrap_or_else(|_| ApiAnswer::Failed {

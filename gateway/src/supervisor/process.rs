@@ -486,6 +486,35 @@ impl Process {
         tx
     }
 
+    /// Runs the egress or API call `call` of the worker as a task that `CancelEgress` can abort
+    /// (and `FetchCredit` pace through `window`); the call is forgotten when the task ends.
+    fn track_call(
+        self: &Arc<Self>,
+        call: u64,
+        window: Window,
+        work: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let this = self.clone();
+        let mut calls = self.egress_calls.lock().unwrap_or_else(|p| p.into_inner());
+        let task = tokio::spawn(async move {
+            work.await;
+            this.egress_calls
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&call);
+        });
+        // Registered under the lock the task takes to unregister: never after it.
+        if !task.is_finished() {
+            calls.insert(
+                call,
+                EgressCall {
+                    task: task.abort_handle(),
+                    window,
+                },
+            );
+        }
+    }
+
     /// Forwards the rest of a streamed `fetch()` body to the worker, never more than the
     /// window ahead of what the worker has read; ends with its `End`.
     async fn send_body(&self, call: u64, mut rest: BodyStream, window: &Window) {
@@ -709,8 +738,7 @@ impl Process {
                 let egress = egress.clone();
                 let window = Window::default();
                 let paced = window.clone();
-                let mut calls = self.egress_calls.lock().unwrap_or_else(|p| p.into_inner());
-                let task = tokio::spawn(async move {
+                self.track_call(call, window, async move {
                     let (fetched, rest) = match invoker {
                         Some(invoker) => egress.fetch(invoker, request, left).await,
                         None => (
@@ -727,21 +755,7 @@ impl Process {
                             this.send_body(call, rest, &paced).await;
                         }
                     }
-                    this.egress_calls
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&call);
                 });
-                // Registered under the lock the task takes to unregister: never after it.
-                if !task.is_finished() {
-                    calls.insert(
-                        call,
-                        EgressCall {
-                            task: task.abort_handle(),
-                            window,
-                        },
-                    );
-                }
             }
             FromWorker::Api {
                 call,
@@ -753,8 +767,7 @@ impl Process {
                 let invoker = self.pending().get(&invocation).map(|p| p.invoker.clone());
                 let this = self.clone();
                 let egress = egress.clone();
-                let mut calls = self.egress_calls.lock().unwrap_or_else(|p| p.into_inner());
-                let task = tokio::spawn(async move {
+                self.track_call(call, Window::default(), async move {
                     let answer = match invoker {
                         Some(invoker) => egress.api(invoker, api, left).await,
                         None => isogate_pool::ApiAnswer::Failed {
@@ -766,20 +779,7 @@ impl Process {
                         },
                     };
                     let _ = this.send(ToWorker::ApiAnswered { call, answer });
-                    this.egress_calls
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&call);
                 });
-                if !task.is_finished() {
-                    calls.insert(
-                        call,
-                        EgressCall {
-                            task: task.abort_handle(),
-                            window: Window::default(),
-                        },
-                    );
-                }
             }
             FromWorker::CancelEgress { call } => {
                 let task = self
