@@ -71,6 +71,7 @@ fn bench(c: &mut Criterion) {
         invocation: 0,
         apis: Vec::new(),
         trace: 0,
+        tools: Vec::new(),
     };
     // An isolate with the Worker API installed, started and dropped (what a warm isolate costs
     // the pool; streams, Intl and crypto.subtle load later, on first use).
@@ -105,6 +106,7 @@ fn bench(c: &mut Criterion) {
         invocation: 0,
         apis: Vec::new(),
         trace: 0,
+        tools: Vec::new(),
     };
     group.bench_function("get_hello_warm", |b| {
         b.iter(|| {

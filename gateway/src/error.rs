@@ -41,6 +41,7 @@ pub const ERROR_KINDS: &[(&str, Fault)] = &[
     ("not_found", Fault::Client),
     ("method_not_allowed", Fault::Client),
     ("conflict", Fault::Client),
+    ("gone", Fault::Client),
     ("too_many_requests", Fault::Tenant),
     ("exception", Fault::Tenant),
     ("syntax", Fault::Tenant),
@@ -88,6 +89,8 @@ pub enum ApiError {
     },
     /// Different code already stored under an id.
     Conflict(String),
+    /// The thing named existed and has ended (a reply to a finished execution).
+    Gone(String),
     /// Tenant over its concurrency and its queue full or the wait timed out.
     TooManyRequests {
         /// Seconds the client should wait.
@@ -121,6 +124,7 @@ impl ApiError {
             ApiError::NotFound(_) => 404,
             ApiError::MethodNotAllowed { .. } => 405,
             ApiError::Conflict(_) => 409,
+            ApiError::Gone(_) => 410,
             ApiError::TooManyRequests { .. } => 429,
             ApiError::Overloaded
             | ApiError::Draining
@@ -144,7 +148,8 @@ impl ApiError {
             | ApiError::RateLimited { .. }
             | ApiError::NotFound(_)
             | ApiError::MethodNotAllowed { .. }
-            | ApiError::Conflict(_) => Fault::Client,
+            | ApiError::Conflict(_)
+            | ApiError::Gone(_) => Fault::Client,
             ApiError::TooManyRequests { .. } => Fault::Tenant,
             ApiError::Overloaded
             | ApiError::Draining
@@ -175,6 +180,7 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Conflict(_) => "conflict",
+            ApiError::Gone(_) => "gone",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Overloaded => "overloaded",
             ApiError::Draining => "draining",
@@ -188,7 +194,10 @@ impl ApiError {
     /// The human message.
     pub fn message(&self) -> String {
         match self {
-            ApiError::BadRequest(m) | ApiError::NotFound(m) | ApiError::Conflict(m) => m.clone(),
+            ApiError::BadRequest(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Gone(m) => m.clone(),
             ApiError::Unauthorized => {
                 "missing or unknown API key; send `Authorization: Bearer <tenant api key>`".into()
             }
@@ -324,6 +333,7 @@ mod tests {
             ApiError::NotFound("m".into()),
             ApiError::MethodNotAllowed { allow: "GET" },
             ApiError::Conflict("m".into()),
+            ApiError::Gone("m".into()),
             ApiError::TooManyRequests {
                 retry_after_s: 1,
                 message: "m".into(),
@@ -360,7 +370,7 @@ mod tests {
         assert_eq!(crashed.fault(), Fault::Platform);
         let thrown = ApiError::from(WorkerError::new(ErrorKind::Exception, "m"));
         assert_eq!((thrown.status(), thrown.fault()), (500, Fault::Tenant));
-        assert_eq!(ERROR_KINDS.len(), 22);
+        assert_eq!(ERROR_KINDS.len(), 23);
         // A public client learns nothing of the Worker's failure but its kind.
         let body = thrown.public_body();
         assert_eq!(body["error"]["kind"], "exception");

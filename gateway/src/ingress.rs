@@ -97,6 +97,9 @@ pub(crate) struct Reply {
 pub(crate) struct BodyParts {
     parts: mpsc::UnboundedReceiver<BodyPart>,
     window: Window,
+    /// While waiting for the next part, watch the connection: a client that closes it ends
+    /// the stream at once (a streamed execute, whose events may be far apart).
+    watch_client: bool,
 }
 
 impl BodyParts {
@@ -122,7 +125,14 @@ fn body_channel() -> (BodySink, BodyParts) {
     let (tx, rx) = mpsc::unbounded_channel();
     let window = Window::default();
     let sink = BodySink::new(move |part| tx.send(part).is_ok(), window.clone());
-    (sink, BodyParts { parts: rx, window })
+    (
+        sink,
+        BodyParts {
+            parts: rx,
+            window,
+            watch_client: false,
+        },
+    )
 }
 
 impl Reply {
@@ -525,10 +535,18 @@ enum Route {
     Load,
     Workers,
     Worker(String),
-    Dispatch { id: String, rest: String },
+    Dispatch {
+        id: String,
+        rest: String,
+    },
     ApiDeclarations,
     Mcp,
     Receipt(String),
+    /// `POST /v1/executions/{execution}/calls/{call}`: the client's answer to a tool call.
+    CallReply {
+        execution: String,
+        call: String,
+    },
 }
 
 fn parse_route(path: &str) -> Result<Route, ApiError> {
@@ -540,6 +558,24 @@ fn parse_route(path: &str) -> Result<Route, ApiError> {
         "/v1/apis.d.ts" => return Ok(Route::ApiDeclarations),
         "/mcp" => return Ok(Route::Mcp),
         _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/v1/executions/") {
+        let hex_id =
+            |s: &str| !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+        return match rest.split_once("/calls/") {
+            Some((execution, call))
+                if hex_id(execution)
+                    && !call.is_empty()
+                    && call.len() <= 20
+                    && call.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                Ok(Route::CallReply {
+                    execution: execution.to_string(),
+                    call: call.to_string(),
+                })
+            }
+            _ => Err(not_found()),
+        };
     }
     if let Some(id) = path.strip_prefix("/v1/receipts/") {
         if !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -573,6 +609,22 @@ fn request_host(header: &pingora::http::RequestHeader) -> Option<&str> {
         .get(http::header::HOST)
         .and_then(|v| v.to_str().ok())
         .or_else(|| header.uri.authority().map(|a| a.as_str()))
+}
+
+/// Whether the client asks for NDJSON (`Accept: application/x-ndjson`, among others).
+fn accepts_ndjson(session: &ServerSession) -> bool {
+    session
+        .req_header()
+        .headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| {
+            part.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/x-ndjson"))
+        })
 }
 
 fn bearer_key(session: &ServerSession) -> Option<&str> {
@@ -656,6 +708,9 @@ struct ExecuteBody {
     env: serde_json::Value,
     #[serde(default)]
     limits: Option<LimitOverrides>,
+    /// Client-side tools: namespace → tool names (needs `Accept: application/x-ndjson`).
+    #[serde(default)]
+    tools: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -754,7 +809,23 @@ fn worker_reply(
 /// cleanly (else the caller drops the connection without the terminating chunk).
 async fn write_streamed(session: &mut ServerSession, mut parts: BodyParts) -> bool {
     loop {
-        match parts.recv().await {
+        let next = if parts.watch_client {
+            tokio::select! {
+                part = parts.recv() => part,
+                idle = session.read_body_or_idle(true) => {
+                    if let Err(e) = idle {
+                        tracing::debug!(error = %e, "the client left a streamed answer");
+                        return false;
+                    }
+                    // The client sent more (a pipelined request): stop watching.
+                    parts.watch_client = false;
+                    continue;
+                }
+            }
+        } else {
+            parts.recv().await
+        };
+        match next {
             Some(BodyPart::Chunk(bytes)) => {
                 if bytes.is_empty() {
                     continue;
@@ -835,6 +906,7 @@ impl Ingress {
             Route::ApiDeclarations => "api_declarations",
             Route::Mcp => "mcp",
             Route::Receipt(_) => "receipt",
+            Route::CallReply { .. } => "call_reply",
         };
         let tenant = bearer_key(session)
             .and_then(|key| snapshot.policy.authenticate(key))
@@ -850,7 +922,7 @@ impl Ingress {
             }
         };
         match &route {
-            Route::Execute | Route::Load | Route::Mcp => {
+            Route::Execute | Route::Load | Route::Mcp | Route::CallReply { .. } => {
                 allow(method == http::Method::POST, "POST")?
             }
             Route::Workers | Route::ApiDeclarations | Route::Receipt(_) => {
@@ -877,7 +949,10 @@ impl Ingress {
             .read_charged(session, seen, &tenant, tenant.limits.max_body_bytes)
             .await?;
         let reply = match route {
-            Route::Execute => self.execute(&snapshot, &tenant, &body).await,
+            Route::Execute => self.execute(session, &snapshot, &tenant, &body).await,
+            Route::CallReply { execution, call } => {
+                self.call_reply(&tenant, &execution, &call, &body)
+            }
             Route::Load => {
                 self.load(&snapshot, &tenant, &body, &mut seen.receipt)
                     .await
@@ -1070,11 +1145,13 @@ impl Ingress {
             invocation: next_invocation(),
             apis: tenant.apis.iter().map(|a| a.name.clone()).collect(),
             trace: 0,
+            tools: Vec::new(),
         }
     }
 
     async fn execute(
         &self,
+        session: &ServerSession,
         snapshot: &Snapshot,
         tenant: &TenantPolicy,
         body: &[u8],
@@ -1085,10 +1162,108 @@ impl Ingress {
                 "malformed execute request: env: must be a JSON object".into(),
             ));
         }
+        let streamed = accepts_ndjson(session);
+        let tools = match &req.tools {
+            Some(tools) if !streamed => {
+                let _ = tools;
+                return Err(ApiError::BadRequest(
+                    "malformed execute request: tools: client-side tools need a streamed answer; send `Accept: application/x-ndjson`".into(),
+                ));
+            }
+            Some(tools) => crate::executions::parse_tools(tools)
+                .map_err(|e| ApiError::BadRequest(format!("malformed execute request: {e}")))?,
+            None => Vec::new(),
+        };
+        if streamed {
+            return self.execute_streamed(snapshot, tenant, req, tools).await;
+        }
         let answer = self
             .run_execute(snapshot, tenant, req.code, req.env, req.limits.as_ref())
             .await?;
         Ok(Reply::json(200, &answer))
+    }
+
+    /// `POST /v1/execute` with `Accept: application/x-ndjson`: admitted now (a refusal is an
+    /// HTTP error), then the execution runs on its own task and its events stream as NDJSON
+    /// lines: a `call` per client-side tool call, the `result` last (see [`crate::executions`]).
+    async fn execute_streamed(
+        &self,
+        snapshot: &Snapshot,
+        tenant: &TenantPolicy,
+        req: ExecuteBody,
+        tools: Vec<isogate_pool::ClientTools>,
+    ) -> Result<Reply, ApiError> {
+        let permit = self.admit(snapshot, tenant).await?;
+        let (mut invoker, trace) = self.traced(tenant, None);
+        invoker.tools = tools.clone();
+        let (execution, events) = self
+            .state
+            .executions
+            .start(tenant.name.as_str(), trace.id, tools)
+            .ok_or(ApiError::Overloaded)?;
+        let id = execution.id().to_string();
+        let runner = Ingress {
+            state: self.state.clone(),
+            scheme: self.scheme,
+        };
+        let tenant = tenant.clone();
+        let abandoned = execution.abandoned();
+        tokio::spawn(async move {
+            let run = runner.run_admitted(
+                &tenant,
+                (invoker, trace),
+                req.code,
+                req.env,
+                req.limits.as_ref(),
+                permit,
+            );
+            tokio::select! {
+                answer = run => {
+                    let mut event = answer.unwrap_or_else(|e| {
+                        serde_json::json!({"result": null, "logs": [], "error": {"kind": e.kind(), "message": e.message()}, "receipt": []})
+                    });
+                    event["type"] = "result".into();
+                    execution.finish(&event);
+                }
+                // The client left: the waiting calls fail, the snippet ends under its limits.
+                () = abandoned => {}
+            }
+        });
+        Ok(Reply {
+            status: 200,
+            headers: vec![
+                ("content-type".into(), "application/x-ndjson".into()),
+                ("cache-control".into(), "no-store".into()),
+                ("isogate-execution".into(), id),
+            ],
+            body: Vec::new(),
+            stream: Some(BodyParts {
+                parts: events.parts,
+                window: events.window,
+                watch_client: true,
+            }),
+        })
+    }
+
+    /// `POST /v1/executions/{execution}/calls/{call}`: the client's answer to a tool call.
+    fn call_reply(
+        &self,
+        tenant: &TenantPolicy,
+        execution: &str,
+        call: &str,
+        body: &[u8],
+    ) -> Result<Reply, ApiError> {
+        use crate::executions::ReplyError;
+        let answer = crate::executions::parse_reply(body).map_err(ApiError::BadRequest)?;
+        match self
+            .state
+            .executions
+            .reply(tenant.name.as_str(), execution, call, answer)
+        {
+            Ok(()) => Ok(Reply::json(200, &serde_json::json!({"accepted": true}))),
+            Err(ReplyError::NotFound(m)) => Err(ApiError::NotFound(m)),
+            Err(ReplyError::Gone(m)) => Err(ApiError::Gone(m)),
+        }
     }
 
     /// Runs a Code Mode snippet under the tenant's admission and limits: `{result, logs,
@@ -1101,18 +1276,27 @@ impl Ingress {
         env: serde_json::Value,
         overrides: Option<&LimitOverrides>,
     ) -> Result<serde_json::Value, ApiError> {
-        let req = ExecuteBody {
-            code,
-            env,
-            limits: None,
-        };
-        let limits = limits_for(tenant, None, overrides);
-        let (invoker, trace) = self.traced(tenant, None);
+        let traced = self.traced(tenant, None);
         let permit = self.admit(snapshot, tenant).await?;
+        self.run_admitted(tenant, traced, code, env, overrides, permit)
+            .await
+    }
+
+    /// [`Ingress::run_execute`] once admitted.
+    async fn run_admitted(
+        &self,
+        tenant: &TenantPolicy,
+        (invoker, trace): (Invoker, Trace),
+        code: String,
+        env: serde_json::Value,
+        overrides: Option<&LimitOverrides>,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<serde_json::Value, ApiError> {
+        let limits = limits_for(tenant, None, overrides);
         let inv = self
             .state
             .pool
-            .execute(invoker, req.code, req.env, limits, Hold::new(permit))
+            .execute(invoker, code, env, limits, Hold::new(permit))
             .await?;
         self.observe(tenant, &inv);
         let receipt = trace.close(outcome_label(&inv.outcome));

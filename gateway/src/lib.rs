@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cluster;
 pub mod egress;
 pub mod error;
+pub mod executions;
 pub mod explain;
 pub mod inflight;
 pub mod ingress;

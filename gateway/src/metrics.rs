@@ -56,6 +56,7 @@ pub const CATALOGUE: &[&str] = &[
     "isogate_replicas_seen",
     "isogate_api_calls_total",
     "isogate_api_call_duration_seconds",
+    "isogate_client_tool_calls_total",
 ];
 
 /// Removes the series of `families` whose first two labels are not one of `wanted`.
@@ -218,6 +219,9 @@ pub struct Metrics {
     pub api_calls: IntCounterVec,
     /// `isogate_api_call_duration_seconds{tenant, api}`.
     pub api_call_duration: HistogramVec,
+    /// `isogate_client_tool_calls_total{tenant, outcome}`: client-side tool calls of streamed
+    /// executes by outcome (`ok` or the error code, lower-case).
+    pub client_tool_calls: IntCounterVec,
     /// `isogate_tls_certificate_expiry_timestamp_seconds{certificate}`.
     pub tls_certificate_expiry: prometheus::GaugeVec,
     /// `isogate_tls_reloads_total{result}`.
@@ -547,6 +551,12 @@ impl Metrics {
                 "Requests on public routes refused by the route's per-client rate limit.",
                 &["tenant", "route"],
             ),
+            client_tool_calls: counter(
+                &r,
+                "isogate_client_tool_calls_total",
+                "Client-side tool calls of streamed executes by outcome: ok, or the error code the code saw.",
+                &["tenant", "outcome"],
+            ),
             api_calls: counter(
                 &r,
                 "isogate_api_calls_total",
@@ -708,6 +718,32 @@ impl Metrics {
                     .inc_by(0);
             }
         }
+    }
+
+    /// Creates the client-side tool call series of the configured tenants at 0 (at start and
+    /// on reload), and forgets those of tenants no longer configured.
+    pub fn tenants_configured(&self, tenants: &[String]) {
+        let outcomes: Vec<&str> = ["ok"]
+            .into_iter()
+            .chain(isogate_pool::ApiErrorCode::ALL.iter().map(|c| c.label()))
+            .collect();
+        let pairs: Vec<(String, String)> = tenants
+            .iter()
+            .flat_map(|t| outcomes.iter().map(move |o| (t.clone(), o.to_string())))
+            .collect();
+        forget_pairs_but(&[&self.client_tool_calls], &pairs);
+        for (tenant, outcome) in &pairs {
+            self.client_tool_calls
+                .with_label_values(&[tenant, outcome])
+                .inc_by(0);
+        }
+    }
+
+    /// Records one client-side tool call.
+    pub fn client_tool_call(&self, tenant: &str, outcome: &str) {
+        self.client_tool_calls
+            .with_label_values(&[tenant, outcome])
+            .inc();
     }
 
     /// Records one tenant API call.
@@ -906,6 +942,8 @@ mod tests {
         m.route_request("t", "r", 200);
         m.apis_configured(&[("t".into(), "a".into())]);
         m.api_call("t", "a", "ok", Duration::from_millis(1));
+        m.tenants_configured(&["t".into()]);
+        m.client_tool_call("t", "ok");
         m.tls_certificate_expiry
             .with_label_values(&["a.test"])
             .set(1.0);

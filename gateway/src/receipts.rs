@@ -59,22 +59,52 @@ pub enum Entry {
         /// Milliseconds.
         duration_ms: f64,
     },
+    /// One call of a client-side tool (answered by the client that sent the code).
+    Tool {
+        /// `<namespace>.<tool>`.
+        tool: String,
+        /// `ok`, or the error code (`tool_error`, …).
+        outcome: &'static str,
+        /// Milliseconds.
+        duration_ms: f64,
+    },
 }
 
-/// A closed receipt.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A closed receipt. As JSON it is one ordered list: the entries, then how the invocation
+/// ended, `{"type": "outcome", "outcome": "completed", "truncated": n}` (`truncated` only when
+/// entries were left out).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Receipt {
     /// What the code did, in order.
     pub entries: Vec<Entry>,
     /// Entries left out past [`MAX_ENTRIES`].
-    #[serde(skip_serializing_if = "is_zero")]
     pub truncated: usize,
     /// `completed`, `threw`, or the limit or failure that ended it (`cpu_limit`, …).
     pub outcome: String,
 }
 
-fn is_zero(n: &usize) -> bool {
-    *n == 0
+impl Serialize for Receipt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct Outcome<'a>(&'a str, usize);
+        impl Serialize for Outcome<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut map = s.serialize_map(None)?;
+                map.serialize_entry("type", "outcome")?;
+                map.serialize_entry("outcome", self.0)?;
+                if self.1 > 0 {
+                    map.serialize_entry("truncated", &self.1)?;
+                }
+                map.end()
+            }
+        }
+        let mut seq = s.serialize_seq(Some(self.entries.len() + 1))?;
+        for entry in &self.entries {
+            seq.serialize_element(entry)?;
+        }
+        seq.serialize_element(&Outcome(&self.outcome, self.truncated))?;
+        seq.end()
+    }
 }
 
 /// The open and kept receipts of the gateway.
@@ -210,6 +240,16 @@ mod tests {
         assert_eq!(receipt.entries.len(), MAX_ENTRIES);
         assert_eq!(receipt.entries[1], api(1));
         assert_eq!(receipt.truncated, 3);
+        // One list: the entries in order, then the outcome.
+        let json = serde_json::to_value(&receipt).unwrap();
+        let list = json.as_array().unwrap();
+        assert_eq!(list.len(), MAX_ENTRIES + 1);
+        assert_eq!(list[1]["type"], "api");
+        assert_eq!(list[1]["tool"], "t1");
+        assert_eq!(
+            list[MAX_ENTRIES],
+            serde_json::json!({"type": "outcome", "outcome": "completed", "truncated": 3})
+        );
         let kept = r.keep("alpha", receipt.clone());
         assert_eq!(r.get("alpha", &kept), Some(receipt));
         assert_eq!(r.get("beta", &kept), None);

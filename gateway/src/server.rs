@@ -142,9 +142,11 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         metrics.clone(),
         receipts.clone(),
     );
+    let executions = crate::executions::Executions::new(receipts.clone(), Some(metrics.clone()));
     let outbound = crate::apis::Outbound {
         egress,
         apis: apis.clone(),
+        executions: executions.clone(),
     };
     let pool = Arc::new(start_workers(
         &config,
@@ -177,6 +179,7 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     state.inflight = inflight;
     state.apis = Some(apis);
     state.receipts = receipts;
+    state.executions = executions;
     let state = Arc::new(state);
 
     let conf = ServerConf {

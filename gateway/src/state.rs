@@ -30,6 +30,15 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The configured tenants' names.
+    pub fn tenant_names(&self) -> Vec<String> {
+        self.policy
+            .tenants()
+            .iter()
+            .map(|t| t.name.as_str().to_string())
+            .collect()
+    }
+
     /// (tenant, API name) of every configured tenant API.
     pub fn apis(&self) -> Vec<(String, String)> {
         self.policy
@@ -114,6 +123,8 @@ pub struct AppState {
     pub apis: Option<Arc<crate::apis::Apis>>,
     /// Execution receipts (shared with the egress pipeline and the APIs).
     pub receipts: Arc<crate::receipts::Receipts>,
+    /// Streaming executions and their client-side tool calls (shared with the APIs' port).
+    pub executions: Arc<crate::executions::Executions>,
 }
 
 impl AppState {
@@ -126,6 +137,8 @@ impl AppState {
     ) -> AppState {
         metrics.routes_configured(&snapshot.load().clients.keys().cloned().collect::<Vec<_>>());
         metrics.apis_configured(&snapshot.load().apis());
+        metrics.tenants_configured(&snapshot.load().tenant_names());
+        let receipts: Arc<crate::receipts::Receipts> = Arc::default();
         AppState {
             snapshot,
             pool,
@@ -136,7 +149,8 @@ impl AppState {
             in_flight: AtomicUsize::new(0),
             inflight: InflightBudget::unlimited(),
             apis: None,
-            receipts: Arc::default(),
+            executions: crate::executions::Executions::new(receipts.clone(), None),
+            receipts,
         }
     }
 
@@ -146,6 +160,7 @@ impl AppState {
         self.metrics
             .routes_configured(&snapshot.clients.keys().cloned().collect::<Vec<_>>());
         self.metrics.apis_configured(&snapshot.apis());
+        self.metrics.tenants_configured(&snapshot.tenant_names());
         self.snapshot.store(Arc::new(snapshot));
     }
 

@@ -326,6 +326,21 @@ pub struct Invoker {
     /// when the invocation is dispatched again.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub trace: u64,
+    /// The client-side tools of an execute (`POST /v1/execute` with `tools`): each namespace
+    /// is a variable of the snippet whose tools call back to the client that sent the code.
+    /// Which calls are allowed is decided again by the gateway per call.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tools: Vec<ClientTools>,
+}
+
+/// One namespace of client-side tools (`<namespace>.<tool>(args)` in an execute snippet).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClientTools {
+    /// The namespace: a JS identifier, a variable of the snippet.
+    pub namespace: String,
+    /// Its tools: the name the client gave, and the JS property name it is reachable under
+    /// (the same when the name is an identifier).
+    pub tools: Vec<(String, String)>,
 }
 
 fn is_zero(n: &u64) -> bool {

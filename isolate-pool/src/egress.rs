@@ -435,6 +435,11 @@ pub struct ApiCall {
     pub tool: String,
     /// The argument object as JSON text (at most [`MAX_API_ARGS_BYTES`]).
     pub args: String,
+    /// A client-side tool of an execute (`<namespace>.<tool>(args)`, `api` is the namespace):
+    /// the gateway hands the call to the client that sent the code instead of an upstream.
+    /// It sends nothing out and costs no subrequest.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub client: bool,
 }
 
 /// Largest argument object of one API call, as JSON text.
@@ -486,6 +491,8 @@ pub enum ApiErrorCode {
     ToolError,
     /// The API's tool list could not be loaded, or the call could not be made at all.
     ApiUnavailable,
+    /// Too many client-side tool calls of the execution are waiting for the client's answer.
+    TooManyCalls,
 }
 
 impl ApiErrorCode {
@@ -503,6 +510,7 @@ impl ApiErrorCode {
         ApiErrorCode::UpstreamUnreachable,
         ApiErrorCode::ToolError,
         ApiErrorCode::ApiUnavailable,
+        ApiErrorCode::TooManyCalls,
     ];
 
     /// The code as a metric label (`egress_denied`).
@@ -520,6 +528,7 @@ impl ApiErrorCode {
             ApiErrorCode::UpstreamUnreachable => "upstream_unreachable",
             ApiErrorCode::ToolError => "tool_error",
             ApiErrorCode::ApiUnavailable => "api_unavailable",
+            ApiErrorCode::TooManyCalls => "too_many_calls",
         }
     }
 
@@ -538,6 +547,7 @@ impl ApiErrorCode {
             ApiErrorCode::UpstreamUnreachable => "UPSTREAM_UNREACHABLE",
             ApiErrorCode::ToolError => "TOOL_ERROR",
             ApiErrorCode::ApiUnavailable => "API_UNAVAILABLE",
+            ApiErrorCode::TooManyCalls => "TOO_MANY_CALLS",
         }
     }
 }

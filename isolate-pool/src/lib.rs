@@ -18,7 +18,7 @@ pub mod wire;
 pub mod worker;
 
 pub use api::{
-    BodyPart, BodySink, CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation,
+    BodyPart, BodySink, ClientTools, CodeDigest, ErrorKind, HttpRequest, HttpResponse, Invocation,
     InvocationStats, Invoker, LimitOverrides, Limits, LogEntry, ModuleSource, Outbound, SealedCode,
     WorkerCode, WorkerError,
 };

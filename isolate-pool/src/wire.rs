@@ -435,6 +435,7 @@ mod tests {
             invocation: 9,
             apis: Vec::new(),
             trace: 0,
+            tools: Vec::new(),
         };
         let request = HttpRequest {
             method: "POST".into(),

@@ -732,6 +732,7 @@ fn invoker(worker_id: Option<&str>) -> Invoker {
         invocation: 1,
         apis: Vec::new(),
         trace: 0,
+        tools: Vec::new(),
     }
 }
 

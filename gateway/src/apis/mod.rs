@@ -743,6 +743,8 @@ pub struct Outbound {
     pub egress: Arc<dyn EgressPort>,
     /// The tenant APIs.
     pub apis: Arc<Apis>,
+    /// Streaming executions: client-side tool calls go to their client.
+    pub executions: Arc<crate::executions::Executions>,
 }
 
 impl EgressPort for Outbound {
@@ -760,6 +762,9 @@ impl EgressPort for Outbound {
     }
 
     fn api(&self, invoker: Invoker, call: ApiCall, left: u32) -> BoxFuture<'static, ApiAnswer> {
+        if call.client {
+            return Box::pin(self.executions.clone().call(invoker, call));
+        }
         let apis = self.apis.clone();
         // Already on the egress runtime (a worker process's call, read there): no hand-off.
         let here = tokio::runtime::Handle::try_current().map(|h| h.id());

@@ -2167,7 +2167,7 @@ export function install(host) {
     } catch (e) {
       throw new TypeErrorCtor(`${what}: the arguments cannot be sent as JSON (${e && e.message})`);
     }
-    const out = await hostApi(api, tool, json);
+    const out = await hostApi(api, tool, json, false);
     const error = out.error;
     if (error !== undefined) {
       throw new ApiError(`${what}: ${error.message}`, {
@@ -2210,6 +2210,48 @@ export function install(host) {
         return false;
       },
     });
+  }
+
+  // ---- client-side tools of an execute: `<namespace>.<tool>(args)` -------------------------
+  // The gateway sends each call to the client that sent the code and resolves it with the
+  // client's answer; an `{error}` answer rejects with the client's message as it is.
+  async function callClient(namespace, tool, args) {
+    let json;
+    try {
+      json = args === undefined ? "null" : JSONStringify(args);
+    } catch (e) {
+      throw new TypeErrorCtor(`${namespace}.${tool}(): the arguments cannot be sent as JSON (${e && e.message})`);
+    }
+    if (json === undefined) json = "null";
+    const out = await hostApi(namespace, tool, json, true);
+    const error = out.error;
+    if (error !== undefined) {
+      throw new ApiError(error.message, { __proto__: null, code: error.code, api: namespace, tool });
+    }
+    return JSONParse(out.value);
+  }
+
+  // Calls `factory` with one object per namespace (`spec`: JSON of [{namespace, tools:
+  // [[name, jsName], …]}]): the snippet. Each object has the declared tools under their JS
+  // names (and their own names, when those differ); the snippet may add properties to it.
+  function clientTools(factory, spec) {
+    const namespaces = JSONParse(spec);
+    const bindings = [];
+    for (let i = 0; i < namespaces.length; i++) {
+      const namespace = namespaces[i].namespace;
+      const tools = namespaces[i].tools;
+      const binding = ObjectCreate(null);
+      for (let j = 0; j < tools.length; j++) {
+        const name = tools[j][0];
+        const fn = (args) => callClient(namespace, name, args);
+        ObjectDefineProperty(binding, tools[j][1], { __proto__: null, value: fn, writable: true, enumerable: true, configurable: true });
+        if (tools[j][1] !== name && !ObjectHasOwn(binding, name)) {
+          ObjectDefineProperty(binding, name, { __proto__: null, value: fn, writable: true, configurable: true });
+        }
+      }
+      ObjectDefineProperty(bindings, i, { __proto__: null, value: binding, writable: true, enumerable: true, configurable: true });
+    }
+    return ReflectApply(factory, undefined, bindings);
   }
 
   // The env of the last call, by the Worker's own env and the tenant's API names: a cached
@@ -2320,6 +2362,7 @@ export function install(host) {
     dispatch: (...args) => protect(ReflectApply(dispatch, undefined, args)),
     execute: (fn, env) => protect(execute(fn, env)),
     withApis,
+    clientTools,
     workerHandler,
     parseEnv,
     protect,

@@ -687,11 +687,24 @@ impl Isolate {
         u32,
     ) {
         let apis = invoker.apis.clone();
+        let tools = invoker.tools.clone();
         let run = self.begin(invoker, limits);
         let deadline = Duration::from_millis(limits.wall_ms);
         // The snippet becomes the default export of a one-module Worker; nothing else is
-        // importable.
-        let module_source = format!("export default (\n{source}\n);\n");
+        // importable. With client-side tools, the export is a function of the namespaces that
+        // returns the snippet: each namespace is a variable of the snippet (the gateway checked
+        // that the names are identifiers), and the snippet's first line stays line 2.
+        let params = tools
+            .iter()
+            .map(|n| n.namespace.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let module_source = if tools.is_empty() {
+            format!("export default (\n{source}\n);\n")
+        } else {
+            format!("export default (({params}) => (\n{source}\n));\n")
+        };
+        let tools_json = serde_json::to_string(&tools).unwrap_or_else(|_| "[]".into());
         let env_json = serde_json::to_string(env).unwrap_or_else(|_| "{}".into());
         self.modules.set(Default::default(), "");
         let entry = self.entry.clone();
@@ -705,7 +718,14 @@ impl Isolate {
                 let entry = entry.restore(&ctx).map_err(internal)?;
                 let promise: Promise = call1(&ctx, &entry, "protect", promise)?;
                 promise.into_future::<()>().await.catch(&ctx).map_err(|e| js_error(&e))?;
-                let function: Value = module.get("default").catch(&ctx).map_err(|e| js_error(&e))?;
+                let mut function: Value = module.get("default").catch(&ctx).map_err(|e| js_error(&e))?;
+                if !tools.is_empty() {
+                    let bind: Function = entry.get("clientTools").map_err(internal)?;
+                    function = bind
+                        .call((function, tools_json))
+                        .catch(&ctx)
+                        .map_err(|e| js_error(&e))?;
+                }
                 let env: Value = call1(&ctx, &entry, "parseEnv", env_json)?;
                 let env = with_apis(&ctx, &entry, env, apis)?;
                 let execute: Function = entry.get("execute").map_err(internal)?;
@@ -1092,15 +1112,15 @@ fn install<'js>(
     host.set(
         "api",
         Func::from(Async(
-            move |ctx: Ctx<'js>, api: String, tool: String, args: String| {
+            move |ctx: Ctx<'js>, api: String, tool: String, args: String, client: bool| {
                 let state = api_state.clone();
-                let prepared = prepare_api(&state, api, tool, args);
+                let prepared = prepare_api(&state, api, tool, args, client);
                 async move {
                     let (run, invoker, call, left) = match prepared {
                         Ok(p) => p,
                         Err(failure) => return api_outcome(&ctx, Err(*failure)),
                     };
-                    let reserved = left > 0;
+                    let reserved = left > 0 && !client;
                     let answer = state.egress.api(invoker, call, left).await;
                     match answer {
                         ApiAnswer::Done(json) => api_outcome(&ctx, Ok(json)),
@@ -1294,12 +1314,14 @@ fn prepare_fetch(
 const MAX_TOOL_NAME_BYTES: usize = 1024;
 
 /// The isolate-side steps of an API call: identity from host state (the invocation whose code
-/// calls), the argument size bounded, one subrequest reserved as for `fetch()`.
+/// calls), the argument size bounded, one subrequest reserved as for `fetch()`. A client-side
+/// tool call (`client`) must be one the invocation declares and reserves nothing.
 fn prepare_api(
     state: &HostState,
     api: String,
     tool: String,
     args: String,
+    client: bool,
 ) -> Result<(RunId, Invoker, ApiCall, u32), Box<crate::egress::ApiFailure>> {
     use crate::egress::ApiFailure;
     let run = state.budget.current().ok_or_else(|| {
@@ -1314,7 +1336,19 @@ fn prepare_api(
             "API call outside of a request",
         ))
     })?;
-    if !invoker.apis.contains(&api) {
+    if client {
+        let declared = invoker
+            .tools
+            .iter()
+            .find(|n| n.namespace == api)
+            .is_some_and(|n| n.tools.iter().any(|(name, _)| *name == tool));
+        if !declared {
+            return Err(Box::new(ApiFailure::new(
+                crate::egress::ApiErrorCode::ToolNotFound,
+                format!("{api}.{tool} is not a tool the client declared"),
+            )));
+        }
+    } else if !invoker.apis.contains(&api) {
         return Err(Box::new(ApiFailure::new(
             crate::egress::ApiErrorCode::ApiNotFound,
             format!("env.{api} is not an API of this tenant"),
@@ -1338,13 +1372,19 @@ fn prepare_api(
     let left = state
         .with_run(run, |s| {
             let left = s.limits.subrequests.saturating_sub(s.subrequests);
-            if left > 0 {
+            if left > 0 && !client {
                 s.subrequests += 1;
             }
             left
         })
         .unwrap_or(0);
-    Ok((run, invoker, ApiCall { api, tool, args }, left))
+    let call = ApiCall {
+        api,
+        tool,
+        args,
+        client,
+    };
+    Ok((run, invoker, call, left))
 }
 
 /// Throws a `TypeError` with `message` and, for a denial, the properties the code can act on:

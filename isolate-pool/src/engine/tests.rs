@@ -51,6 +51,7 @@ fn invoker() -> Invoker {
         invocation: 1,
         apis: Vec::new(),
         trace: 0,
+        tools: Vec::new(),
     }
 }
 
