@@ -200,3 +200,26 @@ ensure_mcp() {
     exit 1
   fi
 }
+
+# The @isogate/codemode package (clients/codemode) and what tests/codemode.rs runs it with: its
+# npm packages (TypeScript, @cloudflare/codemode, ai, zod), pinned by its package-lock.json and
+# installed with `npm ci` in clients/codemode/node_modules (git-ignored) whenever the lock
+# changed. Needs Node.js 20+ and npm.
+ensure_codemode() {
+  local dir="$PWD/clients/codemode"
+  if ! command -v npm >/dev/null 2>&1; then
+    echo "Node.js is missing: installing Debian's nodejs and npm" >&2
+    _apt_install nodejs npm || true
+  fi
+  if command -v npm >/dev/null 2>&1 \
+    && { ! cmp -s "$dir/package-lock.json" "$dir/node_modules/.isogate-installed-lock" \
+         || [ ! -x "$dir/node_modules/.bin/tsc" ]; }; then
+    echo "installing clients/codemode's npm packages (npm ci)" >&2
+    (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2) \
+      && cp "$dir/package-lock.json" "$dir/node_modules/.isogate-installed-lock" || true
+  fi
+  if [ ! -x "$dir/node_modules/.bin/tsc" ]; then
+    echo "the codemode executor's test needs Node.js 20+ and clients/codemode's npm packages: run \`npm ci\` in clients/codemode, then this command again" >&2
+    exit 1
+  fi
+}

@@ -141,8 +141,11 @@ pub enum Failure {
     InvalidUrl(String),
     /// The tenant left the configuration.
     TenantGone,
-    /// The tenant has no egress rules.
-    NetworkDisabled,
+    /// The tenant has no egress rules (`hint`: what an operator would have to add).
+    NetworkDisabled {
+        /// What an operator would have to add.
+        hint: String,
+    },
     /// No rule allows the request.
     Denied(Box<Denial>),
     /// A reload changed the rule that authorized the request before it was sent.
@@ -293,6 +296,14 @@ impl Failure {
                 hint: Some(denial.hint.clone()),
                 status: None,
             }),
+            Failure::NetworkDisabled { hint } => Some(isogate_pool::ApiFailure {
+                code: isogate_pool::ApiErrorCode::EgressDenied,
+                message: self.message(),
+                rule: None,
+                reason: Some("no_rules".into()),
+                hint: Some(hint.clone()),
+                status: None,
+            }),
             _ => None,
         }
     }
@@ -302,7 +313,7 @@ impl Failure {
         match self {
             Failure::InvalidUrl(_) => "invalid_url",
             Failure::TenantGone => "tenant_gone",
-            Failure::NetworkDisabled => "network_disabled",
+            Failure::NetworkDisabled { .. } => "network_disabled",
             Failure::Denied(_) => "denied",
             Failure::PolicyChanged => "policy_changed",
             Failure::Ssrf { .. } => "ssrf",
@@ -356,7 +367,9 @@ impl Failure {
         match self {
             Failure::InvalidUrl(e) => format!("fetch refused: {e}"),
             Failure::TenantGone => "fetch refused: the tenant is no longer configured".into(),
-            Failure::NetworkDisabled => format!("{NETWORK_DISABLED} (the tenant has no egress rules)"),
+            Failure::NetworkDisabled { .. } => {
+                format!("{NETWORK_DISABLED} (the tenant has no egress rules)")
+            }
             Failure::Denied(denial) => format!("fetch denied: {}", denial.reason),
             Failure::PolicyChanged => {
                 "fetch refused: the tenant's egress policy changed while the request was in flight"
@@ -535,7 +548,11 @@ impl Inner {
             .ok_or(Failure::TenantGone)?;
         let egress = tenant.egress.plan(method, &target);
         match &egress.verdict {
-            PlanVerdict::Deny(DenyReason::NoRules { .. }) => Err(Failure::NetworkDisabled),
+            PlanVerdict::Deny(reason @ DenyReason::NoRules { .. }) => {
+                Err(Failure::NetworkDisabled {
+                    hint: reason.hint(|_| String::new()),
+                })
+            }
             PlanVerdict::Deny(reason) => Err(Failure::Denied(Box::new(Denial::of(
                 reason,
                 &tenant.egress,
