@@ -2,25 +2,27 @@
 //! replica is served by the others (with empty state directories), concurrent conflicting PUTs
 //! of one id across replicas make exactly one 201, a DELETE on one replica evicts the warm
 //! copies on the others within a second, and a Redis outage keeps cached Workers serving while
-//! PUT answers 503 at once, until Redis is back.
+//! PUT answers 503 at once, until Redis is back. The replies to a streamed execute's
+//! client-side tool calls reach it through any replica.
 
 mod common;
 
 use common::redis::Redis;
-use common::{worker, Gateway, ALPHA_KEY};
+use common::{worker, Gateway, ALPHA_KEY, BETA_KEY};
+use serde_json::json;
 use serde_json::Value;
+use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 const POOL: &str = "threads: 1, warm_isolates: 1, max_cached_workers: 20, idle_ttl_s: 300";
 const COUNTER: &str =
     "let n = 0; export default { fetch() { n++; return Response.json({ count: n }); } };";
 
+const LIMITS: &str =
+    "cpu_ms: 200, memory_mb: 32, wall_ms: 5000, max_concurrency: 32, max_queue: 64";
+
 fn tenants() -> String {
-    common::tenant_yaml(
-        "alpha",
-        ALPHA_KEY,
-        "cpu_ms: 200, memory_mb: 32, wall_ms: 5000, max_concurrency: 32, max_queue: 64",
-    )
+    common::tenant_yaml("alpha", ALPHA_KEY, LIMITS) + &common::tenant_yaml("beta", BETA_KEY, LIMITS)
 }
 
 fn replica(redis: &Redis) -> Gateway {
@@ -203,7 +205,7 @@ fn an_egress_burst_is_one_budget_across_replicas() {
     let mut redis = Redis::start();
     let tenant = format!(
         "{}    egress:\n      allow:\n        - host: 127.0.0.1\n          ports: [{}]\n          allow_private: true\n          name: up\n          rate_limit: {{ per_second: 1, burst: 5 }}\n",
-        tenants(),
+        common::tenant_yaml("alpha", ALPHA_KEY, LIMITS),
         upstream.port
     );
     let start = |_| {
@@ -260,4 +262,75 @@ fn an_egress_burst_is_one_budget_across_replicas() {
     assert!(replicas[1]
         .log()
         .contains("each replica enforces its own limits"));
+}
+
+#[test]
+fn replies_to_a_streamed_execute_reach_it_through_any_replica() {
+    let redis = Redis::start();
+    let (a, b) = (replica(&redis), replica(&redis));
+    let r = reqwest::blocking::Client::new()
+        .post(a.url("/v1/execute"))
+        .bearer_auth(ALPHA_KEY)
+        .header("accept", "application/x-ndjson")
+        .json(&json!({
+            "code": "async () => [await ns.f({ n: 1 }), await ns.f({ n: 2 })]",
+            "tools": {"ns": ["f"]},
+        }))
+        .send()
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let execution = r.headers()["isogate-execution"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let mut lines = BufReader::new(r).lines();
+    let mut next = || -> Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    for n in [1, 2] {
+        let call = next();
+        assert_eq!(call["args"]["n"], n, "{call}");
+        let path = call["reply_to"].as_str().unwrap();
+        // Another tenant's key finds nothing on any replica.
+        assert_eq!(
+            status(b.post_json(BETA_KEY, path, &json!({"result": 0}))),
+            404
+        );
+        // The first answer reaches the execution through the other replica (relayed by Redis),
+        // the second through its own.
+        let via = if n == 1 { &b } else { &a };
+        assert_eq!(
+            status(via.post_json(ALPHA_KEY, path, &json!({"result": n * 10}))),
+            200
+        );
+        if n == 1 {
+            // Answered: the owner says so through the relay.
+            assert_eq!(
+                status(b.post_json(ALPHA_KEY, path, &json!({"result": 0}))),
+                404
+            );
+        }
+    }
+    let result = next();
+    assert_eq!(result["type"], "result");
+    assert_eq!(result["result"], json!([10, 20]), "{result}");
+    // Ended: 410 through either replica, once the owner has marked it in Redis (right after
+    // the result event); never another tenant's to learn.
+    let path = format!("/v1/executions/{execution}/calls/1");
+    assert_eq!(
+        status(a.post_json(ALPHA_KEY, &path, &json!({"result": 0}))),
+        410
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = status(b.post_json(ALPHA_KEY, &path, &json!({"result": 0})));
+        if s == 410 {
+            break;
+        }
+        assert_eq!(s, 404, "before the mark, the relay finds no call waiting");
+        assert!(Instant::now() < deadline, "the end never reached Redis");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        status(b.post_json(BETA_KEY, &path, &json!({"result": 0}))),
+        404
+    );
 }

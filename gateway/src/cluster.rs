@@ -18,6 +18,12 @@
 //! [`SharedError::Unavailable`] (503 with `Retry-After`), and `/readyz` says `degraded` without
 //! failing. Connections are re-made with backoff by redis-rs's `ConnectionManager` and by the
 //! subscriber's loop; each up/down change is one log line and `isogate_shared_store_up`.
+//!
+//! **Streaming executions** (client-side tools) run on one replica, but the client's replies may
+//! reach any: `P:exec:<id>` says `tenant<TAB>replica` while the execution runs (`tenant<TAB>`
+//! once it has ended), and a replica that gets a reply for an execution it does not run relays
+//! it on the owner's channel `P:replies:<replica>` and waits (on a list, `BLPOP`) for the status
+//! the owner answered ([`RelayedReply`]).
 
 use crate::metrics::Metrics;
 use crate::store::PutOutcome;
@@ -416,6 +422,180 @@ impl Shared {
                 }
                 Ok(Err(e)) => self.mark(false, &e.to_string()),
                 Err(_) => self.mark(false, "no answer to SUBSCRIBE within 5 s"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// A reply to a client-side tool call that reached another replica than the one running the
+/// execution: relayed on the owner's channel `P:replies:<replica>`; the owner pushes the
+/// status it answered (200, 404, 410) on `ack`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RelayedReply {
+    /// The execution's id.
+    pub execution: String,
+    /// The call's id.
+    pub call: String,
+    /// The tenant whose key sent the reply.
+    pub tenant: String,
+    /// The reply's body, as the client sent it (checked already).
+    pub body: String,
+    /// The list the owner pushes its status on.
+    pub ack: String,
+}
+
+/// Where a streaming execution of a tenant runs, as Redis knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecutionAt {
+    /// No such execution of this tenant (never, another tenant's, or forgotten).
+    Unknown,
+    /// It has ended.
+    Ended,
+    /// It runs on `replica`.
+    Running(String),
+}
+
+/// How long the replica that relayed a reply waits for the owner's status.
+const RELAY_ACK: Duration = Duration::from_secs(2);
+
+impl Shared {
+    fn execution_key(&self, id: &str) -> String {
+        format!("{}exec:{id}", self.prefix)
+    }
+
+    fn replies_channel(&self, replica: &str) -> String {
+        format!("{}replies:{replica}", self.prefix)
+    }
+
+    /// Records that execution `id` of `tenant` runs on `replica`, for `ttl` at most.
+    pub async fn execution_started(
+        &self,
+        id: &str,
+        tenant: &str,
+        replica: &str,
+        ttl: Duration,
+    ) -> Result<(), SharedError> {
+        self.set_execution(id, &format!("{tenant}\t{replica}"), ttl)
+            .await
+    }
+
+    /// Records that execution `id` of `tenant` has ended (replies get 410 for `keep`).
+    pub async fn execution_ended(
+        &self,
+        id: &str,
+        tenant: &str,
+        keep: Duration,
+    ) -> Result<(), SharedError> {
+        self.set_execution(id, &format!("{tenant}\t"), keep).await
+    }
+
+    async fn set_execution(&self, id: &str, value: &str, ttl: Duration) -> Result<(), SharedError> {
+        let mut con = self.manager.clone();
+        let mut set = redis::cmd("SET");
+        set.arg(self.execution_key(id))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64);
+        self.run(set.query_async::<()>(&mut con)).await
+    }
+
+    /// Where execution `id` of `tenant` runs.
+    pub async fn execution_at(&self, id: &str, tenant: &str) -> Result<ExecutionAt, SharedError> {
+        let mut con = self.manager.clone();
+        let mut get = redis::cmd("GET");
+        get.arg(self.execution_key(id));
+        let value: Option<String> = self.run(get.query_async(&mut con)).await?;
+        Ok(match value.as_deref().and_then(|v| v.split_once('\t')) {
+            Some((owner, _)) if owner != tenant => ExecutionAt::Unknown,
+            Some((_, "")) => ExecutionAt::Ended,
+            Some((_, replica)) => ExecutionAt::Running(replica.to_string()),
+            None => ExecutionAt::Unknown,
+        })
+    }
+
+    /// Relays `reply` to `replica` and waits for the status it answered. A replica that no
+    /// longer listens (gone, and its executions with it) is 410.
+    pub async fn relay_reply(
+        &self,
+        replica: &str,
+        mut reply: RelayedReply,
+    ) -> Result<u16, SharedError> {
+        let mut nonce = [0u8; 16];
+        let _ = getrandom::getrandom(&mut nonce);
+        reply.ack = format!("{}ack:{}", self.prefix, hex::encode(nonce));
+        let payload = serde_json::to_string(&reply).unwrap_or_default();
+        // A connection of its own: BLPOP would hold up the shared one's other commands.
+        let mut own = self
+            .run(self.client.get_multiplexed_async_connection())
+            .await?;
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.replies_channel(replica)).arg(payload);
+        let receivers: u64 = self.run(publish.query_async(&mut own)).await?;
+        if receivers == 0 {
+            return Ok(410);
+        }
+        let mut blpop = redis::cmd("BLPOP");
+        blpop.arg(&reply.ack).arg(RELAY_ACK.as_secs_f64());
+        let wait = tokio::time::timeout(
+            RELAY_ACK + self.command_timeout,
+            blpop.query_async::<Option<(String, u16)>>(&mut own),
+        )
+        .await;
+        match wait {
+            Ok(Ok(Some((_, status)))) => Ok(status),
+            Ok(Ok(None)) | Err(_) => Err(SharedError::Unavailable(format!(
+                "replica {replica} did not acknowledge the reply within {} s",
+                RELAY_ACK.as_secs()
+            ))),
+            Ok(Err(e)) => Err(SharedError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Takes the replies other replicas relay to this one (`replica`) for as long as the
+    /// process runs: `deliver` answers each with a status, pushed back on its `ack` list. The
+    /// subscription is re-made with backoff when lost.
+    pub async fn follow_replies<F>(self: Arc<Self>, replica: String, deliver: F)
+    where
+        F: Fn(RelayedReply) -> u16,
+    {
+        use futures::StreamExt;
+        let channel = self.replies_channel(&replica);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let subscribed = async {
+                let mut pubsub = self.client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            };
+            if let Ok(Ok(pubsub)) = tokio::time::timeout(Duration::from_secs(5), subscribed).await {
+                backoff = Duration::from_millis(100);
+                let mut messages = pubsub.into_on_message();
+                while let Some(msg) = messages.next().await {
+                    let Ok(payload) = msg.get_payload::<String>() else {
+                        continue;
+                    };
+                    let Ok(reply) = serde_json::from_str::<RelayedReply>(&payload) else {
+                        continue;
+                    };
+                    if !reply.ack.starts_with(&format!("{}ack:", self.prefix)) {
+                        continue;
+                    }
+                    let ack = reply.ack.clone();
+                    let status = deliver(reply);
+                    let mut con = self.manager.clone();
+                    let mut push = redis::pipe();
+                    push.cmd("LPUSH")
+                        .arg(&ack)
+                        .arg(status)
+                        .ignore()
+                        .cmd("PEXPIRE")
+                        .arg(&ack)
+                        .arg(10_000)
+                        .ignore();
+                    let _ = self.run(push.query_async::<()>(&mut con)).await;
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));

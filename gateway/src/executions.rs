@@ -16,8 +16,9 @@
 //! - calls have no timeout of their own: the invocation's wall-clock limit ends them (the
 //!   execution then ends with `wall_limit` and every waiting call is dropped).
 //!
-//! Replies reach the replica that runs the execution: behind a load balancer, route
-//! `/v1/executions/` by the client (or the execution) to one replica (see the README).
+//! With `shared.redis`, a reply may reach any replica: one that does not run the execution
+//! relays it to the one that does ([`crate::cluster`]); this registry answers the relayed reply
+//! like a local one.
 
 use crate::receipts::{Entry, Receipts};
 use isogate_pool::{
@@ -200,10 +201,22 @@ impl Drop for Execution {
 /// Why a reply was not taken.
 #[derive(Debug, PartialEq, Eq)]
 pub enum ReplyError {
-    /// No such execution of this tenant, or no such call waiting.
-    NotFound(String),
+    /// This replica runs no such execution of this tenant, and has not run it lately.
+    NoExecution(String),
+    /// No such call is waiting for an answer.
+    NoCall(String),
     /// The execution has ended.
     Gone(String),
+}
+
+impl ReplyError {
+    /// The HTTP status it is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            ReplyError::NoExecution(_) | ReplyError::NoCall(_) => 404,
+            ReplyError::Gone(_) => 410,
+        }
+    }
 }
 
 impl Executions {
@@ -373,7 +386,7 @@ impl Executions {
                     Some((owner, at)) if owner == tenant && at.elapsed() <= KEEP_FINISHED => {
                         ReplyError::Gone(format!("execution {id} has ended"))
                     }
-                    _ => ReplyError::NotFound(format!("no execution {id}")),
+                    _ => ReplyError::NoExecution(format!("no execution {id}")),
                 })
             }
         };
@@ -388,7 +401,7 @@ impl Executions {
                 let _ = tx.send(answer);
                 Ok(())
             }
-            None => Err(ReplyError::NotFound(format!(
+            None => Err(ReplyError::NoCall(format!(
                 "execution {id} has no call {call:?} waiting for an answer (unknown, or answered already)"
             ))),
         }
@@ -583,14 +596,14 @@ mod tests {
                 &call_id,
                 Ok(RawValue::from_string("1".into()).unwrap())
             ),
-            Err(ReplyError::NotFound(_))
+            Err(ReplyError::NoExecution(_))
         ));
         let answer = RawValue::from_string(r#"{"y":2}"#.into()).unwrap();
         executions.reply("t1", &id, &call_id, Ok(answer)).unwrap();
         assert_eq!(pending.await.unwrap(), ApiAnswer::Done(r#"{"y":2}"#.into()));
         assert!(matches!(
             executions.reply("t1", &id, &call_id, Err("x".into())),
-            Err(ReplyError::NotFound(_))
+            Err(ReplyError::NoCall(_))
         ));
         // Undeclared tools and other invocations are refused without an event.
         let refused = executions
@@ -614,7 +627,7 @@ mod tests {
         ));
         assert!(matches!(
             executions.reply("t2", &id, "2", Err("x".into())),
-            Err(ReplyError::NotFound(_))
+            Err(ReplyError::NoExecution(_))
         ));
     }
 

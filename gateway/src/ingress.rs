@@ -951,7 +951,7 @@ impl Ingress {
         let reply = match route {
             Route::Execute => self.execute(session, &snapshot, &tenant, &body).await,
             Route::CallReply { execution, call } => {
-                self.call_reply(&tenant, &execution, &call, &body)
+                self.call_reply(&tenant, &execution, &call, &body).await
             }
             Route::Load => {
                 self.load(&snapshot, &tenant, &body, &mut seen.receipt)
@@ -1202,12 +1202,25 @@ impl Ingress {
             .start(tenant.name.as_str(), trace.id, tools)
             .ok_or(ApiError::Overloaded)?;
         let id = execution.id().to_string();
+        // Replicas that get this execution's replies find it here (before any event is sent).
+        let shared = self.state.store.shared().cloned();
+        if let Some(shared) = &shared {
+            let wall = Duration::from_millis(limits_for(tenant, None, req.limits.as_ref()).wall_ms);
+            let ttl = wall + crate::executions::KEEP_FINISHED;
+            if let Err(e) = shared
+                .execution_started(&id, tenant.name.as_str(), &self.state.replica, ttl)
+                .await
+            {
+                tracing::warn!(error = %e, "a streamed execute's replies can reach this replica only");
+            }
+        }
         let runner = Ingress {
             state: self.state.clone(),
             scheme: self.scheme,
         };
         let tenant = tenant.clone();
         let abandoned = execution.abandoned();
+        let id_ended = id.clone();
         tokio::spawn(async move {
             let run = runner.run_admitted(
                 &tenant,
@@ -1228,6 +1241,12 @@ impl Ingress {
                 // The client left: the waiting calls fail, the snippet ends under its limits.
                 () = abandoned => {}
             }
+            if let Some(shared) = shared {
+                let keep = crate::executions::KEEP_FINISHED;
+                let _ = shared
+                    .execution_ended(&id_ended, tenant.name.as_str(), keep)
+                    .await;
+            }
         });
         Ok(Reply {
             status: 200,
@@ -1246,23 +1265,60 @@ impl Ingress {
     }
 
     /// `POST /v1/executions/{execution}/calls/{call}`: the client's answer to a tool call.
-    fn call_reply(
+    /// With `shared.redis`, a reply for an execution another replica runs is relayed there.
+    async fn call_reply(
         &self,
         tenant: &TenantPolicy,
         execution: &str,
         call: &str,
         body: &[u8],
     ) -> Result<Reply, ApiError> {
+        use crate::cluster::{ExecutionAt, RelayedReply};
         use crate::executions::ReplyError;
         let answer = crate::executions::parse_reply(body).map_err(ApiError::BadRequest)?;
-        match self
+        let tenant_name = tenant.name.as_str();
+        let status = match self
             .state
             .executions
-            .reply(tenant.name.as_str(), execution, call, answer)
+            .reply(tenant_name, execution, call, answer)
         {
-            Ok(()) => Ok(Reply::json(200, &serde_json::json!({"accepted": true}))),
-            Err(ReplyError::NotFound(m)) => Err(ApiError::NotFound(m)),
-            Err(ReplyError::Gone(m)) => Err(ApiError::Gone(m)),
+            Ok(()) => 200,
+            Err(ReplyError::NoExecution(m)) => {
+                let Some(shared) = self.state.store.shared() else {
+                    return Err(ApiError::NotFound(m));
+                };
+                match shared
+                    .execution_at(execution, tenant_name)
+                    .await
+                    .map_err(|e| ApiError::StoreUnavailable(e.to_string()))?
+                {
+                    ExecutionAt::Unknown => 404,
+                    ExecutionAt::Ended => 410,
+                    ExecutionAt::Running(replica) if replica == self.state.replica => 404,
+                    ExecutionAt::Running(replica) => {
+                        let relayed = RelayedReply {
+                            execution: execution.to_string(),
+                            call: call.to_string(),
+                            tenant: tenant_name.to_string(),
+                            body: String::from_utf8_lossy(body).into_owned(),
+                            ack: String::new(),
+                        };
+                        shared
+                            .relay_reply(&replica, relayed)
+                            .await
+                            .map_err(|e| ApiError::StoreUnavailable(e.to_string()))?
+                    }
+                }
+            }
+            Err(e) => e.status(),
+        };
+        match status {
+            200 => Ok(Reply::json(200, &serde_json::json!({"accepted": true}))),
+            410 => Err(ApiError::Gone(format!("execution {execution} has ended"))),
+            400 => Err(ApiError::BadRequest("malformed reply".into())),
+            _ => Err(ApiError::NotFound(format!(
+                "no execution {execution} with a call {call:?} waiting for an answer"
+            ))),
         }
     }
 

@@ -154,16 +154,32 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
         metrics.clone(),
         &egress_runtime,
     )?);
+    let mut replica = String::new();
     if let Some(shared) = store.shared() {
         let mut nonce = [0u8; 8];
         let _ = getrandom::getrandom(&mut nonce);
-        let replica = format!(
-            "{}-{}-{}",
-            std::env::var("HOSTNAME").unwrap_or_default(),
-            std::process::id(),
-            hex::encode(nonce)
+        let host: String = std::env::var("HOSTNAME")
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+            .take(64)
+            .collect();
+        replica = format!("{host}-{}-{}", std::process::id(), hex::encode(nonce));
+        egress_runtime.spawn(shared.clone().heartbeat(replica.clone()));
+        // Replies to this replica's executions that reached another replica.
+        let relayed = executions.clone();
+        egress_runtime.spawn(
+            shared
+                .clone()
+                .follow_replies(replica.clone(), move |reply| {
+                    crate::executions::parse_reply(reply.body.as_bytes()).map_or(400, |answer| {
+                        match relayed.reply(&reply.tenant, &reply.execution, &reply.call, answer) {
+                            Ok(()) => 200,
+                            Err(e) => e.status(),
+                        }
+                    })
+                }),
         );
-        egress_runtime.spawn(shared.clone().heartbeat(replica));
         // Deletions on other replicas evict this replica's warm copies.
         let workers = pool.clone();
         egress_runtime.spawn(shared.clone().follow(move |tenant, id| {
@@ -180,6 +196,7 @@ pub fn run(config: Config, lowered: Lowered, config_path: Option<PathBuf>) -> an
     state.apis = Some(apis);
     state.receipts = receipts;
     state.executions = executions;
+    state.replica = replica;
     let state = Arc::new(state);
 
     let conf = ServerConf {

@@ -125,6 +125,8 @@ pub struct AppState {
     pub receipts: Arc<crate::receipts::Receipts>,
     /// Streaming executions and their client-side tool calls (shared with the APIs' port).
     pub executions: Arc<crate::executions::Executions>,
+    /// This replica's id among those sharing a Redis (empty without `shared.redis`).
+    pub replica: String,
 }
 
 impl AppState {
@@ -151,6 +153,7 @@ impl AppState {
             apis: None,
             executions: crate::executions::Executions::new(receipts.clone(), None),
             receipts,
+            replica: String::new(),
         }
     }
 
