@@ -316,7 +316,18 @@ impl Executions {
                 ),
             );
         }
-        // The isolate sends what `JSON.stringify` made; a worker process is not trusted to.
+        // The isolate sends what `JSON.stringify` made, within its bound; a worker process is
+        // not trusted to.
+        if call.args.len() > isogate_pool::MAX_API_ARGS_BYTES {
+            return fail(
+                ApiErrorCode::InvalidArguments,
+                format!(
+                    "the arguments are {} bytes of JSON, more than the limit of {}",
+                    call.args.len(),
+                    isogate_pool::MAX_API_ARGS_BYTES
+                ),
+            );
+        }
         let args: Box<RawValue> = match serde_json::from_str(&call.args) {
             Ok(args) => args,
             Err(e) => {
@@ -667,6 +678,14 @@ mod tests {
             .await;
         assert!(
             matches!(bad, ApiAnswer::Failed { ref failure, .. } if failure.code == ApiErrorCode::InvalidArguments)
+        );
+        let huge = format!("\"{}\"", "x".repeat(isogate_pool::MAX_API_ARGS_BYTES));
+        let bad = executions
+            .clone()
+            .call(invoker("t", 2), call("t", &huge))
+            .await;
+        assert!(
+            matches!(bad, ApiAnswer::Failed { ref failure, .. } if failure.code == ApiErrorCode::InvalidArguments && failure.message.contains("more than the limit"))
         );
     }
 }

@@ -51,7 +51,7 @@ pub struct Tool {
     /// Its result's schema, when given.
     pub output_schema: Option<Value>,
     /// The compiled input schema, or why it does not compile.
-    validator: Result<jsonschema::Validator, String>,
+    validator: Result<Arc<jsonschema::Validator>, String>,
     /// For OpenAPI: the operation.
     operation: Option<openapi::Operation>,
 }
@@ -529,6 +529,18 @@ impl Apis {
                 charged: false,
             };
         };
+        // The engine bounds the arguments; a worker process is not trusted to have.
+        if call.args.len() > isogate_pool::MAX_API_ARGS_BYTES {
+            return fail(
+                ApiErrorCode::InvalidArguments,
+                format!(
+                    "the arguments are {} bytes of JSON, more than the limit of {}",
+                    call.args.len(),
+                    isogate_pool::MAX_API_ARGS_BYTES
+                ),
+            );
+        }
+        let large = call.args.len() > INLINE_CHECK_BYTES;
         let args: Value = match serde_json::from_str(&call.args) {
             Ok(v @ Value::Object(_)) => v,
             Ok(_) => {
@@ -544,34 +556,35 @@ impl Apis {
                 )
             }
         };
-        match &tool.validator {
+        let validator = match &tool.validator {
             Err(e) => {
                 return fail(
                     ApiErrorCode::InvalidSchema,
                     format!("the tool's input schema cannot be used to check arguments: {e}"),
                 )
             }
-            Ok(validator) => {
-                let errors: Vec<String> = validator
-                    .iter_errors(&args)
-                    .take(MAX_NAMED_ERRORS)
-                    .map(|e| {
-                        let at = e.instance_path().to_string();
-                        format!("at {}: {e}", if at.is_empty() { "/" } else { &at })
-                    })
-                    .collect();
-                if !errors.is_empty() {
-                    return fail(
-                        ApiErrorCode::InvalidArguments,
-                        format!(
-                            "invalid arguments for {}.{}: {}",
-                            call.api,
-                            tool.js_name,
-                            errors.join("; ")
-                        ),
-                    );
-                }
+            Ok(validator) => validator.clone(),
+        };
+        // Large arguments are checked off the async runtime, so that one call's check does not
+        // hold up the other calls and fetches it serves.
+        let (errors, args) = if large {
+            match tokio::task::spawn_blocking(move || (check(&validator, &args), args)).await {
+                Ok(checked) => checked,
+                Err(_) => return fail(ApiErrorCode::ApiUnavailable, "the argument check failed"),
             }
+        } else {
+            (check(&validator, &args), args)
+        };
+        if !errors.is_empty() {
+            return fail(
+                ApiErrorCode::InvalidArguments,
+                format!(
+                    "invalid arguments for {}.{}: {}",
+                    call.api,
+                    tool.js_name,
+                    errors.join("; ")
+                ),
+            );
         }
         if left == 0 {
             return ApiAnswer::SubrequestLimit;
@@ -709,9 +722,129 @@ impl Apis {
     }
 }
 
+/// Arguments up to this size (JSON text) are checked on the async runtime; larger ones on its
+/// blocking threads.
+const INLINE_CHECK_BYTES: usize = 64 * 1024;
+
+/// Longest description of one invalid argument (they quote the value).
+const MAX_ERROR_CHARS: usize = 512;
+
+/// The first [`MAX_NAMED_ERRORS`] reasons `args` do not match, each naming where.
+fn check(validator: &jsonschema::Validator, args: &Value) -> Vec<String> {
+    validator
+        .iter_errors(args)
+        .take(MAX_NAMED_ERRORS)
+        .map(|e| {
+            let at = e.instance_path().to_string();
+            let mut text = format!("at {}: {e}", if at.is_empty() { "/" } else { &at });
+            if let Some((cut, _)) = text.char_indices().nth(MAX_ERROR_CHARS) {
+                text.truncate(cut);
+                text.push('…');
+            }
+            text
+        })
+        .collect()
+}
+
+/// Most named groups and named backreferences (`(?<`, `\k<`) a string checked as
+/// `format: "regex"` may have: jsonschema's check of one is quadratic in their number.
+const MAX_REGEX_FORMAT_NAMES: usize = 32;
+
 /// Compiles a tool's input schema.
-fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
-    jsonschema::validator_for(schema).map_err(|e| e.to_string())
+///
+/// Schemas come from upstreams and arguments from Worker code (up to 4 MiB of JSON), so
+/// checking must stay bounded. jsonschema matches `pattern` and `patternProperties` with
+/// fancy-regex by default, a backtracking engine: a pattern with look-around or backreferences
+/// (`^(?:a|aa)+(?!b)$`) takes up to its default million backtracks (~50 ms) on each string,
+/// hours for 4 MiB of short strings. Here they run on the `regex` crate, whose time is linear
+/// in the string (times the pattern's size); a schema whose patterns need backtracking does not
+/// compile (the tool answers `INVALID_SCHEMA`). `format: "regex"`, where formats are assertions
+/// (drafts 4 to 7), is checked for strings of at most [`MAX_REGEX_FORMAT_NAMES`] group names.
+///
+/// A `pattern` the linear engine cannot run (look-around, backreferences: common in password
+/// rules) is left unchecked rather than making the tool unusable: the upstream still checks its
+/// own input. A schema that still does not compile answers `INVALID_SCHEMA`.
+fn compile(schema: &Value) -> Result<Arc<jsonschema::Validator>, String> {
+    const UNSUPPORTED: &str = "look-around and backreferences are not supported";
+    let build = |schema: &Value| {
+        jsonschema::options()
+            .with_pattern_options(jsonschema::PatternOptions::regex())
+            .with_format("regex", regex_format)
+            .build(schema)
+            .map(Arc::new)
+    };
+    let explain = |e: jsonschema::ValidationError<'_>| match e.kind() {
+        jsonschema::error::ValidationErrorKind::Format { format } if format == "regex" => {
+            format!("{e} (patterns are matched in linear time: {UNSUPPORTED})")
+        }
+        _ => e.to_string(),
+    };
+    match build(schema) {
+        Ok(v) => Ok(v),
+        Err(e) => {
+            let mut lenient = schema.clone();
+            let mut skipped = Vec::new();
+            drop_unsupported_patterns(&mut lenient, 0, &mut skipped);
+            if skipped.is_empty() {
+                return Err(explain(e));
+            }
+            let validator = build(&lenient).map_err(explain)?;
+            tracing::warn!(
+                patterns = ?skipped,
+                "a tool's input schema has patterns the gateway cannot match in linear time; they are left to the upstream to check"
+            );
+            Ok(validator)
+        }
+    }
+}
+
+/// Removes, in place, every `pattern` whose expression the linear engine refuses; `skipped`
+/// gets them. Bounded by the schema's depth (serde_json's nesting limit and this one).
+fn drop_unsupported_patterns(schema: &mut Value, depth: usize, skipped: &mut Vec<String>) {
+    if depth > 256 {
+        return;
+    }
+    match schema {
+        Value::Object(map) => {
+            let unsupported = match map.get("pattern") {
+                Some(Value::String(p)) => jsonschema::options()
+                    .with_pattern_options(jsonschema::PatternOptions::regex())
+                    .build(&serde_json::json!({ "pattern": p }))
+                    .is_err(),
+                _ => false,
+            };
+            if unsupported {
+                if let Some(Value::String(p)) = map.remove("pattern") {
+                    skipped.push(p);
+                }
+            }
+            for value in map.values_mut() {
+                drop_unsupported_patterns(value, depth + 1, skipped);
+            }
+        }
+        Value::Array(items) => {
+            for item in items {
+                drop_unsupported_patterns(item, depth + 1, skipped);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `format: "regex"`: jsonschema's own check (an ECMA-262 regular expression), for strings
+/// with at most [`MAX_REGEX_FORMAT_NAMES`] group names.
+fn regex_format(text: &str) -> bool {
+    static CHECK: std::sync::LazyLock<jsonschema::Validator> = std::sync::LazyLock::new(|| {
+        jsonschema::options()
+            .should_validate_formats(true)
+            .build(&serde_json::json!({"format": "regex"}))
+            .expect("a constant schema")
+    });
+    text.matches("(?<")
+        .chain(text.matches("\\k<"))
+        .nth(MAX_REGEX_FORMAT_NAMES)
+        .is_none()
+        && CHECK.is_valid(&Value::String(text.to_owned()))
 }
 
 async fn read_spec_file(path: &str) -> Result<Vec<u8>, String> {
@@ -796,4 +929,95 @@ impl Drop for AbortGuard {
 
 fn scopeguard(handle: tokio::task::AbortHandle) -> AbortGuard {
     AbortGuard(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn with_pattern(pattern: &str) -> Value {
+        json!({
+            "type": "object",
+            "properties": {"s": {"type": "array", "items": {"type": "string", "pattern": pattern}}},
+        })
+    }
+
+    #[test]
+    fn patterns_are_matched_in_linear_time() {
+        // Nested quantifiers: answered in one pass over 50 000 characters.
+        let nested = compile(&with_pattern("^(a+)+$")).unwrap();
+        let long = "a".repeat(50_000);
+        assert!(!nested.is_valid(&json!({"s": [format!("{long}!")]})));
+        assert!(nested.is_valid(&json!({"s": [long]})));
+        let normal = compile(&with_pattern("^[a-z]+-[0-9]{2}$")).unwrap();
+        assert!(normal.is_valid(&json!({"s": ["abc-12", "x-00"]})));
+        let errors: Vec<String> = normal
+            .iter_errors(&json!({"s": ["abc-12", "abc-1"]}))
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errors, [r#""abc-1" does not match "^[a-z]+-[0-9]{2}$""#]);
+        let keys = compile(&json!({
+            "type": "object",
+            "patternProperties": {"^(a+)+$": {"type": "integer"}},
+        }))
+        .unwrap();
+        assert!(keys.is_valid(&json!({format!("{}!", "a".repeat(50_000)): "x", "aa": 1})));
+        assert!(!keys.is_valid(&json!({"aa": "x"})));
+
+        // Look-around and backreferences need a backtracking engine. Compiled with jsonschema's
+        // default (fancy-regex), the first costs its million backtracks (~50 ms) on each
+        // "aaaaaaaaaaaaaaaaaaaaaaaaa!": 100 000 of them (2.8 MB of arguments), over an hour.
+        // Here they are left unchecked (the upstream checks its own input): the schema's other
+        // keywords still apply, and nothing backtracks.
+        for pattern in [r"^(?:a|aa)+(?!b)$", r"^(a+)+\1$", r"^(?=\w)(a|aa)+$"] {
+            let lenient = compile(&with_pattern(pattern)).unwrap();
+            let slow = format!("{}!", "a".repeat(25));
+            assert!(lenient.is_valid(&json!({"s": vec![slow; 100_000]})));
+            assert!(!lenient.is_valid(&json!({"s": [1]})));
+        }
+        // A password rule with a look-ahead beside a supported pattern: only the first goes.
+        let mixed = compile(&json!({
+            "type": "object",
+            "properties": {
+                "password": {"type": "string", "pattern": "^(?=.*[A-Z])(?=.*\\d).{8,}$"},
+                "user": {"type": "string", "pattern": "^[a-z]+$"},
+            },
+        }))
+        .unwrap();
+        assert!(mixed.is_valid(&json!({"password": "weak", "user": "ada"})));
+        assert!(!mixed.is_valid(&json!({"password": "weak", "user": "Ada!"})));
+    }
+
+    #[test]
+    fn invalid_arguments_are_described_briefly() {
+        let validator =
+            compile(&json!({"type": "object", "properties": {"n": {"type": "integer"}}})).unwrap();
+        let errors = check(&validator, &json!({"n": "x".repeat(100_000)}));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("at /n: "), "{}", errors[0]);
+        assert!(
+            errors[0].chars().count() <= MAX_ERROR_CHARS + 1,
+            "{}",
+            errors[0].len()
+        );
+    }
+
+    #[test]
+    fn regex_format_is_checked_in_bounded_time() {
+        let validator = compile(&json!({
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "properties": {"re": {"type": "string", "format": "regex"}},
+        }))
+        .unwrap();
+        let valid = |re: &str| validator.is_valid(&json!({"re": re}));
+        assert!(valid(r"^a(?<x>b)\k<x>(?<=b)$"));
+        assert!(!valid("(a"));
+        let names = |n: usize| (0..n).map(|i| format!("(?<n{i}>)")).collect::<String>();
+        assert!(valid(&names(MAX_REGEX_FORMAT_NAMES)));
+        assert!(!valid(&names(MAX_REGEX_FORMAT_NAMES + 1)));
+        // Quadratic in the names without the bound: minutes for 4 MiB.
+        assert!(!valid(&names(400_000)));
+    }
 }
