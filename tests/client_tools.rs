@@ -81,6 +81,14 @@ impl Stream {
     }
 }
 
+/// A streamed execute of `code` with `tools`, and its first event, which must be a call.
+fn first_call(g: &Gateway, code: &str, tools: Value) -> (Stream, Value) {
+    let mut stream = Stream::open(g, KEY, json!({"code": code, "tools": tools}));
+    let call = stream.next();
+    assert_eq!(call["type"], "call", "{call}");
+    (stream, call)
+}
+
 fn reply_to(g: &Gateway, key: &str, event: &Value, body: &Value) -> (u16, Value) {
     post(g, key, event["reply_to"].as_str().unwrap(), body)
 }
@@ -188,13 +196,11 @@ fn tool_calls_stream_as_events_and_settle_with_the_clients_answers() {
 #[test]
 fn replies_are_checked_and_belong_to_the_executions_tenant() {
     let g = gateway();
-    let mut stream = Stream::open(
+    let (mut stream, call) = first_call(
         &g,
-        KEY,
-        json!({"code": "async () => await codemode.echo({ n: 1 })", "tools": {"codemode": ["echo"]}}),
+        "async () => await codemode.echo({ n: 1 })",
+        json!({"codemode": ["echo"]}),
     );
-    let call = stream.next();
-    assert_eq!(call["type"], "call", "{call}");
     // Another tenant's key cannot see or answer it.
     let (status, _) = reply_to(&g, OTHER_KEY, &call, &json!({"result": "stolen"}));
     assert_eq!(status, 404);
@@ -285,13 +291,11 @@ fn bad_tool_declarations_are_refused_before_anything_runs() {
 fn unanswered_calls_end_with_the_wall_clock_limit() {
     let g = gateway();
     let started = Instant::now();
-    let mut stream = Stream::open(
+    let (mut stream, call) = first_call(
         &g,
-        KEY,
-        json!({"code": "async () => await codemode.wait({})", "tools": {"codemode": ["wait"]}}),
+        "async () => await codemode.wait({})",
+        json!({"codemode": ["wait"]}),
     );
-    let call = stream.next();
-    assert_eq!(call["type"], "call");
     let result = stream.next();
     assert_eq!(result["type"], "result");
     assert_eq!(result["error"]["kind"], "wall_limit", "{result}");
@@ -336,13 +340,11 @@ fn waiting_calls_are_bounded() {
 #[test]
 fn a_client_that_stops_reading_fails_its_waiting_calls() {
     let g = gateway();
-    let mut stream = Stream::open(
+    let (stream, call) = first_call(
         &g,
-        KEY,
-        json!({"code": "async () => await codemode.wait({})", "tools": {"codemode": ["wait"]}}),
+        "async () => await codemode.wait({})",
+        json!({"codemode": ["wait"]}),
     );
-    let call = stream.next();
-    assert_eq!(call["type"], "call");
     drop(stream);
     // The gateway watches the idle connection: once the client has closed it, the waiting call
     // fails (`api_unavailable`) and the execution ends, so the call answers 410; it never

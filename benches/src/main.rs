@@ -379,6 +379,31 @@ impl Outcome {
     }
 }
 
+/// Prints one round of a scenario as a table row (req/s, p50, p99, errors, or the error) and
+/// hands back its outcome when it ran.
+fn print_round<'a>(
+    name: &str,
+    round: usize,
+    outcome: &'a Result<Outcome, String>,
+) -> Option<&'a Outcome> {
+    match outcome {
+        Ok(o) => {
+            println!(
+                "| {name} (run {round}) | {:.0} | {:.3} | {:.3} | {} |",
+                o.rps(),
+                o.p(0.5),
+                o.p(0.99),
+                o.errors
+            );
+            Some(o)
+        }
+        Err(e) => {
+            println!("| {name} (run {round}) | error: {e} | | | |");
+            None
+        }
+    }
+}
+
 /// Runs `concurrency` keep-alive connections for warm-up + `seconds`; only requests that start
 /// after the warm-up are recorded. A connection that cannot be (re)opened ends the run with
 /// `Err`; non-200 answers and I/O errors on a request are counted in `errors`.
@@ -1201,18 +1226,9 @@ fn tls_scenario(bin: &Path, opts: &Opts) {
                 &through_api,
             ),
         ] {
-            match drive_on(&g.ingress, connector, req, c, opts.warmup, opts.seconds) {
-                Ok(o) => {
-                    into.push(o.rps());
-                    println!(
-                        "| {name} (run {round}) | {:.0} | {:.3} | {:.3} | {} |",
-                        o.rps(),
-                        o.p(0.5),
-                        o.p(0.99),
-                        o.errors
-                    );
-                }
-                Err(e) => println!("| {name} (run {round}) | error: {e} | | | |"),
+            let outcome = drive_on(&g.ingress, connector, req, c, opts.warmup, opts.seconds);
+            if let Some(o) = print_round(name, round, &outcome) {
+                into.push(o.rps());
             }
         }
     }
@@ -1334,19 +1350,10 @@ fn shared_scenario(bin: &Path, opts: &Opts) {
             ("egress hop c=1, local limiter", &local, "fetcher", 1),
             ("egress hop c=1, shared limiter", &shared, "fetcher", 1),
         ] {
-            match drive(&g.ingress, &get(id), c, opts.warmup, opts.seconds) {
-                Ok(o) => {
-                    p50.entry(name).or_default().push(o.p(0.5));
-                    rps.entry(name).or_default().push(o.rps());
-                    println!(
-                        "| {name} (run {round}) | {:.0} | {:.3} | {:.3} | {} |",
-                        o.rps(),
-                        o.p(0.5),
-                        o.p(0.99),
-                        o.errors
-                    );
-                }
-                Err(e) => println!("| {name} (run {round}) | error: {e} | | | |"),
+            let outcome = drive(&g.ingress, &get(id), c, opts.warmup, opts.seconds);
+            if let Some(o) = print_round(name, round, &outcome) {
+                p50.entry(name).or_default().push(o.p(0.5));
+                rps.entry(name).or_default().push(o.rps());
             }
         }
     }
@@ -1459,18 +1466,9 @@ fn apis_scenario(bin: &Path, opts: &Opts) {
                 direct.clone(),
             ),
         ] {
-            match drive(addr, &req, 1, opts.warmup, opts.seconds) {
-                Ok(o) => {
-                    p50.entry(name).or_default().push(o.p(0.5));
-                    println!(
-                        "| {name} (run {round}) | {:.0} | {:.3} | {:.3} | {} |",
-                        o.rps(),
-                        o.p(0.5),
-                        o.p(0.99),
-                        o.errors
-                    );
-                }
-                Err(e) => println!("| {name} (run {round}) | error: {e} | | | |"),
+            let outcome = drive(addr, &req, 1, opts.warmup, opts.seconds);
+            if let Some(o) = print_round(name, round, &outcome) {
+                p50.entry(name).or_default().push(o.p(0.5));
             }
         }
     }

@@ -158,9 +158,7 @@ impl Execution {
 
     /// Sends the last event and ends the stream.
     pub fn finish(self, result: &serde_json::Value) {
-        let mut line = serde_json::to_vec(result).unwrap_or_default();
-        line.push(b'\n');
-        let _ = self.live.events.send(BodyPart::Chunk(line));
+        let _ = self.live.events.send(BodyPart::Chunk(ndjson_line(result)));
         let _ = self.live.events.send(BodyPart::End(Ok(())));
     }
 
@@ -302,31 +300,14 @@ impl Executions {
                 "client-side tools can only be called by a streamed execute",
             );
         };
-        let declared = live
-            .tools
-            .iter()
-            .find(|n| n.namespace == call.api)
-            .is_some_and(|n| n.tools.iter().any(|(name, _)| *name == call.tool));
-        if !declared {
-            return fail(
-                ApiErrorCode::ToolNotFound,
-                format!(
-                    "{}.{} is not a tool the client declared",
-                    call.api, call.tool
-                ),
-            );
-        }
-        // The isolate sends what `JSON.stringify` made, within its bound; a worker process is
-        // not trusted to.
-        if call.args.len() > isogate_pool::MAX_API_ARGS_BYTES {
-            return fail(
-                ApiErrorCode::InvalidArguments,
-                format!(
-                    "the arguments are {} bytes of JSON, more than the limit of {}",
-                    call.args.len(),
-                    isogate_pool::MAX_API_ARGS_BYTES
-                ),
-            );
+        // The engine checked both; a worker process is not trusted to have.
+        let checked = ClientTools::check(&live.tools, &call.api, &call.tool)
+            .and_then(|()| isogate_pool::check_api_args(&call.args));
+        if let Err(failure) = checked {
+            return ApiAnswer::Failed {
+                failure,
+                charged: false,
+            };
         }
         let args: Box<RawValue> = match serde_json::from_str(&call.args) {
             Ok(args) => args,
@@ -363,8 +344,7 @@ impl Executions {
             "args": args,
             "reply_to": format!("/v1/executions/{}/calls/{id}", live.id),
         });
-        let mut line = serde_json::to_vec(&event).unwrap_or_default();
-        line.push(b'\n');
+        let line = ndjson_line(&event);
         let gone = || {
             fail(
                 ApiErrorCode::ApiUnavailable,
@@ -417,6 +397,13 @@ impl Executions {
             ))),
         }
     }
+}
+
+/// One event of the stream: its JSON and a newline.
+fn ndjson_line(event: &serde_json::Value) -> Vec<u8> {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    line
 }
 
 /// Removes a call from the waiting ones when its future goes.
@@ -559,6 +546,13 @@ mod tests {
         assert!(cut.len() <= MAX_ERROR_MESSAGE_BYTES);
     }
 
+    fn code_of(answer: &ApiAnswer) -> Option<ApiErrorCode> {
+        match answer {
+            ApiAnswer::Failed { failure, .. } => Some(failure.code),
+            _ => None,
+        }
+    }
+
     fn invoker(tenant: &str, trace: u64) -> Invoker {
         Invoker {
             tenant: tenant.into(),
@@ -621,16 +615,12 @@ mod tests {
             .clone()
             .call(invoker("t1", 7), call("other", "{}"))
             .await;
-        assert!(
-            matches!(refused, ApiAnswer::Failed { ref failure, .. } if failure.code == ApiErrorCode::ToolNotFound)
-        );
+        assert_eq!(code_of(&refused), Some(ApiErrorCode::ToolNotFound));
         let refused = executions
             .clone()
             .call(invoker("t2", 7), call("echo", "{}"))
             .await;
-        assert!(
-            matches!(refused, ApiAnswer::Failed { ref failure, .. } if failure.code == ApiErrorCode::ApiUnavailable)
-        );
+        assert_eq!(code_of(&refused), Some(ApiErrorCode::ApiUnavailable));
         drop(execution);
         assert!(matches!(
             executions.reply("t1", &id, "2", Err("x".into())),
@@ -658,15 +648,11 @@ mod tests {
             .clone()
             .call(invoker("t", 1), call("t", "null"))
             .await;
-        assert!(
-            matches!(over, ApiAnswer::Failed { ref failure, .. } if failure.code == ApiErrorCode::TooManyCalls)
-        );
+        assert_eq!(code_of(&over), Some(ApiErrorCode::TooManyCalls));
         drop(execution);
         for w in waiting {
             let answer = w.await.unwrap();
-            assert!(
-                matches!(answer, ApiAnswer::Failed { ref failure, .. } if failure.code == ApiErrorCode::ApiUnavailable)
-            );
+            assert_eq!(code_of(&answer), Some(ApiErrorCode::ApiUnavailable));
         }
         // Invalid JSON from a (compromised) worker process is refused, not forwarded.
         let (_e, _events) = executions
@@ -676,16 +662,15 @@ mod tests {
             .clone()
             .call(invoker("t", 2), call("t", "{"))
             .await;
-        assert!(
-            matches!(bad, ApiAnswer::Failed { ref failure, .. } if failure.code == ApiErrorCode::InvalidArguments)
-        );
+        assert_eq!(code_of(&bad), Some(ApiErrorCode::InvalidArguments));
         let huge = format!("\"{}\"", "x".repeat(isogate_pool::MAX_API_ARGS_BYTES));
         let bad = executions
             .clone()
             .call(invoker("t", 2), call("t", &huge))
             .await;
+        assert_eq!(code_of(&bad), Some(ApiErrorCode::InvalidArguments));
         assert!(
-            matches!(bad, ApiAnswer::Failed { ref failure, .. } if failure.code == ApiErrorCode::InvalidArguments && failure.message.contains("more than the limit"))
+            matches!(bad, ApiAnswer::Failed { ref failure, .. } if failure.message.contains("more than the limit"))
         );
     }
 }

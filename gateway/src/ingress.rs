@@ -1163,13 +1163,12 @@ impl Ingress {
             ));
         }
         let streamed = accepts_ndjson(session);
+        if req.tools.is_some() && !streamed {
+            return Err(ApiError::BadRequest(
+                "malformed execute request: tools: client-side tools need a streamed answer; send `Accept: application/x-ndjson`".into(),
+            ));
+        }
         let tools = match &req.tools {
-            Some(tools) if !streamed => {
-                let _ = tools;
-                return Err(ApiError::BadRequest(
-                    "malformed execute request: tools: client-side tools need a streamed answer; send `Accept: application/x-ndjson`".into(),
-                ));
-            }
             Some(tools) => crate::executions::parse_tools(tools)
                 .map_err(|e| ApiError::BadRequest(format!("malformed execute request: {e}")))?,
             None => Vec::new(),

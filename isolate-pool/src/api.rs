@@ -343,6 +343,29 @@ pub struct ClientTools {
     pub tools: Vec<(String, String)>,
 }
 
+impl ClientTools {
+    /// Whether `declared` lists tool `tool` (the client's name) under `namespace`: the rule
+    /// the engine applies before a call leaves the isolate and the gateway applies again
+    /// (`TOOL_NOT_FOUND` otherwise).
+    pub fn check(
+        declared: &[ClientTools],
+        namespace: &str,
+        tool: &str,
+    ) -> Result<(), crate::egress::ApiFailure> {
+        let listed = declared
+            .iter()
+            .find(|n| n.namespace == namespace)
+            .is_some_and(|n| n.tools.iter().any(|(name, _)| name == tool));
+        if listed {
+            return Ok(());
+        }
+        Err(crate::egress::ApiFailure::new(
+            crate::egress::ApiErrorCode::ToolNotFound,
+            format!("{namespace}.{tool} is not a tool the client declared"),
+        ))
+    }
+}
+
 fn is_zero(n: &u64) -> bool {
     *n == 0
 }

@@ -445,6 +445,22 @@ pub struct ApiCall {
 /// Largest argument object of one API call, as JSON text.
 pub const MAX_API_ARGS_BYTES: usize = 4 * 1024 * 1024;
 
+/// The bound on an API call's (or a client-side tool call's) arguments: checked by the engine
+/// before the call leaves the isolate, and again by the gateway, which does not trust a worker
+/// process to have.
+pub fn check_api_args(args: &str) -> Result<(), ApiFailure> {
+    if args.len() > MAX_API_ARGS_BYTES {
+        return Err(ApiFailure::new(
+            ApiErrorCode::InvalidArguments,
+            format!(
+                "the arguments are {} bytes of JSON, more than the limit of {MAX_API_ARGS_BYTES}",
+                args.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// What an API call came to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApiAnswer {

@@ -23,10 +23,10 @@ pub use api::{
     WorkerCode, WorkerError,
 };
 pub use egress::{
-    body_channel, ApiAnswer, ApiCall, ApiErrorCode, ApiFailure, Authorization, BodyStream,
-    BodyWriter, Delivered, DisabledEgress, Egress, EgressError, EgressPort, EgressRequest,
-    EgressResponse, FetchReply, Fetched, Verdict, Window, BODY_WINDOW, MAX_API_ARGS_BYTES,
-    NETWORK_DISABLED, NO_APIS,
+    body_channel, check_api_args, ApiAnswer, ApiCall, ApiErrorCode, ApiFailure, Authorization,
+    BodyStream, BodyWriter, Delivered, DisabledEgress, Egress, EgressError, EgressPort,
+    EgressRequest, EgressResponse, FetchReply, Fetched, Verdict, Window, BODY_WINDOW,
+    MAX_API_ARGS_BYTES, NETWORK_DISABLED, NO_APIS,
 };
 pub use observe::{CacheEvent, NoopObserver, PoolObserver, StartKind};
 pub use pool::{Hold, Pool, PoolError, PoolSettings, Reply};

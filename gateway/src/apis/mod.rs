@@ -530,15 +530,11 @@ impl Apis {
             };
         };
         // The engine bounds the arguments; a worker process is not trusted to have.
-        if call.args.len() > isogate_pool::MAX_API_ARGS_BYTES {
-            return fail(
-                ApiErrorCode::InvalidArguments,
-                format!(
-                    "the arguments are {} bytes of JSON, more than the limit of {}",
-                    call.args.len(),
-                    isogate_pool::MAX_API_ARGS_BYTES
-                ),
-            );
+        if let Err(failure) = isogate_pool::check_api_args(&call.args) {
+            return ApiAnswer::Failed {
+                failure,
+                charged: false,
+            };
         }
         let large = call.args.len() > INLINE_CHECK_BYTES;
         let args: Value = match serde_json::from_str(&call.args) {

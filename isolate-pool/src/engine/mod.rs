@@ -23,7 +23,7 @@ use crate::api::{
 };
 use crate::egress::{
     ApiAnswer, ApiCall, BodyStream, EgressPort, EgressRequest, EgressResponse, Fetched,
-    MAX_API_ARGS_BYTES, NETWORK_DISABLED,
+    NETWORK_DISABLED,
 };
 use budget::{Budget, Metered, RunId};
 use loader::{ModuleMap, WorkerLoader, WorkerResolver};
@@ -1337,17 +1337,7 @@ fn prepare_api(
         ))
     })?;
     if client {
-        let declared = invoker
-            .tools
-            .iter()
-            .find(|n| n.namespace == api)
-            .is_some_and(|n| n.tools.iter().any(|(name, _)| *name == tool));
-        if !declared {
-            return Err(Box::new(ApiFailure::new(
-                crate::egress::ApiErrorCode::ToolNotFound,
-                format!("{api}.{tool} is not a tool the client declared"),
-            )));
-        }
+        crate::api::ClientTools::check(&invoker.tools, &api, &tool).map_err(Box::new)?;
     } else if !invoker.apis.contains(&api) {
         return Err(Box::new(ApiFailure::new(
             crate::egress::ApiErrorCode::ApiNotFound,
@@ -1360,15 +1350,7 @@ fn prepare_api(
             format!("env.{api} has no tool with a {}-byte name", tool.len()),
         )));
     }
-    if args.len() > MAX_API_ARGS_BYTES {
-        return Err(Box::new(ApiFailure::new(
-            crate::egress::ApiErrorCode::InvalidArguments,
-            format!(
-                "the arguments are {} bytes of JSON, more than the limit of {MAX_API_ARGS_BYTES}",
-                args.len()
-            ),
-        )));
-    }
+    crate::egress::check_api_args(&args).map_err(Box::new)?;
     let left = state
         .with_run(run, |s| {
             let left = s.limits.subrequests.saturating_sub(s.subrequests);
