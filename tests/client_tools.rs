@@ -198,7 +198,8 @@ fn replies_are_checked_and_belong_to_the_executions_tenant() {
     let g = gateway();
     let (mut stream, call) = first_call(
         &g,
-        "async () => await codemode.echo({ n: 1 })",
+        // A second call keeps the execution running while the first is answered twice.
+        "async () => [await codemode.echo({ n: 1 }), await codemode.echo({ n: 10 })]",
         json!({"codemode": ["echo"]}),
     );
     // Another tenant's key cannot see or answer it.
@@ -222,14 +223,17 @@ fn replies_are_checked_and_belong_to_the_executions_tenant() {
         reply_to(&g, KEY, &call, &json!({"result": {"n": 2}})).0,
         200
     );
-    // Answered once only.
+    // Answered once only (the execution now waits on its second call).
+    let second = stream.next();
+    assert_eq!(second["args"], json!({"n": 10}), "{second}");
     assert_eq!(
         reply_to(&g, KEY, &call, &json!({"result": {"n": 3}})).0,
         404
     );
+    assert_eq!(reply_to(&g, KEY, &second, &json!({"result": 11})).0, 200);
     let result = stream.next();
     assert_eq!(result["type"], "result");
-    assert_eq!(result["result"], json!({"n": 2}), "{result}");
+    assert_eq!(result["result"], json!([{"n": 2}, 11]), "{result}");
     // The reply route takes POST only and a key.
     let r = reqwest::blocking::Client::new()
         .post(g.url(call["reply_to"].as_str().unwrap()))

@@ -156,10 +156,13 @@ impl Execution {
         &self.live.id
     }
 
-    /// Sends the last event and ends the stream.
+    /// Ends the execution, then sends the last event and ends the stream: a client that has
+    /// read the result is answered 410 for any call, never 404.
     pub fn finish(self, result: &serde_json::Value) {
-        let _ = self.live.events.send(BodyPart::Chunk(ndjson_line(result)));
-        let _ = self.live.events.send(BodyPart::End(Ok(())));
+        let events = self.live.events.clone();
+        drop(self);
+        let _ = events.send(BodyPart::Chunk(ndjson_line(result)));
+        let _ = events.send(BodyPart::End(Ok(())));
     }
 
     /// Resolves when the client has stopped reading the stream.
