@@ -110,6 +110,10 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// The most isolate threads (channel lanes) a worker process accepts; the configuration bounds
+/// `pool.threads` lower.
+const MAX_LANES: usize = 1024;
+
 /// The worker process (`isogate __worker`, started by the supervisor with an empty environment
 /// and its channel at fd 3): confines itself, then serves invocations until the channel closes.
 /// It reads no configuration file and no environment variable.
@@ -128,10 +132,24 @@ pub fn worker_main() -> ExitCode {
         tracing::error!("isogate __worker is started by the gateway (--parent PID missing)");
         return ExitCode::from(64);
     };
-    let served = isogate_pool::worker::serve(isogate_pool::confine::Confinement::worker(
-        arg("--data-limit"),
-        parent,
-    ));
+    // One lane (two channels) per isolate thread after the control channel.
+    let Some(lanes) = arg("--lanes")
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|n| (1..=MAX_LANES).contains(n))
+    else {
+        tracing::error!(
+            "isogate __worker is started by the gateway (--lanes N missing or out of range)"
+        );
+        return ExitCode::from(64);
+    };
+    let served = isogate_pool::worker::serve(
+        isogate_pool::confine::Confinement::worker(
+            arg("--data-limit"),
+            parent,
+            isogate_pool::wire::channels(lanes),
+        ),
+        lanes,
+    );
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

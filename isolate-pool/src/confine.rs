@@ -24,7 +24,8 @@
 
 use std::fmt;
 
-/// The fd number a worker finds its channel at when spawned with `inherit_only`.
+/// The fd number a worker finds its (first) channel at when spawned with `inherit_only`; the
+/// others follow it (`CHANNEL_FD + 1`, …).
 pub const CHANNEL_FD: i32 = 3;
 
 /// What a worker process asks [`confine`] for.
@@ -67,13 +68,17 @@ pub struct Confinement {
 }
 
 impl Confinement {
-    /// What a worker process spawned by the supervisor asks for: stdio and its channel at
-    /// [`CHANNEL_FD`] (see `inherit_only`), nothing else open, an empty environment, the
-    /// gateway's pid as parent, `data_limit_bytes` as the process memory bound.
-    pub fn worker(data_limit_bytes: Option<u64>, gateway_pid: u32) -> Confinement {
+    /// What a worker process spawned by the supervisor asks for: stdio and its `channels`
+    /// channels from [`CHANNEL_FD`] on (see `inherit_only`), nothing else open, an empty
+    /// environment, the gateway's pid as parent, `data_limit_bytes` as the process memory bound.
+    pub fn worker(data_limit_bytes: Option<u64>, gateway_pid: u32, channels: usize) -> Confinement {
+        let channels = i32::try_from(channels).unwrap_or(i32::MAX - CHANNEL_FD);
         Confinement {
             data_limit_bytes,
-            keep_fds: vec![0, 1, 2, CHANNEL_FD],
+            keep_fds: [0, 1, 2]
+                .into_iter()
+                .chain(CHANNEL_FD..CHANNEL_FD + channels)
+                .collect(),
             expected_parent: Some(gateway_pid),
             ..Confinement::default()
         }
@@ -419,26 +424,34 @@ mod linux {
         fn tzset();
     }
 
-    /// Spawner side: makes `cmd`'s child inherit only fds 0, 1, 2 and, when given, `channel` as
-    /// fd [`CHANNEL_FD`] (3). `std::process::Command` passes on every fd of the parent that
-    /// lacks `CLOEXEC` (a gateway may have inherited some from its own parent); a worker must
-    /// not get any of them, and [`confine`](super::confine) rejects one it finds. In the child,
-    /// after fork and before exec: `dup2(channel, 3)`, then `CLOEXEC` on every fd from 4 up
-    /// (`close_range(CLOSE_RANGE_CLOEXEC)`, with a loop as fallback before Linux 5.11).
-    pub fn inherit_only(cmd: &mut std::process::Command, channel: Option<RawFd>) {
+    /// Spawner side: makes `cmd`'s child inherit only fds 0, 1, 2 and `channels`, the i-th as
+    /// fd [`CHANNEL_FD`]` + i` (3, 4, …). `std::process::Command` passes on every fd of the
+    /// parent that lacks `CLOEXEC` (a gateway may have inherited some from its own parent); a
+    /// worker must not get any of them, and [`confine`](super::confine) rejects one it finds.
+    /// In the child, after fork and before exec: every channel below its final range is first
+    /// moved above it (so that placing one never overwrites another), then `dup2`ed into place,
+    /// then `CLOEXEC` goes on every fd above the range (`close_range(CLOSE_RANGE_CLOEXEC)`,
+    /// with a loop as fallback before Linux 5.11).
+    pub fn inherit_only(cmd: &mut std::process::Command, channels: &[RawFd]) {
         use std::os::unix::process::CommandExt;
-        let first_closed = if channel.is_some() { CHANNEL_FD + 1 } else { 3 };
+        let mut channels = channels.to_vec();
+        let first_closed = CHANNEL_FD + i32::try_from(channels.len()).unwrap_or(i32::MAX - 3);
         // SAFETY: the closure runs in the forked child before exec and only makes
         // async-signal-safe syscalls (dup2, fcntl, close_range) on integer fds; it allocates
-        // nothing and touches no lock.
+        // nothing (the list was made before the fork) and touches no lock.
         unsafe {
             cmd.pre_exec(move || {
-                if let Some(fd) = channel {
-                    if fd == CHANNEL_FD {
-                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                for fd in channels.iter_mut() {
+                    if *fd < first_closed {
+                        *fd = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, first_closed);
+                        if *fd == -1 {
                             return Err(io::Error::last_os_error());
                         }
-                    } else if libc::dup2(fd, CHANNEL_FD) == -1 {
+                    }
+                }
+                for (target, fd) in (CHANNEL_FD..).zip(channels.iter()) {
+                    // dup2 clears CLOEXEC on the copy; the original is above the range.
+                    if libc::dup2(*fd, target) == -1 {
                         return Err(io::Error::last_os_error());
                     }
                 }

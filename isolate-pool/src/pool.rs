@@ -14,6 +14,7 @@ use crate::cache::{CacheIndex, EvictReason, Eviction, WorkerKey};
 use crate::egress::EgressPort;
 use crate::engine::Isolate;
 use crate::observe::{CacheEvent, PoolObserver, StartKind};
+use futures::future::LocalBoxFuture;
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
@@ -192,7 +193,12 @@ enum Job {
     Evict {
         key: WorkerKey,
     },
+    /// Runs a task of the pool's user on the thread (see [`Pool::spawn_on`]).
+    Spawn(ThreadTask),
 }
+
+/// A task to run on an isolate thread: made there, so it may hold the thread's own resources.
+pub type ThreadTask = Box<dyn FnOnce() -> LocalBoxFuture<'static, ()> + Send>;
 
 impl Job {
     /// Answers a job the pool could not queue with `error` (its hold goes with it).
@@ -200,7 +206,7 @@ impl Job {
         match self {
             Job::Load { reply, .. } | Job::Get { reply, .. } => reply.refuse(error),
             Job::Execute { reply, .. } => reply.refuse(error),
-            Job::Evict { .. } => {}
+            Job::Evict { .. } | Job::Spawn(_) => {}
         }
     }
 }
@@ -313,8 +319,28 @@ impl Pool {
         self.shared.warm_total.load(Ordering::Relaxed)
     }
 
+    /// The thread for a job that may run anywhere: the submitting thread when it is one of
+    /// this pool's isolate threads (a worker process's channel lane, read on its thread: the
+    /// job is queued without waking another thread), else the next one round-robin.
     fn round_robin(&self) -> usize {
-        self.next.fetch_add(1, Ordering::Relaxed) % self.senders.len()
+        let n = self.senders.len();
+        match ON_THREAD.with(Cell::get) {
+            Some((pool, thread)) if pool == Arc::as_ptr(&self.shared) as usize && thread < n => {
+                thread
+            }
+            _ => self.next.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    /// Runs the task `make` returns on isolate thread `thread` (`make` is called there), next to
+    /// the thread's isolates: a worker process reads each channel lane this way. Fails if the
+    /// thread is gone or its queue is full.
+    pub fn spawn_on(&self, thread: usize, make: ThreadTask) -> Result<(), PoolError> {
+        let tx = self.senders.get(thread).ok_or(PoolError::Unavailable)?;
+        tx.try_send(Job::Spawn(make)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PoolError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => PoolError::Unavailable,
+        })
     }
 
     fn submit(&self, thread: usize, job: Job) {
@@ -471,9 +497,7 @@ impl Pool {
     }
 
     fn home_thread(&self, key: &WorkerKey) -> usize {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        key.hash(&mut h);
-        (h.finish() % self.senders.len() as u64) as usize
+        home_thread(&key.tenant, &key.id, self.senders.len())
     }
 
     fn carry_out(&self, evictions: Vec<Eviction>) {
@@ -710,6 +734,21 @@ fn done<T>(
     }
 }
 
+/// The isolate thread, of `threads`, that cached Worker `id` of `tenant` lives on. The same in
+/// every process of one build (a fixed hash), so the gateway sends a `get()` down the channel
+/// lane of that thread.
+pub fn home_thread(tenant: &str, id: &str, threads: usize) -> usize {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    tenant.hash(&mut h);
+    id.hash(&mut h);
+    (h.finish() % threads.max(1) as u64) as usize
+}
+
+thread_local! {
+    /// On an isolate thread: its pool (the address of the pool's shared state) and index.
+    static ON_THREAD: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+}
+
 fn thread_main(
     index: usize,
     mut rx: mpsc::Receiver<Job>,
@@ -732,6 +771,7 @@ fn thread_main(
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .push(ThreadActivity::register());
+    ON_THREAD.with(|t| t.set(Some((Arc::as_ptr(&shared) as usize, index))));
     let local = tokio::task::LocalSet::new();
     let state = Rc::new(ThreadState {
         index,
@@ -749,6 +789,9 @@ fn thread_main(
             match job {
                 Job::Evict { key } => {
                     state.cached.borrow_mut().remove(&key);
+                }
+                Job::Spawn(make) => {
+                    tokio::task::spawn_local(make());
                 }
                 job => {
                     tokio::task::spawn_local(run_job(state, job));
@@ -827,7 +870,7 @@ async fn run_job(state: Rc<ThreadState>, job: Job) {
             hold.started();
             run_get(state, key, code, request, invoker, limits, reply, hold).await
         }
-        Job::Evict { .. } => {}
+        Job::Evict { .. } | Job::Spawn(_) => {}
     }
 }
 
@@ -953,5 +996,139 @@ mod tests {
         slot.resize(1);
         assert_eq!(slot.turns.available_permits(), 1);
         assert_eq!(slot.capacity.get(), 1);
+    }
+
+    fn invoker(worker_id: Option<&str>) -> Invoker {
+        Invoker {
+            tenant: "t".into(),
+            worker_id: worker_id.map(Into::into),
+            invocation: 0,
+            apis: Vec::new(),
+            trace: 0,
+            tools: Vec::new(),
+        }
+    }
+
+    fn hello() -> WorkerCode {
+        serde_json::from_value(serde_json::json!({
+            "mainModule": "w.js",
+            "modules": {"w.js": "export default { fetch() { return new Response('hi'); } }"},
+        }))
+        .unwrap()
+    }
+
+    fn request() -> HttpRequest {
+        HttpRequest {
+            method: "GET".into(),
+            url: "http://w/".into(),
+            headers: vec![],
+            body: vec![],
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        cpu_ms: 5_000,
+        memory_mb: 64,
+        wall_ms: 10_000,
+        subrequests: 10,
+        worker_concurrency: 32,
+    };
+
+    /// A reply that reports the isolate thread that answered it (replies are called there).
+    fn on_thread<T>(tx: &std_mpsc::Sender<(String, bool)>) -> Reply<T> {
+        let tx = tx.clone();
+        Reply::new(move |answer: Result<Invocation<T>, PoolError>| {
+            let ok = answer.is_ok_and(|inv| inv.outcome.is_ok());
+            let name = std::thread::current().name().unwrap_or("?").to_string();
+            let _ = tx.send((name, ok));
+        })
+    }
+
+    /// What a worker process's lanes rely on: a task spawned on an isolate thread runs there,
+    /// a `load()` it submits runs on that same thread (no other thread woken), a `get()` runs on
+    /// its Worker's [`home_thread`] whoever submits it, and a `load()` from outside the pool
+    /// goes round-robin.
+    #[test]
+    fn jobs_stay_on_the_submitting_isolate_thread_and_gets_on_their_home() {
+        let threads = 3;
+        let pool = Arc::new(
+            Pool::start(
+                PoolSettings {
+                    threads,
+                    warm_isolates: 0,
+                    max_cached_workers: 100,
+                    idle_ttl: Duration::from_secs(3600),
+                    queue_capacity: 64,
+                },
+                Arc::new(crate::DisabledEgress),
+                Arc::new(crate::NoopObserver),
+            )
+            .unwrap(),
+        );
+        let code = Arc::new(hello());
+        let (tx, rx) = std_mpsc::channel();
+        for thread in 0..threads {
+            let (pool, code, tx) = (pool.clone(), code.clone(), tx.clone());
+            pool.clone()
+                .spawn_on(
+                    thread,
+                    Box::new(move || {
+                        Box::pin(async move {
+                            for _ in 0..3 {
+                                let reply = on_thread(&tx);
+                                pool.submit_load(
+                                    invoker(None),
+                                    code.clone(),
+                                    request(),
+                                    LIMITS,
+                                    Hold::none(),
+                                    reply,
+                                );
+                            }
+                        })
+                    }),
+                )
+                .unwrap();
+            for _ in 0..3 {
+                let (name, ok) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+                assert!(ok);
+                assert_eq!(name, format!("isogate-isolate-{thread}"));
+            }
+        }
+        assert!(pool
+            .spawn_on(threads, Box::new(|| Box::pin(async {})))
+            .is_err());
+
+        for id in ["a", "b", "c", "d", "e", "f"] {
+            let home = home_thread("t", id, threads);
+            for _ in 0..2 {
+                pool.submit_get(
+                    invoker(Some(id)),
+                    SealedCode::new(hello()),
+                    request(),
+                    LIMITS,
+                    100,
+                    Hold::none(),
+                    on_thread(&tx),
+                );
+                let (name, ok) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+                assert!(ok);
+                assert_eq!(name, format!("isogate-isolate-{home}"), "{id}");
+            }
+        }
+
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..threads {
+            pool.submit_load(
+                invoker(None),
+                code.clone(),
+                request(),
+                LIMITS,
+                Hold::none(),
+                on_thread(&tx),
+            );
+            seen.insert(rx.recv_timeout(Duration::from_secs(30)).unwrap().0);
+        }
+        assert_eq!(seen.len(), threads, "{seen:?}");
     }
 }

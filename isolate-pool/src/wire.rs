@@ -25,7 +25,7 @@ use std::time::Duration;
 use tokio_util::codec::LengthDelimitedCodec;
 
 /// Version of this protocol; a worker answers a different one with an error and exits.
-pub const PROTOCOL: u32 = 8;
+pub const PROTOCOL: u32 = 9;
 
 /// Largest body (request, response, egress) that may cross the wire.
 pub const MAX_BODY_BYTES: usize = 32 << 20;
@@ -33,8 +33,32 @@ pub const MAX_BODY_BYTES: usize = 32 << 20;
 /// Largest frame: a body at [`MAX_BODY_BYTES`] plus headers, code and framing.
 pub const MAX_FRAME_BYTES: usize = 48 << 20;
 
-/// The file descriptor number the worker finds its end of the channel at.
-pub const CHANNEL_FD: i32 = 3;
+/// The file descriptor number the worker finds its end of the control channel at.
+pub use crate::confine::CHANNEL_FD;
+
+/// The channels a worker with `lanes` isolate threads is given: the control channel, then two
+/// per isolate thread ([`lane_fds`]).
+pub fn channels(lanes: usize) -> usize {
+    1 + 2 * lanes
+}
+
+/// The fds of isolate thread `lane`'s channel lane in the worker: (frames from the gateway,
+/// frames to the gateway). A lane is two socket pairs so that the worker's thread reads its
+/// end without blocking (tokio) and writes its own end blocking (it cannot await inside an
+/// answer), and neither mode is shared with the other (`O_NONBLOCK` belongs to the open file).
+///
+/// What travels where: the gateway sends `Load`/`Execute` down the lane it picks round-robin,
+/// a `get()` down the lane of the Worker's home thread ([`crate::pool::home_thread`]), and
+/// everything about an invocation or an egress call (bodies, credits, answers) down the lane
+/// the invocation or call came on; the isolate thread reads its lane itself and queues the job
+/// on itself, so a request wakes no other thread of the worker. An isolate thread writes its
+/// frames (`Started`, `Done`, `Egress`, bodies…) on its lane; anything else (`Hello`, queries,
+/// heartbeats, probes) uses the control channel. The gateway reads each lane on the runtime of
+/// the task that first used it (pingora's), so an answer wakes the waiting task directly.
+pub fn lane_fds(lane: usize) -> (i32, i32) {
+    let first = CHANNEL_FD + 1 + 2 * i32::try_from(lane).unwrap_or(i32::MAX / 4);
+    (first, first + 1)
+}
 
 /// What a worker process is told before it starts (the first frame).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

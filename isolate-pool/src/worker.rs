@@ -1,10 +1,10 @@
 //! The worker process: a [`Pool`] behind the wire, confined, holding no secret and no socket.
 //!
 //! The gateway spawns the same binary with an internal subcommand, an empty environment and
-//! one inherited file descriptor ([`wire::CHANNEL_FD`], one end of a Unix socket pair). The
-//! worker confines itself first (seccomp, Landlock, rlimits, no new privileges — see
-//! [`crate::confine`]), then reads its [`WorkerSettings`], starts its isolate threads and only
-//! answers frames:
+//! inherited Unix sockets: the control channel at [`wire::CHANNEL_FD`] and a lane of two per
+//! isolate thread ([`wire::lane_fds`]). The worker confines itself first (seccomp, Landlock,
+//! rlimits, no new privileges — see [`crate::confine`]), then reads its [`WorkerSettings`],
+//! starts its isolate threads and only answers frames:
 //!
 //! - invocations run on the local [`Pool`]; the answer goes back as [`FromWorker::Done`], and
 //!   [`FromWorker::Released`] follows when all of the invocation's work has ended (or `Done`
@@ -14,11 +14,12 @@
 //! - pool events and a periodic [`FromWorker::Heartbeat`] (what each isolate thread is running
 //!   and its CPU so far) feed the gateway's metrics and watchdog.
 //!
-//! Threads: the main thread reads and dispatches frames (blocking reads, no event loop); each
-//! isolate thread writes its own frames (`Started`, `Egress`, `Done`) straight onto the channel
-//! under a lock, so an answer crosses to the gateway without waking another thread of this
-//! process; a heartbeat thread sends the heartbeats. Observer events are summed and ride along
-//! with the next frame that goes out anyway.
+//! Threads: each isolate thread reads its own lane (a task on its event loop) and queues what
+//! arrives on itself, and writes its own frames (`Started`, `Egress`, `Done`) straight onto its
+//! lane, so a request crosses this process without waking another thread; the main thread
+//! reads the control channel (blocking reads, no event loop); a heartbeat thread sends the
+//! heartbeats on it. Observer events are summed and ride along with the next frame that goes
+//! out anyway.
 //!
 //! The worker exits when the channel closes; the gateway kills it when it misbehaves.
 #![allow(unsafe_code)] // the worker's inherited channel fd (an OS API); each block has a `// SAFETY:` line
@@ -49,22 +50,38 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Decoder;
 
 /// Confines the process (`confinement`: before any thread exists, so that every thread is
-/// bound by it), then runs the worker on the inherited channel until it closes.
-pub fn serve(confinement: crate::confine::Confinement) -> Result<(), String> {
+/// bound by it), then runs the worker on the inherited channels (the control channel and
+/// `lanes` lanes) until the control channel closes.
+pub fn serve(confinement: crate::confine::Confinement, lanes: usize) -> Result<(), String> {
     let report = crate::confine::confine(&confinement)
         .map_err(|e| format!("confinement failed ({}): {e}", e.as_str()))?;
     let confined = (
         render(&report),
         report.seccomp && report.no_new_privs && report.landlock.is_full(),
     );
-    // SAFETY: the supervisor placed one end of a socket pair at CHANNEL_FD (dup2 before exec);
-    // nothing else in this process owns that descriptor.
-    let channel = unsafe { UnixStream::from_raw_fd(wire::CHANNEL_FD) };
-    // Blocking: the main thread blocks in read, writers block while the gateway catches up.
-    channel
-        .set_nonblocking(false)
-        .map_err(|e| format!("channel: {e}"))?;
-    run(Arc::new(channel), confined)
+    let inherited = |fd: i32| -> Result<UnixStream, String> {
+        if !report.open_fds.contains(&fd) {
+            return Err(format!("channel fd {fd} is not open"));
+        }
+        // SAFETY: the supervisor placed one end of a socket pair at each channel fd (dup2
+        // before exec; `confine` saw it open); each is taken here once, and nothing else in
+        // this process owns it.
+        let channel = unsafe { UnixStream::from_raw_fd(fd) };
+        // Blocking: the main thread blocks in read, writers block while the gateway catches
+        // up. (A lane's reading end is made non-blocking by the thread that reads it.)
+        channel
+            .set_nonblocking(false)
+            .map_err(|e| format!("channel fd {fd}: {e}"))?;
+        Ok(channel)
+    };
+    let control = inherited(wire::CHANNEL_FD)?;
+    let lanes = (0..lanes)
+        .map(|k| {
+            let (from_gateway, to_gateway) = wire::lane_fds(k);
+            Ok((inherited(from_gateway)?, inherited(to_gateway)?))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    run(Arc::new(control), lanes, confined)
 }
 
 fn render(r: &crate::confine::ConfineReport) -> String {
@@ -111,7 +128,11 @@ impl Frames {
     }
 }
 
-fn run(channel: Arc<UnixStream>, (confinement, complete): (String, bool)) -> Result<(), String> {
+fn run(
+    channel: Arc<UnixStream>,
+    lanes: Vec<(UnixStream, UnixStream)>,
+    (confinement, complete): (String, bool),
+) -> Result<(), String> {
     let mut frames = Frames {
         channel: channel.clone(),
         codec: wire::codec(),
@@ -133,10 +154,19 @@ fn run(channel: Arc<UnixStream>, (confinement, complete): (String, bool)) -> Res
             wire::PROTOCOL
         ));
     }
+    if lanes.len() != settings.threads.max(1) {
+        return Err(format!(
+            "{} channel lanes for {} isolate threads",
+            lanes.len(),
+            settings.threads.max(1)
+        ));
+    }
+    let (readers, writers): (Vec<_>, Vec<_>) = lanes.into_iter().unzip();
 
     let out = Arc::new(Outbox {
         channel,
         write: Mutex::new(()),
+        lanes: writers.into_iter().map(Mutex::new).collect(),
         events: Mutex::new(Events::default()),
         bodies: Mutex::new(HashMap::new()),
     });
@@ -189,14 +219,86 @@ fn run(channel: Arc<UnixStream>, (confinement, complete): (String, bool)) -> Res
     let codes = Mutex::new(lru::LruCache::new(
         NonZeroUsize::new(settings.max_cached_workers.max(1)).unwrap_or(NonZeroUsize::MIN),
     ));
+    let worker = Arc::new(Worker {
+        pool: pool.clone(),
+        egress,
+        codes,
+        out,
+        settings,
+    });
+    for (lane, reader) in readers.into_iter().enumerate() {
+        let worker = worker.clone();
+        pool.spawn_on(
+            lane,
+            Box::new(move || Box::pin(read_lane(lane, reader, worker))),
+        )
+        .map_err(|e| format!("lane {lane}: {e}"))?;
+    }
     while let Some(frame) = frames.next()? {
         let message = wire::decode::<ToWorker>(&frame).map_err(|e| e.to_string())?;
-        dispatch(message, &pool, &egress, &codes, &out, &settings);
+        worker.dispatch(message);
     }
     Ok(())
 }
 
+thread_local! {
+    /// On an isolate thread that reads a lane: that lane (its frames go out on it).
+    static LANE: std::cell::Cell<Option<usize>> = const { std::cell::Cell::new(None) };
+}
+
+/// Reads lane `lane` on its isolate thread and dispatches what arrives there: jobs are queued
+/// on this thread, answers wake the invocation waiting on this thread. A frame that cannot be
+/// read or decoded ends the process (the gateway sees it and starts another).
+async fn read_lane(lane: usize, reader: UnixStream, worker: Arc<Worker>) {
+    use futures::StreamExt;
+    LANE.with(|l| l.set(Some(lane)));
+    let stream = reader
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(reader));
+    let stream = match stream {
+        Ok(s) => s,
+        Err(e) => lane_failed(lane, &e.to_string()),
+    };
+    let mut frames = tokio_util::codec::FramedRead::new(stream, wire::codec());
+    while let Some(frame) = frames.next().await {
+        let message = frame
+            .map_err(|e| e.to_string())
+            .and_then(|f| wire::decode::<ToWorker>(&f).map_err(|e| e.to_string()));
+        match message {
+            Ok(message) => worker.dispatch(message),
+            Err(e) => lane_failed(lane, &e),
+        }
+    }
+}
+
+fn lane_failed(lane: usize, error: &str) -> ! {
+    tracing::error!(lane, error, "worker: a channel lane failed; exiting");
+    std::process::exit(70)
+}
+
 type Codes = Mutex<lru::LruCache<WorkerKey, SealedCode>>;
+
+/// What dispatching a frame needs, shared by the control reader and the lane readers.
+struct Worker {
+    pool: Arc<Pool>,
+    egress: Arc<RemoteEgress>,
+    codes: Codes,
+    out: Arc<Outbox>,
+    settings: WorkerSettings,
+}
+
+impl Worker {
+    fn dispatch(&self, message: ToWorker) {
+        dispatch(
+            message,
+            &self.pool,
+            &self.egress,
+            &self.codes,
+            &self.out,
+            &self.settings,
+        )
+    }
+}
 
 fn dispatch(
     message: ToWorker,
@@ -311,12 +413,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The worker's writing end of the channel, shared by every thread. Each message goes out as
-/// one whole frame in one `write` under a lock (frames never interleave); summed observer
-/// events go out ahead of it in the same `write`.
+/// The worker's writing ends, shared by every thread: an isolate thread writes on its lane,
+/// any other thread on the control channel. Each message goes out as one whole frame in one
+/// `write` under the channel's lock (frames never interleave); summed observer events go out
+/// ahead of it in the same `write`.
 struct Outbox {
     channel: Arc<UnixStream>,
     write: Mutex<()>,
+    /// Each lane's writing end (blocking), by isolate thread.
+    lanes: Vec<Mutex<UnixStream>>,
     events: Mutex<Events>,
     /// Streamed response bodies being sent, by invocation id: the window the gateway refills
     /// with [`ToWorker::BodyCredit`] (closed by [`ToWorker::BodyCancel`]).
@@ -410,8 +515,17 @@ impl Outbox {
         if bytes.is_empty() {
             return;
         }
-        let _whole = lock(&self.write);
-        if let Err(e) = (&*self.channel).write_all(bytes) {
+        let written = match LANE
+            .with(std::cell::Cell::get)
+            .and_then(|k| self.lanes.get(k))
+        {
+            Some(lane) => lock(lane).write_all(bytes),
+            None => {
+                let _whole = lock(&self.write);
+                (&*self.channel).write_all(bytes)
+            }
+        };
+        if let Err(e) = written {
             tracing::debug!(error = %e, "worker: the channel is closed");
         }
     }
@@ -780,6 +894,7 @@ mod tests {
         let out = Arc::new(Outbox {
             channel: Arc::new(ours),
             write: Mutex::new(()),
+            lanes: Vec::new(),
             events: Mutex::new(Events::default()),
             bodies: Mutex::new(HashMap::new()),
         });
@@ -844,6 +959,39 @@ mod tests {
         }
         drop(hold);
         assert_eq!(next(&mut frames), FromWorker::Released { id: 8 });
+    }
+
+    /// An isolate thread that reads a lane writes on it; every other thread on the control
+    /// channel.
+    #[test]
+    fn frames_go_out_on_the_lane_of_the_writing_thread() {
+        let (mut out, mut control) = outbox();
+        let mut lanes = Vec::new();
+        let mut writers = Vec::new();
+        for _ in 0..2 {
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            writers.push(Mutex::new(ours));
+            lanes.push(Frames {
+                channel: Arc::new(theirs),
+                codec: wire::codec(),
+                buf: bytes::BytesMut::new(),
+                chunk: vec![0; 1024],
+            });
+        }
+        Arc::get_mut(&mut out).unwrap().lanes = writers;
+        std::thread::scope(|s| {
+            for lane in 0..2u64 {
+                let out = &out;
+                s.spawn(move || {
+                    LANE.with(|l| l.set(Some(lane as usize)));
+                    out.send(&FromWorker::Started { id: lane });
+                });
+            }
+        });
+        out.send(&FromWorker::Started { id: 9 });
+        assert_eq!(next(&mut lanes[0]), FromWorker::Started { id: 0 });
+        assert_eq!(next(&mut lanes[1]), FromWorker::Started { id: 1 });
+        assert_eq!(next(&mut control), FromWorker::Started { id: 9 });
     }
 
     #[test]

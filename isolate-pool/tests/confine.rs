@@ -40,7 +40,7 @@ fn child_command(role: &str) -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // Only 0, 1, 2 reach the child, as for a real worker.
-    confine::inherit_only(&mut cmd, None);
+    confine::inherit_only(&mut cmd, &[]);
     cmd
 }
 
@@ -132,7 +132,7 @@ fn diagnose_sigsys(role: &str) -> String {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
-    confine::inherit_only(&mut cmd, None);
+    confine::inherit_only(&mut cmd, &[]);
     if cmd.status().is_err() {
         return "SIGSYS: install strace to see the syscall".into();
     }
@@ -306,25 +306,41 @@ fn a_huge_native_allocation_costs_the_worker_process() {
     assert!(!out.contains("survived"), "{out}");
 }
 
-/// The spawner hands the worker its channel at fd 3 and nothing else (`inherit_only`); the
-/// confined worker talks over it with tokio.
+/// The spawner hands the worker its channels from fd 3 on, in the order given, and nothing
+/// else (`inherit_only`); the confined worker talks over each with tokio. The channels are
+/// given in an order unlike their fd numbers, so a channel placed by position is told from one
+/// that kept its number.
 #[test]
-fn a_worker_talks_to_its_parent_over_the_inherited_channel() {
-    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+fn a_worker_talks_to_its_parent_over_the_inherited_channels() {
+    let pairs: Vec<_> = (0..3)
+        .map(|_| std::os::unix::net::UnixStream::pair().unwrap())
+        .collect();
+    let order = [2, 0, 1];
     let mut cmd = child_command("channel");
-    confine::inherit_only(&mut cmd, Some(theirs.as_raw_fd()));
+    let fds: Vec<_> = order.iter().map(|&i| pairs[i].1.as_raw_fd()).collect();
+    confine::inherit_only(&mut cmd, &fds);
     let child = cmd.spawn().unwrap();
-    drop(theirs);
-    ours.write_all(b"ping").unwrap();
-    let mut reply = [0u8; 4];
-    let got = ours.read_exact(&mut reply);
+    let mut ours: Vec<_> = pairs.into_iter().map(|(ours, _theirs)| ours).collect();
+    let mut replies = Vec::new();
+    for (i, channel) in ours.iter_mut().enumerate() {
+        channel.write_all(&[b'a' + i as u8]).unwrap();
+    }
+    for channel in &mut ours {
+        let mut reply = [0u8; 2];
+        replies.push(channel.read_exact(&mut reply).map(|()| reply));
+    }
     let out = child.wait_with_output().unwrap();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    got.unwrap_or_else(|e| panic!("no reply over the channel ({e}): {:?}{text}", out.status));
-    assert_eq!(&reply, b"pong");
+    for (i, reply) in replies.into_iter().enumerate() {
+        let reply = reply
+            .unwrap_or_else(|e| panic!("no reply over channel {i} ({e}): {:?}{text}", out.status));
+        // Each channel answers with what it was sent and the fd it found the channel at.
+        let position = order.iter().position(|&o| o == i).unwrap();
+        assert_eq!(reply, [b'a' + i as u8, 3 + position as u8], "{text}");
+    }
     assert!(out.status.success(), "{:?}{text}", out.status);
-    assert!(text.contains("fds [0, 1, 2, 3]"), "{text}");
+    assert!(text.contains("fds [0, 1, 2, 3, 4, 5]"), "{text}");
 }
 
 #[test]
@@ -603,26 +619,31 @@ fn landlock_only() {
 
 fn channel() {
     use std::os::fd::FromRawFd;
-    // SAFETY: the spawner put our end of the channel at CHANNEL_FD (inherit_only); nothing
-    // else owns that fd.
-    let channel = unsafe { std::os::unix::net::UnixStream::from_raw_fd(confine::CHANNEL_FD) };
+    let fds = confine::CHANNEL_FD..confine::CHANNEL_FD + 3;
+    // SAFETY: the spawner put our ends of the channels from CHANNEL_FD on (inherit_only);
+    // nothing else owns those fds, each is taken once.
+    let channels: Vec<_> = fds
+        .clone()
+        .map(|fd| unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) })
+        .collect();
     // SAFETY: getppid has no arguments.
     let parent = unsafe { libc::getppid() } as u32;
     let report = confine::confine(&Confinement {
         // The child's role is in its environment.
         require_empty_env: false,
-        ..Confinement::worker(Some(1 << 30), parent)
+        ..Confinement::worker(Some(1 << 30), parent, 3)
     })
     .expect("confine");
     println!("fds {:?}", report.open_fds);
     runtime().block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        channel.set_nonblocking(true).unwrap();
-        let mut channel = tokio::net::UnixStream::from_std(channel).unwrap();
-        let mut buf = [0u8; 4];
-        channel.read_exact(&mut buf).await.unwrap();
-        assert_eq!(&buf, b"ping");
-        channel.write_all(b"pong").await.unwrap();
+        for (fd, channel) in fds.zip(channels) {
+            channel.set_nonblocking(true).unwrap();
+            let mut channel = tokio::net::UnixStream::from_std(channel).unwrap();
+            let mut buf = [0u8; 1];
+            channel.read_exact(&mut buf).await.unwrap();
+            channel.write_all(&[buf[0], fd as u8]).await.unwrap();
+        }
     });
 }
 

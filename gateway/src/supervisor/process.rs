@@ -56,6 +56,8 @@ pub(super) struct Pending {
     /// For `get()`: the code, sent only when the worker asks for it.
     code: Option<Arc<WorkerCode>>,
     dispatched: Instant,
+    /// The channel lane it was sent down (what concerns it later goes the same way).
+    lane: Option<usize>,
     /// When an isolate thread took it (`FromWorker::Started`).
     started: Option<Instant>,
     attempts: u32,
@@ -85,6 +87,7 @@ impl Pending {
             message: Arc::new(message),
             code,
             dispatched: Instant::now(),
+            lane: None,
             started: None,
             attempts: 0,
             done: false,
@@ -159,6 +162,21 @@ impl Outgoing {
             }
         }
     }
+}
+
+/// A channel lane of a worker process ([`wire::lane_fds`]): frames to one isolate thread, and
+/// the frames that thread writes. Opened on the first dispatch, on that task's runtime
+/// (pingora's), so the reader that takes an answer off the lane wakes the waiting task on its
+/// own runtime: the gateway side of a request has the two wake-ups of the in-process pool.
+struct Lane {
+    /// Until opened: the gateway's ends (to the worker, from the worker).
+    ends: Mutex<
+        Option<(
+            std::os::unix::net::UnixStream,
+            std::os::unix::net::UnixStream,
+        )>,
+    >,
+    out: std::sync::OnceLock<Arc<Outgoing>>,
 }
 
 /// What a dead worker leaves behind.
@@ -302,6 +320,11 @@ pub(super) struct Process {
     pub(super) pid: u32,
     index: usize,
     out: Arc<Outgoing>,
+    lanes: Vec<Lane>,
+    /// Serialises opening the lanes; holds the lanes' reader and drainer tasks once open.
+    lane_tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    next_lane: AtomicUsize,
+    egress: Arc<dyn EgressPort>,
     pending: Mutex<HashMap<u64, Pending>>,
     beat: Mutex<Beat>,
     warm: AtomicUsize,
@@ -321,14 +344,28 @@ pub(super) struct Process {
 }
 
 impl Process {
-    /// Spawns `isogate __worker` with an empty environment and one end of a socket pair at
-    /// [`wire::CHANNEL_FD`]; returns the process and a future that resolves when it has ended.
+    /// Spawns `isogate __worker` with an empty environment, one end of a socket pair at
+    /// [`wire::CHANNEL_FD`] and a lane of two per isolate thread ([`wire::lane_fds`]);
+    /// returns the process and a future that resolves when it has ended.
     pub(super) async fn spawn(
         settings: WorkerSettings,
         egress: Arc<dyn EgressPort>,
         metrics: Arc<Metrics>,
     ) -> std::io::Result<(Arc<Process>, oneshot::Receiver<ExitCause>)> {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+        let lane_count = settings.threads.max(1);
+        let mut lanes = Vec::with_capacity(lane_count);
+        let mut channels = vec![theirs];
+        for _ in 0..lane_count {
+            let (to_worker, worker_reads) = std::os::unix::net::UnixStream::pair()?;
+            let (from_worker, worker_writes) = std::os::unix::net::UnixStream::pair()?;
+            channels.push(worker_reads);
+            channels.push(worker_writes);
+            lanes.push(Lane {
+                ends: Mutex::new(Some((to_worker, from_worker))),
+                out: std::sync::OnceLock::new(),
+            });
+        }
         let exe = std::env::current_exe()?;
         let mut cmd = std::process::Command::new(exe);
         cmd.arg("__worker")
@@ -341,15 +378,17 @@ impl Process {
         if let Some(limit) = settings.data_limit_bytes {
             cmd.arg("--data-limit").arg(limit.to_string());
         }
-        // Only stdio and the channel (at CHANNEL_FD) cross into the worker.
-        isogate_pool::confine::inherit_only(&mut cmd, Some(theirs.as_raw_fd()));
+        cmd.arg("--lanes").arg(lane_count.to_string());
+        // Only stdio and the channels (from CHANNEL_FD on) cross into the worker.
+        let fds: Vec<_> = channels.iter().map(AsRawFd::as_raw_fd).collect();
+        isogate_pool::confine::inherit_only(&mut cmd, &fds);
         let mut child = spawn_from_spawner_thread(cmd).await?;
-        drop(theirs);
+        drop(channels);
         let pid = child.id();
         ours.set_nonblocking(true)?;
         let stream = tokio::net::UnixStream::from_std(ours)?;
         let (read_half, write_half) = stream.into_split();
-        let mut frames = tokio_util::codec::FramedRead::new(read_half, wire::codec());
+        let frames = tokio_util::codec::FramedRead::new(read_half, wire::codec());
         let out = Arc::new(Outgoing {
             half: write_half,
             backlog: Mutex::new(Vec::new()),
@@ -361,6 +400,10 @@ impl Process {
             pid,
             index,
             out,
+            lanes,
+            lane_tasks: Mutex::new(Vec::new()),
+            next_lane: AtomicUsize::new(0),
+            egress: egress.clone(),
             pending: Mutex::new(HashMap::new()),
             beat: Mutex::new(Beat {
                 at: Instant::now(),
@@ -378,24 +421,8 @@ impl Process {
         });
         process.send(ToWorker::Hello(settings)).ok();
 
-        // Reader: every frame from the worker; anything malformed kills it.
-        let reader_proc = process.clone();
-        let reader = tokio::spawn(async move {
-            while let Some(frame) = frames.next().await {
-                let message = match frame
-                    .map_err(|e| e.to_string())
-                    .and_then(|f| wire::decode::<FromWorker>(&f).map_err(|e| e.to_string()))
-                {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::error!(worker = index, error = %e, "supervisor: malformed message from a worker");
-                        reader_proc.kill(Kill::Malformed);
-                        return;
-                    }
-                };
-                reader_proc.receive(message, &egress, &metrics);
-            }
-        });
+        // Reader of the control channel (the lanes get theirs when they open).
+        let reader = tokio::spawn(process.clone().read(frames, None));
 
         // Waiter: the exit status, then the cause.
         let (exited_tx, exited_rx) = oneshot::channel();
@@ -407,6 +434,14 @@ impl Process {
             waiter_proc.alive.store(false, Ordering::SeqCst);
             reader.abort();
             drainer.abort();
+            for task in waiter_proc
+                .lane_tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .drain(..)
+            {
+                task.abort();
+            }
             // Its egress calls (answers, streamed bodies) have no one left to go to.
             for (_, call) in waiter_proc
                 .egress_calls
@@ -434,6 +469,102 @@ impl Process {
         Ok((process, exited_rx))
     }
 
+    /// Reads every frame from the worker on the control channel or a lane (`lane`); anything
+    /// malformed kills the worker.
+    async fn read(
+        self: Arc<Self>,
+        mut frames: tokio_util::codec::FramedRead<
+            tokio::net::unix::OwnedReadHalf,
+            tokio_util::codec::LengthDelimitedCodec,
+        >,
+        lane: Option<usize>,
+    ) {
+        while let Some(frame) = frames.next().await {
+            let message = match frame
+                .map_err(|e| e.to_string())
+                .and_then(|f| wire::decode::<FromWorker>(&f).map_err(|e| e.to_string()))
+            {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::error!(worker = self.index, lane, error = %e, "supervisor: malformed message from a worker");
+                    self.kill(Kill::Malformed);
+                    return;
+                }
+            };
+            self.receive(message, lane);
+        }
+    }
+
+    /// Opens the lanes (once, on the calling task's runtime): a reader for what each isolate
+    /// thread writes, a writer for what goes to it. Every lane opens at once: a thread writes
+    /// on its lane whatever channel its work came by.
+    fn open_lanes(self: &Arc<Self>) -> Result<(), PoolError> {
+        if self.lanes.iter().all(|l| l.out.get().is_some()) {
+            return Ok(());
+        }
+        let mut tasks = self.lane_tasks.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.is_alive() {
+            return Err(PoolError::Unavailable);
+        }
+        for (k, lane) in self.lanes.iter().enumerate() {
+            let Some((to_worker, from_worker)) =
+                lane.ends.lock().unwrap_or_else(|p| p.into_inner()).take()
+            else {
+                continue;
+            };
+            let opened = (|| {
+                to_worker.set_nonblocking(true)?;
+                from_worker.set_nonblocking(true)?;
+                let (_, half) = tokio::net::UnixStream::from_std(to_worker)?.into_split();
+                let (read_half, _) = tokio::net::UnixStream::from_std(from_worker)?.into_split();
+                std::io::Result::Ok((half, read_half))
+            })();
+            let (half, read_half) = match opened {
+                Ok(ends) => ends,
+                Err(e) => {
+                    tracing::error!(worker = self.index, lane = k, error = %e, "supervisor: cannot open a worker's channel lane");
+                    drop(tasks);
+                    self.kill(Kill::Malformed);
+                    return Err(PoolError::Unavailable);
+                }
+            };
+            let out = Arc::new(Outgoing {
+                half,
+                backlog: Mutex::new(Vec::new()),
+                wake: tokio::sync::Notify::new(),
+            });
+            let frames = tokio_util::codec::FramedRead::new(read_half, wire::codec());
+            tasks.push(tokio::spawn(out.clone().drain()).abort_handle());
+            tasks.push(tokio::spawn(self.clone().read(frames, Some(k))).abort_handle());
+            let _ = lane.out.set(out);
+        }
+        Ok(())
+    }
+
+    /// The writer for `lane` (the control channel's when it has none or is not open).
+    fn outgoing(&self, lane: Option<usize>) -> &Outgoing {
+        lane.and_then(|k| self.lanes.get(k))
+            .and_then(|l| l.out.get())
+            .map_or(&*self.out, |o| &**o)
+    }
+
+    /// The lane for an invocation: a `get()` goes to its Worker's home thread, anything else to
+    /// the next thread round-robin.
+    fn lane_for(&self, message: &ToWorker) -> Option<usize> {
+        let n = self.lanes.len();
+        match message {
+            ToWorker::Get { invoker, .. } => Some(isogate_pool::pool::home_thread(
+                &invoker.tenant,
+                invoker.worker_id.as_deref().unwrap_or(""),
+                n,
+            )),
+            ToWorker::Load { .. } | ToWorker::Execute { .. } => {
+                Some(self.next_lane.fetch_add(1, Ordering::Relaxed) % n.max(1))
+            }
+            _ => None,
+        }
+    }
+
     fn pending(&self) -> MutexGuard<'_, HashMap<u64, Pending>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -450,8 +581,14 @@ impl Process {
         self.warm.load(Ordering::Relaxed)
     }
 
+    /// Sends `message` on the control channel.
     pub(super) fn send(&self, message: ToWorker) -> Result<(), PoolError> {
-        self.send_shared(Arc::new(message))
+        self.send_shared(None, Arc::new(message))
+    }
+
+    /// Sends `message` down `lane` (see [`Process::outgoing`]).
+    fn send_on(&self, lane: Option<usize>, message: ToWorker) -> Result<(), PoolError> {
+        self.send_shared(lane, Arc::new(message))
     }
 
     /// Passes a worker's streamed response body to the client's sink as the client takes it:
@@ -461,6 +598,7 @@ impl Process {
     fn forward_body(
         self: &Arc<Self>,
         id: u64,
+        lane: Option<usize>,
         mut sink: BodySink,
     ) -> mpsc::UnboundedSender<BodyPart> {
         let (tx, mut rx) = mpsc::unbounded_channel::<BodyPart>();
@@ -471,10 +609,10 @@ impl Process {
                     BodyPart::Chunk(bytes) => {
                         let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
                         if !sink.room(bytes.len()).await || !sink.send(BodyPart::Chunk(bytes)) {
-                            let _ = this.send(ToWorker::BodyCancel { id });
+                            let _ = this.send_on(lane, ToWorker::BodyCancel { id });
                             return;
                         }
-                        let _ = this.send(ToWorker::BodyCredit { id, bytes: n });
+                        let _ = this.send_on(lane, ToWorker::BodyCredit { id, bytes: n });
                     }
                     end => {
                         sink.send(end);
@@ -517,7 +655,13 @@ impl Process {
 
     /// Forwards the rest of a streamed `fetch()` body to the worker, never more than the
     /// window ahead of what the worker has read; ends with its `End`.
-    async fn send_body(&self, call: u64, mut rest: BodyStream, window: &Window) {
+    async fn send_body(
+        &self,
+        call: u64,
+        lane: Option<usize>,
+        mut rest: BodyStream,
+        window: &Window,
+    ) {
         loop {
             let part = match rest.next().await {
                 Some(Ok(bytes)) => {
@@ -530,7 +674,11 @@ impl Process {
                 None => BodyPart::End(Ok(())),
             };
             let end = matches!(part, BodyPart::End(_));
-            if self.send(ToWorker::FetchedBody { call, part }).is_err() || end {
+            if self
+                .send_on(lane, ToWorker::FetchedBody { call, part })
+                .is_err()
+                || end
+            {
                 return;
             }
         }
@@ -538,7 +686,7 @@ impl Process {
 
     /// Encodes `message` on the calling thread and writes it (see [`Outgoing`]). A message too
     /// large for the wire fails its invocation, not the worker.
-    fn send_shared(&self, message: Arc<ToWorker>) -> Result<(), PoolError> {
+    fn send_shared(&self, lane: Option<usize>, message: Arc<ToWorker>) -> Result<(), PoolError> {
         if !self.is_alive() {
             return Err(PoolError::Unavailable);
         }
@@ -548,12 +696,21 @@ impl Process {
             self.fail_unsendable(&message);
             return Ok(());
         }
-        self.out.send(frame).map_err(|_| PoolError::Unavailable)
+        self.outgoing(lane)
+            .send(frame)
+            .map_err(|_| PoolError::Unavailable)
     }
 
     /// Records `pending` under `id` and sends its message.
-    pub(super) fn dispatch(&self, id: u64, mut pending: Pending) -> Result<(), PoolError> {
+    pub(super) fn dispatch(
+        self: &Arc<Self>,
+        id: u64,
+        mut pending: Pending,
+    ) -> Result<(), PoolError> {
+        self.open_lanes()?;
         let message = pending.message.clone();
+        pending.lane = self.lane_for(&message);
+        let lane = pending.lane;
         {
             let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
             if !tenants.contains(pending.tenant()) {
@@ -564,7 +721,7 @@ impl Process {
         pending.attempts += 1;
         self.pending().insert(id, pending);
         self.metrics.worker_in_flight.inc();
-        if let Err(e) = self.send_shared(message) {
+        if let Err(e) = self.send_shared(lane, message) {
             if self.pending().remove(&id).is_some() {
                 self.metrics.worker_in_flight.dec();
             }
@@ -608,12 +765,10 @@ impl Process {
         answer.ok().and_then(Result::ok)
     }
 
-    fn receive(
-        self: &Arc<Self>,
-        message: FromWorker,
-        egress: &Arc<dyn EgressPort>,
-        metrics: &Arc<Metrics>,
-    ) {
+    /// Handles a frame the worker sent on the control channel or on `lane` (egress answers go
+    /// back the way their call came).
+    fn receive(self: &Arc<Self>, message: FromWorker, lane: Option<usize>) {
+        let (egress, metrics) = (&self.egress, &self.metrics);
         match message {
             FromWorker::Ready {
                 confinement,
@@ -668,7 +823,7 @@ impl Process {
                 let end = matches!(part, BodyPart::End(_));
                 if p.forward.is_none() {
                     if let Some(sink) = p.body.take() {
-                        p.forward = Some(self.forward_body(id, sink));
+                        p.forward = Some(self.forward_body(id, p.lane, sink));
                     }
                 }
                 if let Some(forward) = &p.forward {
@@ -691,6 +846,7 @@ impl Process {
             FromWorker::NeedCode { id } => {
                 let with_code = self.pending().get_mut(&id).and_then(|p| {
                     let code = p.code.take()?;
+                    let lane = p.lane;
                     match &*p.message {
                         ToWorker::Get {
                             id,
@@ -700,21 +856,24 @@ impl Process {
                             limits,
                             tenant_cap,
                             ..
-                        } => Some(ToWorker::Get {
-                            id: *id,
-                            invoker: invoker.clone(),
-                            digest: *digest,
-                            code: Some(code),
-                            request: request.clone(),
-                            limits: *limits,
-                            tenant_cap: *tenant_cap,
-                        }),
+                        } => Some((
+                            lane,
+                            ToWorker::Get {
+                                id: *id,
+                                invoker: invoker.clone(),
+                                digest: *digest,
+                                code: Some(code),
+                                request: request.clone(),
+                                limits: *limits,
+                                tenant_cap: *tenant_cap,
+                            },
+                        )),
                         _ => None,
                     }
                 });
                 match with_code {
-                    Some(m) => {
-                        let _ = self.send(m);
+                    Some((lane, m)) => {
+                        let _ = self.send_on(lane, m);
                     }
                     // Asked twice, or for something that is not a get(): not this protocol.
                     None => self.kill(Kill::Malformed),
@@ -750,9 +909,12 @@ impl Process {
                             None,
                         ),
                     };
-                    if this.send(ToWorker::Fetched { call, fetched }).is_ok() {
+                    if this
+                        .send_on(lane, ToWorker::Fetched { call, fetched })
+                        .is_ok()
+                    {
                         if let Some(rest) = rest {
-                            this.send_body(call, rest, &paced).await;
+                            this.send_body(call, lane, rest, &paced).await;
                         }
                     }
                 });
@@ -778,7 +940,7 @@ impl Process {
                             charged: false,
                         },
                     };
-                    let _ = this.send(ToWorker::ApiAnswered { call, answer });
+                    let _ = this.send_on(lane, ToWorker::ApiAnswered { call, answer });
                 });
             }
             FromWorker::CancelEgress { call } => {
