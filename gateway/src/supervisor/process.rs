@@ -325,6 +325,9 @@ pub(super) struct Process {
     lane_tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     next_lane: AtomicUsize,
     egress: Arc<dyn EgressPort>,
+    /// The supervisor's runtime (the egress runtime): egress and API calls run there, next to
+    /// the upstream connections, whichever runtime reads the lane they came on.
+    home: tokio::runtime::Handle,
     pending: Mutex<HashMap<u64, Pending>>,
     beat: Mutex<Beat>,
     warm: AtomicUsize,
@@ -404,6 +407,7 @@ impl Process {
             lane_tasks: Mutex::new(Vec::new()),
             next_lane: AtomicUsize::new(0),
             egress: egress.clone(),
+            home: tokio::runtime::Handle::current(),
             pending: Mutex::new(HashMap::new()),
             beat: Mutex::new(Beat {
                 at: Instant::now(),
@@ -634,7 +638,7 @@ impl Process {
     ) {
         let this = self.clone();
         let mut calls = self.egress_calls.lock().unwrap_or_else(|p| p.into_inner());
-        let task = tokio::spawn(async move {
+        let task = self.home.spawn(async move {
             work.await;
             this.egress_calls
                 .lock()
