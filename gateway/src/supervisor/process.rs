@@ -358,16 +358,32 @@ impl Process {
         let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
         let lane_count = settings.threads.max(1);
         let mut lanes = Vec::with_capacity(lane_count);
-        let mut channels = vec![theirs];
-        for _ in 0..lane_count {
+        // The worker's ends, by the fd each must have in the worker (the i-th at CHANNEL_FD + i).
+        let mut placed: Vec<Option<std::os::unix::net::UnixStream>> =
+            std::iter::repeat_with(|| None)
+                .take(wire::channels(lane_count))
+                .collect();
+        let mut place = |fd: i32, end| {
+            let slot = usize::try_from(fd - wire::CHANNEL_FD).ok();
+            if let Some(slot) = slot.and_then(|i| placed.get_mut(i)) {
+                *slot = Some(end);
+            }
+        };
+        place(wire::CHANNEL_FD, theirs);
+        for k in 0..lane_count {
             let (to_worker, worker_reads) = std::os::unix::net::UnixStream::pair()?;
             let (from_worker, worker_writes) = std::os::unix::net::UnixStream::pair()?;
-            channels.push(worker_reads);
-            channels.push(worker_writes);
+            let (reads_at, writes_at) = wire::lane_fds(k);
+            place(reads_at, worker_reads);
+            place(writes_at, worker_writes);
             lanes.push(Lane {
                 ends: Mutex::new(Some((to_worker, from_worker))),
                 out: std::sync::OnceLock::new(),
             });
+        }
+        let channels: Vec<_> = placed.into_iter().flatten().collect();
+        if channels.len() != wire::channels(lane_count) {
+            return Err(std::io::Error::other("the channel layout has a gap"));
         }
         let exe = std::env::current_exe()?;
         let mut cmd = std::process::Command::new(exe);
