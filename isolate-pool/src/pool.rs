@@ -1044,6 +1044,18 @@ mod tests {
         })
     }
 
+    fn load_hello(pool: &Pool, code: &Arc<WorkerCode>, tx: &std_mpsc::Sender<(String, bool)>) {
+        let reply = on_thread(tx);
+        pool.submit_load(
+            invoker(None),
+            code.clone(),
+            request(),
+            LIMITS,
+            Hold::none(),
+            reply,
+        );
+    }
+
     /// What a worker process's lanes rely on: a task spawned on an isolate thread runs there,
     /// a `load()` it submits runs on that same thread (no other thread woken), a `get()` runs on
     /// its Worker's [`home_thread`] whoever submits it, and a `load()` from outside the pool
@@ -1075,15 +1087,7 @@ mod tests {
                     Box::new(move || {
                         Box::pin(async move {
                             for _ in 0..3 {
-                                let reply = on_thread(&tx);
-                                pool.submit_load(
-                                    invoker(None),
-                                    code.clone(),
-                                    request(),
-                                    LIMITS,
-                                    Hold::none(),
-                                    reply,
-                                );
+                                load_hello(&pool, &code, &tx);
                             }
                         })
                     }),
@@ -1119,14 +1123,7 @@ mod tests {
 
         let mut seen = std::collections::BTreeSet::new();
         for _ in 0..threads {
-            pool.submit_load(
-                invoker(None),
-                code.clone(),
-                request(),
-                LIMITS,
-                Hold::none(),
-                on_thread(&tx),
-            );
+            load_hello(&pool, &code, &tx);
             seen.insert(rx.recv_timeout(Duration::from_secs(30)).unwrap().0);
         }
         assert_eq!(seen.len(), threads, "{seen:?}");

@@ -288,124 +288,115 @@ struct Worker {
 }
 
 impl Worker {
+    /// Handles one frame from the gateway, on whichever thread read it.
     fn dispatch(&self, message: ToWorker) {
-        dispatch(
-            message,
-            &self.pool,
-            &self.egress,
-            &self.codes,
-            &self.out,
-            &self.settings,
-        )
-    }
-}
-
-fn dispatch(
-    message: ToWorker,
-    pool: &Pool,
-    egress: &RemoteEgress,
-    codes: &Codes,
-    out: &Arc<Outbox>,
-    settings: &WorkerSettings,
-) {
-    match message {
-        ToWorker::Hello(_) => tracing::warn!("worker: ignoring a second Hello"),
-        ToWorker::Load {
-            id,
-            invoker,
-            code,
-            request,
-            limits,
-        } => {
-            let (hold, reply) = ending(out, id, |inv| Answer::Http(bounded(inv)));
-            pool.submit_load(
+        let Worker {
+            pool,
+            egress,
+            codes,
+            out,
+            settings,
+        } = self;
+        match message {
+            ToWorker::Hello(_) => tracing::warn!("worker: ignoring a second Hello"),
+            ToWorker::Load {
+                id,
                 invoker,
                 code,
                 request,
                 limits,
-                hold,
-                streamed(reply, out, id),
-            );
-        }
-        ToWorker::Get {
-            id,
-            invoker,
-            digest,
-            code,
-            request,
-            limits,
-            tenant_cap,
-        } => {
-            let key = WorkerKey::new(&invoker.tenant, invoker.worker_id.as_deref().unwrap_or(""));
-            let sealed = {
-                let mut codes = lock(codes);
-                match code {
-                    Some(code) => {
-                        let sealed = SealedCode::new(Arc::unwrap_or_clone(code));
-                        codes.put(key, sealed.clone());
-                        Some(sealed)
-                    }
-                    None => codes.get(&key).filter(|c| c.digest() == digest).cloned(),
-                }
-            };
-            let Some(sealed) = sealed else {
-                out.send(&FromWorker::NeedCode { id });
-                return;
-            };
-            let (hold, reply) = ending(out, id, |inv| Answer::Http(bounded(inv)));
-            let reply = streamed(reply, out, id);
-            pool.submit_get(invoker, sealed, request, limits, tenant_cap, hold, reply);
-        }
-        ToWorker::Execute {
-            id,
-            invoker,
-            source,
-            env,
-            limits,
-        } => {
-            let (hold, reply) = ending(out, id, Answer::Json);
-            pool.submit_execute(invoker, source, env, limits, hold, reply);
-        }
-        ToWorker::Query { call, query } => {
-            let answer = match query {
-                Query::CachedIds { tenant } => QueryAnswer::Ids(pool.cached_ids(&tenant)),
-                Query::Evict { tenant, worker_id } => {
+            } => {
+                let (hold, reply) = ending(out, id, |inv| Answer::Http(bounded(inv)));
+                pool.submit_load(
+                    invoker,
+                    code,
+                    request,
+                    limits,
+                    hold,
+                    streamed(reply, out, id),
+                );
+            }
+            ToWorker::Get {
+                id,
+                invoker,
+                digest,
+                code,
+                request,
+                limits,
+                tenant_cap,
+            } => {
+                let key =
+                    WorkerKey::new(&invoker.tenant, invoker.worker_id.as_deref().unwrap_or(""));
+                let sealed = {
                     let mut codes = lock(codes);
-                    codes
-                        .iter()
-                        .filter(|(k, _)| {
-                            &*k.tenant == tenant.as_str()
-                                && worker_id.as_deref().is_none_or(|w| &*k.id == w)
+                    match code {
+                        Some(code) => {
+                            let sealed = SealedCode::new(Arc::unwrap_or_clone(code));
+                            codes.put(key, sealed.clone());
+                            Some(sealed)
+                        }
+                        None => codes.get(&key).filter(|c| c.digest() == digest).cloned(),
+                    }
+                };
+                let Some(sealed) = sealed else {
+                    out.send(&FromWorker::NeedCode { id });
+                    return;
+                };
+                let (hold, reply) = ending(out, id, |inv| Answer::Http(bounded(inv)));
+                let reply = streamed(reply, out, id);
+                pool.submit_get(invoker, sealed, request, limits, tenant_cap, hold, reply);
+            }
+            ToWorker::Execute {
+                id,
+                invoker,
+                source,
+                env,
+                limits,
+            } => {
+                let (hold, reply) = ending(out, id, Answer::Json);
+                pool.submit_execute(invoker, source, env, limits, hold, reply);
+            }
+            ToWorker::Query { call, query } => {
+                let answer = match query {
+                    Query::CachedIds { tenant } => QueryAnswer::Ids(pool.cached_ids(&tenant)),
+                    Query::Evict { tenant, worker_id } => {
+                        let mut codes = lock(codes);
+                        codes
+                            .iter()
+                            .filter(|(k, _)| {
+                                &*k.tenant == tenant.as_str()
+                                    && worker_id.as_deref().is_none_or(|w| &*k.id == w)
+                            })
+                            .map(|(k, _)| k.clone())
+                            .collect::<Vec<_>>()
+                            .into_iter()
+                            .for_each(|k| {
+                                codes.pop(&k);
+                            });
+                        QueryAnswer::Evicted(match worker_id {
+                            Some(id) => usize::from(pool.evict(&tenant, &id)),
+                            None => pool.evict_tenant(&tenant),
                         })
-                        .map(|(k, _)| k.clone())
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .for_each(|k| {
-                            codes.pop(&k);
-                        });
-                    QueryAnswer::Evicted(match worker_id {
-                        Some(id) => usize::from(pool.evict(&tenant, &id)),
-                        None => pool.evict_tenant(&tenant),
-                    })
+                    }
+                };
+                out.send(&FromWorker::Answered { call, answer });
+            }
+            ToWorker::Fetched { call, fetched } => egress.complete(call, fetched),
+            ToWorker::ApiAnswered { call, answer } => egress.answered(call, answer),
+            ToWorker::FetchedBody { call, part } => egress.body(call, part),
+            ToWorker::BodyCredit { id, bytes } => {
+                if let Some(window) = lock(&out.bodies).get(&id) {
+                    window.give(bytes);
                 }
-            };
-            out.send(&FromWorker::Answered { call, answer });
-        }
-        ToWorker::Fetched { call, fetched } => egress.complete(call, fetched),
-        ToWorker::ApiAnswered { call, answer } => egress.answered(call, answer),
-        ToWorker::FetchedBody { call, part } => egress.body(call, part),
-        ToWorker::BodyCredit { id, bytes } => {
-            if let Some(window) = lock(&out.bodies).get(&id) {
-                window.give(bytes);
             }
-        }
-        ToWorker::BodyCancel { id } => {
-            if let Some(window) = lock(&out.bodies).remove(&id) {
-                window.close();
+            ToWorker::BodyCancel { id } => {
+                if let Some(window) = lock(&out.bodies).remove(&id) {
+                    window.close();
+                }
             }
+            ToWorker::Probe(probe) if settings.test_probes => run_probe(probe),
+            ToWorker::Probe(_) => tracing::warn!("worker: ignoring a probe (probes are disabled)"),
         }
-        ToWorker::Probe(probe) if settings.test_probes => run_probe(probe),
-        ToWorker::Probe(_) => tracing::warn!("worker: ignoring a probe (probes are disabled)"),
     }
 }
 
