@@ -1,7 +1,7 @@
 //! Compiles the Worker-facing JS layer (`src/engine/bootstrap.js`), and the parts an isolate
 //! loads on first use — the vendored Web Streams implementation
 //! (`vendor/web-streams-polyfill/ponyfill.js`), `URLPattern` (`vendor/urlpattern-polyfill/`),
-//! `Intl` (`src/engine/intl.js`) and the rarely used glue (`src/engine/lazy.js`) — to QuickJS
+//! `Intl` (`src/engine/intl.js`) and the glue only some Workers need (`PARTS`) — to QuickJS
 //! bytecode at build time, so an isolate loads them with `Module::load` instead of parsing source.
 //! The bytecode is produced by the same `rquickjs-sys` (QuickJS) version the crate links, which is
 //! what makes it valid to load at run time.
@@ -12,7 +12,14 @@ use std::{env, fs, path::PathBuf};
 const BOOTSTRAP: &str = "src/engine/bootstrap.js";
 const STREAMS: &str = "vendor/web-streams-polyfill/ponyfill.js";
 const INTL: &str = "src/engine/intl.js";
-const LAZY: &str = "src/engine/lazy.js";
+/// The glue an isolate loads on first use (`part(name)` in bootstrap.js): name and source.
+const PARTS: &[(&str, &str)] = &[
+    ("lazy", "src/engine/lazy.js"),
+    ("guards", "src/engine/guards.js"),
+    ("events", "src/engine/events.js"),
+    ("outbound", "src/engine/outbound.js"),
+    ("forms", "src/engine/forms.js"),
+];
 const URLPATTERN: &str = "vendor/urlpattern-polyfill/urlpattern.js";
 
 fn compile(name: &str, source: String, out: &str) {
@@ -42,7 +49,9 @@ fn main() {
     println!("cargo:rerun-if-changed={BOOTSTRAP}");
     println!("cargo:rerun-if-changed={STREAMS}");
     println!("cargo:rerun-if-changed={INTL}");
-    println!("cargo:rerun-if-changed={LAZY}");
+    for (_, path) in PARTS {
+        println!("cargo:rerun-if-changed={path}");
+    }
     println!("cargo:rerun-if-changed={URLPATTERN}");
     let bootstrap = fs::read_to_string(BOOTSTRAP).expect("read bootstrap.js");
     compile("isogate:bootstrap", bootstrap, "bootstrap.qjsbc");
@@ -54,8 +63,10 @@ fn main() {
     compile("isogate:streams", streams, "streams.qjsbc");
     let intl = fs::read_to_string(INTL).expect("read intl.js");
     compile("isogate:intl", intl, "intl.qjsbc");
-    let lazy = fs::read_to_string(LAZY).expect("read lazy.js");
-    compile("isogate:lazy", lazy, "lazy.qjsbc");
+    for (name, path) in PARTS {
+        let source = fs::read_to_string(path).expect("read a part of the glue");
+        compile(&format!("isogate:{name}"), source, &format!("{name}.qjsbc"));
+    }
     let urlpattern = fs::read_to_string(URLPATTERN).expect("read the urlpattern-polyfill");
     compile("isogate:urlpattern", urlpattern, "urlpattern.qjsbc");
 }

@@ -1,7 +1,7 @@
 // The parts of isogate's Worker-facing JS that only a Worker using them needs: the guards around
-// crypto.subtle, TextEncoderStream/TextDecoderStream, CompressionStream/DecompressionStream and
-// structuredClone.
-// Compiled to bytecode by build.rs and loaded on first use (bootstrap.js, `lazy()`), so they
+// crypto.subtle, TextEncoderStream/TextDecoderStream, CompressionStream/DecompressionStream,
+// structuredClone and the CallSites a Worker's Error.prepareStackTrace gets.
+// Compiled to bytecode by build.rs and loaded on first use (bootstrap.js, `part("lazy")`), so they
 // cost an isolate nothing until then. `make` receives the intrinsics the bootstrap captured
 // before any user code ran (this module is evaluated later, when globals may be replaced).
 
@@ -26,6 +26,13 @@ export default function make(h) {
     charCodeAt,
     chunkBytes,
     DOMExceptionCtor,
+    ErrorCtor,
+    ReflectOwnKeys,
+    SymbolToStringTag,
+    WeakMapCtor,
+    WeakMapGet,
+    WeakMapSet,
+    defineMethod,
   } = h;
 
   // ---- crypto.subtle guards ---------------------------------------------------------------------
@@ -528,5 +535,95 @@ export default function make(h) {
       };
   }
 
-  return ObjectFreeze({ guardedSubtle, textEncoderStream, textDecoderStream, compressionStream, structuredCloneFor });
+  // ---- Error.prepareStackTrace ------------------------------------------------------------------
+  /**
+   * The function the native prepareStackTrace slot holds while the Worker has set one (see
+   * installStackTraceGuard in bootstrap.js): it passes `userPrepare()` CallSite-like objects that
+   * expose names and positions, never a function or a receiver.
+   */
+  function makeSanitize(nativeSet, limit, userPrepare) {
+    const { ObjectGetPrototypeOf, push } = h;
+    // One real CallSite, to read its methods (with the native limit at 10 for the probe, whatever
+    // the Worker set it to).
+    let site = null;
+    const savedLimit = limit ? ReflectApply(limit.get, ErrorCtor, []) : undefined;
+    if (limit) ReflectApply(limit.set, ErrorCtor, [10]);
+    ReflectApply(nativeSet, ErrorCtor, [
+      (_e, sites) => {
+        site = sites.length ? sites[0] : null;
+        return "";
+      },
+    ]);
+    try {
+      new ErrorCtor("probe").stack;
+    } finally {
+      ReflectApply(nativeSet, ErrorCtor, [undefined]);
+      if (limit) ReflectApply(limit.set, ErrorCtor, [savedLimit]);
+    }
+    if (site === null) throw new TypeErrorCtor("Error.prepareStackTrace is not available");
+    const siteProto = ObjectGetPrototypeOf(site);
+    const getFileName = siteProto.getFileName;
+    const getFunctionName = siteProto.getFunctionName;
+    const getLineNumber = siteProto.getLineNumber;
+    const getColumnNumber = siteProto.getColumnNumber;
+    const isNative = siteProto.isNative;
+    site = null;
+    const fields = new WeakMapCtor();
+    const field = (cs) => ReflectApply(WeakMapGet, fields, [cs]);
+    const SafeCallSite = ObjectCreate(null);
+    const methods = {
+      getFileName() { const f = field(this); return f ? f.file : null; },
+      getFunctionName() { const f = field(this); return f ? f.name : null; },
+      getMethodName() { return null; },
+      getTypeName() { return null; },
+      getLineNumber() { const f = field(this); return f ? f.line : null; },
+      getColumnNumber() { const f = field(this); return f ? f.column : null; },
+      getScriptNameOrSourceURL() { const f = field(this); return f ? f.file : null; },
+      getEvalOrigin() { return undefined; },
+      getFunction() { return undefined; },
+      getThis() { return undefined; },
+      getPromiseIndex() { return null; },
+      isNative() { const f = field(this); return f ? f.native : false; },
+      isToplevel() { return false; },
+      isEval() { return false; },
+      isConstructor() { return false; },
+      isAsync() { return false; },
+      isPromiseAll() { return false; },
+      toString() {
+        const f = field(this);
+        if (!f) return "<unknown>";
+        const where = f.native ? "native" : `${f.file}:${f.line}:${f.column}`;
+        return f.name ? `${f.name} (${where})` : where;
+      },
+    };
+    for (const key of ReflectOwnKeys(methods)) defineMethod(SafeCallSite, key, methods[key]);
+    ObjectDefineProperty(SafeCallSite, SymbolToStringTag, { __proto__: null, value: "CallSite", configurable: true });
+    ObjectFreeze(SafeCallSite);
+    return function sanitize(error, sites) {
+      const user = userPrepare();
+      const safe = [];
+      for (let i = 0; i < sites.length; i++) {
+        const cs = sites[i];
+        const entry = ObjectFreeze(ObjectCreate(SafeCallSite));
+        ReflectApply(WeakMapSet, fields, [
+          entry,
+          {
+            __proto__: null,
+            file: ReflectApply(getFileName, cs, []),
+            name: ReflectApply(getFunctionName, cs, []),
+            line: ReflectApply(getLineNumber, cs, []),
+            column: ReflectApply(getColumnNumber, cs, []),
+            native: ReflectApply(isNative, cs, []),
+          },
+        ]);
+        push(safe, entry);
+      }
+      return ReflectApply(user, ErrorCtor, [error, safe]);
+    };
+  }
+
+  return ObjectFreeze({
+    guardedSubtle, textEncoderStream, textDecoderStream, compressionStream, structuredCloneFor,
+    makeSanitize,
+  });
 }

@@ -44,11 +44,16 @@ use std::time::{Duration, Instant};
 static BOOTSTRAP_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bootstrap.qjsbc"));
 /// Parts an isolate loads the first time its Worker uses them (`host.module(name)`), compiled by
 /// `build.rs`: the Web Streams implementation (vendored web-streams-polyfill), `URLPattern`
-/// (vendored urlpattern-polyfill), `Intl`, and the
-/// glue only some Workers need (`lazy.js`: crypto.subtle guards, encoding/compression streams).
+/// (vendored urlpattern-polyfill), `Intl`, and the glue only some Workers need: `lazy.js`
+/// (crypto.subtle guards, encoding/compression streams, structuredClone, stack-trace CallSites),
+/// `guards.js` (native memory guards), `events.js`, `outbound.js` (fetch) and `forms.js`.
 static STREAMS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/streams.qjsbc"));
 static INTL_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/intl.qjsbc"));
 static LAZY_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/lazy.qjsbc"));
+static GUARDS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guards.qjsbc"));
+static EVENTS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/events.qjsbc"));
+static OUTBOUND_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/outbound.qjsbc"));
+static FORMS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/forms.qjsbc"));
 static URLPATTERN_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/urlpattern.qjsbc"));
 
 /// Name of the engine, reported in build info.
@@ -1024,6 +1029,10 @@ fn install<'js>(
                     "streams" => (STREAMS_BYTECODE, "default"),
                     "intl" => (INTL_BYTECODE, "default"),
                     "lazy" => (LAZY_BYTECODE, "default"),
+                    "guards" => (GUARDS_BYTECODE, "default"),
+                    "events" => (EVENTS_BYTECODE, "default"),
+                    "outbound" => (OUTBOUND_BYTECODE, "default"),
+                    "forms" => (FORMS_BYTECODE, "default"),
                     "urlpattern" => (URLPATTERN_BYTECODE, "URLPattern"),
                     _ => return Err(Exception::throw_internal(&ctx, "unknown lazy module")),
                 };

@@ -2501,3 +2501,35 @@ fn an_invocation_waiting_on_io_is_woken_after_the_one_that_polled_last_has_ended
         assert_eq!(body(&res.unwrap()), "io 200");
     });
 }
+
+/// Many client-tool calls of one execute failing at once, the snippet returning while others are
+/// still being refused: the isolate must survive and say so. (With the client-tool glue moved into
+/// a part loaded on first use, this crashed the isolate with a SIGSEGV in a promise reaction; the
+/// glue stays in the bootstrap, see the note in bootstrap.js.)
+#[test]
+fn concurrent_client_tool_errors() {
+    run(async {
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let mut inv = invoker();
+        inv.tools = vec![crate::api::ClientTools {
+            namespace: "codemode".into(),
+            tools: vec![("f".into(), "f".into())],
+        }];
+        let src = r#"async () => {
+            const refused = [];
+            let enough;
+            const six = new Promise((resolve) => { enough = resolve; });
+            for (let i = 0; i < 70; i++) {
+                codemode.f({ i }).catch((e) => { refused.push(e.code); if (refused.length === 6) enough(); });
+            }
+            await six;
+            return refused;
+        }"#;
+        let (res, ..) = iso.execute(src, &serde_json::json!({}), inv, LIMITS).await;
+        let codes = res.expect("the execute ends with its result");
+        let codes = codes.as_array().expect("an array");
+        assert!(codes.len() >= 6, "{codes:?}");
+        assert!(codes.iter().all(|c| c == "API_NOT_FOUND"), "{codes:?}");
+        assert!(iso.is_reusable());
+    });
+}
