@@ -637,7 +637,8 @@ const PARTS = { __proto__: null };
 /**
  * A part of the glue that only some Workers need, made once per isolate on first use: lazy.js
  * (crypto.subtle guards, encoding and compression streams, structuredClone, stack traces),
- * guards.js (native memory guards), events.js, forms.js, outbound.js (fetch(), tenant APIs).
+ * guards.js (native memory guards), events.js, forms.js, outbound.js (fetch()). Each part's
+ * `make(H)` uses only what H holds (its load may come after user code replaced any global).
  */
 function part(name) {
   let made = PARTS[name];
@@ -990,10 +991,10 @@ function installStreams(g, host, wrappers) {
 
 // ---- events --------------------------------------------------------------------------------------
 // events.js: the DOM standard's event semantics over LLRT's classes, loaded (and the native
-// prototypes patched) the first time a Worker reaches one of them: through a global below, or
-// a Request's `signal` (its getter is shadowed on our Request prototype).
+// prototypes patched) the first time a Worker reaches one of them, which is only through these
+// globals: a Request's `signal` is undefined unless the Worker gave it one made by them.
 const EVENT_GLOBALS = ["Event", "EventTarget", "CustomEvent", "AbortController", "AbortSignal"];
-function installEvents(requestProto) {
+function installEvents() {
   for (let i = 0; i < EVENT_GLOBALS.length; i++) {
     const name = EVENT_GLOBALS[i];
     if (NATIVES[name] === undefined) continue;
@@ -1002,13 +1003,6 @@ function installEvents(requestProto) {
       return NATIVES[name];
     });
   }
-  const desc = ObjectGetOwnPropertyDescriptor(RequestProto, "signal");
-  const nativeSignal = desc.get;
-  desc.get = function signal() {
-    part("events");
-    return ReflectApply(nativeSignal, this, []);
-  };
-  ObjectDefineProperty(requestProto, "signal", desc);
 }
 
 // ---- stack traces --------------------------------------------------------------------------------
@@ -1339,7 +1333,7 @@ export function install(host) {
   const checked = installFetchChecks(g);
   installBlobSlice(g);
   installStreams(g, host, checked);
-  installEvents(checked.Request.prototype);
+  installEvents();
   // navigator, as in Workers: who is running the code.
   defineGlobal("navigator", ObjectFreeze({ __proto__: null, userAgent: "isogate", hardwareConcurrency: 1, language: "en-US", languages: ObjectFreeze(["en-US"]) }));
   // ---- Intl ------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 // The DOM standard's event semantics over LLRT's EventTarget/Event classes (see "events" in
 // bootstrap.js). Compiled to bytecode by build.rs and loaded the first time a Worker touches
-// Event, EventTarget, CustomEvent, AbortController, AbortSignal or a Request's signal
-// (`part("events")`): loading it patches the native prototypes once.
+// Event, EventTarget, CustomEvent, AbortController or AbortSignal (`part("events")`): loading it
+// patches the native prototypes once.
 //
 // LLRT's EventTarget keeps plain function lists and its Event has no dispatch state. Over them,
 // per the DOM standard: listeners may be objects with handleEvent, null is ignored, a listener is

@@ -125,6 +125,8 @@ struct HostState {
     bodies: RefCell<HashMap<u64, FetchBody>>,
     /// The id of the next streamed body.
     next_body: Cell<u64>,
+    /// The parts loaded on first use that this isolate has loaded (`host.module`), in order.
+    parts: RefCell<Vec<&'static str>>,
 }
 
 /// A streamed `fetch()` response body: whose it is, and the rest of it (one read at a time).
@@ -237,6 +239,7 @@ impl Isolate {
             aborts: RefCell::new(HashMap::new()),
             bodies: RefCell::new(HashMap::new()),
             next_body: Cell::new(1),
+            parts: RefCell::new(Vec::new()),
         });
         let interrupt_state = state.clone();
         rt.set_interrupt_handler(Some(Box::new(move || {
@@ -1020,22 +1023,24 @@ fn install<'js>(
             ))
         }),
     )?;
+    let parts_state = state.clone();
     host.set(
         "module",
         Func::from(
-            |ctx: Ctx<'js>, name: String| -> rquickjs::Result<Value<'js>> {
+            move |ctx: Ctx<'js>, name: String| -> rquickjs::Result<Value<'js>> {
                 // The bytecode, and the export the bootstrap wants.
-                let (bytes, export) = match name.as_str() {
-                    "streams" => (STREAMS_BYTECODE, "default"),
-                    "intl" => (INTL_BYTECODE, "default"),
-                    "lazy" => (LAZY_BYTECODE, "default"),
-                    "guards" => (GUARDS_BYTECODE, "default"),
-                    "events" => (EVENTS_BYTECODE, "default"),
-                    "outbound" => (OUTBOUND_BYTECODE, "default"),
-                    "forms" => (FORMS_BYTECODE, "default"),
-                    "urlpattern" => (URLPATTERN_BYTECODE, "URLPattern"),
+                let (name, bytes, export) = match name.as_str() {
+                    "streams" => ("streams", STREAMS_BYTECODE, "default"),
+                    "intl" => ("intl", INTL_BYTECODE, "default"),
+                    "lazy" => ("lazy", LAZY_BYTECODE, "default"),
+                    "guards" => ("guards", GUARDS_BYTECODE, "default"),
+                    "events" => ("events", EVENTS_BYTECODE, "default"),
+                    "outbound" => ("outbound", OUTBOUND_BYTECODE, "default"),
+                    "forms" => ("forms", FORMS_BYTECODE, "default"),
+                    "urlpattern" => ("urlpattern", URLPATTERN_BYTECODE, "URLPattern"),
                     _ => return Err(Exception::throw_internal(&ctx, "unknown lazy module")),
                 };
+                parts_state.parts.borrow_mut().push(name);
                 // SAFETY: the bytes are QuickJS bytecode written by build.rs with the same
                 // rquickjs-sys (QuickJS) version this crate links, from our own sources; 'static.
                 let module = unsafe { Module::load(ctx.clone(), bytes)? };

@@ -2533,3 +2533,33 @@ fn concurrent_client_tool_errors() {
         assert!(iso.is_reusable());
     });
 }
+
+/// The glue a Worker does not use is not loaded: a plain fetch handler loads no part, and each
+/// part is loaded by the first use of what it serves.
+#[test]
+fn parts_load_on_first_use_only() {
+    run(async {
+        let cases: [(&str, &[&str]); 10] = [
+            ("return new Response('hello', { headers: { 'x-a': '1' } });", &[]),
+            ("return new Response(await request.text() + request.method);", &[]),
+            ("return new Response(String(Buffer.alloc(4).length));", &["guards"]),
+            ("return new Response(atob('aGk='));", &["guards"]),
+            ("return new Response(String(new Event('x').type));", &["events"]),
+            ("return new Response(String(request.signal));", &[]),
+            ("const c = new AbortController(); return new Response(String(new Request('http://x/', { signal: c.signal }).signal.aborted));", &["events"]),
+            ("return new Response(typeof fetch);", &["outbound"]),
+            (
+                "const f = await new Request('http://x/', { method: 'POST', body: 'a=1' , headers: { 'content-type': 'application/x-www-form-urlencoded' } }).formData(); return new Response(f.get('a'));",
+                &["forms"],
+            ),
+            ("Error.prepareStackTrace = (e, s) => s.length; return new Response(typeof new Error('x').stack);", &["lazy"]),
+        ];
+        for (body, parts) in cases {
+            let src = format!("export default {{ async fetch(request) {{ {body} }} }};");
+            let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+            let (res, _) = fetch_with(&iso, &worker(&src), get("http://w/"), LIMITS).await;
+            assert_eq!(res.expect(body).status, 200, "{body}");
+            assert_eq!(*iso.state.parts.borrow(), parts.to_vec(), "{body}");
+        }
+    });
+}
