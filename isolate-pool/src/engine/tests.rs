@@ -2502,6 +2502,55 @@ fn an_invocation_waiting_on_io_is_woken_after_the_one_that_polled_last_has_ended
     });
 }
 
+/// A suspended coroutine reachable only through a closure that captured one of its locals stays
+/// alive through the cycle collector (QuickJS-ng's use-after-free fixed upstream in 7955cfd,
+/// backported in `vendor/rquickjs-sys/security-backports.patch`): before, the collector freed the
+/// async function's (or generator's) frame while the closure still pointed into it.
+#[test]
+fn suspended_coroutine_kept_by_a_closure_survives_the_collector() {
+    run(async {
+        let src = r#"export default { async fetch() {
+            let leakedAsync = null;
+            let leakedGen = null;
+            (function () {
+                async function step() {
+                    const d = Promise.withResolvers();
+                    leakedAsync = () => d;
+                    await d.promise;
+                }
+                step();
+            })();
+            (function () {
+                let g;
+                function* gen() { const o = { tag: "frame" }; o.g = g; leakedGen = () => o; yield 1; yield 2; }
+                g = gen();
+                g.next();
+                g = null;
+            })();
+            // Enough retained allocation for the cycle collector to run several times.
+            const keep = [];
+            for (let i = 0; i < 60000; i++) keep.push({ i, s: "x" + i });
+            const d = leakedAsync();
+            const o = leakedGen();
+            const next = o.g.next();
+            return new Response([typeof d.resolve, o.tag, next.value, keep.length].join(" "));
+        } };"#;
+        let limits = Limits {
+            cpu_ms: 2_000,
+            memory_mb: 64,
+            wall_ms: 10_000,
+            ..LIMITS
+        };
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, _) = fetch_with(&iso, &worker(src), get("http://w/"), limits).await;
+        assert_eq!(
+            body(&res.expect("the Worker answers")),
+            "function frame 2 60000"
+        );
+        assert!(iso.is_reusable());
+    });
+}
+
 /// Many client-tool calls of one execute failing at once, the snippet returning while others are
 /// still being refused: the isolate must survive and say so. (With the client-tool glue moved into
 /// a part loaded on first use, this crashed the isolate with a SIGSEGV in a promise reaction; the

@@ -837,7 +837,9 @@ static int re_parse_char_class(REParseState *s, const uint8_t **pp)
         const char *s = verboten;
         int n = 1;
         do {
-            if (!memcmp(s, p, n))
+            // not memcmp because some implementations compare word instead
+            // of byte at a time and will happily read past end of input
+            if (!strncmp(s, (const char *)p, n))
                 if (p[n] == ']')
                     goto invalid_class_range;
             s += n;
@@ -1185,6 +1187,11 @@ static int re_parse_term(REParseState *s, bool is_backward_dir)
 
     if (lre_check_size(s))
         return -1;
+    /* after a failed allocation the byte code is incomplete and 'buf' may
+       still be NULL: stop before computing positions inside it
+       (isogate: backport of quickjs-ng c2f37ec) */
+    if (dbuf_error(&s->byte_code))
+        return re_parse_out_of_memory(s);
     last_atom_start = -1;
     last_capture_count = 0;
     p = s->buf_ptr;
@@ -1275,7 +1282,7 @@ static int re_parse_term(REParseState *s, bool is_backward_dir)
                 re_emit_op(s, REOP_match);
                 /* jump after the 'match' after the lookahead is successful */
                 if (dbuf_error(&s->byte_code))
-                    return -1;
+                    return re_parse_out_of_memory(s);
                 put_u32(s->byte_code.buf + pos, s->byte_code.size - (pos + 4));
             } else if (p[2] == '<') {
                 p += 3;
@@ -1734,7 +1741,10 @@ static int re_parse_disjunction(REParseState *s, bool is_backward_dir)
         if (re_parse_alternative(s, is_backward_dir))
             return -1;
 
-        /* patch the goto */
+        /* patch the goto ('pos' is only valid if the placeholder for the
+           offset could be emitted) (isogate: backport of quickjs-ng c2f37ec) */
+        if (dbuf_error(&s->byte_code))
+            return re_parse_out_of_memory(s);
         len = s->byte_code.size - (pos + 4);
         put_u32(s->byte_code.buf + pos, len);
     }
@@ -1868,7 +1878,11 @@ uint8_t *lre_compile(int *plen, char *error_msg, int error_msg_size,
 
     /* add the named groups if needed */
     if (s->group_names.size > (s->capture_count - 1)) {
-        dbuf_put(&s->byte_code, s->group_names.buf, s->group_names.size);
+        /* isogate: backport of quickjs-ng c2f37ec */
+        if (dbuf_put(&s->byte_code, s->group_names.buf, s->group_names.size)) {
+            re_parse_out_of_memory(s);
+            goto error;
+        }
         put_u16(s->byte_code.buf + RE_HEADER_FLAGS,
                 LRE_FLAG_NAMED_GROUPS | lre_get_flags(s->byte_code.buf));
     }
