@@ -2552,9 +2552,9 @@ fn suspended_coroutine_kept_by_a_closure_survives_the_collector() {
 }
 
 /// Many client-tool calls of one execute failing at once, the snippet returning while others are
-/// still being refused: the isolate must survive and say so. (This is how the QuickJS-ng
-/// use-after-free of `suspended_coroutine_kept_by_a_closure_survives_the_collector` was found: the
-/// snippet's closures share its `refused` array, and the cycle collector freed it.)
+/// still being refused: the isolate must survive and say so. (With the client-tool glue moved into
+/// a part loaded on first use, this crashed the isolate with a SIGSEGV in a promise reaction; the
+/// glue stays in the bootstrap, see the note in bootstrap.js.)
 #[test]
 fn concurrent_client_tool_errors() {
     run(async {
@@ -2588,7 +2588,7 @@ fn concurrent_client_tool_errors() {
 #[test]
 fn parts_load_on_first_use_only() {
     run(async {
-        let cases: [(&str, &[&str]); 11] = [
+        let cases: [(&str, &[&str]); 10] = [
             ("return new Response('hello', { headers: { 'x-a': '1' } });", &[]),
             ("return new Response(await request.text() + request.method);", &[]),
             ("return new Response(String(Buffer.alloc(4).length));", &["guards"]),
@@ -2597,7 +2597,6 @@ fn parts_load_on_first_use_only() {
             ("return new Response(String(request.signal));", &[]),
             ("const c = new AbortController(); return new Response(String(new Request('http://x/', { signal: c.signal }).signal.aborted));", &["events"]),
             ("return new Response(typeof fetch);", &["outbound"]),
-            ("return new Response(typeof ApiError);", &["outbound"]),
             (
                 "const f = await new Request('http://x/', { method: 'POST', body: 'a=1' , headers: { 'content-type': 'application/x-www-form-urlencoded' } }).formData(); return new Response(f.get('a'));",
                 &["forms"],
