@@ -1439,9 +1439,11 @@ export function install(host) {
   }
 
   // ---- tenant APIs: `await env.<api>.<tool>(args)` -------------------------------------------
-  // (This glue and the client tools' stay here, not in a part loaded on first use: moved into
-  // outbound.js, many concurrent failing client-tool calls crashed the isolate with a SIGSEGV in
-  // a promise reaction, a fault not understood yet; engine::tests::concurrent_client_tool_errors.)
+  // (This glue and the client tools' stay here, not in a part loaded on first use. Moved into
+  // outbound.js, first many concurrent failing client-tool calls crashed the isolate: QuickJS-ng's
+  // use-after-free of a suspended coroutine, backported fix 7955cfd, see vendor/rquickjs-sys/
+  // SOURCE.md. With that fixed, the move made a process-mode egress test hang under GC pressure
+  // (tests/egress.rs, the first fetch's continuation never ran); not understood yet.)
   // Each API is a binding object whose every property is a tool function; the gateway decides
   // per call whether the API and tool exist and checks the arguments. `then` is never a tool, so
   // that `await env.<api>` does not call one.

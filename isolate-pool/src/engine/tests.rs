@@ -2553,8 +2553,9 @@ fn suspended_coroutine_kept_by_a_closure_survives_the_collector() {
 
 /// Many client-tool calls of one execute failing at once, the snippet returning while others are
 /// still being refused: the isolate must survive and say so. (With the client-tool glue moved into
-/// a part loaded on first use, this crashed the isolate with a SIGSEGV in a promise reaction; the
-/// glue stays in the bootstrap, see the note in bootstrap.js.)
+/// a part loaded on first use, this crashed the isolate: the QuickJS-ng use-after-free of
+/// `suspended_coroutine_kept_by_a_closure_survives_the_collector`, the snippet's closures sharing
+/// its `refused` array.)
 #[test]
 fn concurrent_client_tool_errors() {
     run(async {
