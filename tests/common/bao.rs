@@ -58,13 +58,28 @@ pub struct Bao {
 }
 
 impl Bao {
-    /// Starts a dev server on a free loopback port.
+    /// Starts a dev server on a free loopback port. The port is free when it is chosen, but a
+    /// server another test starts at the same moment may bind it first: a start that fails to
+    /// bind tries another port.
     pub fn start() -> Bao {
-        Bao::start_on(super::free_port())
+        let mut tries = 0;
+        loop {
+            match Bao::launch(super::free_port()) {
+                Ok(bao) => return bao,
+                Err(log) if log.contains("address already in use") && tries < 4 => tries += 1,
+                Err(log) => panic!("bao exited early; log:\n{log}"),
+            }
+        }
     }
 
     /// Starts a dev server on `port` (e.g. the port of a server that was killed).
     pub fn start_on(port: u16) -> Bao {
+        Bao::launch(port).unwrap_or_else(|log| panic!("bao exited early; log:\n{log}"))
+    }
+
+    /// Starts a dev server on `port` and waits until it is ready; `Err` holds its exit status
+    /// and log when it exited first.
+    fn launch(port: u16) -> Result<Bao, String> {
         let dir = tempfile::tempdir().expect("tempdir");
         let log = dir.path().join("bao.log");
         let out = std::fs::File::create(&log).expect("bao log");
@@ -95,16 +110,16 @@ impl Bao {
             log,
             _dir: dir,
         };
-        bao.wait_ready();
-        bao
+        bao.wait_ready()?;
+        Ok(bao)
     }
 
     /// Polls `/v1/sys/health` (200 = initialized, unsealed, active) and the KV mount.
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                panic!("bao exited early ({status}); log:\n{}", self.log());
+                return Err(format!("({status})\n{}", self.log()));
             }
             let healthy = self
                 .client
@@ -121,7 +136,7 @@ impl Bao {
                     .send()
                     .is_ok_and(|r| r.status() == 200)
             {
-                return;
+                return Ok(());
             }
             assert!(
                 Instant::now() < deadline,
