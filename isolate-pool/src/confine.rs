@@ -684,11 +684,21 @@ mod linux {
         m.insert(libc::SYS_sched_getaffinity, any());
         m.insert(libc::SYS_getpid, any());
         m.insert(libc::SYS_gettid, any());
-        m.insert(libc::SYS_getppid, any()); // a worker may check its gateway is still there
-                                            // Thread names (std sets a spawned thread's name from inside it): PR_SET_NAME only.
+        // A worker may check its gateway is still there.
+        m.insert(libc::SYS_getppid, any());
+        // prctl: thread names (std sets a spawned thread's name from inside it), and PR_SET_VMA,
+        // with which mimalloc (QuickJS's heap) names each region it maps ("mimalloc" in
+        // /proc/PID/maps); nothing else.
         m.insert(
             libc::SYS_prctl,
-            arg_in(0, &[libc::PR_SET_NAME as u64, libc::PR_GET_NAME as u64])?,
+            arg_in(
+                0,
+                &[
+                    libc::PR_SET_NAME as u64,
+                    libc::PR_GET_NAME as u64,
+                    libc::PR_SET_VMA as u64,
+                ],
+            )?,
         );
 
         // --- time: timers, CPU budgets (thread CPU clock), Date.now, sleeps. The vDSO serves

@@ -15,7 +15,12 @@
 //!   the account is breached, so the invocation fails with `memory_limit`.
 //! - [`QuickJsAllocator`] is QuickJS's allocator (rquickjs allocator hook): charged to the same
 //!   account and refusing (QuickJS throws out-of-memory) beyond the account's limit. QuickJS
-//!   zeroes the memory it exposes to JS itself (ArrayBuffers come from `js_mallocz`).
+//!   zeroes the memory it exposes to JS itself (ArrayBuffers come from `js_mallocz`). Its blocks
+//!   come from mimalloc, not glibc's malloc: QuickJS's heap is thousands of small objects
+//!   (about 3,900 blocks in a fresh isolate), for which mimalloc's size classes need no per-block
+//!   header and its thread-local free lists no locking. Measured (BENCHMARKS.md, "mimalloc for
+//!   QuickJS's heap"): isolate start and drop 15–34 % faster, a warm request 7–28 % faster, 6 %
+//!   less memory per cached Worker.
 //!
 //! An account whose bytes pass its limit is marked *breached*; the budget turns that into
 //! `memory_limit` at the next interrupt check and when the invocation ends. Sizes that JS hands to
@@ -23,6 +28,7 @@
 //! (bootstrap.js, "native memory guards", through the `reserve` host call).
 #![allow(unsafe_code)] // the global allocator and QuickJS's allocator hook; each block has a `// SAFETY:` line
 
+use libmimalloc_sys as mi;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::marker::PhantomData;
@@ -478,6 +484,7 @@ pub(super) struct QuickJsAllocator {
 
 impl QuickJsAllocator {
     pub(super) fn new(account: AccountId) -> Self {
+        configure_mimalloc();
         QuickJsAllocator { account }
     }
 
@@ -487,12 +494,12 @@ impl QuickJsAllocator {
         }
         // QuickJS zeroes what it exposes itself (js_mallocz for ArrayBuffers, typed arrays);
         // calloc only when it asks for zeroed memory.
-        // SAFETY: plain libc allocation.
+        // SAFETY: plain mimalloc allocation.
         let p: *mut u8 = unsafe {
             if zeroed {
-                libc::calloc(1, total.max(1))
+                mi::mi_calloc(1, total.max(1))
             } else {
-                libc::malloc(total.max(1))
+                mi::mi_malloc(total.max(1))
             }
         }
         .cast();
@@ -513,13 +520,24 @@ impl QuickJsAllocator {
     }
 }
 
-fn usable(p: *mut u8) -> usize {
-    // SAFETY: `p` is a live block from libc's malloc family.
-    unsafe { libc::malloc_usable_size(p.cast()) }
+/// mimalloc's settings, set before its first block (only QuickJS's heap uses it): one NUMA node.
+/// Left to itself, mimalloc counts the nodes on its first allocation by probing
+/// `/sys/devices/system/node/` with `access()`, and on a multi-node machine asks `getcpu` for the
+/// node of each new region: syscalls a confined worker process may not make (its seccomp filter
+/// kills it).
+fn configure_mimalloc() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    // SAFETY: sets one of mimalloc's integer options; no memory is passed.
+    ONCE.call_once(|| unsafe { mi::mi_option_set(mi::mi_option_use_numa_nodes, 1) });
 }
 
-// SAFETY: blocks come from libc's calloc/realloc (aligned for any scalar type, so for `usize`);
-// `usable_size` reports libc's usable size of such a block.
+fn usable(p: *mut u8) -> usize {
+    // SAFETY: `p` is a live block from mimalloc.
+    unsafe { mi::mi_usable_size(p.cast()) }
+}
+
+// SAFETY: blocks come from mimalloc's malloc/calloc/realloc (aligned for any scalar type, so for
+// `usize`); `usable_size` reports mimalloc's usable size of such a block.
 unsafe impl rquickjs::allocator::Allocator for QuickJsAllocator {
     fn alloc(&mut self, size: usize) -> *mut u8 {
         self.allocate(size, false)
@@ -534,8 +552,8 @@ unsafe impl rquickjs::allocator::Allocator for QuickJsAllocator {
 
     unsafe fn dealloc(&mut self, p: *mut u8) {
         self.account.credit(usable(p) as u64);
-        // SAFETY: `p` came from this allocator (libc).
-        unsafe { libc::free(p.cast()) }
+        // SAFETY: `p` came from this allocator (mimalloc).
+        unsafe { mi::mi_free(p.cast()) }
     }
 
     unsafe fn realloc(&mut self, p: *mut u8, new_size: usize) -> *mut u8 {
@@ -546,8 +564,8 @@ unsafe impl rquickjs::allocator::Allocator for QuickJsAllocator {
         if new_size > old && !self.admit(new_size - old) {
             return ptr::null_mut();
         }
-        // SAFETY: `p` came from this allocator (libc).
-        let q: *mut u8 = unsafe { libc::realloc(p.cast(), new_size.max(1)) }.cast();
+        // SAFETY: `p` came from this allocator (mimalloc).
+        let q: *mut u8 = unsafe { mi::mi_realloc(p.cast(), new_size.max(1)) }.cast();
         if q.is_null() {
             return q;
         }
@@ -614,5 +632,32 @@ mod unit {
         assert!(id.breached());
         drop(v);
         assert!(id.bytes() < 8 << 20);
+    }
+
+    #[test]
+    fn quickjs_blocks_come_from_mimalloc_charged_and_refused_beyond_the_limit() {
+        use rquickjs::allocator::Allocator;
+        let account = Account::open(1 << 20).unwrap();
+        let id = account.id();
+        let before = id.bytes();
+        let mut heap = QuickJsAllocator::new(id);
+        let p = heap.calloc(10, 10);
+        assert!(!p.is_null());
+        // SAFETY: `p` is a live block of 100 zeroed bytes from `heap`.
+        unsafe {
+            assert!(mi::mi_is_in_heap_region(p.cast()));
+            assert!(std::slice::from_raw_parts(p, 100).iter().all(|&b| b == 0));
+        }
+        assert!(id.bytes() >= before + 100);
+        // SAFETY: `p` came from `heap`; the result replaces it.
+        let q = unsafe { heap.realloc(p, 4000) };
+        assert!(!q.is_null());
+        assert!(id.bytes() >= before + 4000);
+        // Beyond the account's limit: refused (QuickJS throws out-of-memory), and breached.
+        assert!(heap.alloc(2 << 20).is_null());
+        assert!(id.breached());
+        // SAFETY: `q` came from `heap`.
+        unsafe { heap.dealloc(q) };
+        assert_eq!(id.bytes(), before);
     }
 }
