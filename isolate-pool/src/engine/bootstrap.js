@@ -1443,7 +1443,8 @@ export function install(host) {
   // outbound.js, first many concurrent failing client-tool calls crashed the isolate: QuickJS-ng's
   // use-after-free of a suspended coroutine, backported fix 7955cfd, see vendor/rquickjs-sys/
   // SOURCE.md. With that fixed, the move made a process-mode egress test hang under GC pressure
-  // (tests/egress.rs, the first fetch's continuation never ran); not understood yet.)
+  // (tests/egress.rs: the gateway's egress answered the first fetch, the Worker never answered);
+  // not understood, and not reproduced since: 0 in 40 runs of that build, 0 in 22 of a rebuild.)
   // Each API is a binding object whose every property is a tool function; the gateway decides
   // per call whether the API and tool exist and checks the arguments. `then` is never a tool, so
   // that `await env.<api>` does not call one.
