@@ -19,8 +19,8 @@
 //!   come from mimalloc, not glibc's malloc: QuickJS's heap is thousands of small objects
 //!   (about 3,900 blocks in a fresh isolate), for which mimalloc's size classes need no per-block
 //!   header and its thread-local free lists no locking. Measured (BENCHMARKS.md, "mimalloc for
-//!   QuickJS's heap"): isolate start and drop 15–34 % faster, a warm request 7–28 % faster, 6 %
-//!   less memory per cached Worker.
+//!   QuickJS's heap"): isolate start and drop 20–40 % faster, a warm request 15–25 % faster, 5 %
+//!   less memory per cached Worker, the same memory at idle.
 //!
 //! An account whose bytes pass its limit is marked *breached*; the budget turns that into
 //! `memory_limit` at the next interrupt check and when the invocation ends. Sizes that JS hands to
