@@ -19,6 +19,7 @@ const PARTS: &[(&str, &str)] = &[
     ("events", "src/engine/events.js"),
     ("outbound", "src/engine/outbound.js"),
     ("forms", "src/engine/forms.js"),
+    ("bodies", "src/engine/bodies.js"),
 ];
 const URLPATTERN: &str = "vendor/urlpattern-polyfill/urlpattern.js";
 

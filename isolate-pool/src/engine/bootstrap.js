@@ -197,25 +197,26 @@ function hasBrand(getter, value) {
 function defineGlobal(name, value) {
   ObjectDefineProperty(globalThis, name, { __proto__: null, value, writable: true, enumerable: false, configurable: true });
 }
-/** The getters lazyGlobal installed (to tell them from a Worker's own accessor). */
-const LAZY_GETTERS = new WeakSet();
+/** The accessor lazyGlobal installed for each name (to tell it from a Worker's own). */
+const LAZY_ACCESSORS = { __proto__: null };
 /**
- * A global made on first access: `make()` returns its value, which then replaces the accessor.
- * The Worker may assign the global before that (it is then the Worker's).
+ * A global made on first access: `make(name)` returns its value, which then replaces the
+ * accessor. The Worker may assign the global before that (it is then the Worker's). One arrow
+ * function is both the getter (called without an argument) and the setter (called with one), and
+ * `make` is shared by the globals of one part: an isolate pays one small closure per lazy global
+ * until it is used (a getter, a setter and a `make` closure each cost about 1 KB per name).
  */
 function lazyGlobal(name, make) {
-  const get = function () {
-    const value = make();
-    defineGlobal(name, value);
-    return value;
+  const accessor = (...value) => {
+    const v = value.length === 0 ? make(name) : value[0];
+    defineGlobal(name, v);
+    return v;
   };
-  ReflectApply(WeakSetAdd, LAZY_GETTERS, [get]);
+  LAZY_ACCESSORS[name] = accessor;
   ObjectDefineProperty(globalThis, name, {
     __proto__: null,
-    get,
-    set(value) {
-      defineGlobal(name, value);
-    },
+    get: accessor,
+    set: accessor,
     enumerable: false,
     configurable: true,
   });
@@ -225,7 +226,7 @@ function lazyGlobal(name, make) {
 function settleLazyGlobals(values) {
   for (const name in values) {
     const desc = ObjectGetOwnPropertyDescriptor(globalThis, name);
-    if (desc !== undefined && desc.get !== undefined && ReflectApply(WeakSetHas, LAZY_GETTERS, [desc.get])) {
+    if (desc !== undefined && desc.get !== undefined && desc.get === LAZY_ACCESSORS[name]) {
       defineGlobal(name, values[name]);
     }
   }
@@ -554,7 +555,9 @@ function installBlobSlice(g) {
 // ReadableStream, WritableStream, TransformStream and friends come from the vendored
 // web-streams-polyfill (vendor/web-streams-polyfill, the WHATWG reference implementation's port).
 // It is compiled to bytecode at build time but only loaded into an isolate the first time its
-// Worker touches a stream global or a body's `.body`: the globals are accessors until then.
+// Worker touches a stream global or a body's `.body`: the globals are accessors until then. It
+// comes with bodies.js (`part("bodies")`), the glue that reads, tees and pumps a body once it is a
+// stream; what stays here serves every body.
 //
 // Request/Response bodies are streams over LLRT's byte bodies: a body is null (no body), native
 // (LLRT holds the bytes; `.body` makes a one-chunk stream that reads them on first pull) or a
@@ -591,10 +594,17 @@ const STREAM_BODIES = new WeakMapCtor();
 const NULL_BODIES = new WeakSetCtor();
 /** Native bodies being or already read (LLRT's own flag cannot be read while a read is pending). */
 const USED_BODIES = new WeakSetCtor();
-/** The polyfill's classes and captured methods, once loaded (null before). */
+/** The polyfill's classes and captured methods, once loaded (null before; bodies.js). */
 let streams = null;
-/** Loads the polyfill (host.streams) once per isolate; set up by installStreams. */
-let loadStreams = null;
+/** Loads the polyfill and bodies.js once per isolate; returns `streams`. */
+function loadStreams() {
+  if (streams === null) {
+    const bodies = part("bodies");
+    streams = bodies.streams;
+    settleLazyGlobals(bodies.classes);
+  }
+  return streams;
+}
 /** `host.module`, kept by install() for the parts loaded on first use. */
 let hostModule = null;
 const DOMExceptionCtor = DOMException;
@@ -699,72 +709,13 @@ function isReadableStream(value) {
 function isUnusable(stream) {
   return stream._disturbed === true || ReflectApply(streams.locked, stream, []);
 }
-/** The bytes of a chunk a body stream produced (a BufferSource), as a Uint8Array view. */
-function chunkBytes(chunk, what) {
-  if (ArrayBufferIsView(chunk)) {
-    try {
-      return new Uint8ArrayCtor(ReflectApply(ViewBuffer, chunk, []), ReflectApply(ViewOffset, chunk, []), ReflectApply(ViewLength, chunk, []));
-    } catch {
-      return new Uint8ArrayCtor(ReflectApply(DataViewBuffer, chunk, []), ReflectApply(DataViewOffset, chunk, []), ReflectApply(DataViewLength, chunk, []));
-    }
-  }
-  try {
-    ReflectApply(ArrayBufferByteLength, chunk, []);
-    return new Uint8ArrayCtor(chunk);
-  } catch {
-    throw new TypeErrorCtor(`${what}: a body stream produced a chunk that is not a Uint8Array, ArrayBuffer or view`);
-  }
-}
-/** A copy of a body chunk of the same type (a clone()'s second branch gets copies). */
-function cloneChunk(chunk) {
-  if (ArrayBufferIsView(chunk)) {
-    const bytes = chunkBytes(chunk, "clone");
-    const copy = ReflectApply(ArrayBufferSlice, ReflectApply(ViewBuffer, bytes, []), [bytes.byteOffset, bytes.byteOffset + bytes.length]);
-    const Ctor = ObjectGetPrototypeOf(chunk).constructor;
-    const unit = typeof Ctor.BYTES_PER_ELEMENT === "number" ? Ctor.BYTES_PER_ELEMENT : 1;
-    return new Ctor(copy, 0, bytes.length / unit);
-  }
-  try {
-    const n = ReflectApply(ArrayBufferByteLength, chunk, []);
-    return ReflectApply(ArrayBufferSlice, chunk, [0, n]);
-  } catch {
-    return chunk;
-  }
-}
-/** Reads a whole stream into one Uint8Array, refusing more than `limit` bytes. */
-async function readStream(stream, limit, what) {
-  if (isUnusable(stream)) throw new TypeErrorCtor(`${what}: the body has already been used`);
-  const reader = ReflectApply(streams.getReader, stream, []);
-  const parts = [];
-  let total = 0;
-  for (;;) {
-    const step = await ReflectApply(streams.read, reader, []);
-    if (step.done) break;
-    const bytes = chunkBytes(step.value, what);
-    total += bytes.length;
-    if (total > limit) {
-      const err = overLimit(what, limit);
-      ReflectApply(streams.cancelReader, reader, [err]);
-      throw err;
-    }
-    push(parts, bytes);
-  }
-  if (parts.length === 1) return parts[0];
-  const out = new Uint8ArrayCtor(total);
-  let at = 0;
-  for (let i = 0; i < parts.length; i++) {
-    ReflectApply(Uint8ArraySet, out, [parts[i], at]);
-    at += parts[i].length;
-  }
-  return out;
-}
 /**
  * The body of a Request/Response as bytes, consuming it. `nativeArrayBuffer` is the class's
  * own reader (its brand check rejects other objects); `nativeUsed` its bodyUsed getter.
  */
 async function bodyBytes(obj, nativeArrayBuffer, nativeUsed, limit, what) {
   const stream = streamBody(obj);
-  if (stream !== undefined) return readStream(stream, limit, what);
+  if (stream !== undefined) return part("bodies").readStream(stream, limit, what);
   const ready = bodyBytesNow(obj, nativeUsed, limit, what);
   if (ready !== undefined) return ready;
   const bytes = await readNative(obj, nativeArrayBuffer);
@@ -787,67 +738,14 @@ function bodyBytesNow(obj, nativeUsed, limit, what) {
 function overLimit(what, limit) {
   return new RangeErrorCtor(`${what}: the body exceeds the limit of ${limit} bytes`);
 }
-/** A byte stream with one chunk, produced by `read()` on the first pull (never before). */
-function lazyByteStream(read) {
-  return new streams.ReadableStream({
-    type: "bytes",
-    async pull(controller) {
-      const bytes = await read();
-      if (bytes.length > 0) controller.enqueue(bytes);
-      controller.close();
-      const request = controller.byobRequest;
-      if (request) request.respond(0);
-    },
-  });
-}
-
 function installStreams(g, host, wrappers) {
   hostModule = host.module;
-  let classes = null;
-  loadStreams = function load() {
-    if (streams !== null) return streams;
-    const ns = hostModule("streams");
-    const RS = ns.ReadableStream;
-    const TS = ns.TransformStream;
-    const readerProto = ns.ReadableStreamDefaultReader.prototype;
-    streams = {
-      __proto__: null,
-      ReadableStream: RS,
-      TransformStream: TS,
-      locked: ObjectGetOwnPropertyDescriptor(RS.prototype, "locked").get,
-      getReader: RS.prototype.getReader,
-      tee: RS.prototype.tee,
-      cancel: RS.prototype.cancel,
-      pipeThrough: RS.prototype.pipeThrough,
-      read: readerProto.read,
-      cancelReader: readerProto.cancel,
-    };
-    classes = { __proto__: null };
-    for (const name of STREAM_GLOBALS) classes[name] = ns[name];
-    const parts = part("lazy");
-    classes.TextEncoderStream = parts.textEncoderStream(g, TS);
-    classes.TextDecoderStream = parts.textDecoderStream(g, TS);
-    classes.CompressionStream = parts.compressionStream(TS, host.codec, host.reserve, true);
-    classes.DecompressionStream = parts.compressionStream(TS, host.codec, host.reserve, false);
-    // WebIDL attributes are enumerable (class accessors are not); instances have a class string.
-    for (const ctor of [classes.TextEncoderStream, classes.TextDecoderStream, classes.CompressionStream, classes.DecompressionStream]) {
-      ObjectDefineProperty(ctor.prototype, Symbol.toStringTag, { __proto__: null, value: ctor.name, configurable: true });
-      for (const key of ReflectOwnKeys(ctor.prototype)) {
-        const desc = ObjectGetOwnPropertyDescriptor(ctor.prototype, key);
-        if (desc.get !== undefined) {
-          desc.enumerable = true;
-          ObjectDefineProperty(ctor.prototype, key, desc);
-        }
-      }
-    }
-    settleLazyGlobals(classes);
-    return streams;
+  const streamClass = (name) => {
+    loadStreams();
+    return part("bodies").classes[name];
   };
   for (const name of [...STREAM_GLOBALS, "TextEncoderStream", "TextDecoderStream", "CompressionStream", "DecompressionStream"]) {
-    lazyGlobal(name, () => {
-      loadStreams();
-      return classes[name];
-    });
+    lazyGlobal(name, streamClass);
   }
 
   // UTF-8 decoding of body bytes (BOM stripped), with one decoder made on first use; the size is
@@ -876,14 +774,9 @@ function installStreams(g, host, wrappers) {
       const used = isUsedNative(obj, nativeUsed);
       if (isNullBody(obj)) return null;
       loadStreams();
-      let stream;
-      if (used) {
-        // Read by a consumer: a stream that is disturbed and stays locked, as after a read.
-        stream = new streams.ReadableStream();
-        ReflectApply(streams.cancelReader, ReflectApply(streams.getReader, stream, []), []);
-      } else {
-        stream = lazyByteStream(() => readNative(obj, nativeArrayBuffer));
-      }
+      const bodies = part("bodies");
+      // Read by a consumer: a stream that is disturbed and stays locked, as after a read.
+      const stream = used ? bodies.usedStream() : bodies.byteStream(() => readNative(obj, nativeArrayBuffer));
       setStreamBody(obj, stream);
       return stream;
     }
@@ -948,15 +841,9 @@ function installStreams(g, host, wrappers) {
       const text = ReflectApply(WeakMapGet, PROVIDED_TEXT, [this]);
       if (text !== undefined) setProvidedText(copy, text);
       if (stream !== undefined) {
-        // The standard tees with the second branch's chunks cloned, so that neither reader can
-        // change the bytes the other sees.
-        const branches = ReflectApply(streams.tee, stream, []);
+        const branches = part("bodies").cloneBranches(stream);
         setStreamBody(this, branches[0]);
-        setStreamBody(copy, ReflectApply(streams.pipeThrough, branches[1], [new streams.TransformStream({
-          transform(chunk, controller) {
-            controller.enqueue(cloneChunk(chunk));
-          },
-        })]));
+        setStreamBody(copy, branches[1]);
       }
       // A fetch() response's own url/redirected (see fetch below) belong to the copy too.
       for (const key of ["url", "redirected"]) {
@@ -985,7 +872,7 @@ function installStreams(g, host, wrappers) {
     ReflectApply(blobSize, this, []);
     const blob = this;
     loadStreams();
-    return lazyByteStream(async () => new Uint8ArrayCtor(await ReflectApply(blobArrayBuffer, blob, [])));
+    return part("bodies").byteStream(async () => new Uint8ArrayCtor(await ReflectApply(blobArrayBuffer, blob, [])));
   });
 }
 
@@ -994,14 +881,14 @@ function installStreams(g, host, wrappers) {
 // prototypes patched) the first time a Worker reaches one of them, which is only through these
 // globals: a Request's `signal` is undefined unless the Worker gave it one made by them.
 const EVENT_GLOBALS = ["Event", "EventTarget", "CustomEvent", "AbortController", "AbortSignal"];
+function eventClass(name) {
+  part("events");
+  return NATIVES[name];
+}
 function installEvents() {
   for (let i = 0; i < EVENT_GLOBALS.length; i++) {
     const name = EVENT_GLOBALS[i];
-    if (NATIVES[name] === undefined) continue;
-    lazyGlobal(name, () => {
-      part("events");
-      return NATIVES[name];
-    });
+    if (NATIVES[name] !== undefined) lazyGlobal(name, eventClass);
   }
 }
 
@@ -1322,12 +1209,12 @@ export function install(host) {
     }),
   );
   defineGlobal("crypto", ourCrypto);
-  for (const name of ["CryptoKey", "SubtleCrypto"]) {
-    lazyGlobal(name, () => {
-      loadSubtle();
-      return cryptoClasses[name];
-    });
-  }
+  const cryptoClass = (name) => {
+    loadSubtle();
+    return cryptoClasses[name];
+  };
+  lazyGlobal("CryptoKey", cryptoClass);
+  lazyGlobal("SubtleCrypto", cryptoClass);
 
   // ---- fetch --------------------------------------------------------------------------------
   const checked = installFetchChecks(g);
@@ -1614,29 +1501,14 @@ export function install(host) {
     const stream = streamBody(response);
     if (streaming && stream !== undefined) {
       // Streamed to the client: the engine pulls chunk by chunk (next) until the end.
-      if (isUnusable(stream)) throw new TypeErrorCtor(`${what}: the body has already been used`);
-      const reader = ReflectApply(streams.getReader, stream, []);
-      let total = 0;
+      const pump = part("bodies").pump(stream, maxBodyBytes, what);
       return {
         __proto__: null,
         status,
         headers: outHeaders,
         body: null,
-        next: async () => {
-          const step = await ReflectApply(streams.read, reader, []);
-          if (step.done) return undefined;
-          const bytes = chunkBytes(step.value, what);
-          total += bytes.length;
-          if (total > maxBodyBytes) {
-            const err = overLimit(what, maxBodyBytes);
-            ReflectApply(streams.cancelReader, reader, [err]);
-            throw err;
-          }
-          return bytes;
-        },
-        cancel: async () => {
-          await ReflectApply(streams.cancelReader, reader, [new TypeErrorCtor("the client went away")]);
-        },
+        next: pump.next,
+        cancel: pump.cancel,
         waitUntil: waitsDone(waits),
       };
     }
@@ -1682,9 +1554,9 @@ export function install(host) {
     WeakMapCtor, WeakMapGet, WeakMapSet, StringSlice, StringIndexOf, StringToLowerCase,
     StringToUpperCase, StringTrim, StringIsWellFormed, StringToWellFormed, StringReplace,
     RegExpExec, ArrayBufferByteLength, ArrayBufferIsView, ViewLength, ViewBuffer, ViewOffset,
-    DataViewLength, DataViewBuffer, DataViewOffset,
-    charCodeAt, push, mapHas, mapSet, mapDelete, hasBrand, chunkBytes, isHttpWhitespace, consoleError,
-    defineMethod, defineGlobal, GuardedFile, part,
+    DataViewLength, DataViewBuffer, DataViewOffset, ArrayBufferSlice, Uint8ArraySet,
+    charCodeAt, push, mapHas, mapSet, mapDelete, hasBrand, isHttpWhitespace, consoleError,
+    defineMethod, defineGlobal, GuardedFile, part, global: g, STREAM_GLOBALS, overLimit, isUnusable,
     host, checked, loadStreams, NativeResponse, NULL_BODY_STATUS,
     HeadersForEach, RequestHeaders, RequestMethod, RequestUrl, RequestArrayBuffer,
     RequestBodyUsed, RequestSignal, SignalAborted, SignalReason, maxBodyBytes, streamBody,

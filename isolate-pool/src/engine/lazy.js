@@ -24,7 +24,6 @@ export default function make(h) {
     Uint8ArrayCtor,
     ViewLength,
     charCodeAt,
-    chunkBytes,
     DOMExceptionCtor,
     ErrorCtor,
     ReflectOwnKeys,
@@ -242,9 +241,9 @@ export default function make(h) {
   /**
    * CompressionStream / DecompressionStream per the Compression standard, over a native codec
    * (engine/codec.rs: bounded output per call, native state given back at the end). Each chunk
-   * must be a BufferSource; it is copied (charged first) into the codec.
+   * must be a BufferSource (`chunkBytes`, bodies.js); it is copied (charged first) into the codec.
    */
-  function compressionStream(TS, makeCodec, reserve, compress) {
+  function compressionStream(TS, makeCodec, reserve, compress, chunkBytes) {
     const what = compress ? "CompressionStream" : "DecompressionStream";
     const FORMATS = ["gzip", "deflate", "deflate-raw"];
     function drain(codec, controller, finish) {

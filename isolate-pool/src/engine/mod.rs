@@ -54,6 +54,7 @@ static GUARDS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/guards
 static EVENTS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/events.qjsbc"));
 static OUTBOUND_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/outbound.qjsbc"));
 static FORMS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/forms.qjsbc"));
+static BODIES_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bodies.qjsbc"));
 static URLPATTERN_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/urlpattern.qjsbc"));
 
 /// Name of the engine, reported in build info.
@@ -1061,6 +1062,7 @@ fn install<'js>(
                     "events" => ("events", EVENTS_BYTECODE, "default"),
                     "outbound" => ("outbound", OUTBOUND_BYTECODE, "default"),
                     "forms" => ("forms", FORMS_BYTECODE, "default"),
+                    "bodies" => ("bodies", BODIES_BYTECODE, "default"),
                     "urlpattern" => ("urlpattern", URLPATTERN_BYTECODE, "URLPattern"),
                     _ => return Err(Exception::throw_internal(&ctx, "unknown lazy module")),
                 };

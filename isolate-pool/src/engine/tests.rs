@@ -2589,7 +2589,7 @@ fn concurrent_client_tool_errors() {
 #[test]
 fn parts_load_on_first_use_only() {
     run(async {
-        let cases: [(&str, &[&str]); 10] = [
+        let cases: [(&str, &[&str]); 11] = [
             ("return new Response('hello', { headers: { 'x-a': '1' } });", &[]),
             ("return new Response(await request.text() + request.method);", &[]),
             ("return new Response(String(Buffer.alloc(4).length));", &["guards"]),
@@ -2603,6 +2603,10 @@ fn parts_load_on_first_use_only() {
                 &["forms"],
             ),
             ("Error.prepareStackTrace = (e, s) => s.length; return new Response(typeof new Error('x').stack);", &["lazy"]),
+            (
+                "return new Response(typeof new Response('x').body.getReader);",
+                &["bodies", "streams", "lazy"],
+            ),
         ];
         for (body, parts) in cases {
             let src = format!("export default {{ async fetch(request) {{ {body} }} }};");
@@ -2649,5 +2653,38 @@ fn cycles_left_by_requests_are_collected_once_the_isolate_is_built() {
             assert_eq!(body(&res), "ok");
             assert!(iso.is_reusable(), "request {n} left the isolate unfit");
         }
+    });
+}
+
+/// The globals made on first use: an accessor until then, which a Worker may assign or redefine
+/// (its value then stays the Worker's, also when the part that serves the global loads); the
+/// first read loads the part and turns every global it serves into a plain data property.
+#[test]
+fn lazy_globals_are_the_workers_to_replace_and_settle_on_first_read() {
+    run(async {
+        let src = r#"export default { async fetch() {
+            const out = [];
+            const kind = (name) => {
+                const d = Object.getOwnPropertyDescriptor(globalThis, name);
+                return d === undefined ? "none" : "value" in d ? `data:${typeof d.value}:${d.writable}:${d.enumerable}` : "accessor";
+            };
+            out.push(kind("WritableStream"));
+            globalThis.URLPattern = 5;
+            out.push(kind("URLPattern"), URLPattern);
+            Object.defineProperty(globalThis, "TransformStream", { get() { return 7; }, configurable: true });
+            out.push(typeof ReadableStream);
+            out.push(kind("ReadableStream"), kind("WritableStream"), kind("CompressionStream"), TransformStream);
+            CountQueuingStrategy = "mine";
+            out.push(CountQueuingStrategy);
+            return new Response(out.join(" "));
+        } };"#;
+        let iso = Isolate::new(Arc::new(DisabledEgress)).await.unwrap();
+        let (res, _) = fetch_with(&iso, &worker(src), get("http://w/"), LIMITS).await;
+        assert_eq!(
+            body(&res.unwrap()),
+            "accessor data:number:true:false 5 function data:function:true:false \
+             data:function:true:false data:function:true:false 7 mine"
+        );
+        assert_eq!(*iso.state.parts.borrow(), vec!["bodies", "streams", "lazy"]);
     });
 }
