@@ -641,8 +641,13 @@ const NATIVES = ObjectFreeze({
 });
 /** The File constructor the Worker sees (install()'s guarded wrapper). */
 let GuardedFile = null;
-/** What every part gets (`make(H)`): the captured intrinsics and host calls; set by install(). */
+/**
+ * What every part gets (`make(H)`): the captured intrinsics and host calls. Made by `makeH`
+ * (set by install(); it reads only what was captured before any user code ran) when the first
+ * part loads: a Worker that needs no part never pays for its ~100 properties.
+ */
 let H = null;
+let makeH = null;
 const PARTS = { __proto__: null };
 /**
  * A part of the glue that only some Workers need, made once per isolate on first use: lazy.js
@@ -653,6 +658,7 @@ const PARTS = { __proto__: null };
 function part(name) {
   let made = PARTS[name];
   if (made === undefined) {
+    if (H === null) H = makeH();
     made = hostModule(name)(H);
     PARTS[name] = made;
   }
@@ -1541,7 +1547,7 @@ export function install(host) {
     return ObjectFreeze(JSONParse(json));
   }
 
-  H = ObjectFreeze({
+  makeH = () => ObjectFreeze({
     __proto__: null,
     reserve: host.reserve,
     natives: NATIVES,
