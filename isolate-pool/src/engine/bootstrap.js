@@ -204,7 +204,7 @@ const LAZY_ACCESSORS = { __proto__: null };
  * accessor. The Worker may assign the global before that (it is then the Worker's). One arrow
  * function is both the getter (called without an argument) and the setter (called with one), and
  * `make` is shared by the globals of one part: an isolate pays one small closure per lazy global
- * until it is used (a getter, a setter and a `make` closure each cost about 1 KB per name).
+ * until it is used (a getter, a setter and a `make` closure per name cost about 1 KB).
  */
 function lazyGlobal(name, make) {
   const accessor = (...value) => {
