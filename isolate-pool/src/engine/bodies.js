@@ -109,20 +109,20 @@ export default function make(h) {
     }
   }
 
-  return {
-    __proto__: null,
-    streams,
-    classes,
-    chunkBytes,
-    /** Reads a whole stream into one Uint8Array, refusing more than `limit` bytes. */
-    async readStream(stream, limit, what) {
-      if (isUnusable(stream)) throw new TypeErrorCtor(`${what}: the body has already been used`);
-      const reader = ReflectApply(streams.getReader, stream, []);
-      const parts = [];
-      let total = 0;
-      for (;;) {
+  /**
+   * A body stream read chunk by chunk (`next` until it gives undefined), refused past `limit`
+   * bytes: a Worker's streamed Response (pulled by the engine; `cancel` when the client went
+   * away) and `readStream`.
+   */
+  function pump(stream, limit, what) {
+    if (isUnusable(stream)) throw new TypeErrorCtor(`${what}: the body has already been used`);
+    const reader = ReflectApply(streams.getReader, stream, []);
+    let total = 0;
+    return {
+      __proto__: null,
+      next: async () => {
         const step = await ReflectApply(streams.read, reader, []);
-        if (step.done) break;
+        if (step.done) return undefined;
         const bytes = chunkBytes(step.value, what);
         total += bytes.length;
         if (total > limit) {
@@ -130,6 +130,28 @@ export default function make(h) {
           ReflectApply(streams.cancelReader, reader, [err]);
           throw err;
         }
+        return bytes;
+      },
+      cancel: async () => {
+        await ReflectApply(streams.cancelReader, reader, [new TypeErrorCtor("the client went away")]);
+      },
+    };
+  }
+
+  return {
+    __proto__: null,
+    streams,
+    classes,
+    chunkBytes,
+    /** Reads a whole stream into one Uint8Array, refusing more than `limit` bytes. */
+    async readStream(stream, limit, what) {
+      const chunks = pump(stream, limit, what);
+      const parts = [];
+      let total = 0;
+      for (;;) {
+        const bytes = await chunks.next();
+        if (bytes === undefined) break;
+        total += bytes.length;
         push(parts, bytes);
       }
       if (parts.length === 1) return parts[0];
@@ -173,32 +195,6 @@ export default function make(h) {
       })]);
       return [branches[0], copy];
     },
-    /**
-     * A Worker's streamed Response body, pulled by the engine chunk by chunk (`next` until it
-     * gives undefined) and refused past `limit` bytes; `cancel` when the client went away.
-     */
-    pump(stream, limit, what) {
-      if (isUnusable(stream)) throw new TypeErrorCtor(`${what}: the body has already been used`);
-      const reader = ReflectApply(streams.getReader, stream, []);
-      let total = 0;
-      return {
-        __proto__: null,
-        next: async () => {
-          const step = await ReflectApply(streams.read, reader, []);
-          if (step.done) return undefined;
-          const bytes = chunkBytes(step.value, what);
-          total += bytes.length;
-          if (total > limit) {
-            const err = overLimit(what, limit);
-            ReflectApply(streams.cancelReader, reader, [err]);
-            throw err;
-          }
-          return bytes;
-        },
-        cancel: async () => {
-          await ReflectApply(streams.cancelReader, reader, [new TypeErrorCtor("the client went away")]);
-        },
-      };
-    },
+    pump,
   };
 }
