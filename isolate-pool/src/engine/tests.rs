@@ -2618,6 +2618,29 @@ fn parts_load_on_first_use_only() {
     });
 }
 
+/// The JS layer's bytecode carries no names of local or closure variables (build.rs writes it
+/// with `JS_WRITE_OBJ_STRIP_LOCALS`, isogate's patch to QuickJS-ng): every name would be an atom
+/// in every isolate, and a compiled function reaches its variables by index. What a Worker can
+/// see stays: function names (`.name`, stack frames) and property names.
+#[test]
+fn the_js_layers_bytecode_carries_no_local_names() {
+    let has = |bytes: &[u8], name: &str| bytes.windows(name.len()).any(|w| w == name.as_bytes());
+    // A module-level const of the bootstrap, a parameter, a local of a part.
+    assert!(!has(BOOTSTRAP_BYTECODE, "HeadersSet"));
+    assert!(!has(BOOTSTRAP_BYTECODE, "nativeArrayBuffer"));
+    assert!(!has(LAZY_BYTECODE, "RSA_MODULUS_LENGTHS"));
+    // A function's own name and a property name.
+    assert!(has(BOOTSTRAP_BYTECODE, "isHttpWhitespace"));
+    assert!(has(BOOTSTRAP_BYTECODE, "getRandomValues"));
+    run(async {
+        let (res, _) = fetch_once(
+            "export default { async fetch() { return new Response([setTimeout.name, crypto.getRandomValues.name, new Headers([['a', 'b']]).get('a')].join()); } };",
+        )
+        .await;
+        assert_eq!(body(&res.unwrap()), "setTimeout,getRandomValues,b");
+    });
+}
+
 /// No collection runs while an isolate is built, which loses nothing because the start leaves
 /// no garbage a collection would free; collections resume once it is built: a cached Worker
 /// whose requests each leave megabytes of cycles behind keeps serving within a memory limit that

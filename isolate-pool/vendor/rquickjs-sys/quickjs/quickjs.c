@@ -35488,6 +35488,7 @@ typedef struct BCWriterState {
     bool allow_reference;
     bool allow_source;
     bool allow_debug;
+    bool strip_locals; /* isogate: JS_WRITE_OBJ_STRIP_LOCALS */
     uint32_t first_atom;
     uint32_t *atom_to_idx;
     int atom_to_idx_size;
@@ -35800,6 +35801,18 @@ static int JS_WriteBigInt(BCWriterState *s, JSValueConst obj)
 
 static int JS_WriteObjectRec(BCWriterState *s, JSValueConst obj);
 
+/* isogate: the name a local or closure variable is written with. Under
+   JS_WRITE_OBJ_STRIP_LOCALS a name that is not a predefined atom is written as JS_ATOM_NULL:
+   once compiled, variables are reached by index, and the names only serve a direct eval() in
+   the function (which then cannot see them) and the "is not initialized" message. Each name
+   would otherwise be an atom in every runtime that loads the bytecode. */
+static JSAtom bc_local_name(BCWriterState *s, JSAtom name)
+{
+    if (s->strip_locals && !__JS_AtomIsConst(name))
+        return JS_ATOM_NULL;
+    return name;
+}
+
 static int JS_WriteFunctionTag(BCWriterState *s, JSValueConst obj)
 {
     JSFunctionBytecode *b = JS_VALUE_GET_PTR(obj);
@@ -35836,7 +35849,7 @@ static int JS_WriteFunctionTag(BCWriterState *s, JSValueConst obj)
         bc_put_leb128(s, b->arg_count + b->var_count);
         for(i = 0; i < b->arg_count + b->var_count; i++) {
             JSVarDef *vd = &b->vardefs[i];
-            bc_put_atom(s, vd->var_name);
+            bc_put_atom(s, bc_local_name(s, vd->var_name)); /* isogate */
             bc_put_leb128(s, vd->scope_level);
             bc_put_leb128(s, vd->scope_next + 1);
             flags = idx = 0;
@@ -35853,7 +35866,7 @@ static int JS_WriteFunctionTag(BCWriterState *s, JSValueConst obj)
 
     for(i = 0; i < b->closure_var_count; i++) {
         JSClosureVar *cv = &b->closure_var[i];
-        bc_put_atom(s, cv->var_name);
+        bc_put_atom(s, bc_local_name(s, cv->var_name)); /* isogate */
         bc_put_leb128(s, cv->var_idx);
         flags = idx = 0;
         bc_set_flags(&flags, &idx, cv->is_local, 1);
@@ -36301,6 +36314,7 @@ uint8_t *JS_WriteObject2(JSContext *ctx, size_t *psize, JSValueConst obj,
     s->allow_reference = ((flags & JS_WRITE_OBJ_REFERENCE) != 0);
     s->allow_source = ((flags & JS_WRITE_OBJ_STRIP_SOURCE) == 0);
     s->allow_debug = ((flags & JS_WRITE_OBJ_STRIP_DEBUG) == 0);
+    s->strip_locals = ((flags & JS_WRITE_OBJ_STRIP_LOCALS) != 0); /* isogate */
     /* XXX: could use a different version when bytecode is included */
     if (s->allow_bytecode)
         s->first_atom = JS_ATOM_END;
