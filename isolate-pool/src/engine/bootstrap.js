@@ -625,10 +625,8 @@ const NATIVES = ObjectFreeze({
   FormDataAppend: FormData.prototype.append,
   URLSearchParams,
   URLSearchParamsForEach: URLSearchParams.prototype.forEach,
-  BufferCtor: Buffer,
-  BufferAlloc: Buffer.alloc,
-  BufferFrom: Buffer.from,
-  BufferConcat: Buffer.concat,
+  // Buffer's constructor and its alloc, from and concat, once a Worker first reads `Buffer`.
+  buffer: { __proto__: null, ctor: undefined, alloc: undefined, from: undefined, concat: undefined },
   Blob,
   File,
   BlobSize: ObjectGetOwnPropertyDescriptor(Blob.prototype, "size").get,
@@ -639,6 +637,8 @@ const NATIVES = ObjectFreeze({
   atob,
   btoa,
 });
+/** The globals llrt_buffer's init (re)defines besides Buffer, and the one its class extends. */
+const BUFFER_INIT_GLOBALS = ObjectFreeze(["Uint8Array", "Blob", "File", "atob", "btoa"]);
 /** The File constructor the Worker sees (install()'s guarded wrapper). */
 let GuardedFile = null;
 /**
@@ -953,21 +953,55 @@ export function install(host) {
       desc.value = value;
       ObjectDefineProperty(object, name, desc);
     }
-    const BufferCtor = NATIVES.BufferCtor;
-    replaceValue(BufferCtor, "alloc", function alloc(size, fill, encoding) {
-      return ReflectApply(guards().alloc, undefined, arguments);
-    });
-    replaceValue(BufferCtor, "allocUnsafe", function allocUnsafe(size) {
-      return guards().allocUnsafe(size);
-    });
-    replaceValue(BufferCtor, "allocUnsafeSlow", function allocUnsafeSlow(size) {
-      return guards().allocUnsafe(size);
-    });
-    replaceValue(BufferCtor, "from", function from(...args) {
-      return ReflectApply(guards().from, undefined, args);
-    });
-    replaceValue(BufferCtor, "concat", function concat(...args) {
-      return ReflectApply(guards().concat, undefined, args);
+    // Buffer (LLRT's, ~50 native methods) is made when a Worker first reads it: host.buffer runs
+    // llrt_buffer's init, which also defines Blob, File, atob and btoa again, so those globals and
+    // the prototypes' `constructor` are put back as they were (the guarded ones below, or the
+    // Worker's own); its `extends Uint8Array` sees the intrinsic, whatever the Worker did to the
+    // global.
+    const NativeBlob = NATIVES.Blob;
+    const NativeFile = NATIVES.File;
+    lazyGlobal("Buffer", () => {
+      const saved = { __proto__: null };
+      for (let i = 0; i < BUFFER_INIT_GLOBALS.length; i++) {
+        const name = BUFFER_INIT_GLOBALS[i];
+        saved[name] = ObjectGetOwnPropertyDescriptor(g, name);
+      }
+      const blobConstructor = ObjectGetOwnPropertyDescriptor(NativeBlob.prototype, "constructor");
+      const fileConstructor = ObjectGetOwnPropertyDescriptor(NativeFile.prototype, "constructor");
+      let BufferCtor;
+      try {
+        defineGlobal("Uint8Array", Uint8ArrayCtor);
+        BufferCtor = host.buffer();
+      } finally {
+        for (let i = 0; i < BUFFER_INIT_GLOBALS.length; i++) {
+          const name = BUFFER_INIT_GLOBALS[i];
+          if (saved[name] === undefined) delete g[name];
+          else ObjectDefineProperty(g, name, saved[name]);
+        }
+        ObjectDefineProperty(NativeBlob.prototype, "constructor", blobConstructor);
+        ObjectDefineProperty(NativeFile.prototype, "constructor", fileConstructor);
+      }
+      const natives = NATIVES.buffer;
+      natives.ctor = BufferCtor;
+      natives.alloc = BufferCtor.alloc;
+      natives.from = BufferCtor.from;
+      natives.concat = BufferCtor.concat;
+      replaceValue(BufferCtor, "alloc", function alloc(size, fill, encoding) {
+        return ReflectApply(guards().alloc, undefined, arguments);
+      });
+      replaceValue(BufferCtor, "allocUnsafe", function allocUnsafe(size) {
+        return guards().allocUnsafe(size);
+      });
+      replaceValue(BufferCtor, "allocUnsafeSlow", function allocUnsafeSlow(size) {
+        return guards().allocUnsafe(size);
+      });
+      replaceValue(BufferCtor, "from", function from(...args) {
+        return ReflectApply(guards().from, undefined, args);
+      });
+      replaceValue(BufferCtor, "concat", function concat(...args) {
+        return ReflectApply(guards().concat, undefined, args);
+      });
+      return BufferCtor;
     });
     // Blob and File: the global is a wrapper whose prototype is the native one (instances are
     // native), so the native constructor is never reachable.
@@ -981,8 +1015,6 @@ export function install(host) {
       defineMethod(Native.prototype, "constructor", Wrapper);
       defineGlobal(name, Wrapper);
     }
-    const NativeBlob = NATIVES.Blob;
-    const NativeFile = NATIVES.File;
     function Blob(...args) {
       if (new.target === undefined) {
         throw new TypeErrorCtor("Failed to construct 'Blob': Please use the 'new' operator");

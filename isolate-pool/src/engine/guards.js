@@ -41,11 +41,10 @@ export default function make(h) {
     charCodeAt,
     natives,
   } = h;
+  // Buffer's constructor and natives, filled in when a Worker first reads `Buffer` (the
+  // bootstrap makes it then): only the stubs it puts on Buffer call the guards that use them.
+  const buffer = natives.buffer;
   const {
-    BufferCtor,
-    BufferAlloc: nativeAlloc,
-    BufferFrom: nativeFrom,
-    BufferConcat: nativeConcat,
     BlobSize: blobSize,
     FileSize: fileSize,
     TextEncoderEncode: nativeEncode,
@@ -123,34 +122,34 @@ export default function make(h) {
   }
 
   // Buffer
-  const zeroed = (n) => ReflectApply(nativeAlloc, BufferCtor, [n]);
+  const zeroed = (n) => ReflectApply(buffer.alloc, buffer.ctor, [n]);
   function alloc(size, fill, encoding) {
     const n = checkSize(size);
     if (arguments.length < 2 || fill === undefined) return zeroed(n);
     if (typeof fill === "string") {
       if (arguments.length > 2 && encoding !== undefined) {
         reserve(fill.length);
-        fill = ReflectApply(nativeFrom, BufferCtor, [fill, encoding]);
+        fill = ReflectApply(buffer.from, buffer.ctor, [fill, encoding]);
       } else if (fill.length === 0) {
         return zeroed(n);
       } else {
-        return ReflectApply(nativeAlloc, BufferCtor, [n, fill]);
+        return ReflectApply(buffer.alloc, buffer.ctor, [n, fill]);
       }
     }
     // An empty fill fills with zeros (LLRT would divide by zero).
     if (sourceLength(fill) === 0) return zeroed(n);
-    return ReflectApply(nativeAlloc, BufferCtor, [n, fill]);
+    return ReflectApply(buffer.alloc, buffer.ctor, [n, fill]);
   }
   function allocUnsafe(size) {
     return zeroed(checkSize(size));
   }
   function from(...args) {
     reserve(copiedLength(args[0]));
-    return ReflectApply(nativeFrom, BufferCtor, args);
+    return ReflectApply(buffer.from, buffer.ctor, args);
   }
   function concat(...args) {
     const list = args[0];
-    if (!isArray(list)) return ReflectApply(nativeConcat, BufferCtor, args);
+    if (!isArray(list)) return ReflectApply(buffer.concat, buffer.ctor, args);
     const items = sealedArray();
     let total = 0;
     const length = list.length;
@@ -164,7 +163,7 @@ export default function make(h) {
     if (typeof max === "number" && max >= 0 && max < total) total = max;
     reserve(total);
     args[0] = items;
-    return ReflectApply(nativeConcat, BufferCtor, args);
+    return ReflectApply(buffer.concat, buffer.ctor, args);
   }
 
   // Blob and File: parts become strings, BufferSources and Blobs in a sealed array.

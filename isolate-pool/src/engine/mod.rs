@@ -977,6 +977,24 @@ fn display_value(v: &Value<'_>) -> String {
         .unwrap_or_else(|| format!("{:?}", v.type_of()))
 }
 
+/// What `llrt_buffer::init` defines but `Buffer`: Blob (with its `instanceof`), File, atob and
+/// btoa, as that init defines them. `Buffer`, a class with ~50 native methods (~15 KB of every
+/// isolate's heap), is made when a Worker first reads it (`host.buffer`).
+fn blob_file_and_base64(ctx: &Ctx<'_>) -> rquickjs::Result<()> {
+    let globals = ctx.globals();
+    if let Some(constructor) = rquickjs::Class::<llrt_buffer::Blob>::create_constructor(ctx)? {
+        constructor.prop(
+            rquickjs::atom::PredefinedAtom::SymbolHasInstance,
+            Func::from(llrt_buffer::Blob::has_instance),
+        )?;
+        globals.set("Blob", constructor)?;
+    }
+    rquickjs::Class::<llrt_buffer::File>::define(&globals)?;
+    globals.set("atob", Func::from(llrt_buffer::atob))?;
+    globals.set("btoa", Func::from(llrt_buffer::btoa))?;
+    Ok(())
+}
+
 /// Initialises the Web APIs and the Worker API on a fresh context; returns the internal entry
 /// points (never reachable from user code).
 fn install<'js>(
@@ -987,7 +1005,7 @@ fn install<'js>(
     llrt_events::init(ctx)?;
     llrt_abort::init(ctx)?;
     llrt_exceptions::init(ctx)?;
-    llrt_buffer::init(ctx)?;
+    blob_file_and_base64(ctx)?;
     llrt_util::init(ctx)?;
     llrt_perf_hooks::init(ctx)?;
     // Request/Response/Headers from LLRT's fetch module, without its fetch (ours goes through
@@ -1075,6 +1093,18 @@ fn install<'js>(
                 module.get(export)
             },
         ),
+    )?;
+    // llrt_buffer's init, on the first use of `Buffer` (the bootstrap's lazy global): it makes
+    // the Buffer class and also Blob, File, atob and btoa again, which the bootstrap puts back.
+    let buffer_state = state.clone();
+    host.set(
+        "buffer",
+        Func::from(move |ctx: Ctx<'js>| -> rquickjs::Result<Value<'js>> {
+            buffer_state.parts.borrow_mut().push("buffer");
+            llrt_buffer::init(&ctx)?;
+            // The class binding LLRT's init declared (whatever the global property now holds).
+            ctx.eval("Buffer")
+        }),
     )?;
     host.set("maxBodyBytes", crate::wire::MAX_BODY_BYTES as f64)?;
     // llrt_crypto's init: defines Crypto/SubtleCrypto/CryptoKey and a global `crypto`, which the

@@ -2589,10 +2589,11 @@ fn concurrent_client_tool_errors() {
 #[test]
 fn parts_load_on_first_use_only() {
     run(async {
-        let cases: [(&str, &[&str]); 11] = [
+        let cases: [(&str, &[&str]); 12] = [
             ("return new Response('hello', { headers: { 'x-a': '1' } });", &[]),
             ("return new Response(await request.text() + request.method);", &[]),
-            ("return new Response(String(Buffer.alloc(4).length));", &["guards"]),
+            ("return new Response(String(Buffer.alloc(4).length));", &["buffer", "guards"]),
+            ("return new Response(typeof Buffer);", &["buffer"]),
             ("return new Response(atob('aGk='));", &["guards"]),
             ("return new Response(String(new Event('x').type));", &["events"]),
             ("return new Response(String(request.signal));", &[]),
@@ -2638,6 +2639,42 @@ fn the_js_layers_bytecode_carries_no_local_names() {
         )
         .await;
         assert_eq!(body(&res.unwrap()), "setTimeout,getRandomValues,b");
+    });
+}
+
+/// `Buffer` is made when a Worker first reads it (llrt_buffer's init, which also defines Blob,
+/// File, atob and btoa again): it extends the intrinsic Uint8Array whatever the Worker did to
+/// the global, its allocating statics are the guarded stubs, and the globals and prototype
+/// `constructor`s that init touches stay what they were, the bootstrap's guarded ones or the
+/// Worker's own.
+#[test]
+fn buffer_is_made_on_first_use_and_leaves_the_other_globals_as_they_were() {
+    run(async {
+        let src = r#"export default { async fetch() {
+            const RealUint8Array = Uint8Array;
+            const { Blob: B0, File: F0, btoa: btoa0 } = globalThis;
+            globalThis.Uint8Array = class Fake {};
+            const myAtob = () => "mine";
+            globalThis.atob = myAtob;
+            const out = [
+                Object.getPrototypeOf(Buffer.prototype) === RealUint8Array.prototype,
+                globalThis.Uint8Array !== RealUint8Array,
+                atob === myAtob,
+                Blob === B0 && File === F0 && btoa === btoa0,
+                Blob.prototype.constructor === Blob && File.prototype.constructor === File,
+                (() => { try { Buffer.alloc(-1); } catch (e) { return e.message.includes('"size" is out of range'); } })(),
+                Buffer.from("hi").toString("hex"),
+                Buffer.concat([Buffer.from("a"), Buffer.from("b")]).toString(),
+                Buffer.alloc(3, "x").toString(),
+                new Blob(["ab"]).size,
+            ];
+            return new Response(out.join());
+        } };"#;
+        let (res, _) = fetch_once(src).await;
+        assert_eq!(
+            body(&res.unwrap()),
+            "true,true,true,true,true,true,6869,ab,xxx,2"
+        );
     });
 }
 
@@ -2711,3 +2748,4 @@ fn lazy_globals_are_the_workers_to_replace_and_settle_on_first_read() {
         assert_eq!(*iso.state.parts.borrow(), vec!["bodies", "streams", "lazy"]);
     });
 }
+
