@@ -82,6 +82,22 @@ fn bench(c: &mut Criterion) {
                 .expect("isolate")
         })
     });
+    // The start alone (the pool starts warm isolates ahead; a load() that finds none waits for
+    // this), each isolate dropped outside the measurement.
+    group.bench_function("isolate_create", |b| {
+        b.iter_custom(|iters| {
+            let mut spent = std::time::Duration::ZERO;
+            for _ in 0..iters {
+                let started = std::time::Instant::now();
+                let iso = tokio::task::LocalSet::new()
+                    .block_on(&rt, isogate_pool::start_isolate())
+                    .expect("isolate");
+                spent += started.elapsed();
+                tokio::task::LocalSet::new().block_on(&rt, async move { drop(iso) });
+            }
+            spent
+        })
+    });
     group.bench_function("load_hello_cold_isolate", |b| {
         b.iter(|| {
             let inv = rt

@@ -2748,4 +2748,3 @@ fn lazy_globals_are_the_workers_to_replace_and_settle_on_first_read() {
         assert_eq!(*iso.state.parts.borrow(), vec!["bodies", "streams", "lazy"]);
     });
 }
-
