@@ -197,6 +197,11 @@ function hasBrand(getter, value) {
 function defineGlobal(name, value) {
   ObjectDefineProperty(globalThis, name, { __proto__: null, value, writable: true, enumerable: false, configurable: true });
 }
+/** Puts back property `name` of `object` as `desc` describes it (deleted if `desc` is undefined). */
+function restoreProperty(object, name, desc) {
+  if (desc === undefined) delete object[name];
+  else ObjectDefineProperty(object, name, desc);
+}
 /** The accessor lazyGlobal installed for each name (to tell it from a Worker's own). */
 const LAZY_ACCESSORS = { __proto__: null };
 /**
@@ -616,11 +621,9 @@ const ObjectToString = Object.prototype.toString;
  */
 const NATIVES = ObjectFreeze({
   __proto__: null,
-  Event,
-  EventTarget,
-  CustomEvent,
-  AbortController,
-  AbortSignal,
+  // LLRT's event classes (Event, EventTarget, CustomEvent, AbortController, AbortSignal) and
+  // AbortSignal's `aborted` and `reason` getters, once a Worker first reads one of those globals.
+  events: { __proto__: null },
   FormData,
   FormDataAppend: FormData.prototype.append,
   URLSearchParams,
@@ -883,19 +886,67 @@ function installStreams(g, host, wrappers) {
 }
 
 // ---- events --------------------------------------------------------------------------------------
-// events.js: the DOM standard's event semantics over LLRT's classes, loaded (and the native
-// prototypes patched) the first time a Worker reaches one of them, which is only through these
-// globals: a Request's `signal` is undefined unless the Worker gave it one made by them.
-const EVENT_GLOBALS = ["Event", "EventTarget", "CustomEvent", "AbortController", "AbortSignal"];
-function eventClass(name) {
-  part("events");
-  return NATIVES[name];
-}
-function installEvents() {
-  for (let i = 0; i < EVENT_GLOBALS.length; i++) {
-    const name = EVENT_GLOBALS[i];
-    if (NATIVES[name] !== undefined) lazyGlobal(name, eventClass);
-  }
+// LLRT's event classes (llrt_events, llrt_abort) are made the first time a Worker reaches one of
+// these globals (host.events runs both modules' init), and events.js, the DOM standard's event
+// semantics over them, is loaded then (patching the native prototypes once). Those globals are
+// the only way to them: a Request's `signal` is undefined unless the Worker gave it one made by
+// them, so nothing else meets an instance before they are made.
+const EVENT_GLOBALS = ObjectFreeze(["Event", "EventTarget", "CustomEvent", "AbortController", "AbortSignal"]);
+function installEvents(host, setTimeout) {
+  const natives = NATIVES.events;
+  const make = () => {
+    // The inits assign all five globals, which are plain writable properties for the time of
+    // the call (so the classes read back are the inits' own), then each is put back as it was
+    // (a lazy accessor, or what the Worker assigned): a Worker's own value survives and the
+    // others stay lazy.
+    const saved = { __proto__: null };
+    for (let i = 0; i < EVENT_GLOBALS.length; i++) {
+      const name = EVENT_GLOBALS[i];
+      saved[name] = ObjectGetOwnPropertyDescriptor(globalThis, name);
+    }
+    try {
+      for (let i = 0; i < EVENT_GLOBALS.length; i++) defineGlobal(EVENT_GLOBALS[i], undefined);
+      host.events();
+      for (let i = 0; i < EVENT_GLOBALS.length; i++) {
+        const name = EVENT_GLOBALS[i];
+        natives[name] = ObjectGetOwnPropertyDescriptor(globalThis, name).value;
+      }
+    } finally {
+      for (let i = 0; i < EVENT_GLOBALS.length; i++) {
+        const name = EVENT_GLOBALS[i];
+        restoreProperty(globalThis, name, saved[name]);
+      }
+    }
+    const SignalProto = natives.AbortSignal.prototype;
+    natives.SignalAborted = ObjectGetOwnPropertyDescriptor(SignalProto, "aborted").get;
+    natives.SignalReason = ObjectGetOwnPropertyDescriptor(SignalProto, "reason").get;
+    // LLRT's AbortSignal.timeout is bound to LLRT's timer module, which isogate does not use:
+    // it gets our timers.
+    const AbortControllerCtor = natives.AbortController;
+    ObjectDefineProperty(natives.AbortSignal, "timeout", {
+      __proto__: null,
+      value: function timeout(ms) {
+        const controller = new AbortControllerCtor();
+        setTimeout(() => {
+          controller.abort(new DOMExceptionCtor("The operation timed out.", "TimeoutError"));
+        }, ms);
+        return controller.signal;
+      },
+      writable: true,
+      configurable: true,
+    });
+  };
+  const eventNatives = () => {
+    if (natives.Event === undefined) make();
+    return natives;
+  };
+  const eventClass = (name) => {
+    eventNatives();
+    part("events");
+    return natives[name];
+  };
+  for (let i = 0; i < EVENT_GLOBALS.length; i++) lazyGlobal(EVENT_GLOBALS[i], eventClass);
+  return eventNatives;
 }
 
 // ---- stack traces --------------------------------------------------------------------------------
@@ -975,11 +1026,10 @@ export function install(host) {
       } finally {
         for (let i = 0; i < BUFFER_INIT_GLOBALS.length; i++) {
           const name = BUFFER_INIT_GLOBALS[i];
-          if (saved[name] === undefined) delete g[name];
-          else ObjectDefineProperty(g, name, saved[name]);
+          restoreProperty(g, name, saved[name]);
         }
-        ObjectDefineProperty(NativeBlob.prototype, "constructor", blobConstructor);
-        ObjectDefineProperty(NativeFile.prototype, "constructor", fileConstructor);
+        restoreProperty(NativeBlob.prototype, "constructor", blobConstructor);
+        restoreProperty(NativeFile.prototype, "constructor", fileConstructor);
       }
       const natives = NATIVES.buffer;
       natives.ctor = BufferCtor;
@@ -1165,22 +1215,6 @@ export function install(host) {
     promiseThen(RESOLVED, () => callback());
   });
 
-  // AbortSignal.timeout from LLRT is bound to LLRT's timer module, which isogate does not use:
-  // give it our timers.
-  if (typeof AbortSignal === "function") {
-    Object.defineProperty(AbortSignal, "timeout", {
-      value: function timeout(ms) {
-        const controller = new AbortController();
-        setTimeout(() => {
-          controller.abort(new DOMException("The operation timed out.", "TimeoutError"));
-        }, ms);
-        return controller.signal;
-      },
-      writable: true,
-      configurable: true,
-    });
-  }
-
   // ---- crypto -------------------------------------------------------------------------------
   const MAX_RANDOM_BYTES = 65536;
   function getRandomValues(array) {
@@ -1231,10 +1265,7 @@ export function install(host) {
     cryptoClasses = { __proto__: null, CryptoKey: g.CryptoKey, SubtleCrypto: g.SubtleCrypto };
     defineGlobal("crypto", ourCrypto);
     delete g.Crypto;
-    for (const name in saved) {
-      if (saved[name] === undefined) delete g[name];
-      else ObjectDefineProperty(g, name, saved[name]);
-    }
+    for (const name in saved) restoreProperty(g, name, saved[name]);
     settleLazyGlobals(cryptoClasses);
     subtle = part("lazy").guardedSubtle(nativeSubtle, cryptoClasses.SubtleCrypto, host.reserve);
     return subtle;
@@ -1258,7 +1289,7 @@ export function install(host) {
   const checked = installFetchChecks(g);
   installBlobSlice(g);
   installStreams(g, host, checked);
-  installEvents();
+  const eventNatives = installEvents(host, setTimeout);
   // navigator, as in Workers: who is running the code.
   defineGlobal("navigator", ObjectFreeze({ __proto__: null, userAgent: "isogate", hardwareConcurrency: 1, language: "en-US", languages: ObjectFreeze(["en-US"]) }));
   // ---- Intl ------------------------------------------------------------------------------------
@@ -1299,9 +1330,6 @@ export function install(host) {
   // outbound.js, loaded on the first use of `fetch`. What it needs of the native classes was
   // captured here, before any user code ran.
   const RequestSignal = ObjectGetOwnPropertyDescriptor(RequestProto, "signal").get;
-  const SignalProto = NATIVES.AbortSignal.prototype;
-  const SignalAborted = ObjectGetOwnPropertyDescriptor(SignalProto, "aborted").get;
-  const SignalReason = ObjectGetOwnPropertyDescriptor(SignalProto, "reason").get;
   lazyGlobal("fetch", () => part("outbound").fetch);
 
   // ---- dispatch -----------------------------------------------------------------------------
@@ -1597,7 +1625,7 @@ export function install(host) {
     defineMethod, defineGlobal, GuardedFile, part, global: g, STREAM_GLOBALS, overLimit, isUnusable,
     host, checked, loadStreams, NativeResponse, NULL_BODY_STATUS,
     HeadersForEach, RequestHeaders, RequestMethod, RequestUrl, RequestArrayBuffer,
-    RequestBodyUsed, RequestSignal, SignalAborted, SignalReason, maxBodyBytes, streamBody,
+    RequestBodyUsed, RequestSignal, eventNatives, maxBodyBytes, streamBody,
     setStreamBody, isNullBody, markNullBody, bodyBytes, isRequestObject,
   });
 

@@ -37,7 +37,7 @@ export default function make(h) {
     mapSet,
     mapDelete,
   } = h;
-  const EventCtor = natives.Event;
+  const EventCtor = natives.events.Event;
   const EventProto = EventCtor.prototype;
   const eventType = ObjectGetOwnPropertyDescriptor(EventProto, "type").get;
   const eventCancelable = ObjectGetOwnPropertyDescriptor(EventProto, "cancelable").get;
@@ -52,8 +52,8 @@ export default function make(h) {
   }
   // LLRT's CustomEvent is a class of its own (not an Event subclass natively).
   const typeGetters = [eventType];
-  if (typeof natives.CustomEvent === "function") {
-    let p = natives.CustomEvent.prototype;
+  if (typeof natives.events.CustomEvent === "function") {
+    let p = natives.events.CustomEvent.prototype;
     while (p !== null && p !== EventProto) {
       const d = ObjectGetOwnPropertyDescriptor(p, "type");
       if (d !== undefined && typeof d.get === "function") {
@@ -256,9 +256,9 @@ export default function make(h) {
     }
     return signal.addEventListener;
   }
-  const TargetProto = natives.EventTarget.prototype;
+  const TargetProto = natives.events.EventTarget.prototype;
   wrapTarget(TargetProto);
-  const SignalProto = natives.AbortSignal.prototype;
+  const SignalProto = natives.events.AbortSignal.prototype;
   if (SignalProto.addEventListener !== TargetProto.addEventListener) wrapTarget(SignalProto);
   // What fetch() uses to follow a request's signal.
   return ObjectFreeze({

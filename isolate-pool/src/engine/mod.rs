@@ -1001,9 +1001,11 @@ fn install<'js>(
     ctx: &Ctx<'js>,
     state: Rc<HostState>,
 ) -> rquickjs::Result<Persistent<Object<'static>>> {
+    // The intrinsics LLRT's modules use, read before any of them runs.
+    <llrt_utils::primordials::BasePrimordials as llrt_utils::primordials::Primordial>::init(ctx)?;
     llrt_url::init(ctx)?;
-    llrt_events::init(ctx)?;
-    llrt_abort::init(ctx)?;
+    // llrt_events and llrt_abort (Event, EventTarget, CustomEvent, AbortController, AbortSignal)
+    // are initialised when a Worker first reaches one of them (`host.events`).
     llrt_exceptions::init(ctx)?;
     blob_file_and_base64(ctx)?;
     llrt_util::init(ctx)?;
@@ -1011,7 +1013,6 @@ fn install<'js>(
     // Request/Response/Headers from LLRT's fetch module, without its fetch (ours goes through
     // the gateway's egress pipeline).
     let globals = ctx.globals();
-    <llrt_utils::primordials::BasePrimordials as llrt_utils::primordials::Primordial>::init(ctx)?;
     // Every WHATWG encoding and streaming decode (replaces llrt_util's UTF-8/UTF-16 decoder).
     rquickjs::Class::<text::TextDecoder>::define(&globals)?;
     rquickjs::Class::<llrt_fetch::request::Request>::define(&globals)?;
@@ -1096,6 +1097,17 @@ fn install<'js>(
     )?;
     // llrt_buffer's init, on the first use of `Buffer` (the bootstrap's lazy global): it makes
     // the Buffer class and also Blob, File, atob and btoa again, which the bootstrap puts back.
+    // llrt_events' and llrt_abort's init, when a Worker first reaches one of their classes (the
+    // bootstrap's lazy globals, which put back the globals those inits define).
+    let events_state = state.clone();
+    host.set(
+        "events",
+        Func::from(move |ctx: Ctx<'js>| -> rquickjs::Result<()> {
+            events_state.parts.borrow_mut().push("eventclasses");
+            llrt_events::init(&ctx)?;
+            llrt_abort::init(&ctx)
+        }),
+    )?;
     let buffer_state = state.clone();
     host.set(
         "buffer",

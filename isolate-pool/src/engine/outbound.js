@@ -26,8 +26,7 @@ export default function make(h) {
     RequestArrayBuffer,
     RequestBodyUsed,
     RequestSignal,
-    SignalAborted,
-    SignalReason,
+    eventNatives,
     maxBodyBytes,
     push,
     streamBody,
@@ -37,6 +36,7 @@ export default function make(h) {
     bodyBytes,
     isRequestObject,
   } = h;
+  const NO_SIGNAL = ObjectFreeze({ __proto__: null });
   const hostFetch = host.fetch;
   const abortFetch = host.abortFetch;
   const readFetchBody = host.readFetchBody;
@@ -87,6 +87,8 @@ export default function make(h) {
     // (init's own signal when given: the Request's is a follower LLRT aborts a step later.)
     const initSignal = init !== undefined && init !== null ? init.signal : undefined;
     const signal = initSignal !== undefined && initSignal !== null ? initSignal : ReflectApply(RequestSignal, request, []);
+    // AbortSignal's getters (the event classes are made by now if `signal` is one).
+    const { SignalAborted, SignalReason } = signal ? eventNatives() : NO_SIGNAL;
     if (signal && ReflectApply(SignalAborted, signal, [])) throw ReflectApply(SignalReason, signal, []);
     let res;
     if (!signal) {

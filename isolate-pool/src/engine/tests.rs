@@ -2595,9 +2595,9 @@ fn parts_load_on_first_use_only() {
             ("return new Response(String(Buffer.alloc(4).length));", &["buffer", "guards"]),
             ("return new Response(typeof Buffer);", &["buffer"]),
             ("return new Response(atob('aGk='));", &["guards"]),
-            ("return new Response(String(new Event('x').type));", &["events"]),
+            ("return new Response(String(new Event('x').type));", &["eventclasses", "events"]),
             ("return new Response(String(request.signal));", &[]),
-            ("const c = new AbortController(); return new Response(String(new Request('http://x/', { signal: c.signal }).signal.aborted));", &["events"]),
+            ("const c = new AbortController(); return new Response(String(new Request('http://x/', { signal: c.signal }).signal.aborted));", &["eventclasses", "events"]),
             ("return new Response(typeof fetch);", &["outbound"]),
             (
                 "const f = await new Request('http://x/', { method: 'POST', body: 'a=1' , headers: { 'content-type': 'application/x-www-form-urlencoded' } }).formData(); return new Response(f.get('a'));",
@@ -2674,6 +2674,49 @@ fn buffer_is_made_on_first_use_and_leaves_the_other_globals_as_they_were() {
         assert_eq!(
             body(&res.unwrap()),
             "true,true,true,true,true,true,6869,ab,xxx,2"
+        );
+        // A property the Worker deleted stays deleted.
+        let src = r#"export default { async fetch() {
+            delete Blob.prototype.constructor;
+            delete globalThis.btoa;
+            return new Response([typeof Buffer.from, Object.hasOwn(Blob.prototype, "constructor"), typeof btoa].join());
+        } };"#;
+        let (res, _) = fetch_once(src).await;
+        assert_eq!(body(&res.unwrap()), "function,false,undefined");
+    });
+}
+
+/// LLRT's event classes are made when a Worker first reaches one of them (llrt_events' and
+/// llrt_abort's init define all five globals): a global the Worker assigned before stays its
+/// own, the classes work with the DOM semantics of events.js, and `AbortSignal.timeout` runs on
+/// isogate's timers.
+#[test]
+fn event_classes_are_made_on_first_use_and_leave_the_workers_globals() {
+    run(async {
+        let src = r#"export default { async fetch() {
+            class MyEvent {}
+            globalThis.Event = MyEvent;
+            const c = new AbortController();
+            const out = [
+                Event === MyEvent,
+                new EventTarget() instanceof EventTarget,
+                c.signal instanceof AbortSignal,
+                typeof CustomEvent,
+            ];
+            const t = AbortSignal.timeout(5);
+            await new Promise((resolve) => t.addEventListener("abort", resolve, { once: true }));
+            out.push(t.aborted, t.reason.name);
+            let heard = 0;
+            c.signal.addEventListener("abort", () => heard++);
+            c.signal.addEventListener("abort", null);
+            c.abort("x");
+            out.push(c.signal.aborted, c.signal.reason, heard);
+            return new Response(out.join());
+        } };"#;
+        let (res, _) = fetch_once(src).await;
+        assert_eq!(
+            body(&res.unwrap()),
+            "true,true,true,function,true,TimeoutError,true,x,1"
         );
     });
 }
