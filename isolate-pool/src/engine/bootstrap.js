@@ -202,6 +202,24 @@ function restoreProperty(object, name, desc) {
   if (desc === undefined) delete object[name];
   else ObjectDefineProperty(object, name, desc);
 }
+/**
+ * Runs `init`, a native module's initialisation that assigns the globals in `names`, and puts
+ * each of them back as it was (deleted if it did not exist): the Worker's own value, the
+ * bootstrap's, or a lazy accessor. During `init` they are plain writable properties holding
+ * undefined, so what `init` assigned, read back inside it, is the module's own.
+ */
+function keepingGlobals(names, init) {
+  const saved = { __proto__: null };
+  for (let i = 0; i < names.length; i++) {
+    saved[names[i]] = ObjectGetOwnPropertyDescriptor(globalThis, names[i]);
+  }
+  try {
+    for (let i = 0; i < names.length; i++) defineGlobal(names[i], undefined);
+    return init();
+  } finally {
+    for (let i = 0; i < names.length; i++) restoreProperty(globalThis, names[i], saved[names[i]]);
+  }
+}
 /** The accessor lazyGlobal installed for each name (to tell it from a Worker's own). */
 const LAZY_ACCESSORS = { __proto__: null };
 /**
@@ -640,6 +658,8 @@ const NATIVES = ObjectFreeze({
   atob,
   btoa,
 });
+/** The globals llrt_crypto's init defines. */
+const CRYPTO_INIT_GLOBALS = ObjectFreeze(["crypto", "Crypto", "CryptoKey", "SubtleCrypto"]);
 /** The globals llrt_buffer's init (re)defines besides Buffer, and the one its class extends. */
 const BUFFER_INIT_GLOBALS = ObjectFreeze(["Uint8Array", "Blob", "File", "atob", "btoa"]);
 /** The File constructor the Worker sees (install()'s guarded wrapper). */
@@ -895,28 +915,15 @@ const EVENT_GLOBALS = ObjectFreeze(["Event", "EventTarget", "CustomEvent", "Abor
 function installEvents(host, setTimeout) {
   const natives = NATIVES.events;
   const make = () => {
-    // The inits assign all five globals, which are plain writable properties for the time of
-    // the call (so the classes read back are the inits' own), then each is put back as it was
-    // (a lazy accessor, or what the Worker assigned): a Worker's own value survives and the
-    // others stay lazy.
-    const saved = { __proto__: null };
-    for (let i = 0; i < EVENT_GLOBALS.length; i++) {
-      const name = EVENT_GLOBALS[i];
-      saved[name] = ObjectGetOwnPropertyDescriptor(globalThis, name);
-    }
-    try {
-      for (let i = 0; i < EVENT_GLOBALS.length; i++) defineGlobal(EVENT_GLOBALS[i], undefined);
+    // The inits assign all five globals: each is put back as it was (a lazy accessor, or what
+    // the Worker assigned), so a Worker's own value survives and the others stay lazy.
+    keepingGlobals(EVENT_GLOBALS, () => {
       host.events();
       for (let i = 0; i < EVENT_GLOBALS.length; i++) {
         const name = EVENT_GLOBALS[i];
         natives[name] = ObjectGetOwnPropertyDescriptor(globalThis, name).value;
       }
-    } finally {
-      for (let i = 0; i < EVENT_GLOBALS.length; i++) {
-        const name = EVENT_GLOBALS[i];
-        restoreProperty(globalThis, name, saved[name]);
-      }
-    }
+    });
     const SignalProto = natives.AbortSignal.prototype;
     natives.SignalAborted = ObjectGetOwnPropertyDescriptor(SignalProto, "aborted").get;
     natives.SignalReason = ObjectGetOwnPropertyDescriptor(SignalProto, "reason").get;
@@ -1012,22 +1019,15 @@ export function install(host) {
     const NativeBlob = NATIVES.Blob;
     const NativeFile = NATIVES.File;
     lazyGlobal("Buffer", () => {
-      const saved = { __proto__: null };
-      for (let i = 0; i < BUFFER_INIT_GLOBALS.length; i++) {
-        const name = BUFFER_INIT_GLOBALS[i];
-        saved[name] = ObjectGetOwnPropertyDescriptor(g, name);
-      }
       const blobConstructor = ObjectGetOwnPropertyDescriptor(NativeBlob.prototype, "constructor");
       const fileConstructor = ObjectGetOwnPropertyDescriptor(NativeFile.prototype, "constructor");
       let BufferCtor;
       try {
-        defineGlobal("Uint8Array", Uint8ArrayCtor);
-        BufferCtor = host.buffer();
+        BufferCtor = keepingGlobals(BUFFER_INIT_GLOBALS, () => {
+          defineGlobal("Uint8Array", Uint8ArrayCtor);
+          return host.buffer();
+        });
       } finally {
-        for (let i = 0; i < BUFFER_INIT_GLOBALS.length; i++) {
-          const name = BUFFER_INIT_GLOBALS[i];
-          restoreProperty(g, name, saved[name]);
-        }
         restoreProperty(NativeBlob.prototype, "constructor", blobConstructor);
         restoreProperty(NativeFile.prototype, "constructor", fileConstructor);
       }
@@ -1258,14 +1258,11 @@ export function install(host) {
     if (subtle !== null) return subtle;
     // llrt_crypto's init defines `crypto`, `Crypto`, `CryptoKey` and `SubtleCrypto` globals: the
     // classes are kept aside and every global put back as it was.
-    const saved = { __proto__: null };
-    for (const name of ["CryptoKey", "SubtleCrypto"]) saved[name] = ObjectGetOwnPropertyDescriptor(g, name);
-    host.subtle();
-    const nativeSubtle = g.crypto.subtle;
-    cryptoClasses = { __proto__: null, CryptoKey: g.CryptoKey, SubtleCrypto: g.SubtleCrypto };
-    defineGlobal("crypto", ourCrypto);
-    delete g.Crypto;
-    for (const name in saved) restoreProperty(g, name, saved[name]);
+    const nativeSubtle = keepingGlobals(CRYPTO_INIT_GLOBALS, () => {
+      host.subtle();
+      cryptoClasses = { __proto__: null, CryptoKey: g.CryptoKey, SubtleCrypto: g.SubtleCrypto };
+      return g.crypto.subtle;
+    });
     settleLazyGlobals(cryptoClasses);
     subtle = part("lazy").guardedSubtle(nativeSubtle, cryptoClasses.SubtleCrypto, host.reserve);
     return subtle;

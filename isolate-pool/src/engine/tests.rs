@@ -2646,7 +2646,8 @@ fn the_js_layers_bytecode_carries_no_local_names() {
 /// File, atob and btoa again): it extends the intrinsic Uint8Array whatever the Worker did to
 /// the global, its allocating statics are the guarded stubs, and the globals and prototype
 /// `constructor`s that init touches stay what they were, the bootstrap's guarded ones or the
-/// Worker's own.
+/// Worker's own (as the globals llrt_crypto's init assigns do, on the first read of
+/// `crypto.subtle`).
 #[test]
 fn buffer_is_made_on_first_use_and_leaves_the_other_globals_as_they_were() {
     run(async {
@@ -2683,6 +2684,16 @@ fn buffer_is_made_on_first_use_and_leaves_the_other_globals_as_they_were() {
         } };"#;
         let (res, _) = fetch_once(src).await;
         assert_eq!(body(&res.unwrap()), "function,false,undefined");
+        // The same holds for llrt_crypto's init, run on the first read of crypto.subtle.
+        let src = r#"export default { async fetch() {
+            const ours = crypto;
+            const mine = { mine: true };
+            globalThis.crypto = mine;
+            const subtle = ours.subtle;
+            return new Response([globalThis.crypto === mine, typeof subtle.digest, typeof Crypto, typeof CryptoKey].join());
+        } };"#;
+        let (res, _) = fetch_once(src).await;
+        assert_eq!(body(&res.unwrap()), "true,function,undefined,function");
     });
 }
 
