@@ -42,7 +42,8 @@ pub async fn start_and_drop_isolate() -> Result<(), WorkerError> {
     Ok(())
 }
 
-/// An isolate [`start_isolate`] made; dropping it tears the isolate down. For benchmarks.
+/// An isolate [`start_isolate`] made, held only to be dropped (which tears the isolate down).
+/// For benchmarks.
 #[doc(hidden)]
 pub struct StartedIsolate(#[allow(dead_code)] engine::Isolate);
 

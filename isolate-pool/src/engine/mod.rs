@@ -1095,8 +1095,6 @@ fn install<'js>(
             },
         ),
     )?;
-    // llrt_buffer's init, on the first use of `Buffer` (the bootstrap's lazy global): it makes
-    // the Buffer class and also Blob, File, atob and btoa again, which the bootstrap puts back.
     // llrt_events' and llrt_abort's init, when a Worker first reaches one of their classes (the
     // bootstrap's lazy globals, which put back the globals those inits define).
     let events_state = state.clone();
@@ -1108,6 +1106,8 @@ fn install<'js>(
             llrt_abort::init(&ctx)
         }),
     )?;
+    // llrt_buffer's init, on the first use of `Buffer` (the bootstrap's lazy global): it makes
+    // the Buffer class and also Blob, File, atob and btoa again, which the bootstrap puts back.
     let buffer_state = state.clone();
     host.set(
         "buffer",
@@ -1119,8 +1119,8 @@ fn install<'js>(
         }),
     )?;
     host.set("maxBodyBytes", crate::wire::MAX_BODY_BYTES as f64)?;
-    // llrt_crypto's init: defines Crypto/SubtleCrypto/CryptoKey and a global `crypto`, which the
-    // bootstrap takes apart (it keeps `subtle` and the two classes, restores its own `crypto`).
+    // llrt_crypto's init: defines Crypto/SubtleCrypto/CryptoKey and a global `crypto`; the
+    // bootstrap keeps `subtle` and the two classes and puts those globals back as they were.
     host.set(
         "subtle",
         Func::from(|ctx: Ctx<'js>| llrt_crypto::init(&ctx)),
