@@ -1003,7 +1003,8 @@ export function install(host) {
   // allocator's accounting (engine/memory.rs) charges the exact bytes afterwards.
   // Buffer.allocUnsafe/allocUnsafeSlow return zero-filled memory.
   // The checks live in guards.js, loaded on the first call of one of these stubs; the natives
-  // they call were captured before any user code ran (NATIVES).
+  // they call were captured before any user code ran (NATIVES), Buffer's from the class when it
+  // is made, before the Worker can reach it.
   {
     const guards = () => part("guards");
     function replaceValue(object, name, value) {
