@@ -118,6 +118,7 @@ const UNSAFE_ALLOWED: &[&str] = &[
     "isolate-pool/src/confine.rs",
     "isolate-pool/src/engine/bytecode.rs",
     "isolate-pool/src/engine/context.rs",
+    "isolate-pool/src/engine/jslayer.rs",
     "isolate-pool/src/engine/memory.rs",
     "isolate-pool/src/engine/mod.rs",
     "isolate-pool/src/worker.rs",

@@ -12,6 +12,8 @@ mod budget;
 mod bytecode;
 mod codec;
 mod context;
+#[cfg(test)]
+mod jslayer;
 mod loader;
 mod memory;
 mod panics;

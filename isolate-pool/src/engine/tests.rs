@@ -2642,6 +2642,51 @@ fn the_js_layers_bytecode_carries_no_local_names() {
     });
 }
 
+/// The JS layer's functions keep no table of their arguments and locals (build.rs writes the
+/// bytecode with `JS_WRITE_OBJ_STRIP_LOCALS`, isogate's patch to QuickJS-ng, which leaves the
+/// tables out as QuickJS does for stripped code: ~10 KB of every isolate), except a function
+/// that calls `eval()` directly, whose eval'd code is compiled against its table.
+#[test]
+fn the_js_layers_functions_keep_no_variable_table_unless_they_call_eval() {
+    let src = "export function sum(a, b, c) { let d = a + b; let e = d * c; const f = [d, e]; return f.join(); }
+        export function evaluating() { let unused = 40; return eval('1 + 1'); }";
+    // What loading the bytecode costs in function memory, and what the two functions answer.
+    let load = |bytes: &[u8]| -> (i64, String) {
+        let rt = rquickjs::Runtime::new().unwrap();
+        let ctx = rquickjs::Context::full(&rt).unwrap();
+        ctx.with(|ctx| {
+            // SAFETY: bytecode this test had the linked QuickJS write just now.
+            let module = unsafe { Module::load(ctx.clone(), bytes) }.unwrap();
+            let (module, promise) = module.eval().unwrap();
+            promise.finish::<()>().unwrap();
+            let sum: Function = module.get("sum").unwrap();
+            let evaluating: Function = module.get("evaluating").unwrap();
+            let answers = format!(
+                "{};{}",
+                sum.call::<_, String>((1, 2, 3)).unwrap(),
+                evaluating.call::<_, i32>(()).unwrap()
+            );
+            // SAFETY: an all-zero JSMemoryUsage (integers) is valid; JS_ComputeMemoryUsage fills it
+            // from the live runtime of `ctx`.
+            let usage = unsafe {
+                let mut usage: rquickjs::qjs::JSMemoryUsage = std::mem::zeroed();
+                let rt = rquickjs::qjs::JS_GetRuntime(ctx.as_raw().as_ptr());
+                rquickjs::qjs::JS_ComputeMemoryUsage(rt, &mut usage);
+                usage
+            };
+            (usage.js_func_size, answers)
+        })
+    };
+    let flags = jslayer::JS_LAYER_WRITE_FLAGS;
+    let (stripped, answers) = load(&jslayer::write_js_layer_bytecode("t", src, flags));
+    let plain_flags = flags & !jslayer::JS_WRITE_OBJ_STRIP_LOCALS;
+    let (plain, plain_answers) = load(&jslayer::write_js_layer_bytecode("t", src, plain_flags));
+    assert_eq!(answers, "3,9;2");
+    assert_eq!(plain_answers, answers);
+    // sum's six entries (a, b, c, d, e, f) of 16 bytes each are gone; evaluating's two stay.
+    assert_eq!(plain - stripped, 6 * 16, "{plain} against {stripped}");
+}
+
 /// `Buffer` is made when a Worker first reads it (llrt_buffer's init, which also defines Blob,
 /// File, atob and btoa again): it extends the intrinsic Uint8Array whatever the Worker did to
 /// the global, its allocating statics are the guarded stubs, and the globals and prototype

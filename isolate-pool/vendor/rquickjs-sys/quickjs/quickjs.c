@@ -35813,6 +35813,23 @@ static JSAtom bc_local_name(BCWriterState *s, JSAtom name)
     return name;
 }
 
+/* isogate: whether the function calls eval() directly. Under JS_WRITE_OBJ_STRIP_LOCALS only
+   such a function keeps its variable definitions, which the eval'd code is compiled against;
+   every other function is written without them (as QuickJS itself does for stripped code: the
+   interpreter reaches variables by index, and a missing table only loses a name in the "is not
+   initialized" message). */
+static bool bc_has_direct_eval(const JSFunctionBytecode *b)
+{
+    int pos = 0, op;
+    while (pos < b->byte_code_len) {
+        op = b->byte_code_buf[pos];
+        if (op == OP_eval || op == OP_apply_eval)
+            return true;
+        pos += short_opcode_info(op).size;
+    }
+    return false;
+}
+
 static int JS_WriteFunctionTag(BCWriterState *s, JSValueConst obj)
 {
     JSFunctionBytecode *b = JS_VALUE_GET_PTR(obj);
@@ -35844,7 +35861,7 @@ static int JS_WriteFunctionTag(BCWriterState *s, JSValueConst obj)
     bc_put_leb128(s, b->closure_var_count);
     bc_put_leb128(s, b->cpool_count);
     bc_put_leb128(s, b->byte_code_len);
-    if (b->vardefs) {
+    if (b->vardefs && (!s->strip_locals || bc_has_direct_eval(b))) { /* isogate */
         /* XXX: this field is redundant */
         bc_put_leb128(s, b->arg_count + b->var_count);
         for(i = 0; i < b->arg_count + b->var_count; i++) {
