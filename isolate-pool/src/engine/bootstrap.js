@@ -59,7 +59,6 @@ const RegExpExec = RegExp.prototype.exec;
 const TypeErrorCtor = TypeError;
 const RangeErrorCtor = RangeError;
 const ErrorCtor = Error;
-const URLCtor = URL;
 const TextEncoderCtor = TextEncoder;
 const RESOLVED = Promise.resolve();
 
@@ -521,7 +520,7 @@ function installFetchChecks(g) {
     }
     let href;
     try {
-      href = new URLCtor(StringCtor(url)).href;
+      href = new (nativeClasses("url").URL)(StringCtor(url)).href;
     } catch {
       throw new TypeErrorCtor(`Response.redirect: ${JSONStringify(StringCtor(url))} is not a valid URL`);
     }
@@ -642,10 +641,8 @@ const NATIVES = ObjectFreeze({
   // LLRT's event classes (Event, EventTarget, CustomEvent, AbortController, AbortSignal) and
   // AbortSignal's `aborted` and `reason` getters, once a Worker first reads one of those globals.
   events: { __proto__: null },
-  FormData,
-  FormDataAppend: FormData.prototype.append,
-  URLSearchParams,
-  URLSearchParamsForEach: URLSearchParams.prototype.forEach,
+  // The groups of nativeClasses(), each once it is made.
+  classes: { __proto__: null },
   // Buffer's constructor and its alloc, from and concat, once a Worker first reads `Buffer`.
   buffer: { __proto__: null, ctor: undefined, alloc: undefined, from: undefined, concat: undefined },
   Blob,
@@ -658,6 +655,39 @@ const NATIVES = ObjectFreeze({
   atob,
   btoa,
 });
+/**
+ * Native globals made the first time a Worker (or the glue: Response.redirect, formData())
+ * reaches one of them: URL and URLSearchParams (llrt_url), FormData, `performance`
+ * (llrt_perf_hooks). `host.classes(group)` defines the group's globals, which are read back while
+ * they are the bootstrap's plain properties and then put back as they were (keepingGlobals): a
+ * lazy accessor, or what the Worker assigned. What the glue calls is captured at that moment,
+ * before the Worker can reach the new classes.
+ */
+const CLASS_GROUPS = ObjectFreeze({
+  __proto__: null,
+  url: ObjectFreeze(["URL", "URLSearchParams"]),
+  formdata: ObjectFreeze(["FormData"]),
+  performance: ObjectFreeze(["performance"]),
+});
+/** `host.classes` (set by install()). */
+let hostClasses = null;
+function nativeClasses(group) {
+  let made = NATIVES.classes[group];
+  if (made === undefined) {
+    const names = CLASS_GROUPS[group];
+    made = { __proto__: null };
+    keepingGlobals(names, () => {
+      hostClasses(group);
+      for (let i = 0; i < names.length; i++) {
+        made[names[i]] = ObjectGetOwnPropertyDescriptor(globalThis, names[i]).value;
+      }
+    });
+    if (group === "url") made.URLSearchParamsForEach = made.URLSearchParams.prototype.forEach;
+    else if (group === "formdata") made.FormDataAppend = made.FormData.prototype.append;
+    NATIVES.classes[group] = made;
+  }
+  return made;
+}
 /** The globals llrt_crypto's init defines. */
 const CRYPTO_INIT_GLOBALS = ObjectFreeze(["crypto", "Crypto", "CryptoKey", "SubtleCrypto"]);
 /** The globals llrt_buffer's init (re)defines besides Buffer, and the one its class extends. */
@@ -907,7 +937,7 @@ function installStreams(g, host, wrappers) {
 
 // ---- events --------------------------------------------------------------------------------------
 // LLRT's event classes (llrt_events, llrt_abort) are made the first time a Worker reaches one of
-// these globals (host.events runs both modules' init), and events.js, the DOM standard's event
+// these globals (host.classes("eventclasses") runs both modules' init), and events.js, the DOM standard's event
 // semantics over them, is loaded then (patching the native prototypes once). Those globals are
 // the only way to them: a Request's `signal` is undefined unless the Worker gave it one made by
 // them, so nothing else meets an instance before they are made.
@@ -918,7 +948,7 @@ function installEvents(host, setTimeout) {
     // The inits assign all five globals: each is put back as it was (a lazy accessor, or what
     // the Worker assigned), so a Worker's own value survives and the others stay lazy.
     keepingGlobals(EVENT_GLOBALS, () => {
-      host.events();
+      host.classes("eventclasses");
       for (let i = 0; i < EVENT_GLOBALS.length; i++) {
         const name = EVENT_GLOBALS[i];
         natives[name] = ObjectGetOwnPropertyDescriptor(globalThis, name).value;
@@ -990,6 +1020,7 @@ function installStackTraceGuard() {
 export function install(host) {
   const g = globalThis;
   const { sleep, fetch: hostFetch, randomBytes, maxBodyBytes } = host;
+  hostClasses = host.classes;
 
   // ---- native memory guards ---------------------------------------------------------------
   // LLRT keeps the bytes of Buffer, Blob, File, TextEncoder/TextDecoder and atob/btoa in Rust
@@ -1288,6 +1319,11 @@ export function install(host) {
   installBlobSlice(g);
   installStreams(g, host, checked);
   const eventNatives = installEvents(host, setTimeout);
+  for (const group in CLASS_GROUPS) {
+    const names = CLASS_GROUPS[group];
+    const make = (name) => nativeClasses(group)[name];
+    for (let i = 0; i < names.length; i++) lazyGlobal(names[i], make);
+  }
   // navigator, as in Workers: who is running the code.
   defineGlobal("navigator", ObjectFreeze({ __proto__: null, userAgent: "isogate", hardwareConcurrency: 1, language: "en-US", languages: ObjectFreeze(["en-US"]) }));
   // ---- Intl ------------------------------------------------------------------------------------
@@ -1624,7 +1660,7 @@ export function install(host) {
     host, checked, loadStreams, NativeResponse, NULL_BODY_STATUS,
     HeadersForEach, RequestHeaders, RequestMethod, RequestUrl, RequestArrayBuffer,
     RequestBodyUsed, RequestSignal, eventNatives, maxBodyBytes, streamBody,
-    setStreamBody, isNullBody, markNullBody, bodyBytes, isRequestObject,
+    setStreamBody, isNullBody, markNullBody, bodyBytes, isRequestObject, nativeClasses,
   });
 
   return {

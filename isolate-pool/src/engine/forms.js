@@ -10,7 +10,6 @@
 
 export default function make(h) {
   const {
-    natives,
     GuardedFile,
     ReflectApply,
     ObjectFreeze,
@@ -25,11 +24,8 @@ export default function make(h) {
     StringTrim,
     charCodeAt,
     isHttpWhitespace,
+    nativeClasses,
   } = h;
-  const FormDataCtor = natives.FormData;
-  const append = natives.FormDataAppend;
-  const URLSearchParamsCtor = natives.URLSearchParams;
-  const URLSearchParamsForEach = natives.URLSearchParamsForEach;
   const CR = 13;
   const LF = 10;
   const DASH = 45;
@@ -86,8 +82,10 @@ export default function make(h) {
   }
   function formDataFrom(what, contentType, bytes, decode) {
     const essence = mimeEssence(contentType);
+    const { FormData: FormDataCtor, FormDataAppend: append } = nativeClasses("formdata");
     const form = new FormDataCtor();
     if (essence === "application/x-www-form-urlencoded") {
+      const { URLSearchParams: URLSearchParamsCtor, URLSearchParamsForEach } = nativeClasses("url");
       const params = new URLSearchParamsCtor(decode(bytes));
       ReflectApply(URLSearchParamsForEach, params, [
         (value, name) => ReflectApply(append, form, [name, value]),

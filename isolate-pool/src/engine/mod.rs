@@ -1005,22 +1005,21 @@ fn install<'js>(
 ) -> rquickjs::Result<Persistent<Object<'static>>> {
     // The intrinsics LLRT's modules use, read before any of them runs.
     <llrt_utils::primordials::BasePrimordials as llrt_utils::primordials::Primordial>::init(ctx)?;
-    llrt_url::init(ctx)?;
-    // llrt_events and llrt_abort (Event, EventTarget, CustomEvent, AbortController, AbortSignal)
-    // are initialised when a Worker first reaches one of them (`host.events`).
+    // URL and URLSearchParams (llrt_url), FormData, `performance` (llrt_perf_hooks), and
+    // llrt_events' and llrt_abort's classes (Event, EventTarget, CustomEvent, AbortController,
+    // AbortSignal) are made when a Worker first reaches one of them (`host.classes`).
     llrt_exceptions::init(ctx)?;
     blob_file_and_base64(ctx)?;
-    llrt_util::init(ctx)?;
-    llrt_perf_hooks::init(ctx)?;
+    let globals = ctx.globals();
+    // llrt_util's TextEncoder; the TextDecoder is ours: every WHATWG encoding and streaming
+    // decode.
+    rquickjs::Class::<llrt_util::text_encoder::TextEncoder>::define(&globals)?;
+    rquickjs::Class::<text::TextDecoder>::define(&globals)?;
     // Request/Response/Headers from LLRT's fetch module, without its fetch (ours goes through
     // the gateway's egress pipeline).
-    let globals = ctx.globals();
-    // Every WHATWG encoding and streaming decode (replaces llrt_util's UTF-8/UTF-16 decoder).
-    rquickjs::Class::<text::TextDecoder>::define(&globals)?;
     rquickjs::Class::<llrt_fetch::request::Request>::define(&globals)?;
     rquickjs::Class::<llrt_fetch::response::Response>::define(&globals)?;
     rquickjs::Class::<llrt_fetch::headers::Headers>::define(&globals)?;
-    rquickjs::Class::<llrt_fetch::form_data::FormData>::define(&globals)?;
     install_console(ctx, &state)?;
 
     let host = Object::new(ctx.clone())?;
@@ -1097,16 +1096,34 @@ fn install<'js>(
             },
         ),
     )?;
-    // llrt_events' and llrt_abort's init, when a Worker first reaches one of their classes (the
-    // bootstrap's lazy globals, which put back the globals those inits define).
-    let events_state = state.clone();
+    // A group of native globals, when a Worker first reaches one of them (the bootstrap's lazy
+    // globals, which read back what the group defined and put those globals back as they were).
+    let classes_state = state.clone();
     host.set(
-        "events",
-        Func::from(move |ctx: Ctx<'js>| -> rquickjs::Result<()> {
-            events_state.parts.borrow_mut().push("eventclasses");
-            llrt_events::init(&ctx)?;
-            llrt_abort::init(&ctx)
-        }),
+        "classes",
+        Func::from(
+            move |ctx: Ctx<'js>, group: String| -> rquickjs::Result<()> {
+                let name = match group.as_str() {
+                    "url" => "url",
+                    "formdata" => "formdata",
+                    "performance" => "performance",
+                    "eventclasses" => "eventclasses",
+                    _ => return Err(Exception::throw_internal(&ctx, "unknown class group")),
+                };
+                classes_state.parts.borrow_mut().push(name);
+                match name {
+                    "url" => llrt_url::init(&ctx),
+                    "formdata" => {
+                        rquickjs::Class::<llrt_fetch::form_data::FormData>::define(&ctx.globals())
+                    }
+                    "performance" => llrt_perf_hooks::init(&ctx),
+                    _ => {
+                        llrt_events::init(&ctx)?;
+                        llrt_abort::init(&ctx)
+                    }
+                }
+            },
+        ),
     )?;
     // llrt_buffer's init, on the first use of `Buffer` (the bootstrap's lazy global): it makes
     // the Buffer class and also Blob, File, atob and btoa again, which the bootstrap puts back.

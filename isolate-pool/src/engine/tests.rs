@@ -2589,7 +2589,7 @@ fn concurrent_client_tool_errors() {
 #[test]
 fn parts_load_on_first_use_only() {
     run(async {
-        let cases: [(&str, &[&str]); 12] = [
+        let cases: [(&str, &[&str]); 17] = [
             ("return new Response('hello', { headers: { 'x-a': '1' } });", &[]),
             ("return new Response(await request.text() + request.method);", &[]),
             ("return new Response(String(Buffer.alloc(4).length));", &["buffer", "guards"]),
@@ -2601,8 +2601,13 @@ fn parts_load_on_first_use_only() {
             ("return new Response(typeof fetch);", &["outbound"]),
             (
                 "const f = await new Request('http://x/', { method: 'POST', body: 'a=1' , headers: { 'content-type': 'application/x-www-form-urlencoded' } }).formData(); return new Response(f.get('a'));",
-                &["forms"],
+                &["forms", "formdata", "url"],
             ),
+            ("return new Response(new URL('http://x/a').pathname);", &["url"]),
+            ("return new Response(String(new URLSearchParams('a=1').get('a')));", &["url"]),
+            ("return new Response(Response.redirect('http://x/').headers.get('location'));", &["url"]),
+            ("return new Response(typeof new FormData().append);", &["formdata"]),
+            ("return new Response(typeof performance.now());", &["performance"]),
             ("Error.prepareStackTrace = (e, s) => s.length; return new Response(typeof new Error('x').stack);", &["lazy"]),
             (
                 "return new Response(typeof new Response('x').body.getReader);",
@@ -2773,6 +2778,41 @@ fn event_classes_are_made_on_first_use_and_leave_the_workers_globals() {
         assert_eq!(
             body(&res.unwrap()),
             "true,true,true,function,true,TimeoutError,true,x,1"
+        );
+    });
+}
+
+/// URL and URLSearchParams, FormData and `performance` are made when a Worker (or the glue)
+/// first reaches one of them: a global the Worker assigned before stays its own, the glue that
+/// uses them (Response.redirect, formData()) works whether or not the Worker made them, and the
+/// classes are LLRT's own (Request and Response take their instances as bodies and URLs).
+#[test]
+fn url_formdata_and_performance_are_made_on_first_use_and_leave_the_workers_globals() {
+    run(async {
+        let src = r#"export default { async fetch() {
+            class MyURL {}
+            globalThis.URL = MyURL;
+            const out = [URL === MyURL];
+            // The glue uses the native class, whatever the global holds.
+            out.push(Response.redirect("http://x/a b").headers.get("location"));
+            const form = await new Request("http://x/", {
+                method: "POST",
+                body: "a=1&b=%20",
+                headers: { "content-type": "application/x-www-form-urlencoded" },
+            }).formData();
+            out.push(form instanceof FormData, form.get("b") === " ");
+            const params = new URLSearchParams({ q: "1" });
+            out.push(URL === MyURL, await new Request("http://x/", { method: "POST", body: params }).text());
+            const fd = new FormData();
+            fd.append("k", "v");
+            out.push((await new Response(fd).text()).includes('name="k"'));
+            out.push(typeof performance.now(), performance.now() >= 0);
+            return new Response(out.join());
+        } };"#;
+        let (res, _) = fetch_once(src).await;
+        assert_eq!(
+            body(&res.unwrap()),
+            "true,http://x/a%20b,true,true,true,q=1,true,number,true"
         );
     });
 }
