@@ -509,46 +509,109 @@ fn a_tenant_body_cannot_swallow_another_tenants_credentialed_request() {
     );
 }
 
+/// A flag one upstream thread sets and another waits for (bounded: a missing signal fails the
+/// test instead of hanging it).
+#[derive(Default)]
+struct Signal(std::sync::Mutex<bool>, std::sync::Condvar);
+
+impl Signal {
+    fn set(&self) {
+        *self.0.lock().unwrap() = true;
+        self.1.notify_all();
+    }
+    fn wait(&self) {
+        let guard = self.0.lock().unwrap();
+        let _ = self
+            .1
+            .wait_timeout_while(guard, std::time::Duration::from_secs(20), |set| !*set)
+            .unwrap();
+    }
+}
+
 #[test]
 fn a_connection_answered_before_its_body_was_sent_is_not_reused() {
-    // Answers `/early` at once, then drains the body; counts connections. The body (24 MiB) is
-    // larger than loopback's socket buffers can hold, so the answer always arrives before the
-    // gateway has handed over the whole body.
-    let up = RawUpstream::start(|conn| {
+    // `/early` is answered at once, and its body (24 MiB, more than loopback's socket buffers
+    // hold) is read only after the Worker has seen that answer (`/observed`, on a second
+    // upstream: another connection pool), so the gateway always sees the answer before it has
+    // sent the body. Once the body is read (`/drained`), the connection would be idle; `/next`
+    // must still come on another one. Each connection is numbered by the order it sent its
+    // first request in.
+    let observed = Arc::new(Signal::default());
+    let drained = Arc::new(Signal::default());
+    let seen = Arc::new(Mutex::new(Vec::<(usize, String)>::new()));
+    let (obs, dr, log) = (observed.clone(), drained.clone(), seen.clone());
+    let up = RawUpstream::start(move |conn| {
         let mut w = conn.try_clone().unwrap();
         let mut r = BufReader::new(conn);
+        let mut id = None;
         while let Some((_, target, headers)) = read_head(&mut r) {
             let len: usize = headers
                 .get("content-length")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            if target == "/early" && !write_answer(&mut w, 200, &[], b"early") {
-                return;
+            let mut log = log.lock().unwrap();
+            let n = *id.get_or_insert(log.iter().map(|(c, _)| c + 1).max().unwrap_or(0));
+            log.push((n, target.clone()));
+            drop(log);
+            if target == "/early" {
+                if !write_answer(&mut w, 200, &[], b"early") {
+                    return;
+                }
+                obs.wait();
             }
             let mut body = vec![0; len];
             if r.read_exact(&mut body).is_err() {
                 return;
             }
-            if target != "/early" && !write_answer(&mut w, 200, &[], b"next") {
+            if target == "/early" {
+                dr.set();
+            } else if !write_answer(&mut w, 200, &[], b"next") {
                 return;
             }
         }
     });
-    let g = gateway(&one_tenant(up.port, "hdr"), "");
+    let signals = RawUpstream::start(move |conn| {
+        let mut w = conn.try_clone().unwrap();
+        let mut r = BufReader::new(conn);
+        while let Some((_, target, _)) = read_head(&mut r) {
+            if target == "/observed" {
+                observed.set();
+            } else {
+                drained.wait();
+            }
+            if !write_answer(&mut w, 200, &[], b"ok") {
+                return;
+            }
+        }
+    });
+    let egress = format!(
+        "      allow:\n{}{}",
+        rule(up.port, "echo", Some("hdr")),
+        rule(signals.port, "signals", None)
+    );
+    let g = gateway(&tenant("alpha", KEY, &egress), "");
     let src = format!(
         r#"export default {{ async fetch() {{
             const a = await fetch("{}", {{ method: "POST", body: "x".repeat(24 << 20) }});
             await a.text();
-            await new Promise(r => setTimeout(r, 300));
+            await (await fetch("{}")).text();
+            await (await fetch("{}")).text();
             const b = await fetch("{}");
             return new Response(await b.text());
         }} }}"#,
         up.url("/early"),
+        signals.url("/observed"),
+        signals.url("/drained"),
         up.url("/next")
     );
     let r = g.load(KEY, &worker(&src), None);
     assert_eq!(r.text().unwrap(), "next");
-    assert_eq!(up.connections.load(Ordering::SeqCst), 2);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        vec![(0, "/early".to_string()), (1, "/next".to_string())],
+        "/next came on the connection that /early's body was still being sent on"
+    );
 }
 
 /// The JSON audit lines (target `isogate::egress`, message `egress`).
