@@ -406,12 +406,25 @@ typedef struct JSVarRef {
     };
     JSValue *pvalue; /* pointer to the value, either on the stack or
                         to 'value' */
-    JSValue value; /* used when the variable is no longer on the stack */
-    /* isogate: the link in the frame's var_ref_list while the var_ref is
-       open ('header.link' is the GC list link of an open coroutine var_ref) */
-    struct list_head var_ref_link;
-    struct JSGCObjectHeader *coro; /* the coroutine, if is_coro */
+    /* isogate: 'value' is used only once the var_ref is detached, the other
+       two only while it is open, so they share their memory (56 bytes in all
+       instead of 72: every closed-over variable of every isolate is one) */
+    union {
+        JSValue value; /* used when the variable is no longer on the stack */
+        struct {
+            /* isogate: the link in the frame's var_ref_list while the var_ref
+               is open ('header.link' is the GC list link of an open coroutine
+               var_ref) */
+            struct list_head var_ref_link;
+            struct JSGCObjectHeader *coro; /* the coroutine, if is_coro */
+        };
+    };
 } JSVarRef;
+
+#if INTPTR_MAX == INT64_MAX
+/* isogate: the union above keeps a var_ref in mimalloc's 56-byte class */
+_Static_assert(sizeof(JSVarRef) == 56, "JSVarRef grew: see var-ref-union.patch");
+#endif
 
 typedef struct JSRefCountHeader {
     int ref_count;
@@ -13485,7 +13498,7 @@ static __maybe_unused void JS_DumpObject(JSRuntime *rt, JSObject *p)
             printf(" Closure:");
             for(i = 0; i < b->closure_var_count; i++) {
                 printf(" ");
-                JS_DumpValue(rt, var_refs[i]->value);
+                JS_DumpValue(rt, *var_refs[i]->pvalue); /* isogate: 'value' only once detached */
             }
             if (p->u.func.home_object) {
                 printf(" HomeObject: ");
@@ -16020,9 +16033,9 @@ static JSVarRef *get_var_ref(JSContext *ctx, JSStackFrame *sf,
         return NULL;
     var_ref->header.ref_count = 1;
     var_ref->is_detached = false;
+    /* isogate: no 'value' while open (it shares its memory with the link) */
     list_add_tail(&var_ref->var_ref_link, &sf->var_ref_list);
     var_ref->pvalue = pvalue;
-    var_ref->value = JS_UNDEFINED;
     /* isogate: backport of quickjs-ng 7955cfd. If this local belongs to a
        coroutine, keep the coroutine reachable for as long as a closure
        references the variable: the open var_ref becomes a GC object holding
@@ -16262,14 +16275,15 @@ static JSGCObjectHeader *close_var_ref(JSRuntime *rt, JSVarRef *var_ref)
 {
     JSGCObjectHeader *coro;
 
+    /* the link and the coroutine are read before 'value', which shares
+       their memory, is written */
     list_del(&var_ref->var_ref_link);
     coro = var_ref->is_coro ? var_ref->coro : NULL;
+    var_ref->is_coro = false;
     var_ref->value = js_dup(*var_ref->pvalue);
     var_ref->pvalue = &var_ref->value;
     /* the reference is no longer to a local variable */
     var_ref->is_detached = true;
-    var_ref->is_coro = false;
-    var_ref->coro = NULL;
     /* an open coroutine var_ref is already a GC object */
     if (!coro)
         add_gc_object(rt, &var_ref->header, JS_GC_OBJ_TYPE_VAR_REF);
@@ -28707,8 +28721,7 @@ static JSVarRef *js_create_module_var(JSContext *ctx, bool is_lexical)
         var_ref->value = JS_UNDEFINED;
     var_ref->pvalue = &var_ref->value;
     var_ref->is_detached = true;
-    var_ref->is_coro = false; /* isogate */
-    var_ref->coro = NULL;
+    var_ref->is_coro = false; /* isogate ('coro' shares its memory with 'value') */
     add_gc_object(ctx->rt, &var_ref->header, JS_GC_OBJ_TYPE_VAR_REF);
     return var_ref;
 }
