@@ -221,19 +221,18 @@ function keepingGlobals(names, init) {
 }
 /** The accessor lazyGlobal installed for each name (to tell it from a Worker's own). */
 const LAZY_ACCESSORS = { __proto__: null };
+/** The `make` lazyGlobal was given for each name. */
+const LAZY_MAKERS = { __proto__: null };
 /**
  * A global made on first access: `make(name)` returns its value, which then replaces the
  * accessor. The Worker may assign the global before that (it is then the Worker's). One arrow
- * function is both the getter (called without an argument) and the setter (called with one), and
- * `make` is shared by the globals of one part: an isolate pays one small closure per lazy global
- * until it is used (a getter, a setter and a `make` closure per name cost about 1 KB).
+ * function is both the getter (called without an argument) and the setter (called with one);
+ * it keeps only the name (the `make`s, shared by the globals of one part, are in LAZY_MAKERS): an
+ * isolate pays one small closure and one captured variable per lazy global until it is used.
  */
 function lazyGlobal(name, make) {
-  const accessor = (...value) => {
-    const v = value.length === 0 ? make(name) : value[0];
-    defineGlobal(name, v);
-    return v;
-  };
+  LAZY_MAKERS[name] = make;
+  const accessor = (...value) => settleLazyGlobal(name, value);
   LAZY_ACCESSORS[name] = accessor;
   ObjectDefineProperty(globalThis, name, {
     __proto__: null,
@@ -242,6 +241,12 @@ function lazyGlobal(name, make) {
     enumerable: false,
     configurable: true,
   });
+}
+/** The lazy global `name` read (`value` empty) or assigned: it becomes a plain global. */
+function settleLazyGlobal(name, value) {
+  const v = value.length === 0 ? LAZY_MAKERS[name](name) : value[0];
+  defineGlobal(name, v);
+  return v;
 }
 /** Replaces the globals in `values` that are still lazyGlobal accessors by their values (a part
  * that loads several globals settles them all at once). */
@@ -818,36 +823,64 @@ function installStreams(g, host, wrappers) {
     reserve(bytes.length);
     return ReflectApply(decode, decoder, [bytes]);
   };
-  // The Body mixin of Request and Response, over the native classes.
+  // The Body mixin of Request and Response, over the native classes: shared helpers take the
+  // class's natives (`c`); each class has its own methods, as Web IDL says.
+  const BlobCtor = g.Blob;
+  const contentType = (c, obj) => ReflectApply(HeadersGet, ReflectApply(c.headers, obj, []), ["content-type"]);
+  const read = (c, obj, method) => bodyBytes(obj, c.arrayBuffer, c.used, Infinity, `${c.what}.${method}`);
+  function bodyOf(c, obj) {
+    const existing = streamBody(obj);
+    if (existing !== undefined) return existing;
+    const used = isUsedNative(obj, c.used);
+    if (isNullBody(obj)) return null;
+    loadStreams();
+    const bodies = part("bodies");
+    // Read by a consumer: a stream that is disturbed and stays locked, as after a read.
+    const stream = used ? bodies.usedStream() : bodies.byteStream(() => readNative(obj, c.arrayBuffer));
+    setStreamBody(obj, stream);
+    return stream;
+  }
+  function bodyUsed(c, obj) {
+    const stream = streamBody(obj);
+    if (stream !== undefined) return stream._disturbed === true;
+    return isUsedNative(obj, c.used);
+  }
+  function cloneOf(c, obj) {
+    if (bodyUsed(c, obj)) throw new TypeErrorCtor(`${c.what}.clone: the body has already been used`);
+    const stream = streamBody(obj);
+    if (stream !== undefined && ReflectApply(streams.locked, stream, [])) {
+      throw new TypeErrorCtor(`${c.what}.clone: the body is locked`);
+    }
+    const copy = ReflectApply(c.clone, obj, []);
+    ObjectSetPrototypeOf(copy, ObjectGetPrototypeOf(obj));
+    if (isNullBody(obj)) markNullBody(copy);
+    const text = ReflectApply(WeakMapGet, PROVIDED_TEXT, [obj]);
+    if (text !== undefined) setProvidedText(copy, text);
+    if (stream !== undefined) {
+      const branches = part("bodies").cloneBranches(stream);
+      setStreamBody(obj, branches[0]);
+      setStreamBody(copy, branches[1]);
+    }
+    // A fetch() response's own url/redirected (see fetch below) belong to the copy too.
+    for (const key of ["url", "redirected"]) {
+      if (ObjectHasOwn(obj, key)) ObjectDefineProperty(copy, key, ObjectGetOwnPropertyDescriptor(obj, key));
+    }
+    return copy;
+  }
   for (const [nativeProto, what] of [[RequestProto, "Request"], [ResponseProto, "Response"]]) {
+    const c = {
+      __proto__: null,
+      what,
+      arrayBuffer: nativeProto.arrayBuffer,
+      used: ObjectGetOwnPropertyDescriptor(nativeProto, "bodyUsed").get,
+      clone: nativeProto.clone,
+      headers: nativeProto === RequestProto ? RequestHeaders : ResponseHeaders,
+    };
     const proto = wrappers[what].prototype;
-    const nativeArrayBuffer = nativeProto.arrayBuffer;
-    const nativeUsed = ObjectGetOwnPropertyDescriptor(nativeProto, "bodyUsed").get;
-    const nativeClone = nativeProto.clone;
-    const nativeHeaders = nativeProto === RequestProto ? RequestHeaders : ResponseHeaders;
-    const contentType = (obj) => ReflectApply(HeadersGet, ReflectApply(nativeHeaders, obj, []), ["content-type"]);
-    const read = (obj, method) => bodyBytes(obj, nativeArrayBuffer, nativeUsed, Infinity, `${what}.${method}`);
-    function bodyOf(obj) {
-      const existing = streamBody(obj);
-      if (existing !== undefined) return existing;
-      const used = isUsedNative(obj, nativeUsed);
-      if (isNullBody(obj)) return null;
-      loadStreams();
-      const bodies = part("bodies");
-      // Read by a consumer: a stream that is disturbed and stays locked, as after a read.
-      const stream = used ? bodies.usedStream() : bodies.byteStream(() => readNative(obj, nativeArrayBuffer));
-      setStreamBody(obj, stream);
-      return stream;
-    }
-    function bodyUsed(obj) {
-      const stream = streamBody(obj);
-      if (stream !== undefined) return stream._disturbed === true;
-      return isUsedNative(obj, nativeUsed);
-    }
     ObjectDefineProperty(proto, "body", {
       __proto__: null,
       get: function body() {
-        return bodyOf(this);
+        return bodyOf(c, this);
       },
       enumerable: true,
       configurable: true,
@@ -855,60 +888,40 @@ function installStreams(g, host, wrappers) {
     ObjectDefineProperty(proto, "bodyUsed", {
       __proto__: null,
       get: function bodyUsedGetter() {
-        return bodyUsed(this);
+        return bodyUsed(c, this);
       },
       enumerable: true,
       configurable: true,
     });
     defineMethod(proto, "arrayBuffer", async function arrayBuffer() {
-      const bytes = await read(this, "arrayBuffer");
+      const bytes = await read(c, this, "arrayBuffer");
       const buffer = ReflectApply(ViewBuffer, bytes, []);
       if (bytes.byteOffset === 0 && bytes.length === ReflectApply(ArrayBufferByteLength, buffer, [])) return buffer;
       return ReflectApply(ArrayBufferSlice, buffer, [bytes.byteOffset, bytes.byteOffset + bytes.length]);
     });
     defineMethod(proto, "bytes", async function bytes() {
-      return read(this, "bytes");
+      return read(c, this, "bytes");
     });
     defineMethod(proto, "text", async function text() {
-      return utf8(await read(this, "text"));
+      return utf8(await read(c, this, "text"));
     });
     // `json()` is JSON.parse of the body's text (LLRT's own parser rejects what JSON allows, such
     // as escaped lone surrogates, and throws a plain Error where the standard says SyntaxError).
     defineMethod(proto, "json", async function json() {
-      return JSONParse(utf8(await read(this, "json")));
+      return JSONParse(utf8(await read(c, this, "json")));
     });
-    const BlobCtor = g.Blob;
     defineMethod(proto, "blob", async function blob() {
-      const type = contentType(this);
-      const bytes = await read(this, "blob");
+      const type = contentType(c, this);
+      const bytes = await read(c, this, "blob");
       return new BlobCtor([bytes], { type: type === null ? "" : type });
     });
     defineMethod(proto, "formData", async function formData() {
-      const type = contentType(this);
-      const bytes = await read(this, "formData");
-      return part("forms").formDataFrom(`${what}.formData`, type === null ? "" : type, bytes, utf8);
+      const type = contentType(c, this);
+      const bytes = await read(c, this, "formData");
+      return part("forms").formDataFrom(`${c.what}.formData`, type === null ? "" : type, bytes, utf8);
     });
     defineMethod(proto, "clone", function clone() {
-      if (bodyUsed(this)) throw new TypeErrorCtor(`${what}.clone: the body has already been used`);
-      const stream = streamBody(this);
-      if (stream !== undefined && ReflectApply(streams.locked, stream, [])) {
-        throw new TypeErrorCtor(`${what}.clone: the body is locked`);
-      }
-      const copy = ReflectApply(nativeClone, this, []);
-      ObjectSetPrototypeOf(copy, ObjectGetPrototypeOf(this));
-      if (isNullBody(this)) markNullBody(copy);
-      const text = ReflectApply(WeakMapGet, PROVIDED_TEXT, [this]);
-      if (text !== undefined) setProvidedText(copy, text);
-      if (stream !== undefined) {
-        const branches = part("bodies").cloneBranches(stream);
-        setStreamBody(this, branches[0]);
-        setStreamBody(copy, branches[1]);
-      }
-      // A fetch() response's own url/redirected (see fetch below) belong to the copy too.
-      for (const key of ["url", "redirected"]) {
-        if (ObjectHasOwn(this, key)) ObjectDefineProperty(copy, key, ObjectGetOwnPropertyDescriptor(this, key));
-      }
-      return copy;
+      return cloneOf(c, this);
     });
   }
 
