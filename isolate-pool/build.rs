@@ -21,6 +21,7 @@ const PARTS: &[(&str, &str)] = &[
     ("outbound", "src/engine/outbound.js"),
     ("forms", "src/engine/forms.js"),
     ("bodies", "src/engine/bodies.js"),
+    ("apis", "src/engine/apis.js"),
 ];
 const URLPATTERN: &str = "vendor/urlpattern-polyfill/urlpattern.js";
 

@@ -57,6 +57,7 @@ static EVENTS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/events
 static OUTBOUND_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/outbound.qjsbc"));
 static FORMS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/forms.qjsbc"));
 static BODIES_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/bodies.qjsbc"));
+static APIS_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/apis.qjsbc"));
 static URLPATTERN_BYTECODE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/urlpattern.qjsbc"));
 
 /// Name of the engine, reported in build info.
@@ -1083,6 +1084,7 @@ fn install<'js>(
                     "outbound" => ("outbound", OUTBOUND_BYTECODE, "default"),
                     "forms" => ("forms", FORMS_BYTECODE, "default"),
                     "bodies" => ("bodies", BODIES_BYTECODE, "default"),
+                    "apis" => ("apis", APIS_BYTECODE, "default"),
                     "urlpattern" => ("urlpattern", URLPATTERN_BYTECODE, "URLPattern"),
                     _ => return Err(Exception::throw_internal(&ctx, "unknown lazy module")),
                 };

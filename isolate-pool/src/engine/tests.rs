@@ -2589,7 +2589,7 @@ fn concurrent_client_tool_errors() {
 #[test]
 fn parts_load_on_first_use_only() {
     run(async {
-        let cases: [(&str, &[&str]); 17] = [
+        let cases: [(&str, &[&str]); 18] = [
             ("return new Response('hello', { headers: { 'x-a': '1' } });", &[]),
             ("return new Response(await request.text() + request.method);", &[]),
             ("return new Response(String(Buffer.alloc(4).length));", &["buffer", "guards"]),
@@ -2608,6 +2608,7 @@ fn parts_load_on_first_use_only() {
             ("return new Response(Response.redirect('http://x/').headers.get('location'));", &["url"]),
             ("return new Response(typeof new FormData().append);", &["formdata"]),
             ("return new Response(typeof performance.now());", &["performance"]),
+            ("return new Response(typeof ApiError);", &["apis"]),
             ("Error.prepareStackTrace = (e, s) => s.length; return new Response(typeof new Error('x').stack);", &["lazy"]),
             (
                 "return new Response(typeof new Response('x').body.getReader);",
