@@ -711,7 +711,8 @@ const PARTS = { __proto__: null };
 /**
  * A part of the glue that only some Workers need, made once per isolate on first use: lazy.js
  * (crypto.subtle guards, encoding and compression streams, structuredClone, stack traces),
- * guards.js (native memory guards), events.js, forms.js, outbound.js (fetch()). Each part's
+ * guards.js (native memory guards), events.js, forms.js, outbound.js (fetch()), bodies.js
+ * (bodies as streams), apis.js (tenant APIs, client tools, ApiError). Each part's
  * `make(H)` uses only what H holds (its load may come after user code replaced any global).
  */
 function part(name) {
