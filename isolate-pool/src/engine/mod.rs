@@ -1105,25 +1105,23 @@ fn install<'js>(
         "classes",
         Func::from(
             move |ctx: Ctx<'js>, group: String| -> rquickjs::Result<()> {
-                let name = match group.as_str() {
-                    "url" => "url",
-                    "formdata" => "formdata",
-                    "performance" => "performance",
-                    "eventclasses" => "eventclasses",
-                    _ => return Err(Exception::throw_internal(&ctx, "unknown class group")),
-                };
+                let (name, init): (&'static str, fn(&Ctx<'js>) -> rquickjs::Result<()>) =
+                    match group.as_str() {
+                        "url" => ("url", llrt_url::init),
+                        "formdata" => ("formdata", |ctx| {
+                            rquickjs::Class::<llrt_fetch::form_data::FormData>::define(
+                                &ctx.globals(),
+                            )
+                        }),
+                        "performance" => ("performance", llrt_perf_hooks::init),
+                        "eventclasses" => ("eventclasses", |ctx| {
+                            llrt_events::init(ctx)?;
+                            llrt_abort::init(ctx)
+                        }),
+                        _ => return Err(Exception::throw_internal(&ctx, "unknown class group")),
+                    };
                 classes_state.parts.borrow_mut().push(name);
-                match name {
-                    "url" => llrt_url::init(&ctx),
-                    "formdata" => {
-                        rquickjs::Class::<llrt_fetch::form_data::FormData>::define(&ctx.globals())
-                    }
-                    "performance" => llrt_perf_hooks::init(&ctx),
-                    _ => {
-                        llrt_events::init(&ctx)?;
-                        llrt_abort::init(&ctx)
-                    }
-                }
+                init(&ctx)
             },
         ),
     )?;
