@@ -285,6 +285,13 @@ impl Gateway {
         gateway + workers
     }
 
+    /// CPU time of the gateway and its worker processes so far (all threads), ns.
+    fn cpu_ns(&self) -> u64 {
+        let pid = self.child.id();
+        let workers: u64 = children(pid, "__worker").into_iter().map(cpu_ns).sum();
+        cpu_ns(pid) + workers
+    }
+
     /// `(gateway, worker processes)` RSS in KiB.
     fn rss_split_kib(&self) -> (u64, u64) {
         let pid = self.child.id();
@@ -332,6 +339,18 @@ impl Drop for Gateway {
         }
         let _ = self.child.wait();
     }
+}
+
+/// CPU time process `pid` has used so far, summed over its threads (each one's
+/// `/proc/PID/task/TID/schedstat`: time on a CPU in ns), so threads still running count.
+fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -518,26 +537,49 @@ fn drive_on(
     }
 }
 
-/// One measured run and the server's RSS (KiB) just before and just after it.
+/// One measured run, the server's RSS (KiB) just before and just after it, and the server's
+/// CPU time during its measured window (ns).
 struct Run {
     o: Outcome,
     rss_start: u64,
     rss_end: u64,
+    cpu_ns: u64,
+}
+
+impl Run {
+    /// Server CPU time per request completed in the measured window, µs.
+    fn cpu_us_per_request(&self) -> Option<f64> {
+        (self.o.requests > 0 && self.cpu_ns > 0)
+            .then(|| self.cpu_ns as f64 / 1000.0 / self.o.requests as f64)
+    }
 }
 
 fn measure(
     addr: &str,
     rss: impl Fn() -> u64,
+    cpu: impl Fn() -> u64 + Send + Sync,
     req: &Req,
     c: usize,
     opts: &Opts,
 ) -> Result<Run, String> {
     let rss_start = rss();
-    let o = drive(addr, req, c, opts.warmup, opts.seconds)?;
+    // The server's CPU clock is read when the load generator's measured window opens and
+    // closes (it starts timing as `drive` begins: the same instants, within scheduling noise).
+    let (o, cpu_ns) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            std::thread::sleep(Duration::from_secs_f64(opts.warmup));
+            let from = cpu();
+            std::thread::sleep(Duration::from_secs_f64(opts.seconds));
+            cpu().saturating_sub(from)
+        });
+        let o = drive(addr, req, c, opts.warmup, opts.seconds);
+        (o, sampler.join().unwrap_or(0))
+    });
     Ok(Run {
-        o,
+        o: o?,
         rss_start,
         rss_end: rss(),
+        cpu_ns,
     })
 }
 
@@ -550,7 +592,8 @@ fn measure_peer(
     opts: &Opts,
 ) -> Option<Result<Run, String>> {
     let w = wd.as_mut()?;
-    let run = measure(&w.addr, || w.rss_kib(), req, c, opts);
+    let pid = w.pid();
+    let run = measure(&w.addr, || w.rss_kib(), || cpu_ns(pid), req, c, opts);
     if let Err(e) = w.alive() {
         *wd = None;
         return Some(Err(e));
@@ -572,8 +615,8 @@ fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
-/// The cells of one side of a comparison row: req/s, p50/p99, RSS start → end.
-fn cells(run: Option<&Result<Run, String>>, none: &str) -> [String; 3] {
+/// The cells of one side of a comparison row: req/s, p50/p99, RSS start → end, CPU per request.
+fn cells(run: Option<&Result<Run, String>>, none: &str) -> [String; 4] {
     match run {
         Some(Ok(r)) => {
             let errors = if r.o.errors > 0 {
@@ -585,10 +628,17 @@ fn cells(run: Option<&Result<Run, String>>, none: &str) -> [String; 3] {
                 format!("{:.0}{errors}", r.o.rps()),
                 format!("{:.3} / {:.3}", r.o.p(0.5), r.o.p(0.99)),
                 format!("{:.1} → {:.1}", mib(r.rss_start), mib(r.rss_end)),
+                r.cpu_us_per_request()
+                    .map_or_else(|| "?".into(), |us| format!("{us:.0}")),
             ]
         }
-        Some(Err(_)) => ["error".into(), "error".into(), "error".into()],
-        None => [none.into(), none.into(), none.into()],
+        Some(Err(_)) => [
+            "error".into(),
+            "error".into(),
+            "error".into(),
+            "error".into(),
+        ],
+        None => [none.into(), none.into(), none.into(), none.into()],
     }
 }
 
@@ -886,6 +936,12 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
     }
     header.push_str(" workerd RSS start→end MiB |");
     rule.push_str("---|");
+    for s in &sides {
+        header.push_str(&format!(" {} CPU µs/req |", s.mode.as_str()));
+        rule.push_str("---|");
+    }
+    header.push_str(" workerd CPU µs/req |");
+    rule.push_str("---|");
     println!("{header}\n{rule}");
 
     let mut notes = Vec::new();
@@ -932,7 +988,10 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
             // concurrency.
             let runs: Vec<Result<Run, String>> = sides
                 .iter()
-                .map(|s| measure(&s.g.ingress, || s.g.rss_kib(), req, c, opts))
+                .map(|s| {
+                    let g = &s.g;
+                    measure(&g.ingress, || g.rss_kib(), || g.cpu_ns(), req, c, opts)
+                })
                 .collect();
             let peer = peer_req.and_then(|r| measure_peer(&mut wd, r, c, opts));
             let labelled = sides
@@ -956,10 +1015,10 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
             let rps = |r: Option<&Result<Run, String>>| {
                 r.and_then(|r| r.as_ref().ok()).map(|r| r.o.rps())
             };
-            let iso: Vec<[String; 3]> = runs.iter().map(|r| cells(Some(r), none)).collect();
-            let [w_rps, w_lat, w_rss] = cells(peer.as_ref(), none);
+            let iso: Vec<[String; 4]> = runs.iter().map(|r| cells(Some(r), none)).collect();
+            let [w_rps, w_lat, w_rss, w_cpu] = cells(peer.as_ref(), none);
             let mut row = format!("| {name} | {c} |");
-            for [r, _, _] in &iso {
+            for [r, _, _, _] in &iso {
                 row.push_str(&format!(" {r} |"));
             }
             row.push_str(&format!(" {w_rps} |"));
@@ -972,14 +1031,18 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
             for r in &runs {
                 row.push_str(&format!(" {} |", ratio(rps(Some(r)), rps(peer.as_ref()))));
             }
-            for [_, l, _] in &iso {
+            for [_, l, _, _] in &iso {
                 row.push_str(&format!(" {l} |"));
             }
             row.push_str(&format!(" {w_lat} |"));
-            for [_, _, m] in &iso {
+            for [_, _, m, _] in &iso {
                 row.push_str(&format!(" {m} |"));
             }
             row.push_str(&format!(" {w_rss} |"));
+            for [_, _, _, u] in &iso {
+                row.push_str(&format!(" {u} |"));
+            }
+            row.push_str(&format!(" {w_cpu} |"));
             println!("{row}");
         }
     }
@@ -987,7 +1050,9 @@ fn main_table(bin: &Path, install: Option<&peer::Install>, opts: &Opts) {
         "\nratio columns: req/s ÷ req/s (above 1× the first named is faster). \
          RSS is the VmRSS of the isogate gateway (for `process`: plus its `__worker` processes) and of the \
          workerd process just before and after each run; one isogate per mode serves all rows, a fresh \
-         workerd each scenario. workerd's load() is \
+         workerd each scenario. CPU µs/req: the server's CPU time (every thread of the gateway and, for \
+         `process`, its `__worker` processes; of the workerd process) in the measured window ÷ the requests \
+         completed in it (the load generator's own CPU is not in it). workerd's load() is \
          `LOADER.get(crypto.randomUUID(), ...)` (a fresh isolate per request, which workerd keeps cached: its RSS grows), \
          the `LOADER.load()` rows use workerd's one-shot `LOADER.load(...)` (not retained), its get() `LOADER.get(\"hello\", ...)`."
     );

@@ -228,6 +228,11 @@ impl Workerd {
         }
     }
 
+    /// The workerd process's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// VmRSS of the workerd process itself.
     pub fn rss_kib(&self) -> u64 {
         crate::rss_kib(self.child.id())
