@@ -5,15 +5,13 @@
 //! compiled from another's code, and cannot time another tenant's loads through the cache.
 //! Sources under [`MIN_SOURCE_BYTES`] are not cached (parsing them costs less than the copy).
 //! Bounded to [`MAX_TOTAL_BYTES`] per process (least recently used out); the bytes are not
-//! charged to any isolate (they outlive it). An isolate that loads bytecode keeps the bytes
-//! alive until its runtime is gone ([`Keep`]): QuickJS reads modules in place.
+//! charged to any isolate (they outlive it). QuickJS copies what it reads (this version has no
+//! in-place read: `JS_READ_OBJ_ROM_DATA` is 0), so a loaded module does not hold the bytes.
 #![allow(unsafe_code)] // loading QuickJS bytecode (an engine API); each block has a `// SAFETY:` line
 
 use rquickjs::module::{Declared, WriteOptions};
 use rquickjs::{Ctx, Module, Result};
 use sha2::{Digest, Sha256};
-use std::cell::RefCell;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Smaller sources are compiled every time.
@@ -64,18 +62,12 @@ fn put(key: Key, bytes: Vec<u8>) {
     }
 }
 
-/// Bytecode an isolate loaded: alive as long as the isolate's runtime (hold it in a field that
-/// drops after the runtime).
-#[derive(Clone, Default)]
-pub(super) struct Keep(Rc<RefCell<Vec<Arc<[u8]>>>>);
-
 /// Compiles module `name` from `source` for `tenant`, or loads its cached bytecode.
 pub(super) fn declare<'js>(
     ctx: &Ctx<'js>,
     tenant: &str,
     name: &str,
     source: String,
-    keep: &Keep,
 ) -> Result<Module<'js, Declared>> {
     if source.len() < MIN_SOURCE_BYTES {
         return Module::declare(ctx.clone(), name, source);
@@ -87,11 +79,10 @@ pub(super) fn declare<'js>(
     );
     if let Some(bytes) = get(&key) {
         // SAFETY: these bytes were written by `Module::write` in this process, by this build of
-        // QuickJS, from this tenant's module of this name and source (the key); QuickJS reads
-        // the module in place (JS_READ_OBJ_ROM_DATA), and `keep` holds the bytes until the
-        // runtime that owns the module is dropped.
+        // QuickJS, from this tenant's module of this name and source (the key). QuickJS copies
+        // what it reads (JS_READ_OBJ_ROM_DATA, which rquickjs passes, is 0 in this version), so
+        // the module does not refer to `bytes` after the call.
         let module = unsafe { Module::load(ctx.clone(), &bytes) }?;
-        keep.0.borrow_mut().push(bytes);
         #[cfg(test)]
         LOADED.lock().unwrap_or_else(|p| p.into_inner()).push(key.2);
         return Ok(module);

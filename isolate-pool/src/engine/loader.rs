@@ -1,7 +1,7 @@
 //! Module resolution confined to the Worker's own modules: no file system, no network, no
 //! host-internal modules. Relative specifiers resolve against the importing module's name.
 
-use super::bytecode::{self, Keep};
+use super::bytecode;
 use crate::api::ModuleSource;
 use rquickjs::{
     loader::{Loader, Resolver},
@@ -12,8 +12,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
-/// The modules of the Worker currently loaded in an isolate, whose they are, and the bytecode
-/// the isolate loaded (kept as long as this map: the isolate drops it after its runtime).
+/// The modules of the Worker currently loaded in an isolate, and whose they are.
 #[derive(Clone, Default)]
 pub(super) struct ModuleMap(Rc<RefCell<Modules>>);
 
@@ -21,7 +20,6 @@ pub(super) struct ModuleMap(Rc<RefCell<Modules>>);
 pub(super) struct Modules {
     sources: BTreeMap<String, ModuleSource>,
     tenant: String,
-    keep: Keep,
 }
 
 impl ModuleMap {
@@ -38,11 +36,8 @@ impl ModuleMap {
         name: &str,
         source: String,
     ) -> Result<Module<'js, Declared>> {
-        let (tenant, keep) = {
-            let m = self.0.borrow();
-            (m.tenant.clone(), m.keep.clone())
-        };
-        bytecode::declare(ctx, &tenant, name, source, &keep)
+        let tenant = self.0.borrow().tenant.clone();
+        bytecode::declare(ctx, &tenant, name, source)
     }
 }
 
