@@ -77,7 +77,8 @@ pub struct WorkerSettings {
     pub idle_ttl: Duration,
     /// Jobs that may wait per isolate thread.
     pub queue_capacity: usize,
-    /// How often the worker reports what it runs.
+    /// How often the worker reports what it runs while an invocation runs (at idle: on a
+    /// change, else once a second).
     pub heartbeat: Duration,
     /// RLIMIT_DATA of the process, bytes.
     pub data_limit_bytes: Option<u64>,
@@ -323,7 +324,8 @@ pub enum FromWorker {
     },
     /// A pool event (metrics).
     Event(Event),
-    /// Sent every [`WorkerSettings::heartbeat`].
+    /// Sent every [`WorkerSettings::heartbeat`] while an invocation runs; at idle when the
+    /// warm count or readiness changed, after the last invocation ended, and once a second.
     Heartbeat {
         /// Invocations being polled now, with their CPU so far.
         running: Vec<(u64, Duration)>,

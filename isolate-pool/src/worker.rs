@@ -46,6 +46,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::codec::Decoder;
 
@@ -197,21 +198,27 @@ fn run(
     {
         let pool = pool.clone();
         let out = out.clone();
-        let every = settings.heartbeat.max(std::time::Duration::from_millis(5));
+        let every = settings.heartbeat.max(Duration::from_millis(5));
         std::thread::Builder::new()
             .name("isogate-heartbeat".into())
-            .spawn(move || loop {
-                std::thread::sleep(every);
-                let running = pool
-                    .running()
-                    .into_iter()
-                    .map(|r| (r.invocation, r.cpu))
-                    .collect();
-                out.send(&FromWorker::Heartbeat {
-                    running,
-                    warm: pool.warm_isolates(),
-                    ready: pool.is_ready(),
-                });
+            .spawn(move || {
+                let mut beats = Beats::default();
+                loop {
+                    std::thread::sleep(every);
+                    let running: Vec<(u64, Duration)> = pool
+                        .running()
+                        .into_iter()
+                        .map(|r| (r.invocation, r.cpu))
+                        .collect();
+                    let (warm, ready) = (pool.warm_isolates(), pool.is_ready());
+                    if beats.due(Instant::now(), running.is_empty(), warm, ready) {
+                        out.send(&FromWorker::Heartbeat {
+                            running,
+                            warm,
+                            ready,
+                        });
+                    }
+                }
             })
             .map_err(|e| format!("heartbeat thread: {e}"))?;
     }
@@ -239,6 +246,35 @@ fn run(
         worker.dispatch(message);
     }
     Ok(())
+}
+
+/// At most this long between two heartbeats of an idle worker (well within the gateway's
+/// heartbeat timeout).
+const IDLE_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Which heartbeats are sent. While an invocation runs, every one (the gateway's watchdog reads
+/// its CPU from them); at idle, one when something changed (the last invocation ended, the warm
+/// count or readiness moved) and otherwise one per [`IDLE_HEARTBEAT`]: an idle worker does not
+/// wake the gateway every period.
+#[derive(Default)]
+struct Beats {
+    /// The last heartbeat sent: when, whether it listed a running invocation, warm, ready.
+    last: Option<(Instant, bool, usize, bool)>,
+}
+
+impl Beats {
+    fn due(&mut self, now: Instant, idle: bool, warm: usize, ready: bool) -> bool {
+        let quiet = self.last.is_some_and(|(at, was_running, w, r)| {
+            idle && !was_running
+                && w == warm
+                && r == ready
+                && now.saturating_duration_since(at) < IDLE_HEARTBEAT
+        });
+        if !quiet {
+            self.last = Some((now, !idle, warm, ready));
+        }
+        !quiet
+    }
 }
 
 thread_local! {
@@ -983,6 +1019,28 @@ mod tests {
         assert_eq!(next(&mut lanes[0]), FromWorker::Started { id: 0 });
         assert_eq!(next(&mut lanes[1]), FromWorker::Started { id: 1 });
         assert_eq!(next(&mut control), FromWorker::Started { id: 9 });
+    }
+
+    #[test]
+    fn an_idle_worker_beats_once_a_second_and_a_busy_one_every_period() {
+        let mut beats = Beats::default();
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        // The first heartbeat always goes.
+        assert!(beats.due(at(0), true, 4, true));
+        // Idle and unchanged: quiet until a second has passed.
+        assert!(!beats.due(at(25), true, 4, true));
+        assert!(!beats.due(at(975), true, 4, true));
+        assert!(beats.due(at(1000), true, 4, true));
+        // A change of the warm count or of readiness goes at once.
+        assert!(beats.due(at(1025), true, 3, true));
+        assert!(beats.due(at(1050), true, 3, false));
+        // While an invocation runs, every period (the watchdog reads its CPU).
+        assert!(beats.due(at(1075), false, 3, false));
+        assert!(beats.due(at(1100), false, 3, false));
+        // The heartbeat after the last invocation ended goes too: it clears the running list.
+        assert!(beats.due(at(1125), true, 3, false));
+        assert!(!beats.due(at(1150), true, 3, false));
     }
 
     #[test]
